@@ -1,0 +1,14 @@
+#!/usr/bin/env node
+// The test command the README names (`npm test` runs `npm run build` first, then this).
+// Host suite: mocha over dist/test/**/*.test.js (excluding the in-VM suite).
+'use strict'
+const {spawnSync} = require('node:child_process')
+const path = require('node:path')
+
+const root = path.resolve(__dirname, '..')
+const mocha = path.join(root, 'node_modules', 'mocha', 'bin', 'mocha.js')
+const r = spawnSync(process.execPath, [mocha, '--recursive', 'dist/test', '--ignore', 'dist/test/vm/**', ...process.argv.slice(2)], {
+  cwd: root,
+  stdio: 'inherit',
+})
+process.exit(r.status ?? 1)

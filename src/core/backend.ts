@@ -1,0 +1,44 @@
+/**
+ * The backend contract. A backend turns a BlockServer into an OS block device. Each backend lives in its
+ * own folder under backends/ and registers itself in src/core/registry.ts; adding one edits nothing else.
+ */
+import type {BlockServer} from './blockserver'
+
+export type Probe = {available: true; detail?: string} | {available: false; reason: string}
+
+export interface AttachContext {
+  /** Registry id of this device, e.g. "vdev3". */
+  id: string
+  /** Absolute path of the image. */
+  image: string
+  /** Private per-device directory (mount points, sockets), created and removed by the lifecycle. */
+  runDir: string
+  log: (line: string) => void
+}
+
+export interface AttachedDevice {
+  /** The block device node, e.g. /dev/loop3, /dev/ublkb0, /dev/nbd0, /dev/disk4. */
+  device: string
+  /** Extra device nodes the user may want (macOS: /dev/rdiskN). */
+  aliases?: string[]
+  partitions: string[]
+  /** Backend-specific facts saved in the registry so `detach` can clean up after a dead server. */
+  state: Record<string, unknown>
+  /** Tear down the device (the server still runs); idempotent. */
+  detach(): Promise<void>
+  /** Resolves if the device goes away by itself (e.g. the kernel dropped the connection). */
+  closed?: Promise<void>
+}
+
+export interface Backend {
+  readonly name: string
+  readonly platform: NodeJS.Platform
+  /** One line for `vdev backends`. */
+  readonly description: string
+  /** Lower is preferred by `--backend auto`. */
+  readonly preference: number
+  probe(): Promise<Probe>
+  attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice>
+  /** Clean up what a dead server left behind, from the registry state. Must be idempotent. */
+  cleanup(state: Record<string, unknown>, log: (line: string) => void): Promise<void>
+}

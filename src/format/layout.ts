@@ -1,0 +1,279 @@
+/**
+ * VDIMG on-disk structures, exactly as docs/FORMAT.md (version 1.0) defines them. Every structure is
+ * defined once, here; the rest of the code uses these encoders and decoders, never raw offsets.
+ * All integers are little-endian. 64-bit fields are decoded as bigint and range-checked before use.
+ */
+import {crc32c} from './crc'
+
+/** FORMAT.md §2: "\x89VDIMG\r\n" — the high byte and CR LF catch 7-bit and newline-mangling transfers. */
+export const MAGIC = Buffer.from([0x89, 0x56, 0x44, 0x49, 0x4d, 0x47, 0x0d, 0x0a])
+export const VERSION_MAJOR = 1
+export const VERSION_MINOR = 0
+
+export const HEADER_SIZE = 256
+/** Chunk data starts here in files vdev writes (4 KiB aligned); readers must not assume it. */
+export const DATA_START = 4096
+
+export const MIN_CHUNK_SIZE = 4096
+export const MAX_CHUNK_SIZE = 4 * 1024 * 1024
+export const DEFAULT_CHUNK_SIZE = 128 * 1024
+export const SECTOR_SIZES = [512, 2048, 4096] as const
+export const MIN_L2_ENTRIES = 256
+export const MAX_L2_ENTRIES = 65536
+export const DEFAULT_L2_ENTRIES = 4096
+
+/** FORMAT.md §4: chunk kinds. */
+export enum ChunkKind {
+  Zero = 0, // no stored bytes; all zero
+  Raw = 1, // stored uncompressed
+  Zstd = 2, // one zstd frame
+  Unread = 3, // no stored bytes; every byte lies in a bad area (reads as zero)
+}
+export const CHUNK_KIND_NAMES: Record<ChunkKind, string> = {
+  [ChunkKind.Zero]: 'zero',
+  [ChunkKind.Raw]: 'raw',
+  [ChunkKind.Zstd]: 'zstd',
+  [ChunkKind.Unread]: 'unread',
+}
+
+/** FORMAT.md §3: section types. */
+export enum SectionType {
+  ChunkIndex = 1,
+  BadAreaMap = 2,
+  Metadata = 3,
+}
+export const SECTION_FLAG_CRITICAL = 1
+
+/** FORMAT.md §6: bad-area statuses, numbered after ddrescue's characters. */
+export const BAD_STATUS_CODES = {
+  'non-tried': 1, // '?'
+  'non-trimmed': 2, // '*'
+  'non-scraped': 3, // '/'
+  'bad-sector': 4, // '-'
+} as const
+export type BadStatusName = keyof typeof BAD_STATUS_CODES
+export const BAD_STATUS_BY_CODE: Record<number, BadStatusName> = {
+  1: 'non-tried',
+  2: 'non-trimmed',
+  3: 'non-scraped',
+  4: 'bad-sector',
+}
+
+export const SECTION_ENTRY_SIZE = 32
+export const L1_ENTRY_SIZE = 24
+export const L2_ENTRY_SIZE = 24
+export const BAD_ENTRY_SIZE = 24
+
+/** Thrown by decoders; the reader adds the file name. `offset` is the absolute byte offset in the file. */
+export class LayoutError extends Error {
+  constructor(
+    message: string,
+    readonly offset: number,
+  ) {
+    super(message)
+  }
+}
+
+export interface Header {
+  major: number
+  minor: number
+  headerSize: number
+  flags: number
+  sectorSize: number
+  chunkSize: number
+  l2Entries: number
+  size: number
+  chunkCount: number
+  sectionTableOffset: number
+  sectionCount: number
+  sectionTableCrc: number
+  /** 32 bytes; all zero when `flags & HEADER_FLAG_HASH` is clear. */
+  sha256: Buffer
+}
+/** Header flag bit 0: the media SHA-256 field is set. */
+export const HEADER_FLAG_HASH = 1
+const KNOWN_HEADER_FLAGS = HEADER_FLAG_HASH
+
+function u64(buf: Buffer, at: number, what: string, base: number): number {
+  const v = buf.readBigUInt64LE(at)
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new LayoutError(`${what} ${v} is out of range`, base + at)
+  return Number(v)
+}
+
+export function isPowerOfTwo(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0
+}
+
+export function encodeHeader(h: Header): Buffer {
+  const b = Buffer.alloc(HEADER_SIZE)
+  MAGIC.copy(b, 0)
+  b.writeUInt16LE(h.major, 8)
+  b.writeUInt16LE(h.minor, 10)
+  b.writeUInt32LE(HEADER_SIZE, 12)
+  b.writeUInt32LE(h.flags, 16)
+  b.writeUInt32LE(h.sectorSize, 20)
+  b.writeUInt32LE(h.chunkSize, 24)
+  b.writeUInt32LE(h.l2Entries, 28)
+  b.writeBigUInt64LE(BigInt(h.size), 32)
+  b.writeBigUInt64LE(BigInt(h.chunkCount), 40)
+  b.writeBigUInt64LE(BigInt(h.sectionTableOffset), 48)
+  b.writeUInt32LE(h.sectionCount, 56)
+  b.writeUInt32LE(h.sectionTableCrc, 60)
+  h.sha256.copy(b, 64, 0, 32)
+  b.writeUInt32LE(crc32c(b.subarray(0, 252)), 252)
+  return b
+}
+
+/**
+ * Decode and validate the header. Checks run in the order a reader needs them: magic, major version,
+ * checksum, then every field's range, so a wrong file, a newer file and a damaged file are told apart.
+ */
+export function decodeHeader(b: Buffer, fileSize: number): Header {
+  if (b.length < 16 || !b.subarray(0, 8).equals(MAGIC)) throw new LayoutError('not a VDIMG image (bad magic)', 0)
+  const major = b.readUInt16LE(8)
+  const minor = b.readUInt16LE(10)
+  if (major !== VERSION_MAJOR)
+    throw new LayoutError(`format version ${major}.${minor} is not supported (this reader reads ${VERSION_MAJOR}.x)`, 8)
+  if (b.length < HEADER_SIZE) throw new LayoutError(`truncated header (${b.length} of ${HEADER_SIZE} bytes)`, b.length)
+  const headerSize = b.readUInt32LE(12)
+  if (headerSize !== HEADER_SIZE) throw new LayoutError(`header size ${headerSize} is not ${HEADER_SIZE}`, 12)
+  const stored = b.readUInt32LE(252)
+  if (crc32c(b.subarray(0, 252)) !== stored) throw new LayoutError('header checksum mismatch', 252)
+  const flags = b.readUInt32LE(16)
+  if (flags & ~KNOWN_HEADER_FLAGS) throw new LayoutError(`unknown header flags 0x${flags.toString(16)}`, 16)
+  const sectorSize = b.readUInt32LE(20)
+  if (!(SECTOR_SIZES as readonly number[]).includes(sectorSize))
+    throw new LayoutError(`sector size ${sectorSize} is not 512, 2048 or 4096`, 20)
+  const chunkSize = b.readUInt32LE(24)
+  if (!isPowerOfTwo(chunkSize) || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE)
+    throw new LayoutError(`chunk size ${chunkSize} is not a power of two from 4 KiB to 4 MiB`, 24)
+  if (chunkSize < sectorSize) throw new LayoutError(`chunk size ${chunkSize} is smaller than the sector size`, 24)
+  const l2Entries = b.readUInt32LE(28)
+  if (!isPowerOfTwo(l2Entries) || l2Entries < MIN_L2_ENTRIES || l2Entries > MAX_L2_ENTRIES)
+    throw new LayoutError(`index table size ${l2Entries} is not a power of two from 256 to 65536`, 28)
+  const size = u64(b, 32, 'image size', 0)
+  const chunkCount = u64(b, 40, 'chunk count', 0)
+  if (chunkCount !== Math.ceil(size / chunkSize))
+    throw new LayoutError(`chunk count ${chunkCount} does not match image size ${size}`, 40)
+  const sectionTableOffset = u64(b, 48, 'section table offset', 0)
+  const sectionCount = b.readUInt32LE(56)
+  if (sectionCount > 4096) throw new LayoutError(`section count ${sectionCount} is absurd`, 56)
+  if (sectionTableOffset < HEADER_SIZE || sectionTableOffset + sectionCount * SECTION_ENTRY_SIZE > fileSize)
+    throw new LayoutError(
+      `section table (${sectionCount} entries at byte ${sectionTableOffset}) lies outside the file (${fileSize} bytes): truncated?`,
+      48,
+    )
+  const sha256 = Buffer.from(b.subarray(64, 96))
+  return {
+    major,
+    minor,
+    headerSize,
+    flags,
+    sectorSize,
+    chunkSize,
+    l2Entries,
+    size,
+    chunkCount,
+    sectionTableOffset,
+    sectionCount,
+    sectionTableCrc: b.readUInt32LE(60),
+    sha256,
+  }
+}
+
+export interface Section {
+  type: number
+  flags: number
+  offset: number
+  length: number
+  crc: number
+}
+
+export function encodeSections(sections: Section[]): Buffer {
+  const b = Buffer.alloc(sections.length * SECTION_ENTRY_SIZE)
+  sections.forEach((s, i) => {
+    const at = i * SECTION_ENTRY_SIZE
+    b.writeUInt32LE(s.type, at)
+    b.writeUInt32LE(s.flags, at + 4)
+    b.writeBigUInt64LE(BigInt(s.offset), at + 8)
+    b.writeBigUInt64LE(BigInt(s.length), at + 16)
+    b.writeUInt32LE(s.crc, at + 24)
+  })
+  return b
+}
+
+export function decodeSections(b: Buffer, base: number, fileSize: number): Section[] {
+  const out: Section[] = []
+  for (let at = 0; at + SECTION_ENTRY_SIZE <= b.length; at += SECTION_ENTRY_SIZE) {
+    const s: Section = {
+      type: b.readUInt32LE(at),
+      flags: b.readUInt32LE(at + 4),
+      offset: u64(b, at + 8, 'section offset', base),
+      length: u64(b, at + 16, 'section length', base),
+      crc: b.readUInt32LE(at + 24),
+    }
+    if (s.offset < HEADER_SIZE || s.offset + s.length > fileSize)
+      throw new LayoutError(
+        `section type ${s.type} (${s.length} bytes at byte ${s.offset}) lies outside the file (${fileSize} bytes): truncated?`,
+        base + at + 8,
+      )
+    out.push(s)
+  }
+  return out
+}
+
+/** An L1 entry locates one L2 table, or says every chunk of its group has one kind (zero or unread). */
+export interface L1Entry {
+  offset: number // 0: no table
+  length: number
+  crc: number
+  fillKind: ChunkKind
+}
+
+export function encodeL1(entries: L1Entry[]): Buffer {
+  const b = Buffer.alloc(entries.length * L1_ENTRY_SIZE)
+  entries.forEach((e, i) => {
+    const at = i * L1_ENTRY_SIZE
+    b.writeBigUInt64LE(BigInt(e.offset), at)
+    b.writeUInt32LE(e.length, at + 8)
+    b.writeUInt32LE(e.crc, at + 12)
+    b.writeUInt8(e.fillKind, at + 16)
+  })
+  return b
+}
+
+export function decodeL1Entry(b: Buffer, i: number, base: number): L1Entry {
+  const at = i * L1_ENTRY_SIZE
+  return {
+    offset: u64(b, at, 'index table offset', base),
+    length: b.readUInt32LE(at + 8),
+    crc: b.readUInt32LE(at + 12),
+    fillKind: b.readUInt8(at + 16),
+  }
+}
+
+export interface ChunkEntry {
+  offset: number
+  storedLength: number
+  crc: number
+  kind: ChunkKind
+}
+
+export function writeL2Entry(b: Buffer, i: number, e: ChunkEntry): void {
+  const at = i * L2_ENTRY_SIZE
+  b.writeBigUInt64LE(BigInt(e.offset), at)
+  b.writeUInt32LE(e.storedLength, at + 8)
+  b.writeUInt32LE(e.crc, at + 12)
+  b.writeUInt8(e.kind, at + 16)
+  b.fill(0, at + 17, at + L2_ENTRY_SIZE)
+}
+
+export function readL2Entry(b: Buffer, i: number, base: number): ChunkEntry {
+  const at = i * L2_ENTRY_SIZE
+  return {
+    offset: u64(b, at, 'chunk offset', base),
+    storedLength: b.readUInt32LE(at + 8),
+    crc: b.readUInt32LE(at + 12),
+    kind: b.readUInt8(at + 16),
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * The few libc entry points vdev calls through koffi (FFI), declared once. Structs are passed as Buffers
+ * whose layout the caller builds from its own interface file (loop.ts, fuse/abi.ts, ublk/abi.ts …).
+ * Linux only; loading this module on another OS throws, so import it lazily from backends.
+ */
+import type * as Koffi from 'koffi' with {'resolution-mode': 'import'}
+
+// koffi ships ESM type declarations; its CommonJS entry is the same API.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const koffi: typeof Koffi = require('koffi')
+
+const lib = koffi.load('libc.so.6')
+
+const ioctlPtr = lib.func('int ioctl(int fd, unsigned long request, void *arg)')
+const ioctlInt = lib.func('int ioctl(int fd, unsigned long request, unsigned long arg)')
+const mountFn = lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)')
+const umount2Fn = lib.func('int umount2(const char *target, int flags)')
+const socketpairFn = lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)')
+const closeFn = lib.func('int close(int fd)')
+const strerrorFn = lib.func('const char *strerror(int errnum)')
+const getpidFn = lib.func('int getpid()')
+
+export class SysError extends Error {
+  constructor(
+    readonly call: string,
+    readonly errno: number,
+  ) {
+    super(`${call}: ${strerrorFn(errno) as string} (errno ${errno})`)
+    this.name = 'SysError'
+  }
+}
+
+function check(call: string, rc: number): number {
+  if (rc < 0) throw new SysError(call, koffi.errno())
+  return rc
+}
+
+export const ERRNO = {
+  EPERM: 1,
+  ENOENT: 2,
+  EINTR: 4,
+  EIO: 5,
+  ENXIO: 6,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EBUSY: 16,
+  EEXIST: 17,
+  ENODEV: 19,
+  EINVAL: 22,
+  ENOSPC: 28,
+  EROFS: 30,
+  ENOSYS: 38,
+  ENOTSUP: 95,
+  ESHUTDOWN: 108,
+} as const
+
+/** ioctl with a pointer argument (a Buffer holding the struct, read and written in place). */
+export function ioctl(fd: number, request: number | bigint, arg: Buffer | null, name = 'ioctl'): number {
+  return check(name, ioctlPtr(fd, request, arg))
+}
+
+/** ioctl with an integer argument. */
+export function ioctlValue(fd: number, request: number | bigint, arg: number | bigint, name = 'ioctl'): number {
+  return check(name, ioctlInt(fd, request, arg))
+}
+
+/** ioctl that returns -errno instead of throwing, for callers that branch on it. */
+export function tryIoctl(fd: number, request: number | bigint, arg: Buffer | number | bigint | null): number {
+  const rc = typeof arg === 'number' || typeof arg === 'bigint' ? ioctlInt(fd, request, arg) : ioctlPtr(fd, request, arg)
+  return rc < 0 ? -koffi.errno() : rc
+}
+
+export const MS_RDONLY = 1
+export const MS_NOSUID = 2
+export const MS_NODEV = 4
+export const MNT_FORCE = 1
+export const MNT_DETACH = 2
+
+export function mount(source: string, target: string, fstype: string, flags: number, data: string): void {
+  check(`mount ${target}`, mountFn(source, target, fstype, flags, data))
+}
+
+export function umount2(target: string, flags: number): void {
+  check(`umount ${target}`, umount2Fn(target, flags))
+}
+
+export const AF_UNIX = 1
+export const SOCK_STREAM = 1
+export const SOCK_CLOEXEC = 0o2000000
+
+export function socketpair(domain: number, type: number): [number, number] {
+  const sv = [0, 0]
+  check('socketpair', socketpairFn(domain, type, 0, sv))
+  return [sv[0], sv[1]]
+}
+
+export function close(fd: number): void {
+  closeFn(fd)
+}
+
+export function getpid(): number {
+  return getpidFn() as number
+}
+
+/** Linux _IOC encoding (include/uapi/asm-generic/ioctl.h): dir<<30 | size<<16 | type<<8 | nr. */
+export const IOC_NONE = 0
+export const IOC_WRITE = 1
+export const IOC_READ = 2
+export function IOC(dir: number, type: number, nr: number, size: number): number {
+  return ((dir << 30) | (size << 16) | (type << 8) | nr) >>> 0
+}
+export const IO = (type: number, nr: number): number => IOC(IOC_NONE, type, nr, 0)
+export const IOR = (type: number, nr: number, size: number): number => IOC(IOC_READ, type, nr, size)
+export const IOW = (type: number, nr: number, size: number): number => IOC(IOC_WRITE, type, nr, size)
+export const IOWR = (type: number, nr: number, size: number): number => IOC(IOC_READ | IOC_WRITE, type, nr, size)
+
+export {koffi, lib as libc}
