@@ -11,8 +11,8 @@ export const VERSION_MAJOR = 1
 export const VERSION_MINOR = 0
 
 export const HEADER_SIZE = 256
-/** Chunk data starts here in files vdev writes (4 KiB aligned); readers must not assume it. */
-export const DATA_START = 4096
+/** Chunk data follows the header directly, so every byte of a file vdev writes is under a checksum. */
+export const DATA_START = HEADER_SIZE
 
 export const MIN_CHUNK_SIZE = 4096
 export const MAX_CHUNK_SIZE = 4 * 1024 * 1024
@@ -255,8 +255,11 @@ export function decodeL1Entry(b: Buffer, i: number, base: number): L1Entry {
 export interface ChunkEntry {
   offset: number
   storedLength: number
+  /** CRC-32C of the chunk's uncompressed bytes (0 for zero and unread chunks). */
   crc: number
   kind: ChunkKind
+  /** CRC-32C of the stored bytes (0 when nothing is stored), so any damaged stored byte is caught. */
+  storedCrc: number
 }
 
 export function writeL2Entry(b: Buffer, i: number, e: ChunkEntry): void {
@@ -265,7 +268,8 @@ export function writeL2Entry(b: Buffer, i: number, e: ChunkEntry): void {
   b.writeUInt32LE(e.storedLength, at + 8)
   b.writeUInt32LE(e.crc, at + 12)
   b.writeUInt8(e.kind, at + 16)
-  b.fill(0, at + 17, at + L2_ENTRY_SIZE)
+  b.fill(0, at + 17, at + 20)
+  b.writeUInt32LE(e.storedCrc, at + 20)
 }
 
 export function readL2Entry(b: Buffer, i: number, base: number): ChunkEntry {
@@ -275,5 +279,6 @@ export function readL2Entry(b: Buffer, i: number, base: number): ChunkEntry {
     storedLength: b.readUInt32LE(at + 8),
     crc: b.readUInt32LE(at + 12),
     kind: b.readUInt8(at + 16),
+    storedCrc: b.readUInt32LE(at + 20),
   }
 }

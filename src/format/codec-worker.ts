@@ -1,0 +1,103 @@
+/**
+ * Codec worker: compresses batches of chunks for `create` and decompresses batches for `extract`,
+ * `verify` and the reader. Buffers move by transfer, never by copy.
+ */
+import {parentPort} from 'node:worker_threads'
+import {ChunkEncoder, ChunkDecoder, ChunkDecodeError} from './codec'
+import type {ChunkKind} from './layout'
+
+export interface EncodeTask {
+  op: 'encode'
+  level: number
+  buf: ArrayBuffer
+  /** [start, length] of each chunk in buf. */
+  chunks: Array<[number, number]>
+}
+export interface EncodeResult {
+  /** Stored bytes of all chunks, back to back. */
+  out: ArrayBuffer
+  kinds: number[]
+  crcs: number[]
+  storedCrcs: number[]
+  lengths: number[]
+}
+export interface DecodeItem {
+  kind: ChunkKind
+  start: number
+  storedLength: number
+  length: number
+  crc: number
+  storedCrc: number
+}
+export interface DecodeTask {
+  op: 'decode'
+  buf: ArrayBuffer
+  items: DecodeItem[]
+}
+export interface DecodeResult {
+  out: ArrayBuffer
+  /** Per item: undefined, or the reason it failed. */
+  errors: Array<string | undefined>
+}
+
+const encoders = new Map<number, ChunkEncoder>()
+const decoder = new ChunkDecoder()
+
+function encode(t: EncodeTask): EncodeResult {
+  let enc = encoders.get(t.level)
+  if (!enc) encoders.set(t.level, (enc = new ChunkEncoder(t.level)))
+  const src = new Uint8Array(t.buf)
+  const parts: Uint8Array[] = []
+  const r: EncodeResult = {out: new ArrayBuffer(0), kinds: [], crcs: [], storedCrcs: [], lengths: []}
+  let total = 0
+  for (const [start, len] of t.chunks) {
+    const e = enc.encode(src.subarray(start, start + len))
+    r.kinds.push(e.kind)
+    r.crcs.push(e.crc)
+    r.storedCrcs.push(e.storedCrc)
+    r.lengths.push(e.data.length)
+    parts.push(e.data)
+    total += e.data.length
+  }
+  const out = new Uint8Array(total)
+  let at = 0
+  for (const p of parts) {
+    out.set(p, at)
+    at += p.length
+  }
+  r.out = out.buffer
+  return r
+}
+
+function decode(t: DecodeTask): DecodeResult {
+  const src = new Uint8Array(t.buf)
+  const total = t.items.reduce((s, i) => s + i.length, 0)
+  const out = new Uint8Array(total)
+  const errors: Array<string | undefined> = []
+  let at = 0
+  for (const it of t.items) {
+    try {
+      const b = decoder.decode(it.kind, src.subarray(it.start, it.start + it.storedLength), it.length, it.crc, it.storedCrc)
+      out.set(b, at)
+      errors.push(undefined)
+    } catch (err) {
+      errors.push(err instanceof ChunkDecodeError ? err.message : String(err))
+    }
+    at += it.length
+  }
+  return {out: out.buffer, errors}
+}
+
+parentPort?.on('message', (m: (EncodeTask | DecodeTask) & {id: number}) => {
+  try {
+    if (m.op === 'encode') {
+      const result = encode(m)
+      parentPort!.postMessage({id: m.id, result}, [result.out])
+    } else {
+      const result = decode(m)
+      parentPort!.postMessage({id: m.id, result}, [result.out])
+    }
+  } catch (err) {
+    parentPort!.postMessage({id: m.id, error: (err as Error).message ?? String(err)})
+  }
+})

@@ -1,0 +1,450 @@
+/**
+ * The VDIMG reader every backend serves from. `openImage` reads and checks the header, the section table,
+ * the first-level index, the bad-area map and the metadata — a few hundred KiB even for a 16 TiB image —
+ * and nothing else. Second-level index tables and chunks are loaded on demand; decompressed chunks live in
+ * a byte-bounded LRU cache, and concurrent reads of one chunk share one decompression.
+ */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {VdevError, ioError} from '../core/errors'
+import type {BlockSource, Extent, ReadResult} from '../core/source'
+import {WorkerPool} from '../core/workerpool'
+import {BadAreaMap} from './badmap'
+import {ChunkDecoder, ChunkDecodeError} from './codec'
+import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
+import {crc32c} from './crc'
+import {
+  ChunkKind,
+  HEADER_FLAG_HASH,
+  HEADER_SIZE,
+  L1_ENTRY_SIZE,
+  L2_ENTRY_SIZE,
+  LayoutError,
+  SECTION_ENTRY_SIZE,
+  SECTION_FLAG_CRITICAL,
+  SectionType,
+  decodeHeader,
+  decodeL1Entry,
+  decodeSections,
+  readL2Entry,
+  type ChunkEntry,
+  type Header,
+  type Section,
+} from './layout'
+
+export interface OpenOptions {
+  /** Bytes of decompressed chunks to keep (default 64 MiB). */
+  cacheBytes?: number
+  /** Worker threads for decompression; 0 decompresses on the calling thread (default 0). */
+  decompressThreads?: number
+}
+
+/** Largest zstd frame a chunk may occupy: ZSTD_compressBound(chunk) plus slack. Raw is used beyond that. */
+export function maxStored(chunkLen: number): number {
+  return chunkLen + (chunkLen >> 7) + 1024
+}
+
+const MAX_METADATA = 16 << 20
+
+export class VdimgImage implements BlockSource {
+  readonly size: number
+  readonly sectorSize: number
+  readonly chunkSize: number
+  readonly chunkCount: number
+  readonly l2Entries: number
+  readonly version: string
+  /** Hex SHA-256 of the logical image (bad areas as zeros), when recorded. */
+  readonly sha256: string | undefined
+  readonly metadata: Record<string, unknown>
+  readonly badAreas: BadAreaMap
+  readonly sections: Section[]
+
+  private readonly l2Cache = new Map<number, Buffer>()
+  private readonly maxL2Tables = 64
+  private readonly cache = new Map<number, Buffer>()
+  private cacheUsed = 0
+  private readonly cacheLimit: number
+  private readonly loading = new Map<number, Promise<Buffer | null>>()
+  private readonly decoder = new ChunkDecoder()
+  private pool: WorkerPool | undefined
+  private hits = 0
+  private misses = 0
+  private closed = false
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly fileSize: number,
+    readonly header: Header,
+    private readonly l1: Buffer,
+    private readonly l1Offset: number,
+    badAreas: BadAreaMap,
+    metadata: Record<string, unknown>,
+    sections: Section[],
+    opts: OpenOptions,
+  ) {
+    this.size = header.size
+    this.sectorSize = header.sectorSize
+    this.chunkSize = header.chunkSize
+    this.chunkCount = header.chunkCount
+    this.l2Entries = header.l2Entries
+    this.version = `${header.major}.${header.minor}`
+    this.sha256 = header.flags & HEADER_FLAG_HASH ? header.sha256.toString('hex') : undefined
+    this.badAreas = badAreas
+    this.metadata = metadata
+    this.sections = sections
+    this.cacheLimit = opts.cacheBytes ?? 64 << 20
+    const threads = opts.decompressThreads ?? 0
+    if (threads > 0) this.pool = new WorkerPool(path_join(__dirname, 'codec-worker.js'), threads)
+  }
+
+  /** An error about this file at a byte offset. */
+  fail(message: string, offset?: number, code: 'format' | 'unsupported' = 'format'): VdevError {
+    return new VdevError(code, `${this.path}: ${message}${offset !== undefined ? ` (at byte ${offset})` : ''}`)
+  }
+
+  chunkLength(i: number): number {
+    return Math.min(this.chunkSize, this.size - i * this.chunkSize)
+  }
+
+  private preadExact(len: number, pos: number): Promise<Buffer> {
+    return preadExact(this.fd, len, pos, this.path)
+  }
+
+  /** The second-level table of group `g`, loaded and checked on first use. */
+  private async l2Table(g: number): Promise<Buffer | ChunkKind> {
+    const e = decodeL1Entry(this.l1, g, this.l1Offset)
+    const where = this.l1Offset + g * L1_ENTRY_SIZE
+    if (e.offset === 0) {
+      if (e.fillKind !== ChunkKind.Zero && e.fillKind !== ChunkKind.Unread)
+        throw this.fail(`index group ${g} has no table and an invalid fill kind ${e.fillKind}`, where + 16)
+      return e.fillKind
+    }
+    const cached = this.l2Cache.get(g)
+    if (cached) {
+      this.l2Cache.delete(g)
+      this.l2Cache.set(g, cached)
+      return cached
+    }
+    const entries = Math.min(this.l2Entries, this.chunkCount - g * this.l2Entries)
+    if (e.length !== entries * L2_ENTRY_SIZE)
+      throw this.fail(`index table ${g} is ${e.length} bytes, expected ${entries * L2_ENTRY_SIZE}`, where + 8)
+    if (e.offset < HEADER_SIZE || e.offset + e.length > this.fileSize)
+      throw this.fail(`index table ${g} (${e.length} bytes at byte ${e.offset}) lies outside the file: truncated?`, where)
+    const table = await this.preadExact(e.length, e.offset)
+    if (crc32c(table) !== e.crc) throw this.fail(`index table ${g} checksum mismatch`, e.offset)
+    this.l2Cache.set(g, table)
+    if (this.l2Cache.size > this.maxL2Tables) this.l2Cache.delete(this.l2Cache.keys().next().value!)
+    return table
+  }
+
+  /** The index entry of chunk `i`, validated. */
+  async entry(i: number): Promise<ChunkEntry> {
+    const g = Math.floor(i / this.l2Entries)
+    const t = await this.l2Table(g)
+    if (typeof t === 'number') return {offset: 0, storedLength: 0, crc: 0, kind: t, storedCrc: 0}
+    const l1e = decodeL1Entry(this.l1, g, this.l1Offset)
+    const k = i % this.l2Entries
+    const where = l1e.offset + k * L2_ENTRY_SIZE
+    const e = readL2Entry(t, k, l1e.offset)
+    const len = this.chunkLength(i)
+    switch (e.kind) {
+      case ChunkKind.Zero:
+      case ChunkKind.Unread:
+        if (e.storedLength !== 0) throw this.fail(`chunk ${i}: ${e.kind === ChunkKind.Zero ? 'zero' : 'unread'} chunk with stored bytes`, where + 8)
+        break
+      case ChunkKind.Raw:
+        if (e.storedLength !== len) throw this.fail(`chunk ${i}: raw chunk of ${e.storedLength} bytes, expected ${len}`, where + 8)
+        break
+      case ChunkKind.Zstd:
+        if (e.storedLength === 0 || e.storedLength > maxStored(len))
+          throw this.fail(`chunk ${i}: stored length ${e.storedLength} is impossible for a ${len}-byte chunk`, where + 8)
+        break
+      default:
+        throw this.fail(`chunk ${i}: unknown chunk kind ${e.kind}`, where + 16)
+    }
+    if (e.storedLength && (e.offset < HEADER_SIZE || e.offset + e.storedLength > this.fileSize))
+      throw this.fail(`chunk ${i} (${e.storedLength} bytes at byte ${e.offset}) lies outside the file: truncated?`, where)
+    return e
+  }
+
+  /** Describe a chunk decode failure with its image byte range and stored offset. */
+  chunkError(i: number, e: ChunkEntry, why: string): VdevError {
+    const from = i * this.chunkSize
+    return this.fail(`chunk ${i} (image bytes ${from}-${from + this.chunkLength(i) - 1}): ${why}`, e.offset)
+  }
+
+  /** Decompressed bytes of chunk `i`, or null when it is all zero (zero and unread chunks). */
+  chunk(i: number): Promise<Buffer | null> {
+    const hit = this.cache.get(i)
+    if (hit) {
+      this.hits++
+      this.cache.delete(i)
+      this.cache.set(i, hit)
+      return Promise.resolve(hit)
+    }
+    const pending = this.loading.get(i)
+    if (pending) {
+      this.hits++
+      return pending
+    }
+    this.misses++
+    const p = this.loadChunk(i).finally(() => this.loading.delete(i))
+    this.loading.set(i, p)
+    return p
+  }
+
+  private async loadChunk(i: number): Promise<Buffer | null> {
+    if (this.closed) throw new VdevError('io', `${this.path}: image is closed`)
+    const e = await this.entry(i)
+    if (e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread) return null
+    const stored = await this.preadExact(e.storedLength, e.offset)
+    const len = this.chunkLength(i)
+    let data: Buffer
+    if (this.pool) {
+      const item: DecodeItem = {kind: e.kind, start: 0, storedLength: e.storedLength, length: len, crc: e.crc, storedCrc: e.storedCrc}
+      const task: DecodeTask = {op: 'decode', buf: toOwnArrayBuffer(stored), items: [item]}
+      const r = await this.pool.run<DecodeResult>(task, [task.buf])
+      if (r.errors[0]) throw this.chunkError(i, e, r.errors[0])
+      data = Buffer.from(r.out)
+    } else {
+      try {
+        data = this.decoder.decode(e.kind, stored, len, e.crc, e.storedCrc)
+      } catch (err) {
+        if (err instanceof ChunkDecodeError) throw this.chunkError(i, e, err.message)
+        throw err
+      }
+    }
+    this.remember(i, data)
+    return data
+  }
+
+  private remember(i: number, data: Buffer): void {
+    if (data.length > this.cacheLimit) return
+    this.cache.set(i, data)
+    this.cacheUsed += data.length
+    while (this.cacheUsed > this.cacheLimit) {
+      const [k, v] = this.cache.entries().next().value!
+      this.cache.delete(k)
+      this.cacheUsed -= v.length
+    }
+  }
+
+  cacheStats(): {hits: number; misses: number; bytes: number} {
+    return {hits: this.hits, misses: this.misses, bytes: this.cacheUsed}
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size)
+      throw new VdevError('usage', `${this.path}: read of ${length} bytes at ${offset} is outside the image (${this.size} bytes)`)
+  }
+
+  async read(offset: number, length: number): Promise<ReadResult> {
+    this.checkRange(offset, length)
+    const out = Buffer.allocUnsafe(length)
+    if (length > 0) {
+      const first = Math.floor(offset / this.chunkSize)
+      const last = Math.floor((offset + length - 1) / this.chunkSize)
+      const parts: Promise<void>[] = []
+      for (let i = first; i <= last; i++) {
+        const cStart = i * this.chunkSize
+        const s = Math.max(offset, cStart)
+        const e = Math.min(offset + length, cStart + this.chunkSize)
+        parts.push(
+          this.chunk(i).then((data) => {
+            if (data) data.copy(out, s - offset, s - cStart, e - cStart)
+            else out.fill(0, s - offset, e - offset)
+          }),
+        )
+      }
+      await Promise.all(parts)
+    }
+    return {data: out, bad: this.badAreas.intersect(offset, length)}
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length)
+    const runs: Extent[] = []
+    const push = (off: number, len: number, kind: Extent['kind']) => {
+      const last = runs[runs.length - 1]
+      if (last && last.kind === kind && last.offset + last.length === off) last.length += len
+      else runs.push({offset: off, length: len, kind})
+    }
+    const end = offset + length
+    let at = offset
+    while (at < end) {
+      const i = Math.floor(at / this.chunkSize)
+      const g = Math.floor(i / this.l2Entries)
+      const t = await this.l2Table(g)
+      if (typeof t === 'number') {
+        const groupEnd = Math.min(end, (g + 1) * this.l2Entries * this.chunkSize)
+        push(at, groupEnd - at, 'zero')
+        at = groupEnd
+        continue
+      }
+      const e = await this.entry(i)
+      const cEnd = Math.min(end, (i + 1) * this.chunkSize)
+      push(at, cEnd - at, e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread ? 'zero' : 'data')
+      at = cEnd
+    }
+    // Bad areas override: cut them out of the runs.
+    const bad = this.badAreas.intersect(offset, length)
+    if (bad.length === 0) return runs
+    const out: Extent[] = []
+    let bi = 0
+    for (const r of runs) {
+      let s = r.offset
+      const rEnd = r.offset + r.length
+      while (s < rEnd) {
+        while (bi < bad.length && bad[bi].offset + bad[bi].length <= s) bi++
+        const b = bad[bi]
+        if (!b || b.offset >= rEnd) {
+          out.push({offset: s, length: rEnd - s, kind: r.kind})
+          break
+        }
+        if (b.offset > s) out.push({offset: s, length: b.offset - s, kind: r.kind})
+        const bEnd = Math.min(rEnd, b.offset + b.length)
+        const prev = out[out.length - 1]
+        const bs = Math.max(s, b.offset)
+        if (prev && prev.kind === 'bad' && prev.offset + prev.length === bs) prev.length += bEnd - bs
+        else out.push({offset: bs, length: bEnd - bs, kind: 'bad'})
+        s = bEnd
+      }
+    }
+    return out
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.pool?.close()
+    this.cache.clear()
+    this.l2Cache.clear()
+    fs.closeSync(this.fd)
+  }
+
+  /** Open and check an image. Every failure is a VdevError naming the file and the byte offset. */
+  static async open(file: string, opts: OpenOptions = {}): Promise<VdimgImage> {
+    let fd: number
+    try {
+      fd = fs.openSync(file, 'r')
+    } catch (err) {
+      throw ioError(file, err)
+    }
+    try {
+      const st = fs.fstatSync(fd)
+      if (st.isDirectory()) throw new VdevError('io', `${file}: is a directory`)
+      const fileSize = st.isBlockDevice() ? blockDeviceSize(fd) : st.size
+      const fail = (m: string, at: number, code: 'format' | 'unsupported' = 'format') =>
+        new VdevError(code, `${file}: ${m} (at byte ${at})`)
+      const head = await preadExact(fd, Math.min(HEADER_SIZE, fileSize), 0, file)
+      let header: Header
+      try {
+        header = decodeHeader(head, fileSize)
+      } catch (err) {
+        if (err instanceof LayoutError)
+          throw fail(err.message, err.offset, /not supported/.test(err.message) ? 'unsupported' : 'format')
+        throw err
+      }
+      const tableBytes = header.sectionCount * SECTION_ENTRY_SIZE
+      const table = await preadExact(fd, tableBytes, header.sectionTableOffset, file)
+      if (crc32c(table) !== header.sectionTableCrc) throw fail('section table checksum mismatch', header.sectionTableOffset)
+      let sections: Section[]
+      try {
+        sections = decodeSections(table, header.sectionTableOffset, fileSize)
+      } catch (err) {
+        if (err instanceof LayoutError) throw fail(err.message, err.offset)
+        throw err
+      }
+      const seen = new Set<number>()
+      let l1: Buffer | undefined
+      let l1Offset = 0
+      let bad = BadAreaMap.EMPTY
+      let metadata: Record<string, unknown> = {}
+      const load = async (s: Section, cap: number, what: string) => {
+        if (s.length > cap) throw fail(`${what} is ${s.length} bytes, more than the ${cap} a valid image can need`, s.offset)
+        const b = await preadExact(fd, s.length, s.offset, file)
+        if (crc32c(b) !== s.crc) throw fail(`${what} checksum mismatch`, s.offset)
+        return b
+      }
+      for (const s of sections) {
+        if (seen.has(s.type) && s.type <= SectionType.Metadata) throw fail(`duplicate section of type ${s.type}`, s.offset)
+        seen.add(s.type)
+        if (s.type === SectionType.ChunkIndex) {
+          const want = Math.ceil(header.chunkCount / header.l2Entries) * L1_ENTRY_SIZE
+          if (s.length !== want) throw fail(`chunk index is ${s.length} bytes, expected ${want}`, s.offset)
+          l1 = await load(s, want, 'chunk index')
+          l1Offset = s.offset
+        } else if (s.type === SectionType.BadAreaMap) {
+          const cap = Math.min(1 << 30, (Math.ceil(header.size / header.sectorSize) + 1) * 24)
+          const b = await load(s, cap, 'bad-area map')
+          try {
+            bad = BadAreaMap.decode(b, s.offset, header.size)
+          } catch (err) {
+            if (err instanceof LayoutError) throw fail(err.message, err.offset)
+            throw err
+          }
+        } else if (s.type === SectionType.Metadata) {
+          const b = await load(s, MAX_METADATA, 'metadata')
+          let parsed: unknown
+          try {
+            parsed = JSON.parse(b.toString('utf8'))
+          } catch {
+            throw fail('metadata is not valid JSON', s.offset)
+          }
+          if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw fail('metadata is not a JSON object', s.offset)
+          metadata = parsed as Record<string, unknown>
+        } else if (s.flags & SECTION_FLAG_CRITICAL) {
+          throw fail(`unknown critical section type ${s.type}: this image needs a newer vdev`, s.offset, 'unsupported')
+        }
+      }
+      if (!l1) {
+        if (header.chunkCount > 0) throw fail('no chunk index section', header.sectionTableOffset)
+        l1 = Buffer.alloc(0)
+      }
+      return new VdimgImage(file, fd, fileSize, header, l1, l1Offset, bad, metadata, sections, opts)
+    } catch (err) {
+      fs.closeSync(fd)
+      throw err
+    }
+  }
+}
+
+export function openImage(file: string, opts?: OpenOptions): Promise<VdimgImage> {
+  return VdimgImage.open(file, opts)
+}
+
+function path_join(a: string, b: string): string {
+  return path.join(a, b)
+}
+
+function toOwnArrayBuffer(b: Buffer): ArrayBuffer {
+  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) return b.buffer as ArrayBuffer
+  return new Uint8Array(b).buffer as ArrayBuffer
+}
+
+function blockDeviceSize(fd: number): number {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const libc = require('../sys/libc') as typeof import('../sys/libc')
+  const b = Buffer.alloc(8)
+  libc.ioctl(fd, 0x80081272, b, 'BLKGETSIZE64')
+  return Number(b.readBigUInt64LE(0))
+}
+
+/** Read exactly `len` bytes at `pos`; a short read means the file is truncated. */
+export function preadExact(fd: number, len: number, pos: number, name: string): Promise<Buffer> {
+  const buf = Buffer.allocUnsafeSlow(len)
+  return new Promise((resolve, reject) => {
+    let done = 0
+    const step = (): void => {
+      if (done === len) return resolve(buf)
+      fs.read(fd, buf, done, len - done, pos + done, (err, n) => {
+        if (err) return reject(ioError(name, err, `read error at byte ${pos + done}`))
+        if (n === 0) return reject(new VdevError('format', `${name}: unexpected end of file at byte ${pos + done} (truncated?)`))
+        done += n
+        step()
+      })
+    }
+    step()
+  })
+}

@@ -1,0 +1,371 @@
+/**
+ * `create`: turns an input (file, block device, stdin) plus an optional ddrescue mapfile into a VDIMG
+ * file. Reading and hashing happen on the main thread in order; compression runs on worker threads;
+ * results are written back in order. The file is built under a temporary name beside the output and
+ * renamed only when complete.
+ */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import * as crypto from 'node:crypto'
+import {VdevError, ioError, type BadRange, type BadStatus} from '../core/errors'
+import {WorkerPool} from '../core/workerpool'
+import {BadAreaMap} from './badmap'
+import {crc32c} from './crc'
+import type {InputSource} from './input'
+import type {Mapfile} from './mapfile'
+import type {EncodeResult, EncodeTask} from './codec-worker'
+import {
+  ChunkKind,
+  DATA_START,
+  DEFAULT_CHUNK_SIZE,
+  DEFAULT_L2_ENTRIES,
+  HEADER_FLAG_HASH,
+  L2_ENTRY_SIZE,
+  MAX_CHUNK_SIZE,
+  MAX_L2_ENTRIES,
+  MIN_CHUNK_SIZE,
+  MIN_L2_ENTRIES,
+  SECTION_FLAG_CRITICAL,
+  SECTOR_SIZES,
+  SectionType,
+  VERSION_MAJOR,
+  VERSION_MINOR,
+  encodeHeader,
+  encodeL1,
+  encodeSections,
+  isPowerOfTwo,
+  writeL2Entry,
+  type L1Entry,
+  type Section,
+} from './layout'
+
+export interface CreateOptions {
+  chunkSize?: number
+  /** zstd level, 1–19 (negative levels are zstd's fast modes). */
+  level?: number
+  threads?: number
+  sectorSize?: number
+  l2Entries?: number
+  metadata?: Record<string, unknown>
+  mapfile?: Mapfile
+  /** Compute the media SHA-256 (default true). */
+  hash?: boolean
+  /** Replace an existing output. */
+  force?: boolean
+  onProgress?: (bytesRead: number, total: number | undefined) => void
+}
+
+export interface CreateResult {
+  path: string
+  size: number
+  fileSize: number
+  chunkSize: number
+  sectorSize: number
+  chunks: Record<string, number>
+  sha256?: string
+  badAreas: number
+  badBytes: number
+}
+
+export const DEFAULT_LEVEL = 3
+
+function validate(opts: CreateOptions, input: InputSource) {
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE
+  if (!isPowerOfTwo(chunkSize) || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE)
+    throw new VdevError('usage', `chunk size ${chunkSize} is not a power of two from 4 KiB to 4 MiB`)
+  const sectorSize = opts.sectorSize ?? input.sectorSize ?? 512
+  if (!(SECTOR_SIZES as readonly number[]).includes(sectorSize))
+    throw new VdevError('usage', `sector size ${sectorSize} is not 512, 2048 or 4096`)
+  if (chunkSize < sectorSize) throw new VdevError('usage', `chunk size ${chunkSize} is smaller than the sector size ${sectorSize}`)
+  const level = opts.level ?? DEFAULT_LEVEL
+  if (!Number.isInteger(level) || level < -7 || level > 19) throw new VdevError('usage', `compression level ${level} is not from -7 to 19`)
+  const l2Entries = opts.l2Entries ?? DEFAULT_L2_ENTRIES
+  if (!isPowerOfTwo(l2Entries) || l2Entries < MIN_L2_ENTRIES || l2Entries > MAX_L2_ENTRIES)
+    throw new VdevError('usage', `index table size ${l2Entries} is not a power of two from 256 to 65536`)
+  const threads = opts.threads ?? os.availableParallelism()
+  if (!Number.isInteger(threads) || threads < 1 || threads > 256) throw new VdevError('usage', `thread count ${threads} is not from 1 to 256`)
+  return {chunkSize, sectorSize, level, l2Entries, threads}
+}
+
+/** Write `buf` at `pos` completely. */
+function writeAt(fd: number, buf: Uint8Array, pos: number, name: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0
+    const step = (): void =>
+      fs.write(fd, buf, done, buf.length - done, pos + done, (err, n) => {
+        if (err) return reject(ioError(name, err, 'write error'))
+        done += n
+        if (done >= buf.length) resolve()
+        else step()
+      })
+    step()
+  })
+}
+
+const ZERO = Buffer.alloc(4 << 20)
+function hashZeros(h: crypto.Hash, n: number): void {
+  while (n > 0) {
+    const k = Math.min(n, ZERO.length)
+    h.update(ZERO.subarray(0, k))
+    n -= k
+  }
+}
+
+interface Batch {
+  firstChunk: number
+  /** Per chunk in the batch: logical length, and whether it is wholly unread. */
+  lengths: number[]
+  unread: boolean[]
+  result: Promise<EncodeResult | undefined>
+}
+
+export async function createImage(input: InputSource, outPath: string, opts: CreateOptions = {}): Promise<CreateResult> {
+  const {chunkSize, sectorSize, level, l2Entries, threads} = validate(opts, input)
+  const map = opts.mapfile
+  if (map && input.size !== undefined && input.size < map.extent)
+    throw new VdevError('format', `${input.name}: source is ${input.size} bytes but the mapfile describes ${map.extent} bytes`)
+  const bad = map?.bad ?? BadAreaMap.EMPTY
+  /** Bytes past the mapfile's end are non-tried (the ddrescue manual's rule). */
+  const tailStart = map ? map.extent : Infinity
+  const badIn = (off: number, len: number): BadRange[] => {
+    const r = bad.intersect(off, len)
+    if (off + len > tailStart) {
+      const s = Math.max(off, tailStart)
+      r.push({offset: s, length: off + len - s, status: 'non-tried'})
+    }
+    return r
+  }
+  const isUnread = (off: number, len: number) => off >= tailStart || bad.covers(off, Math.min(len, tailStart - off))
+
+  if (!opts.force && fs.existsSync(outPath))
+    throw new VdevError('exists', `${outPath}: already exists (use --force to replace it)`)
+  const dir = path.dirname(path.resolve(outPath))
+  const tmp = path.join(dir, `.${path.basename(outPath)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`)
+  let fd: number
+  try {
+    fd = fs.openSync(tmp, 'wx', 0o644)
+  } catch (err) {
+    throw ioError(outPath, err, 'cannot create')
+  }
+
+  const pool = new WorkerPool(path.join(__dirname, 'codec-worker.js'), threads)
+  const hasher = opts.hash === false ? undefined : crypto.createHash('sha256')
+  const counts = {zero: 0, raw: 0, zstd: 0, unread: 0}
+  const l1: L1Entry[] = []
+  const l2 = Buffer.alloc(l2Entries * L2_ENTRY_SIZE)
+  let l2Count = 0
+  let l2Uniform: ChunkKind | undefined | null = undefined // the one kind of every chunk so far, null if mixed
+  let filePos = DATA_START
+  let chunkIndex = 0
+  let bytesRead = 0
+  // Powers of two no larger than a group, so batches never straddle an index group.
+  const batchChunks = Math.min(l2Entries, Math.max(1, Math.floor((4 << 20) / chunkSize)))
+  const maxInFlight = threads * 3
+  const inflight: Batch[] = []
+  let cleanedUp = false
+  const cleanup = () => {
+    if (cleanedUp) return
+    cleanedUp = true
+    try {
+      fs.closeSync(fd)
+    } catch {
+      /* already closed */
+    }
+    fs.rmSync(tmp, {force: true})
+  }
+  const onSignal = () => {
+    cleanup()
+    process.exit(130)
+  }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+
+  const flushL2 = async () => {
+    if (l2Count === 0) return
+    if (l2Uniform === ChunkKind.Zero || l2Uniform === ChunkKind.Unread) {
+      l1.push({offset: 0, length: 0, crc: 0, fillKind: l2Uniform})
+    } else {
+      const table = l2.subarray(0, l2Count * L2_ENTRY_SIZE)
+      await writeAt(fd, table, filePos, tmp)
+      l1.push({offset: filePos, length: table.length, crc: crc32c(table), fillKind: 0})
+      filePos += table.length
+    }
+    l2Count = 0
+    l2Uniform = undefined
+  }
+
+  const addEntry = async (kind: ChunkKind, offset: number, storedLength: number, crc: number, storedCrc: number) => {
+    writeL2Entry(l2, l2Count++, {offset, storedLength, crc, kind, storedCrc})
+    l2Uniform = l2Uniform === undefined ? kind : l2Uniform === kind ? kind : null
+    counts[kind === ChunkKind.Zero ? 'zero' : kind === ChunkKind.Raw ? 'raw' : kind === ChunkKind.Zstd ? 'zstd' : 'unread']++
+    if (l2Count === l2Entries) await flushL2()
+  }
+
+  const complete = async (b: Batch) => {
+    const r = await b.result
+    const out = r ? new Uint8Array(r.out) : new Uint8Array(0)
+    if (out.length) await writeAt(fd, out, filePos, tmp)
+    let at = 0
+    let k = 0
+    for (let i = 0; i < b.lengths.length; i++) {
+      if (b.unread[i]) {
+        await addEntry(ChunkKind.Unread, 0, 0, 0, 0)
+        continue
+      }
+      const kind = r!.kinds[k] as ChunkKind
+      const len = r!.lengths[k]
+      await addEntry(kind, len ? filePos + at : 0, len, r!.crcs[k], r!.storedCrcs[k])
+      at += len
+      k++
+    }
+    filePos += out.length
+  }
+
+  let size = input.size
+  try {
+    for (;;) {
+      const start = chunkIndex * chunkSize
+      if (size !== undefined && start >= size) break
+      // A whole index group inside one bad area is recorded without reading it.
+      if (input.seekable && size !== undefined && chunkIndex % l2Entries === 0) {
+        const groupLen = Math.min(l2Entries * chunkSize, size - start)
+        if (isUnread(start, groupLen)) {
+          while (inflight.length) await complete(inflight.shift()!)
+          const n = Math.ceil(groupLen / chunkSize)
+          if (hasher) hashZeros(hasher, groupLen)
+          counts.unread += n
+          l1.push({offset: 0, length: 0, crc: 0, fillKind: ChunkKind.Unread})
+          chunkIndex += n
+          bytesRead += groupLen
+          opts.onProgress?.(bytesRead, size)
+          continue
+        }
+      }
+      let want = batchChunks * chunkSize
+      if (size !== undefined) want = Math.min(want, size - start)
+      const lengths: number[] = []
+      const unread: boolean[] = []
+      for (let off = 0; off < want; off += chunkSize) {
+        const len = Math.min(chunkSize, want - off)
+        lengths.push(len)
+        unread.push(isUnread(start + off, len))
+      }
+      const buf = Buffer.allocUnsafeSlow(want)
+      let got: number
+      if (input.seekable && unread.every((u) => u)) {
+        buf.fill(0)
+        got = want
+      } else {
+        got = await input.read(buf, start)
+        if (got < want) {
+          if (input.seekable) throw new VdevError('io', `${input.name}: source ended at byte ${start + got}, expected ${size} bytes`)
+          size = start + got
+          while (lengths.length && lengths.reduce((a, b) => a + b, 0) > got) {
+            const over = lengths.reduce((a, b) => a + b, 0) - got
+            const last = lengths.length - 1
+            if (lengths[last] > over) lengths[last] -= over
+            else {
+              lengths.pop()
+              unread.pop()
+            }
+          }
+          for (let i = 0; i < lengths.length; i++) unread[i] = isUnread(start + i * chunkSize, lengths[i])
+        }
+      }
+      // Bytes of areas not marked finished are not stored: zero them before hashing and compressing.
+      for (const r of badIn(start, got)) buf.fill(0, r.offset - start, r.offset - start + r.length)
+      hasher?.update(buf.subarray(0, got))
+      bytesRead += got
+      const chunks: Array<[number, number]> = []
+      for (let i = 0; i < lengths.length; i++) if (!unread[i]) chunks.push([i * chunkSize, lengths[i]])
+      const task: EncodeTask = {op: 'encode', level, buf: buf.buffer as ArrayBuffer, chunks}
+      const result = chunks.length ? pool.run<EncodeResult>(task, [buf.buffer as ArrayBuffer]) : Promise.resolve(undefined)
+      result.catch(() => undefined) // observed when completed, in order
+      inflight.push({firstChunk: chunkIndex, lengths, unread, result})
+      chunkIndex += lengths.length
+      opts.onProgress?.(bytesRead, size)
+      while (inflight.length >= maxInFlight) await complete(inflight.shift()!)
+      if (got < want) break
+    }
+    while (inflight.length) await complete(inflight.shift()!)
+    await flushL2()
+    size ??= 0
+    if (map && size < map.extent)
+      throw new VdevError('format', `${input.name}: source is ${size} bytes but the mapfile describes ${map.extent} bytes`)
+
+    // The stored bad-area map: the mapfile's areas, plus non-tried from its end to the image end.
+    const ranges: BadRange[] = [...bad]
+    if (map && size > map.extent) ranges.push({offset: map.extent, length: size - map.extent, status: 'non-tried'})
+    const badMap = BadAreaMap.fromRanges(ranges)
+    const sha = hasher?.digest()
+    const metadata = {...(opts.metadata ?? {})}
+    metadata.size ??= size
+    metadata.sectorSize ??= sectorSize
+
+    const sections: Section[] = []
+    const addSection = async (type: SectionType, flags: number, data: Buffer) => {
+      await writeAt(fd, data, filePos, tmp)
+      sections.push({type, flags, offset: filePos, length: data.length, crc: crc32c(data)})
+      filePos += data.length
+    }
+    await addSection(SectionType.ChunkIndex, SECTION_FLAG_CRITICAL, encodeL1(l1))
+    await addSection(SectionType.BadAreaMap, SECTION_FLAG_CRITICAL, badMap.encode())
+    await addSection(SectionType.Metadata, 0, Buffer.from(JSON.stringify(metadata), 'utf8'))
+    const table = encodeSections(sections)
+    const tableOffset = filePos
+    await writeAt(fd, table, filePos, tmp)
+    filePos += table.length
+    const header = encodeHeader({
+      major: VERSION_MAJOR,
+      minor: VERSION_MINOR,
+      headerSize: 0,
+      flags: sha ? HEADER_FLAG_HASH : 0,
+      sectorSize,
+      chunkSize,
+      l2Entries,
+      size,
+      chunkCount: Math.ceil(size / chunkSize),
+      sectionTableOffset: tableOffset,
+      sectionCount: sections.length,
+      sectionTableCrc: crc32c(table),
+      sha256: sha ?? Buffer.alloc(32),
+    })
+    await writeAt(fd, header, 0, tmp)
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+    cleanedUp = true
+    try {
+      if (opts.force) fs.renameSync(tmp, outPath)
+      else {
+        // link() fails if the output appeared meanwhile: never replace without --force.
+        fs.linkSync(tmp, outPath)
+        fs.rmSync(tmp)
+      }
+    } catch (err) {
+      fs.rmSync(tmp, {force: true})
+      const e = err as NodeJS.ErrnoException
+      if (e.code === 'EEXIST') throw new VdevError('exists', `${outPath}: already exists (use --force to replace it)`)
+      throw ioError(outPath, err, 'cannot create')
+    }
+    const totals = badMap.totals()
+    return {
+      path: outPath,
+      size,
+      fileSize: filePos,
+      chunkSize,
+      sectorSize,
+      chunks: counts,
+      sha256: sha?.toString('hex'),
+      badAreas: badMap.count,
+      badBytes: (Object.keys(totals) as BadStatus[]).reduce((s, k) => s + totals[k].bytes, 0),
+    }
+  } catch (err) {
+    cleanup()
+    throw err
+  } finally {
+    process.removeListener('SIGINT', onSignal)
+    process.removeListener('SIGTERM', onSignal)
+    await pool.close()
+  }
+}
