@@ -33,6 +33,10 @@ export interface Mapfile {
   bad: BadAreaMap
   /** End of the last block: how many bytes of the source the mapfile describes. */
   extent: number
+  /** From ddrescue's header comments, when present: "GNU ddrescue 1.27", its command line, its start time. */
+  tool?: string
+  commandLine?: string
+  startTime?: string
 }
 
 const INTEGER = /^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/
@@ -54,9 +58,16 @@ export function parseMapfile(text: string, name: string): Mapfile {
   let status: {pos: number; st: string; pass?: number} | undefined
   const ranges: BadRange[] = []
   let end = -1
+  const info: {tool?: string; commandLine?: string; startTime?: string} = {}
   const lines = text.split('\n')
   for (let i = 0; i < lines.length; i++) {
     const ln = i + 1
+    const comment = /^#\s*(Mapfile\. Created by|Command line:|Start time:)\s*(.*)$/.exec(lines[i].trim())
+    if (comment && !status) {
+      if (comment[1] === 'Command line:') info.commandLine = comment[2]
+      else if (comment[1] === 'Start time:') info.startTime = comment[2]
+      else info.tool = comment[2].replace(/ version /, ' ')
+    }
     const hash = lines[i].indexOf('#')
     const body = (hash >= 0 ? lines[i].slice(0, hash) : lines[i]).trim()
     if (!body) continue
@@ -93,7 +104,7 @@ export function parseMapfile(text: string, name: string): Mapfile {
   }
   if (!status) fail(lines.length, 'no status line (is this a ddrescue mapfile?)')
   const st = status as {pos: number; st: string; pass?: number}
-  return {currentPos: st.pos, currentStatus: st.st, currentPass: st.pass, bad: BadAreaMap.fromRanges(ranges), extent: Math.max(end, 0)}
+  return {currentPos: st.pos, currentStatus: st.st, currentPass: st.pass, bad: BadAreaMap.fromRanges(ranges), extent: Math.max(end, 0), ...info}
 }
 
 /** Upper bound on a mapfile we read into memory (a map of 10 million blocks is ~400 MB of text). */

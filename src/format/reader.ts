@@ -73,10 +73,12 @@ export class VdimgImage implements BlockSource {
 
   private constructor(
     readonly path: string,
-    private readonly fd: number,
+    /** The open image file (read-only); exposed for whole-image decoding. */
+    readonly fd: number,
     readonly fileSize: number,
     readonly header: Header,
-    private readonly l1: Buffer,
+    /** The first-level index (FORMAT.md §5). */
+    readonly l1: Buffer,
     private readonly l1Offset: number,
     badAreas: BadAreaMap,
     metadata: Record<string, unknown>,

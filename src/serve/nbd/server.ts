@@ -1,0 +1,464 @@
+/**
+ * A read-only NBD server over a BlockServer: the fixed newstyle handshake, then the transmission phase with
+ * simple or structured replies. Requests are served concurrently and answered as they finish (out of order);
+ * each reply is written whole in one synchronous step, so replies never interleave. The same connection code
+ * serves the Linux kernel client on one end of a socketpair, which speaks the transmission phase only.
+ * Spec: NetworkBlockDevice/nbd doc/proto.md; constants and encoders in protocol.ts.
+ */
+import type {Server, Socket} from 'node:net'
+import {BlockError, type BlockServer} from '../../core/blockserver'
+import * as P from './protocol'
+import {EndOfStream, SocketReader} from './reader'
+
+export interface NbdServerOptions {
+  /** The export's canonical name (vdev uses the image file name); "" always selects it too. */
+  exportName: string
+  description?: string
+  log?: (line: string) => void
+}
+
+/** Option data is small (strings are at most 4096 bytes); anything larger is taken for abuse. */
+export const MAX_OPTION_LENGTH = 64 * 1024
+/** Options one client may send before it must choose an export (nbdkit allows 32). */
+export const MAX_OPTIONS = 256
+/** Requests one connection may have in flight before the server stops reading more. */
+const MAX_IN_FLIGHT = 64
+/** Stop taking requests while this much reply data waits in the socket. */
+const OUTPUT_HIGH_WATER = 64 * 1024 * 1024
+/** At most this many descriptors in one block status reply (spec: SHOULD NOT send more than 2^20). */
+const MAX_DESCRIPTORS = 16384
+const BASE_ALLOCATION_ID = 1
+
+interface Session {
+  structured: boolean
+  metaContext: boolean
+}
+
+class ProtocolViolation extends Error {}
+
+export class NbdServer {
+  readonly exportName: string
+  private readonly connections = new Set<NbdConnection>()
+  private closing = false
+
+  constructor(
+    readonly server: BlockServer,
+    private readonly opts: NbdServerOptions,
+  ) {
+    this.exportName = opts.exportName
+  }
+
+  get description(): string {
+    return this.opts.description ?? ''
+  }
+
+  log(line: string): void {
+    this.opts.log?.(line)
+  }
+
+  /** Transmission flags of this export. */
+  transmissionFlags(structured: boolean): number {
+    let f = P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_READ_ONLY | P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_CACHE
+    // Read-only, no cache between connections: every connection sees the same bytes.
+    f |= P.NBD_FLAG_CAN_MULTI_CONN
+    // Reads are always answered with one content chunk, so "don't fragment" is honoured as is.
+    if (structured) f |= P.NBD_FLAG_SEND_DF
+    return f
+  }
+
+  /** Accept connections from a listening (or about to listen) net.Server. */
+  attach(listener: Server): void {
+    listener.on('connection', (socket: Socket) => this.handle(socket))
+  }
+
+  /** Serve one client from the start of the handshake. */
+  handle(socket: Socket): NbdConnection {
+    const c = new NbdConnection(this, socket, false)
+    this.track(c)
+    return c
+  }
+
+  /** Serve the kernel's NBD client: no handshake, simple replies only. */
+  handleTransmission(socket: Socket): NbdConnection {
+    const c = new NbdConnection(this, socket, true)
+    this.track(c)
+    return c
+  }
+
+  private track(c: NbdConnection): void {
+    if (this.closing) {
+      c.destroy()
+      return
+    }
+    this.connections.add(c)
+    void c.run().finally(() => this.connections.delete(c))
+  }
+
+  get connectionCount(): number {
+    return this.connections.size
+  }
+
+  /** Stop reading new requests on every connection, finish those in flight, then close the sockets. */
+  async close(): Promise<void> {
+    this.closing = true
+    await Promise.all([...this.connections].map((c) => c.shutdown()))
+  }
+}
+
+export class NbdConnection {
+  private readonly reader: SocketReader
+  private readonly session: Session = {structured: false, metaContext: false}
+  private inFlight = 0
+  private slotWaiters: Array<() => void> = []
+  private stopping = false
+  private stopped: Promise<void>
+  private resolveStopped!: () => void
+  private readonly peer: string
+
+  constructor(
+    private readonly nbd: NbdServer,
+    private readonly socket: Socket,
+    private readonly transmissionOnly: boolean,
+  ) {
+    this.reader = new SocketReader(socket)
+    this.peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'local'
+    socket.setNoDelay?.(true)
+    socket.on('error', (err) => this.nbd.log(`nbd ${this.peer}: ${err.message}`))
+    this.stopped = new Promise((r) => (this.resolveStopped = r))
+  }
+
+  destroy(): void {
+    this.socket.destroy()
+  }
+
+  /** Graceful stop: no new requests, in-flight ones answered, then the socket closed. */
+  async shutdown(): Promise<void> {
+    this.stopping = true
+    await this.idle()
+    this.close()
+    await this.stopped
+  }
+
+  /** Flush what was written, then close; a peer that keeps its end open does not hold the socket. */
+  private close(): void {
+    if (this.socket.destroyed) return
+    this.socket.end(() => this.socket.destroy())
+    setTimeout(() => this.socket.destroy(), 2000).unref()
+  }
+
+  async run(): Promise<void> {
+    try {
+      if (this.transmissionOnly || (await this.handshake())) await this.transmission()
+    } catch (err) {
+      if (!(err instanceof EndOfStream)) this.nbd.log(`nbd ${this.peer}: ${(err as Error).message}`)
+    } finally {
+      await this.idle()
+      this.close()
+      this.resolveStopped()
+    }
+  }
+
+  private write(...parts: Buffer[]): void {
+    if (this.socket.destroyed || this.socket.writableEnded) return
+    if (parts.length === 1) {
+      this.socket.write(parts[0])
+      return
+    }
+    this.socket.cork()
+    for (const p of parts) this.socket.write(p)
+    this.socket.uncork()
+  }
+
+  // ---- handshake ("Fixed newstyle negotiation") ----
+
+  /** Returns true when the client chose the export and transmission begins. */
+  private async handshake(): Promise<boolean> {
+    const nbd = this.nbd
+    this.write(P.encodeGreeting(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES))
+    const clientFlags = (await this.reader.read(4)).readUInt32BE(0)
+    if (clientFlags & ~(P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES))
+      throw new ProtocolViolation(`unknown client flags 0x${clientFlags.toString(16)}`)
+    const noZeroes = (clientFlags & P.NBD_FLAG_C_NO_ZEROES) !== 0
+
+    for (let count = 0; ; count++) {
+      if (this.stopping) return false
+      const h = P.decodeOptionHeader(await this.reader.read(P.OPTION_HEADER_SIZE))
+      if (h.magic !== P.IHAVEOPT) throw new ProtocolViolation('bad option magic')
+      if (count >= MAX_OPTIONS) throw new ProtocolViolation(`more than ${MAX_OPTIONS} options`)
+      if (h.length > MAX_OPTION_LENGTH) throw new ProtocolViolation(`option ${h.option} data of ${h.length} bytes`)
+      const data = h.length > 0 ? await this.reader.read(h.length) : Buffer.alloc(0)
+      const reply = (type: number, payload?: Buffer) => this.write(P.encodeOptionReply(h.option, type, payload))
+      const error = (type: number, message: string) => reply(type, Buffer.from(message, 'utf8'))
+
+      switch (h.option) {
+        case P.NBD_OPT_EXPORT_NAME: {
+          const name = data.toString('utf8')
+          // This option cannot answer an error: an unknown export ends the session.
+          if (!this.isOurExport(name)) throw new ProtocolViolation(`unknown export "${name}"`)
+          this.write(P.encodeExportNameReply(nbd.server.size, nbd.transmissionFlags(this.session.structured), noZeroes))
+          return true
+        }
+        case P.NBD_OPT_ABORT:
+          reply(P.NBD_REP_ACK)
+          return false
+        case P.NBD_OPT_LIST:
+          if (data.length !== 0) {
+            error(P.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data')
+            break
+          }
+          reply(P.NBD_REP_SERVER, P.encodeRepServer(nbd.exportName, nbd.description))
+          reply(P.NBD_REP_ACK)
+          break
+        case P.NBD_OPT_INFO:
+        case P.NBD_OPT_GO: {
+          let req: {name: string; requests: number[]}
+          try {
+            req = P.decodeInfoRequest(data)
+          } catch (err) {
+            error(P.NBD_REP_ERR_INVALID, (err as Error).message)
+            break
+          }
+          if (!this.isOurExport(req.name)) {
+            error(P.NBD_REP_ERR_UNKNOWN, `no export named "${req.name}"`)
+            break
+          }
+          const flags = nbd.transmissionFlags(this.session.structured)
+          reply(P.NBD_REP_INFO, P.encodeInfoExport(nbd.server.size, flags))
+          if (req.requests.includes(P.NBD_INFO_NAME)) reply(P.NBD_REP_INFO, P.encodeInfoString(P.NBD_INFO_NAME, nbd.exportName))
+          if (req.requests.includes(P.NBD_INFO_DESCRIPTION) && nbd.description)
+            reply(P.NBD_REP_INFO, P.encodeInfoString(P.NBD_INFO_DESCRIPTION, nbd.description))
+          const sector = nbd.server.sectorSize
+          reply(P.NBD_REP_INFO, P.encodeInfoBlockSize(sector, Math.max(sector, 4096), P.MAX_PAYLOAD))
+          reply(P.NBD_REP_ACK)
+          if (h.option === P.NBD_OPT_GO) return true
+          break
+        }
+        case P.NBD_OPT_STRUCTURED_REPLY:
+          if (data.length !== 0) {
+            error(P.NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data')
+            break
+          }
+          this.session.structured = true
+          reply(P.NBD_REP_ACK)
+          break
+        case P.NBD_OPT_LIST_META_CONTEXT:
+        case P.NBD_OPT_SET_META_CONTEXT: {
+          const setting = h.option === P.NBD_OPT_SET_META_CONTEXT
+          // "Issuing this command replaces all previously-set metadata contexts (including when this command fails)".
+          if (setting) this.session.metaContext = false
+          if (!this.session.structured) {
+            error(P.NBD_REP_ERR_INVALID, 'negotiate structured replies first')
+            break
+          }
+          let req: {name: string; queries: string[]}
+          try {
+            req = P.decodeMetaContextRequest(data)
+          } catch (err) {
+            error(P.NBD_REP_ERR_INVALID, (err as Error).message)
+            break
+          }
+          if (!this.isOurExport(req.name)) {
+            error(P.NBD_REP_ERR_UNKNOWN, `no export named "${req.name}"`)
+            break
+          }
+          const selected = setting
+            ? req.queries.includes(P.BASE_ALLOCATION)
+            : req.queries.length === 0 || req.queries.some((q) => q === 'base:' || q === P.BASE_ALLOCATION)
+          if (selected) reply(P.NBD_REP_META_CONTEXT, P.encodeMetaContext(setting ? BASE_ALLOCATION_ID : 0, P.BASE_ALLOCATION))
+          if (setting) this.session.metaContext = selected
+          reply(P.NBD_REP_ACK)
+          break
+        }
+        default:
+          // STARTTLS (no TLS here), EXTENDED_HEADERS and anything unknown.
+          error(P.NBD_REP_ERR_UNSUP, `option ${h.option} is not supported`)
+      }
+    }
+  }
+
+  private isOurExport(name: string): boolean {
+    return name === '' || name === this.nbd.exportName
+  }
+
+  // ---- transmission ----
+
+  private async transmission(): Promise<void> {
+    const reader = this.reader
+    for (;;) {
+      if (this.stopping) return
+      if (this.inFlight >= MAX_IN_FLIGHT) await this.slot()
+      if (this.socket.writableLength > OUTPUT_HIGH_WATER && !this.socket.destroyed) await this.drained()
+      if (this.stopping) return
+      const hdr = reader.tryRead(P.REQUEST_SIZE) ?? (await reader.read(P.REQUEST_SIZE))
+      const req = P.decodeRequest(hdr)
+      if (req.magic !== P.NBD_REQUEST_MAGIC) throw new ProtocolViolation(`bad request magic 0x${req.magic.toString(16)}`)
+      if (this.stopping) {
+        // "...any subsequently received requests SHOULD be ESHUTDOWN" (Terminating the transmission phase).
+        this.replyError(req, P.NBD_ESHUTDOWN, 'the server is shutting down')
+        return
+      }
+      switch (req.type) {
+        case P.NBD_CMD_READ:
+          this.read(req)
+          break
+        case P.NBD_CMD_WRITE:
+          // The payload follows the header; it must be consumed (or the connection closed) to stay in sync.
+          if (req.length > P.MAX_PAYLOAD) throw new ProtocolViolation(`write payload of ${req.length} bytes`)
+          await reader.skip(req.length)
+          this.replyError(req, P.NBD_EPERM, 'the export is read-only')
+          break
+        case P.NBD_CMD_TRIM:
+        case P.NBD_CMD_WRITE_ZEROES:
+          this.replyError(req, P.NBD_EPERM, 'the export is read-only')
+          break
+        case P.NBD_CMD_DISC:
+          // "The server MUST handle all outstanding requests" before closing (run() waits for them).
+          return
+        case P.NBD_CMD_FLUSH:
+          this.replyOk(req)
+          break
+        case P.NBD_CMD_CACHE:
+          if (this.checkRange(req)) this.replyOk(req)
+          break
+        case P.NBD_CMD_BLOCK_STATUS:
+          this.blockStatus(req)
+          break
+        default:
+          this.replyError(req, P.NBD_EINVAL, `unknown command ${req.type}`)
+      }
+    }
+  }
+
+  private checkRange(req: P.Request): boolean {
+    if (req.offset + req.length > this.nbd.server.size) {
+      this.replyError(req, P.NBD_EINVAL, `request of ${req.length} bytes at ${req.offset} extends past the end (${this.nbd.server.size})`)
+      return false
+    }
+    return true
+  }
+
+  private slot(): Promise<void> {
+    return new Promise((resolve) => this.slotWaiters.push(resolve))
+  }
+
+  /** Resolves when the socket's output buffer drains (or the socket closes). */
+  private drained(): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done)
+        this.socket.off('close', done)
+        resolve()
+      }
+      this.socket.on('drain', done)
+      this.socket.on('close', done)
+    })
+  }
+
+  private begin(): void {
+    this.inFlight++
+  }
+
+  private finish(): void {
+    this.inFlight--
+    for (const f of this.slotWaiters.splice(0)) f()
+    if (this.inFlight === 0) for (const f of this.idleWaiters.splice(0)) f()
+  }
+
+  private idleWaiters: Array<() => void> = []
+  private idle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve()
+    return new Promise((resolve) => this.idleWaiters.push(resolve))
+  }
+
+  private read(req: P.Request): void {
+    if (req.length > P.MAX_PAYLOAD) {
+      this.replyError(req, P.NBD_EINVAL, `read of ${req.length} bytes exceeds the ${P.MAX_PAYLOAD}-byte maximum`)
+      return
+    }
+    if (!this.checkRange(req)) return
+    this.begin()
+    this.nbd.server.read(req.offset, req.length).then(
+      (data) => {
+        if (this.session.structured) {
+          if (data.length === 0) this.write(P.encodeNoneChunk(req.cookie))
+          else this.write(P.encodeOffsetDataHeader(req.cookie, P.NBD_REPLY_FLAG_DONE, req.offset, data.length), data)
+        } else this.write(P.encodeSimpleReply(req.cookie, 0), data)
+        this.finish()
+      },
+      (err: unknown) => {
+        const e = err instanceof BlockError ? err : new BlockError('EIO', String((err as Error)?.message ?? err))
+        const errno = P.ERRNO_TO_NBD[e.errno] ?? P.NBD_EIO
+        // Name the first unreadable byte, rounded down to its sector, so the client knows where reading failed.
+        let at: number | undefined
+        if (e.errno === 'EIO' && e.bad.length > 0) {
+          const sector = this.nbd.server.sectorSize
+          at = Math.max(req.offset, Math.floor(e.bad[0].offset / sector) * sector)
+        }
+        this.replyError(req, errno, e.message, at)
+        this.finish()
+      },
+    )
+  }
+
+  private blockStatus(req: P.Request): void {
+    if (!this.session.metaContext) {
+      this.replyError(req, P.NBD_EINVAL, 'no metadata context was negotiated')
+      return
+    }
+    if (req.length === 0) {
+      this.replyError(req, P.NBD_EINVAL, 'block status of zero bytes')
+      return
+    }
+    if (!this.checkRange(req)) return
+    this.begin()
+    this.extents(req.offset, req.length).then((descs) => {
+      if (req.flags & P.NBD_CMD_FLAG_REQ_ONE) descs = descs.slice(0, 1)
+      this.write(P.encodeBlockStatusChunk(req.cookie, P.NBD_REPLY_FLAG_DONE, BASE_ALLOCATION_ID, descs))
+      this.finish()
+    })
+  }
+
+  /** base:allocation descriptors for [offset, offset+length): zeros as hole+zero, everything else as data. */
+  private async extents(offset: number, length: number): Promise<Array<{length: number; status: number}>> {
+    const source = this.nbd.server.source
+    const zeroBad = this.nbd.server.badPolicy === 'zero'
+    const out: Array<{length: number; status: number}> = []
+    try {
+      if (source.extents) {
+        let at = offset
+        for (const e of await source.extents(offset, length)) {
+          // Clip to the request and require the list to be contiguous; anything else ends the list early.
+          const s = Math.max(e.offset, offset)
+          const end = Math.min(e.offset + e.length, offset + length)
+          if (s !== at || end <= s) break
+          // Bad areas read as EIO under the default policy: never claim they are zeros, or copy tools would
+          // skip them and write zeros instead of reporting the error.
+          const zero = e.kind === 'zero' || (e.kind === 'bad' && zeroBad)
+          const status = zero ? P.NBD_STATE_HOLE | P.NBD_STATE_ZERO : 0
+          const last = out[out.length - 1]
+          if (last && last.status === status) last.length += end - s
+          else {
+            if (out.length >= MAX_DESCRIPTORS) break
+            out.push({length: end - s, status})
+          }
+          at = end
+        }
+      }
+    } catch (err) {
+      this.nbd.log(`nbd ${this.peer}: extents(${offset}, ${length}) failed: ${(err as Error).message}`)
+      out.length = 0
+    }
+    // "The server MAY always safely report a status of 0 for any block."
+    if (out.length === 0) out.push({length, status: 0})
+    return out
+  }
+
+  private replyOk(req: P.Request): void {
+    this.write(P.encodeSimpleReply(req.cookie, 0))
+  }
+
+  private replyError(req: P.Request, errno: number, message: string, offset?: number): void {
+    if (this.session.structured) this.write(P.encodeErrorChunk(req.cookie, P.NBD_REPLY_FLAG_DONE, errno, message, offset))
+    else this.write(P.encodeSimpleReply(req.cookie, errno))
+  }
+}

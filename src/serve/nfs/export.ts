@@ -1,0 +1,136 @@
+/**
+ * The exported tree: a read-only root directory holding one regular file, the decoded image. File handles
+ * and the file system id are derived from the image identity (never from the process), so a client that
+ * kept a handle across a server restart finds the same objects again, and a handle for another image is
+ * answered NFS3ERR_STALE instead of silently reading different data.
+ */
+import {createHash} from 'node:crypto'
+import type {XdrWriter} from './xdr'
+
+/** RFC 1813 §2.4 (nfs_fh3): file handles are opaque<NFS3_FHSIZE>. */
+export const NFS3_FHSIZE = 64
+
+/** RFC 1813 §2.3.5 ftype3. */
+export const Ftype3 = {NF3REG: 1, NF3DIR: 2, NF3BLK: 3, NF3CHR: 4, NF3LNK: 5, NF3SOCK: 6, NF3FIFO: 7} as const
+
+/** Our handle layout: magic (4) + identity digest (16) + fileid (4). Not an RFC structure: handles are opaque. */
+const HANDLE_MAGIC = Buffer.from('vdv1', 'latin1')
+const HANDLE_DIGEST_BYTES = 16
+export const HANDLE_BYTES = HANDLE_MAGIC.length + HANDLE_DIGEST_BYTES + 4
+
+/** fileids: 1 is the root directory, 2 the image file. Zero is avoided; some clients treat it as "none". */
+export const ROOT_FILEID = 1
+export const IMAGE_FILEID = 2
+
+export type NodeKind = 'dir' | 'file'
+
+export interface ExportNode {
+  kind: NodeKind
+  fileid: number
+  handle: Buffer
+}
+
+export type HandleLookup = {ok: true; node: ExportNode} | {ok: false; why: 'badhandle' | 'stale'}
+
+export interface ExportOptions {
+  exportName: string
+  fileName: string
+  size: number
+  /** What makes the image itself: e.g. its absolute path and size. Handles are derived from it. */
+  identity: string
+  /** Reported as atime/mtime/ctime of both objects. */
+  mtime: Date
+}
+
+export class ExportTree {
+  readonly exportName: string
+  readonly fileName: string
+  readonly size: number
+  readonly root: ExportNode
+  readonly file: ExportNode
+  /** 64-bit file system id (fattr3.fsid), derived from the identity. */
+  readonly fsid: bigint
+  /** READDIR cookie verifier: constant for this identity (the directory never changes). */
+  readonly cookieVerf: Buffer
+  private readonly digest: Buffer
+  private readonly seconds: number
+  private readonly nseconds: number
+
+  constructor(opts: ExportOptions) {
+    this.exportName = opts.exportName
+    this.fileName = opts.fileName
+    this.size = opts.size
+    const h = createHash('sha256').update('vdev-nfs-export\0').update(opts.identity).digest()
+    this.digest = h.subarray(0, HANDLE_DIGEST_BYTES)
+    this.fsid = h.readBigUInt64BE(16)
+    this.cookieVerf = h.subarray(24, 32)
+    this.root = {kind: 'dir', fileid: ROOT_FILEID, handle: this.makeHandle(ROOT_FILEID)}
+    this.file = {kind: 'file', fileid: IMAGE_FILEID, handle: this.makeHandle(IMAGE_FILEID)}
+    const ms = opts.mtime.getTime()
+    this.seconds = Math.max(0, Math.floor(ms / 1000))
+    this.nseconds = Math.max(0, Math.floor((ms % 1000) * 1e6))
+  }
+
+  private makeHandle(fileid: number): Buffer {
+    const b = Buffer.alloc(HANDLE_BYTES)
+    HANDLE_MAGIC.copy(b, 0)
+    this.digest.copy(b, HANDLE_MAGIC.length)
+    b.writeUInt32BE(fileid, HANDLE_MAGIC.length + HANDLE_DIGEST_BYTES)
+    return b
+  }
+
+  /** Map a client's handle to a node: malformed → badhandle, another image's or unknown → stale. */
+  lookupHandle(fh: Buffer): HandleLookup {
+    if (fh.length !== HANDLE_BYTES || !fh.subarray(0, HANDLE_MAGIC.length).equals(HANDLE_MAGIC))
+      return {ok: false, why: 'badhandle'}
+    if (!fh.subarray(HANDLE_MAGIC.length, HANDLE_MAGIC.length + HANDLE_DIGEST_BYTES).equals(this.digest))
+      return {ok: false, why: 'stale'}
+    const fileid = fh.readUInt32BE(HANDLE_MAGIC.length + HANDLE_DIGEST_BYTES)
+    if (fileid === ROOT_FILEID) return {ok: true, node: this.root}
+    if (fileid === IMAGE_FILEID) return {ok: true, node: this.file}
+    return {ok: false, why: 'stale'}
+  }
+
+  /** Directory entries in READDIR order; a cookie is the index of the entry after it. */
+  entries(): Array<{name: string; node: ExportNode}> {
+    return [
+      {name: '.', node: this.root},
+      {name: '..', node: this.root},
+      {name: this.fileName, node: this.file},
+    ]
+  }
+
+  /** Name lookup inside the root. */
+  child(name: string): ExportNode | undefined {
+    if (name === '.' || name === '..') return this.root
+    if (name === this.fileName) return this.file
+    return undefined
+  }
+
+  /** RFC 1813 §2.6 fattr3. */
+  writeFattr3(w: XdrWriter, node: ExportNode): void {
+    const isDir = node.kind === 'dir'
+    const size = isDir ? 4096 : this.size
+    w.uint32(isDir ? Ftype3.NF3DIR : Ftype3.NF3REG)
+    w.uint32(isDir ? 0o555 : 0o444) // mode: read (and search) for everyone, never write
+    w.uint32(isDir ? 2 : 1) // nlink
+    w.uint32(0) // uid
+    w.uint32(0) // gid
+    w.uint64(size) // size
+    w.uint64(size) // used
+    w.uint32(0).uint32(0) // rdev (specdata3)
+    w.uint64(this.fsid)
+    w.uint64(node.fileid)
+    for (let i = 0; i < 3; i++) w.uint32(this.seconds).uint32(this.nseconds) // atime, mtime, ctime
+  }
+
+  /** RFC 1813 §2.6 post_op_attr with attributes present. */
+  writePostOpAttr(w: XdrWriter, node: ExportNode | undefined): void {
+    if (!node) {
+      w.bool(false)
+      return
+    }
+    w.bool(true)
+    this.writeFattr3(w, node)
+  }
+}
