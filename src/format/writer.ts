@@ -206,6 +206,9 @@ export async function createImage(input: InputSource, outPath: string, opts: Cre
     const r = await b.result
     const out = r ? new Uint8Array(r.out) : new Uint8Array(0)
     if (out.length) await writeAt(fd, out, filePos, tmp)
+    // Advance first: a group completed by this batch writes its index table after the batch's data.
+    const base = filePos
+    filePos += out.length
     let at = 0
     let k = 0
     for (let i = 0; i < b.lengths.length; i++) {
@@ -215,11 +218,10 @@ export async function createImage(input: InputSource, outPath: string, opts: Cre
       }
       const kind = r!.kinds[k] as ChunkKind
       const len = r!.lengths[k]
-      await addEntry(kind, len ? filePos + at : 0, len, r!.crcs[k], r!.storedCrcs[k])
+      await addEntry(kind, len ? base + at : 0, len, r!.crcs[k], r!.storedCrcs[k])
       at += len
       k++
     }
-    filePos += out.length
   }
 
   let size = input.size
