@@ -31,9 +31,10 @@ export const MountStat = {
   MNT3ERR_SERVERFAULT: 10006,
 } as const
 
-/** "/" stays "/"; "//x/" becomes "/x"; "" becomes "/". */
+/** "/" stays "/"; "//x/" becomes "/x". A relative path (e.g. "") is left alone: it names no export. */
 export function normalizeDirpath(p: string): string {
-  const s = ('/' + p).replace(/\/+/g, '/')
+  if (!p.startsWith('/')) return p
+  const s = p.replace(/\/+/g, '/')
   return s.length > 1 && s.endsWith('/') ? s.slice(0, -1) : s
 }
 

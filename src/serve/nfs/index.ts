@@ -1,0 +1,267 @@
+/**
+ * A loopback NFSv3 server exporting one decoded image as one regular file. The portmapper (100000 v2),
+ * MOUNT v3 (100005) and NFS v3 (100003) all answer on one TCP port, so a client needs no rpcbind:
+ *   mount -t nfs -o vers=3,proto=tcp,port=P,mountport=P,nolock,ro 127.0.0.1:/ DIR      (Linux)
+ *   mount_nfs -o ro,nolocks,vers=3,tcp,port=P,mountport=P 127.0.0.1:/ DIR               (macOS)
+ * Only loopback peers are served; any other peer gets AUTH_ERROR (and MNT3ERR_ACCES from MOUNT).
+ */
+import * as net from 'node:net'
+import type {BlockServer} from '../../core/blockserver'
+import {ExportTree} from './export'
+import {MOUNT_PROG, MOUNT_V3, MountProc, MountProgram} from './mount'
+import {NFS_PROG, NFS_V3, Nfs3Program} from './nfs3'
+import {IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PortmapProgram} from './portmap'
+import {
+  AcceptStat,
+  AuthFlavor,
+  AuthStat,
+  RecordDecoder,
+  RpcProtocolError,
+  acceptErrorReply,
+  acceptedReply,
+  authErrorReply,
+  decodeCallHeader,
+  frameRecord,
+  rpcMismatchReply,
+  type CallContext,
+  type ProcOutcome,
+  type RpcProgram,
+} from './rpc'
+import {XdrError} from './xdr'
+
+export interface NfsServerOptions {
+  /** Address to listen on; "127.0.0.1" in normal use. Non-loopback peers are refused whatever this is. */
+  host: string
+  /** 0 picks a free port. */
+  port: number
+  /** The MOUNT path clients ask for, e.g. "/". */
+  exportName: string
+  /** The name of the one file in the export, e.g. "disk.img". */
+  fileName: string
+  log: (line: string) => void
+  /** What identifies the image (e.g. its absolute path); handles derive from it. Default: names + size. */
+  identity?: string
+  /** Timestamps reported for the file and directory. Default: when the server starts. */
+  mtime?: Date
+  /** FSINFO rtmax: the largest READ answered. Default 1 MiB. */
+  rtmax?: number
+  /** FSINFO wtmax, which also sizes the record cap (writes are refused, but must be framed). Default 1 MiB. */
+  wtmax?: number
+}
+
+export interface NfsServerHandle {
+  host: string
+  port: number
+  close(): Promise<void>
+}
+
+export const DEFAULT_RTMAX = 1 << 20
+export const DEFAULT_WTMAX = 1 << 20
+/** Room for the RPC header, credentials (2 x 400 bytes), a file handle and WRITE's fixed fields. */
+const RECORD_OVERHEAD = 8192
+/** Calls one connection may have in progress before we stop reading from it. */
+const MAX_CALLS_PER_CONNECTION = 128
+
+/** 127.0.0.0/8, ::1 and their IPv4-mapped IPv6 forms. */
+export function isLoopbackAddress(addr: string | undefined): boolean {
+  if (!addr) return false
+  const a = addr.toLowerCase()
+  if (a === '::1') return true
+  const v4 = a.startsWith('::ffff:') ? a.slice(7) : a
+  return net.isIPv4(v4) && v4.startsWith('127.')
+}
+
+/** Everything a connection needs: the programs and the rules applied before any of them runs. */
+class Dispatcher {
+  private readonly programs = new Map<number, RpcProgram>()
+
+  constructor(
+    programs: RpcProgram[],
+    readonly maxRecord: number,
+    readonly log: (line: string) => void,
+  ) {
+    for (const p of programs) this.programs.set(p.prog, p)
+  }
+
+  /** One record in, the reply parts out (null: close the connection). */
+  async handle(record: Buffer, ctx: CallContext): Promise<Buffer[] | null> {
+    let header
+    try {
+      header = decodeCallHeader(record)
+    } catch (err) {
+      if (err instanceof RpcProtocolError) {
+        this.log(`nfs: closing connection from ${ctx.peer}: ${err.message}`)
+        return null
+      }
+      throw err
+    }
+    if (!header.ok) {
+      this.log(`nfs: refused call ${header.xid} from ${ctx.peer}: ${header.detail}`)
+      return header.reply === 'rpc-mismatch'
+        ? rpcMismatchReply(header.xid)
+        : authErrorReply(header.xid, AuthStat.AUTH_BADCRED)
+    }
+    const call = header.call
+    if (call.credFlavor !== AuthFlavor.AUTH_NONE && call.credFlavor !== AuthFlavor.AUTH_SYS)
+      return authErrorReply(call.xid, AuthStat.AUTH_BADCRED)
+    // A stranger may ping MOUNT and ask MNT, which answers MNT3ERR_ACCES itself (so its client reports
+    // "access denied" rather than a bare RPC failure); every other call from one is an AUTH_ERROR.
+    const mountCall =
+      call.prog === MOUNT_PROG && call.vers === MOUNT_V3 && (call.proc === MountProc.MNT || call.proc === MountProc.NULL)
+    if (!ctx.trusted && !mountCall) {
+      this.log(`nfs: refused program ${call.prog} call from non-loopback peer ${ctx.peer}`)
+      return authErrorReply(call.xid, AuthStat.AUTH_TOOWEAK)
+    }
+    const program = this.programs.get(call.prog)
+    if (!program) return acceptErrorReply(call.xid, AcceptStat.PROG_UNAVAIL)
+    if (call.vers < program.low || call.vers > program.high)
+      return acceptErrorReply(call.xid, AcceptStat.PROG_MISMATCH, {low: program.low, high: program.high})
+    let outcome: ProcOutcome
+    try {
+      outcome = await program.dispatch(call, ctx)
+    } catch (err) {
+      if (err instanceof XdrError) {
+        this.log(`nfs: ${program.name} procedure ${call.proc} from ${ctx.peer}: ${err.message}`)
+        return acceptErrorReply(call.xid, AcceptStat.GARBAGE_ARGS)
+      }
+      this.log(`nfs: ${program.name} procedure ${call.proc} failed: ${(err as Error)?.message ?? err}`)
+      return acceptErrorReply(call.xid, AcceptStat.SYSTEM_ERR)
+    }
+    if ('accept' in outcome) return acceptErrorReply(call.xid, outcome.accept)
+    return acceptedReply(call.xid, outcome)
+  }
+}
+
+/** One TCP connection: record reassembly, calls in parallel, replies in completion order (matched by xid). */
+class Connection {
+  private readonly decoder: RecordDecoder
+  private readonly ctx: CallContext
+  private calls = 0
+  private writeBlocked = false
+  private closed = false
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly dispatcher: Dispatcher,
+  ) {
+    this.decoder = new RecordDecoder(dispatcher.maxRecord)
+    const peer = socket.remoteAddress ?? 'unknown'
+    this.ctx = {trusted: isLoopbackAddress(socket.remoteAddress), peer, log: dispatcher.log}
+    socket.setNoDelay(true)
+    socket.on('data', (chunk: Buffer) => this.onData(chunk))
+    socket.on('drain', () => {
+      this.writeBlocked = false
+      this.updateFlow()
+    })
+    socket.on('error', () => this.close())
+    socket.on('close', () => (this.closed = true))
+  }
+
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    this.socket.destroy()
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return
+    let records: Buffer[]
+    try {
+      records = this.decoder.push(chunk)
+    } catch (err) {
+      this.dispatcher.log(`nfs: closing connection from ${this.ctx.peer}: ${(err as Error).message}`)
+      this.close()
+      return
+    }
+    for (const record of records) {
+      if (this.closed) return
+      this.calls++
+      this.updateFlow()
+      this.dispatcher
+        .handle(record, this.ctx)
+        .then(
+          (reply) => (reply ? this.send(reply) : this.close()),
+          (err) => {
+            this.dispatcher.log(`nfs: internal error: ${(err as Error)?.message ?? err}`)
+            this.close()
+          },
+        )
+        .finally(() => {
+          this.calls--
+          this.updateFlow()
+        })
+    }
+  }
+
+  private send(parts: Buffer[]): void {
+    if (this.closed) return
+    const framed = frameRecord(parts)
+    this.socket.cork()
+    let ok = true
+    for (const p of framed) ok = this.socket.write(p)
+    this.socket.uncork()
+    if (!ok) {
+      this.writeBlocked = true
+      this.updateFlow()
+    }
+  }
+
+  /** Stop reading while too many calls are in progress or the peer is not reading its replies. */
+  private updateFlow(): void {
+    if (this.closed) return
+    if (this.writeBlocked || this.calls >= MAX_CALLS_PER_CONNECTION) this.socket.pause()
+    else this.socket.resume()
+  }
+}
+
+/** Start serving `server`'s bytes as `opts.fileName` in export `opts.exportName`. */
+export async function startNfsServer(server: BlockServer, opts: NfsServerOptions): Promise<NfsServerHandle> {
+  const rtmax = opts.rtmax ?? DEFAULT_RTMAX
+  const wtmax = opts.wtmax ?? DEFAULT_WTMAX
+  const tree = new ExportTree({
+    exportName: opts.exportName,
+    fileName: opts.fileName,
+    size: server.size,
+    identity: opts.identity ?? `${opts.exportName}\0${opts.fileName}\0${server.size}\0${server.sectorSize}`,
+    mtime: opts.mtime ?? new Date(),
+  })
+  let port = 0
+  const portmap = new PortmapProgram(() => [
+    {prog: PMAP_PROG, vers: PMAP_VERS, prot: IPPROTO_TCP, port},
+    {prog: MOUNT_PROG, vers: MOUNT_V3, prot: IPPROTO_TCP, port},
+    {prog: NFS_PROG, vers: NFS_V3, prot: IPPROTO_TCP, port},
+  ])
+  const dispatcher = new Dispatcher(
+    [portmap, new MountProgram(tree), new Nfs3Program(tree, server, {rtmax, wtmax})],
+    wtmax + RECORD_OVERHEAD,
+    opts.log,
+  )
+  const connections = new Set<Connection>()
+  const tcp = net.createServer((socket) => {
+    const c = new Connection(socket, dispatcher)
+    connections.add(c)
+    socket.on('close', () => connections.delete(c))
+  })
+  await new Promise<void>((resolve, reject) => {
+    tcp.once('error', reject)
+    tcp.listen({host: opts.host, port: opts.port}, () => {
+      tcp.off('error', reject)
+      resolve()
+    })
+  })
+  tcp.on('error', (err) => opts.log(`nfs: listener error: ${err.message}`))
+  const addr = tcp.address() as net.AddressInfo
+  port = addr.port
+  let closing: Promise<void> | undefined
+  return {
+    host: addr.address,
+    port: addr.port,
+    close(): Promise<void> {
+      closing ??= new Promise<void>((resolve) => {
+        tcp.close(() => resolve())
+        for (const c of connections) c.close()
+      })
+      return closing
+    },
+  }
+}
