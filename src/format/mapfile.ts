@@ -33,6 +33,8 @@ export interface Mapfile {
   bad: BadAreaMap
   /** End of the last block: how many bytes of the source the mapfile describes. */
   extent: number
+  /** End of the last finished ('+') block: the source must hold at least this many bytes. */
+  finishedEnd: number
   /** From ddrescue's header comments, when present: "GNU ddrescue 1.27", its command line, its start time. */
   tool?: string
   commandLine?: string
@@ -58,6 +60,7 @@ export function parseMapfile(text: string, name: string): Mapfile {
   let status: {pos: number; st: string; pass?: number} | undefined
   const ranges: BadRange[] = []
   let end = -1
+  let finishedEnd = 0
   const info: {tool?: string; commandLine?: string; startTime?: string} = {}
   const lines = text.split('\n')
   for (let i = 0; i < lines.length; i++) {
@@ -100,11 +103,12 @@ export function parseMapfile(text: string, name: string): Mapfile {
     } else if (p < end) fail(ln, `block at ${p} overlaps the previous block (which ends at ${end})`)
     else if (p > end) fail(ln, `block at ${p} is not contiguous with the previous block (which ends at ${end})`)
     if (st !== 'finished') ranges.push({offset: p, length: s, status: st as BadStatus})
+    else finishedEnd = p + s
     end = p + s
   }
   if (!status) fail(lines.length, 'no status line (is this a ddrescue mapfile?)')
   const st = status as {pos: number; st: string; pass?: number}
-  return {currentPos: st.pos, currentStatus: st.st, currentPass: st.pass, bad: BadAreaMap.fromRanges(ranges), extent: Math.max(end, 0), ...info}
+  return {currentPos: st.pos, currentStatus: st.st, currentPass: st.pass, bad: BadAreaMap.fromRanges(ranges), extent: Math.max(end, 0), finishedEnd, ...info}
 }
 
 /** Upper bound on a mapfile we read into memory (a map of 10 million blocks is ~400 MB of text). */

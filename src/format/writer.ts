@@ -120,11 +120,11 @@ interface Batch {
   result: Promise<EncodeResult | undefined>
 }
 
-export async function createImage(input: InputSource, outPath: string, opts: CreateOptions = {}): Promise<CreateResult> {
-  const {chunkSize, sectorSize, level, l2Entries, threads} = validate(opts, input)
+export async function createImage(source: InputSource, outPath: string, opts: CreateOptions = {}): Promise<CreateResult> {
+  const {chunkSize, sectorSize, level, l2Entries, threads} = validate(opts, source)
+  let input = source
   const map = opts.mapfile
-  if (map && input.size !== undefined && input.size < map.extent)
-    throw new VdevError('format', `${input.name}: source is ${input.size} bytes but the mapfile describes ${map.extent} bytes`)
+  if (map) input = padToMapfile(input, map)
   const bad = map?.bad ?? BadAreaMap.EMPTY
   /** Bytes past the mapfile's end are non-tried (the ddrescue manual's rule). */
   const tailStart = map ? map.extent : Infinity
@@ -293,8 +293,6 @@ export async function createImage(input: InputSource, outPath: string, opts: Cre
     while (inflight.length) await complete(inflight.shift()!)
     await flushL2()
     size ??= 0
-    if (map && size < map.extent)
-      throw new VdevError('format', `${input.name}: source is ${size} bytes but the mapfile describes ${map.extent} bytes`)
 
     // The stored bad-area map: the mapfile's areas, plus non-tried from its end to the image end.
     const ranges: BadRange[] = [...bad]
@@ -369,5 +367,55 @@ export async function createImage(input: InputSource, outPath: string, opts: Cre
     process.removeListener('SIGINT', onSignal)
     process.removeListener('SIGTERM', onSignal)
     await pool.close()
+  }
+}
+
+/**
+ * ddrescue writes its mapfile for the whole medium even when the rescued file is shorter (a run stopped
+ * early). Bytes past the end of the source that the mapfile does not mark finished are not needed: the
+ * image keeps the medium's size and those bytes stay bad areas. Bytes it marks finished must be there.
+ */
+function padToMapfile(input: InputSource, map: Mapfile): InputSource {
+  const short = (have: number) =>
+    new VdevError('format', `${input.name}: source is ${have} bytes but the mapfile marks bytes up to ${map.finishedEnd} as rescued`)
+  if (input.seekable && input.size !== undefined) {
+    const real = input.size
+    if (real < map.finishedEnd) throw short(real)
+    if (real >= map.extent) return input
+    return {
+      ...input,
+      name: input.name,
+      size: map.extent,
+      seekable: true,
+      async read(buf, pos) {
+        const avail = Math.max(0, Math.min(buf.length, real - pos))
+        const n = avail ? await input.read(buf.subarray(0, avail), pos) : 0
+        buf.fill(0, n)
+        return Math.min(buf.length, map.extent - pos)
+      },
+      close: () => input.close(),
+    }
+  }
+  let total = 0
+  let ended = false
+  return {
+    name: input.name,
+    size: undefined,
+    seekable: false,
+    async read(buf) {
+      let n = ended ? 0 : await input.read(buf, total)
+      if (n < buf.length && !ended) {
+        ended = true
+        if (total + n < map.finishedEnd) throw short(total + n)
+      }
+      if (ended && total + n < map.extent) {
+        const pad = Math.min(buf.length - n, map.extent - (total + n))
+        buf.fill(0, n, n + pad)
+        n += pad
+      }
+      total += n
+      return n
+    },
+    close: () => input.close(),
   }
 }
