@@ -3,6 +3,8 @@
  * reading real .vdimg images made by the real writer.
  */
 import * as assert from 'node:assert/strict'
+import * as path from 'node:path'
+import {spawn} from 'node:child_process'
 import {BAD, IMAGE_SIZE, expectedZeroFilled, makeImages, nfsUrl, run, serve, type Images, type Served} from './fixture'
 
 describe('nfs server with libnfs (nfs-ls, nfs-cat, nfs-cp)', function () {
@@ -97,6 +99,37 @@ describe('nfs server with libnfs (nfs-ls, nfs-cat, nfs-cp)', function () {
     for (const r of rs) {
       assert.equal(r.code, 0, r.stderr)
       assert.ok(r.stdout.equals(img.data))
+    }
+  })
+
+  it('vdev serve IMG --protocol nfs --json: ready line, nfs-cat reads the file, SIGTERM stops it', async () => {
+    const bin = path.resolve(__dirname, '..', '..', '..', 'bin', 'run.js')
+    const child = spawn(process.execPath, [bin, 'serve', img.goodImage, '--protocol', 'nfs', '--json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    try {
+      const line = await new Promise<string>((resolve, reject) => {
+        let out = ''
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString()
+          if (out.includes('\n')) resolve(out.split('\n')[0])
+        })
+        child.once('exit', (code) => reject(new Error(`vdev serve exited ${code} before its ready line`)))
+      })
+      const ready = JSON.parse(line) as {protocol: string; listen: string; export: string; file: string}
+      assert.equal(ready.protocol, 'nfs')
+      assert.equal(ready.export, '/')
+      assert.equal(ready.file, 'good.img')
+      assert.match(ready.listen, /^127\.0\.0\.1:\d+$/)
+      const port = Number(ready.listen.split(':')[1])
+      const r = await run('nfs-cat', [nfsUrl(port, ready.file)])
+      assert.equal(r.code, 0, r.stderr)
+      assert.ok(r.stdout.equals(img.data))
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+      child.kill('SIGTERM')
+      assert.equal(await exited, 0)
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     }
   })
 })

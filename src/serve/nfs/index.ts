@@ -39,7 +39,7 @@ export interface NfsServerOptions {
   /** The name of the one file in the export, e.g. "disk.img". */
   fileName: string
   log: (line: string) => void
-  /** What identifies the image (e.g. its absolute path); handles derive from it. Default: names + size. */
+  /** What identifies the image (e.g. its absolute path); handles derive from it. Default: names, size, media hash. */
   identity?: string
   /** Timestamps reported for the file and directory. Default: when the server starts. */
   mtime?: Date
@@ -214,6 +214,12 @@ class Connection {
   }
 }
 
+/** Without an explicit identity: the names, the geometry and, when the source records one, its media hash. */
+function defaultIdentity(server: BlockServer, opts: NfsServerOptions): string {
+  const hash = (server.source as {sha256?: unknown}).sha256
+  return [opts.exportName, opts.fileName, server.size, server.sectorSize, typeof hash === 'string' ? hash : ''].join('\0')
+}
+
 /** Start serving `server`'s bytes as `opts.fileName` in export `opts.exportName`. */
 export async function startNfsServer(server: BlockServer, opts: NfsServerOptions): Promise<NfsServerHandle> {
   const rtmax = opts.rtmax ?? DEFAULT_RTMAX
@@ -222,7 +228,7 @@ export async function startNfsServer(server: BlockServer, opts: NfsServerOptions
     exportName: opts.exportName,
     fileName: opts.fileName,
     size: server.size,
-    identity: opts.identity ?? `${opts.exportName}\0${opts.fileName}\0${server.size}\0${server.sectorSize}`,
+    identity: opts.identity ?? defaultIdentity(server, opts),
     mtime: opts.mtime ?? new Date(),
   })
   let port = 0
