@@ -1,0 +1,76 @@
+/**
+ * Benchmark plumbing: run a real command (argv, no shell) under /usr/bin/time, optionally piping its
+ * stdout into a second command, and print tables of ratios. Nothing here asserts: benchmarks print.
+ */
+import {spawn} from 'node:child_process'
+import * as fs from 'node:fs'
+
+export interface Run {
+  seconds: number
+  /** Peak resident set size of the (first) command, in KiB. */
+  maxRssKiB: number
+}
+
+/** Run argv (optionally `| pipeTo`), return wall seconds and peak RSS. Throws on a non-zero exit. */
+export function timed(argv: string[], opts: {pipeTo?: string[]; stdoutFile?: string; env?: NodeJS.ProcessEnv; cwd?: string} = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const rssFile = `/tmp/vdev-bench-rss-${process.pid}-${Math.random().toString(36).slice(2)}`
+    const t0 = process.hrtime.bigint()
+    const outFd = opts.stdoutFile ? fs.openSync(opts.stdoutFile, 'w') : undefined
+    const first = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, ...argv], {
+      stdio: ['ignore', opts.pipeTo ? 'pipe' : outFd ?? 'ignore', 'pipe'],
+      env: {...process.env, ...opts.env},
+      cwd: opts.cwd,
+    })
+    let err = ''
+    first.stderr!.on('data', (b) => (err += b))
+    const waits: Array<Promise<number>> = [new Promise((r) => first.on('close', (c) => r(c ?? -1)))]
+    if (opts.pipeTo) {
+      const second = spawn(opts.pipeTo[0], opts.pipeTo.slice(1), {stdio: [first.stdout!, 'ignore', 'inherit']})
+      waits.push(new Promise((r) => second.on('close', (c) => r(c ?? -1))))
+    }
+    Promise.all(waits).then((codes) => {
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9
+      if (outFd !== undefined) fs.closeSync(outFd)
+      let maxRssKiB = 0
+      try {
+        maxRssKiB = Number(fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop())
+        fs.rmSync(rssFile)
+      } catch {
+        /* time did not write it */
+      }
+      if (codes.some((c) => c !== 0)) reject(new Error(`${argv.join(' ')} failed (${codes}): ${err.slice(-2000)}`))
+      else resolve({seconds, maxRssKiB})
+    }, reject)
+  })
+}
+
+/** Best (lowest time) of n runs. */
+export async function best(n: number, f: () => Promise<Run>): Promise<Run> {
+  let b: Run | undefined
+  for (let i = 0; i < n; i++) {
+    const r = await f()
+    if (!b || r.seconds < b.seconds) b = r
+  }
+  return b!
+}
+
+export function table(headers: string[], rows: Array<Array<string | number>>): string {
+  const cells = [headers, ...rows.map((r) => r.map(String))]
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)))
+  const line = (r: string[]) => '| ' + r.map((c, i) => c.padEnd(widths[i])).join(' | ') + ' |'
+  return [line(cells[0]), '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|', ...cells.slice(1).map(line)].join('\n')
+}
+
+export const MiB = 1024 * 1024
+export const fmt = (n: number, d = 2) => n.toFixed(d)
+export const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`
+
+/** Drop the page cache (root): cold-cache measurements. */
+export function dropCaches(): void {
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3')
+  } catch {
+    /* not root or not permitted: measurements are warm */
+  }
+}
