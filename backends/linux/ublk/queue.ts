@@ -1,0 +1,217 @@
+/**
+ * One ublk hardware queue: its io_uring, the mmapped descriptor array, and the FETCH_REQ /
+ * COMMIT_AND_FETCH_REQ loop (include/uapi/linux/ublk_cmd.h).
+ *
+ * The driver requires every command of a queue to come from the task that issued its FETCH_REQs. This queue
+ * lives on the JavaScript main thread — the same thread that owns the BlockServer — and never blocks it: the
+ * ring fd is watched by the event loop (koffi's uv_poll), a completion for one tag is turned into a
+ * BlockServer read, and the COMMIT_AND_FETCH_REQs of everything answered in one turn of the loop go to the
+ * kernel in one io_uring_enter. (A worker thread per queue was the alternative; it adds a message hop each way
+ * per request while the data still has to come from the main thread, and the main-thread loop measured faster
+ * — see docs/ublk.md.)
+ *
+ * Data moves with UBLK_F_USER_COPY when the kernel has it: the read's bytes are pwrite()n to /dev/ublkcN at the
+ * request's position, from the main thread (the driver does not care which thread copies). Without it, each tag
+ * owns a buffer whose address goes in the FETCH/COMMIT command, and the driver copies from it on commit.
+ */
+import * as fs from 'node:fs'
+import {BlockError, type BlockServer} from '../../../src/core/blockserver'
+import {koffi} from '../../../src/sys/libc'
+import * as abi from './abi'
+import {bufferAddress, IORING_OP_URING_CMD, IoUring, io_uring_sqe, mapShared, unmap, setUserData, SQE_CMD, SQE_CMD_OP, type Cqe, type Mapping} from './io_uring'
+
+/** Negative errnos handed back to the block layer (it maps anything it does not know to BLK_STS_IOERR). */
+const ERRNO: Record<BlockError['errno'], number> = {EIO: 5, EINVAL: 22, ENOSPC: 28, EPERM: 1, ESHUTDOWN: 108}
+const EIO = 5
+const EOPNOTSUPP = 95
+
+export interface UblkQueueOptions {
+  devId: number
+  qid: number
+  depth: number
+  maxIoBytes: number
+  /** /dev/ublkcN, opened once for the device (the driver allows a single opener). */
+  cdevFd: number
+  userCopy: boolean
+  server: BlockServer
+  log: (line: string) => void
+}
+
+type TagState = 'idle' | 'fetching' | 'serving' | 'aborted'
+
+export class UblkQueue {
+  private readonly ring: IoUring
+  private readonly desc: Mapping
+  private readonly poll: ReturnType<typeof koffi.node.poll>
+  private readonly state: TagState[]
+  /** Per-tag buffers (only without USER_COPY) and their addresses. */
+  private readonly buffers: Buffer[] = []
+  private readonly addresses: bigint[] = []
+  private readonly commitOp: number
+  private readonly fetchOp: number
+  private readonly commits: Array<[tag: number, result: number]> = []
+  private flushScheduled = false
+  private abortedCount = 0
+  private closed = false
+  private resolveDone!: () => void
+  /** Resolves once every tag's fetch came back aborted (device stopped, or the driver gave up on us). */
+  readonly done: Promise<void>
+  /** Requests served, for stats and tests. */
+  served = 0
+
+  constructor(
+    private readonly o: UblkQueueOptions,
+    legacyOpcodes = false,
+  ) {
+    this.done = new Promise((r) => (this.resolveDone = r))
+    this.state = new Array<TagState>(o.depth).fill('idle')
+    this.fetchOp = legacyOpcodes ? abi.UBLK_IO_FETCH_REQ : abi.UBLK_U_IO_FETCH_REQ
+    this.commitOp = legacyOpcodes ? abi.UBLK_IO_COMMIT_AND_FETCH_REQ : abi.UBLK_U_IO_COMMIT_AND_FETCH_REQ
+    // Room for one command per tag at once; the CQ (twice the SQ) never overflows.
+    this.ring = new IoUring({entries: o.depth})
+    try {
+      const m = abi.descArrayMapping(o.qid, o.depth)
+      this.desc = mapShared(o.cdevFd, m.length, m.offset, false, `ublkc${o.devId} queue ${o.qid} descriptors`)
+    } catch (err) {
+      this.ring.close()
+      throw err
+    }
+    if (!o.userCopy)
+      for (let tag = 0; tag < o.depth; tag++) {
+        const b = Buffer.alloc(o.maxIoBytes)
+        this.buffers.push(b)
+        this.addresses.push(bufferAddress(b))
+      }
+    this.poll = koffi.node.poll(this.ring.fd, {readable: true}, () => this.onReadable())
+  }
+
+  /** Issue FETCH_REQ for every tag; the device can start once all queues have done this. */
+  fetchAll(): void {
+    for (let tag = 0; tag < this.o.depth; tag++) {
+      this.prepCommand(this.fetchOp, tag, 0)
+      this.state[tag] = 'fetching'
+    }
+    this.ring.submit(0)
+  }
+
+  private prepCommand(op: number, tag: number, result: number): void {
+    const sqe = this.ring.getSqe()
+    // Each tag has at most one command in flight and the SQ holds `depth`: this cannot run out.
+    if (!sqe) throw new Error(`ublk queue ${this.o.qid}: submission queue full`)
+    sqe.writeUInt8(IORING_OP_URING_CMD, io_uring_sqe.offsets.opcode)
+    sqe.writeInt32LE(this.o.cdevFd, io_uring_sqe.offsets.fd)
+    sqe.writeUInt32LE(op >>> 0, SQE_CMD_OP)
+    const c = abi.ublksrv_io_cmd.offsets
+    sqe.writeUInt16LE(this.o.qid, SQE_CMD + c.q_id)
+    sqe.writeUInt16LE(tag, SQE_CMD + c.tag)
+    sqe.writeInt32LE(result, SQE_CMD + c.result)
+    if (!this.o.userCopy) sqe.writeBigUInt64LE(this.addresses[tag], SQE_CMD + c.addr)
+    setUserData(sqe, tag)
+  }
+
+  private onReadable(): void {
+    if (this.closed) return
+    this.ring.reap((cqe) => this.onCompletion(cqe))
+  }
+
+  private onCompletion(cqe: Cqe): void {
+    const tag = cqe.userData
+    if (tag >= this.o.depth) return
+    if (cqe.res === abi.UBLK_IO_RES_OK) {
+      this.state[tag] = 'serving'
+      this.serve(tag)
+      return
+    }
+    // ABORT (-ENODEV): the device is going away; any other error: the driver refused the command.
+    if (cqe.res !== abi.UBLK_IO_RES_ABORT) this.o.log(`ublk queue ${this.o.qid} tag ${tag}: command failed (${cqe.res})`)
+    if (this.state[tag] !== 'aborted') {
+      this.state[tag] = 'aborted'
+      if (++this.abortedCount === this.o.depth) this.resolveDone()
+    }
+  }
+
+  private serve(tag: number): void {
+    const d = this.desc.bytes
+    const at = tag * abi.ublksrv_io_desc.size
+    const opFlags = d.readUInt32LE(at + abi.ublksrv_io_desc.offsets.op_flags)
+    const nrSectors = d.readUInt32LE(at + abi.ublksrv_io_desc.offsets.nr_sectors)
+    // start_sector is a u64; a device of 2^53 bytes is far beyond any image, so a Number is exact.
+    const startSector = Number(d.readBigUInt64LE(at + abi.ublksrv_io_desc.offsets.start_sector))
+    const op = opFlags & 0xff
+    // ublk sectors are 512 bytes whatever the logical block size (blk_rq_pos/blk_rq_sectors).
+    const offset = startSector * 512
+    const length = nrSectors * 512
+    switch (op) {
+      case abi.UBLK_IO_OP_READ:
+        if (length > this.o.maxIoBytes) return this.commit(tag, -EIO)
+        this.o.server.read(offset, length).then(
+          (data) => this.completeRead(tag, data, length),
+          (err: unknown) => this.commit(tag, err instanceof BlockError ? -ERRNO[err.errno] : -EIO),
+        )
+        return
+      case abi.UBLK_IO_OP_FLUSH:
+        return this.commit(tag, 0)
+      case abi.UBLK_IO_OP_WRITE:
+      case abi.UBLK_IO_OP_DISCARD:
+      case abi.UBLK_IO_OP_WRITE_ZEROES:
+      case abi.UBLK_IO_OP_WRITE_SAME:
+        // The disk is read-only (UBLK_ATTR_READ_ONLY); the block layer should not send these.
+        return this.commit(tag, -EIO)
+      default:
+        return this.commit(tag, -EOPNOTSUPP)
+    }
+  }
+
+  private completeRead(tag: number, data: Buffer, length: number): void {
+    if (this.closed) return
+    try {
+      if (this.o.userCopy) {
+        let done = 0
+        while (done < length)
+          done += fs.writeSync(this.o.cdevFd, data, done, length - done, abi.userCopyOffset(this.o.qid, tag) + done)
+      } else {
+        data.copy(this.buffers[tag], 0, 0, length)
+      }
+    } catch (err) {
+      this.o.log(`ublk queue ${this.o.qid} tag ${tag}: copy to the request failed: ${(err as Error).message}`)
+      return this.commit(tag, -EIO)
+    }
+    this.served++
+    this.commit(tag, length)
+  }
+
+  /** Queue COMMIT_AND_FETCH_REQ for a tag; everything committed in this turn of the loop goes in one enter. */
+  private commit(tag: number, result: number): void {
+    if (this.closed || this.state[tag] !== 'serving') return
+    this.commits.push([tag, result])
+    if (!this.flushScheduled) {
+      this.flushScheduled = true
+      setImmediate(() => this.flushCommits())
+    }
+  }
+
+  private flushCommits(): void {
+    this.flushScheduled = false
+    if (this.closed) return
+    for (const [tag, result] of this.commits.splice(0)) {
+      this.prepCommand(this.commitOp, tag, result)
+      this.state[tag] = 'fetching'
+    }
+    this.ring.submit(0)
+  }
+
+  /** Tags not yet aborted by the driver. */
+  get liveTags(): number {
+    return this.o.depth - this.abortedCount
+  }
+
+  /** Release the ring, the mapping and the poll handle (the device must be stopped, or its server is leaving). */
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    this.poll.close()
+    unmap(this.desc)
+    this.ring.close()
+    this.resolveDone()
+  }
+}

@@ -1,0 +1,179 @@
+/**
+ * The ublk backend against the real ublk_drv (runs in the test VM: docs/vm-harness.md). A .vdimg made by the
+ * real writer from a partitioned raw disk with bad areas is attached through the backend; the kernel's view
+ * of it is checked with real tools — blockdev, dd with O_DIRECT, GNU ddrescue — never through our own code.
+ */
+import {strict as assert} from 'node:assert'
+import {spawn} from 'node:child_process'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {createInterface} from 'node:readline'
+import {backend, probeUblk} from '../../backends/linux/ublk'
+import {removeDevice, UblkDevice} from '../../backends/linux/ublk/device'
+import type {AttachedDevice} from '../../src/core/backend'
+import {BlockServer} from '../../src/core/blockserver'
+import {readMapfile} from '../../src/format/mapfile'
+import {openImage, type VdimgImage} from '../../src/format/reader'
+import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, makeFixture, run, type UblkFixture} from './ublk-fixture'
+
+const ublkNodes = (): string[] => fs.readdirSync('/dev').filter((n) => /^ublk[bc]\d+/.test(n))
+
+describe('ublk backend (real kernel)', function () {
+  this.timeout(600_000)
+  let fx: UblkFixture
+  let image: VdimgImage
+  let attached: AttachedDevice | undefined
+  const log: string[] = []
+
+  before(async () => {
+    assert.deepEqual(ublkNodes(), [], 'ublk devices left over before the suite')
+    fx = await makeFixture()
+    image = await openImage(fx.image)
+    const ctx = {id: 'vdev-test', image: fx.image, runDir: fx.dir, log: (l: string) => log.push(l)}
+    attached = await backend.attach(new BlockServer(image), ctx)
+  })
+
+  after(async () => {
+    try {
+      await attached?.detach()
+    } finally {
+      await image?.close()
+      fx?.cleanup()
+      // Whatever a failed test left behind.
+      for (const n of ublkNodes().filter((x) => x.startsWith('ublkc')))
+        await removeDevice(Number(n.slice(5)), (l) => log.push(l)).catch((e: Error) => log.push(e.message))
+    }
+  })
+
+  it('probes available on a kernel with ublk_drv, as root', () => {
+    const p = probeUblk()
+    assert.ok(p.available, p.available ? '' : p.reason)
+  })
+
+  it('is a read-only /dev/ublkbN of the image size and sector size', async () => {
+    const dev = attached!.device
+    assert.match(dev, /^\/dev\/ublkb\d+$/)
+    const ro = await run('blockdev', ['--getro', dev])
+    assert.equal(ro.stdout.toString().trim(), '1')
+    assert.equal((await run('blockdev', ['--getsize64', dev])).stdout.toString().trim(), String(DISK_SIZE))
+    assert.equal((await run('blockdev', ['--getss', dev])).stdout.toString().trim(), String(SECTOR))
+    // A write is refused by the kernel, not by us.
+    const w = await run('dd', ['if=/dev/zero', `of=${dev}`, 'bs=512', 'count=1', 'oflag=direct', 'status=none'])
+    assert.notEqual(w.code, 0)
+    assert.match(w.stderr, /Operation not permitted|Read-only file system|Permission denied/)
+  })
+
+  it('shows the partitions of the image', async () => {
+    const dev = attached!.device
+    assert.deepEqual(attached!.partitions, [`${dev}p1`, `${dev}p2`])
+    for (const [i, p] of PARTITIONS.entries()) {
+      const node = `${dev}p${i + 1}`
+      assert.equal((await run('blockdev', ['--getsize64', node])).stdout.toString().trim(), String(p.size * SECTOR))
+      const r = await ddSectors(node, 0, 64)
+      assert.ok(r.data, r.stderr)
+      assert.ok(r.data.equals(fx.data.subarray(p.start * SECTOR, (p.start + 64) * SECTOR)), `${node}: first 64 sectors differ`)
+    }
+  })
+
+  it('gives GNU ddrescue the image back, and the same bad areas as the mapfile', async () => {
+    const out = path.join(fx.dir, 'rescued.raw')
+    const map = path.join(fx.dir, 'rescued.map')
+    const r = await run('ddrescue', ['-d', '-b', String(SECTOR), '-q', attached!.device, out, map], {timeoutMs: 300_000})
+    assert.equal(r.code, 0, r.stderr)
+    const rescued = fs.readFileSync(out)
+    const got = readMapfile(map)
+    const badList = got.bad.intersect(0, DISK_SIZE).map((b) => [b.offset, b.length])
+    assert.deepEqual(badList, BAD.map((b) => [b.offset, b.length]), 'ddrescue found other bad areas than the image has')
+    // Outside the bad areas, byte for byte the source.
+    let at = 0
+    for (const b of [...BAD, {offset: DISK_SIZE, length: 0}]) {
+      assert.ok(rescued.subarray(at, b.offset).equals(fx.data.subarray(at, b.offset)), `bytes ${at}..${b.offset} differ`)
+      at = b.offset + b.length
+    }
+  })
+
+  it('fails exactly the unreadable sectors with EIO; their neighbours read', async () => {
+    const dev = attached!.device
+    for (const b of BAD) {
+      const first = b.offset / SECTOR
+      const last = (b.offset + b.length) / SECTOR - 1
+      for (const s of new Set([first, last])) {
+        const r = await ddSectors(dev, s, 1)
+        assert.equal(r.data, null, `sector ${s} (${b.status}) read`)
+        assert.match(r.stderr, /Input\/output error/)
+      }
+      for (const s of [first - 1, last + 1]) {
+        if (s < 0 || s * SECTOR >= DISK_SIZE) continue
+        const r = await ddSectors(dev, s, 1)
+        assert.ok(r.data, `sector ${s} next to ${b.status} area: ${r.stderr}`)
+        assert.ok(r.data.equals(fx.data.subarray(s * SECTOR, (s + 1) * SECTOR)), `sector ${s} differs`)
+      }
+    }
+  })
+
+  it('serves through per-tag buffers when USER_COPY is not used', async () => {
+    const img = await openImage(fx.image)
+    const dev = await UblkDevice.create(new BlockServer(img), {userCopy: false, depth: 8, maxIoBytes: 256 * 1024})
+    try {
+      assert.equal(dev.info.userCopy, false)
+      const r = await ddSectors(dev.info.blockDevice, 0, 4, 256 * 1024)
+      assert.ok(r.data, r.stderr)
+      assert.ok(r.data.equals(fx.data.subarray(0, MiB1)))
+      const bad = await ddSectors(dev.info.blockDevice, BAD[0].offset / SECTOR, 1)
+      assert.equal(bad.data, null)
+    } finally {
+      await dev.stop()
+      await img.close()
+    }
+    assert.ok(!fs.existsSync(dev.info.blockDevice), `${dev.info.blockDevice} still exists`)
+  })
+
+  it('does not hang readers when the server is killed; cleanup removes the device', async () => {
+    const server = spawn(process.execPath, [path.join(__dirname, 'ublk-server.js'), fx.image], {stdio: ['ignore', 'pipe', 'pipe']})
+    let stderr = ''
+    server.stderr.on('data', (b: Buffer) => (stderr += b.toString()))
+    let info: {devId: number; device: string; pid: number} | undefined
+    try {
+      const line = await new Promise<string>((resolve, reject) => {
+        createInterface({input: server.stdout}).once('line', resolve)
+        server.once('exit', (code) => reject(new Error(`server exited (${code}): ${stderr}`)))
+      })
+      info = JSON.parse(line) as {devId: number; device: string; pid: number}
+      // A reader that keeps reading the whole device until a read fails (exit 3), or is killed if it hangs.
+      const script = 'while dd if="$1" of=/dev/null bs=64K count=64 iflag=direct status=none; do :; done; exit 3'
+      const reader = run('sh', ['-c', script, 'reader', info.device], {
+        timeoutMs: 60_000,
+      })
+      await new Promise((r) => setTimeout(r, 1000))
+      server.kill('SIGKILL')
+      const started = Date.now()
+      const res = await reader
+      assert.equal(res.signal, null, `the reader hung for ${(Date.now() - started) / 1000}s and was killed`)
+      assert.equal(res.code, 3, `reader: ${res.stderr}`)
+      log.push(`reader failed ${Date.now() - started} ms after the server was killed`)
+      // A new reader fails at once too.
+      const again = await ddSectors(info.device, 0, 1)
+      assert.equal(again.data, null)
+      await backend.cleanup({devId: info.devId, pid: info.pid}, () => undefined)
+      assert.ok(!fs.existsSync(`/dev/ublkc${info.devId}`), `/dev/ublkc${info.devId} still exists after cleanup`)
+      assert.ok(!fs.existsSync(info.device), `${info.device} still exists after cleanup`)
+      // Idempotent: the device is gone, cleanup is a no-op.
+      await backend.cleanup({devId: info.devId, pid: info.pid}, () => undefined)
+    } finally {
+      server.kill('SIGKILL')
+      if (info) await backend.cleanup({devId: info.devId, pid: info.pid}, () => undefined)
+    }
+  })
+
+  it('detach removes /dev/ublkbN and /dev/ublkcN', async () => {
+    const dev = attached!.device
+    await attached!.detach()
+    attached = undefined
+    assert.ok(!fs.existsSync(dev), `${dev} still exists`)
+    assert.ok(!fs.existsSync(dev.replace('ublkb', 'ublkc')), 'char device still exists')
+    assert.ok(!fs.existsSync(`/sys/block/${path.basename(dev)}`))
+    assert.deepEqual(ublkNodes(), [])
+  })
+})
+
+const MiB1 = 1 << 20
