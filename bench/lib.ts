@@ -24,10 +24,12 @@ export function timed(argv: string[], opts: {pipeTo?: string[]; stdoutFile?: str
     })
     let err = ''
     first.stderr!.on('data', (b) => (err += b))
-    const waits: Array<Promise<number>> = [new Promise((r) => first.on('close', (c) => r(c ?? -1)))]
+    // 'exit', not 'close': when stdout is handed to a second process, the first's streams never close here.
+    const waits: Array<Promise<number>> = [new Promise((r) => first.on('exit', (c) => r(c ?? -1)))]
     if (opts.pipeTo) {
       const second = spawn(opts.pipeTo[0], opts.pipeTo.slice(1), {stdio: [first.stdout!, 'ignore', 'inherit']})
-      waits.push(new Promise((r) => second.on('close', (c) => r(c ?? -1))))
+      first.stdout!.destroy() // the second process holds the pipe now
+      waits.push(new Promise((r) => second.on('exit', (c) => r(c ?? -1))))
     }
     Promise.all(waits).then((codes) => {
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what vdev's tests and benchmarks need on Debian 12 (run as root): the peer tools the tests
+# compare against, and what the VM harness uses to boot a real kernel. Safe to run again.
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: run as root (apt-get)" >&2
+  exit 1
+fi
+PACKAGES=(
+  e2fsprogs util-linux fdisk dosfstools fuse3 cpio time zstd
+  gddrescue          # real GNU ddrescue mapfiles
+  nbdkit libnbd-bin python3-libnbd nbd-client qemu-utils   # NBD peers: nbdkit, nbdinfo, nbdcopy, nbdfuse, qemu-img, qemu-nbd
+  libnfs-utils       # nfs-ls, nfs-cat
+  ewf-tools xmount fio   # benchmark peers
+  qemu-system-x86 busybox-static kmod xz-utils   # the real-kernel VM harness
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# The VM harness resolves the current bookworm 6.12 kernel through apt, so the lists must be fresh.
+apt-get update -qq
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "install-deps: Debian packages ready"
