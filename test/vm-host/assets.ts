@@ -90,15 +90,18 @@ async function kernelTree(log: Log): Promise<{release: string; tree: string}> {
     await tool('apt-get', ['download', resolved.pkg], {cwd: dl})
     const deb = fs.readdirSync(dl).find((f) => f.endsWith('.deb'))
     if (!deb) throw new Error(`VM harness: apt-get download ${resolved.pkg} produced no .deb`)
+    // Unpack beside, then rename: a concurrent run sees either nothing or the whole tree.
+    const staging = path.join(dl, 'tree')
+    await tool('dpkg', ['-x', path.join(dl, deb), staging])
+    fs.writeFileSync(path.join(staging, '.unpacked'), `${deb}\n`)
     fs.rmSync(tree, {recursive: true, force: true})
-    await tool('dpkg', ['-x', path.join(dl, deb), tree])
-    fs.writeFileSync(path.join(tree, '.unpacked'), `${deb}\n`)
+    fs.renameSync(staging, tree)
   } finally {
     fs.rmSync(dl, {recursive: true, force: true})
   }
   // Older unpacked builds only take space.
   for (const d of fs.readdirSync(CACHE_DIR))
-    if (d !== resolved.release && /^6\.12\./.test(d)) fs.rmSync(path.join(CACHE_DIR, d), {recursive: true, force: true})
+    if (d !== resolved.release && d !== `${resolved.release}-modules` && /^6\.12\./.test(d)) fs.rmSync(path.join(CACHE_DIR, d), {recursive: true, force: true})
   return {release: resolved.release, tree}
 }
 
@@ -164,7 +167,7 @@ async function modulesInOrder(tree: string, release: string, log: Log): Promise<
     seen.add(name)
     const out = path.join(outDir, `${name}.ko`)
     if (!fs.existsSync(out)) {
-      const tmp = `${out}.tmp`
+      const tmp = `${out}.${process.pid}.tmp`
       fs.writeFileSync(tmp, await moduleBytes(src))
       fs.renameSync(tmp, out)
     }
@@ -202,8 +205,12 @@ export async function buildAssets(log: Log = () => {}): Promise<VmAssets> {
   const hash = createHash('sha256').update(image).digest('hex').slice(0, 12)
   const initrd = path.join(CACHE_DIR, `initrd-${release}-${hash}.cpio.gz`)
   if (!fs.existsSync(initrd)) {
-    for (const f of fs.readdirSync(CACHE_DIR)) if (/^initrd-.*\.cpio\.gz$/.test(f)) fs.rmSync(path.join(CACHE_DIR, f))
-    fs.writeFileSync(initrd, image)
+    // Older initramfs files are left for runs that may be booting them; a handful of MiB each, pruned by age.
+    const dayAgo = Date.now() - 24 * 3600_000
+    for (const f of fs.readdirSync(CACHE_DIR))
+      if (/^initrd-.*\.cpio\.gz$/.test(f) && fs.statSync(path.join(CACHE_DIR, f)).mtimeMs < dayAgo) fs.rmSync(path.join(CACHE_DIR, f), {force: true})
+    fs.writeFileSync(`${initrd}.${process.pid}`, image)
+    fs.renameSync(`${initrd}.${process.pid}`, initrd)
   }
   return {kernelRelease: release, kernel, initrd, modules: modules.map((m) => m.name)}
 }

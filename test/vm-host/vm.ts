@@ -12,17 +12,40 @@ import * as path from 'node:path'
 import {buildAssets, CACHE_DIR, PROJECT_ROOT, type VmAssets} from './assets'
 import type {GuestResults} from './guest-reporter'
 
+/** Always the latest run's console (a symlink into .cache/vm/logs/, where each run has its own file). */
 export const CONSOLE_LOG = path.join(CACHE_DIR, 'console.log')
+const LOG_DIR = path.join(CACHE_DIR, 'logs')
+const KEEP_LOGS = 20
+
+/** A console log file of its own for this run (several runs may share the cache), linked as console.log. */
+function newConsoleLog(): string {
+  fs.mkdirSync(LOG_DIR, {recursive: true})
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+  const file = path.join(LOG_DIR, `console-${stamp}-${process.pid}.log`)
+  fs.writeFileSync(file, '')
+  const link = `${CONSOLE_LOG}.${process.pid}`
+  fs.rmSync(link, {force: true})
+  fs.symlinkSync(path.relative(CACHE_DIR, file), link)
+  fs.renameSync(link, CONSOLE_LOG)
+  const old = fs.readdirSync(LOG_DIR).sort()
+  for (const f of old.slice(0, Math.max(0, old.length - KEEP_LOGS))) fs.rmSync(path.join(LOG_DIR, f), {force: true})
+  return file
+}
 const DIST = path.join(PROJECT_ROOT, 'dist')
 
 export interface VmRunOptions {
   /** In-VM test files (.ts under test/vm or .js under dist/test/vm); default: all of dist/test/vm. */
   files?: string[]
   grep?: string
+  /**
+   * Instead of the mocha suite, run this node script (absolute path + arguments) in the guest. It may write
+   * a result to $VDEV_VM_OUT, which comes back as VmRun.out.
+   */
+  script?: string[]
   /** Whole-run limit (boot + suite); qemu is killed when it passes. */
   timeoutMs?: number
   memoryMiB?: number
-  /** Where the guest console goes; default .cache/vm/console.log. */
+  /** Where the guest console goes; default a new file in .cache/vm/logs/ (.cache/vm/console.log links to it). */
   consoleLog?: string
   /** Also copy the console to this stream (e.g. process.stderr) as it arrives. */
   echo?: NodeJS.WritableStream
@@ -34,6 +57,8 @@ export interface VmRun {
   /** mocha's exit status in the guest; null if the guest never reported one (crash, panic, timeout). */
   status: number | null
   results: GuestResults | null
+  /** What a script (VmRunOptions.script) wrote to $VDEV_VM_OUT. */
+  out: string | null
   timedOut: boolean
   /** Seconds from qemu start to the guest's /init, to the start of run.sh, and to qemu's exit. */
   initSeconds?: number
@@ -80,8 +105,8 @@ const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`
 export async function runInVm(opts: VmRunOptions = {}): Promise<VmRun> {
   const log = opts.log ?? (() => {})
   const assets = await buildAssets(log)
-  const files = opts.files?.length ? opts.files.map(resolveVmFile) : defaultVmFiles()
-  if (files.length === 0) throw new Error('VM harness: no in-VM test files under dist/test/vm (run npx tsc -p .)')
+  const files = opts.script ? [] : opts.files?.length ? opts.files.map(resolveVmFile) : defaultVmFiles()
+  if (!opts.script && files.length === 0) throw new Error('VM harness: no in-VM test files under dist/test/vm (run npx tsc -p .)')
 
   const share = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-vm-'))
   const guestShare = '/run/vdev-vm'
@@ -90,18 +115,20 @@ export async function runInVm(opts: VmRunOptions = {}): Promise<VmRun> {
   const argv = [process.execPath, mocha, '--reporter', reporter, '--timeout', '900000', '--no-color']
   if (opts.grep) argv.push('--grep', opts.grep)
   argv.push(...files)
+  if (opts.script) argv.splice(0, argv.length, process.execPath, ...opts.script)
   fs.writeFileSync(
     path.join(share, 'run.sh'),
     [
       `cd ${shq(PROJECT_ROOT)}`,
       `export VDEV_VM_RESULTS=${guestShare}/results.json`,
+      `export VDEV_VM_OUT=${guestShare}/out.json`,
       `${argv.map(shq).join(' ')} 2>&1`,
       `echo $? > ${guestShare}/status`,
       '',
     ].join('\n'),
   )
 
-  const consoleLog = opts.consoleLog ?? CONSOLE_LOG
+  const consoleLog = opts.consoleLog ?? newConsoleLog()
   fs.mkdirSync(path.dirname(consoleLog), {recursive: true})
   const out = fs.createWriteStream(consoleLog)
   const qemuArgs = [
@@ -164,11 +191,13 @@ export async function runInVm(opts: VmRunOptions = {}): Promise<VmRun> {
   }
   const statusText = read('status')
   const resultsText = read('results.json')
+  const scriptOut = read('out.json')
   fs.rmSync(share, {recursive: true, force: true})
   return {
     assets,
     status: statusText === null ? null : Number(statusText.trim()),
     results: resultsText ? (JSON.parse(resultsText) as GuestResults) : null,
+    out: scriptOut,
     timedOut,
     initSeconds,
     suiteStartSeconds,
