@@ -10,12 +10,17 @@ export interface EncodeTask {
   op: 'encode'
   level: number
   buf: ArrayBuffer
+  /** Where to put the stored bytes: at least as large as the chunks (stored bytes never exceed them). */
+  scratch: ArrayBuffer
   /** [start, length] of each chunk in buf. */
   chunks: Array<[number, number]>
 }
 export interface EncodeResult {
-  /** Stored bytes of all chunks, back to back. */
+  /** The task's input buffer, handed back for reuse. */
+  buf: ArrayBuffer
+  /** The task's scratch buffer: stored bytes of all chunks, back to back, `outLength` of them. */
   out: ArrayBuffer
+  outLength: number
   kinds: number[]
   crcs: number[]
   storedCrcs: number[]
@@ -47,25 +52,19 @@ function encode(t: EncodeTask): EncodeResult {
   let enc = encoders.get(t.level)
   if (!enc) encoders.set(t.level, (enc = new ChunkEncoder(t.level)))
   const src = new Uint8Array(t.buf)
-  const parts: Uint8Array[] = []
-  const r: EncodeResult = {out: new ArrayBuffer(0), kinds: [], crcs: [], storedCrcs: [], lengths: []}
-  let total = 0
+  const out = new Uint8Array(t.scratch)
+  const r: EncodeResult = {buf: t.buf, out: t.scratch, outLength: 0, kinds: [], crcs: [], storedCrcs: [], lengths: []}
+  let at = 0
   for (const [start, len] of t.chunks) {
     const e = enc.encode(src.subarray(start, start + len))
     r.kinds.push(e.kind)
     r.crcs.push(e.crc)
     r.storedCrcs.push(e.storedCrc)
     r.lengths.push(e.data.length)
-    parts.push(e.data)
-    total += e.data.length
+    out.set(e.data, at)
+    at += e.data.length
   }
-  const out = new Uint8Array(total)
-  let at = 0
-  for (const p of parts) {
-    out.set(p, at)
-    at += p.length
-  }
-  r.out = out.buffer
+  r.outLength = at
   return r
 }
 
@@ -92,7 +91,7 @@ parentPort?.on('message', (m: (EncodeTask | DecodeTask) & {id: number}) => {
   try {
     if (m.op === 'encode') {
       const result = encode(m)
-      parentPort!.postMessage({id: m.id, result}, [result.out])
+      parentPort!.postMessage({id: m.id, result}, [result.buf, result.out])
     } else {
       const result = decode(m)
       parentPort!.postMessage({id: m.id, result}, [result.out])

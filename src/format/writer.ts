@@ -163,6 +163,10 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
   const batchChunks = Math.min(l2Entries, Math.max(1, Math.floor((4 << 20) / chunkSize)))
   const maxInFlight = threads * 3
   const inflight: Batch[] = []
+  // Batch buffers go to a worker and come back: reusing them spares the kernel fresh zeroed pages.
+  const batchBytes = batchChunks * chunkSize
+  const spare: ArrayBuffer[] = []
+  const take = (): ArrayBuffer => spare.pop() ?? new ArrayBuffer(batchBytes)
   let cleanedUp = false
   const cleanup = () => {
     if (cleanedUp) return
@@ -204,8 +208,9 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
 
   const complete = async (b: Batch) => {
     const r = await b.result
-    const out = r ? new Uint8Array(r.out) : new Uint8Array(0)
+    const out = r ? new Uint8Array(r.out, 0, r.outLength) : new Uint8Array(0)
     if (out.length) await writeAt(fd, out, filePos, tmp)
+    if (r) spare.push(r.buf, r.out)
     // Advance first: a group completed by this batch writes its index table after the batch's data.
     const base = filePos
     filePos += out.length
@@ -253,7 +258,7 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
         lengths.push(len)
         unread.push(isUnread(start + off, len))
       }
-      const buf = Buffer.allocUnsafeSlow(want)
+      const buf = Buffer.from(take(), 0, want)
       let got: number
       if (input.seekable && unread.every((u) => u)) {
         buf.fill(0)
@@ -281,8 +286,11 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
       bytesRead += got
       const chunks: Array<[number, number]> = []
       for (let i = 0; i < lengths.length; i++) if (!unread[i]) chunks.push([i * chunkSize, lengths[i]])
-      const task: EncodeTask = {op: 'encode', level, buf: buf.buffer as ArrayBuffer, chunks}
-      const result = chunks.length ? pool.run<EncodeResult>(task, [buf.buffer as ArrayBuffer]) : Promise.resolve(undefined)
+      let result: Promise<EncodeResult | undefined> = Promise.resolve(undefined)
+      if (chunks.length) {
+        const task: EncodeTask = {op: 'encode', level, buf: buf.buffer as ArrayBuffer, scratch: take(), chunks}
+        result = pool.run<EncodeResult>(task, [task.buf, task.scratch])
+      } else spare.push(buf.buffer as ArrayBuffer)
       result.catch(() => undefined) // observed when completed, in order
       inflight.push({firstChunk: chunkIndex, lengths, unread, result})
       chunkIndex += lengths.length
