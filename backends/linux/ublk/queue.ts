@@ -6,9 +6,9 @@
  * lives on the JavaScript main thread — the same thread that owns the BlockServer — and never blocks it: the
  * ring fd is watched by the event loop (koffi's uv_poll), a completion for one tag is turned into a
  * BlockServer read, and the COMMIT_AND_FETCH_REQs of everything answered in one turn of the loop go to the
- * kernel in one io_uring_enter. (A worker thread per queue was the alternative; it adds a message hop each way
- * per request while the data still has to come from the main thread, and the main-thread loop measured faster
- * — see docs/ublk.md.)
+ * kernel in one io_uring_enter. (A worker thread per queue was the alternative: it would add a message hop
+ * each way per request, and wake-ups through an eventfd, while the data still comes from the main thread.
+ * It was not built; see docs/ublk.md.)
  *
  * Data moves with UBLK_F_USER_COPY when the kernel has it: the read's bytes are pwrite()n to /dev/ublkcN at the
  * request's position, from the main thread (the driver does not care which thread copies). Without it, each tag

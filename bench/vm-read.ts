@@ -1,0 +1,68 @@
+/**
+ * Read benchmark of the kernel-native backends, in the test VM (the only place this project's machines have
+ * ublk_drv and nbd): ublk, NBD and FUSE+loop serving one image — as .vdimg (decompression included) and as
+ * its raw bytes (the transport alone) — plus a plain loop device over the raw bytes, all measured by fio in
+ * the same VM run. The VM is TCG-emulated, so only the ratios between rows mean anything.
+ *   npm run build && node dist/bench/vm-read.js [--size MiB]
+ * The image: the first --size MiB (default 192) of the benchmark corpus (bench/corpus.ts: an ext4 of
+ * /usr/share and /usr/bin), as a .vdimg made by the real writer; cached in .cache/bench/.
+ */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {openInput} from '../src/format/input'
+import {createImage} from '../src/format/writer'
+import {runInVm} from '../test/vm-host/vm'
+import {CACHE, ensureCorpus} from './corpus'
+import {fmt, table} from './lib'
+import type {VmReadRow} from './vm/read-guest'
+
+async function main(): Promise<void> {
+  const i = process.argv.indexOf('--size')
+  const sizeMiB = i > 0 ? Number(process.argv[i + 1]) : 192
+  const {raw: corpus} = await ensureCorpus()
+  const raw = path.join(CACHE, `vm-read-${sizeMiB}.raw`)
+  const image = path.join(CACHE, `vm-read-${sizeMiB}.vdimg`)
+  if (!fs.existsSync(image)) {
+    const fd = fs.openSync(corpus, 'r')
+    const buf = Buffer.alloc(sizeMiB << 20)
+    fs.readSync(fd, buf, 0, buf.length, 0)
+    fs.closeSync(fd)
+    fs.writeFileSync(raw, buf)
+    const input = openInput(raw)
+    try {
+      await createImage(input, image + '.tmp', {force: true})
+    } finally {
+      await input.close()
+    }
+    fs.renameSync(image + '.tmp', image)
+  }
+  const script = path.join(__dirname, 'vm', 'read-guest.js')
+  const r = await runInVm({script: [script, image, raw], timeoutMs: 40 * 60_000, log: (l) => process.stderr.write(`[vm] ${l}\n`)})
+  if (r.status !== 0 || !r.out) throw new Error(`the in-VM benchmark failed (status ${r.status}); console: ${r.consoleLog}\n${r.consoleTail}`)
+  const {kernel, rows} = JSON.parse(r.out) as {kernel: string; rows: VmReadRow[]}
+  const ref = rows.find((x) => x.name === 'ublk (vdimg)' && x.available)
+  console.log(`\nRead benchmark in the test VM (kernel ${kernel}, qemu TCG, ${sizeMiB} MiB image; fio O_DIRECT)\n`)
+  console.log(
+    table(
+      ['backend (source)', 'seq 1 MiB (MiB/s)', 'vs ublk', 'rand 4 KiB QD16 (IOPS)', 'vs ublk', 'rand p99 (us)'],
+      rows.map((x) =>
+        x.available
+          ? [
+              x.name,
+              fmt(x.seqMiBs!, 1),
+              ref ? `${fmt(x.seqMiBs! / ref.seqMiBs!)}x` : '-',
+              fmt(x.randIops!, 0),
+              ref ? `${fmt(x.randIops! / ref.randIops!)}x` : '-',
+              fmt(x.randP99us!, 0),
+            ]
+          : [x.name, `unavailable: ${x.reason}`, '', '', '', ''],
+      ),
+    ),
+  )
+  console.log(`\nVM boot to suite ${r.suiteStartSeconds?.toFixed(1)} s, whole run ${r.totalSeconds.toFixed(1)} s; console ${r.consoleLog}`)
+}
+
+main().catch((err) => {
+  process.stderr.write(`vm-read: ${(err as Error).message}\n`)
+  process.exit(1)
+})

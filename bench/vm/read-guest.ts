@@ -1,0 +1,124 @@
+/**
+ * The in-VM half of bench/vm-read.ts (runs inside the test VM, see docs/vm-harness.md): attaches one image
+ * through each Linux backend in turn (and a plain loop device over the raw bytes as the kernel-only
+ * reference), reads it with fio — sequential 1 MiB and random 4 KiB, O_DIRECT — and writes the numbers as
+ * JSON to $VDEV_VM_OUT. Numbers from TCG are only comparable with each other, within one run.
+ *   node dist/bench/vm/read-guest.js IMAGE.vdimg RAW
+ */
+import {spawn} from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {BlockServer} from '../../src/core/blockserver'
+import {RawFileSource} from '../../src/core/rawsource'
+import {loadBackend} from '../../src/core/registry'
+import type {BlockSource} from '../../src/core/source'
+import {openImage} from '../../src/format/reader'
+
+export interface VmReadRow {
+  name: string
+  available: boolean
+  reason?: string
+  device?: string
+  seqMiBs?: number
+  randIops?: number
+  randP99us?: number
+}
+
+function run(cmd: string, args: string[]): Promise<{code: number | null; stdout: string; stderr: string}> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(cmd, args, {stdio: ['ignore', 'pipe', 'pipe']})
+    let stdout = ''
+    let stderr = ''
+    c.stdout.on('data', (b) => (stdout += b))
+    c.stderr.on('data', (b) => (stderr += b))
+    c.on('error', reject)
+    c.on('close', (code) => resolve({code, stdout, stderr}))
+  })
+}
+
+const RAND_SECONDS = Number(process.env.VDEV_BENCH_RAND_SECONDS ?? 8)
+
+/** fio on a device (spawned: the device may be served by this process, which must keep running). */
+async function fio(device: string): Promise<Pick<VmReadRow, 'seqMiBs' | 'randIops' | 'randP99us'>> {
+  const common = ['--output-format=json', `--filename=${device}`, '--readonly', '--direct=1', '--group_reporting']
+  const seq = await run('fio', [...common, '--name=seq', '--rw=read', '--bs=1M', '--ioengine=psync'])
+  if (seq.code !== 0) throw new Error(`fio seq: ${seq.stderr}`)
+  const rand = await run('fio', [
+    ...common,
+    '--name=rand',
+    '--rw=randread',
+    '--bs=4k',
+    '--ioengine=libaio',
+    '--iodepth=16',
+    `--runtime=${RAND_SECONDS}`,
+    '--time_based',
+  ])
+  if (rand.code !== 0) throw new Error(`fio rand: ${rand.stderr}`)
+  const s = JSON.parse(seq.stdout).jobs[0].read
+  const r = JSON.parse(rand.stdout).jobs[0].read
+  return {seqMiBs: s.bw_bytes / (1 << 20), randIops: r.iops, randP99us: (r.clat_ns?.percentile?.['99.000000'] ?? 0) / 1000}
+}
+
+async function main(): Promise<void> {
+  const [imageArg, rawArg] = process.argv.slice(2)
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-read-'))
+  // Copy into the guest's tmpfs: every backend then reads the same memory, not the host over 9p.
+  const image = path.join(work, 'bench.vdimg')
+  const raw = path.join(work, 'bench.raw')
+  fs.copyFileSync(imageArg, image)
+  fs.copyFileSync(rawArg, raw)
+  const rows: VmReadRow[] = []
+
+  const losetup = await run('losetup', ['--find', '--show', '--read-only', raw])
+  if (losetup.code === 0) {
+    const loop = losetup.stdout.trim()
+    try {
+      rows.push({name: 'loop (raw file, kernel only)', available: true, device: loop, ...(await fio(loop))})
+    } finally {
+      await run('losetup', ['-d', loop])
+    }
+  } else rows.push({name: 'loop (raw file, kernel only)', available: false, reason: losetup.stderr.trim()})
+
+  // Each backend twice: serving the .vdimg (decompression included) and the raw bytes (the transport alone).
+  const sources: Array<[string, () => Promise<BlockSource>]> = [
+    ['vdimg', () => openImage(image)],
+    ['raw', async () => RawFileSource.open(raw)],
+  ]
+  for (const [kind, open] of sources)
+    for (const name of ['ublk', 'nbd', 'fuse']) {
+      const label = `${name} (${kind})`
+      const b = loadBackend(name)
+      if ('error' in b) {
+        rows.push({name: label, available: false, reason: b.error})
+        continue
+      }
+      const probe = await b.probe()
+      if (!probe.available) {
+        rows.push({name: label, available: false, reason: probe.reason})
+        continue
+      }
+      const source = await open()
+      const runDir = fs.mkdtempSync(path.join(work, `${name}-`))
+      const attached = await b.attach(new BlockServer(source), {id: `bench-${name}`, image, runDir, log: (l) => process.stderr.write(`${l}\n`)})
+      try {
+        rows.push({name: label, available: true, device: attached.device, ...(await fio(attached.device))})
+      } catch (err) {
+        rows.push({name: label, available: false, reason: (err as Error).message})
+      } finally {
+        await attached.detach()
+        await source.close()
+      }
+      process.stderr.write(`${JSON.stringify(rows[rows.length - 1])}\n`)
+    }
+  fs.rmSync(work, {recursive: true, force: true})
+  const out = JSON.stringify({kernel: os.release(), rows}, null, 1)
+  if (process.env.VDEV_VM_OUT) fs.writeFileSync(process.env.VDEV_VM_OUT, out)
+  process.stdout.write(out + '\n')
+}
+
+if (require.main === module)
+  main().catch((err) => {
+    process.stderr.write(`vm-read: ${(err as Error).stack}\n`)
+    process.exit(1)
+  })
