@@ -1,0 +1,96 @@
+/**
+ * Fixture for the in-VM kernel NBD tests: a raw disk with a DOS partition table (made by the real sfdisk),
+ * random data, bad areas of each ddrescue status (inside each partition and at the very end), the matching
+ * mapfile, and the .vdimg the real writer makes from them. The device is served by this very process, so
+ * tools are run asynchronously (a synchronous spawn while attached would deadlock the server).
+ */
+import {spawn} from 'node:child_process'
+import * as crypto from 'node:crypto'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import type {BadRange} from '../../src/core/errors'
+import {openInput} from '../../src/format/input'
+import {formatMapfile, readMapfile} from '../../src/format/mapfile'
+import {createImage} from '../../src/format/writer'
+
+export const SECTOR = 512
+export const MiB = 1 << 20
+export const DISK_SIZE = 8 * MiB
+/** Partitions, in sectors. */
+export const PARTITIONS = [
+  {start: 2048, size: 4096},
+  {start: 6144, size: 8192},
+]
+export const BAD: BadRange[] = [
+  {offset: 1 * MiB + 7 * SECTOR, length: SECTOR, status: 'bad-sector'},
+  {offset: 2 * MiB + 64 * 1024, length: 64 * 1024, status: 'non-tried'},
+  {offset: 5 * MiB + 4096, length: 3 * SECTOR, status: 'non-trimmed'},
+  {offset: 6 * MiB + 12 * SECTOR, length: 20 * SECTOR, status: 'non-scraped'},
+  {offset: DISK_SIZE - SECTOR, length: SECTOR, status: 'bad-sector'},
+]
+
+export interface RunResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: Buffer
+  stderr: string
+}
+
+export function run(cmd: string, args: string[], opts: {input?: string; timeoutMs?: number} = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {stdio: ['pipe', 'pipe', 'pipe']})
+    const out: Buffer[] = []
+    let err = ''
+    child.stdout.on('data', (b: Buffer) => out.push(b))
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()))
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000)
+    child.on('error', (e) => (clearTimeout(timer), reject(e)))
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      resolve({code, signal, stdout: Buffer.concat(out), stderr: err})
+    })
+    child.stdin.on('error', () => undefined)
+    child.stdin.end(opts.input ?? '')
+  })
+}
+
+/** `dd` with O_DIRECT of `count` sectors from sector `skip`; null when the read failed. */
+export async function ddSectors(device: string, skip: number, count: number): Promise<{data: Buffer | null; stderr: string}> {
+  const r = await run('dd', [`if=${device}`, `bs=${SECTOR}`, `skip=${skip}`, `count=${count}`, 'iflag=direct', 'status=none'])
+  return {data: r.code === 0 ? r.stdout : null, stderr: r.stderr}
+}
+
+export function isBadSector(sector: number): boolean {
+  const o = sector * SECTOR
+  return BAD.some((b) => o < b.offset + b.length && o + SECTOR > b.offset)
+}
+
+export interface NbdFixture {
+  dir: string
+  raw: string
+  data: Buffer
+  mapfile: string
+  image: string
+  cleanup(): void
+}
+
+export async function makeFixture(): Promise<NbdFixture> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-nbd-'))
+  const raw = path.join(dir, 'disk.raw')
+  fs.writeFileSync(raw, crypto.randomBytes(DISK_SIZE))
+  const table = ['label: dos', ...PARTITIONS.map((p) => `start=${p.start}, size=${p.size}, type=83`)].join('\n') + '\n'
+  const sf = await run('sfdisk', ['--no-reread', '--no-tell-kernel', raw], {input: table})
+  if (sf.code !== 0) throw new Error(`sfdisk failed: ${sf.stderr}`)
+  const data = fs.readFileSync(raw)
+  const mapfile = path.join(dir, 'disk.map')
+  fs.writeFileSync(mapfile, formatMapfile(BAD, DISK_SIZE))
+  const image = path.join(dir, 'disk.vdimg')
+  const input = openInput(raw)
+  try {
+    await createImage(input, image, {chunkSize: 64 * 1024, mapfile: readMapfile(mapfile), threads: 1})
+  } finally {
+    await input.close()
+  }
+  return {dir, raw, data, mapfile, image, cleanup: () => fs.rmSync(dir, {recursive: true, force: true})}
+}
