@@ -38,8 +38,13 @@ export interface DecodeTask {
   op: 'decode'
   buf: ArrayBuffer
   items: DecodeItem[]
+  /** Output buffer to fill (at least the items' total length); allocated when absent. */
+  scratch?: ArrayBuffer
 }
 export interface DecodeResult {
+  /** The task's input buffer, handed back for reuse. */
+  buf: ArrayBuffer
+  /** The items' logical bytes back to back (zero and unread items as zeros). */
   out: ArrayBuffer
   /** Per item: undefined, or the reason it failed. */
   errors: Array<string | undefined>
@@ -71,20 +76,24 @@ function encode(t: EncodeTask): EncodeResult {
 function decode(t: DecodeTask): DecodeResult {
   const src = new Uint8Array(t.buf)
   const total = t.items.reduce((s, i) => s + i.length, 0)
-  const out = new Uint8Array(total)
+  const out = t.scratch && t.scratch.byteLength >= total ? new Uint8Array(t.scratch) : new Uint8Array(total)
   const errors: Array<string | undefined> = []
   let at = 0
   for (const it of t.items) {
     try {
-      const b = decoder.decode(it.kind, src.subarray(it.start, it.start + it.storedLength), it.length, it.crc, it.storedCrc)
-      out.set(b, at)
+      if (it.storedLength === 0) out.fill(0, at, at + it.length)
+      else {
+        const b = decoder.decode(it.kind, src.subarray(it.start, it.start + it.storedLength), it.length, it.crc, it.storedCrc)
+        out.set(b, at)
+      }
       errors.push(undefined)
     } catch (err) {
+      out.fill(0, at, at + it.length)
       errors.push(err instanceof ChunkDecodeError ? err.message : String(err))
     }
     at += it.length
   }
-  return {out: out.buffer, errors}
+  return {buf: t.buf, out: out.buffer as ArrayBuffer, errors}
 }
 
 parentPort?.on('message', (m: (EncodeTask | DecodeTask) & {id: number}) => {
@@ -94,7 +103,7 @@ parentPort?.on('message', (m: (EncodeTask | DecodeTask) & {id: number}) => {
       parentPort!.postMessage({id: m.id, result}, [result.buf, result.out])
     } else {
       const result = decode(m)
-      parentPort!.postMessage({id: m.id, result}, [result.out])
+      parentPort!.postMessage({id: m.id, result}, result.buf === result.out ? [result.out] : [result.buf, result.out])
     }
   } catch (err) {
     parentPort!.postMessage({id: m.id, error: (err as Error).message ?? String(err)})

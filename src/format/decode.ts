@@ -1,6 +1,8 @@
 /**
- * Sequential decoding of a whole image (for extract and verify): the stored bytes of a run of chunks are
- * read with one read, decompressed and checked on worker threads, and handed to the caller in order.
+ * Sequential decoding of a whole image (for extract and verify). The stored bytes of a batch of chunks
+ * are read with one read, decompressed and checked on worker threads into one buffer holding the batch's
+ * logical bytes (zero and unread chunks as zeros), and handed to the caller in order. Buffers travel to
+ * the workers and back and are reused.
  */
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -13,23 +15,23 @@ import {preadExact, type VdimgImage} from './reader'
 export interface DecodedChunk {
   index: number
   entry: ChunkEntry
-  /** Decompressed bytes; null for zero and unread chunks (all zero). */
-  data: Buffer | null
-  /** Set instead of data when the chunk failed its checks (verify continues; extract stops). */
+  /** Set when the chunk failed its checks (its bytes in the batch are zeros). */
   error?: VdevError
+}
+
+export interface DecodedBatch {
+  /** Image byte offset of the batch. */
+  offset: number
+  /** The batch's logical bytes; valid only until the callback returns (the buffer is reused). */
+  data: Buffer
+  chunks: DecodedChunk[]
 }
 
 export interface DecodeAllOptions {
   threads?: number
-  onChunk: (c: DecodedChunk) => void | Promise<void>
+  onBatch: (b: DecodedBatch) => void | Promise<void>
   /** Stop at the first failing chunk by throwing its error (default true). */
   stopOnError?: boolean
-}
-
-interface Pending {
-  chunks: Array<{index: number; entry: ChunkEntry; error?: VdevError}>
-  result: Promise<DecodeResult | undefined>
-  lengths: number[]
 }
 
 export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promise<void> {
@@ -37,39 +39,27 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
   const pool = new WorkerPool(path.join(__dirname, 'codec-worker.js'), threads)
   const stop = opts.stopOnError ?? true
   const batchChunks = Math.max(1, Math.floor((4 << 20) / img.chunkSize))
-  const queue: Pending[] = []
+  const batchBytes = batchChunks * img.chunkSize
+  const spareOut: ArrayBuffer[] = []
+  const queue: Array<{first: number; chunks: DecodedChunk[]; result: Promise<DecodeResult>}> = []
   const maxInFlight = threads * 3
 
-  const finish = async (p: Pending) => {
+  const finish = async (p: (typeof queue)[number]) => {
     const r = await p.result
-    let at = 0
-    let k = 0
-    for (const c of p.chunks) {
-      const len = img.chunkLength(c.index)
-      if (c.error) {
-        if (stop) throw c.error
-        await opts.onChunk({index: c.index, entry: c.entry, data: null, error: c.error})
-        continue
-      }
-      if (c.entry.storedLength === 0) {
-        await opts.onChunk({index: c.index, entry: c.entry, data: null})
-        continue
-      }
-      const why = r!.errors[k++]
-      const data = Buffer.from(r!.out, at, len)
-      at += len
-      if (why) {
-        const error = img.chunkError(c.index, c.entry, why)
-        if (stop) throw error
-        await opts.onChunk({index: c.index, entry: c.entry, data: null, error})
-      } else await opts.onChunk({index: c.index, entry: c.entry, data})
-    }
+    p.chunks.forEach((c, k) => {
+      const why = r.errors[k]
+      if (why && !c.error) c.error = img.chunkError(c.index, c.entry, why)
+    })
+    if (stop) for (const c of p.chunks) if (c.error) throw c.error
+    const len = p.chunks.reduce((s, c) => s + img.chunkLength(c.index), 0)
+    await opts.onBatch({offset: p.first * img.chunkSize, data: Buffer.from(r.out, 0, len), chunks: p.chunks})
+    spareOut.push(r.out)
   }
 
   try {
     for (let first = 0; first < img.chunkCount; first += batchChunks) {
       const last = Math.min(img.chunkCount, first + batchChunks)
-      const chunks: Pending['chunks'] = []
+      const chunks: DecodedChunk[] = []
       for (let i = first; i < last; i++) {
         try {
           chunks.push({index: i, entry: await img.entry(i)})
@@ -78,40 +68,44 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
           chunks.push({index: i, entry: {offset: 0, storedLength: 0, crc: 0, kind: ChunkKind.Zero, storedCrc: 0}, error: err})
         }
       }
-      const stored = chunks.filter((c) => !c.error && c.entry.storedLength > 0)
-      let result: Promise<DecodeResult | undefined> = Promise.resolve(undefined)
+      const stored = chunks.filter((c) => c.entry.storedLength > 0)
+      let buf: Buffer = Buffer.alloc(0)
+      const starts = new Map<number, number>()
       if (stored.length) {
         // Chunks are stored in order, so a batch is one read (index tables may sit between).
         const lo = Math.min(...stored.map((c) => c.entry.offset))
         const hi = Math.max(...stored.map((c) => c.entry.offset + c.entry.storedLength))
         const sum = stored.reduce((s, c) => s + c.entry.storedLength, 0)
-        let buf: Buffer
-        const items: DecodeItem[] = []
         if (hi - lo <= sum + (1 << 20)) {
           buf = await preadExact(img.fd, hi - lo, lo, img.path)
-          for (const c of stored) items.push(item(c, c.entry.offset - lo, img.chunkLength(c.index)))
+          for (const c of stored) starts.set(c.index, c.entry.offset - lo)
         } else {
           buf = Buffer.allocUnsafeSlow(sum)
           let at = 0
           for (const c of stored) {
             ;(await preadExact(img.fd, c.entry.storedLength, c.entry.offset, img.path)).copy(buf, at)
-            items.push(item(c, at, img.chunkLength(c.index)))
+            starts.set(c.index, at)
             at += c.entry.storedLength
           }
         }
-        const task: DecodeTask = {op: 'decode', buf: buf.buffer as ArrayBuffer, items}
-        result = pool.run<DecodeResult>(task, [task.buf])
-        result.catch(() => undefined)
       }
-      queue.push({chunks, result, lengths: []})
+      const items: DecodeItem[] = chunks.map((c) => ({
+        kind: c.entry.kind,
+        start: starts.get(c.index) ?? 0,
+        storedLength: c.error ? 0 : c.entry.storedLength,
+        length: img.chunkLength(c.index),
+        crc: c.entry.crc,
+        storedCrc: c.entry.storedCrc,
+      }))
+      const input = buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength ? (buf.buffer as ArrayBuffer) : new Uint8Array(buf).buffer
+      const task: DecodeTask = {op: 'decode', buf: input, items, scratch: spareOut.pop() ?? new ArrayBuffer(batchBytes)}
+      const result = pool.run<DecodeResult>(task, [task.buf, task.scratch!])
+      result.catch(() => undefined)
+      queue.push({first, chunks, result})
       while (queue.length >= maxInFlight) await finish(queue.shift()!)
     }
     while (queue.length) await finish(queue.shift()!)
   } finally {
     await pool.close()
   }
-}
-
-function item(c: {entry: ChunkEntry}, start: number, length: number): DecodeItem {
-  return {kind: c.entry.kind, start, storedLength: c.entry.storedLength, length, crc: c.entry.crc, storedCrc: c.entry.storedCrc}
 }

@@ -38,30 +38,36 @@ function tempBeside(target: string): string {
   return path.join(path.dirname(path.resolve(target)), `.${path.basename(target)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`)
 }
 
-function writeAll(fd: number, buf: Buffer, pos: number | null, name: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let done = 0
-    const step = (): void =>
-      fs.write(fd, buf, done, buf.length - done, pos === null ? null : pos + done, (err, n) => {
-        if (err) return reject(ioError(name, err, 'write error'))
-        done += n
-        if (done >= buf.length) resolve()
-        else step()
-      })
-    step()
-  })
+/** Write all of buf, blocking; waits out EAGAIN on descriptors someone made non-blocking. */
+function writeAllSync(fd: number, buf: Uint8Array, pos: number | null, name: string): void {
+  let done = 0
+  while (done < buf.length) {
+    try {
+      done += fs.writeSync(fd, buf, done, buf.length - done, pos === null ? null : pos + done)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
+        continue
+      }
+      throw ioError(name, err, 'write error')
+    }
+  }
 }
 
-function stdoutWrite(buf: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => reject(ioError('stdout', err, 'write error'))
-    process.stdout.once('error', onError)
-    const ok = process.stdout.write(buf, (err) => {
-      if (err) return
-      if (ok) (process.stdout.removeListener('error', onError), resolve())
-    })
-    if (!ok) process.stdout.once('drain', () => (process.stdout.removeListener('error', onError), resolve()))
-  })
+/**
+ * A blocking descriptor for stdout. A pipe is opened again through /proc so that its flags are our own
+ * (Node may have made fd 1 non-blocking); files, devices and terminals are written through fd 1.
+ */
+function stdoutFd(): {fd: number; close: () => void} {
+  try {
+    if (fs.fstatSync(1).isFIFO()) {
+      const fd = fs.openSync('/proc/self/fd/1', 'w')
+      return {fd, close: () => fs.closeSync(fd)}
+    }
+  } catch {
+    /* fall back to fd 1 */
+  }
+  return {fd: 1, close: () => undefined}
 }
 
 export async function extractImage(img: VdimgImage, out: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
@@ -117,31 +123,45 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
         throw new VdevError('exists', `${opts.mapfileOut}: already exists (use --force to replace it)`)
       mapTmp = tempBeside(opts.mapfileOut)
     }
-    let zeros = Buffer.alloc(0)
-    await decodeAll(img, {
-      threads: opts.threads,
-      onChunk: async (c) => {
-        const start = c.index * img.chunkSize
-        const len = img.chunkLength(c.index)
-        let data = c.data
-        const bad = img.badAreas.intersect(start, len)
-        if (fill === 'pattern' && bad.length) {
-          data = data ? Buffer.from(data) : Buffer.alloc(len)
-          for (const b of bad) fillPattern(data, b.offset - start, b.length, b.offset)
-        }
-        for (const b of bad) result.badBytes += b.length
-        if (data) {
-          if (toStdout) await stdoutWrite(data)
-          else await writeAll(fd, data, start, out)
-        } else if (toStdout || device) {
-          if (zeros.length < len) zeros = Buffer.alloc(len)
-          if (toStdout) await stdoutWrite(zeros.subarray(0, len))
-          else await writeAll(fd, zeros.subarray(0, len), start, out)
-        } else result.sparseBytes += len
-        result.bytes += len
-        opts.onProgress?.(result.bytes, img.size)
-      },
-    })
+    const stdout = toStdout ? stdoutFd() : undefined
+    try {
+      await decodeAll(img, {
+        threads: opts.threads,
+        onBatch: (b) => {
+          const bad = img.badAreas.intersect(b.offset, b.data.length)
+          for (const r of bad) {
+            result.badBytes += r.length
+            if (fill === 'pattern') fillPattern(b.data, r.offset - b.offset, r.length, r.offset)
+          }
+          if (stdout) writeAllSync(stdout.fd, b.data, null, 'stdout')
+          else if (device || (fill === 'pattern' && bad.length)) writeAllSync(fd, b.data, b.offset, out)
+          else {
+            // Sparse: write runs of chunks that hold data; zero chunks stay holes.
+            let runStart = -1
+            let at = 0
+            const flush = (end: number) => {
+              if (runStart >= 0) writeAllSync(fd, b.data.subarray(runStart, end), b.offset + runStart, out)
+              runStart = -1
+            }
+            for (const c of b.chunks) {
+              const len = img.chunkLength(c.index)
+              if (c.entry.storedLength > 0) {
+                if (runStart < 0) runStart = at
+              } else {
+                flush(at)
+                result.sparseBytes += len
+              }
+              at += len
+            }
+            flush(at)
+          }
+          result.bytes += b.data.length
+          opts.onProgress?.(result.bytes, img.size)
+        },
+      })
+    } finally {
+      stdout?.close()
+    }
     if (!toStdout) {
       if (!device) fs.ftruncateSync(fd, img.size)
       fs.fsyncSync(fd)

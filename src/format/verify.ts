@@ -23,8 +23,6 @@ export interface VerifyResult {
   sha256: {recorded: string | null; computed: string | null; match: boolean | null}
 }
 
-const ZERO = Buffer.alloc(4 << 20)
-
 export async function verifyImage(
   img: VdimgImage,
   opts: {threads?: number; onProgress?: (done: number, total: number) => void} = {},
@@ -36,16 +34,15 @@ export async function verifyImage(
   await decodeAll(img, {
     threads: opts.threads,
     stopOnError: false,
-    onChunk: (c) => {
-      const len = img.chunkLength(c.index)
-      if (c.error) {
-        failed++
-        if (problems.length < 100)
-          problems.push({chunk: c.index, offset: c.index * img.chunkSize, length: len, message: c.error.message})
-      }
-      if (c.data) hash.update(c.data)
-      else for (let n = len; n > 0; n -= ZERO.length) hash.update(ZERO.subarray(0, Math.min(n, ZERO.length)))
-      done += len
+    onBatch: (b) => {
+      for (const c of b.chunks)
+        if (c.error) {
+          failed++
+          if (problems.length < 100)
+            problems.push({chunk: c.index, offset: c.index * img.chunkSize, length: img.chunkLength(c.index), message: c.error.message})
+        }
+      hash.update(b.data)
+      done += b.data.length
       opts.onProgress?.(done, img.size)
     },
   })
