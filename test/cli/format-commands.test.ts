@@ -4,7 +4,8 @@
 import {strict as assert} from 'node:assert'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import {runCli, sha256, textish, prng, tmpDir} from '../helpers'
+import {spawn} from 'node:child_process'
+import {BIN, runCli, sha256, textish, prng, tmpDir} from '../helpers'
 
 function oneLineError(stderr: string): void {
   const lines = stderr.split('\n').filter(Boolean)
@@ -197,5 +198,35 @@ describe('vdev create | info | verify | extract', function () {
     const r2 = await runCli(['create', '--force', '--level', '1', raw, p('f.vdimg')])
     assert.equal(r2.code, 0, r2.stderr)
     assert.deepEqual(leftovers('disk.raw', 'disk.map', 'disk.vdimg', 'f.vdimg').filter((f) => f.startsWith('.')), [])
+  })
+
+  it('shows a progress bar (bytes, rate, ETA) on a terminal, and nothing when not a terminal', async () => {
+    // A real pseudo-terminal via Python's pty module (argv, no shell).
+    const r = await new Promise<{code: number; out: string}>((resolve) => {
+      const c = spawn('/usr/bin/python3', ['-c', 'import pty,sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)', process.execPath, BIN, 'create', raw, p('tty.vdimg')])
+      let out = ''
+      c.stdout.on('data', (b) => (out += b))
+      c.on('close', (code) => resolve({code: code ?? -1, out}))
+    })
+    assert.equal(r.code, 0, r.out)
+    assert.match(r.out, /create \[#*\.*\] +\d+\.\d% .*\/s ETA \d+:\d\d/)
+    fs.rmSync(p('tty.vdimg'))
+    const plain = await runCli(['create', raw, p('plain.vdimg')])
+    assert.equal(plain.code, 0)
+    assert.equal(plain.stderr, '')
+    fs.rmSync(p('plain.vdimg'))
+  })
+
+  it('an interrupted create (SIGTERM) leaves neither the output nor a temporary file', async () => {
+    const child = spawn(process.execPath, [BIN, 'create', '-', p('int.vdimg')], {stdio: ['pipe', 'ignore', 'pipe']})
+    child.stdin.write(textish(3, 8 << 20))
+    // Wait until the temporary file exists (the stream is still open, so create is mid-way).
+    for (let i = 0; i < 100 && !fs.readdirSync(t.dir).some((f) => f.startsWith('.int.vdimg.')); i++) await new Promise((r) => setTimeout(r, 50))
+    assert.ok(fs.readdirSync(t.dir).some((f) => f.startsWith('.int.vdimg.')), 'create had started writing')
+    const closed = new Promise<number | null>((r) => child.on('close', (code, sig) => r(code ?? (sig ? 128 : null))))
+    child.kill('SIGTERM')
+    const code = await closed
+    assert.notEqual(code, 0)
+    assert.deepEqual(fs.readdirSync(t.dir).filter((f) => f.includes('int.vdimg')), [])
   })
 })
