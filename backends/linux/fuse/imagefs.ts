@@ -1,0 +1,181 @@
+/**
+ * The file system the FUSE session serves: a read-only root directory holding one regular file whose
+ * bytes are the BlockServer's (the decoded image). Writes of any kind get EROFS; operations a read-only
+ * single-file tree does not need get ENOSYS, which tells the kernel not to ask again.
+ */
+import {BlockError, type BlockServer} from '../../../src/core/blockserver'
+import {
+  DT_DIR,
+  DT_REG,
+  Errno,
+  FOPEN_KEEP_CACHE,
+  FUSE_ROOT_ID,
+  FuseOpcode,
+  S_IFDIR,
+  S_IFREG,
+  encodeDirent,
+  fuse_attr_out,
+  fuse_entry_out,
+  fuse_open_in,
+  fuse_open_out,
+  fuse_read_in,
+  fuse_statfs_out,
+} from './abi'
+import type {FuseReply, FuseRequest} from './session'
+
+export const FILE_ID = 2
+/** The image never changes while served: let the kernel cache names and attributes for a day. */
+const VALID_SECONDS = 86400
+const O_ACCMODE = 3
+const O_RDONLY = 0
+const EISDIR = 21
+const ENOTDIR = 20
+
+export interface ImageFsOptions {
+  /** Name of the file in the root directory. */
+  fileName?: string
+  /** Times reported for both nodes (seconds since the epoch). */
+  mtime?: number
+  /** Largest READ accepted (bytes); anything larger is refused, never allocated. */
+  maxRead?: () => number
+  log?: (line: string) => void
+}
+
+export class ImageFs {
+  readonly fileName: string
+  private readonly mtime: number
+  private nextFh = 1
+  private readonly log: (line: string) => void
+  private readonly maxRead: () => number
+  private faults = 0
+
+  constructor(
+    private readonly server: BlockServer,
+    opts: ImageFsOptions = {},
+  ) {
+    this.fileName = opts.fileName ?? 'disk'
+    this.mtime = Math.floor(opts.mtime ?? Date.now() / 1000)
+    this.log = opts.log ?? (() => {})
+    this.maxRead = opts.maxRead ?? (() => 1 << 20)
+  }
+
+  private attr(nodeid: number): Record<string, number> | undefined {
+    const t = this.mtime
+    const times = {atime: t, mtime: t, ctime: t}
+    if (nodeid === FUSE_ROOT_ID) return {ino: 1, mode: S_IFDIR | 0o555, nlink: 2, size: 0, blocks: 0, blksize: 4096, ...times}
+    if (nodeid === FILE_ID) {
+      const size = this.server.size
+      return {ino: FILE_ID, mode: S_IFREG | 0o444, nlink: 1, size, blocks: Math.ceil(size / 512), blksize: 128 * 1024, ...times}
+    }
+    return undefined
+  }
+
+  /** The FuseHandler: one request in, one reply out. */
+  readonly handle = (req: FuseRequest): FuseReply | Promise<FuseReply> => {
+    switch (req.opcode) {
+      case FuseOpcode.LOOKUP: {
+        if (req.nodeid !== FUSE_ROOT_ID) return ENOTDIR
+        const nul = req.body.indexOf(0)
+        const name = req.body.subarray(0, nul < 0 ? req.body.length : nul).toString()
+        if (name !== this.fileName) return Errno.ENOENT
+        return [fuse_entry_out.encode({nodeid: FILE_ID, generation: 1, entry_valid: VALID_SECONDS, attr_valid: VALID_SECONDS, attr: this.attr(FILE_ID)})]
+      }
+      case FuseOpcode.GETATTR: {
+        const attr = this.attr(req.nodeid)
+        if (!attr) return Errno.ENOENT
+        return [fuse_attr_out.encode({attr_valid: VALID_SECONDS, attr})]
+      }
+      case FuseOpcode.OPEN: {
+        if (req.nodeid === FUSE_ROOT_ID) return EISDIR
+        if (req.nodeid !== FILE_ID) return Errno.ENOENT
+        if (req.body.length < fuse_open_in.size) return Errno.EINVAL
+        const {flags} = fuse_open_in.decode(req.body)
+        if ((flags & O_ACCMODE) !== O_RDONLY) return Errno.EROFS
+        // The bytes never change: keep whatever the page cache holds across opens.
+        return [fuse_open_out.encode({fh: this.nextFh++, open_flags: FOPEN_KEEP_CACHE})]
+      }
+      case FuseOpcode.READ:
+        return this.read(req)
+      case FuseOpcode.OPENDIR:
+        if (req.nodeid !== FUSE_ROOT_ID) return req.nodeid === FILE_ID ? ENOTDIR : Errno.ENOENT
+        return [fuse_open_out.encode({fh: this.nextFh++, open_flags: 0})]
+      case FuseOpcode.READDIR:
+        return this.readdir(req)
+      case FuseOpcode.STATFS:
+        return [
+          fuse_statfs_out.encode({
+            st: {blocks: Math.ceil(this.server.size / 4096), bfree: 0, bavail: 0, files: 2, ffree: 0, bsize: 4096, namelen: 255, frsize: 4096},
+          }),
+        ]
+      case FuseOpcode.RELEASE:
+      case FuseOpcode.RELEASEDIR:
+      case FuseOpcode.FLUSH:
+      case FuseOpcode.FSYNC:
+      case FuseOpcode.FSYNCDIR:
+        return []
+      case FuseOpcode.WRITE:
+      case FuseOpcode.SETATTR:
+      case FuseOpcode.CREATE:
+      case FuseOpcode.MKNOD:
+      case FuseOpcode.MKDIR:
+      case FuseOpcode.UNLINK:
+      case FuseOpcode.RMDIR:
+      case FuseOpcode.RENAME:
+      case FuseOpcode.RENAME2:
+      case FuseOpcode.LINK:
+      case FuseOpcode.SYMLINK:
+      case FuseOpcode.SETXATTR:
+      case FuseOpcode.REMOVEXATTR:
+      case FuseOpcode.FALLOCATE:
+      case FuseOpcode.COPY_FILE_RANGE:
+      case FuseOpcode.COPY_FILE_RANGE_64:
+      case FuseOpcode.TMPFILE:
+        return Errno.EROFS
+      default:
+        return Errno.ENOSYS
+    }
+  }
+
+  private async read(req: FuseRequest): Promise<FuseReply> {
+    if (req.nodeid !== FILE_ID) return req.nodeid === FUSE_ROOT_ID ? EISDIR : Errno.ENOENT
+    if (req.body.length < fuse_read_in.size) return Errno.EINVAL
+    const {offset, size} = fuse_read_in.decode(req.body)
+    if (size > this.maxRead()) return Errno.EINVAL
+    const end = Math.min(offset + size, this.server.size)
+    if (offset >= end) return [] // at or past the end: a short (empty) read
+    try {
+      return [await this.server.read(offset, end - offset)]
+    } catch (err) {
+      if (err instanceof BlockError) {
+        if (err.errno === 'EINVAL') return Errno.EINVAL
+        // Unreadable areas and faults both read as EIO, the error a failing disk gives.
+        if (err.bad.length === 0 && err.errno !== 'ESHUTDOWN' && this.faults++ < 100) this.log(`read ${offset}+${end - offset}: ${err.message}`)
+        return Errno.EIO
+      }
+      this.log(`read ${offset}+${end - offset}: ${(err as Error)?.message ?? err}`)
+      return Errno.EIO
+    }
+  }
+
+  private readdir(req: FuseRequest): FuseReply {
+    if (req.nodeid !== FUSE_ROOT_ID) return req.nodeid === FILE_ID ? ENOTDIR : Errno.ENOENT
+    if (req.body.length < fuse_read_in.size) return Errno.EINVAL
+    const {offset, size} = fuse_read_in.decode(req.body)
+    const entries: Array<[number, number, string]> = [
+      [FUSE_ROOT_ID, DT_DIR, '.'],
+      [FUSE_ROOT_ID, DT_DIR, '..'],
+      [FILE_ID, DT_REG, this.fileName],
+    ]
+    const out: Buffer[] = []
+    let used = 0
+    // The offset is the index of the next entry; each dirent carries the offset of the one after it.
+    for (let i = offset; i < entries.length; i++) {
+      const [ino, type, name] = entries[i]
+      const d = encodeDirent(ino, i + 1, type, name)
+      if (used + d.length > size) break
+      out.push(d)
+      used += d.length
+    }
+    return out
+  }
+}

@@ -1,0 +1,166 @@
+/**
+ * The FUSE + loop backend: the decoded image as one read-only file on a FUSE mount served by this
+ * process, and a read-only loop device over that file (direct I/O, partition scan, logical block size =
+ * the image's sector size). Works on any Linux with FUSE and loop, no special modules; costs two hops.
+ */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import type {AttachContext, AttachedDevice, Backend, Probe} from '../../../src/core/backend'
+import type {BlockServer} from '../../../src/core/blockserver'
+import {VdevError} from '../../../src/core/errors'
+import {readMountinfo} from '../../../src/sys/mountinfo'
+import type {LoopDevice} from '../loop/device'
+
+/* eslint-disable @typescript-eslint/no-require-imports */
+/** Modules that load libc through koffi: required on first use, so `vdev backends` works on any OS. */
+function linuxOnly() {
+  return {
+    session: require('./session') as typeof import('./session'),
+    imagefs: require('./imagefs') as typeof import('./imagefs'),
+    fusectl: require('./fusectl') as typeof import('./fusectl'),
+    loop: require('../loop/device') as typeof import('../loop/device'),
+  }
+}
+/* eslint-enable @typescript-eslint/no-require-imports */
+
+export interface FuseLoopState extends Record<string, unknown> {
+  /** The loop device, once configured. */
+  loop?: string
+  /** Where the FUSE file system is mounted (inside the device's run directory). */
+  mountpoint: string
+  /** The served file: the loop device's backing file. */
+  file: string
+  /** FUSE connection id (/sys/fs/fuse/connections/<id>). */
+  connection?: number
+}
+
+function probeSync(): Probe {
+  if (process.platform !== 'linux') return {available: false, reason: 'needs Linux'}
+  if (process.getuid?.() !== 0) return {available: false, reason: 'needs root (mount(2) of FUSE and loop ioctls need CAP_SYS_ADMIN)'}
+  if (!fs.existsSync('/dev/fuse')) return {available: false, reason: '/dev/fuse does not exist (FUSE not built or loaded)'}
+  try {
+    fs.closeSync(fs.openSync('/dev/fuse', fs.constants.O_RDWR))
+  } catch (err) {
+    return {available: false, reason: `/dev/fuse: cannot open: ${(err as NodeJS.ErrnoException).code}`}
+  }
+  if (!fs.existsSync('/dev/loop-control')) return {available: false, reason: '/dev/loop-control does not exist (the loop driver is not loaded)'}
+  let maxPages = ''
+  try {
+    maxPages = `, reads up to ${Number(fs.readFileSync('/proc/sys/fs/fuse/max_pages_limit', 'utf8')) * 4} KiB`
+  } catch {
+    // Kernels before 6.13 have no such sysctl; the limit is 256 pages.
+  }
+  return {available: true, detail: `/dev/fuse and /dev/loop-control present${maxPages}`}
+}
+
+export const backend: Backend = {
+  name: 'fuse',
+  platform: 'linux',
+  description: 'FUSE file over /dev/fuse + read-only loop device (works on any Linux, no extra modules)',
+  preference: 30,
+
+  async probe(): Promise<Probe> {
+    return probeSync()
+  },
+
+  async attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice> {
+    const {FuseSession} = linuxOnly().session
+    const {ImageFs} = linuxOnly().imagefs
+    const loop = linuxOnly().loop
+    const mountpoint = path.join(ctx.runDir, 'mnt')
+    fs.mkdirSync(mountpoint, {recursive: true, mode: 0o700})
+    let mtime: number | undefined
+    try {
+      mtime = fs.statSync(ctx.image).mtimeMs / 1000
+    } catch {
+      mtime = undefined
+    }
+    let session!: import('./session').FuseSession
+    const imageFs = new ImageFs(server, {mtime, log: ctx.log, maxRead: () => session?.maxRead || 1 << 20})
+    session = await FuseSession.mount({mountpoint, handler: imageFs.handle, log: ctx.log})
+    const file = path.join(mountpoint, imageFs.fileName)
+    const state: FuseLoopState = {mountpoint, file, connection: session.connection}
+    ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection})`)
+
+    let dev: LoopDevice
+    try {
+      dev = await loop.attachLoopOffThread(file, {
+        readOnly: true,
+        partscan: true,
+        directIo: true,
+        blockSize: server.sectorSize,
+        label: ctx.image,
+      })
+    } catch (err) {
+      await session.unmount({lazy: true, abort: true}).catch(() => {})
+      throw err
+    }
+    state.loop = dev.device
+    ctx.log(`loop: ${dev.device} over ${file}, block size ${server.sectorSize}, direct I/O ${dev.directIo ? 'on' : `off: ${dev.directIoNote ?? 'not supported'}`}`)
+    const partitions = await waitForPartitions(dev.device, loop.loopPartitions)
+
+    let detached: Promise<void> | undefined
+    const detach = (): Promise<void> =>
+      (detached ??= (async () => {
+        const r = await loop.detachLoopOffThread(dev.device)
+        ctx.log(`loop: ${dev.device} ${r === 'deferred' ? 'still open: released by the kernel on its last close' : r}`)
+        await server.drain()
+        await session.drain()
+        // A loop device still held open keeps the file busy: fail its I/O and detach the mount lazily.
+        await session.unmount({lazy: r === 'deferred', abort: r === 'deferred'})
+        ctx.log(`fuse: unmounted ${mountpoint}`)
+      })())
+
+    return {
+      device: dev.device,
+      partitions,
+      state,
+      detach,
+      closed: session.closed.then(() => undefined),
+    }
+  },
+
+  async cleanup(state: Record<string, unknown>, log: (line: string) => void): Promise<void> {
+    await cleanupFuseLoop(state as FuseLoopState, log)
+  },
+}
+
+/** Partition nodes appear after the scan in LOOP_CONFIGURE; devtmpfs/udev may need a moment for /dev. */
+async function waitForPartitions(device: string, list: (d: string) => string[]): Promise<string[]> {
+  const parts = list(device)
+  const deadline = Date.now() + 3000
+  while (parts.some((p) => !fs.existsSync(p)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  return parts.filter((p) => fs.existsSync(p))
+}
+
+/**
+ * Release what a dead (or stuck) server left: abort its FUSE connection so nothing waits on it, detach
+ * the loop device if it is still ours (its backing file is our FUSE file), unmount. Idempotent. With only
+ * `runDir` known (the server died before recording more), the mount point and file are derived from it.
+ */
+export async function cleanupFuseLoop(state: Partial<FuseLoopState> & {runDir?: string}, log: (line: string) => void): Promise<void> {
+  const {abortConnection, connectionOfMount, unmount} = linuxOnly().fusectl
+  const loop = linuxOnly().loop
+  const mountpoint = typeof state.mountpoint === 'string' ? state.mountpoint : typeof state.runDir === 'string' ? path.join(state.runDir, 'mnt') : undefined
+  if (!mountpoint) throw new VdevError('internal', 'fuse cleanup: no mount point or run directory recorded')
+  const file = typeof state.file === 'string' ? state.file : path.join(mountpoint, 'disk')
+  const conn = connectionOfMount(mountpoint)
+  if (conn !== undefined) abortConnection(conn, log)
+  const loops = new Set(loop.loopsWithBackingFile(file))
+  if (typeof state.loop === 'string') {
+    const st = loop.loopStatus(state.loop)
+    if (st.bound && st.backingFile !== file) log(`loop: ${state.loop} now serves ${st.backingFile}; not ours, left alone`)
+  }
+  for (const dev of loops) {
+    const r = loop.detachLoop(dev)
+    log(`loop: ${dev} ${r === 'deferred' ? 'still open: released by the kernel on its last close' : r}`)
+  }
+  if (readMountinfo().some((m) => m.mountpoint === mountpoint)) {
+    try {
+      unmount(mountpoint, false)
+    } catch {
+      unmount(mountpoint, true)
+    }
+    log(`fuse: unmounted ${mountpoint}`)
+  }
+}
