@@ -1,0 +1,121 @@
+import * as fs from 'node:fs'
+import {Args, Flags} from '@oclif/core'
+import {VdevCommand} from '../cli/base'
+import type {BadPolicy} from '../core/blockserver'
+import {VdevError} from '../core/errors'
+import {backendNames} from '../core/registry'
+import {attachInBackground, refuseIfAttached, resolveBackend, resolveImage, type ReadyMessage} from '../lifecycle/attach'
+import {logOf, reserveId, type DeviceEntry} from '../lifecycle/registry'
+import {serve, type ServeOptions} from '../lifecycle/server'
+
+export interface AttachOutput {
+  id: string
+  device: string
+  backend: string
+  image: string
+  pid: number
+  readOnly: true
+  partitions: string[]
+}
+
+function output(e: DeviceEntry): AttachOutput {
+  return {id: e.id, device: e.device!, backend: e.backend, image: e.image, pid: e.pid, readOnly: e.readOnly, partitions: e.partitions}
+}
+
+/** A log function appending timestamped lines to a file descriptor. */
+function fileLog(fd: number): (line: string) => void {
+  return (line) => {
+    try {
+      fs.writeSync(fd, `${new Date().toISOString()} ${line}\n`)
+    } catch {
+      // the log is best effort
+    }
+  }
+}
+
+export default class Attach extends VdevCommand {
+  static override summary = 'Attach an image as a read-only block device and print the device path'
+  static override description = `Starts a serving process in the background, waits until the device is ready, prints its path (like "losetup -f --show -r -P") and exits. Unreadable areas of the image read as I/O errors (EIO), or as zeros with --bad-policy zero. Partitions in the image appear as DEVICEp1, DEVICEp2 …
+
+The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "vdev detach" releases them. An image can be attached once at a time; attaching it again is refused. Needs root.`
+  static override examples = [
+    '<%= config.bin %> attach disk.vdimg',
+    'sudo mount -o ro "$(<%= config.bin %> attach disk.vdimg)p1" /mnt',
+    '<%= config.bin %> attach disk.vdimg --json',
+    '<%= config.bin %> attach disk.vdimg --backend fuse --bad-policy zero',
+    '<%= config.bin %> attach disk.vdimg --foreground   # serve until Ctrl-C / SIGTERM (systemd, CI)',
+  ]
+  static override args = {image: Args.string({description: 'the image (.vdimg)', required: true})}
+  static override flags = {
+    backend: Flags.string({description: 'how to make the device ("auto": the best available, see "vdev backends")', options: ['auto', ...backendNames()], default: 'auto'}),
+    'bad-policy': Flags.string({description: 'what reads of unreadable areas return', options: ['error', 'zero'], default: 'error'}),
+    foreground: Flags.boolean({description: 'serve in this process until SIGINT/SIGTERM, then detach'}),
+    timeout: Flags.integer({description: 'seconds to wait for the device to be ready', default: 60, min: 1}),
+    'server-id': Flags.string({hidden: true, description: 'internal: run as the background server for this id'}),
+  }
+
+  async run(): Promise<AttachOutput | undefined> {
+    const {args, flags} = await this.parse(Attach)
+    const badPolicy = flags['bad-policy'] as BadPolicy
+    if (flags['server-id']) return this.runServer(args.image, flags.backend, badPolicy, flags['server-id'])
+    if (flags.foreground) return this.runForeground(args.image, flags.backend, badPolicy)
+    const entry = await attachInBackground({image: args.image, backend: flags.backend, badPolicy, timeoutMs: flags.timeout * 1000})
+    this.say(entry.device)
+    return output(entry)
+  }
+
+  /** The hidden background server: report readiness on fd 3, log to stdout (the log file). */
+  private async runServer(image: string, backend: string, badPolicy: BadPolicy, id: string): Promise<undefined> {
+    let reported = false
+    const report = (m: ReadyMessage): void => {
+      if (reported) return
+      reported = true
+      try {
+        fs.writeSync(3, JSON.stringify(m) + '\n')
+        fs.closeSync(3)
+      } catch {
+        // the parent is gone; keep serving
+      }
+    }
+    const opts: ServeOptions = {
+      id,
+      image,
+      backend,
+      badPolicy,
+      log: fileLog(1),
+      onReady: (r) => report('entry' in r ? {ok: true, entry: r.entry} : {ok: false, error: {code: r.error.code, message: r.error.message}}),
+    }
+    const code = await serve(opts)
+    // Reader threads may still sit in read(2) on a device that is gone; exit explicitly.
+    process.exit(code)
+  }
+
+  private async runForeground(imageArg: string, backendArg: string, badPolicy: BadPolicy): Promise<undefined> {
+    const {path: image, stat} = resolveImage(imageArg)
+    const backend = await resolveBackend(backendArg)
+    refuseIfAttached(image, stat)
+    const id = reserveId()
+    const logFd = fs.openSync(logOf(id), 'a', 0o600)
+    let failure: VdevError | undefined
+    const code = await serve({
+      id,
+      image,
+      backend,
+      badPolicy,
+      log: fileLog(logFd),
+      onReady: (r) => {
+        if ('error' in r) {
+          failure = r.error
+          return
+        }
+        if (this.jsonEnabled()) process.stdout.write(JSON.stringify(output(r.entry), null, 2) + '\n')
+        else process.stdout.write(r.entry.device + '\n')
+      },
+    })
+    fs.closeSync(logFd)
+    if (failure) throw failure
+    if (code !== 0) throw new VdevError('internal', `the server stopped with an error (log: ${logOf(id)})`)
+    // Reader threads of a FUSE session may outlive it by a moment; nothing else is pending.
+    process.exit(0)
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * `vdev attach`: pick the backend, refuse an image that is already attached, then start the serving
+ * process in the background (the same CLI, hidden --server-id flag, detached, output to its log file)
+ * and wait for its one ready message on an inherited pipe (fd 3) — as qemu-nbd --fork does. If the
+ * server fails, its one-line error becomes ours.
+ */
+import {spawn} from 'node:child_process'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import type {Readable} from 'node:stream'
+import type {BadPolicy} from '../core/blockserver'
+import {VdevError, ioError, type ErrorCode} from '../core/errors'
+import {loadBackend, probeBackends} from '../core/registry'
+import {cleanupEntry} from './cleanup'
+import {entryState, logOf, readEntries, readEntry, reserveId, runDirOf, type DeviceEntry} from './registry'
+
+export interface AttachRequest {
+  image: string
+  /** "auto" or a backend name. */
+  backend: string
+  badPolicy: BadPolicy
+  /** How long to wait for the server to be ready. */
+  timeoutMs?: number
+}
+
+/** The one message the server writes on fd 3. */
+export type ReadyMessage = {ok: true; entry: DeviceEntry} | {ok: false; error: {code: ErrorCode; message: string}}
+
+/** The image, checked to exist, as an absolute real path. */
+export function resolveImage(image: string): {path: string; stat: fs.Stats} {
+  let real: string
+  try {
+    real = fs.realpathSync(image)
+  } catch (err) {
+    throw ioError(image, err)
+  }
+  const stat = fs.statSync(real)
+  if (stat.isDirectory()) throw new VdevError('io', `${image}: is a directory`)
+  try {
+    fs.accessSync(real, fs.constants.R_OK)
+  } catch (err) {
+    throw ioError(image, err)
+  }
+  return {path: real, stat}
+}
+
+/** "auto" → the available backend with the lowest preference; a name → that backend, if available. */
+export async function resolveBackend(name: string): Promise<string> {
+  const all = await probeBackends()
+  if (name === 'auto') {
+    const best = all.find((s) => s.probe.available)
+    if (!best) {
+      const why = all.map((s) => `${s.name}: ${s.probe.available ? 'available' : s.probe.reason}`).join('; ')
+      throw new VdevError('unavailable', `no backend can attach here (${why})`)
+    }
+    return best.name
+  }
+  const s = all.find((x) => x.name === name)
+  if (!s) {
+    const b = loadBackend(name)
+    throw new VdevError('usage', 'error' in b ? b.error : `unknown backend "${name}"`)
+  }
+  if (!s.probe.available) throw new VdevError('unavailable', `backend ${name} is not available: ${s.probe.reason}`)
+  return name
+}
+
+/**
+ * One image, one device: attaching an image that is already attached is refused (two devices with the
+ * same file system UUID confuse mount-by-UUID and udev, and a second copy brings nothing read-only).
+ */
+export function refuseIfAttached(image: string, stat: fs.Stats): void {
+  for (const e of readEntries()) {
+    const same = e.image === image || (e.imageDev === stat.dev && e.imageIno === stat.ino)
+    if (!same) continue
+    const state = entryState(e)
+    const where = e.device ? `${e.device} (${e.id})` : e.id
+    if (state === 'dead') throw new VdevError('exists', `${image} is still registered as ${where}, whose server is dead: run "vdev detach ${e.id} --force" first`)
+    throw new VdevError('exists', `${image} is already attached as ${where}`)
+  }
+}
+
+function binRun(): string {
+  // dist/src/lifecycle → the package root's bin/run.js
+  return path.resolve(__dirname, '..', '..', '..', 'bin', 'run.js')
+}
+
+/** Start a background server for `req` and wait until its device is ready. */
+export async function attachInBackground(req: AttachRequest): Promise<DeviceEntry> {
+  const {path: image, stat} = resolveImage(req.image)
+  const backend = await resolveBackend(req.backend)
+  refuseIfAttached(image, stat)
+  const id = reserveId()
+  const logFile = logOf(id)
+  const logFd = fs.openSync(logFile, 'a', 0o600)
+  const argv = [binRun(), 'attach', image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id]
+  const child = spawn(process.execPath, argv, {
+    detached: true,
+    stdio: ['ignore', logFd, logFd, 'pipe'],
+    env: {...process.env, VDEV_SERVER: '1'},
+  })
+  fs.closeSync(logFd)
+  const pipe = child.stdio[3] as Readable
+  const timeoutMs = req.timeoutMs ?? 60000
+
+  const result = await new Promise<ReadyMessage | {exit: string} | {timeout: true}>((resolve) => {
+    let text = ''
+    let settled = false
+    const done = (v: ReadyMessage | {exit: string} | {timeout: true}): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      resolve(v)
+    }
+    const timer = setTimeout(() => done({timeout: true}), timeoutMs)
+    pipe.setEncoding('utf8')
+    pipe.on('data', (d: string) => {
+      text += d
+      const nl = text.indexOf('\n')
+      if (nl < 0) return
+      try {
+        done(JSON.parse(text.slice(0, nl)) as ReadyMessage)
+      } catch {
+        done({exit: `unreadable ready message: ${text.slice(0, 200)}`})
+      }
+    })
+    pipe.on('error', () => {})
+    child.on('error', (err) => done({exit: `cannot start the server: ${err.message}`}))
+    child.on('exit', (code, sig) => done({exit: sig ? `killed by ${sig}` : `exited with code ${code}`}))
+  })
+  pipe.destroy()
+
+  if ('ok' in result && result.ok) {
+    child.unref()
+    return result.entry
+  }
+  // Failed: make sure nothing is left (the server cleans up after itself unless it crashed).
+  if ('timeout' in result) child.kill('SIGKILL')
+  await new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())))
+  const left = readEntry(id)
+  if (left) await cleanupEntry(left, () => {}).catch(() => {})
+  fs.rmSync(runDirOf(id), {recursive: true, force: true})
+  if ('ok' in result) {
+    fs.rmSync(logFile, {force: true})
+    throw new VdevError(result.error.code, result.error.message)
+  }
+  if ('timeout' in result) throw new VdevError('timeout', `the server did not get ${image} ready within ${timeoutMs / 1000} s (log: ${logFile})`)
+  throw new VdevError('internal', `the server for ${image} ${result.exit}: ${lastLine(logFile)} (log: ${logFile})`)
+}
+
+function lastLine(file: string): string {
+  try {
+    const lines = fs.readFileSync(file, 'utf8').trim().split('\n')
+    return lines[lines.length - 1] ?? ''
+  } catch {
+    return ''
+  }
+}
