@@ -1,0 +1,174 @@
+/**
+ * npm run bench:serve — `vdev serve` (NBD, VDIMG image) against nbdkit (file plugin on the raw image) and
+ * qemu-nbd (qcow2 with zstd clusters of the same data), in one run, through real clients:
+ *   - sequential: `nbdcopy --no-extents URI null:` (every byte read; default connections, and one connection),
+ *   - random 4 KiB reads through python3-libnbd at queue depth 1 and 32 (aio), the same offsets for every server.
+ * Every server listens on a Unix socket on this machine; image files are in the page cache (warm).
+ * Target (issue 4): vdev serve within 1.2x of qemu-nbd on sequential and random reads of the same data.
+ */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {spawn, type ChildProcess} from 'node:child_process'
+import {createInterface} from 'node:readline'
+import {ensureCorpus, CACHE} from './corpus'
+import {best, fmt, MiB, table, timed} from './lib'
+
+const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
+const PYTHON = '/usr/bin/python3'
+const OUT = path.join(CACHE, 'serve')
+
+/** Random 4 KiB reads through libnbd; prints {seconds, reads}. Same seed, same offsets for every server. */
+const RANDOM_PY = String.raw`
+import json, random, sys, time, nbd
+uri, n, qd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+h = nbd.NBD()
+h.connect_uri(uri)
+blocks = h.get_size() // 4096
+rnd = random.Random(20260101)
+offs = [rnd.randrange(blocks) * 4096 for _ in range(n)]
+t0 = time.perf_counter()
+if qd == 1:
+    for o in offs:
+        h.pread(4096, o)
+else:
+    bufs = [nbd.Buffer(4096) for _ in range(qd)]
+    free = list(range(qd))
+    errors = []
+    def done(idx, err):
+        if err.value if hasattr(err, 'value') else err:
+            errors.append(err)
+        free.append(idx)
+        return 1
+    i = 0
+    while i < n or h.aio_in_flight() > 0:
+        while free and i < n:
+            k = free.pop()
+            h.aio_pread(bufs[k], offs[i], completion=lambda err, k=k: done(k, err))
+            i += 1
+        h.poll(-1)
+    if errors:
+        raise SystemExit('read errors: %d' % len(errors))
+print(json.dumps({'seconds': time.perf_counter() - t0, 'reads': n}))
+`
+
+interface Server {
+  name: string
+  uri: string
+  child: ChildProcess
+}
+
+function waitForSocket(sock: string, child: ChildProcess, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now()
+    const tick = () => {
+      if (fs.existsSync(sock)) return resolve()
+      if (child.exitCode !== null) return reject(new Error(`${what} exited (${child.exitCode})`))
+      if (Date.now() - t0 > 30_000) return reject(new Error(`${what} did not create ${sock}`))
+      setTimeout(tick, 50)
+    }
+    tick()
+  })
+}
+
+async function startVdev(image: string, sock: string): Promise<Server> {
+  const child = spawn(process.execPath, [VDEV, 'serve', image, '--listen', `unix:${sock}`, '--json'], {stdio: ['ignore', 'pipe', 'inherit']})
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({input: child.stdout!}).once('line', resolve)
+    child.once('exit', (c) => reject(new Error(`vdev serve exited (${c})`)))
+  })
+  const ready = JSON.parse(line) as {export: string}
+  return {name: 'vdev serve (VDIMG, zstd)', uri: `nbd+unix:///${ready.export}?socket=${sock}`, child}
+}
+
+async function startNbdkit(raw: string, sock: string): Promise<Server> {
+  const child = spawn('nbdkit', ['-f', '-r', '-U', sock, 'file', raw], {stdio: ['ignore', 'ignore', 'inherit']})
+  await waitForSocket(sock, child, 'nbdkit')
+  return {name: 'nbdkit file (raw)', uri: `nbd+unix:///?socket=${sock}`, child}
+}
+
+async function startQemuNbd(qcow2: string, sock: string): Promise<Server> {
+  const child = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=16', '--format=qcow2', `--socket=${sock}`, qcow2], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
+  await waitForSocket(sock, child, 'qemu-nbd')
+  return {name: 'qemu-nbd (qcow2, zstd)', uri: `nbd+unix:///?socket=${sock}`, child}
+}
+
+function stop(s: Server | undefined): Promise<void> {
+  if (!s || s.child.exitCode !== null) return Promise.resolve()
+  return new Promise((resolve) => {
+    s.child.once('exit', () => resolve())
+    s.child.kill('SIGTERM')
+    setTimeout(() => s.child.kill('SIGKILL'), 5000).unref()
+  })
+}
+
+async function randomReads(uri: string, n: number, qd: number): Promise<number> {
+  const r = await new Promise<string>((resolve, reject) => {
+    const child = spawn(PYTHON, ['-c', RANDOM_PY, uri, String(n), String(qd)], {stdio: ['ignore', 'pipe', 'pipe']})
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    child.on('exit', (c) => (c === 0 ? resolve(out) : reject(new Error(`random reads on ${uri} failed: ${err}`))))
+  })
+  const {seconds, reads} = JSON.parse(r) as {seconds: number; reads: number}
+  return reads / seconds
+}
+
+async function main(): Promise<void> {
+  const {raw} = await ensureCorpus()
+  const size = fs.statSync(raw).size
+  fs.mkdirSync(OUT, {recursive: true})
+  const vdimg = path.join(OUT, 'corpus.vdimg')
+  const qcow2 = path.join(OUT, 'corpus.qcow2')
+  if (!fs.existsSync(vdimg)) await timed([process.execPath, VDEV, 'create', raw, vdimg])
+  if (!fs.existsSync(qcow2)) await timed(['qemu-img', 'convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', raw, qcow2])
+  for (const f of [raw, vdimg, qcow2]) await timed(['cat', f], {stdoutFile: '/dev/null'}) // warm the page cache
+  const reps = Number(process.env.BENCH_REPS ?? 3)
+  const nQd1 = Number(process.env.BENCH_RANDOM_QD1 ?? 20000)
+  const nQd32 = Number(process.env.BENCH_RANDOM_QD32 ?? 50000)
+
+  const servers: Server[] = []
+  try {
+    servers.push(await startVdev(vdimg, path.join(OUT, 'vdev.sock')))
+    servers.push(await startNbdkit(raw, path.join(OUT, 'nbdkit.sock')))
+    servers.push(await startQemuNbd(qcow2, path.join(OUT, 'qemu.sock')))
+    const results = new Map<string, Record<string, number>>()
+    for (const s of servers) {
+      const seq = await best(reps, () => timed(['nbdcopy', '--no-extents', s.uri, 'null:']))
+      const seq1 = await best(reps, () => timed(['nbdcopy', '--no-extents', '--connections=1', s.uri, 'null:']))
+      const qd1 = Math.max(await randomReads(s.uri, nQd1, 1), await randomReads(s.uri, nQd1, 1))
+      const qd32 = Math.max(await randomReads(s.uri, nQd32, 32), await randomReads(s.uri, nQd32, 32))
+      results.set(s.name, {seq: size / MiB / seq.seconds, seq1: size / MiB / seq1.seconds, qd1, qd32})
+      process.stderr.write(`${s.name}: done\n`)
+    }
+    const q = results.get('qemu-nbd (qcow2, zstd)')!
+    const rows = [...results.entries()].map(([name, r]) => [
+      name,
+      fmt(r.seq, 0), `${fmt(r.seq / q.seq)}x`,
+      fmt(r.seq1, 0), `${fmt(r.seq1 / q.seq1)}x`,
+      fmt(r.qd1, 0), `${fmt(r.qd1 / q.qd1)}x`,
+      fmt(r.qd32, 0), `${fmt(r.qd32 / q.qd32)}x`,
+    ])
+    console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4; ${os.availableParallelism()} cores; files in the page cache; Unix sockets`)
+    console.log(`sequential: nbdcopy --no-extents to null:, best of ${reps}; random: 4 KiB reads via python3-libnbd, ${nQd1} at QD1, ${nQd32} at QD32\n`)
+    console.log(
+      table(
+        ['server', 'seq MiB/s', 'vs qemu-nbd', 'seq 1 conn MiB/s', 'vs qemu-nbd', 'rand QD1 IOPS', 'vs qemu-nbd', 'rand QD32 IOPS', 'vs qemu-nbd'],
+        rows,
+      ),
+    )
+    const v = results.get('vdev serve (VDIMG, zstd)')!
+    const worst = Math.min(v.seq / q.seq, v.seq1 / q.seq1, v.qd1 / q.qd1, v.qd32 / q.qd32)
+    console.log(`\ntarget: vdev serve within 1.2x of qemu-nbd (throughput ratio >= 0.83): worst ratio ${fmt(worst)} — ${worst >= 1 / 1.2 ? 'met' : 'NOT met'}`)
+  } finally {
+    for (const s of servers) await stop(s)
+  }
+}
+
+main().catch((err) => {
+  console.error(`bench:serve: ${(err as Error).message}`)
+  process.exit(1)
+})
