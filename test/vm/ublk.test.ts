@@ -12,7 +12,9 @@ import {backend, probeUblk} from '../../backends/linux/ublk'
 import {removeDevice, UblkDevice} from '../../backends/linux/ublk/device'
 import type {AttachedDevice} from '../../src/core/backend'
 import {BlockServer} from '../../src/core/blockserver'
+import {openInput} from '../../src/format/input'
 import {readMapfile} from '../../src/format/mapfile'
+import {createImage} from '../../src/format/writer'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, makeFixture, run, type UblkFixture} from './ublk-fixture'
 
@@ -72,6 +74,34 @@ describe('ublk backend (real kernel)', function () {
       const r = await ddSectors(node, 0, 64)
       assert.ok(r.data, r.stderr)
       assert.ok(r.data.equals(fx.data.subarray(p.start * SECTOR, (p.start + 64) * SECTOR)), `${node}: first 64 sectors differ`)
+    }
+  })
+
+  it('marks the partitions read-only too', async () => {
+    for (const node of attached!.partitions) assert.equal((await run('blockdev', ['--getro', node])).stdout.toString().trim(), '1', node)
+  })
+
+  it('takes the logical block size from the image: 4096-byte sectors', async () => {
+    const image4k = path.join(fx.dir, 'disk4k.vdimg')
+    const input = openInput(fx.raw)
+    try {
+      await createImage(input, image4k, {chunkSize: 64 * 1024, sectorSize: 4096, threads: 1})
+    } finally {
+      await input.close()
+    }
+    const img = await openImage(image4k)
+    const dev = await UblkDevice.create(new BlockServer(img))
+    try {
+      const node = dev.info.blockDevice
+      assert.equal((await run('blockdev', ['--getss', node])).stdout.toString().trim(), '4096')
+      assert.equal((await run('blockdev', ['--getsize64', node])).stdout.toString().trim(), String(DISK_SIZE))
+      // O_DIRECT reads must now be 4 KiB-aligned: 512-byte ones are refused by the kernel, 4 KiB ones served.
+      assert.equal((await ddSectors(node, 1, 1, 512)).data, null)
+      const r = await ddSectors(node, 300, 2, 4096)
+      assert.ok(r.data?.equals(fx.data.subarray(300 * 4096, 302 * 4096)), r.stderr)
+    } finally {
+      await dev.stop()
+      await img.close()
     }
   })
 

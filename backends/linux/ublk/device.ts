@@ -33,6 +33,8 @@ export interface UblkDeviceInfo {
   maxIoBytes: number
 }
 
+const START_TIMEOUT_MS = 60_000
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
 async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
@@ -130,7 +132,15 @@ export class UblkDevice {
       }
       // If every queue is aborted without our STOP_DEV, the kernel took the device down.
       void Promise.all(dev.queues.map((q) => q.done)).then(() => dev.resolveClosed())
-      await ctrl.startDev(devId)
+      // START_DEV returns once the disk is added and its partitions scanned (served by our queues). If the
+      // driver never gets there, fail instead of hanging the attach.
+      let startTimer: NodeJS.Timeout | undefined
+      await Promise.race([
+        ctrl.startDev(devId),
+        new Promise<never>((_, reject) => {
+          startTimer = setTimeout(() => reject(new Error(`ublk: START_DEV of device ${devId} did not finish in ${START_TIMEOUT_MS / 1000} s`)), START_TIMEOUT_MS)
+        }),
+      ]).finally(() => clearTimeout(startTimer))
       const blockDevice = `/dev/ublkb${devId}`
       if (!(await waitFor(() => fs.existsSync(blockDevice), 5000))) throw new Error(`ublk: ${blockDevice} did not appear`)
       dev.info = {
