@@ -1,0 +1,309 @@
+/**
+ * Fixtures for the attach tests: ext4 file systems built from directories (mkfs.ext4 -d), bad areas
+ * found by real GNU ddrescue against a source that really fails (nbdkit's ddrescue filter via nbdfuse),
+ * VDIMG images made by the real `vdev create`, and a sandbox that records every device, mount and
+ * process a test makes and removes them all afterwards — also when the test failed.
+ */
+import * as assert from 'node:assert/strict'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {spawn, spawnSync} from 'node:child_process'
+import {ddrescue, failingSource, prng, runCli, tmpDir, type CliResult} from '../helpers'
+
+export const IS_ROOT = process.getuid?.() === 0
+
+/** Run a command without a shell, asynchronously (the main thread may be serving FUSE). */
+export function run(cmd: string, args: string[], opts: {timeoutMs?: number; input?: Buffer} = {}): Promise<{code: number | null; signal: string | null; stdout: Buffer; stderr: string; ms: number}> {
+  const t0 = Date.now()
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {stdio: ['pipe', 'pipe', 'pipe']})
+    const out: Buffer[] = []
+    let err = ''
+    child.stdout.on('data', (b: Buffer) => out.push(b))
+    child.stderr.on('data', (b: Buffer) => (err += b))
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000)
+    child.on('error', reject)
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      resolve({code, signal, stdout: Buffer.concat(out), stderr: err, ms: Date.now() - t0})
+    })
+    child.stdin.on('error', () => undefined)
+    child.stdin.end(opts.input ?? Buffer.alloc(0))
+  })
+}
+
+export function runSync(cmd: string, args: string[]): {code: number | null; stdout: string; stderr: string} {
+  const r = spawnSync(cmd, args, {encoding: 'utf8'})
+  return {code: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? ''}
+}
+
+export interface SourceFile {
+  name: string
+  size: number
+}
+
+/** Files of chosen sizes with deterministic contents, some in a subdirectory. */
+export function writeTree(dir: string, files: SourceFile[]): void {
+  files.forEach((f, i) => {
+    const p = path.join(dir, f.name)
+    fs.mkdirSync(path.dirname(p), {recursive: true})
+    fs.writeFileSync(p, prng(1000 + i, f.size))
+  })
+}
+
+/** An ext4 image of `size` bytes holding `srcDir` (4 KiB blocks, no lazy init, so mkfs writes all it needs). */
+export function mkfsExt4(raw: string, size: number, srcDir: string): void {
+  fs.writeFileSync(raw, '')
+  fs.truncateSync(raw, size)
+  const r = runSync('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'lazy_itable_init=0,lazy_journal_init=0', '-d', srcDir, raw])
+  assert.equal(r.code, 0, `mkfs.ext4: ${r.stderr}`)
+}
+
+/** Byte ranges a file occupies inside an ext4 image (debugfs "blocks", 4 KiB blocks). */
+export function fileExtents(raw: string, name: string, blockSize = 4096): Array<{offset: number; length: number}> {
+  const r = runSync('debugfs', ['-R', `blocks /${name}`, raw])
+  assert.equal(r.code, 0, `debugfs: ${r.stderr}`)
+  const blocks = r.stdout.trim().split(/\s+/).filter(Boolean).map(Number)
+  return blocks.map((b) => ({offset: b * blockSize, length: blockSize}))
+}
+
+export interface BadRange {
+  offset: number
+  length: number
+  status: string
+}
+
+/** The non-finished areas of a GNU ddrescue mapfile. */
+export function mapfileBadAreas(map: string, size: number): BadRange[] {
+  const names: Record<string, string> = {'?': 'non-tried', '*': 'non-trimmed', '/': 'non-scraped', '-': 'bad-sector'}
+  const lines = fs.readFileSync(map, 'utf8').split('\n').filter((l) => l.trim() && !l.startsWith('#'))
+  const out: BadRange[] = []
+  let end = 0
+  for (const l of lines.slice(1)) {
+    const [pos, len, st] = l.trim().split(/\s+/)
+    const offset = Number(pos)
+    const length = Number(len)
+    end = offset + length
+    if (st !== '+') out.push({offset, length, status: names[st]})
+  }
+  if (end < size) out.push({offset: end, length: size - end, status: 'non-tried'})
+  return out
+}
+
+export function overlaps(a: {offset: number; length: number}, b: {offset: number; length: number}): boolean {
+  return a.offset < b.offset + b.length && b.offset < a.offset + a.length
+}
+
+/** Write a ddrescue mapfile with these bad ranges (everything else finished). */
+export function writeTruthMap(map: string, size: number, bad: Array<{offset: number; length: number}>): void {
+  const lines = ['# truth for nbdkit ddrescue filter', '0x0 ?']
+  let at = 0
+  for (const b of [...bad].sort((x, y) => x.offset - y.offset)) {
+    if (b.offset > at) lines.push(`0x${at.toString(16)} 0x${(b.offset - at).toString(16)} +`)
+    lines.push(`0x${b.offset.toString(16)} 0x${b.length.toString(16)} -`)
+    at = b.offset + b.length
+  }
+  if (at < size) lines.push(`0x${at.toString(16)} 0x${(size - at).toString(16)} +`)
+  fs.writeFileSync(map, lines.join('\n') + '\n')
+}
+
+/**
+ * Rescue RAW with real GNU ddrescue from a source that fails reads in `bad` (and stop `tail` bytes
+ * before the end, leaving them non-tried). Returns the rescued raw file and ddrescue's own mapfile.
+ */
+export async function rescueWithDdrescue(dir: string, raw: string, bad: Array<{offset: number; length: number}>, tail = 0): Promise<{raw: string; map: string}> {
+  const size = fs.statSync(raw).size
+  const truth = path.join(dir, 'truth.map')
+  writeTruthMap(truth, size, bad)
+  const src = await failingSource(dir, raw, truth)
+  const out = path.join(dir, 'rescued.raw')
+  const map = path.join(dir, 'rescued.map')
+  try {
+    ddrescue(src.file, out, map, ['-d', ...(tail ? ['-s', String(size - tail)] : [])])
+  } finally {
+    await src.stop()
+  }
+  // The rescued file must be as long as the medium for `vdev create`; ddrescue stops at -s.
+  if (fs.statSync(out).size < size) fs.truncateSync(out, size)
+  return {raw: out, map}
+}
+
+/** A sandbox: its own state directory for vdev, and a record of what to tear down. */
+export class Sandbox {
+  readonly dir: string
+  readonly stateDir: string
+  private readonly mounts: string[] = []
+  private readonly pids: number[] = []
+  private readonly rm: () => void
+
+  constructor(prefix = 'vdev-attach-') {
+    const t = tmpDir(prefix)
+    this.dir = t.dir
+    this.rm = t.cleanup
+    this.stateDir = path.join(this.dir, 'state')
+  }
+
+  p(name: string): string {
+    return path.join(this.dir, name)
+  }
+
+  env(): NodeJS.ProcessEnv {
+    return {VDEV_STATE_DIR: this.stateDir}
+  }
+
+  /** Run the vdev CLI against this sandbox's registry. */
+  vdev(args: string[], timeout = 120_000): Promise<CliResult> {
+    return runCli(args, {env: this.env(), timeout})
+  }
+
+  /** mount -o ro DEVICE at a new directory; recorded for teardown. */
+  async mountRo(device: string, name = 'mnt'): Promise<string> {
+    const dir = this.p(name)
+    fs.mkdirSync(dir, {recursive: true})
+    const r = await run('mount', ['-o', 'ro', device, dir])
+    assert.equal(r.code, 0, `mount ${device}: ${r.stderr}`)
+    this.mounts.push(dir)
+    return dir
+  }
+
+  async umount(dir: string): Promise<void> {
+    const r = await run('umount', [dir])
+    assert.equal(r.code, 0, `umount ${dir}: ${r.stderr}`)
+    this.mounts.splice(this.mounts.indexOf(dir), 1)
+  }
+
+  trackPid(pid: number | undefined): void {
+    if (pid) this.pids.push(pid)
+  }
+
+  /** Registry entries as files (independent of the code under test). */
+  entries(): Array<{id: string; pid: number; device?: string; runDir: string}> {
+    const d = path.join(this.stateDir, 'devices')
+    if (!fs.existsSync(d)) return []
+    return fs
+      .readdirSync(d)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => JSON.parse(fs.readFileSync(path.join(d, f), 'utf8')))
+  }
+
+  /** What this sandbox still has in the kernel: loop devices over files in it, mounts in it, processes. */
+  leftovers(): string[] {
+    const out: string[] = []
+    for (const n of fs.readdirSync('/sys/block').filter((x) => x.startsWith('loop'))) {
+      let back = ''
+      try {
+        back = fs.readFileSync(`/sys/block/${n}/loop/backing_file`, 'utf8').trim()
+      } catch {
+        continue
+      }
+      if (back.startsWith(this.dir) || back === '/disk') out.push(`loop device /dev/${n} over ${back}`)
+    }
+    for (const l of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const f = l.split(' ')
+      if (f[4]?.startsWith(this.dir)) out.push(`mount at ${f[4]}`)
+    }
+    for (const pid of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x) && Number(x) !== process.pid)) {
+      let cmd = ''
+      try {
+        cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+      } catch {
+        continue
+      }
+      if (cmd.includes(this.dir) && !cmd.startsWith('fusermount')) out.push(`process ${pid}: ${cmd.replace(/\0/g, ' ').trim()}`)
+    }
+    return out
+  }
+
+  /**
+   * Tear down everything, by what was recorded, without trusting the code under test: unmount, kill
+   * servers, detach loop devices over our files, unmount FUSE, remove the directory. Returns what had
+   * to be removed by force (a test that cleans up after itself leaves nothing).
+   */
+  async teardown(): Promise<string[]> {
+    const found = this.leftovers()
+    for (const m of this.mounts.reverse()) await run('umount', ['-l', m])
+    for (const e of this.entries()) this.pids.push(e.pid)
+    for (const pid of this.pids) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {
+        // already gone
+      }
+    }
+    await new Promise((r) => setTimeout(r, 200))
+    for (const n of fs.readdirSync('/sys/block').filter((x) => x.startsWith('loop'))) {
+      let back = ''
+      try {
+        back = fs.readFileSync(`/sys/block/${n}/loop/backing_file`, 'utf8').trim()
+      } catch {
+        continue
+      }
+      if (back.startsWith(this.dir)) await run('losetup', ['-d', `/dev/${n}`])
+    }
+    const mounts = fs
+      .readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[4])
+      .filter((m) => m?.startsWith(this.dir))
+      .sort((a, b) => b.length - a.length)
+    for (const m of mounts) await run('umount', ['-l', m])
+    try {
+      this.rm()
+    } catch {
+      // a lazily unmounted FUSE mount may linger a moment
+    }
+    return found
+  }
+}
+
+/** The files of the standard test file system: small and large, block-aligned and not, nested. */
+export const EXT4_FILES: SourceFile[] = [
+  {name: 'a-small.txt', size: 1000},
+  {name: 'b-block.bin', size: 4096},
+  {name: 'c-victim-1mib.bin', size: 1 << 20},
+  {name: 'd-odd.bin', size: 70_001},
+  {name: 'e-victim-3mib.bin', size: 3 * (1 << 20) + 123},
+  {name: 'f-large.bin', size: 2 * (1 << 20)},
+  {name: 'dir/g-nested.bin', size: 200_000},
+  {name: 'dir/h-nested.bin', size: 12_345},
+  {name: 'dir/sub/i-deep.bin', size: 500_000},
+  {name: 'j-empty', size: 0},
+]
+
+export interface Ext4Fixture {
+  srcDir: string
+  /** The pristine file system. */
+  raw: string
+  size: number
+  /** What GNU ddrescue recovered, and its mapfile. */
+  rescued: {raw: string; map: string}
+  bad: BadRange[]
+  image: string
+}
+
+/**
+ * The standard fixture: an ext4 image from EXT4_FILES, bad sectors inside two files' data (one of them
+ * a 1 KiB run that is not 4 KiB-aligned) and the last 64 KiB never tried, rescued by real ddrescue,
+ * turned into a VDIMG image by the real `vdev create --mapfile`.
+ */
+export async function buildExt4Fixture(dir: string, opts: {size?: number; sectorSize?: number} = {}): Promise<Ext4Fixture> {
+  const size = opts.size ?? 32 << 20
+  const srcDir = path.join(dir, 'src')
+  writeTree(srcDir, EXT4_FILES)
+  const raw = path.join(dir, 'fs.raw')
+  mkfsExt4(raw, size, srcDir)
+  const c = fileExtents(raw, 'c-victim-1mib.bin')
+  const e = fileExtents(raw, 'e-victim-3mib.bin')
+  assert.ok(c.length === 256 && e.length > 700, 'victim files have their blocks')
+  const bad = [
+    {offset: c[100].offset + 1024, length: 1024}, // two sectors inside one block of c
+    {offset: e[e.length - 2].offset, length: 4096}, // a whole block near the end of e
+  ]
+  const rescued = await rescueWithDdrescue(dir, raw, bad, 64 * 1024)
+  const image = path.join(dir, 'fs.vdimg')
+  const args = ['create', rescued.raw, image, '--mapfile', rescued.map]
+  if (opts.sectorSize) args.push('--sector-size', String(opts.sectorSize))
+  const r = await runCli(args)
+  assert.equal(r.code, 0, `vdev create: ${r.stderr}`)
+  return {srcDir, raw, size, rescued, bad: mapfileBadAreas(rescued.map, size), image}
+}
