@@ -195,6 +195,53 @@ describe('ublk backend (real kernel)', function () {
     }
   })
 
+  it('vdev attach --backend ublk / vdev detach (once the lifecycle commands exist)', async function () {
+    const bin = path.join(__dirname, '..', '..', '..', 'bin', 'run.js')
+    if (!fs.existsSync(path.join(__dirname, '..', '..', 'src', 'commands', 'attach.js'))) this.skip()
+    const a = await run(process.execPath, [bin, 'attach', fx.image, '--backend', 'ublk', '--json'], {timeoutMs: 180_000})
+    assert.equal(a.code, 0, a.stderr)
+    const info = JSON.parse(a.stdout.toString()) as {device: string; backend: string; readOnly: boolean; partitions: string[]}
+    try {
+      assert.equal(info.backend, 'ublk')
+      assert.match(info.device, /^\/dev\/ublkb\d+$/)
+      assert.deepEqual(info.partitions, [`${info.device}p1`, `${info.device}p2`])
+      assert.equal((await run('blockdev', ['--getro', info.device])).stdout.toString().trim(), '1')
+      const r = await ddSectors(info.device, 2048, 8)
+      assert.ok(r.data?.equals(fx.data.subarray(2048 * SECTOR, 2056 * SECTOR)), r.stderr)
+      assert.equal((await ddSectors(info.device, BAD[0].offset / SECTOR, 1)).data, null)
+    } finally {
+      const d = await run(process.execPath, [bin, 'detach', info.device], {timeoutMs: 120_000})
+      if (d.code !== 0) await run(process.execPath, [bin, 'detach', '--force', info.device], {timeoutMs: 120_000})
+      assert.equal(d.code, 0, d.stderr)
+    }
+    assert.ok(!fs.existsSync(info.device), `${info.device} still exists after vdev detach`)
+    assert.ok(!fs.existsSync(info.device.replace('ublkb', 'ublkc')), 'char device still exists after vdev detach')
+  })
+
+  it('vdev detach --force cleans up after a killed ublk server (once the lifecycle commands exist)', async function () {
+    const bin = path.join(__dirname, '..', '..', '..', 'bin', 'run.js')
+    if (!fs.existsSync(path.join(__dirname, '..', '..', 'src', 'commands', 'attach.js'))) this.skip()
+    const a = await run(process.execPath, [bin, 'attach', fx.image, '--backend', 'ublk', '--json'], {timeoutMs: 180_000})
+    assert.equal(a.code, 0, a.stderr)
+    const info = JSON.parse(a.stdout.toString()) as {device: string; pid: number}
+    const cdev = info.device.replace('ublkb', 'ublkc')
+    try {
+      process.kill(info.pid, 'SIGKILL')
+      // The kernel fails the device's I/O once its server is gone; a reader gets an error, not a hang.
+      let failed = false
+      for (let i = 0; i < 50 && !failed; i++) {
+        failed = (await ddSectors(info.device, 0, 1)).data === null
+        if (!failed) await new Promise((r) => setTimeout(r, 200))
+      }
+      assert.ok(failed, 'reads still succeed 10 s after the server was killed')
+      const d = await run(process.execPath, [bin, 'detach', '--force', info.device], {timeoutMs: 120_000})
+      assert.equal(d.code, 0, d.stderr)
+      assert.ok(!fs.existsSync(cdev), `${cdev} still exists after vdev detach --force`)
+    } finally {
+      if (fs.existsSync(cdev)) await removeDevice(Number(cdev.slice('/dev/ublkc'.length)))
+    }
+  })
+
   it('detach removes /dev/ublkbN and /dev/ublkcN', async () => {
     const dev = attached!.device
     await attached!.detach()
