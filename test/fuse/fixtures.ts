@@ -6,7 +6,9 @@
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
+import * as os from 'node:os'
 import * as path from 'node:path'
+import * as zlib from 'node:zlib'
 import {spawn, spawnSync} from 'node:child_process'
 import {ddrescue, failingSource, prng, runCli, tmpDir, type CliResult} from '../helpers'
 
@@ -306,4 +308,84 @@ export async function buildExt4Fixture(dir: string, opts: {size?: number; sector
   const r = await runCli(args)
   assert.equal(r.code, 0, `vdev create: ${r.stderr}`)
   return {srcDir, raw, size, rescued, bad: mapfileBadAreas(rescued.map, size), image}
+}
+
+export interface AttachJson {
+  id: string
+  device: string
+  backend: string
+  image: string
+  pid: number
+  readOnly: boolean
+  partitions: string[]
+}
+
+export async function attach(sb: Sandbox, image: string, extra: string[] = []): Promise<AttachJson> {
+  const r = await sb.vdev(['attach', image, '--backend', 'fuse', '--json', ...extra])
+  assert.equal(r.code, 0, `attach: ${r.stderr}`)
+  const j = JSON.parse(r.stdout) as AttachJson
+  sb.trackPid(j.pid)
+  return j
+}
+
+export async function readSectors(device: string, sector: number, count: number, bs = 512): Promise<{code: number | null; data: Buffer; stderr: string}> {
+  const r = await run('dd', [`if=${device}`, `bs=${bs}`, `skip=${sector}`, `count=${count}`, 'iflag=direct', 'status=none'])
+  return {code: r.code, data: r.stdout, stderr: r.stderr}
+}
+
+/** Partition scanning needs the kernel's partition parsers; some minimal kernels are built without any. */
+export function kernelCannotReadPartitionTables(): string | undefined {
+  let config: string
+  try {
+    config = zlib.gunzipSync(fs.readFileSync('/proc/config.gz')).toString()
+  } catch {
+    return undefined // no config exposed: assume a normal kernel
+  }
+  if (/^CONFIG_MSDOS_PARTITION=y/m.test(config)) return undefined
+  return `this kernel (${os.release()}) is built without CONFIG_MSDOS_PARTITION, so it reads no partition table`
+}
+
+/** An MBR-partitioned image: partitions appear read-only with their bytes; an open partition makes the device busy. */
+export async function partitionsScenario(sb: Sandbox): Promise<void> {
+  const size = 24 << 20
+  const rawPath = sb.p('parts.raw')
+  fs.writeFileSync(rawPath, Buffer.alloc(0))
+  fs.truncateSync(rawPath, size)
+  const sf = spawn('sfdisk', ['--quiet', rawPath], {stdio: ['pipe', 'ignore', 'pipe']})
+  sf.stdin.end('label: dos\nstart=2048, size=16384, type=83\nstart=18432, size=28672, type=83\n')
+  const code = await new Promise((r) => sf.on('close', r))
+  assert.equal(code, 0)
+  const fd = fs.openSync(rawPath, 'r+')
+  const p1 = prng(11, 16384 * 512)
+  const p2 = prng(12, 28672 * 512)
+  fs.writeSync(fd, p1, 0, p1.length, 2048 * 512)
+  fs.writeSync(fd, p2, 0, p2.length, 18432 * 512)
+  fs.closeSync(fd)
+  const img = sb.p('parts.vdimg')
+  const c = await sb.vdev(['create', rawPath, img])
+  assert.equal(c.code, 0, c.stderr)
+
+  const dev = await attach(sb, img)
+  assert.deepEqual(dev.partitions, [`${dev.device}p1`, `${dev.device}p2`])
+  for (const p of dev.partitions) {
+    const r = await run('blockdev', ['--getro', '--getsize64', p])
+    assert.deepEqual(r.stdout.toString().trim().split('\n'), ['1', String(p === dev.partitions[0] ? p1.length : p2.length)])
+  }
+  const r2 = await run('dd', [`if=${dev.partitions[1]}`, 'bs=1M', 'iflag=direct', 'status=none'])
+  assert.equal(r2.code, 0, r2.stderr)
+  assert.ok(r2.stdout.equals(p2), 'partition 2 bytes')
+
+  // A process holding a partition open makes the device busy.
+  const holder = spawn('sh', ['-c', 'exec 3<"$1"; exec sleep 60', 'sh', dev.partitions[0]], {stdio: 'ignore'})
+  sb.trackPid(holder.pid)
+  await new Promise((r) => setTimeout(r, 300))
+  const busy = await sb.vdev(['detach', dev.id])
+  assert.equal(busy.code, 8, busy.stderr)
+  assert.match(busy.stderr, new RegExp(`${dev.partitions[0]} is open by process ${holder.pid}`))
+  holder.kill('SIGKILL')
+  await new Promise((r) => holder.on('exit', r))
+  const d = await sb.vdev(['detach', dev.id])
+  assert.equal(d.code, 0, d.stderr)
+  assert.equal(fs.existsSync(dev.partitions[0]), false, 'partition nodes are gone')
+  assert.deepEqual(sb.leftovers(), [])
 }
