@@ -51,6 +51,11 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
     if (protocol === 'nfs' && address.kind === 'unix') throw new VdevError('usage', '--protocol nfs needs a HOST:PORT address (NFS runs over TCP)')
     const nfs = protocol === 'nfs' ? loadNfs() : undefined
 
+    // Listen for the signals before anything is printed: a client may read the ready line and send SIGTERM at once.
+    const signalled = new Promise<NodeJS.Signals>((resolve) => {
+      process.once('SIGINT', resolve)
+      process.once('SIGTERM', resolve)
+    })
     const image = await openImage(args.image)
     const log = (line: string) => process.stderr.write(`vdev serve: ${line}\n`)
     const server = new BlockServer(image, {
@@ -80,10 +85,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
       throw err
     }
 
-    const signal = await new Promise<NodeJS.Signals>((resolve) => {
-      process.once('SIGINT', resolve)
-      process.once('SIGTERM', resolve)
-    })
+    const signal = await signalled
     if (!this.jsonEnabled()) log(`${signal}: stopping`)
     await stop()
     await server.drain()
