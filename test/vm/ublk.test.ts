@@ -92,6 +92,9 @@ describe('ublk backend (real kernel)', function () {
     const img = await openImage(image4k)
     const dev = await UblkDevice.create(new BlockServer(img))
     try {
+      // 6.12 has both: the default path is ioctl-encoded opcodes with USER_COPY.
+      assert.equal(dev.info.legacyOpcodes, false)
+      assert.equal(dev.info.userCopy, true)
       const node = dev.info.blockDevice
       assert.equal((await run('blockdev', ['--getss', node])).stdout.toString().trim(), '4096')
       assert.equal((await run('blockdev', ['--getsize64', node])).stdout.toString().trim(), String(DISK_SIZE))
@@ -141,11 +144,12 @@ describe('ublk backend (real kernel)', function () {
     }
   })
 
-  it('serves through per-tag buffers when USER_COPY is not used', async () => {
+  it('serves through per-tag buffers and legacy opcodes (kernels without USER_COPY or the ioctl encoding)', async () => {
     const img = await openImage(fx.image)
-    const dev = await UblkDevice.create(new BlockServer(img), {userCopy: false, depth: 8, maxIoBytes: 256 * 1024})
+    const dev = await UblkDevice.create(new BlockServer(img), {userCopy: false, legacyOpcodes: true, depth: 8, maxIoBytes: 256 * 1024})
     try {
       assert.equal(dev.info.userCopy, false)
+      assert.equal(dev.info.legacyOpcodes, true)
       const r = await ddSectors(dev.info.blockDevice, 0, 4, 256 * 1024)
       assert.ok(r.data, r.stderr)
       assert.ok(r.data.equals(fx.data.subarray(0, MiB1)))

@@ -51,7 +51,13 @@ export class UblkControl {
     this.poll.unref()
   }
 
-  static open(): UblkControl {
+  /** Whether the ioctl-encoded opcodes are in use (null: not known yet). */
+  get usesIoctlEncoding(): boolean | null {
+    return this.ioctlEncoding
+  }
+
+  /** `legacyOpcodes`: use the plain UBLK_CMD_* numbers from the start (what the fallback ends up doing). */
+  static open(opts: {legacyOpcodes?: boolean} = {}): UblkControl {
     let fd: number
     try {
       fd = fs.openSync(UBLK_CONTROL, fs.constants.O_RDWR)
@@ -60,7 +66,9 @@ export class UblkControl {
       throw new SysError(`open ${UBLK_CONTROL}`, -(e.errno ?? -2))
     }
     try {
-      return new UblkControl(fd)
+      const ctrl = new UblkControl(fd)
+      if (opts.legacyOpcodes) ctrl.ioctlEncoding = false
+      return ctrl
     } catch (err) {
       fs.closeSync(fd)
       throw err

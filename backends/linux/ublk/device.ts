@@ -17,6 +17,8 @@ export interface UblkDeviceOptions {
   maxIoBytes?: number
   /** Use UBLK_F_USER_COPY if the kernel offers it (default true); false forces the per-tag buffers. */
   userCopy?: boolean
+  /** Use the legacy plain-number opcodes (as on kernels without the ioctl encoding); for tests. */
+  legacyOpcodes?: boolean
   log?: (line: string) => void
 }
 
@@ -28,6 +30,7 @@ export interface UblkDeviceInfo {
   features: bigint
   flags: bigint
   userCopy: boolean
+  legacyOpcodes: boolean
   queues: number
   depth: number
   maxIoBytes: number
@@ -91,7 +94,7 @@ export class UblkDevice {
     if (depth < 1 || depth > abi.UBLK_MAX_QUEUE_DEPTH) throw new Error(`ublk: queue depth ${depth} out of range`)
     if (maxIoBytes % 4096 !== 0 || maxIoBytes > abi.UBLK_MAX_IO_BUF_BYTES) throw new Error(`ublk: max I/O size ${maxIoBytes} invalid`)
 
-    const ctrl = UblkControl.open()
+    const ctrl = UblkControl.open({legacyOpcodes: opts.legacyOpcodes})
     const dev = new UblkDevice(ctrl, server, log)
     let devId = -1
     try {
@@ -101,13 +104,16 @@ export class UblkDevice {
         nrHwQueues: nrQueues,
         queueDepth: depth,
         maxIoBufBytes: maxIoBytes,
-        flags: abi.UBLK_F_CMD_IOCTL_ENCODE | (userCopy ? abi.UBLK_F_USER_COPY : 0n),
+        flags: (opts.legacyOpcodes ? 0n : abi.UBLK_F_CMD_IOCTL_ENCODE) | (userCopy ? abi.UBLK_F_USER_COPY : 0n),
       })
+      // The I/O commands use the encoding the control commands turned out to need.
+      const legacyIo = ctrl.usesIoctlEncoding === false
       devId = added.devId
       const maxIo = Math.min(maxIoBytes, added.maxIoBufBytes)
       log(
         `ublk: added device ${devId} (features 0x${features.toString(16)}, flags 0x${added.flags.toString(16)}, ` +
-          `${added.nrHwQueues} queue(s) x ${added.queueDepth}, max I/O ${maxIo}, ${userCopy ? 'user copy' : 'tag buffers'})`,
+          `${added.nrHwQueues} queue(s) x ${added.queueDepth}, max I/O ${maxIo}, ${userCopy ? 'user copy' : 'tag buffers'}, ` +
+          `${ctrl.usesIoctlEncoding === false ? 'legacy' : 'ioctl-encoded'} opcodes)`,
       )
       await ctrl.setParams(devId, {
         types: abi.UBLK_PARAM_TYPE_BASIC,
@@ -126,7 +132,7 @@ export class UblkDevice {
       if (!(await waitFor(() => fs.existsSync(charDevice), 5000))) throw new Error(`ublk: ${charDevice} did not appear`)
       dev.cdevFd = fs.openSync(charDevice, fs.constants.O_RDWR)
       for (let qid = 0; qid < added.nrHwQueues; qid++) {
-        const q = new UblkQueue({devId, qid, depth: added.queueDepth, maxIoBytes: maxIo, cdevFd: dev.cdevFd, userCopy, server, log})
+        const q = new UblkQueue({devId, qid, depth: added.queueDepth, maxIoBytes: maxIo, cdevFd: dev.cdevFd, userCopy, server, log}, legacyIo)
         dev.queues.push(q)
         q.fetchAll()
       }
@@ -151,6 +157,7 @@ export class UblkDevice {
         features,
         flags: added.flags,
         userCopy,
+        legacyOpcodes: legacyIo,
         queues: added.nrHwQueues,
         depth: added.queueDepth,
         maxIoBytes: maxIo,
