@@ -1,0 +1,77 @@
+/**
+ * NFS read benchmark in the test VM: the kernel NFS v3 client reading the file vdev's NFS server exports
+ * (O_DIRECT on the file, and a read-only loop device over it — the Linux analogue of DiskImages on macOS),
+ * as ratios against the ublk and NBD backends measured in the same VM run (bench/vm/nfs-read-guest.ts).
+ * The VM is TCG-emulated: only the ratios between rows mean anything.
+ *   npm run build && node dist/bench/vm-nfs-read.js [--size MiB]
+ * The image: the first --size MiB (default 192) of the benchmark corpus (bench/corpus.ts), as a .vdimg made
+ * by the real writer; cached in .cache/bench/ (the same files bench/vm-read.ts uses).
+ */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {openInput} from '../src/format/input'
+import {createImage} from '../src/format/writer'
+import {runInVm} from '../test/vm-host/vm'
+import {CACHE, ensureCorpus} from './corpus'
+import {fmt, table} from './lib'
+import type {NfsReadRow} from './vm/nfs-read-guest'
+
+async function main(): Promise<void> {
+  const i = process.argv.indexOf('--size')
+  const sizeMiB = i > 0 ? Number(process.argv[i + 1]) : 192
+  const {raw: corpus} = await ensureCorpus()
+  const raw = path.join(CACHE, `vm-read-${sizeMiB}.raw`)
+  const image = path.join(CACHE, `vm-read-${sizeMiB}.vdimg`)
+  if (!fs.existsSync(image) || !fs.existsSync(raw)) {
+    const fd = fs.openSync(corpus, 'r')
+    const buf = Buffer.alloc(sizeMiB << 20)
+    fs.readSync(fd, buf, 0, buf.length, 0)
+    fs.closeSync(fd)
+    fs.writeFileSync(raw, buf)
+    const input = openInput(raw)
+    try {
+      await createImage(input, image + '.tmp', {force: true})
+    } finally {
+      await input.close()
+    }
+    fs.renameSync(image + '.tmp', image)
+  }
+  const script = path.join(__dirname, 'vm', 'nfs-read-guest.js')
+  const r = await runInVm({script: [script, image, raw], timeoutMs: 40 * 60_000, log: (l) => process.stderr.write(`[vm] ${l}\n`)})
+  if (r.status !== 0 || !r.out) throw new Error(`the in-VM benchmark failed (status ${r.status}); console: ${r.consoleLog}\n${r.consoleTail}`)
+  const {kernel, rows} = JSON.parse(r.out) as {kernel: string; rows: NfsReadRow[]}
+  console.log(`\nNFS read benchmark in the test VM (kernel ${kernel}, qemu TCG, ${sizeMiB} MiB image; fio O_DIRECT, seq 1 MiB, rand 4 KiB QD16)\n`)
+  for (const kind of ['vdimg', 'raw'] as const) {
+    const of = rows.filter((x) => x.kind === kind)
+    const ublk = of.find((x) => x.name === 'ublk' && x.available)
+    const nbd = of.find((x) => x.name === 'nbd' && x.available)
+    const ratio = (a: number | undefined, b: number | undefined) => (a && b ? `${fmt(a / b)}x` : '-')
+    console.log(`serving the ${kind === 'vdimg' ? '.vdimg (decompression included)' : 'raw bytes (transport alone)'}:`)
+    console.log(
+      table(
+        ['path', 'seq MiB/s', 'vs ublk', 'vs nbd', 'rand IOPS', 'vs ublk', 'vs nbd', 'rand p99 us'],
+        of.map((x) =>
+          x.available
+            ? [
+                x.name,
+                fmt(x.seqMiBs!, 1),
+                ratio(x.seqMiBs, ublk?.seqMiBs),
+                ratio(x.seqMiBs, nbd?.seqMiBs),
+                fmt(x.randIops!, 0),
+                ratio(x.randIops, ublk?.randIops),
+                ratio(x.randIops, nbd?.randIops),
+                fmt(x.randP99us!, 0),
+              ]
+            : [x.name, `unavailable: ${x.reason}`, '', '', '', '', '', ''],
+        ),
+      ),
+    )
+    console.log('')
+  }
+  console.log(`VM boot to script ${r.suiteStartSeconds?.toFixed(1)} s, whole run ${r.totalSeconds.toFixed(1)} s; console ${r.consoleLog}`)
+}
+
+main().catch((err) => {
+  process.stderr.write(`vm-nfs-read: ${(err as Error).message}\n`)
+  process.exit(1)
+})
