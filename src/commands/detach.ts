@@ -23,7 +23,7 @@ export default class Detach extends VdevCommand {
 
   async run(): Promise<{detached: DetachResult[]}> {
     const {args, flags} = await this.parse(Detach)
-    if (flags.all === (args.target !== undefined)) throw new VdevError('usage', 'give either a TARGET or --all')
+    if (Boolean(flags.all) === (args.target !== undefined)) throw new VdevError('usage', 'give either a TARGET or --all')
     const targets = flags.all ? readEntries() : [findTarget(args.target!)]
     const detached: DetachResult[] = []
     const failures: VdevError[] = []

@@ -93,9 +93,11 @@ export async function detachEntry(e: DeviceEntry, opts: DetachOptions = {}): Pro
   const log = opts.log ?? (() => {})
   const timeoutMs = opts.timeoutMs ?? 30000
   const what = e.device ? `${e.device} (${e.id})` : e.id
-  if (!opts.force && e.device) {
-    const busy = busyReasons(e.device)
-    if (busy.length > 0) throw new VdevError('busy', `${what} is busy: ${busy.slice(0, 3).join('; ')}${busy.length > 3 ? ` (+${busy.length - 3} more)` : ''}; use --force to detach anyway`)
+  const busy = e.device ? busyReasons(e.device) : []
+  if (busy.length > 0) {
+    const why = `${busy.slice(0, 3).join('; ')}${busy.length > 3 ? ` (+${busy.length - 3} more)` : ''}`
+    if (!opts.force) throw new VdevError('busy', `${what} is busy: ${why}; use --force to detach anyway`)
+    log(`${what} was busy (${why}); detached anyway: its users get I/O errors, and the kernel frees it on their last close`)
   }
   let how: DetachResult['how'] = 'cleaned'
   if (serverAlive(e)) {
