@@ -58,6 +58,12 @@ interface Server {
   child: ChildProcess
 }
 
+/** A socket file left by an earlier run would look ready before the new server listens. */
+function freshSocket(sock: string): string {
+  fs.rmSync(sock, {force: true})
+  return sock
+}
+
 function waitForSocket(sock: string, child: ChildProcess, what: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now()
@@ -135,10 +141,10 @@ async function main(): Promise<void> {
 
   const servers: Server[] = []
   try {
-    servers.push(await startVdev(vdimg, path.join(OUT, 'vdev.sock'), 'vdev serve (VDIMG, 128 KiB chunks)'))
-    servers.push(await startVdev(vdimg64, path.join(OUT, 'vdev64.sock'), 'vdev serve (VDIMG, 64 KiB chunks)'))
-    servers.push(await startNbdkit(raw, path.join(OUT, 'nbdkit.sock')))
-    servers.push(await startQemuNbd(qcow2, path.join(OUT, 'qemu.sock')))
+    servers.push(await startVdev(vdimg, freshSocket(path.join(OUT, 'vdev.sock')), 'vdev serve (VDIMG, 128 KiB chunks)'))
+    servers.push(await startVdev(vdimg64, freshSocket(path.join(OUT, 'vdev64.sock')), 'vdev serve (VDIMG, 64 KiB chunks)'))
+    servers.push(await startNbdkit(raw, freshSocket(path.join(OUT, 'nbdkit.sock'))))
+    servers.push(await startQemuNbd(qcow2, freshSocket(path.join(OUT, 'qemu.sock'))))
     const results = new Map<string, Record<string, number>>()
     for (const s of servers) {
       const seq = await best(reps, () => timed(['nbdcopy', '--no-extents', s.uri, 'null:']))
