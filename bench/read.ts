@@ -1,0 +1,221 @@
+/**
+ * npm run bench:read — reading an attached image, in one run against its peers, on the same ~1.5 GiB ext4
+ * corpus (bench/corpus.ts):
+ *   - vdev attach (FUSE + loop) of the VDIMG image,
+ *   - ewfmount + loop and xmount + loop of the same data as E01 (ewfacquire, deflate fast),
+ *   - qemu-nbd serving the same data as qcow2 with zstd clusters (sequential: nbdcopy; random: fio's nbd engine),
+ *   - zstd -d of the single stream (sequential only: no random access),
+ *   - the raw file on a loop device (the limit).
+ * Measured: cold-cache (drop_caches) sequential read of the whole device, O_DIRECT, 1 MiB requests (dd);
+ * random 4 KiB reads at queue depth 1 and 32 (fio, libaio, O_DIRECT, cold cache, fixed time); the vdev
+ * server's peak resident memory. Targets (issue 3): sequential no slower than zstd -d and at least 3x
+ * ewfmount + loop; random QD1 no slower than qemu-nbd; server memory under 150 MB.
+ * Nothing here asserts: it prints a table and the targets with their measured ratios.
+ */
+import {spawn, spawnSync} from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {ensureCorpus, CACHE} from './corpus'
+import {best, dropCaches, fmt, MiB, table, timed} from './lib'
+
+const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
+const OUT = path.join(CACHE, 'read')
+const STATE = path.join(OUT, 'state')
+
+function sh(argv: string[], what = argv.join(' ')): string {
+  const r = spawnSync(argv[0], argv.slice(1), {encoding: 'utf8', env: {...process.env, VDEV_STATE_DIR: STATE}})
+  if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${(r.stderr || r.stdout).trim().slice(-500)}`)
+  return r.stdout
+}
+
+function quiet(argv: string[]): void {
+  spawnSync(argv[0], argv.slice(1), {stdio: 'ignore', env: {...process.env, VDEV_STATE_DIR: STATE}})
+}
+
+/** Build `out` with argv unless it exists and is newer than the corpus. */
+async function artifact(out: string, corpus: string, argv: string[]): Promise<void> {
+  if (fs.existsSync(out) && fs.statSync(out).mtimeMs > fs.statSync(corpus).mtimeMs) return
+  process.stderr.write(`building ${path.basename(out)}…\n`)
+  fs.rmSync(out, {force: true})
+  await timed(argv)
+}
+
+async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+interface Target {
+  name: string
+  /** A block device to read, or an NBD URI. */
+  device?: string
+  uri?: string
+  /** How direct I/O to the backing file ended up (loop devices). */
+  note?: string
+}
+
+/** Put a read-only loop device with direct I/O over `file`; the kernel decides if direct I/O holds. */
+function loopOver(file: string): {device: string; note: string} {
+  const device = sh(['losetup', '-f', '--show', '-r', '--direct-io=on', file]).trim()
+  const dio = fs.readFileSync(`/sys/block/${path.basename(device)}/loop/dio`, 'utf8').trim() === '1'
+  return {device, note: dio ? 'loop dio' : 'loop buffered (dio refused)'}
+}
+
+async function seqDevice(device: string): Promise<number> {
+  return (
+    await best(2, async () => {
+      dropCaches()
+      return timed(['dd', `if=${device}`, 'of=/dev/null', 'bs=1M', 'iflag=direct'])
+    })
+  ).seconds
+}
+
+/** fio random 4 KiB reads for a fixed time; IOPS. `target` is a block device or an NBD URI. */
+function fioRandom(t: Target, qd: number, seconds: number): number {
+  dropCaches()
+  const where = t.device ? [`--filename=${t.device}`, '--ioengine=libaio', '--direct=1'] : ['--ioengine=nbd', `--uri=${t.uri}`]
+  const out = sh([
+    'fio', '--name=rand', ...where, '--rw=randread', '--bs=4k', `--iodepth=${qd}`, '--time_based', `--runtime=${seconds}`,
+    '--randrepeat=1', '--randseed=20260101', '--norandommap', '--output-format=json',
+  ], `fio on ${t.name}`)
+  const j = JSON.parse(out.slice(out.indexOf('{'))) as {jobs: Array<{read: {iops: number}}>}
+  return j.jobs[0].read.iops
+}
+
+function vmHwmMiB(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return m ? Number(m[1]) / 1024 : NaN
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('needs root (attaches devices, drops caches)')
+  const {raw} = await ensureCorpus()
+  const size = fs.statSync(raw).size
+  fs.mkdirSync(OUT, {recursive: true})
+  const f = (n: string) => path.join(OUT, n)
+  await artifact(f('corpus.vdimg'), raw, [process.execPath, VDEV, 'create', raw, f('corpus.vdimg')])
+  await artifact(f('corpus.E01'), raw, ['ewfacquire', '-u', '-q', '-c', 'deflate:fast', '-S', '7GiB', '-t', f('corpus'), raw])
+  await artifact(f('corpus.qcow2'), raw, ['qemu-img', 'convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', raw, f('corpus.qcow2')])
+  await artifact(f('corpus.zst'), raw, ['zstd', '-q', '-3', '-T0', raw, '-o', f('corpus.zst')])
+  const randomSeconds = Number(process.env.BENCH_RANDOM_SECONDS ?? 10)
+
+  const targets: Target[] = []
+  const cleanups: Array<() => void> = []
+  let vdevPid = 0
+  try {
+    // vdev: the real CLI, a background server.
+    const a = JSON.parse(sh([process.execPath, VDEV, 'attach', f('corpus.vdimg'), '--backend', 'fuse', '--json'], 'vdev attach')) as {device: string; pid: number}
+    cleanups.push(() => quiet([process.execPath, VDEV, 'detach', '--all', '--force']))
+    vdevPid = a.pid
+    const dio = fs.readFileSync(`/sys/block/${path.basename(a.device)}/loop/dio`, 'utf8').trim() === '1'
+    targets.push({name: 'vdev attach (FUSE + loop)', device: a.device, note: dio ? 'loop dio' : 'loop buffered'})
+
+    // ewfmount (libewf's FUSE) + loop.
+    const ewfMnt = f('mnt-ewf')
+    fs.mkdirSync(ewfMnt, {recursive: true})
+    quiet(['fusermount', '-u', ewfMnt])
+    sh(['ewfmount', f('corpus.E01'), ewfMnt])
+    cleanups.push(() => quiet(['fusermount', '-u', ewfMnt]))
+    await waitFor(() => fs.existsSync(path.join(ewfMnt, 'ewf1')), 10_000, 'ewfmount')
+    const ewf = loopOver(path.join(ewfMnt, 'ewf1'))
+    cleanups.push(() => quiet(['losetup', '-d', ewf.device]))
+    targets.push({name: 'ewfmount + loop (E01)', device: ewf.device, note: ewf.note})
+
+    // xmount (ewf in, raw out) + loop.
+    const xMnt = f('mnt-xmount')
+    fs.mkdirSync(xMnt, {recursive: true})
+    quiet(['fusermount', '-u', xMnt])
+    sh(['xmount', '--in', 'ewf', f('corpus.E01'), '--out', 'raw', xMnt])
+    cleanups.push(() => quiet(['fusermount', '-u', xMnt]))
+    await waitFor(() => fs.readdirSync(xMnt).some((n) => n.endsWith('.dd')), 10_000, 'xmount')
+    const xm = loopOver(path.join(xMnt, fs.readdirSync(xMnt).find((n) => n.endsWith('.dd'))!))
+    cleanups.push(() => quiet(['losetup', '-d', xm.device]))
+    targets.push({name: 'xmount + loop (E01)', device: xm.device, note: xm.note})
+
+    // qemu-nbd on qcow2 (zstd clusters), read over a Unix socket.
+    const sock = f('qemu.sock')
+    fs.rmSync(sock, {force: true})
+    const qemu = spawn('qemu-nbd', ['-r', '-f', 'qcow2', '--persistent', '--shared=8', '--socket', sock, f('corpus.qcow2')], {stdio: 'ignore'})
+    cleanups.push(() => qemu.kill('SIGKILL'))
+    await waitFor(() => fs.existsSync(sock), 10_000, 'qemu-nbd')
+    targets.push({name: 'qemu-nbd (qcow2 zstd)', uri: `nbd+unix:///?socket=${sock}`, note: 'nbdcopy / fio nbd'})
+
+    // The raw file on loop: the limit.
+    const rawLoop = loopOver(raw)
+    cleanups.push(() => quiet(['losetup', '-d', rawLoop.device]))
+    targets.push({name: 'raw file + loop (limit)', device: rawLoop.device, note: rawLoop.note})
+
+    const seq = new Map<string, number>()
+    for (const t of targets) {
+      const secs = t.device
+        ? await seqDevice(t.device)
+        : (await best(2, async () => {
+            dropCaches()
+            return timed(['nbdcopy', '--no-extents', '--connections=1', t.uri!, 'null:'])
+          })).seconds
+      seq.set(t.name, size / MiB / secs)
+      process.stderr.write(`${t.name}: sequential ${fmt(size / MiB / secs, 0)} MiB/s\n`)
+    }
+    const zstdSecs = (
+      await best(2, async () => {
+        dropCaches()
+        return timed(['zstd', '-d', '-q', '-c', f('corpus.zst')], {pipeTo: ['dd', 'of=/dev/null', 'bs=1M', 'status=none']})
+      })
+    ).seconds
+    seq.set('zstd -d (one stream)', size / MiB / zstdSecs)
+
+    const rand = new Map<string, {qd1: number; qd32: number}>()
+    for (const t of targets) {
+      rand.set(t.name, {qd1: fioRandom(t, 1, randomSeconds), qd32: fioRandom(t, 32, randomSeconds)})
+      process.stderr.write(`${t.name}: random ${fmt(rand.get(t.name)!.qd1, 0)} / ${fmt(rand.get(t.name)!.qd32, 0)} IOPS\n`)
+    }
+    const hwm = vmHwmMiB(vdevPid)
+
+    const v = seq.get('vdev attach (FUSE + loop)')!
+    const vr = rand.get('vdev attach (FUSE + loop)')!
+    const rows = [...seq.keys()].map((name) => {
+      const s = seq.get(name)!
+      const r = rand.get(name)
+      const t = targets.find((x) => x.name === name)
+      return [
+        name,
+        fmt(s, 0),
+        `${fmt(v / s)}x`,
+        r ? fmt(r.qd1, 0) : '-',
+        r ? `${fmt(vr.qd1 / r.qd1)}x` : '-',
+        r ? fmt(r.qd32, 0) : '-',
+        r ? `${fmt(vr.qd32 / r.qd32)}x` : '-',
+        t?.note ?? 'pipe to dd',
+      ]
+    })
+    console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 from /usr/share and /usr/bin; ${os.availableParallelism()} cores; ${os.release()}`)
+    console.log(`sequential: whole device, cold cache, O_DIRECT 1 MiB reads (dd), best of 2; random: fio 4 KiB randread, cold cache, ${randomSeconds} s each\n`)
+    console.log(table(['reader', 'seq MiB/s', 'vdev vs it', 'rand QD1 IOPS', 'vdev vs it', 'rand QD32 IOPS', 'vdev vs it', 'path'], rows))
+    const check = (what: string, ratio: number, want: number) =>
+      console.log(`target: ${what}: ${fmt(ratio)} (want >= ${fmt(want)}) — ${ratio >= want ? 'met' : 'NOT met'}`)
+    console.log('')
+    check('sequential vs zstd -d of the single stream', v / seq.get('zstd -d (one stream)')!, 1)
+    check('sequential vs ewfmount + loop', v / seq.get('ewfmount + loop (E01)')!, 3)
+    check('random 4 KiB QD1 vs qemu-nbd', vr.qd1 / rand.get('qemu-nbd (qcow2 zstd)')!.qd1, 1)
+    console.log(`target: vdev server peak memory (VmHWM): ${fmt(hwm, 0)} MiB (want < 143 MiB = 150 MB) — ${hwm < 150e6 / MiB ? 'met' : 'NOT met'}`)
+    console.log(`load average during the run: ${os.loadavg().map((l) => fmt(l)).join(' ')} (other work on this machine skews the numbers)`)
+  } finally {
+    for (const c of cleanups.reverse()) {
+      try {
+        c()
+      } catch {
+        // keep cleaning
+      }
+    }
+  }
+}
+
+main().catch((err) => {
+  console.error(`bench:read: ${(err as Error).message}`)
+  quiet([process.execPath, VDEV, 'detach', '--all', '--force'])
+  process.exit(1)
+})
