@@ -35,7 +35,10 @@ import {
 export interface OpenOptions {
   /** Bytes of decompressed chunks to keep (default 64 MiB). */
   cacheBytes?: number
-  /** Worker threads for decompression; 0 decompresses on the calling thread (default 0). */
+  /**
+   * Worker threads for decompression (default 0: all on the calling thread). With workers, a lone chunk
+   * load still decodes on the calling thread; concurrent loads spread over idle workers.
+   */
   decompressThreads?: number
 }
 
@@ -67,6 +70,7 @@ export class VdimgImage implements BlockSource {
   private readonly loading = new Map<number, Promise<Buffer | null>>()
   private readonly decoder = new ChunkDecoder()
   private pool: WorkerPool | undefined
+  private poolBusy = 0
   private hits = 0
   private misses = 0
   private closed = false
@@ -203,10 +207,19 @@ export class VdimgImage implements BlockSource {
     const stored = await this.preadExact(e.storedLength, e.offset)
     const len = this.chunkLength(i)
     let data: Buffer
-    if (this.pool) {
+    // Adaptive: a lone load decodes right here (a worker round trip costs more than it saves); when
+    // several loads wait, they go to idle workers; when every worker is busy, this thread helps.
+    const inline = !this.pool || this.loading.size <= 1 || this.poolBusy >= this.pool.size
+    if (!inline && this.pool) {
       const item: DecodeItem = {kind: e.kind, start: 0, storedLength: e.storedLength, length: len, crc: e.crc, storedCrc: e.storedCrc}
       const task: DecodeTask = {op: 'decode', buf: toOwnArrayBuffer(stored), items: [item]}
-      const r = await this.pool.run<DecodeResult>(task, [task.buf])
+      this.poolBusy++
+      let r: DecodeResult
+      try {
+        r = await this.pool.run<DecodeResult>(task, [task.buf])
+      } finally {
+        this.poolBusy--
+      }
       if (r.errors[0]) throw this.chunkError(i, e, r.errors[0])
       data = Buffer.from(r.out)
     } else {
