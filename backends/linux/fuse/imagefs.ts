@@ -21,7 +21,7 @@ import {
   fuse_read_in,
   fuse_statfs_out,
 } from './abi'
-import type {FuseReply, FuseRequest} from './session'
+import type {FuseReply, FuseRequest} from './protocol'
 
 export const FILE_ID = 2
 /** The image never changes while served: let the kernel cache names and attributes for a day. */
@@ -37,7 +37,7 @@ export interface ImageFsOptions {
   /** Times reported for both nodes (seconds since the epoch). */
   mtime?: number
   /** Largest READ accepted (bytes); anything larger is refused, never allocated. */
-  maxRead?: () => number
+  maxRead?: number
   log?: (line: string) => void
 }
 
@@ -46,7 +46,7 @@ export class ImageFs {
   private readonly mtime: number
   private nextFh = 1
   private readonly log: (line: string) => void
-  private readonly maxRead: () => number
+  private readonly maxRead: number
   private faults = 0
 
   constructor(
@@ -56,7 +56,7 @@ export class ImageFs {
     this.fileName = opts.fileName ?? 'disk'
     this.mtime = Math.floor(opts.mtime ?? Date.now() / 1000)
     this.log = opts.log ?? (() => {})
-    this.maxRead = opts.maxRead ?? (() => 1 << 20)
+    this.maxRead = opts.maxRead ?? 1 << 20
   }
 
   private attr(nodeid: number): Record<string, number> | undefined {
@@ -140,7 +140,7 @@ export class ImageFs {
     if (req.nodeid !== FILE_ID) return req.nodeid === FUSE_ROOT_ID ? EISDIR : Errno.ENOENT
     if (req.body.length < fuse_read_in.size) return Errno.EINVAL
     const {offset, size} = fuse_read_in.decode(req.body)
-    if (size > this.maxRead()) return Errno.EINVAL
+    if (size > this.maxRead) return Errno.EINVAL
     const end = Math.min(offset + size, this.server.size)
     if (offset >= end) return [] // at or past the end: a short (empty) read
     try {

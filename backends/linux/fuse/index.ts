@@ -4,6 +4,7 @@
  * the image's sector size). Works on any Linux with FUSE and loop, no special modules; costs two hops.
  */
 import * as fs from 'node:fs'
+import * as os from 'node:os'
 import * as path from 'node:path'
 import type {AttachContext, AttachedDevice, Backend, Probe} from '../../../src/core/backend'
 import type {BlockServer} from '../../../src/core/blockserver'
@@ -19,6 +20,7 @@ function linuxOnly() {
     imagefs: require('./imagefs') as typeof import('./imagefs'),
     fusectl: require('./fusectl') as typeof import('./fusectl'),
     loop: require('../loop/device') as typeof import('../loop/device'),
+    reader: require('../../../src/format/reader') as typeof import('../../../src/format/reader'),
   }
 }
 /* eslint-enable @typescript-eslint/no-require-imports */
@@ -69,18 +71,30 @@ export const backend: Backend = {
     const loop = linuxOnly().loop
     const mountpoint = path.join(ctx.runDir, 'mnt')
     fs.mkdirSync(mountpoint, {recursive: true, mode: 0o700})
-    let mtime: number | undefined
+    let mtime = Date.now() / 1000
     try {
       mtime = fs.statSync(ctx.image).mtimeMs / 1000
     } catch {
-      mtime = undefined
+      // keep now
     }
-    let session!: import('./session').FuseSession
-    const imageFs = new ImageFs(server, {mtime, log: ctx.log, maxRead: () => session?.maxRead || 1 << 20})
-    session = await FuseSession.mount({mountpoint, handler: imageFs.handle, log: ctx.log})
-    const file = path.join(mountpoint, imageFs.fileName)
+    const maxPages = 256
+    const fileName = 'disk'
+    // A VDIMG image can be opened again by serving threads, which then use every core; any other source
+    // is served on this thread.
+    const {VdimgImage} = linuxOnly().reader
+    const threads = serveThreadCount()
+    const imagePath = server.source instanceof VdimgImage ? server.source.path : undefined
+    const session = await FuseSession.mount({
+      mountpoint,
+      maxPages,
+      log: ctx.log,
+      ...(imagePath && threads > 0
+        ? {threads: {count: threads, config: {image: path.resolve(imagePath), cacheBytes: Math.floor(CACHE_BYTES / threads), badPolicy: server.badPolicy, fileName, mtime}}}
+        : {forward: {handler: new ImageFs(server, {fileName, mtime, log: ctx.log, maxRead: maxPages * 4096}).handle}}),
+    })
+    ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection}), ${session.mode === 'threads' ? `${threads} serving threads` : 'served on the main thread'}`)
+    const file = path.join(mountpoint, fileName)
     const state: FuseLoopState = {mountpoint, file, connection: session.connection}
-    ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection})`)
 
     let dev: LoopDevice
     try {
@@ -106,6 +120,10 @@ export const backend: Backend = {
         ctx.log(`loop: ${dev.device} ${r === 'deferred' ? 'still open: released by the kernel on its last close' : r}`)
         await server.drain()
         await session.drain()
+        if (session.mode === 'threads') {
+          const st = session.stats
+          ctx.log(`fuse: serving threads served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors`)
+        }
         // A loop device still held open keeps the file busy: fail its I/O and detach the mount lazily.
         await session.unmount({lazy: r === 'deferred', abort: r === 'deferred'})
         ctx.log(`fuse: unmounted ${mountpoint}`)
@@ -123,6 +141,19 @@ export const backend: Backend = {
   async cleanup(state: Record<string, unknown>, log: (line: string) => void): Promise<void> {
     await cleanupFuseLoop(state as FuseLoopState, log)
   },
+}
+
+/**
+ * Decompressed-chunk cache, shared out among the serving threads. Small on purpose: the kernel's page
+ * cache above the loop device keeps what is reread, and sequential reads use each chunk once.
+ */
+const CACHE_BYTES = 16 << 20
+
+/** Serving threads: VDEV_FUSE_THREADS, else one per core, at least 2 and at most 4 (0: main thread only). */
+function serveThreadCount(): number {
+  const env = process.env.VDEV_FUSE_THREADS
+  if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 16)
+  return Math.max(2, Math.min(4, os.availableParallelism()))
 }
 
 /** Partition nodes appear after the scan in LOOP_CONFIGURE; devtmpfs/udev may need a moment for /dev. */

@@ -1,0 +1,198 @@
+/**
+ * The FUSE wire protocol for one server: parse a request read from /dev/fuse, negotiate INIT, hand the
+ * operation to a handler, write the reply (one writev(2)). The same object serves on the main thread
+ * (requests forwarded by reader threads) or inside a serving thread (which reads /dev/fuse itself).
+ * Protocol: include/uapi/linux/fuse.h and Documentation/filesystems/fuse.rst.
+ */
+import * as fs from 'node:fs'
+import {
+  Errno,
+  FUSE_KERNEL_MINOR_VERSION,
+  FUSE_KERNEL_VERSION,
+  FuseInitFlag,
+  FuseOpcode,
+  fuse_in_header,
+  fuse_init_in,
+  fuse_init_out,
+  fuse_out_header,
+} from './abi'
+
+export interface FuseRequest {
+  opcode: number
+  unique: bigint
+  nodeid: number
+  uid: number
+  gid: number
+  pid: number
+  /**
+   * The operation's arguments (after struct fuse_in_header). Only valid until the handler first awaits:
+   * a serving thread reuses its read buffer for the next request.
+   */
+  body: Buffer
+}
+
+/** A reply: the payload buffers (concatenated after fuse_out_header), or a positive errno. */
+export type FuseReply = Buffer[] | number
+
+export type FuseHandler = (req: FuseRequest) => FuseReply | Promise<FuseReply>
+
+export interface InitResult {
+  /** Negotiated protocol, e.g. "7.45". */
+  protocol: string
+  /** Largest READ the kernel will send, in bytes. */
+  maxRead: number
+  flags: number
+}
+
+export const PAGE = 4096
+/** We refuse writes; the kernel still sizes its read-buffer check with max_write (fuse_dev_do_read). */
+export const MAX_WRITE = 4096
+/** Room for the largest request the kernel may send (WRITE: headers + max_write), with slack. */
+export const READ_BUFFER_SIZE = 64 * 1024
+
+export interface ProtocolOptions {
+  fd: number
+  handler: FuseHandler
+  /** READs of up to this many 4 KiB pages (FUSE_MAX_PAGES; the kernel caps it at fs.fuse.max_pages_limit). */
+  maxPages: number
+  /** Async requests the kernel may have outstanding (fuse_init_out.max_background). */
+  maxBackground: number
+  log: (line: string) => void
+  /** Called once INIT is answered, or with the reason it could not be. */
+  onInit: (r: InitResult | Error) => void
+}
+
+export class FuseProtocol {
+  readonly counters = {requests: 0, errors: 0, interrupts: 0}
+  inFlight = 0
+  private idle: Array<() => void> = []
+
+  constructor(private readonly o: ProtocolOptions) {}
+
+  /** Handle one request; resolves once its reply (if any) is written. */
+  handle(msg: Buffer): Promise<void> | void {
+    if (msg.length < fuse_in_header.size) {
+      this.o.log(`fuse: short request of ${msg.length} bytes ignored`)
+      return
+    }
+    const h = fuse_in_header.decode(msg)
+    const unique = msg.readBigUInt64LE(fuse_in_header.offsets.unique)
+    if (h.len !== msg.length) {
+      this.o.log(`fuse: request length ${h.len} != ${msg.length} read; answering EIO`)
+      return this.reply(unique, Errno.EIO)
+    }
+    // The extension area (security context, supplementary groups) follows the arguments; we use neither.
+    const extLen = h.total_extlen * 8
+    const body = msg.subarray(fuse_in_header.size, Math.max(fuse_in_header.size, msg.length - extLen))
+    this.counters.requests++
+    switch (h.opcode) {
+      case FuseOpcode.INIT:
+        return this.init(unique, body)
+      case FuseOpcode.FORGET:
+      case FuseOpcode.BATCH_FORGET:
+        return // one inode, never forgotten: no reply (fuse.h: "no reply")
+      case FuseOpcode.INTERRUPT:
+        // Reads finish on their own within the source's latency; nothing to cancel, no reply expected.
+        this.counters.interrupts++
+        return
+      case FuseOpcode.DESTROY:
+        return this.reply(unique, [])
+    }
+    const req: FuseRequest = {opcode: h.opcode, unique, nodeid: h.nodeid, uid: h.uid, gid: h.gid, pid: h.pid, body}
+    this.inFlight++
+    let result: FuseReply | Promise<FuseReply>
+    try {
+      result = this.o.handler(req)
+    } catch (err) {
+      result = this.failed(req, err)
+    }
+    if (result instanceof Promise) {
+      return result.then(
+        (r) => this.finish(unique, r),
+        (err) => this.finish(unique, this.failed(req, err)),
+      )
+    }
+    this.finish(unique, result)
+  }
+
+  private failed(req: FuseRequest, err: unknown): number {
+    this.o.log(`fuse: opcode ${req.opcode} failed: ${(err as Error)?.message ?? err}`)
+    return Errno.EIO
+  }
+
+  private finish(unique: bigint, r: FuseReply): void {
+    this.inFlight--
+    this.reply(unique, r)
+    if (this.inFlight === 0) for (const f of this.idle.splice(0)) f()
+  }
+
+  /** Wait until every request being served has been answered. */
+  async drain(): Promise<void> {
+    while (this.inFlight > 0) await new Promise<void>((resolve) => this.idle.push(resolve))
+  }
+
+  private init(unique: bigint, body: Buffer): void {
+    if (body.length < 16) {
+      this.reply(unique, Errno.EIO)
+      this.o.onInit(new Error(`FUSE INIT of ${body.length} bytes is too short`))
+      return
+    }
+    // fuse_init_in grew in 7.36 (flags2 …); older kernels send the first 16 bytes only.
+    const padded = Buffer.alloc(fuse_init_in.size)
+    body.copy(padded, 0, 0, Math.min(body.length, padded.length))
+    const inp = fuse_init_in.decode(padded)
+    if (inp.major !== FUSE_KERNEL_VERSION) {
+      // fuse.h "Version negotiation": we only speak major 7, as does every Linux kernel since 2.6.
+      this.reply(unique, 71 /* EPROTO */)
+      this.o.onInit(new Error(`the kernel speaks FUSE ${inp.major}.${inp.minor}; vdev speaks ${FUSE_KERNEL_VERSION}.x`))
+      return
+    }
+    const minor = Math.min(inp.minor, FUSE_KERNEL_MINOR_VERSION)
+    const want =
+      FuseInitFlag.ASYNC_READ | // several READs of one file in flight at once
+      FuseInitFlag.ASYNC_DIO | // direct I/O (the loop device's) split into concurrent READs
+      FuseInitFlag.MAX_PAGES | // READs up to max_pages, not the 32-page default
+      FuseInitFlag.PARALLEL_DIROPS |
+      FuseInitFlag.ABORT_ERROR // readers of an aborted connection get ECONNABORTED, not ENODEV
+    const flags = (want & inp.flags) >>> 0
+    const maxPages = flags & FuseInitFlag.MAX_PAGES ? this.o.maxPages : 32
+    const maxRead = maxPages * PAGE
+    const out = fuse_init_out.encode({
+      major: FUSE_KERNEL_VERSION,
+      minor: FUSE_KERNEL_MINOR_VERSION,
+      max_readahead: Math.min(inp.max_readahead, maxRead),
+      flags,
+      max_background: this.o.maxBackground,
+      congestion_threshold: Math.floor((this.o.maxBackground * 3) / 4),
+      max_write: MAX_WRITE,
+      time_gran: 1,
+      max_pages: maxPages,
+    })
+    // Reply sizes by negotiated minor (fuse.h FUSE_COMPAT_INIT_OUT_SIZE, FUSE_COMPAT_22_INIT_OUT_SIZE).
+    const size = minor < 5 ? 8 : minor < 23 ? 24 : fuse_init_out.size
+    this.reply(unique, [out.subarray(0, size)])
+    const protocol = `${FUSE_KERNEL_VERSION}.${minor}`
+    this.o.log(`fuse: protocol ${protocol} (kernel ${inp.major}.${inp.minor}), reads up to ${maxRead} bytes, flags 0x${flags.toString(16)}`)
+    this.o.onInit({protocol, maxRead, flags})
+  }
+
+  /** Write one reply. A reply to a request the kernel already dropped (interrupted, aborted) is ignored. */
+  reply(unique: bigint, r: FuseReply): void {
+    const error = typeof r === 'number' ? -r : 0
+    const payload = typeof r === 'number' ? [] : r
+    let len = fuse_out_header.size
+    for (const b of payload) len += b.length
+    const hdr = Buffer.allocUnsafe(fuse_out_header.size)
+    hdr.writeUInt32LE(len, 0)
+    hdr.writeInt32LE(error, 4)
+    hdr.writeBigUInt64LE(unique, 8)
+    if (error) this.counters.errors++
+    try {
+      fs.writevSync(this.o.fd, [hdr, ...payload])
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOENT' || code === 'ENODEV' || code === 'ECONNABORTED' || code === 'EBADF') return
+      this.o.log(`fuse: reply to request ${unique} failed: ${code ?? err}`)
+    }
+  }
+}
