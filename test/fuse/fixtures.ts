@@ -130,6 +130,18 @@ export async function rescueWithDdrescue(dir: string, raw: string, bad: Array<{o
   return {raw: out, map}
 }
 
+/** Names (loopN) of loop devices whose backing file matches. */
+function loopsOver(match: (backingFile: string) => boolean): string[] {
+  return fs.readdirSync('/sys/block').filter((n) => {
+    if (!n.startsWith('loop')) return false
+    try {
+      return match(fs.readFileSync(`/sys/block/${n}/loop/backing_file`, 'utf8').trim())
+    } catch {
+      return false
+    }
+  })
+}
+
 /** A sandbox: its own state directory for vdev, and a record of what to tear down. */
 export class Sandbox {
   readonly dir: string
@@ -138,11 +150,15 @@ export class Sandbox {
   private readonly pids: number[] = []
   private readonly rm: () => void
 
+  /** Loop devices over a lazily unmounted FUSE file ("/disk") that existed before this sandbox: not ours. */
+  private readonly foreignDetached: Set<string>
+
   constructor(prefix = 'vdev-attach-') {
     const t = tmpDir(prefix)
     this.dir = t.dir
     this.rm = t.cleanup
     this.stateDir = path.join(this.dir, 'state')
+    this.foreignDetached = new Set(loopsOver((back) => back === '/disk'))
   }
 
   p(name: string): string {
@@ -198,7 +214,7 @@ export class Sandbox {
       } catch {
         continue
       }
-      if (back.startsWith(this.dir) || back === '/disk') out.push(`loop device /dev/${n} over ${back}`)
+      if (back.startsWith(this.dir) || (back === '/disk' && !this.foreignDetached.has(n))) out.push(`loop device /dev/${n} over ${back}`)
     }
     for (const l of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
       const f = l.split(' ')
