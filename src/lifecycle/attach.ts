@@ -102,6 +102,14 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
   const pipe = child.stdio[3] as Readable
   const timeoutMs = req.timeoutMs ?? 60000
 
+  // Ctrl-C while waiting: the server runs in its own session and would not see it; stop it too.
+  let interrupted = false
+  const onSignal = (): void => {
+    interrupted = true
+    child.kill('SIGTERM')
+  }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
   const result = await new Promise<ReadyMessage | {exit: string} | {timeout: true}>((resolve) => {
     let text = ''
     let settled = false
@@ -128,7 +136,17 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
     child.on('exit', (code, sig) => done({exit: sig ? `killed by ${sig}` : `exited with code ${code}`}))
   })
   pipe.destroy()
+  process.off('SIGINT', onSignal)
+  process.off('SIGTERM', onSignal)
 
+  if (interrupted) {
+    // The server detaches on SIGTERM, also right after becoming ready; wait for it and sweep.
+    await new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())))
+    const left = readEntry(id)
+    if (left) await cleanupEntry(left, () => {}).catch(() => {})
+    fs.rmSync(runDirOf(id), {recursive: true, force: true})
+    throw new VdevError('internal', `interrupted: ${image} was not attached`)
+  }
   if ('ok' in result && result.ok) {
     child.unref()
     return result.entry
