@@ -61,13 +61,13 @@ function encode(t: EncodeTask): EncodeResult {
   const r: EncodeResult = {buf: t.buf, out: t.scratch, outLength: 0, kinds: [], crcs: [], storedCrcs: [], lengths: []}
   let at = 0
   for (const [start, len] of t.chunks) {
-    const e = enc.encode(src.subarray(start, start + len))
+    // Room left in `out` is at least the chunks still to come, since stored bytes never exceed a chunk.
+    const e = enc.encodeInto(src.subarray(start, start + len), out.subarray(at))
     r.kinds.push(e.kind)
     r.crcs.push(e.crc)
     r.storedCrcs.push(e.storedCrc)
-    r.lengths.push(e.data.length)
-    out.set(e.data, at)
-    at += e.data.length
+    r.lengths.push(e.length)
+    at += e.length
   }
   r.outLength = at
   return r
@@ -82,10 +82,7 @@ function decode(t: DecodeTask): DecodeResult {
   for (const it of t.items) {
     try {
       if (it.storedLength === 0) out.fill(0, at, at + it.length)
-      else {
-        const b = decoder.decode(it.kind, src.subarray(it.start, it.start + it.storedLength), it.length, it.crc, it.storedCrc)
-        out.set(b, at)
-      }
+      else decoder.decodeInto(it.kind, src.subarray(it.start, it.start + it.storedLength), it.crc, it.storedCrc, out.subarray(at, at + it.length))
       errors.push(undefined)
     } catch (err) {
       out.fill(0, at, at + it.length)
