@@ -12,7 +12,8 @@ PACKAGES=(
   nbdkit libnbd-bin python3-libnbd nbd-client qemu-utils   # NBD peers: nbdkit, nbdinfo, nbdcopy, nbdfuse, qemu-img, qemu-nbd
   libnfs-utils       # nfs-ls, nfs-cat
   ewf-tools xmount fio   # benchmark peers
-  qemu-system-x86 busybox-static kmod xz-utils   # the real-kernel VM harness
+  qemu-system-x86 busybox-static   # the real-kernel VM harness
+  gcc libc6-dev linux-libc-dev     # ABI tests compile C against the kernel's UAPI headers
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -45,8 +45,11 @@ export function blockNodes(device: string): BlockNode[] {
   return out
 }
 
-/** Human-readable reasons why `device` is busy; empty when it is not. */
-export function busyReasons(device: string): string[] {
+/**
+ * Human-readable reasons why `device` is busy; empty when it is not. `ignorePids`: processes whose open
+ * descriptors do not count — the device's own server (the NBD backend holds /dev/nbdN open by design).
+ */
+export function busyReasons(device: string, ignorePids: number[] = []): string[] {
   const nodes = blockNodes(device)
   if (nodes.length === 0) return []
   const reasons: string[] = []
@@ -73,7 +76,7 @@ export function busyReasons(device: string): string[] {
   }
   let pids: string[] = []
   try {
-    pids = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid)
+    pids = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid && !ignorePids.includes(Number(p)))
   } catch {
     // no /proc
   }

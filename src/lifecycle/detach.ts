@@ -93,7 +93,7 @@ export async function detachEntry(e: DeviceEntry, opts: DetachOptions = {}): Pro
   const log = opts.log ?? (() => {})
   const timeoutMs = opts.timeoutMs ?? 30000
   const what = e.device ? `${e.device} (${e.id})` : e.id
-  const busy = e.device ? busyReasons(e.device) : []
+  const busy = e.device ? busyReasons(e.device, serverAlive(e) ? [e.pid] : []) : []
   if (busy.length > 0) {
     const why = `${busy.slice(0, 3).join('; ')}${busy.length > 3 ? ` (+${busy.length - 3} more)` : ''}`
     if (!opts.force) throw new VdevError('busy', `${what} is busy: ${why}; use --force to detach anyway`)

@@ -22,6 +22,7 @@ export const CACHE_DIR = path.join(PROJECT_ROOT, '.cache', 'vm')
 export const WANTED_MODULES = [
   'virtio_rng', // entropy for node's getrandom() early after boot
   'loop',
+  'fuse', // the FUSE + loop backend's partition test (this host's kernel has no partition parsers)
   'nbd',
   'ublk_drv',
   'netfs',
