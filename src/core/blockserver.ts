@@ -96,6 +96,38 @@ export class BlockServer {
     }
   }
 
+  /**
+   * Serve one read synchronously into `dst` (or a new buffer), for serving threads over a synchronous
+   * source (see BlockSource.readSync). Same checks, policy and counters as read(); throws BlockError.
+   */
+  readSync(offset: number, length: number, dst?: Buffer): Buffer {
+    if (!this.source.synchronous || !this.source.readSync) throw new BlockError('EINVAL', 'source cannot be read synchronously')
+    if (this.closed) throw new BlockError('ESHUTDOWN', 'device is shutting down')
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0)
+      throw new BlockError('EINVAL', `invalid request (${offset}, ${length})`)
+    if (offset + length > this.size)
+      throw new BlockError('EINVAL', `read of ${length} bytes at ${offset} extends past the end (${this.size})`)
+    this.counters.reads++
+    let r
+    try {
+      r = this.source.readSync(offset, length, dst)
+    } catch (err) {
+      this.counters.errors++
+      this.opts.onFault?.(offset, length, err)
+      throw new BlockError('EIO', (err as Error)?.message ?? String(err))
+    }
+    if (r.bad.length > 0) {
+      this.counters.badReads++
+      if (this.badPolicy === 'error') {
+        this.counters.errors++
+        const b = r.bad[0]
+        throw new BlockError('EIO', `unreadable area at byte ${b.offset} (${b.status})`, r.bad)
+      }
+    }
+    this.counters.bytes += length
+    return r.data
+  }
+
   private acquire(): Promise<void> {
     if (this.inFlight < this.maxInFlight) {
       this.inFlight++

@@ -26,6 +26,13 @@ export interface BlockSource {
   readonly sectorSize: number
   /** Read [offset, offset+length). Rejects only for faults (corrupt chunk, I/O error), never for bad areas. */
   read(offset: number, length: number): Promise<ReadResult>
+  /**
+   * Optional synchronous read into `dst` (or a new buffer), for dedicated serving threads that answer one
+   * request at a time. Present only when the source was opened for it (a VDIMG image with {sync: true}).
+   */
+  readSync?(offset: number, length: number, dst?: Buffer): ReadResult
+  /** True when readSync may be called. */
+  readonly synchronous?: boolean
   /** Describe [offset, offset+length) as runs of data, zeros and bad areas (for NBD block status). */
   extents?(offset: number, length: number): Promise<Extent[]>
   close(): Promise<void>

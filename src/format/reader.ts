@@ -40,6 +40,12 @@ export interface OpenOptions {
    * load still decodes on the calling thread; concurrent loads spread over idle workers.
    */
   decompressThreads?: number
+  /**
+   * For a dedicated serving thread that answers one request at a time: reads use pread(2) directly
+   * (no trip through libuv's pool), and decode buffers evicted from the cache are reused, so steady
+   * serving allocates nothing. `read` still works (it answers at once); `readSync` is the direct call.
+   */
+  sync?: boolean
 }
 
 /** Largest zstd frame a chunk may occupy: ZSTD_compressBound(chunk) plus slack. Raw is used beyond that. */
@@ -71,6 +77,14 @@ export class VdimgImage implements BlockSource {
   private readonly decoder = new ChunkDecoder()
   private pool: WorkerPool | undefined
   private poolBusy = 0
+  private readonly sync: boolean
+  /** True when opened with {sync: true}: readSync may be called. */
+  get synchronous(): boolean {
+    return this.sync
+  }
+  /** Sync mode: decode buffers (each chunkSize bytes) evicted from the cache, ready for reuse. */
+  private readonly spare: Buffer[] = []
+  private storedScratch: Buffer | undefined
   private hits = 0
   private misses = 0
   private closed = false
@@ -100,7 +114,8 @@ export class VdimgImage implements BlockSource {
     this.metadata = metadata
     this.sections = sections
     this.cacheLimit = opts.cacheBytes ?? 64 << 20
-    const threads = opts.decompressThreads ?? 0
+    this.sync = opts.sync ?? false
+    const threads = this.sync ? 0 : (opts.decompressThreads ?? 0)
     if (threads > 0) this.pool = new WorkerPool(path_join(__dirname, 'codec-worker.js'), threads)
   }
 
@@ -117,8 +132,11 @@ export class VdimgImage implements BlockSource {
     return preadExact(this.fd, len, pos, this.path)
   }
 
-  /** The second-level table of group `g`, loaded and checked on first use. */
-  private async l2Table(g: number): Promise<Buffer | ChunkKind> {
+  /**
+   * Where group `g`'s second-level table is (checked), or the one kind of all its chunks; or the table
+   * itself when it is cached.
+   */
+  private l2Locate(g: number): ChunkKind | Buffer | {offset: number; length: number; crc: number} {
     const e = decodeL1Entry(this.l1, g, this.l1Offset)
     const where = this.l1Offset + g * L1_ENTRY_SIZE
     if (e.offset === 0) {
@@ -137,17 +155,40 @@ export class VdimgImage implements BlockSource {
       throw this.fail(`index table ${g} is ${e.length} bytes, expected ${entries * L2_ENTRY_SIZE}`, where + 8)
     if (e.offset < HEADER_SIZE || e.offset + e.length > this.fileSize)
       throw this.fail(`index table ${g} (${e.length} bytes at byte ${e.offset}) lies outside the file: truncated?`, where)
-    const table = await this.preadExact(e.length, e.offset)
-    if (crc32c(table) !== e.crc) throw this.fail(`index table ${g} checksum mismatch`, e.offset)
+    return {offset: e.offset, length: e.length, crc: e.crc}
+  }
+
+  private l2Accept(g: number, at: {offset: number; crc: number}, table: Buffer): Buffer {
+    if (crc32c(table) !== at.crc) throw this.fail(`index table ${g} checksum mismatch`, at.offset)
     this.l2Cache.set(g, table)
     if (this.l2Cache.size > this.maxL2Tables) this.l2Cache.delete(this.l2Cache.keys().next().value!)
     return table
   }
 
+  /** The second-level table of group `g`, loaded and checked on first use. */
+  private async l2Table(g: number): Promise<Buffer | ChunkKind> {
+    const at = this.l2Locate(g)
+    if (typeof at === 'number' || Buffer.isBuffer(at)) return at
+    return this.l2Accept(g, at, await this.preadExact(at.length, at.offset))
+  }
+
+  private l2TableSync(g: number): Buffer | ChunkKind {
+    const at = this.l2Locate(g)
+    if (typeof at === 'number' || Buffer.isBuffer(at)) return at
+    return this.l2Accept(g, at, preadExactSync(this.fd, at.length, at.offset, this.path))
+  }
+
   /** The index entry of chunk `i`, validated. */
   async entry(i: number): Promise<ChunkEntry> {
+    return this.entryIn(i, await this.l2Table(Math.floor(i / this.l2Entries)))
+  }
+
+  entrySync(i: number): ChunkEntry {
+    return this.entryIn(i, this.l2TableSync(Math.floor(i / this.l2Entries)))
+  }
+
+  private entryIn(i: number, t: Buffer | ChunkKind): ChunkEntry {
     const g = Math.floor(i / this.l2Entries)
-    const t = await this.l2Table(g)
     if (typeof t === 'number') return {offset: 0, storedLength: 0, crc: 0, kind: t, storedCrc: 0}
     const l1e = decodeL1Entry(this.l1, g, this.l1Offset)
     const k = i % this.l2Entries
@@ -242,7 +283,58 @@ export class VdimgImage implements BlockSource {
       const [k, v] = this.cache.entries().next().value!
       this.cache.delete(k)
       this.cacheUsed -= v.length
+      // Only sync mode recycles: nothing else can hold a reference across the call.
+      if (this.sync && this.spare.length < 8 && v.buffer.byteLength === this.chunkSize) this.spare.push(Buffer.from(v.buffer, 0, this.chunkSize))
     }
+  }
+
+  /** Sync mode's chunk load: cached, or read with pread(2) and decoded into a reused buffer. */
+  chunkSync(i: number): Buffer | null {
+    const hit = this.cache.get(i)
+    if (hit) {
+      this.hits++
+      this.cache.delete(i)
+      this.cache.set(i, hit)
+      return hit
+    }
+    if (this.closed) throw new VdevError('io', `${this.path}: image is closed`)
+    this.misses++
+    const e = this.entrySync(i)
+    if (e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread) return null
+    this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
+    const stored = preadExactSync(this.fd, e.storedLength, e.offset, this.path, this.storedScratch)
+    const data = (this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize)).subarray(0, this.chunkLength(i))
+    try {
+      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data)
+    } catch (err) {
+      if (err instanceof ChunkDecodeError) throw this.chunkError(i, e, err.message)
+      throw err
+    }
+    this.remember(i, data)
+    return data
+  }
+
+  /**
+   * Read [offset, offset+length) into `dst` (or a new buffer) synchronously: sync mode only. The bytes
+   * of a chunk are copied out before the next chunk is loaded, so buffer reuse is safe.
+   */
+  readSync(offset: number, length: number, dst?: Buffer): ReadResult {
+    if (!this.sync) throw new VdevError('internal', 'readSync needs an image opened with {sync: true}')
+    this.checkRange(offset, length)
+    const out = dst ? dst.subarray(0, length) : Buffer.allocUnsafe(length)
+    if (dst && dst.length < length) throw new VdevError('internal', `readSync: destination of ${dst.length} bytes for ${length}`)
+    let at = offset
+    const end = offset + length
+    while (at < end) {
+      const i = Math.floor(at / this.chunkSize)
+      const cStart = i * this.chunkSize
+      const e = Math.min(end, cStart + this.chunkSize)
+      const data = this.chunkSync(i)
+      if (data) data.copy(out, at - offset, at - cStart, e - cStart)
+      else out.fill(0, at - offset, e - offset)
+      at = e
+    }
+    return {data: out, bad: this.badAreas.intersect(offset, length)}
   }
 
   cacheStats(): {hits: number; misses: number; bytes: number} {
@@ -255,6 +347,7 @@ export class VdimgImage implements BlockSource {
   }
 
   async read(offset: number, length: number): Promise<ReadResult> {
+    if (this.sync) return this.readSync(offset, length)
     this.checkRange(offset, length)
     const out = Buffer.allocUnsafe(length)
     if (length > 0) {
@@ -462,4 +555,21 @@ export function preadExact(fd: number, len: number, pos: number, name: string): 
     }
     step()
   })
+}
+
+/** Read exactly `len` bytes at `pos` with pread(2), into `into` when given (it must be large enough). */
+export function preadExactSync(fd: number, len: number, pos: number, name: string, into?: Buffer): Buffer {
+  const buf = into ? into.subarray(0, len) : Buffer.allocUnsafeSlow(len)
+  let done = 0
+  while (done < len) {
+    let n: number
+    try {
+      n = fs.readSync(fd, buf, done, len - done, pos + done)
+    } catch (err) {
+      throw ioError(name, err, `read error at byte ${pos + done}`)
+    }
+    if (n === 0) throw new VdevError('format', `${name}: unexpected end of file at byte ${pos + done} (truncated?)`)
+    done += n
+  }
+  return buf
 }

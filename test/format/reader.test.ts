@@ -4,7 +4,9 @@ import * as path from 'node:path'
 import {createImage} from '../../src/format/writer'
 import {openInput} from '../../src/format/input'
 import {openImage} from '../../src/format/reader'
-import {textish, tmpDir} from '../helpers'
+import {BlockServer, BlockError} from '../../src/core/blockserver'
+import {parseMapfile} from '../../src/format/mapfile'
+import {prng, textish, tmpDir} from '../helpers'
 
 describe('reader: cache and concurrency', function () {
   this.timeout(120_000)
@@ -59,6 +61,48 @@ describe('reader: cache and concurrency', function () {
       await assert.rejects(im.read(data.length - 10, 11), /outside the image/)
       await assert.rejects(im.read(-1, 1), /outside the image/)
       assert.equal((await im.read(data.length, 0)).data.length, 0)
+    } finally {
+      await im.close()
+    }
+  })
+
+  it('sync mode: readSync into a caller buffer matches, with decode buffers reused under a tiny cache', async () => {
+    const im = await openImage(img, {sync: true, cacheBytes: 2 * 65536})
+    try {
+      assert.equal(im.synchronous, true)
+      const dst = Buffer.alloc(300_000)
+      const r = prng(5, 4 * 400)
+      for (let k = 0; k < 400; k++) {
+        const off = r.readUInt32LE(k * 4) % data.length
+        const len = Math.min(data.length - off, 1 + (r.readUInt16LE(k * 2) * 5) % 300_000)
+        const got = im.readSync(off, len, dst)
+        assert.equal(got.data.buffer, dst.buffer, 'read into the caller buffer')
+        assert.ok(got.data.equals(data.subarray(off, off + len)), `readSync(${off}, ${len})`)
+      }
+      assert.ok(im.cacheStats().bytes <= 2 * 65536)
+      assert.ok((await im.read(1000, 5000)).data.equals(data.subarray(1000, 6000)))
+    } finally {
+      await im.close()
+    }
+  })
+
+  it('BlockServer.readSync applies the bad-area policy like read()', async () => {
+    const raw = path.join(t.dir, 'b.raw')
+    fs.writeFileSync(raw, data.subarray(0, 1 << 20))
+    const bimg = path.join(t.dir, 'b.vdimg')
+    const input = openInput(raw)
+    await createImage(input, bimg, {mapfile: parseMapfile('0 +\n0 0x1000 +\n0x1000 0x200 -\n0x1200 0xFEE00 +\n', 'b.map')})
+    await input.close()
+    const im = await openImage(bimg, {sync: true})
+    try {
+      const strict = new BlockServer(im)
+      assert.ok(strict.readSync(0, 4096).equals(data.subarray(0, 4096)))
+      assert.throws(() => strict.readSync(4096, 512), (e: BlockError) => e.errno === 'EIO' && e.bad[0].offset === 4096)
+      assert.ok(strict.readSync(4608, 512).equals(data.subarray(4608, 5120)))
+      assert.throws(() => strict.readSync(1 << 20, 1), (e: BlockError) => e.errno === 'EINVAL')
+      const lenient = new BlockServer(im, {badPolicy: 'zero'})
+      assert.ok(lenient.readSync(4096, 512).every((b) => b === 0))
+      assert.equal(strict.stats.errors, 1)
     } finally {
       await im.close()
     }
