@@ -19,6 +19,7 @@ const socketpairFn = lib.func('int socketpair(int domain, int type, int protocol
 const closeFn = lib.func('int close(int fd)')
 const strerrorFn = lib.func('const char *strerror(int errnum)')
 const getpidFn = lib.func('int getpid()')
+const fcntlInt = lib.func('int fcntl(int fd, int cmd, int arg)')
 
 export class SysError extends Error {
   constructor(
@@ -99,6 +100,16 @@ export function socketpair(domain: number, type: number): [number, number] {
 export function close(fd: number): void {
   closeFn(fd)
 }
+
+/** fcntl(2) with an integer argument; returns -errno instead of throwing. */
+export function fcntl(fd: number, cmd: number, arg: number): number {
+  const rc = fcntlInt(fd, cmd, arg) as number
+  return rc < 0 ? -koffi.errno() : rc
+}
+export const F_GETFL = 3
+export const F_SETFL = 4
+export const F_SETPIPE_SZ = 1031 // include/uapi/linux/fcntl.h: F_LINUX_SPECIFIC_BASE + 7
+export const O_NONBLOCK = 0o4000
 
 export function getpid(): number {
   return getpidFn() as number
