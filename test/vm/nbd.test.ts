@@ -14,7 +14,7 @@ import type {AttachedDevice} from '../../src/core/backend'
 import {BlockServer} from '../../src/core/blockserver'
 import {readMapfile} from '../../src/format/mapfile'
 import {openImage, type VdimgImage} from '../../src/format/reader'
-import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, run, type NbdFixture} from './nbd-fixture'
+import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, run, type DiskFixture} from './disk-fixture'
 
 const ROOT = path.resolve(__dirname, '..', '..', '..')
 const connectedNbd = (): string[] =>
@@ -22,7 +22,7 @@ const connectedNbd = (): string[] =>
 
 describe('kernel NBD backend (real kernel)', function () {
   this.timeout(600_000)
-  let fx: NbdFixture
+  let fx: DiskFixture
   let image: VdimgImage
   let attached: AttachedDevice | undefined
   const log: string[] = []

@@ -16,13 +16,13 @@ import {openInput} from '../../src/format/input'
 import {readMapfile} from '../../src/format/mapfile'
 import {createImage} from '../../src/format/writer'
 import {openImage, type VdimgImage} from '../../src/format/reader'
-import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, makeFixture, run, type UblkFixture} from './ublk-fixture'
+import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, makeFixture, run, type DiskFixture} from './disk-fixture'
 
 const ublkNodes = (): string[] => fs.readdirSync('/dev').filter((n) => /^ublk[bc]\d+/.test(n))
 
 describe('ublk backend (real kernel)', function () {
   this.timeout(600_000)
-  let fx: UblkFixture
+  let fx: DiskFixture
   let image: VdimgImage
   let attached: AttachedDevice | undefined
   const log: string[] = []

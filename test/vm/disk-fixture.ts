@@ -1,5 +1,5 @@
 /**
- * Fixture for the in-VM ublk tests: a raw disk with a DOS partition table (made by the real sfdisk), random
+ * Fixture for the in-VM kernel backend tests (ublk, NBD): a raw disk with a DOS partition table (made by the real sfdisk), random
  * data, bad areas of each ddrescue status (one inside each partition, one at the very end), the matching
  * mapfile, and the .vdimg the real writer makes from them. Plus an async process runner: the device is served
  * by this very process, so a synchronous spawn (spawnSync, execFileSync) while it is attached would deadlock.
@@ -66,7 +66,7 @@ export async function ddSectors(device: string, skip: number, count: number, bs 
   return {data: r.code === 0 ? r.stdout : null, stderr: r.stderr}
 }
 
-export interface UblkFixture {
+export interface DiskFixture {
   dir: string
   raw: string
   data: Buffer
@@ -75,8 +75,8 @@ export interface UblkFixture {
   cleanup(): void
 }
 
-export async function makeFixture(): Promise<UblkFixture> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-ublk-'))
+export async function makeFixture(): Promise<DiskFixture> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-disk-'))
   const raw = path.join(dir, 'disk.raw')
   fs.writeFileSync(raw, crypto.randomBytes(DISK_SIZE))
   const table = ['label: dos', ...PARTITIONS.map((p) => `start=${p.start}, size=${p.size}, type=83`)].join('\n') + '\n'
@@ -95,7 +95,7 @@ export async function makeFixture(): Promise<UblkFixture> {
   return {dir, raw, data, mapfile, image, cleanup: () => fs.rmSync(dir, {recursive: true, force: true})}
 }
 
-/** The bad ranges (byte ranges) touching sectors [first, first+count). */
+/** True when any byte of `sector` lies in a bad area. */
 export function isBadSector(sector: number): boolean {
   const o = sector * SECTOR
   return BAD.some((b) => o < b.offset + b.length && o + SECTOR > b.offset)
