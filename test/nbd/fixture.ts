@@ -9,9 +9,9 @@ import * as path from 'node:path'
 import * as crypto from 'node:crypto'
 import {execFile, spawn, type ChildProcess} from 'node:child_process'
 import * as net from 'node:net'
-import type {BadRange, BadStatus} from '../../src/core/errors'
+import type {BadRange} from '../../src/core/errors'
 import {openInput} from '../../src/format/input'
-import {readMapfile} from '../../src/format/mapfile'
+import {formatMapfile, readMapfile} from '../../src/format/mapfile'
 import {createImage} from '../../src/format/writer'
 
 export const SECTOR = 512
@@ -27,14 +27,6 @@ export const BAD: BadRange[] = [
 ]
 /** A run of zeros (for block status: reported as hole+zero by sources that know it). */
 export const ZERO_RUN = {offset: 2 * 1024 * 1024, length: 1024 * 1024}
-
-const STATUS_CHAR: Record<BadStatus | 'finished', string> = {
-  finished: '+',
-  'non-tried': '?',
-  'non-trimmed': '*',
-  'non-scraped': '/',
-  'bad-sector': '-',
-}
 
 export interface Fixture {
   dir: string
@@ -65,7 +57,7 @@ export async function makeFixture(): Promise<Fixture> {
   const goodRaw = path.join(dir, 'good.raw')
   fs.writeFileSync(goodRaw, data)
   const mapfile = path.join(dir, 'disk.map')
-  fs.writeFileSync(mapfile, ddrescueMapfile(IMAGE_SIZE, BAD))
+  fs.writeFileSync(mapfile, formatMapfile(BAD, IMAGE_SIZE))
   const image = path.join(dir, 'disk.vdimg')
   const goodImage = path.join(dir, 'good.vdimg')
   for (const [src, out, map] of [
@@ -81,32 +73,6 @@ export async function makeFixture(): Promise<Fixture> {
   }
   const cleanup = () => fs.rmSync(dir, {recursive: true, force: true})
   return {dir, raw, mapfile, goodRaw, image, goodImage, bad: BAD, size: IMAGE_SIZE, cleanup}
-}
-
-/** A ddrescue mapfile (GNU ddrescue manual, "Mapfile structure") covering [0, size). */
-export function ddrescueMapfile(size: number, bad: BadRange[]): string {
-  const hex = (n: number) => '0x' + n.toString(16).padStart(8, '0')
-  const rows: Array<[number, number, string]> = []
-  let at = 0
-  const add = (offset: number, length: number, ch: string) => {
-    const last = rows[rows.length - 1]
-    if (last && last[2] === ch && last[0] + last[1] === offset) last[1] += length
-    else rows.push([offset, length, ch])
-  }
-  for (const b of [...bad].sort((x, y) => x.offset - y.offset)) {
-    if (b.offset > at) add(at, b.offset - at, '+')
-    add(b.offset, b.length, STATUS_CHAR[b.status])
-    at = b.offset + b.length
-  }
-  if (at < size) add(at, size - at, '+')
-  return (
-    '# Mapfile. Created by GNU ddrescue version 1.27\n' +
-    '# current_pos  current_status  current_pass\n' +
-    `${hex(0)}     +               1\n` +
-    '#      pos        size  status\n' +
-    rows.map(([o, l, c]) => `${hex(o)}  ${hex(l)}  ${c}`).join('\n') +
-    '\n'
-  )
 }
 
 export function isBadSector(offset: number, bad: BadRange[] = BAD): boolean {

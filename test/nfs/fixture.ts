@@ -8,12 +8,12 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import * as crypto from 'node:crypto'
 import {execFile} from 'node:child_process'
-import type {BadRange, BadStatus} from '../../src/core/errors'
+import type {BadRange} from '../../src/core/errors'
 import {BlockServer, type BadPolicy} from '../../src/core/blockserver'
 import {createImage} from '../../src/format/writer'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {openInput} from '../../src/format/input'
-import {readMapfile} from '../../src/format/mapfile'
+import {formatMapfile, readMapfile} from '../../src/format/mapfile'
 import {startNfsServer, type NfsServerHandle, type NfsServerOptions} from '../../src/serve/nfs'
 
 export const SECTOR = 512
@@ -28,30 +28,6 @@ export const BAD: BadRange[] = [
   {offset: IMAGE_SIZE - SECTOR, length: SECTOR, status: 'bad-sector'},
 ]
 export const ZERO_RUN = {offset: 2 * 1024 * 1024, length: 512 * 1024}
-
-const STATUS_CHAR: Record<BadStatus | 'finished', string> = {
-  finished: '+',
-  'non-tried': '?',
-  'non-trimmed': '*',
-  'non-scraped': '/',
-  'bad-sector': '-',
-}
-
-/** A GNU ddrescue mapfile (ddrescue manual, "Mapfile structure") for [0, size) with these bad areas. */
-export function ddrescueMapfile(size: number, bad: BadRange[]): string {
-  const lines = ['# Mapfile. Created by GNU ddrescue version 1.27', '# current_pos  current_status  current_pass']
-  lines.push('0x00000000     +               1', '#      pos        size  status')
-  let at = 0
-  const row = (o: number, l: number, st: string) =>
-    lines.push(`0x${o.toString(16).padStart(8, '0')}  0x${l.toString(16).padStart(8, '0')}  ${st}`)
-  for (const b of [...bad].sort((x, y) => x.offset - y.offset)) {
-    if (b.offset > at) row(at, b.offset - at, STATUS_CHAR.finished)
-    row(b.offset, b.length, STATUS_CHAR[b.status])
-    at = b.offset + b.length
-  }
-  if (at < size) row(at, size - at, STATUS_CHAR.finished)
-  return lines.join('\n') + '\n'
-}
 
 export interface Images {
   dir: string
@@ -72,7 +48,7 @@ export async function makeImages(prefix = 'vdev-nfs-'): Promise<Images> {
   const raw = path.join(dir, 'disk.raw')
   fs.writeFileSync(raw, data)
   const map = path.join(dir, 'disk.map')
-  fs.writeFileSync(map, ddrescueMapfile(IMAGE_SIZE, BAD))
+  fs.writeFileSync(map, formatMapfile(BAD, IMAGE_SIZE))
   const badImage = path.join(dir, 'bad.vdimg')
   const goodImage = path.join(dir, 'good.vdimg')
   let input = openInput(raw)
