@@ -40,6 +40,8 @@ export interface DecodeTask {
   items: DecodeItem[]
   /** Output buffer to fill (at least the items' total length); allocated when absent. */
   scratch?: ArrayBuffer
+  /** Leave the decompressed-data checksums to the caller (it checks them on its own thread). */
+  skipDataCrc?: boolean
 }
 export interface DecodeResult {
   /** The task's input buffer, handed back for reuse. */
@@ -82,7 +84,7 @@ function decode(t: DecodeTask): DecodeResult {
   for (const it of t.items) {
     try {
       if (it.storedLength === 0) out.fill(0, at, at + it.length)
-      else decoder.decodeInto(it.kind, src.subarray(it.start, it.start + it.storedLength), it.crc, it.storedCrc, out.subarray(at, at + it.length))
+      else decoder.decodeInto(it.kind, src.subarray(it.start, it.start + it.storedLength), it.crc, it.storedCrc, out.subarray(at, at + it.length), !t.skipDataCrc)
       errors.push(undefined)
     } catch (err) {
       out.fill(0, at, at + it.length)

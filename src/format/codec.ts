@@ -54,8 +54,11 @@ export class ChunkDecodeError extends Error {}
 export class ChunkDecoder {
   private readonly dctx = new zstd.DCtx()
 
-  /** Decode one stored chunk into `dst` (exactly its logical length); checks both checksums. */
-  decodeInto(kind: ChunkKind, stored: Uint8Array, crc: number, storedCrc: number, dst: Uint8Array): void {
+  /**
+   * Decode one stored chunk into `dst` (exactly its logical length); checks both checksums, or only the
+   * stored one when `checkData` is false (the caller then checks the data checksum itself).
+   */
+  decodeInto(kind: ChunkKind, stored: Uint8Array, crc: number, storedCrc: number, dst: Uint8Array, checkData = true): void {
     const length = dst.length
     if (kind === ChunkKind.Zero || kind === ChunkKind.Unread) {
       dst.fill(0)
@@ -74,7 +77,7 @@ export class ChunkDecoder {
       }
       if (n !== length) throw new ChunkDecodeError(`decompressed to ${n} bytes, expected ${length}`)
     } else throw new ChunkDecodeError(`unknown chunk kind ${kind}`)
-    if (crc32c(dst) !== crc) throw new ChunkDecodeError('data checksum mismatch')
+    if (checkData && crc32c(dst) !== crc) throw new ChunkDecodeError('data checksum mismatch')
   }
 
   /** Decode into a new buffer. */

@@ -9,6 +9,7 @@ import * as path from 'node:path'
 import {VdevError} from '../core/errors'
 import {WorkerPool} from '../core/workerpool'
 import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
+import {crc32c} from './crc'
 import {ChunkKind, type ChunkEntry} from './layout'
 import {preadExact, type VdimgImage} from './reader'
 
@@ -40,15 +41,70 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
   const stop = opts.stopOnError ?? true
   const batchChunks = Math.max(1, Math.floor((4 << 20) / img.chunkSize))
   const batchBytes = batchChunks * img.chunkSize
+  const batches = Math.ceil(img.chunkCount / batchChunks)
   const spareOut: ArrayBuffer[] = []
-  const queue: Array<{first: number; chunks: DecodedChunk[]; result: Promise<DecodeResult>}> = []
-  const maxInFlight = threads * 3
+  type Prepared = {first: number; chunks: DecodedChunk[]; result: Promise<DecodeResult>}
 
-  const finish = async (p: (typeof queue)[number]) => {
+  /** Look up a batch's entries, read its stored bytes and hand it to a worker. */
+  const prepare = async (batch: number): Promise<Prepared> => {
+    const first = batch * batchChunks
+    const last = Math.min(img.chunkCount, first + batchChunks)
+    const chunks: DecodedChunk[] = []
+    for (let i = first; i < last; i++) {
+      try {
+        chunks.push({index: i, entry: await img.entry(i)})
+      } catch (err) {
+        if (stop || !(err instanceof VdevError)) throw err
+        chunks.push({index: i, entry: {offset: 0, storedLength: 0, crc: 0, kind: ChunkKind.Zero, storedCrc: 0}, error: err})
+      }
+    }
+    const stored = chunks.filter((c) => c.entry.storedLength > 0)
+    let buf: Buffer = Buffer.alloc(0)
+    const starts = new Map<number, number>()
+    if (stored.length) {
+      // Chunks are stored in order, so a batch is one read (index tables may sit between).
+      const lo = Math.min(...stored.map((c) => c.entry.offset))
+      const hi = Math.max(...stored.map((c) => c.entry.offset + c.entry.storedLength))
+      const sum = stored.reduce((s, c) => s + c.entry.storedLength, 0)
+      if (hi - lo <= sum + (1 << 20)) {
+        buf = await preadExact(img.fd, hi - lo, lo, img.path)
+        for (const c of stored) starts.set(c.index, c.entry.offset - lo)
+      } else {
+        buf = Buffer.allocUnsafeSlow(sum)
+        let at = 0
+        for (const c of stored) {
+          ;(await preadExact(img.fd, c.entry.storedLength, c.entry.offset, img.path)).copy(buf, at)
+          starts.set(c.index, at)
+          at += c.entry.storedLength
+        }
+      }
+    }
+    const items: DecodeItem[] = chunks.map((c) => ({
+      kind: c.entry.kind,
+      start: starts.get(c.index) ?? 0,
+      storedLength: c.error ? 0 : c.entry.storedLength,
+      length: img.chunkLength(c.index),
+      crc: c.entry.crc,
+      storedCrc: c.entry.storedCrc,
+    }))
+    const input = buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength ? (buf.buffer as ArrayBuffer) : new Uint8Array(buf).buffer
+    // The workers decode; this thread, otherwise waiting, checks the data checksums (see finish).
+    const task: DecodeTask = {op: 'decode', buf: input, items, scratch: spareOut.pop() ?? new ArrayBuffer(batchBytes), skipDataCrc: true}
+    const result = pool.run<DecodeResult>(task, [task.buf, task.scratch!])
+    result.catch(() => undefined)
+    return {first, chunks, result}
+  }
+
+  const finish = async (p: Prepared) => {
     const r = await p.result
+    let at = 0
     p.chunks.forEach((c, k) => {
+      const len = img.chunkLength(c.index)
       const why = r.errors[k]
       if (why && !c.error) c.error = img.chunkError(c.index, c.entry, why)
+      else if (!c.error && c.entry.storedLength > 0 && crc32c(new Uint8Array(r.out, at, len)) !== c.entry.crc)
+        c.error = img.chunkError(c.index, c.entry, 'data checksum mismatch')
+      at += len
     })
     if (stop) for (const c of p.chunks) if (c.error) throw c.error
     const len = p.chunks.reduce((s, c) => s + img.chunkLength(c.index), 0)
@@ -56,56 +112,26 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
     spareOut.push(r.out)
   }
 
-  try {
-    for (let first = 0; first < img.chunkCount; first += batchChunks) {
-      const last = Math.min(img.chunkCount, first + batchChunks)
-      const chunks: DecodedChunk[] = []
-      for (let i = first; i < last; i++) {
-        try {
-          chunks.push({index: i, entry: await img.entry(i)})
-        } catch (err) {
-          if (stop || !(err instanceof VdevError)) throw err
-          chunks.push({index: i, entry: {offset: 0, storedLength: 0, crc: 0, kind: ChunkKind.Zero, storedCrc: 0}, error: err})
-        }
-      }
-      const stored = chunks.filter((c) => c.entry.storedLength > 0)
-      let buf: Buffer = Buffer.alloc(0)
-      const starts = new Map<number, number>()
-      if (stored.length) {
-        // Chunks are stored in order, so a batch is one read (index tables may sit between).
-        const lo = Math.min(...stored.map((c) => c.entry.offset))
-        const hi = Math.max(...stored.map((c) => c.entry.offset + c.entry.storedLength))
-        const sum = stored.reduce((s, c) => s + c.entry.storedLength, 0)
-        if (hi - lo <= sum + (1 << 20)) {
-          buf = await preadExact(img.fd, hi - lo, lo, img.path)
-          for (const c of stored) starts.set(c.index, c.entry.offset - lo)
-        } else {
-          buf = Buffer.allocUnsafeSlow(sum)
-          let at = 0
-          for (const c of stored) {
-            ;(await preadExact(img.fd, c.entry.storedLength, c.entry.offset, img.path)).copy(buf, at)
-            starts.set(c.index, at)
-            at += c.entry.storedLength
-          }
-        }
-      }
-      const items: DecodeItem[] = chunks.map((c) => ({
-        kind: c.entry.kind,
-        start: starts.get(c.index) ?? 0,
-        storedLength: c.error ? 0 : c.entry.storedLength,
-        length: img.chunkLength(c.index),
-        crc: c.entry.crc,
-        storedCrc: c.entry.storedCrc,
-      }))
-      const input = buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength ? (buf.buffer as ArrayBuffer) : new Uint8Array(buf).buffer
-      const task: DecodeTask = {op: 'decode', buf: input, items, scratch: spareOut.pop() ?? new ArrayBuffer(batchBytes)}
-      const result = pool.run<DecodeResult>(task, [task.buf, task.scratch!])
-      result.catch(() => undefined)
-      queue.push({first, chunks, result})
-      while (queue.length >= maxInFlight) await finish(queue.shift()!)
+  // Batches are prepared ahead, concurrently, while earlier ones are consumed in order: reads, decoding
+  // and the consumer's writes overlap.
+  const ahead: Array<Promise<Prepared>> = []
+  let next = 0
+  const feed = () => {
+    while (ahead.length < threads * 3 && next < batches) {
+      const p = prepare(next++)
+      p.catch(() => undefined)
+      ahead.push(p)
     }
-    while (queue.length) await finish(queue.shift()!)
+  }
+  try {
+    feed()
+    while (ahead.length) {
+      const p = await ahead.shift()!
+      feed()
+      await finish(p)
+    }
   } finally {
+    await Promise.allSettled(ahead)
     await pool.close()
   }
 }

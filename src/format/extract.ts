@@ -38,22 +38,6 @@ function tempBeside(target: string): string {
   return path.join(path.dirname(path.resolve(target)), `.${path.basename(target)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`)
 }
 
-/** Write all of buf, blocking; waits out EAGAIN on descriptors someone made non-blocking. */
-function writeAllSync(fd: number, buf: Uint8Array, pos: number | null, name: string): void {
-  let done = 0
-  while (done < buf.length) {
-    try {
-      done += fs.writeSync(fd, buf, done, buf.length - done, pos === null ? null : pos + done)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') {
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
-        continue
-      }
-      throw ioError(name, err, 'write error')
-    }
-  }
-}
-
 /** A 1 MiB pipe buffer (Linux): fewer, larger writes and wake-ups on both sides of the pipe. */
 function growPipe(fd: number): void {
   if (process.platform !== 'linux') return
@@ -66,21 +50,52 @@ function growPipe(fd: number): void {
   }
 }
 
+/** Write all of buf with fs.write (on libuv's pool, so this thread keeps feeding the decoders). */
+function writeAll(fd: number, buf: Uint8Array, pos: number | null, name: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0
+    const step = (): void =>
+      fs.write(fd, buf, done, buf.length - done, pos === null ? null : pos + done, (err, n) => {
+        if (err) {
+          if (err.code === 'EAGAIN') return void setTimeout(step, 1)
+          return reject(ioError(name, err, 'write error'))
+        }
+        done += n
+        if (done >= buf.length) resolve()
+        else step()
+      })
+    step()
+  })
+}
+
 /**
- * A blocking descriptor for stdout. A pipe is opened again through /proc so that its flags are our own
- * (Node may have made fd 1 non-blocking); files, devices and terminals are written through fd 1.
+ * How stdout is written. A pipe is opened again through /proc so that its flags are our own (Node may
+ * have made fd 1 non-blocking) and written from libuv's pool; a socket goes through process.stdout,
+ * which knows how to wait for it; files, devices and terminals are written through fd 1.
  */
-function stdoutFd(): {fd: number; close: () => void} {
+function stdoutWriter(): {write: (b: Buffer) => Promise<void>; close: () => void} {
+  let st: fs.Stats | undefined
   try {
-    if (fs.fstatSync(1).isFIFO()) {
+    st = fs.fstatSync(1)
+  } catch {
+    st = undefined
+  }
+  if (st?.isFIFO()) {
+    try {
       const fd = fs.openSync('/proc/self/fd/1', 'w')
       growPipe(fd)
-      return {fd, close: () => fs.closeSync(fd)}
+      return {write: (b) => writeAll(fd, b, null, 'stdout'), close: () => fs.closeSync(fd)}
+    } catch {
+      /* no /proc: fall through */
     }
-  } catch {
-    /* fall back to fd 1 */
   }
-  return {fd: 1, close: () => undefined}
+  if (st?.isSocket() || st?.isFIFO()) {
+    // Resolve only once the bytes are written: the batch buffer is reused afterwards.
+    const write = (b: Buffer) =>
+      new Promise<void>((resolve, reject) => process.stdout.write(b, (err) => (err ? reject(ioError('stdout', err, 'write error')) : resolve())))
+    return {write, close: () => undefined}
+  }
+  return {write: (b) => writeAll(1, b, null, 'stdout'), close: () => undefined}
 }
 
 export async function extractImage(img: VdimgImage, out: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
@@ -136,24 +151,25 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
         throw new VdevError('exists', `${opts.mapfileOut}: already exists (use --force to replace it)`)
       mapTmp = tempBeside(opts.mapfileOut)
     }
-    const stdout = toStdout ? stdoutFd() : undefined
+    const stdout = toStdout ? stdoutWriter() : undefined
     try {
       await decodeAll(img, {
         threads: opts.threads,
-        onBatch: (b) => {
+        onBatch: async (b) => {
           const bad = img.badAreas.intersect(b.offset, b.data.length)
           for (const r of bad) {
             result.badBytes += r.length
             if (fill === 'pattern') fillPattern(b.data, r.offset - b.offset, r.length, r.offset)
           }
-          if (stdout) writeAllSync(stdout.fd, b.data, null, 'stdout')
-          else if (device || (fill === 'pattern' && bad.length)) writeAllSync(fd, b.data, b.offset, out)
+          if (stdout) await stdout.write(b.data)
+          else if (device || (fill === 'pattern' && bad.length)) await writeAll(fd, b.data, b.offset, out)
           else {
             // Sparse: write runs of chunks that hold data; zero chunks stay holes.
             let runStart = -1
             let at = 0
+            const writes: Array<Promise<void>> = []
             const flush = (end: number) => {
-              if (runStart >= 0) writeAllSync(fd, b.data.subarray(runStart, end), b.offset + runStart, out)
+              if (runStart >= 0) writes.push(writeAll(fd, b.data.subarray(runStart, end), b.offset + runStart, out))
               runStart = -1
             }
             for (const c of b.chunks) {
@@ -167,6 +183,7 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
               at += len
             }
             flush(at)
+            await Promise.all(writes)
           }
           result.bytes += b.data.length
           opts.onProgress?.(result.bytes, img.size)
