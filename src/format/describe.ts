@@ -3,7 +3,7 @@
  */
 import * as fs from 'node:fs'
 import type {BadStatus} from '../core/errors'
-import {CHUNK_KIND_NAMES, ChunkKind, decodeL1Entry} from './layout'
+import {ChunkKind} from './layout'
 import type {VdimgImage} from './reader'
 
 export interface ImageInfo {
@@ -30,16 +30,11 @@ export async function describeImage(img: VdimgImage, opts: {maxRanges?: number} 
   const counts: Record<string, number> = {zero: 0, raw: 0, zstd: 0, unread: 0}
   const groups = Math.ceil(img.chunkCount / img.l2Entries)
   for (let g = 0; g < groups; g++) {
-    const e = decodeL1Entry(img.l1, g, 0)
-    const n = Math.min(img.l2Entries, img.chunkCount - g * img.l2Entries)
-    if (e.offset === 0) {
-      counts[CHUNK_KIND_NAMES[e.fillKind as ChunkKind] ?? 'zero'] += n
-      continue
-    }
-    for (let i = 0; i < n; i++) {
-      const c = await img.entry(g * img.l2Entries + i)
-      counts[CHUNK_KIND_NAMES[c.kind]]++
-    }
+    const k = await img.groupKinds(g)
+    counts.zero += k[ChunkKind.Zero]
+    counts.raw += k[ChunkKind.Raw]
+    counts.zstd += k[ChunkKind.Zstd]
+    counts.unread += k[ChunkKind.Unread]
   }
   const summary = img.badAreas.totals()
   const max = opts.maxRanges ?? 20

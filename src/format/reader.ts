@@ -178,6 +178,21 @@ export class VdimgImage implements BlockSource {
     return this.l2Accept(g, at, preadExactSync(this.fd, at.length, at.offset, this.path))
   }
 
+  /** How many chunks of group `g` have each kind (index = ChunkKind), straight from its table. */
+  async groupKinds(g: number): Promise<number[]> {
+    const counts = [0, 0, 0, 0]
+    const n = Math.min(this.l2Entries, this.chunkCount - g * this.l2Entries)
+    const t = await this.l2Table(g)
+    if (typeof t === 'number') counts[t] += n
+    else
+      for (let k = 0; k < n; k++) {
+        const kind = t[k * L2_ENTRY_SIZE + 16]
+        if (kind > ChunkKind.Unread) this.entryIn(g * this.l2Entries + k, t) // throws the precise error
+        counts[kind]++
+      }
+    return counts
+  }
+
   /** The index entry of chunk `i`, validated. */
   async entry(i: number): Promise<ChunkEntry> {
     return this.entryIn(i, await this.l2Table(Math.floor(i / this.l2Entries)))
