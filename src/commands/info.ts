@@ -20,7 +20,7 @@ export default class Info extends VdevCommand {
       this.say(`image:        ${info.path} (VDIMG ${info.version})`)
       this.say(`size:         ${humanBytes(info.size)} (${info.size} bytes), sector size ${info.sectorSize}`)
       this.say(`chunk size:   ${humanBytes(info.chunkSize)}, ${info.chunkCount} chunks`)
-      this.say(`stored:       ${humanBytes(info.fileSize)} (${(info.ratio * 100).toFixed(1)}% of the image)`)
+      this.say(`stored:       ${humanBytes(info.fileSize)} (${pct(info.ratio)} of the image)`)
       this.say(`chunks:       ${Object.entries(info.chunks).map(([k, v]) => `${v} ${k}`).join(', ')}`)
       this.say(`sha256:       ${info.sha256 ?? '(not recorded)'}`)
       if (info.badAreaCount === 0) this.say('bad areas:    none')
@@ -41,4 +41,12 @@ export default class Info extends VdevCommand {
       await img.close()
     }
   }
+}
+
+/** 24.5%, 0.04%, <0.01%: enough digits to say something for tiny ratios. */
+function pct(r: number): string {
+  const p = r * 100
+  if (p === 0) return '0%'
+  if (p < 0.01) return '<0.01%'
+  return `${p.toFixed(p < 1 ? 2 : 1)}%`
 }
