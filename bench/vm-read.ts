@@ -1,8 +1,9 @@
 /**
  * Read benchmark of the kernel-native backends, in the test VM (the only place this project's machines have
- * ublk_drv and nbd): ublk, NBD and FUSE+loop serving one image — as .vdimg (decompression included) and as
- * its raw bytes (the transport alone) — plus a plain loop device over the raw bytes, all measured by fio in
- * the same VM run. The VM is TCG-emulated, so only the ratios between rows mean anything.
+ * ublk_drv, nbd and an NFS client): ublk, NBD, FUSE+loop and the kernel NFS v3 client on vdev's NFS server
+ * (the file, and a loop device over it) serving one image — as .vdimg (decompression included) and as its raw
+ * bytes (the transport alone) — plus a plain loop device over the raw bytes, all measured by fio in the same
+ * VM run. The VM is TCG-emulated, so only the ratios between rows mean anything.
  *   npm run build && node dist/bench/vm-read.js [--size MiB]
  * The image: the first --size MiB (default 192) of the benchmark corpus (bench/corpus.ts: an ext4 of
  * /usr/share and /usr/bin), as a .vdimg made by the real writer; cached in .cache/bench/.
@@ -40,25 +41,24 @@ async function main(): Promise<void> {
   const r = await runInVm({script: [script, image, raw], timeoutMs: 40 * 60_000, log: (l) => process.stderr.write(`[vm] ${l}\n`)})
   if (r.status !== 0 || !r.out) throw new Error(`the in-VM benchmark failed (status ${r.status}); console: ${r.consoleLog}\n${r.consoleTail}`)
   const {kernel, rows} = JSON.parse(r.out) as {kernel: string; rows: VmReadRow[]}
-  const ref = rows.find((x) => x.name === 'ublk (vdimg)' && x.available)
-  console.log(`\nRead benchmark in the test VM (kernel ${kernel}, qemu TCG, ${sizeMiB} MiB image; fio O_DIRECT)\n`)
-  console.log(
-    table(
-      ['backend (source)', 'seq 1 MiB (MiB/s)', 'vs ublk', 'rand 4 KiB QD16 (IOPS)', 'vs ublk', 'rand p99 (us)'],
-      rows.map((x) =>
-        x.available
-          ? [
-              x.name,
-              fmt(x.seqMiBs!, 1),
-              ref ? `${fmt(x.seqMiBs! / ref.seqMiBs!)}x` : '-',
-              fmt(x.randIops!, 0),
-              ref ? `${fmt(x.randIops! / ref.randIops!)}x` : '-',
-              fmt(x.randP99us!, 0),
-            ]
-          : [x.name, `unavailable: ${x.reason}`, '', '', '', ''],
+  console.log(`\nRead benchmark in the test VM (kernel ${kernel}, qemu TCG, ${sizeMiB} MiB image; fio O_DIRECT, seq 1 MiB psync, rand 4 KiB QD16)`)
+  const ratio = (a: number | undefined, b: number | undefined) => (a && b ? `${fmt(a / b)}x` : '-')
+  for (const kind of ['vdimg', 'raw'] as const) {
+    const of = rows.filter((x) => x.kind === kind)
+    const ublk = of.find((x) => x.name === 'ublk' && x.available)
+    const nbd = of.find((x) => x.name === 'nbd' && x.available)
+    console.log(`\nserving the ${kind === 'vdimg' ? '.vdimg (decompression included)' : 'raw bytes (the transport alone)'}:`)
+    console.log(
+      table(
+        ['path', 'seq MiB/s', 'vs ublk', 'vs nbd', 'rand IOPS', 'vs ublk', 'vs nbd', 'rand p99 us'],
+        of.map((x) =>
+          x.available
+            ? [x.name, fmt(x.seqMiBs!, 1), ratio(x.seqMiBs, ublk?.seqMiBs), ratio(x.seqMiBs, nbd?.seqMiBs), fmt(x.randIops!, 0), ratio(x.randIops, ublk?.randIops), ratio(x.randIops, nbd?.randIops), fmt(x.randP99us!, 0)]
+            : [x.name, `unavailable: ${x.reason}`, '', '', '', '', '', ''],
+        ),
       ),
-    ),
-  )
+    )
+  }
   console.log(`\nVM boot to suite ${r.suiteStartSeconds?.toFixed(1)} s, whole run ${r.totalSeconds.toFixed(1)} s; console ${r.consoleLog}`)
 }
 

@@ -5,30 +5,18 @@
  * point fio at `target`. mount(8) and losetup(8) are spawned, never called synchronously: the kernel's
  * MOUNT and READ calls are answered by this process's event loop.
  */
-import {spawn} from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {BlockServer} from '../../src/core/blockserver'
 import type {BlockSource} from '../../src/core/source'
 import {startNfsServer} from '../../src/serve/nfs'
+import {run} from './proc'
 
 export interface NfsBenchTarget {
   /** What to read: the file on the NFS mount, or the loop device over it. */
   target: string
   port: number
   close(): Promise<void>
-}
-
-function run(cmd: string, args: string[]): Promise<{code: number | null; stdout: string; stderr: string}> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(cmd, args, {stdio: ['ignore', 'pipe', 'pipe']})
-    let stdout = ''
-    let stderr = ''
-    c.stdout.on('data', (b) => (stdout += b))
-    c.stderr.on('data', (b) => (stderr += b))
-    c.on('error', reject)
-    c.on('close', (code) => resolve({code, stdout, stderr}))
-  })
 }
 
 /**

@@ -1,11 +1,12 @@
 /**
  * The in-VM half of bench/vm-read.ts (runs inside the test VM, see docs/vm-harness.md): attaches one image
- * through each Linux backend in turn (and a plain loop device over the raw bytes as the kernel-only
- * reference), reads it with fio — sequential 1 MiB and random 4 KiB, O_DIRECT — and writes the numbers as
- * JSON to $VDEV_VM_OUT. Numbers from TCG are only comparable with each other, within one run.
+ * through each Linux backend in turn, and reads the file vdev's NFS server exports through the kernel NFS v3
+ * client (the file itself, and a loop device over it — the Linux analogue of DiskImages on macOS), plus a
+ * plain loop device over the raw bytes as the kernel-only reference; reads each with fio — sequential 1 MiB
+ * and random 4 KiB, O_DIRECT — and writes the numbers as JSON to $VDEV_VM_OUT. Numbers from TCG are only
+ * comparable with each other, within one run.
  *   node dist/bench/vm/read-guest.js IMAGE.vdimg RAW
  */
-import {spawn} from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -14,27 +15,19 @@ import {RawFileSource} from '../../src/core/rawsource'
 import {loadBackend} from '../../src/core/registry'
 import type {BlockSource} from '../../src/core/source'
 import {openImage} from '../../src/format/reader'
+import {attachNfsForBench} from './nfs-target'
+import {run} from './proc'
 
 export interface VmReadRow {
   name: string
+  /** What was served: the .vdimg (decompression included) or its raw bytes (the transport alone). */
+  kind: 'vdimg' | 'raw'
   available: boolean
   reason?: string
   device?: string
   seqMiBs?: number
   randIops?: number
   randP99us?: number
-}
-
-function run(cmd: string, args: string[]): Promise<{code: number | null; stdout: string; stderr: string}> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(cmd, args, {stdio: ['ignore', 'pipe', 'pipe']})
-    let stdout = ''
-    let stderr = ''
-    c.stdout.on('data', (b) => (stdout += b))
-    c.stderr.on('data', (b) => (stderr += b))
-    c.on('error', reject)
-    c.on('close', (code) => resolve({code, stdout, stderr}))
-  })
 }
 
 const RAND_SECONDS = Number(process.env.VDEV_BENCH_RAND_SECONDS ?? 8)
@@ -74,43 +67,61 @@ async function main(): Promise<void> {
   if (losetup.code === 0) {
     const loop = losetup.stdout.trim()
     try {
-      rows.push({name: 'loop (raw file, kernel only)', available: true, device: loop, ...(await fio(loop))})
+      rows.push({name: 'loop (raw file, kernel only)', kind: 'raw', available: true, device: loop, ...(await fio(loop))})
     } finally {
       await run('losetup', ['-d', loop])
     }
-  } else rows.push({name: 'loop (raw file, kernel only)', available: false, reason: losetup.stderr.trim()})
+  } else rows.push({name: 'loop (raw file, kernel only)', kind: 'raw', available: false, reason: losetup.stderr.trim()})
 
   // Each backend twice: serving the .vdimg (decompression included) and the raw bytes (the transport alone).
-  const sources: Array<[string, () => Promise<BlockSource>]> = [
+  const sources: Array<['vdimg' | 'raw', () => Promise<BlockSource>]> = [
     ['vdimg', () => openImage(image)],
     ['raw', async () => RawFileSource.open(raw)],
   ]
-  for (const [kind, open] of sources)
+  for (const [kind, open] of sources) {
     for (const name of ['ublk', 'nbd', 'fuse']) {
-      const label = `${name} (${kind})`
+      const label = name
       const b = loadBackend(name)
       if ('error' in b) {
-        rows.push({name: label, available: false, reason: b.error})
+        rows.push({name: label, kind, available: false, reason: b.error})
         continue
       }
       const probe = await b.probe()
       if (!probe.available) {
-        rows.push({name: label, available: false, reason: probe.reason})
+        rows.push({name: label, kind, available: false, reason: probe.reason})
         continue
       }
       const source = await open()
       const runDir = fs.mkdtempSync(path.join(work, `${name}-`))
       const attached = await b.attach(new BlockServer(source), {id: `bench-${name}`, image, runDir, log: (l) => process.stderr.write(`${l}\n`)})
       try {
-        rows.push({name: label, available: true, device: attached.device, ...(await fio(attached.device))})
+        rows.push({name: label, kind, available: true, device: attached.device, ...(await fio(attached.device))})
       } catch (err) {
-        rows.push({name: label, available: false, reason: (err as Error).message})
+        rows.push({name: label, kind, available: false, reason: (err as Error).message})
       } finally {
         await attached.detach()
         await source.close()
       }
       process.stderr.write(`${JSON.stringify(rows[rows.length - 1])}\n`)
     }
+    for (const loop of [false, true]) {
+      const name = loop ? 'nfs + loop' : 'nfs (file)'
+      const source = await open()
+      try {
+        const t = await attachNfsForBench(source, fs.mkdtempSync(path.join(work, 'nfs-')), {loop})
+        try {
+          rows.push({name, kind, available: true, device: t.target, ...(await fio(t.target))})
+        } finally {
+          await t.close()
+        }
+      } catch (err) {
+        rows.push({name, kind, available: false, reason: (err as Error).message})
+      } finally {
+        await source.close()
+      }
+      process.stderr.write(`${JSON.stringify(rows[rows.length - 1])}\n`)
+    }
+  }
   fs.rmSync(work, {recursive: true, force: true})
   const out = JSON.stringify({kernel: os.release(), rows}, null, 1)
   if (process.env.VDEV_VM_OUT) fs.writeFileSync(process.env.VDEV_VM_OUT, out)
