@@ -30,6 +30,8 @@ const O_ACCMODE = 3
 const O_RDONLY = 0
 const EISDIR = 21
 const ENOTDIR = 20
+const READ_IN_OFFSET = fuse_read_in.offsets.offset
+const READ_IN_SIZE = fuse_read_in.offsets.size
 
 export interface ImageFsOptions {
   /** Name of the file in the root directory. */
@@ -146,15 +148,40 @@ export class ImageFs {
     try {
       return [await this.server.read(offset, end - offset)]
     } catch (err) {
-      if (err instanceof BlockError) {
-        if (err.errno === 'EINVAL') return Errno.EINVAL
-        // Unreadable areas and faults both read as EIO, the error a failing disk gives.
-        if (err.bad.length === 0 && err.errno !== 'ESHUTDOWN' && this.faults++ < 100) this.log(`read ${offset}+${end - offset}: ${err.message}`)
-        return Errno.EIO
-      }
-      this.log(`read ${offset}+${end - offset}: ${(err as Error)?.message ?? err}`)
+      return this.readErrno(err, offset, end - offset)
+    }
+  }
+
+  /**
+   * READ served synchronously (a FuseReadInto for serving threads over a source with readSync): the
+   * bytes go straight into `dst`, the reply buffer. Same checks and errors as the asynchronous READ.
+   */
+  readonly readInto = (nodeid: number, body: Buffer, dst: Buffer): number => {
+    if (nodeid !== FILE_ID) return -(nodeid === FUSE_ROOT_ID ? EISDIR : Errno.ENOENT)
+    if (body.length < fuse_read_in.size) return -Errno.EINVAL
+    const offset = body.readUInt32LE(READ_IN_OFFSET) + body.readUInt32LE(READ_IN_OFFSET + 4) * 2 ** 32
+    const size = body.readUInt32LE(READ_IN_SIZE)
+    if (size > this.maxRead || size > dst.length) return -Errno.EINVAL
+    const end = Math.min(offset + size, this.server.size)
+    if (offset >= end) return 0 // at or past the end: a short (empty) read
+    try {
+      this.server.readSync(offset, end - offset, dst)
+      return end - offset
+    } catch (err) {
+      return -this.readErrno(err, offset, end - offset)
+    }
+  }
+
+  /** The errno a failed read answers, logging faults (not bad areas), at most 100 of them. */
+  private readErrno(err: unknown, offset: number, length: number): number {
+    if (err instanceof BlockError) {
+      if (err.errno === 'EINVAL') return Errno.EINVAL
+      // Unreadable areas and faults both read as EIO, the error a failing disk gives.
+      if (err.bad.length === 0 && err.errno !== 'ESHUTDOWN' && this.faults++ < 100) this.log(`read ${offset}+${length}: ${err.message}`)
       return Errno.EIO
     }
+    this.log(`read ${offset}+${length}: ${(err as Error)?.message ?? err}`)
+    return Errno.EIO
   }
 
   private readdir(req: FuseRequest): FuseReply {

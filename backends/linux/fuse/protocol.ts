@@ -36,6 +36,13 @@ export type FuseReply = Buffer[] | number
 
 export type FuseHandler = (req: FuseRequest) => FuseReply | Promise<FuseReply>
 
+/**
+ * A synchronous READ handler for serving threads: write the bytes of a READ (its fuse_read_in is `body`)
+ * for file `nodeid` into `dst` and return how many, or return a negative errno. `dst` is the reply buffer
+ * just after fuse_out_header, so the data is read in place and sent with the header in one write(2).
+ */
+export type FuseReadInto = (nodeid: number, body: Buffer, dst: Buffer) => number
+
 export interface InitResult {
   /** Negotiated protocol, e.g. "7.45". */
   protocol: string
@@ -60,14 +67,37 @@ export interface ProtocolOptions {
   log: (line: string) => void
   /** Called once INIT is answered, or with the reason it could not be. */
   onInit: (r: InitResult | Error) => void
+  /**
+   * Serve READs synchronously into one reused reply buffer (header + up to maxPages pages) instead of
+   * through `handler`: no allocation and no copy per READ. Only for a thread that serves one request at a time.
+   */
+  readInto?: FuseReadInto
 }
+
+const IN_LEN = fuse_in_header.offsets.len
+const IN_OPCODE = fuse_in_header.offsets.opcode
+const IN_UNIQUE = fuse_in_header.offsets.unique
+const IN_NODEID = fuse_in_header.offsets.nodeid
+const IN_EXTLEN = fuse_in_header.offsets.total_extlen
+const OUT_LEN = fuse_out_header.offsets.len
+const OUT_ERROR = fuse_out_header.offsets.error
+const OUT_UNIQUE = fuse_out_header.offsets.unique
 
 export class FuseProtocol {
   readonly counters = {requests: 0, errors: 0, interrupts: 0}
   inFlight = 0
   private idle: Array<() => void> = []
+  /** With readInto: fuse_out_header followed by room for the largest READ. */
+  private readonly replyBuf: Buffer | undefined
+  /** The part of replyBuf after the header, where READ data goes. */
+  private readonly replyData: Buffer | undefined
 
-  constructor(private readonly o: ProtocolOptions) {}
+  constructor(private readonly o: ProtocolOptions) {
+    if (o.readInto) {
+      this.replyBuf = Buffer.allocUnsafeSlow(fuse_out_header.size + o.maxPages * PAGE)
+      this.replyData = this.replyBuf.subarray(fuse_out_header.size)
+    }
+  }
 
   /** Handle one request; resolves once its reply (if any) is written. */
   handle(msg: Buffer): Promise<void> | void {
@@ -75,8 +105,9 @@ export class FuseProtocol {
       this.o.log(`fuse: short request of ${msg.length} bytes ignored`)
       return
     }
+    if (this.replyBuf && msg.readUInt32LE(IN_OPCODE) === FuseOpcode.READ && msg.readUInt32LE(IN_LEN) === msg.length) return this.readInPlace(msg, this.replyBuf)
     const h = fuse_in_header.decode(msg)
-    const unique = msg.readBigUInt64LE(fuse_in_header.offsets.unique)
+    const unique = msg.readBigUInt64LE(IN_UNIQUE)
     if (h.len !== msg.length) {
       this.o.log(`fuse: request length ${h.len} != ${msg.length} read; answering EIO`)
       return this.reply(unique, Errno.EIO)
@@ -176,6 +207,45 @@ export class FuseProtocol {
     this.o.onInit({protocol, maxRead, flags})
   }
 
+  /**
+   * READ on the fast path: the handler reads the bytes into the reply buffer after the header, and one
+   * write(2) sends both. Nothing is allocated: the header fields are read and written in place.
+   */
+  private readInPlace(msg: Buffer, out: Buffer): void {
+    this.counters.requests++
+    const extLen = msg.readUInt16LE(IN_EXTLEN) * 8
+    const body = msg.subarray(fuse_in_header.size, Math.max(fuse_in_header.size, msg.length - extLen))
+    const nodeid = msg.readUInt32LE(IN_NODEID) + msg.readUInt32LE(IN_NODEID + 4) * 2 ** 32
+    this.inFlight++
+    let n: number
+    try {
+      n = this.o.readInto!(nodeid, body, this.replyData!)
+    } catch (err) {
+      this.o.log(`fuse: READ failed: ${(err as Error)?.message ?? err}`)
+      n = -Errno.EIO
+    }
+    const len = fuse_out_header.size + Math.max(n, 0)
+    out.writeUInt32LE(len, OUT_LEN)
+    out.writeInt32LE(Math.min(n, 0), OUT_ERROR)
+    msg.copy(out, OUT_UNIQUE, IN_UNIQUE, IN_UNIQUE + 8)
+    if (n < 0) this.counters.errors++
+    this.inFlight--
+    try {
+      fs.writeSync(this.o.fd, out, 0, len)
+    } catch (err) {
+      this.replyFailed(err, msg)
+    }
+    if (this.inFlight === 0) for (const f of this.idle.splice(0)) f()
+  }
+
+  /** A failed reply write: one to a request the kernel already dropped (interrupted, aborted) is ignored. */
+  private replyFailed(err: unknown, msg: Buffer | bigint): void {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT' || code === 'ENODEV' || code === 'ECONNABORTED' || code === 'EBADF') return
+    const unique = typeof msg === 'bigint' ? msg : msg.readBigUInt64LE(IN_UNIQUE)
+    this.o.log(`fuse: reply to request ${unique} failed: ${code ?? err}`)
+  }
+
   /** Write one reply. A reply to a request the kernel already dropped (interrupted, aborted) is ignored. */
   reply(unique: bigint, r: FuseReply): void {
     const error = typeof r === 'number' ? -r : 0
@@ -190,9 +260,7 @@ export class FuseProtocol {
     try {
       fs.writevSync(this.o.fd, [hdr, ...payload])
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code
-      if (code === 'ENOENT' || code === 'ENODEV' || code === 'ECONNABORTED' || code === 'EBADF') return
-      this.o.log(`fuse: reply to request ${unique} failed: ${code ?? err}`)
+      this.replyFailed(err, unique)
     }
   }
 }

@@ -4,8 +4,11 @@
  * run at once, so decompression and copying use every core, as libfuse's multi-threaded loop does.
  *
  * Each thread has its own BlockServer (same bad-area policy) over its own image instance (its own file
- * descriptor and chunk cache) and serves one request at a time. Counters go to shared memory for the main
- * thread, which also sets the "closing" flag there when the device is being detached.
+ * descriptor and a small chunk cache) and serves one request at a time. The image is opened in the
+ * reader's sync mode: a READ is answered by pread(2) and decompression on this thread, straight into the
+ * reply buffer after the FUSE header, and sent with one write(2) — no libuv pool hop, no allocation, no
+ * copy of the data. Counters go to shared memory for the main thread, which also sets the "closing"
+ * flag there when the device is being detached.
  */
 import * as fs from 'node:fs'
 import {parentPort, workerData} from 'node:worker_threads'
@@ -21,7 +24,7 @@ const base = SLOT.first + cfg.index * COUNTERS
 const log = (line: string): void => parentPort!.postMessage({log: line})
 
 async function main(): Promise<void> {
-  const image = await openImage(cfg.image, {cacheBytes: cfg.cacheBytes, decompressThreads: 0})
+  const image = await openImage(cfg.image, {cacheBytes: cfg.cacheBytes, sync: true})
   const server = new BlockServer(image, {badPolicy: cfg.badPolicy as BadPolicy})
   const imageFs = new ImageFs(server, {fileName: cfg.fileName, mtime: cfg.mtime, maxRead: cfg.maxPages * 4096, log})
   const protocol = new FuseProtocol({
@@ -31,6 +34,7 @@ async function main(): Promise<void> {
     maxBackground: cfg.maxBackground,
     log,
     onInit: (r) => parentPort!.postMessage(r instanceof Error ? {initError: r.message} : {init: r}),
+    readInto: imageFs.readInto,
   })
   parentPort!.postMessage({ready: true})
   const buf = Buffer.allocUnsafe(READ_BUFFER_SIZE)
@@ -52,7 +56,8 @@ async function main(): Promise<void> {
       void server.drain() // new reads fail (EIO) from now on; this thread has none in flight
     }
     shared[base + 4] = 1
-    await protocol.handle(buf.subarray(0, n))
+    const pending = protocol.handle(buf.subarray(0, n))
+    if (pending) await pending
     shared[base + 4] = 0
     const st = server.stats
     shared[base + 0] = st.reads
