@@ -28,11 +28,19 @@ export interface ServeOptions {
   onReady: (r: {entry: DeviceEntry} | {error: VdevError}) => void
   log: (line: string) => void
   /** How the image becomes a BlockSource (default: the VDIMG reader). */
-  openSource?: (image: string) => Promise<BlockSource>
+  openSource?: (image: string, backend: string) => Promise<BlockSource>
 }
 
-export async function defaultOpenSource(image: string): Promise<BlockSource> {
-  return openImage(image, {decompressThreads: Math.min(4, os.availableParallelism())})
+/**
+ * Backends that serve from threads of their own, each opening the image itself: the image opened here
+ * only gives them its size and path, so it starts no decompression workers (an idle worker thread still
+ * costs about 10 MB of memory).
+ */
+const SERVES_FROM_OWN_THREADS = new Set(['fuse'])
+
+export async function defaultOpenSource(image: string, backend: string): Promise<BlockSource> {
+  const threads = SERVES_FROM_OWN_THREADS.has(backend) && process.env.VDEV_FUSE_THREADS !== '0' ? 0 : Math.min(4, os.availableParallelism())
+  return openImage(image, {decompressThreads: threads})
 }
 
 export function asVdevError(err: unknown): VdevError {
@@ -85,7 +93,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
   try {
     const b = loadBackend(opts.backend)
     if ('error' in b) throw new VdevError('unavailable', b.error)
-    source = await (opts.openSource ?? defaultOpenSource)(image)
+    source = await (opts.openSource ?? defaultOpenSource)(image, opts.backend)
     const server = new BlockServer(source, {
       badPolicy: opts.badPolicy,
       onFault: (offset, length, err) => log(`fault reading ${offset}+${length}: ${(err as Error)?.message ?? err}`),

@@ -159,7 +159,7 @@ export class FuseSession {
       count,
       (index) => {
         const wd: ServeThreadConfig = {...config, fd: this.fd, index, shared: this.shared!, maxPages: this.wantPages, maxBackground: this.maxBackground}
-        return new Worker(path.join(__dirname, 'serve-worker.js'), {workerData: wd})
+        return new Worker(path.join(__dirname, 'serve-worker.js'), {workerData: wd, resourceLimits: SERVE_THREAD_LIMITS})
       },
       (msg) => {
         if (msg instanceof Uint8Array) return
@@ -236,6 +236,16 @@ export class FuseSession {
     }
   }
 }
+
+/**
+ * Heap limits of a serving thread. Its objects are few and short-lived (per-request views and records,
+ * cache entries), but under a fast request stream V8 otherwise grows each isolate's young generation to
+ * tens of MB and lets old-generation garbage pile up to the main isolate's (GB-sized) limit before
+ * collecting. Measured with 2 threads (bench:read corpus, fio random QD32): server peak RSS 143 MB with
+ * the defaults, 117 MB with these; no throughput change. 128 MB of old generation is far above what a
+ * thread keeps alive (the image's metadata JSON is capped at 16 MiB; caches hold their bytes outside the heap).
+ */
+const SERVE_THREAD_LIMITS = {maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 128}
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref())
