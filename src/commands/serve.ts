@@ -5,7 +5,7 @@ import {BlockServer, type BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import {openImage} from '../format/reader'
 import {formatListen, isLoopback, parseListen, type ListenAddress} from '../serve/listen'
-import {NBD_DEFAULT_PORT, startNbdServer} from '../serve/nbd'
+import {DEFAULT_POLL_MICROSECONDS, NBD_DEFAULT_PORT, defaultThreadsPerConnection, startNbdServer} from '../serve/nbd'
 
 /** What src/serve/nfs exports (loaded lazily: the NFS server is optional for this command). */
 interface NfsModule {
@@ -37,6 +37,16 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
     'bad-policy': Flags.string({description: 'unreadable areas: error (EIO) or zero (read as zeros)', options: ['error', 'zero'], default: 'error'}),
     'allow-remote': Flags.boolean({description: 'allow listening on a non-loopback address'}),
     'export-name': Flags.string({description: 'NBD export name (default: the image file name; "" always works too)'}),
+    threads: Flags.integer({
+      description: `NBD: serving threads per connection, each reading, decoding and answering requests (default: the number of cores, at most 8; 0 serves on the main thread)`,
+      min: 0,
+      max: 64,
+    }),
+    'poll-us': Flags.integer({
+      description: `NBD serving threads: microseconds to poll for a connection's next request before sleeping, which saves a wake-up per request for clients that send one at a time; stops by itself while a client is idle (default ${DEFAULT_POLL_MICROSECONDS}; 0 never polls)`,
+      min: 0,
+      max: 1000,
+    }),
   }
 
   async run(): Promise<void> {
@@ -74,7 +84,9 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
         stop = () => h.close()
       } else {
         const exportName = flags['export-name'] ?? base
-        const running = await startNbdServer(server, {listen: address, exportName, log})
+        const perConnection = flags.threads ?? defaultThreadsPerConnection()
+        const threads = perConnection > 0 ? {image: path.resolve(args.image), perConnection, pollMicroseconds: flags['poll-us']} : undefined
+        const running = await startNbdServer(server, {listen: address, exportName, log, threads})
         const listen = formatListen(running.address)
         const uri = nbdUri(running.address, exportName)
         this.ready({protocol, listen, export: exportName, uri}, `serving ${args.image} over NBD at ${uri}`)

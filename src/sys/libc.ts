@@ -20,6 +20,8 @@ const closeFn = lib.func('int close(int fd)')
 const strerrorFn = lib.func('const char *strerror(int errnum)')
 const getpidFn = lib.func('int getpid()')
 const fcntlInt = lib.func('int fcntl(int fd, int cmd, int arg)')
+const shutdownFn = lib.func('int shutdown(int sockfd, int how)')
+const recvFn = lib.func('long recv(int sockfd, void *buf, size_t len, int flags)')
 
 export class SysError extends Error {
   constructor(
@@ -109,7 +111,24 @@ export function fcntl(fd: number, cmd: number, arg: number): number {
 export const F_GETFL = 3
 export const F_SETFL = 4
 export const F_SETPIPE_SZ = 1031 // include/uapi/linux/fcntl.h: F_LINUX_SPECIFIC_BASE + 7
+export const F_DUPFD_CLOEXEC = 1030 // include/uapi/linux/fcntl.h: F_LINUX_SPECIFIC_BASE + 6
 export const O_NONBLOCK = 0o4000
+
+/** shutdown(2); returns -errno instead of throwing (a peer that is already gone is no error to the caller). */
+export function shutdown(fd: number, how: number): number {
+  const rc = shutdownFn(fd, how) as number
+  return rc < 0 ? -koffi.errno() : rc
+}
+/** recv(2) into `buf` (a Buffer view is read into in place); returns -errno instead of throwing. */
+export function recv(fd: number, buf: Buffer, flags: number): number {
+  const rc = Number(recvFn(fd, buf, buf.length, flags))
+  return rc < 0 ? -koffi.errno() : rc
+}
+export const MSG_DONTWAIT = 0x40 // include/linux/socket.h
+
+export const SHUT_RD = 0 // include/linux/net.h (enum sock_shutdown_cmd)
+export const SHUT_WR = 1
+export const SHUT_RDWR = 2
 
 export function getpid(): number {
   return getpidFn() as number

@@ -21,13 +21,15 @@ interface Served {
   uri: string
 }
 
-async function serve(file: string, opts: {badPolicy?: BadPolicy; unix?: string} = {}): Promise<Served> {
+async function serve(file: string, opts: {badPolicy?: BadPolicy; unix?: string; threads?: number} = {}): Promise<Served> {
   const image = await openImage(file)
   const name = path.basename(file)
   const running = await startNbdServer(new BlockServer(image, {badPolicy: opts.badPolicy}), {
     listen: opts.unix ? {kind: 'unix', path: opts.unix} : {kind: 'tcp', host: '127.0.0.1', port: 0},
     exportName: name,
+    threads: opts.threads ? {image: file, perConnection: opts.threads} : undefined,
   })
+  if (opts.threads) assert.equal(running.threadsPerConnection, opts.threads)
   const a = running.address
   const uri = a.kind === 'unix' ? `nbd+unix:///${name}?socket=${a.path}` : `nbd://127.0.0.1:${a.port}/${name}`
   return {image, running, uri}
@@ -84,138 +86,152 @@ except nbd.Error as e:
 print(json.dumps({'result': res, 'chunks': seen, 'READ_ERROR': nbd.READ_ERROR}))
 `
 
-describe('nbd server with real peers (nbdinfo, nbdcopy, qemu-img, libnbd, nbdkit ddrescue filter)', function () {
-  this.timeout(120_000)
-  let fx: Fixture
-  let bad: Served | undefined
-  let good: Served | undefined
-  let nbdkit: ChildProcess | undefined
+// Served on the main thread, and by serving threads (threads.ts) with their own image instances.
+for (const threads of [0, 2]) {
+  const mode = threads ? `${threads} serving threads per connection` : 'main thread'
+  describe(`nbd server with real peers (nbdinfo, nbdcopy, qemu-img, libnbd, nbdkit ddrescue filter; ${mode})`, function () {
+    this.timeout(120_000)
+    let fx: Fixture
+    let bad: Served | undefined
+    let good: Served | undefined
+    let nbdkit: ChildProcess | undefined
 
-  before(async function () {
-    for (const t of ['nbdinfo', 'nbdcopy', 'qemu-img', 'nbdkit'])
-      if (!hasTool(t)) throw new Error(`${t} is not installed (scripts/install-deps.sh installs it)`)
-    fx = await makeFixture()
-    bad = await serve(fx.image)
-    good = await serve(fx.goodImage, {unix: path.join(fx.dir, 'good.sock')})
-  })
+    before(async function () {
+      for (const t of ['nbdinfo', 'nbdcopy', 'qemu-img', 'nbdkit'])
+        if (!hasTool(t)) throw new Error(`${t} is not installed (scripts/install-deps.sh installs it)`)
+      fx = await makeFixture()
+      bad = await serve(fx.image, {threads})
+      good = await serve(fx.goodImage, {unix: path.join(fx.dir, 'good.sock'), threads})
+    })
 
-  after(async () => {
-    await stopChild(nbdkit)
-    await stop(bad)
-    await stop(good)
-    fx?.cleanup()
-  })
+    after(async () => {
+      await stopChild(nbdkit)
+      await stop(bad)
+      await stop(good)
+      fx?.cleanup()
+    })
 
-  it('nbdinfo sees the size, read-only, block sizes, export name and base:allocation', async () => {
-    const r = await run('nbdinfo', ['--json', bad!.uri])
-    const info = JSON.parse(r.stdout)
-    const e = info.exports[0]
-    assert.equal(e['export-name'], 'disk.vdimg')
-    assert.equal(e['export-size'], fx.size)
-    assert.equal(e.is_read_only, true)
-    assert.equal(e.can_multi_conn, true)
-    assert.equal(e.can_trim, false)
-    assert.equal(e.can_zero, false)
-    assert.equal(e.block_size_minimum, SECTOR)
-    assert.equal(e.block_size_maximum, 32 * 1024 * 1024)
-    assert.ok(e.contexts.includes('base:allocation'))
-    assert.equal(info['protocol'], 'newstyle-fixed')
-    assert.equal(info.structured, true)
-  })
+    it('nbdinfo sees the size, read-only, block sizes, export name and base:allocation', async () => {
+      const r = await run('nbdinfo', ['--json', bad!.uri])
+      const info = JSON.parse(r.stdout)
+      const e = info.exports[0]
+      assert.equal(e['export-name'], 'disk.vdimg')
+      assert.equal(e['export-size'], fx.size)
+      assert.equal(e.is_read_only, true)
+      assert.equal(e.can_multi_conn, true)
+      assert.equal(e.can_trim, false)
+      assert.equal(e.can_zero, false)
+      assert.equal(e.block_size_minimum, SECTOR)
+      assert.equal(e.block_size_maximum, 32 * 1024 * 1024)
+      assert.ok(e.contexts.includes('base:allocation'))
+      assert.equal(info['protocol'], 'newstyle-fixed')
+      assert.equal(info.structured, true)
+    })
 
-  it('nbdinfo --list lists the export; the empty name selects it too', async () => {
-    const list = await run('nbdinfo', ['--list', '--json', bad!.uri])
-    assert.deepEqual(JSON.parse(list.stdout).exports.map((x: {'export-name': string}) => x['export-name']), ['disk.vdimg'])
-    const a = bad!.running.address as {port: number}
-    const dflt = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${a.port}`])
-    assert.equal(Number(dflt.stdout.trim()), fx.size)
-    const wrong = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${a.port}/nope`], {allowFail: true})
-    assert.notEqual(wrong.code, 0)
-  })
+    it('nbdinfo --list lists the export; the empty name selects it too', async () => {
+      const list = await run('nbdinfo', ['--list', '--json', bad!.uri])
+      assert.deepEqual(JSON.parse(list.stdout).exports.map((x: {'export-name': string}) => x['export-name']), ['disk.vdimg'])
+      const a = bad!.running.address as {port: number}
+      const dflt = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${a.port}`])
+      assert.equal(Number(dflt.stdout.trim()), fx.size)
+      const wrong = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${a.port}/nope`], {allowFail: true})
+      assert.notEqual(wrong.code, 0)
+    })
 
-  it('nbdinfo --map: the zero run is a hole that reads as zeros; bad areas are never claimed as zeros', async () => {
-    const r = await run('nbdinfo', ['--map', '--json', bad!.uri])
-    const map: Array<{offset: number; length: number; type: number}> = JSON.parse(r.stdout)
-    assert.equal(map.reduce((s, m) => s + m.length, 0), fx.size)
-    const zero = map.filter((m) => m.type === 3)
-    assert.deepEqual(zero.map((m) => [m.offset, m.length]), [[ZERO_RUN.offset, ZERO_RUN.length]])
-    for (const b of fx.bad) {
-      const m = map.find((x) => x.offset <= b.offset && b.offset < x.offset + x.length)!
-      assert.equal(m.type, 0, `bad area at ${b.offset} reported as type ${m.type}`)
-    }
-  })
-
-  it('nbdcopy (4 connections) of a fully readable image equals the source (qemu-img compare)', async () => {
-    const out = path.join(fx.dir, 'copy.raw')
-    await run('nbdcopy', ['--connections=4', good!.uri, out])
-    const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', fx.goodRaw, out], {allowFail: true})
-    assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr)
-    assert.ok(fs.readFileSync(out).equals(fs.readFileSync(fx.goodRaw)))
-  })
-
-  it('nbdcopy of an image with bad areas fails with an I/O error', async () => {
-    const r = await run('nbdcopy', [bad!.uri, path.join(fx.dir, 'bad-copy.raw')], {allowFail: true})
-    assert.notEqual(r.code, 0)
-    assert.match(r.stderr, /Input\/output error/)
-  })
-
-  it('qemu-img reads over nbd://: info, compare with the raw source, map', async () => {
-    const a = good!.running.address as {path: string}
-    const uri = `nbd+unix:///good.vdimg?socket=${a.path}`
-    const info = JSON.parse((await run('qemu-img', ['info', '--output=json', uri])).stdout)
-    assert.equal(info['virtual-size'], fx.size)
-    const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', fx.goodRaw, uri], {allowFail: true})
-    assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr)
-    const map: Array<{start: number; length: number; zero: boolean; data: boolean}> = JSON.parse(
-      (await run('qemu-img', ['map', '--output=json', '-f', 'raw', uri])).stdout,
-    )
-    const zeros = map.filter((m) => m.zero && !m.data)
-    assert.deepEqual(zeros.map((m) => [m.start, m.length]), [[ZERO_RUN.offset, ZERO_RUN.length]])
-  })
-
-  it('sector by sector and in 400 random ranges: same bytes as nbdkit --filter=ddrescue, EIO exactly where it fails', async function () {
-    if (!(await hasPythonNbd())) this.skip()
-    const sock = path.join(fx.dir, 'nbdkit.sock')
-    nbdkit = await startNbdkit(sock, ['--filter=ddrescue', 'file', fx.raw, `ddrescue-mapfile=${fx.mapfile}`])
-    const r = await run(PYTHON, ['-c', COMPARE_PY, bad!.uri, `nbd+unix:///?socket=${sock}`, String(fx.size), String(SECTOR)], {timeout: 100_000})
-    const res = JSON.parse(r.stdout)
-    assert.equal(res.sectors, fx.size / SECTOR)
-    assert.deepEqual(res.mismatch, [])
-    assert.deepEqual(res.range_mismatch, [])
-    const expected = []
-    for (let off = 0; off < fx.size; off += SECTOR) if (isBadSector(off)) expected.push([off, 5])
-    assert.deepEqual(res.eio, expected)
-    assert.ok(res.eio.length > 100, 'the fixture has bad sectors of every ddrescue status')
-  })
-
-  it('a structured read across a bad sector reports NBD_REPLY_TYPE_ERROR_OFFSET at that sector', async function () {
-    if (!(await hasPythonNbd())) this.skip()
-    const b = fx.bad[0]
-    const off = b.offset - 4 * SECTOR
-    const r = await run(PYTHON, ['-c', ERROR_OFFSET_PY, bad!.uri, String(off), String(16 * SECTOR)])
-    const res = JSON.parse(r.stdout)
-    assert.equal(res.result, 5)
-    const errors = res.chunks.filter((c: {status: number}) => c.status === res.READ_ERROR)
-    assert.equal(errors.length, 1)
-    assert.equal(errors[0].offset, b.offset)
-    assert.equal(errors[0].error, 5)
-  })
-
-  it('--bad-policy zero: bad areas read as zeros and are reported as holes', async () => {
-    const z = await serve(fx.image, {badPolicy: 'zero', unix: path.join(fx.dir, 'zero.sock')})
-    try {
-      const out = path.join(fx.dir, 'zero-copy.raw')
-      await run('nbdcopy', [z.uri, out])
-      const expected = fs.readFileSync(fx.raw)
-      for (const b of fx.bad) expected.fill(0, b.offset, b.offset + b.length)
-      assert.ok(fs.readFileSync(out).equals(expected))
-      const map: Array<{offset: number; length: number; type: number}> = JSON.parse((await run('nbdinfo', ['--map', '--json', z.uri])).stdout)
+    it('nbdinfo --map: the zero run is a hole that reads as zeros; bad areas are never claimed as zeros', async () => {
+      const r = await run('nbdinfo', ['--map', '--json', bad!.uri])
+      const map: Array<{offset: number; length: number; type: number}> = JSON.parse(r.stdout)
+      assert.equal(map.reduce((s, m) => s + m.length, 0), fx.size)
+      const zero = map.filter((m) => m.type === 3)
+      assert.deepEqual(zero.map((m) => [m.offset, m.length]), [[ZERO_RUN.offset, ZERO_RUN.length]])
       for (const b of fx.bad) {
         const m = map.find((x) => x.offset <= b.offset && b.offset < x.offset + x.length)!
-        assert.equal(m.type, 3)
+        assert.equal(m.type, 0, `bad area at ${b.offset} reported as type ${m.type}`)
       }
-    } finally {
-      await stop(z)
+    })
+
+    it('nbdcopy (4 connections) of a fully readable image equals the source (qemu-img compare)', async () => {
+      const out = path.join(fx.dir, 'copy.raw')
+      await run('nbdcopy', ['--connections=4', good!.uri, out])
+      const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', fx.goodRaw, out], {allowFail: true})
+      assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr)
+      assert.ok(fs.readFileSync(out).equals(fs.readFileSync(fx.goodRaw)))
+    })
+
+    it('nbdcopy of an image with bad areas fails with an I/O error', async () => {
+      const r = await run('nbdcopy', [bad!.uri, path.join(fx.dir, 'bad-copy.raw')], {allowFail: true})
+      assert.notEqual(r.code, 0)
+      assert.match(r.stderr, /Input\/output error/)
+    })
+
+    it('qemu-img reads over nbd://: info, compare with the raw source, map', async () => {
+      const a = good!.running.address as {path: string}
+      const uri = `nbd+unix:///good.vdimg?socket=${a.path}`
+      const info = JSON.parse((await run('qemu-img', ['info', '--output=json', uri])).stdout)
+      assert.equal(info['virtual-size'], fx.size)
+      const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', fx.goodRaw, uri], {allowFail: true})
+      assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr)
+      const map: Array<{start: number; length: number; zero: boolean; data: boolean}> = JSON.parse(
+        (await run('qemu-img', ['map', '--output=json', '-f', 'raw', uri])).stdout,
+      )
+      const zeros = map.filter((m) => m.zero && !m.data)
+      assert.deepEqual(zeros.map((m) => [m.start, m.length]), [[ZERO_RUN.offset, ZERO_RUN.length]])
+    })
+
+    it('sector by sector and in 400 random ranges: same bytes as nbdkit --filter=ddrescue, EIO exactly where it fails', async function () {
+      if (!(await hasPythonNbd())) this.skip()
+      const sock = path.join(fx.dir, 'nbdkit.sock')
+      nbdkit = await startNbdkit(sock, ['--filter=ddrescue', 'file', fx.raw, `ddrescue-mapfile=${fx.mapfile}`])
+      const r = await run(PYTHON, ['-c', COMPARE_PY, bad!.uri, `nbd+unix:///?socket=${sock}`, String(fx.size), String(SECTOR)], {timeout: 100_000})
+      const res = JSON.parse(r.stdout)
+      assert.equal(res.sectors, fx.size / SECTOR)
+      assert.deepEqual(res.mismatch, [])
+      assert.deepEqual(res.range_mismatch, [])
+      const expected = []
+      for (let off = 0; off < fx.size; off += SECTOR) if (isBadSector(off)) expected.push([off, 5])
+      assert.deepEqual(res.eio, expected)
+      assert.ok(res.eio.length > 100, 'the fixture has bad sectors of every ddrescue status')
+    })
+
+    it('a structured read across a bad sector reports NBD_REPLY_TYPE_ERROR_OFFSET at that sector', async function () {
+      if (!(await hasPythonNbd())) this.skip()
+      const b = fx.bad[0]
+      const off = b.offset - 4 * SECTOR
+      const r = await run(PYTHON, ['-c', ERROR_OFFSET_PY, bad!.uri, String(off), String(16 * SECTOR)])
+      const res = JSON.parse(r.stdout)
+      assert.equal(res.result, 5)
+      const errors = res.chunks.filter((c: {status: number}) => c.status === res.READ_ERROR)
+      assert.equal(errors.length, 1)
+      assert.equal(errors[0].offset, b.offset)
+      assert.equal(errors[0].error, 5)
+    })
+
+    it('--bad-policy zero: bad areas read as zeros and are reported as holes', async () => {
+      const z = await serve(fx.image, {badPolicy: 'zero', unix: path.join(fx.dir, 'zero.sock'), threads})
+      try {
+        const out = path.join(fx.dir, 'zero-copy.raw')
+        await run('nbdcopy', [z.uri, out])
+        const expected = fs.readFileSync(fx.raw)
+        for (const b of fx.bad) expected.fill(0, b.offset, b.offset + b.length)
+        assert.ok(fs.readFileSync(out).equals(expected))
+        const map: Array<{offset: number; length: number; type: number}> = JSON.parse((await run('nbdinfo', ['--map', '--json', z.uri])).stdout)
+        for (const b of fx.bad) {
+          const m = map.find((x) => x.offset <= b.offset && b.offset < x.offset + x.length)!
+          assert.equal(m.type, 3)
+        }
+      } finally {
+        await stop(z)
+      }
+    })
+
+    if (threads) {
+      it('(the peers above were served by the threads)', () => {
+        for (const srv of [bad!, good!]) {
+          const st = srv.running.nbd.threads!.stats
+          assert.ok(st.connections >= 3, `${st.connections} connections handed to the threads`)
+          assert.equal(st.refused, 0)
+        }
+      })
     }
   })
-})
+}

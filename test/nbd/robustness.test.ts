@@ -46,6 +46,8 @@ describe('nbd server robustness (raw protocol client)', function () {
   let fx: Fixture
   let image: VdimgImage
   let srv: RunningNbdServer
+  /** The same export served by threads (threads.ts): the transmission tests run against both. */
+  let threaded: RunningNbdServer
   let port: number
   let raw: Buffer
   const clients: RawClient[] = []
@@ -73,6 +75,12 @@ describe('nbd server robustness (raw protocol client)', function () {
       listen: {kind: 'tcp', host: '127.0.0.1', port: 0},
       exportName: 'disk.vdimg',
     })
+    threaded = await startNbdServer(new BlockServer(image), {
+      listen: {kind: 'tcp', host: '127.0.0.1', port: 0},
+      exportName: 'disk.vdimg',
+      threads: {image: fx.image, perConnection: 2},
+    })
+    assert.equal(threaded.threadsPerConnection, 2)
     port = (srv.address as {port: number}).port
   })
 
@@ -82,6 +90,7 @@ describe('nbd server robustness (raw protocol client)', function () {
 
   after(async () => {
     await srv?.close()
+    await threaded?.close()
     await image?.close()
     fx?.cleanup()
   })
@@ -212,172 +221,192 @@ describe('nbd server robustness (raw protocol client)', function () {
     })
   })
 
-  describe('transmission', () => {
-    it('answers out of order: a slow read does not hold back a fast one', async () => {
-      const c = await connect()
-      await c.go({structured: true})
-      c.request(P.NBD_CMD_READ, 65536, 4096, 1n) // held 300 ms by the delay layer
-      c.request(P.NBD_CMD_READ, 0, 4096, 2n)
-      const first = await c.reply()
-      const second = await c.reply()
-      assert.deepEqual([first.cookie, second.cookie], [2n, 1n])
-      assert.ok(second.payload.subarray(8).equals(raw.subarray(65536, 65536 + 4096)))
-    })
+  for (const mode of ['main thread', 'serving threads'] as const) {
+    describe(`transmission (${mode})`, () => {
+      before(() => {
+        port = ((mode === 'main thread' ? srv : threaded).address as {port: number}).port
+      })
 
-    it('serves 200 pipelined reads with every reply matched to its cookie', async () => {
-      const c = await connect()
-      await c.go()
-      const lengths = new Map<bigint, number>()
-      const want = new Map<bigint, number>()
-      for (let i = 0; i < 200; i++) {
-        const off = ((i * 7919) % 2000) * SECTOR
-        const cookie = BigInt(i) * 0x100000001n
-        lengths.set(cookie, 8 * SECTOR)
-        want.set(cookie, off)
-        c.request(P.NBD_CMD_READ, off, 8 * SECTOR, cookie)
+
+      // The delay layer exists only in the main thread's source; threads.test.ts has the threads' versions.
+      if (mode === 'main thread') {
+        it('answers out of order: a slow read does not hold back a fast one', async () => {
+          const c = await connect()
+          await c.go({structured: true})
+          c.request(P.NBD_CMD_READ, 65536, 4096, 1n) // held 300 ms by the delay layer
+          c.request(P.NBD_CMD_READ, 0, 4096, 2n)
+          const first = await c.reply()
+          const second = await c.reply()
+          assert.deepEqual([first.cookie, second.cookie], [2n, 1n])
+          assert.ok(second.payload.subarray(8).equals(raw.subarray(65536, 65536 + 4096)))
+        })
       }
-      for (let i = 0; i < 200; i++) {
-        const r = await c.reply(lengths)
-        assert.equal(r.error, 0)
-        const off = want.get(r.cookie)!
-        assert.ok(r.payload.equals(raw.subarray(off, off + 8 * SECTOR)))
-        want.delete(r.cookie)
-      }
-      assert.equal(want.size, 0)
-    })
 
-    it('out-of-range and oversize reads are EINVAL and the session goes on', async () => {
-      const c = await connect()
-      await c.go({structured: true})
-      c.request(P.NBD_CMD_READ, fx.size - SECTOR, 2 * SECTOR, 1n)
-      c.request(P.NBD_CMD_READ, 0, 64 * 1024 * 1024, 2n)
-      c.send(Buffer.concat([u32(P.NBD_REQUEST_MAGIC), Buffer.from([0, 0, 0, 0]), Buffer.alloc(8, 3), Buffer.alloc(8, 0xff), u32(512)]))
-      const errs = [await c.reply(), await c.reply(), await c.reply()]
-      assert.deepEqual(errs.map((e) => e.error), [P.NBD_EINVAL, P.NBD_EINVAL, P.NBD_EINVAL])
-      assert.ok(errs.every((e) => e.type === P.NBD_REPLY_TYPE_ERROR && (e.flags! & P.NBD_REPLY_FLAG_DONE)))
-      c.request(P.NBD_CMD_READ, 0, 512, 4n)
-      assert.equal((await c.reply()).error, 0)
-    })
-
-    it('a read of an unreadable area is EIO (simple reply: no payload, the stream stays in step)', async () => {
-      const c = await connect()
-      await c.go()
-      const b = fx.bad[0]
-      c.request(P.NBD_CMD_READ, b.offset - SECTOR, 4 * SECTOR, 1n)
-      c.request(P.NBD_CMD_READ, b.offset + SECTOR, SECTOR, 2n)
-      const lengths = new Map([[2n, SECTOR]])
-      const replies = [await c.reply(lengths), await c.reply(lengths)].sort((x, y) => Number(x.cookie - y.cookie))
-      assert.equal(replies[0].error, P.NBD_EIO)
-      assert.equal(replies[0].payload.length, 0)
-      assert.equal(replies[1].error, 0)
-      assert.ok(replies[1].payload.equals(raw.subarray(b.offset + SECTOR, b.offset + 2 * SECTOR)))
-    })
-
-    it('writes are EPERM with their payload consumed; trim and write-zeroes EPERM; flush and cache succeed', async () => {
-      const c = await connect()
-      await c.go({structured: true})
-      c.send(Buffer.concat([P.encodeRequest(P.NBD_CMD_WRITE, 0, 1n, 0, 8192), crypto.randomBytes(8192)]))
-      c.request(P.NBD_CMD_TRIM, 0, 4096, 2n)
-      c.request(P.NBD_CMD_WRITE_ZEROES, 0, 4096, 3n)
-      c.request(P.NBD_CMD_FLUSH, 0, 0, 4n)
-      c.request(P.NBD_CMD_CACHE, 0, 65536, 5n)
-      c.request(P.NBD_CMD_CACHE, fx.size, 512, 6n)
-      c.request(99, 0, 0, 7n)
-      const got = new Map<bigint, number>()
-      for (let i = 0; i < 7; i++) {
-        const r = await c.reply()
-        got.set(r.cookie, r.error)
-      }
-      assert.deepEqual([...got.entries()].sort((a, b) => Number(a[0] - b[0])), [
-        [1n, P.NBD_EPERM],
-        [2n, P.NBD_EPERM],
-        [3n, P.NBD_EPERM],
-        [4n, 0],
-        [5n, 0],
-        [6n, P.NBD_EINVAL],
-        [7n, P.NBD_EINVAL],
-      ])
-      const data = await readOk(c, 0, 4096, 8n)
-      assert.ok(data.equals(raw.subarray(0, 4096)))
-    })
-
-    it('an oversize write closes the connection (its payload cannot be skipped safely)', async () => {
-      const c = await connect()
-      await c.go()
-      c.request(P.NBD_CMD_WRITE, 0, 0xffffffff, 1n)
-      await c.closed
-      await stillServes()
-    })
-
-    it('block status: needs a negotiated context; REQ_ONE gives one descriptor; zero length and past-the-end are EINVAL', async () => {
-      const plain = await connect()
-      await plain.go({structured: true})
-      plain.request(P.NBD_CMD_BLOCK_STATUS, 0, 4096, 1n)
-      assert.equal((await plain.reply()).error, P.NBD_EINVAL)
-
-      const c = await connect()
-      await c.go({structured: true, meta: true})
-      const zr = 2 * 1024 * 1024
-      c.request(P.NBD_CMD_BLOCK_STATUS, zr - 65536, 3 * 65536, 2n)
-      const r = await c.reply()
-      assert.equal(r.type, P.NBD_REPLY_TYPE_BLOCK_STATUS)
-      assert.equal(r.payload.readUInt32BE(0), 1)
-      const descs = []
-      for (let at = 4; at < r.payload.length; at += 8) descs.push([r.payload.readUInt32BE(at), r.payload.readUInt32BE(at + 4)])
-      assert.deepEqual(descs, [
-        [65536, 0],
-        [2 * 65536, P.NBD_STATE_HOLE | P.NBD_STATE_ZERO],
-      ])
-      c.request(P.NBD_CMD_BLOCK_STATUS, zr - 65536, 3 * 65536, 3n, P.NBD_CMD_FLAG_REQ_ONE)
-      const one = await c.reply()
-      assert.equal(one.payload.length, 12)
-      c.request(P.NBD_CMD_BLOCK_STATUS, 0, 0, 4n)
-      c.request(P.NBD_CMD_BLOCK_STATUS, fx.size - 512, 1024, 5n)
-      assert.deepEqual([(await c.reply()).error, (await c.reply()).error], [P.NBD_EINVAL, P.NBD_EINVAL])
-    })
-
-    it('a bad request magic closes the connection', async () => {
-      const c = await connect()
-      await c.go()
-      const bad = P.encodeRequest(P.NBD_CMD_READ, 0, 1n, 0, 512)
-      bad.writeUInt32BE(0xdeadbeef, 0)
-      c.send(bad)
-      await c.closed
-      await stillServes()
-    })
-
-    it('abrupt disconnects mid-request and mid-header never take the server down', async () => {
-      for (let i = 0; i < 20; i++) {
+      it('serves 200 pipelined reads with every reply matched to its cookie', async () => {
         const c = await connect()
-        await c.go({structured: i % 2 === 0})
-        for (let k = 0; k < 16; k++) c.request(P.NBD_CMD_READ, k * 1024 * 1024, 1024 * 1024, BigInt(k))
-        c.send(P.encodeRequest(P.NBD_CMD_READ, 0, 99n, 0, 512).subarray(0, 11))
-        c.destroy()
+        await c.go()
+        const lengths = new Map<bigint, number>()
+        const want = new Map<bigint, number>()
+        for (let i = 0; i < 200; i++) {
+          const off = ((i * 7919) % 2000) * SECTOR
+          const cookie = BigInt(i) * 0x100000001n
+          lengths.set(cookie, 8 * SECTOR)
+          want.set(cookie, off)
+          c.request(P.NBD_CMD_READ, off, 8 * SECTOR, cookie)
+        }
+        for (let i = 0; i < 200; i++) {
+          const r = await c.reply(lengths)
+          assert.equal(r.error, 0)
+          const off = want.get(r.cookie)!
+          assert.ok(r.payload.equals(raw.subarray(off, off + 8 * SECTOR)))
+          want.delete(r.cookie)
+        }
+        assert.equal(want.size, 0)
+      })
+
+      it('out-of-range and oversize reads are EINVAL and the session goes on', async () => {
+        const c = await connect()
+        await c.go({structured: true})
+        c.request(P.NBD_CMD_READ, fx.size - SECTOR, 2 * SECTOR, 1n)
+        c.request(P.NBD_CMD_READ, 0, 64 * 1024 * 1024, 2n)
+        c.send(Buffer.concat([u32(P.NBD_REQUEST_MAGIC), Buffer.from([0, 0, 0, 0]), Buffer.alloc(8, 3), Buffer.alloc(8, 0xff), u32(512)]))
+        const errs = [await c.reply(), await c.reply(), await c.reply()]
+        assert.deepEqual(errs.map((e) => e.error), [P.NBD_EINVAL, P.NBD_EINVAL, P.NBD_EINVAL])
+        assert.ok(errs.every((e) => e.type === P.NBD_REPLY_TYPE_ERROR && (e.flags! & P.NBD_REPLY_FLAG_DONE)))
+        c.request(P.NBD_CMD_READ, 0, 512, 4n)
+        assert.equal((await c.reply()).error, 0)
+      })
+
+      it('a read of an unreadable area is EIO (simple reply: no payload, the stream stays in step)', async () => {
+        const c = await connect()
+        await c.go()
+        const b = fx.bad[0]
+        c.request(P.NBD_CMD_READ, b.offset - SECTOR, 4 * SECTOR, 1n)
+        c.request(P.NBD_CMD_READ, b.offset + SECTOR, SECTOR, 2n)
+        const lengths = new Map([[2n, SECTOR]])
+        const replies = [await c.reply(lengths), await c.reply(lengths)].sort((x, y) => Number(x.cookie - y.cookie))
+        assert.equal(replies[0].error, P.NBD_EIO)
+        assert.equal(replies[0].payload.length, 0)
+        assert.equal(replies[1].error, 0)
+        assert.ok(replies[1].payload.equals(raw.subarray(b.offset + SECTOR, b.offset + 2 * SECTOR)))
+      })
+
+      it('writes are EPERM with their payload consumed; trim and write-zeroes EPERM; flush and cache succeed', async () => {
+        const c = await connect()
+        await c.go({structured: true})
+        c.send(Buffer.concat([P.encodeRequest(P.NBD_CMD_WRITE, 0, 1n, 0, 8192), crypto.randomBytes(8192)]))
+        c.request(P.NBD_CMD_TRIM, 0, 4096, 2n)
+        c.request(P.NBD_CMD_WRITE_ZEROES, 0, 4096, 3n)
+        c.request(P.NBD_CMD_FLUSH, 0, 0, 4n)
+        c.request(P.NBD_CMD_CACHE, 0, 65536, 5n)
+        c.request(P.NBD_CMD_CACHE, fx.size, 512, 6n)
+        c.request(99, 0, 0, 7n)
+        const got = new Map<bigint, number>()
+        for (let i = 0; i < 7; i++) {
+          const r = await c.reply()
+          got.set(r.cookie, r.error)
+        }
+        assert.deepEqual([...got.entries()].sort((a, b) => Number(a[0] - b[0])), [
+          [1n, P.NBD_EPERM],
+          [2n, P.NBD_EPERM],
+          [3n, P.NBD_EPERM],
+          [4n, 0],
+          [5n, 0],
+          [6n, P.NBD_EINVAL],
+          [7n, P.NBD_EINVAL],
+        ])
+        const data = await readOk(c, 0, 4096, 8n)
+        assert.ok(data.equals(raw.subarray(0, 4096)))
+      })
+
+      it('an oversize write closes the connection (its payload cannot be skipped safely)', async () => {
+        const c = await connect()
+        await c.go()
+        c.request(P.NBD_CMD_WRITE, 0, 0xffffffff, 1n)
+        await c.closed
+        await stillServes()
+      })
+
+      it('block status: needs a negotiated context; REQ_ONE gives one descriptor; zero length and past-the-end are EINVAL', async () => {
+        const plain = await connect()
+        await plain.go({structured: true})
+        plain.request(P.NBD_CMD_BLOCK_STATUS, 0, 4096, 1n)
+        assert.equal((await plain.reply()).error, P.NBD_EINVAL)
+
+        const c = await connect()
+        await c.go({structured: true, meta: true})
+        const zr = 2 * 1024 * 1024
+        c.request(P.NBD_CMD_BLOCK_STATUS, zr - 65536, 3 * 65536, 2n)
+        const r = await c.reply()
+        assert.equal(r.type, P.NBD_REPLY_TYPE_BLOCK_STATUS)
+        assert.equal(r.payload.readUInt32BE(0), 1)
+        const descs = []
+        for (let at = 4; at < r.payload.length; at += 8) descs.push([r.payload.readUInt32BE(at), r.payload.readUInt32BE(at + 4)])
+        assert.deepEqual(descs, [
+          [65536, 0],
+          [2 * 65536, P.NBD_STATE_HOLE | P.NBD_STATE_ZERO],
+        ])
+        c.request(P.NBD_CMD_BLOCK_STATUS, zr - 65536, 3 * 65536, 3n, P.NBD_CMD_FLAG_REQ_ONE)
+        const one = await c.reply()
+        assert.equal(one.payload.length, 12)
+        c.request(P.NBD_CMD_BLOCK_STATUS, 0, 0, 4n)
+        c.request(P.NBD_CMD_BLOCK_STATUS, fx.size - 512, 1024, 5n)
+        assert.deepEqual([(await c.reply()).error, (await c.reply()).error], [P.NBD_EINVAL, P.NBD_EINVAL])
+      })
+
+      it('a bad request magic closes the connection', async () => {
+        const c = await connect()
+        await c.go()
+        const bad = P.encodeRequest(P.NBD_CMD_READ, 0, 1n, 0, 512)
+        bad.writeUInt32BE(0xdeadbeef, 0)
+        c.send(bad)
+        await c.closed
+        await stillServes()
+      })
+
+      it('abrupt disconnects mid-request and mid-header never take the server down', async () => {
+        for (let i = 0; i < 20; i++) {
+          const c = await connect()
+          await c.go({structured: i % 2 === 0})
+          for (let k = 0; k < 16; k++) c.request(P.NBD_CMD_READ, k * 1024 * 1024, 1024 * 1024, BigInt(k))
+          c.send(P.encodeRequest(P.NBD_CMD_READ, 0, 99n, 0, 512).subarray(0, 11))
+          c.destroy()
+        }
+        const half = await connect()
+        await half.go()
+        half.send(Buffer.concat([P.encodeRequest(P.NBD_CMD_WRITE, 0, 1n, 0, 65536), Buffer.alloc(1000)]))
+        half.destroy()
+        await new Promise((r) => setTimeout(r, 200))
+        await stillServes()
+      })
+
+      if (mode === 'main thread') {
+        it('NBD_CMD_DISC: replies in flight are sent, then the server closes', async () => {
+          const c = await connect()
+          await c.go({structured: true})
+          c.request(P.NBD_CMD_READ, 65536, 4096, 1n) // slow
+          c.request(P.NBD_CMD_DISC, 0, 0, 2n)
+          const r = await c.reply()
+          assert.equal(r.cookie, 1n)
+          assert.equal(r.error, 0)
+          await c.closed
+        })
       }
-      const half = await connect()
-      await half.go()
-      half.send(Buffer.concat([P.encodeRequest(P.NBD_CMD_WRITE, 0, 1n, 0, 65536), Buffer.alloc(1000)]))
-      half.destroy()
-      await new Promise((r) => setTimeout(r, 200))
-      await stillServes()
-    })
 
-    it('NBD_CMD_DISC: replies in flight are sent, then the server closes', async () => {
-      const c = await connect()
-      await c.go({structured: true})
-      c.request(P.NBD_CMD_READ, 65536, 4096, 1n) // slow
-      c.request(P.NBD_CMD_DISC, 0, 0, 2n)
-      const r = await c.reply()
-      assert.equal(r.cookie, 1n)
-      assert.equal(r.error, 0)
-      await c.closed
-    })
+      it('nbdinfo still works after all of the above', async () => {
+        const r = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/disk.vdimg`])
+        assert.equal(Number(r.stdout.trim()), fx.size)
+      })
 
-    it('nbdinfo still works after all of the above', async () => {
-      const r = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/disk.vdimg`])
-      assert.equal(Number(r.stdout.trim()), fx.size)
+      if (mode === 'serving threads') {
+        it('the connections above were served by the threads (a burst beyond the pool falls back to the main thread)', () => {
+          const st = threaded.nbd.threads!.stats
+          assert.ok(st.connections >= 20, `only ${st.connections} connections were handed to the threads`)
+          assert.ok(st.threads <= 8)
+        })
+      }
     })
-  })
+  }
 
   it('close() finishes reads in flight, then closes every connection and the listener', async () => {
     const sock = path.join(fx.dir, 'closing.sock')

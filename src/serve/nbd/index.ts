@@ -4,15 +4,38 @@
  */
 import * as fs from 'node:fs'
 import * as net from 'node:net'
+import * as os from 'node:os'
 import type {BlockServer} from '../../core/blockserver'
 import {listen, type ListenAddress} from '../listen'
 import {NbdServer} from './server'
+import {ServeThreads} from './threads'
 
 export {NbdServer, NbdConnection, MAX_OPTION_LENGTH, MAX_OPTIONS} from './server'
 export const NBD_DEFAULT_PORT = 10809 // IANA-assigned NBD port ("Newstyle negotiation")
 
+/** Serving threads (threads.ts) for a VDIMG image: each opens `image` itself. */
+export interface NbdThreadOptions {
+  image: string
+  /** Threads per connection (default: the number of cores, at most 8). */
+  perConnection?: number
+  /** Threads in all (default: four connections' worth, at least 8). */
+  maxThreads?: number
+  /** Decompressed-chunk cache of each thread (default 8 MiB). */
+  cacheBytes?: number
+  /** How long a thread polls for a connection's next request before sleeping (default 20 µs; 0: never). */
+  pollMicroseconds?: number
+}
+
+export const DEFAULT_POLL_MICROSECONDS = 20
+
+export function defaultThreadsPerConnection(): number {
+  return Math.min(8, os.availableParallelism())
+}
+
 export interface RunningNbdServer {
   nbd: NbdServer
+  /** Serving threads per connection; 0 when connections are served on the main thread. */
+  threadsPerConnection: number
   address: ListenAddress
   /** Stop accepting, finish in-flight requests, close every connection (and remove a Unix socket). */
   close(): Promise<void>
@@ -20,16 +43,41 @@ export interface RunningNbdServer {
 
 export async function startNbdServer(
   server: BlockServer,
-  opts: {listen: ListenAddress; exportName: string; description?: string; log?: (line: string) => void},
+  opts: {listen: ListenAddress; exportName: string; description?: string; log?: (line: string) => void; threads?: NbdThreadOptions},
 ): Promise<RunningNbdServer> {
-  const nbd = new NbdServer(server, {exportName: opts.exportName, description: opts.description, log: opts.log})
+  let threads: ServeThreads | undefined
+  if (opts.threads) {
+    const perConnection = opts.threads.perConnection ?? defaultThreadsPerConnection()
+    try {
+      threads = await ServeThreads.start({
+        image: opts.threads.image,
+        badPolicy: server.badPolicy,
+        cacheBytes: opts.threads.cacheBytes ?? 8 << 20,
+        pollMicroseconds: opts.threads.pollMicroseconds ?? DEFAULT_POLL_MICROSECONDS,
+        perConnection,
+        maxThreads: opts.threads.maxThreads ?? Math.max(8, 4 * perConnection),
+        log: opts.log ?? (() => {}),
+      })
+    } catch (err) {
+      // No koffi/libc here (not Linux), or the image cannot be opened by a thread: serve on this thread.
+      opts.log?.(`serving threads unavailable, serving on the main thread: ${(err as Error).message.split('\n')[0]}`)
+    }
+  }
+  const nbd = new NbdServer(server, {exportName: opts.exportName, description: opts.description, log: opts.log, threads})
   const listener = net.createServer({noDelay: true})
   nbd.attach(listener)
   if (opts.listen.kind === 'unix') await removeStaleSocket(opts.listen.path)
-  const address = await listen(listener, opts.listen)
+  let address: ListenAddress
+  try {
+    address = await listen(listener, opts.listen)
+  } catch (err) {
+    await threads?.close()
+    throw err
+  }
   let closing: Promise<void> | undefined
   return {
     nbd,
+    threadsPerConnection: threads ? (opts.threads!.perConnection ?? defaultThreadsPerConnection()) : 0,
     address,
     close() {
       closing ??= (async () => {

@@ -47,7 +47,8 @@ export class SocketReader {
       this.pending = null
       p.resolve(this.take(p.n))
     }
-    if (this.available > HIGH_WATER && !this.paused) {
+    // Above the mark, stop reading, unless a read waits for more than that (it bounds its own size).
+    if (this.available > HIGH_WATER && !this.paused && !this.pending) {
       this.paused = true
       this.socket.pause()
     }
@@ -110,6 +111,19 @@ export class SocketReader {
       this.socket.resume()
     }
     return new Promise((resolve, reject) => (this.pending = {n, resolve, reject}))
+  }
+
+  /** Every byte buffered so far, taken out of the reader (the socket is being handed to someone else). */
+  takeBuffered(): Buffer {
+    const out = this.available > 0 ? this.take(this.available) : Buffer.alloc(0)
+    return Buffer.from(out) // a copy: `take` may return a view of a larger chunk
+  }
+
+  /** Put bytes taken by takeBuffered back in front (the hand-off did not happen). */
+  putBack(b: Buffer): void {
+    if (b.length === 0) return
+    this.chunks.unshift(b)
+    this.available += b.length
   }
 
   /** Discard n bytes without keeping them (a refused write's payload). */

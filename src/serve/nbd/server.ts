@@ -3,18 +3,27 @@
  * simple or structured replies. Requests are served concurrently and answered as they finish (out of order);
  * each reply is written whole in one synchronous step, so replies never interleave. The same connection code
  * serves the Linux kernel client on one end of a socketpair, which speaks the transmission phase only.
+ * With serving threads (threads.ts), a connection's transmission phase is handed to them after the
+ * handshake; what each request gets as its answer is decided in respond.ts for both.
  * Spec: NetworkBlockDevice/nbd doc/proto.md; constants and encoders in protocol.ts.
  */
 import type {Server, Socket} from 'node:net'
-import {BlockError, type BlockServer} from '../../core/blockserver'
+import type {BlockServer} from '../../core/blockserver'
 import * as P from './protocol'
 import {EndOfStream, SocketReader} from './reader'
+import {BASE_ALLOCATION_ID, Responder, type Reply, type Session} from './respond'
+import type {ServeThreads, ThreadedConnection} from './threads'
 
 export interface NbdServerOptions {
   /** The export's canonical name (vdev uses the image file name); "" always selects it too. */
   exportName: string
   description?: string
   log?: (line: string) => void
+  /**
+   * Serving threads: after the handshake a connection's requests are read, served and answered by these
+   * (threads.ts); the main thread serves only when none is free. Closed with the server.
+   */
+  threads?: ServeThreads
 }
 
 /** Option data is small (strings are at most 4096 bytes); anything larger is taken for abuse. */
@@ -25,14 +34,6 @@ export const MAX_OPTIONS = 256
 const MAX_IN_FLIGHT = 64
 /** Stop taking requests while this much reply data waits in the socket. */
 const OUTPUT_HIGH_WATER = 64 * 1024 * 1024
-/** At most this many descriptors in one block status reply (spec: SHOULD NOT send more than 2^20). */
-const MAX_DESCRIPTORS = 16384
-const BASE_ALLOCATION_ID = 1
-
-interface Session {
-  structured: boolean
-  metaContext: boolean
-}
 
 class ProtocolViolation extends Error {}
 
@@ -46,6 +47,10 @@ export class NbdServer {
     private readonly opts: NbdServerOptions,
   ) {
     this.exportName = opts.exportName
+  }
+
+  get threads(): ServeThreads | undefined {
+    return this.opts.threads
   }
 
   get description(): string {
@@ -98,10 +103,11 @@ export class NbdServer {
     return this.connections.size
   }
 
-  /** Stop reading new requests on every connection, finish those in flight, then close the sockets. */
+  /** Stop reading new requests on every connection, finish those in flight, then close the sockets (and the threads). */
   async close(): Promise<void> {
     this.closing = true
     await Promise.all([...this.connections].map((c) => c.shutdown()))
+    await this.opts.threads?.close()
   }
 }
 
@@ -114,6 +120,9 @@ export class NbdConnection {
   private stopped: Promise<void>
   private resolveStopped!: () => void
   private readonly peer: string
+  private responder!: Responder
+  /** Set once the transmission phase was handed to serving threads. */
+  private threaded: ThreadedConnection | undefined
 
   constructor(
     private readonly nbd: NbdServer,
@@ -134,6 +143,7 @@ export class NbdConnection {
   /** Graceful stop: no new requests, in-flight ones answered, then the socket closed. */
   async shutdown(): Promise<void> {
     this.stopping = true
+    await this.threaded?.stop()
     await this.idle()
     this.close()
     await this.stopped
@@ -148,7 +158,10 @@ export class NbdConnection {
 
   async run(): Promise<void> {
     try {
-      if (this.transmissionOnly || (await this.handshake())) await this.transmission()
+      if (this.transmissionOnly || (await this.handshake())) {
+        this.responder = new Responder(this.nbd.server, this.session, {sync: false, log: (l) => this.nbd.log(l), peer: this.peer})
+        if (!(await this.handOff())) await this.transmission()
+      }
     } catch (err) {
       if (!(err instanceof EndOfStream)) this.nbd.log(`nbd ${this.peer}: ${(err as Error).message}`)
     } finally {
@@ -297,43 +310,53 @@ export class NbdConnection {
         this.replyError(req, P.NBD_ESHUTDOWN, 'the server is shutting down')
         return
       }
-      switch (req.type) {
-        case P.NBD_CMD_READ:
-          this.read(req)
-          break
-        case P.NBD_CMD_WRITE:
-          // The payload follows the header; it must be consumed (or the connection closed) to stay in sync.
-          if (req.length > P.MAX_PAYLOAD) throw new ProtocolViolation(`write payload of ${req.length} bytes`)
-          await reader.skip(req.length)
-          this.replyError(req, P.NBD_EPERM, 'the export is read-only')
-          break
-        case P.NBD_CMD_TRIM:
-        case P.NBD_CMD_WRITE_ZEROES:
-          this.replyError(req, P.NBD_EPERM, 'the export is read-only')
-          break
-        case P.NBD_CMD_DISC:
-          // "The server MUST handle all outstanding requests" before closing (run() waits for them).
-          return
-        case P.NBD_CMD_FLUSH:
-          this.replyOk(req)
-          break
-        case P.NBD_CMD_CACHE:
-          if (this.checkRange(req)) this.replyOk(req)
-          break
-        case P.NBD_CMD_BLOCK_STATUS:
-          this.blockStatus(req)
-          break
-        default:
-          this.replyError(req, P.NBD_EINVAL, `unknown command ${req.type}`)
+      if (req.type === P.NBD_CMD_WRITE) {
+        // The payload follows the header; it must be consumed (or the connection closed) to stay in sync.
+        if (req.length > P.MAX_PAYLOAD) throw new ProtocolViolation(`write payload of ${req.length} bytes`)
+        await reader.skip(req.length)
       }
+      // "The server MUST handle all outstanding requests" before closing (run() waits for them).
+      if (req.type === P.NBD_CMD_DISC) return
+      const reply = this.responder.answer(req)
+      if (!(reply instanceof Promise)) {
+        this.send(reply)
+        continue
+      }
+      this.begin()
+      void reply.then((r) => {
+        this.send(r)
+        this.finish()
+      })
     }
   }
 
-  private checkRange(req: P.Request): boolean {
-    if (req.offset + req.length > this.nbd.server.size) {
-      this.replyError(req, P.NBD_EINVAL, `request of ${req.length} bytes at ${req.offset} extends past the end (${this.nbd.server.size})`)
+  /**
+   * Hand the transmission phase to serving threads, if the server has them and one is free: the socket's
+   * descriptor is duplicated for them and Node's handle closed, together with any request bytes already
+   * read. Returns once the threads have finished with the connection; false when it stays on this thread.
+   */
+  private async handOff(): Promise<boolean> {
+    const pool = this.nbd.threads
+    if (!pool || this.stopping || this.socket.destroyed) return false
+    const fd = (this.socket as unknown as {_handle?: {fd?: unknown}})._handle?.fd
+    if (typeof fd !== 'number' || fd < 0) return false
+    // The handshake's last reply must be on its way before the socket changes hands.
+    if (this.socket.writableLength > 0) await this.drained()
+    if (this.stopping || this.socket.destroyed) return false
+    const libc = pool.libc
+    const dup = libc.fcntl(fd, libc.F_DUPFD_CLOEXEC, 0)
+    if (dup < 0) return false
+    // From here to destroy() all is synchronous: no more data can reach the reader in between.
+    const leftover = this.reader.takeBuffered()
+    const threaded = pool.serve(dup, this.session, leftover, this.peer)
+    if (!threaded) {
+      libc.close(dup)
+      this.reader.putBack(leftover)
       return false
     }
+    this.threaded = threaded
+    this.socket.destroy()
+    await threaded.done
     return true
   }
 
@@ -370,95 +393,11 @@ export class NbdConnection {
     return new Promise((resolve) => this.idleWaiters.push(resolve))
   }
 
-  private read(req: P.Request): void {
-    if (req.length > P.MAX_PAYLOAD) {
-      this.replyError(req, P.NBD_EINVAL, `read of ${req.length} bytes exceeds the ${P.MAX_PAYLOAD}-byte maximum`)
-      return
-    }
-    if (!this.checkRange(req)) return
-    this.begin()
-    this.nbd.server.read(req.offset, req.length).then(
-      (data) => {
-        if (this.session.structured) {
-          if (data.length === 0) this.write(P.encodeNoneChunk(req.cookie))
-          else this.write(P.encodeOffsetDataHeader(req.cookie, P.NBD_REPLY_FLAG_DONE, req.offset, data.length), data)
-        } else this.write(P.encodeSimpleReply(req.cookie, 0), data)
-        this.finish()
-      },
-      (err: unknown) => {
-        const e = err instanceof BlockError ? err : new BlockError('EIO', String((err as Error)?.message ?? err))
-        const errno = P.ERRNO_TO_NBD[e.errno] ?? P.NBD_EIO
-        // Name the first unreadable byte, rounded down to its sector, so the client knows where reading failed.
-        let at: number | undefined
-        if (e.errno === 'EIO' && e.bad.length > 0) {
-          const sector = this.nbd.server.sectorSize
-          at = Math.max(req.offset, Math.floor(e.bad[0].offset / sector) * sector)
-        }
-        this.replyError(req, errno, e.message, at)
-        this.finish()
-      },
-    )
+  private send(reply: Reply): void {
+    this.write(...reply)
   }
 
-  private blockStatus(req: P.Request): void {
-    if (!this.session.metaContext) {
-      this.replyError(req, P.NBD_EINVAL, 'no metadata context was negotiated')
-      return
-    }
-    if (req.length === 0) {
-      this.replyError(req, P.NBD_EINVAL, 'block status of zero bytes')
-      return
-    }
-    if (!this.checkRange(req)) return
-    this.begin()
-    this.extents(req.offset, req.length).then((descs) => {
-      if (req.flags & P.NBD_CMD_FLAG_REQ_ONE) descs = descs.slice(0, 1)
-      this.write(P.encodeBlockStatusChunk(req.cookie, P.NBD_REPLY_FLAG_DONE, BASE_ALLOCATION_ID, descs))
-      this.finish()
-    })
-  }
-
-  /** base:allocation descriptors for [offset, offset+length): zeros as hole+zero, everything else as data. */
-  private async extents(offset: number, length: number): Promise<Array<{length: number; status: number}>> {
-    const source = this.nbd.server.source
-    const zeroBad = this.nbd.server.badPolicy === 'zero'
-    const out: Array<{length: number; status: number}> = []
-    try {
-      if (source.extents) {
-        let at = offset
-        for (const e of await source.extents(offset, length)) {
-          // Clip to the request and require the list to be contiguous; anything else ends the list early.
-          const s = Math.max(e.offset, offset)
-          const end = Math.min(e.offset + e.length, offset + length)
-          if (s !== at || end <= s) break
-          // Bad areas read as EIO under the default policy: never claim they are zeros, or copy tools would
-          // skip them and write zeros instead of reporting the error.
-          const zero = e.kind === 'zero' || (e.kind === 'bad' && zeroBad)
-          const status = zero ? P.NBD_STATE_HOLE | P.NBD_STATE_ZERO : 0
-          const last = out[out.length - 1]
-          if (last && last.status === status) last.length += end - s
-          else {
-            if (out.length >= MAX_DESCRIPTORS) break
-            out.push({length: end - s, status})
-          }
-          at = end
-        }
-      }
-    } catch (err) {
-      this.nbd.log(`nbd ${this.peer}: extents(${offset}, ${length}) failed: ${(err as Error).message}`)
-      out.length = 0
-    }
-    // "The server MAY always safely report a status of 0 for any block."
-    if (out.length === 0) out.push({length, status: 0})
-    return out
-  }
-
-  private replyOk(req: P.Request): void {
-    this.write(P.encodeSimpleReply(req.cookie, 0))
-  }
-
-  private replyError(req: P.Request, errno: number, message: string, offset?: number): void {
-    if (this.session.structured) this.write(P.encodeErrorChunk(req.cookie, P.NBD_REPLY_FLAG_DONE, errno, message, offset))
-    else this.write(P.encodeSimpleReply(req.cookie, errno))
+  private replyError(req: P.Request, errno: number, message: string): void {
+    this.send(this.responder.error(req, errno, message))
   }
 }
