@@ -6,6 +6,7 @@
  * threads, descriptors left open. Real sockets, real VDIMG images from the real writer.
  */
 import * as assert from 'node:assert/strict'
+import {spawn} from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {BlockServer} from '../../src/core/blockserver'
@@ -234,6 +235,33 @@ describe('nbd serving threads', function () {
     // Each session went to the threads, or to the main thread while all 8 were still busy with earlier ones.
     assert.equal(st.connections + st.refused, 30)
     assert.ok(st.connections >= 15 && st.threads <= 8, JSON.stringify(st))
+  })
+
+  it('process.exit() with a client connected does not hang (a thread asleep in read(2) is woken)', async () => {
+    // A separate process: Node joins its threads at exit, so a hang here would be a hung test process.
+    const script = `
+      const {BlockServer} = require(${JSON.stringify(path.resolve(__dirname, '../../src/core/blockserver.js'))})
+      const {openImage} = require(${JSON.stringify(path.resolve(__dirname, '../../src/format/reader.js'))})
+      const {startNbdServer} = require(${JSON.stringify(path.resolve(__dirname, '../../src/serve/nbd/index.js'))})
+      const {RawClient} = require(${JSON.stringify(path.resolve(__dirname, 'rawclient.js'))})
+      ;(async () => {
+        const image = await openImage(process.argv[1])
+        const s = await startNbdServer(new BlockServer(image), {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, exportName: '', threads: {image: process.argv[1], perConnection: 2}})
+        const c = await RawClient.connect({port: s.address.port})
+        await c.go()
+        c.request(0, 0, 512, 1n, 0)
+        await c.reply(new Map([[1n, 512]]))
+        if (s.nbd.threads.stats.connections !== 1) throw new Error('not served by the threads')
+        setTimeout(() => process.exit(0), 100) // the connection's threads are idle in read(2) by now
+      })().catch((e) => { console.error(e); process.exit(3) })`
+    const child = spawn(process.execPath, ['-e', script, fx.goodImage], {stdio: ['ignore', 'ignore', 'pipe']})
+    let err = ''
+    child.stderr!.on('data', (d) => (err += d))
+    const code = await new Promise<number | string>((resolve) => {
+      const t = setTimeout(() => (child.kill('SIGKILL'), resolve('hung')), 10_000)
+      child.on('exit', (c) => (clearTimeout(t), resolve(c ?? -1)))
+    })
+    assert.equal(code, 0, err)
   })
 
   it('when no thread can open the image, the main thread serves and says so', async () => {

@@ -60,6 +60,8 @@ describe('kernel NBD backend (real kernel)', function () {
     assert.match(w.stderr, /Operation not permitted|Read-only file system|Permission denied/)
     // The kernel records which thread serves it.
     assert.ok(nbdState(Number(/\d+$/.exec(dev)![0])).pid! > 0)
+    // A VDIMG image: the kernel's requests are served by serving threads (src/serve/nbd/threads.ts).
+    assert.ok(log.some((l) => /\d+ serving threads$/.test(l)), log.join('\n'))
   })
 
   it('shows the partitions of the image', async () => {
@@ -194,5 +196,8 @@ describe('kernel NBD backend (real kernel)', function () {
     assert.deepEqual(connectedNbd(), [])
     assert.ok(freeNbd().some((f) => f.index === index))
     assert.ok(log.some((l) => l.includes(`${dev} disconnected`)), log.join('\n'))
+    // Everything above was read through the serving threads.
+    const served = log.map((l) => /serving threads served (\d+) reads/.exec(l)).find(Boolean)
+    assert.ok(served && Number(served[1]) > 100, log.join('\n'))
   })
 })

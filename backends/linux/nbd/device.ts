@@ -13,6 +13,7 @@ import type {BlockServer} from '../../../src/core/blockserver'
 import {VdevError} from '../../../src/core/errors'
 import * as libc from '../../../src/sys/libc'
 import {NbdServer} from '../../../src/serve/nbd/server'
+import type {ServeThreads} from '../../../src/serve/nbd/threads'
 import type {DoItWorkerData} from './do-it-worker'
 import {freeNbd, nbdPartitions, nbdState} from './sysfs'
 import * as U from './uapi'
@@ -23,6 +24,8 @@ export interface NbdAttachOptions {
   timeoutSeconds?: number
   /** Try only these devices (default: every free /dev/nbdN). */
   candidates?: string[]
+  /** Serving threads for the kernel's requests (src/serve/nbd/threads.ts); without them the main thread serves. */
+  threads?: ServeThreads
 }
 
 type WorkerMessage =
@@ -92,7 +95,7 @@ export class NbdKernelDevice {
       throw new VdevError(first.type === 'error' && first.errno === libc.ERRNO.EBUSY ? 'busy' : 'io', `nbd: ${m}`)
     }
     const index = Number(/(\d+)$/.exec(first.device)![1])
-    const nbd = new NbdServer(server, {exportName: opts.exportName, log: opts.log})
+    const nbd = new NbdServer(server, {exportName: opts.exportName, log: opts.log, threads: opts.threads})
     nbd.handleTransmission(new net.Socket({fd: ours, readable: true, writable: true}))
     const dev = new NbdKernelDevice(first.device, index, first.fd, worker, nbd, opts.log)
     try {
@@ -152,6 +155,11 @@ export class NbdKernelDevice {
       }
       await Promise.race([this.closed, sleep(10_000)])
       await this.nbd.close()
+      const threads = this.nbd.threads
+      if (threads) {
+        const t = threads.servedTotals
+        this.log(`nbd: serving threads served ${t.reads} reads, ${t.bytes} bytes, ${t.errors} errors (${t.badReads} touching bad areas)`)
+      }
       this.log(`nbd: ${this.device} disconnected`)
     })())
   }

@@ -4,6 +4,7 @@
  * Read-only (NBD_FLAG_READ_ONLY, so `blockdev --getro` is 1); partitions appear as /dev/nbdNpK.
  */
 import * as fs from 'node:fs'
+import * as os from 'node:os'
 import * as path from 'node:path'
 import type {AttachContext, AttachedDevice, Backend, Probe} from '../../../src/core/backend'
 import type {BlockServer} from '../../../src/core/blockserver'
@@ -39,10 +40,40 @@ export const backend: Backend = {
   },
 
   async attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice> {
-    // Loaded on first use: it loads libc through koffi.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    // Loaded on first use: they load libc through koffi.
+    /* eslint-disable @typescript-eslint/no-require-imports */
     const {NbdKernelDevice} = require('./device') as typeof import('./device')
-    const dev = await NbdKernelDevice.attach(server, {exportName: path.basename(ctx.image), log: ctx.log})
+    const {ServeThreads} = require('../../../src/serve/nbd/threads') as typeof import('../../../src/serve/nbd/threads')
+    const {VdimgImage} = require('../../../src/format/reader') as typeof import('../../../src/format/reader')
+    /* eslint-enable @typescript-eslint/no-require-imports */
+    // A VDIMG image can be opened again by serving threads, which then decode the kernel's requests on
+    // several cores; any other source is served on the main thread.
+    let threads: import('../../../src/serve/nbd/threads').ServeThreads | undefined
+    if (server.source instanceof VdimgImage) {
+      const count = serveThreadCount()
+      try {
+        threads = await ServeThreads.start({
+          image: path.resolve(server.source.path),
+          badPolicy: server.badPolicy,
+          cacheBytes: 2 << 20,
+          pollMicroseconds: 20,
+          perConnection: count,
+          // The kernel makes one connection: no threads kept warm for another.
+          maxThreads: count,
+          log: ctx.log,
+        })
+      } catch (err) {
+        ctx.log(`nbd: serving threads unavailable, serving on the main thread: ${(err as Error).message}`)
+      }
+    }
+    let dev: import('./device').NbdKernelDevice
+    try {
+      dev = await NbdKernelDevice.attach(server, {exportName: path.basename(ctx.image), log: ctx.log, threads})
+    } catch (err) {
+      await threads?.close()
+      throw err
+    }
+    ctx.log(`nbd: ${dev.device}: ${threads ? `${threads.stats.threads} serving threads` : 'served on the main thread'}`)
     let partitions: string[] = []
     try {
       partitions = await dev.scanPartitions()
@@ -81,4 +112,12 @@ export const backend: Backend = {
     }
     log(`nbd: ${s.device} disconnected (its server had died)`)
   },
+}
+
+/**
+ * Serving threads for the kernel's connection: one per core, at least 2 and at most 3 (as the FUSE backend:
+ * each costs about 12 MB, and a core is left for the kernel and the reader of the device).
+ */
+function serveThreadCount(): number {
+  return Math.max(2, Math.min(3, os.availableParallelism()))
 }

@@ -18,9 +18,13 @@ export interface NbdThreadOptions {
   image: string
   /** Threads per connection (default: the number of cores, at most 8). */
   perConnection?: number
-  /** Threads in all (default: four connections' worth, at least 8). */
+  /** Threads in all (default: two connections' worth, at least 8); connections beyond are served on the main thread. */
   maxThreads?: number
-  /** Decompressed-chunk cache of each thread (default 8 MiB). */
+  /**
+   * Decompressed-chunk cache of each thread (default 2 MiB). Small on purpose: it is per thread, a thread
+   * keeps serving a client that sends one request at a time (so neighbouring small reads hit its cache),
+   * and random reads of a large image rarely hit any cache.
+   */
   cacheBytes?: number
   /** How long a thread polls for a connection's next request before sleeping (default 20 µs; 0: never). */
   pollMicroseconds?: number
@@ -52,10 +56,10 @@ export async function startNbdServer(
       threads = await ServeThreads.start({
         image: opts.threads.image,
         badPolicy: server.badPolicy,
-        cacheBytes: opts.threads.cacheBytes ?? 8 << 20,
+        cacheBytes: opts.threads.cacheBytes ?? 2 << 20,
         pollMicroseconds: opts.threads.pollMicroseconds ?? DEFAULT_POLL_MICROSECONDS,
         perConnection,
-        maxThreads: opts.threads.maxThreads ?? Math.max(8, 4 * perConnection),
+        maxThreads: opts.threads.maxThreads ?? Math.max(8, 2 * perConnection),
         log: opts.log ?? (() => {}),
       })
     } catch (err) {

@@ -232,7 +232,12 @@ async function main(): Promise<void> {
       void image.close().finally(() => process.exit(0))
       return
     }
-    void serve(server, m).then((reason) => post({done: m.connection, reason}))
+    const before = server.stats
+    void serve(server, m).then((reason) => {
+      const after = server.stats
+      const served = {reads: after.reads - before.reads, bytes: after.bytes - before.bytes, errors: after.errors - before.errors, badReads: after.badReads - before.badReads}
+      post({done: m.connection, reason, served})
+    })
   })
   post({ready: true})
 }

@@ -52,7 +52,15 @@ export interface Assignment {
 }
 
 /** thread → main */
-export type ThreadMessage = {ready: true} | {done: number; reason: string} | {log: string} | {fatal: string}
+/** What a thread served for one connection (its BlockServer's counters). */
+export interface Served {
+  reads: number
+  bytes: number
+  errors: number
+  badReads: number
+}
+
+export type ThreadMessage = {ready: true} | {done: number; reason: string; served: Served} | {log: string} | {fatal: string}
 
 export function lock(a: Int32Array, i: number): void {
   let c = Atomics.compareExchange(a, i, 0, 1)
@@ -99,13 +107,24 @@ export class ServeThreads {
   private nextConnection = 1
   private handed = 0
   private refused = 0
+  private readonly served: Served = {reads: 0, bytes: 0, errors: 0, badReads: 0}
+  private readonly live = new Set<ThreadedConnection>()
   private closed = false
+  /**
+   * At exit Node joins its worker threads, and one asleep in read(2) on a connection would never return:
+   * shutting the connections down wakes them (they end as V8 stops them).
+   */
+  private readonly exitHook = () => {
+    for (const c of this.live) this.libc.shutdown(c.fd, this.libc.SHUT_RDWR)
+  }
 
   private constructor(
     private readonly opts: ServeThreadsOptions,
     /** Descriptor calls (fcntl, shutdown, close) for the connections handed over. */
     readonly libc: Libc,
-  ) {}
+  ) {
+    process.on('exit', this.exitHook)
+  }
 
   /** Start `perConnection` threads; rejects when they cannot serve (no koffi/libc, or the image fails to open). */
   static async start(opts: ServeThreadsOptions): Promise<ServeThreads> {
@@ -125,6 +144,11 @@ export class ServeThreads {
   /** Threads started and serving or idle; connections handed to them; connections refused for want of one. */
   get stats(): {threads: number; connections: number; refused: number} {
     return {threads: this.all.size, connections: this.handed, refused: this.refused}
+  }
+
+  /** What the threads served, counted when each thread leaves a connection. */
+  get servedTotals(): Served {
+    return {...this.served}
   }
 
   private spawn(): Promise<ServeThread> {
@@ -159,7 +183,10 @@ export class ServeThreads {
         else if ('fatal' in m) {
           if (state === 'starting') failed(m.fatal)
           else this.opts.log(`nbd: serving thread failed: ${m.fatal}`)
-        } else if ('done' in m) this.left(t, m.reason)
+        } else if ('done' in m) {
+          for (const k of ['reads', 'bytes', 'errors', 'badReads'] as const) this.served[k] += m.served[k]
+          this.left(t, m.reason)
+        }
       })
       const gone = (why: string) => {
         if (state !== 'ready') return failed(why)
@@ -193,6 +220,8 @@ export class ServeThreads {
     const fl = this.libc.fcntl(fd, this.libc.F_GETFL, 0)
     if (fl >= 0) this.libc.fcntl(fd, this.libc.F_SETFL, fl & ~this.libc.O_NONBLOCK)
     const c = new ThreadedConnection(this.nextConnection++, fd, session, leftover, peer, this.libc, this.opts.log)
+    this.live.add(c)
+    void c.done.then(() => this.live.delete(c))
     const first = this.idle.splice(0, want)
     for (const t of first) this.assign(t, c)
     // Threads still missing are started now and join the connection when ready (a thread can join a
@@ -244,6 +273,7 @@ export class ServeThreads {
   /** Stop every thread (connections must have ended). */
   async close(): Promise<void> {
     this.closed = true
+    process.off('exit', this.exitHook)
     const threads = [...this.all]
     this.all.clear()
     this.idle.length = 0
