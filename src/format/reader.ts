@@ -85,6 +85,8 @@ export class VdimgImage implements BlockSource {
   /** Sync mode: decode buffers (each chunkSize bytes) evicted from the cache, ready for reuse. */
   private readonly spare: Buffer[] = []
   private storedScratch: Buffer | undefined
+  /** Sync mode: an index table evicted by a synchronous load, reused by the next one. */
+  private spareL2: Buffer | undefined
   private hits = 0
   private misses = 0
   private closed = false
@@ -175,7 +177,16 @@ export class VdimgImage implements BlockSource {
   private l2TableSync(g: number): Buffer | ChunkKind {
     const at = this.l2Locate(g)
     if (typeof at === 'number' || Buffer.isBuffer(at)) return at
-    return this.l2Accept(g, at, preadExactSync(this.fd, at.length, at.offset, this.path))
+    // Sync mode recycles the table this load evicts for the next load, as it does decode buffers: random
+    // reads over more index groups than the cache holds would otherwise drop a table (96 KiB by default)
+    // per load, which V8 frees only at its next collection — tens of MB per serving thread.
+    const into = this.spareL2 !== undefined && this.spareL2.length >= at.length ? this.spareL2 : undefined
+    this.spareL2 = undefined
+    const oldest = this.sync && this.l2Cache.size >= this.maxL2Tables ? this.l2Cache.keys().next().value : undefined
+    const evicted = oldest !== undefined ? this.l2Cache.get(oldest) : undefined
+    const table = this.l2Accept(g, at, preadExactSync(this.fd, at.length, at.offset, this.path, into))
+    if (evicted && !this.l2Cache.has(oldest!)) this.spareL2 = evicted
+    return table
   }
 
   /** How many chunks of group `g` have each kind (index = ChunkKind), straight from its table. */
