@@ -4,7 +4,6 @@
  * the image's sector size). Works on any Linux with FUSE and loop, no special modules; costs two hops.
  */
 import * as fs from 'node:fs'
-import * as os from 'node:os'
 import * as path from 'node:path'
 import type {AttachContext, AttachedDevice, Backend, Probe} from '../../../src/core/backend'
 import type {BlockServer} from '../../../src/core/blockserver'
@@ -151,11 +150,19 @@ export const backend: Backend = {
  */
 const CACHE_BYTES = 4 << 20
 
-/** Serving threads: VDEV_FUSE_THREADS, else one per core, at least 2 and at most 4 (0: main thread only). */
+/**
+ * Serving threads: VDEV_FUSE_THREADS (0: main thread only), else 2. Two keep both halves of the loop
+ * device's 1 MiB requests (two 512 KiB READs) decoding at once. Each thread costs 12-30 MB: its V8
+ * isolate (~10 MB), a 1 MiB reply buffer, its cache share, and its own image instance, whose index-table
+ * cache (up to 64 tables of 96 KiB) and bad-area map (17 bytes per range) grow with the image. Measured
+ * (bench:read, and a 64 GiB image with 128 index groups and 105k bad ranges under random reads): peak
+ * 111 and 140 MB with 2 threads, 127 and 170 MB with 3 — over issue 3's 150 MB. More threads want
+ * those per-instance structures shared between threads first.
+ */
 function serveThreadCount(): number {
   const env = process.env.VDEV_FUSE_THREADS
   if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 16)
-  return Math.max(2, Math.min(4, os.availableParallelism()))
+  return 2
 }
 
 /** Partition nodes appear after the scan in LOOP_CONFIGURE; devtmpfs/udev may need a moment for /dev. */

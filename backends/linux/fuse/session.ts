@@ -240,12 +240,14 @@ export class FuseSession {
 /**
  * Heap limits of a serving thread. Its objects are few and short-lived (per-request views and records,
  * cache entries), but under a fast request stream V8 otherwise grows each isolate's young generation to
- * tens of MB and lets old-generation garbage pile up to the main isolate's (GB-sized) limit before
+ * tens of MB and lets old-generation garbage pile up towards the main isolate's (GB-sized) limit before
  * collecting. Measured with 2 threads (bench:read corpus, fio random QD32): server peak RSS 143 MB with
- * the defaults, 117 MB with these; no throughput change. 128 MB of old generation is far above what a
- * thread keeps alive (the image's metadata JSON is capped at 16 MiB; caches hold their bytes outside the heap).
+ * the defaults, 117 MB with a 4 MB young generation, 112 MB with 1 MB; throughput the same within noise
+ * (a scavenge of a few live objects every few hundred requests). 128 MB of old generation is far above
+ * what a thread keeps alive (~5 MB: code and state; the image's metadata JSON is capped at 16 MiB; cached
+ * chunks live outside the heap).
  */
-const SERVE_THREAD_LIMITS = {maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 128}
+const SERVE_THREAD_LIMITS = {maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 128}
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref())
