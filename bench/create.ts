@@ -8,7 +8,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {ensureCorpus, CACHE} from './corpus'
-import {best, fmt, MiB, ratio, table, timed, type Run} from './lib'
+import {best, fmt, MiB, ratio, table, timed, warm, type Run} from './lib'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
 
@@ -20,13 +20,12 @@ async function main(): Promise<void> {
   fs.mkdirSync(out)
   const f = (n: string) => path.join(out, n)
   const reps = Number(process.env.BENCH_REPS ?? 2)
-  // Warm the page cache so every tool reads the source from memory.
-  await timed(['cat', raw], {stdoutFile: '/dev/null'})
 
   const create: Array<{name: string; run: Run; file: string[]}> = []
   const add = async (name: string, files: string[], argv: () => string[]) => {
     const r = await best(reps, async () => {
       for (const x of files) fs.rmSync(x, {force: true})
+      warm(raw) // every tool reads the source from memory
       return timed(argv())
     })
     create.push({name, run: r, file: files})
@@ -53,15 +52,17 @@ async function main(): Promise<void> {
   // Whole-image decode to a pipe drained by dd, both sides of the comparison the same.
   const sink = ['dd', 'of=/dev/null', 'bs=1M', 'status=none']
   const ex: Array<[string, Run]> = []
-  ex.push(['vdev extract IMG - (128 KiB chunks)', await best(reps + 1, () => timed([process.execPath, VDEV, 'extract', f('c.vdimg'), '-'], {pipeTo: sink}))])
+  ex.push(['vdev extract IMG - (128 KiB chunks)', await best(reps + 1, () => (warm(f('c.vdimg')), timed([process.execPath, VDEV, 'extract', f('c.vdimg'), '-'], {pipeTo: sink})))])
   ex.push(['vdev extract IMG FILE (sparse file)', await best(reps + 1, async () => {
     fs.rmSync(f('x.raw'), {force: true})
+    warm(f('c.vdimg'))
     return timed([process.execPath, VDEV, 'extract', f('c.vdimg'), f('x.raw')])
   })])
   fs.rmSync(f('x.raw'), {force: true})
-  ex.push(['zstd -d -c (one stream)', await best(reps + 1, () => timed(['zstd', '-q', '-d', '-c', f('c.zst')], {pipeTo: sink}))])
+  ex.push(['zstd -d -c (one stream)', await best(reps + 1, () => (warm(f('c.zst')), timed(['zstd', '-q', '-d', '-c', f('c.zst')], {pipeTo: sink})))])
   ex.push(['qemu-img convert qcow2-zstd → raw FILE', await best(reps, async () => {
     fs.rmSync(f('q.raw'), {force: true})
+    warm(f('c.qcow2'))
     return timed(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', f('c.qcow2'), f('q.raw')])
   })])
   fs.rmSync(f('q.raw'), {force: true})

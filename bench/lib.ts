@@ -76,3 +76,18 @@ export function dropCaches(): void {
     /* not root or not permitted: measurements are warm */
   }
 }
+
+/**
+ * Read a whole file so that it is in the page cache. Do it right before each measurement: this
+ * machine's kernel (DAMON) reclaims cold page cache within seconds, so one warm-up at the start of a
+ * benchmark leaves later runs reading from disk.
+ */
+export function warm(file: string): void {
+  const fd = fs.openSync(file, 'r')
+  const buf = Buffer.allocUnsafe(MiB)
+  try {
+    while (fs.readSync(fd, buf, 0, buf.length, null) > 0);
+  } finally {
+    fs.closeSync(fd)
+  }
+}

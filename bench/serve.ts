@@ -18,7 +18,7 @@ import * as path from 'node:path'
 import {spawn, type ChildProcess} from 'node:child_process'
 import {createInterface} from 'node:readline'
 import {ensureCorpus, CACHE} from './corpus'
-import {best, fmt, MiB, table, timed} from './lib'
+import {best, fmt, MiB, table, timed, warm} from './lib'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
 const PYTHON = '/usr/bin/python3'
@@ -64,17 +64,6 @@ interface Server {
   child: ChildProcess
   /** The file it serves (warmed into the page cache before each measurement). */
   file: string
-}
-
-/** Read a whole file so that it is in the page cache. */
-function warm(file: string): void {
-  const fd = fs.openSync(file, 'r')
-  const buf = Buffer.allocUnsafe(MiB)
-  try {
-    while (fs.readSync(fd, buf, 0, buf.length, null) > 0);
-  } finally {
-    fs.closeSync(fd)
-  }
 }
 
 /** CPU seconds (user + system, all threads) a process has used so far. */
