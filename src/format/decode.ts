@@ -43,6 +43,9 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
   const batchBytes = batchChunks * img.chunkSize
   const batches = Math.ceil(img.chunkCount / batchChunks)
   const spareOut: ArrayBuffer[] = []
+  // Input buffers come back from the workers too; a batch's stored bytes fit unless index tables sit in it.
+  const inBytes = batchBytes + (2 << 20)
+  const spareIn: ArrayBuffer[] = []
   type Prepared = {first: number; chunks: DecodedChunk[]; result: Promise<DecodeResult>}
 
   /** Look up a batch's entries, read its stored bytes and hand it to a worker. */
@@ -67,7 +70,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       const hi = Math.max(...stored.map((c) => c.entry.offset + c.entry.storedLength))
       const sum = stored.reduce((s, c) => s + c.entry.storedLength, 0)
       if (hi - lo <= sum + (1 << 20)) {
-        buf = await preadExact(img.fd, hi - lo, lo, img.path)
+        buf = await preadExact(img.fd, hi - lo, lo, img.path, Buffer.from(spareIn.pop() ?? new ArrayBuffer(inBytes)))
         for (const c of stored) starts.set(c.index, c.entry.offset - lo)
       } else {
         buf = Buffer.allocUnsafeSlow(sum)
@@ -87,7 +90,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       crc: c.entry.crc,
       storedCrc: c.entry.storedCrc,
     }))
-    const input = buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength ? (buf.buffer as ArrayBuffer) : new Uint8Array(buf).buffer
+    const input = buf.byteOffset === 0 ? (buf.buffer as ArrayBuffer) : new Uint8Array(buf).buffer
     // The workers decode; this thread, otherwise waiting, checks the data checksums (see finish).
     const task: DecodeTask = {op: 'decode', buf: input, items, scratch: spareOut.pop() ?? new ArrayBuffer(batchBytes), skipDataCrc: true}
     const result = pool.run<DecodeResult>(task, [task.buf, task.scratch!])
@@ -110,6 +113,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
     const len = p.chunks.reduce((s, c) => s + img.chunkLength(c.index), 0)
     await opts.onBatch({offset: p.first * img.chunkSize, data: Buffer.from(r.out, 0, len), chunks: p.chunks})
     spareOut.push(r.out)
+    if (r.buf.byteLength === inBytes) spareIn.push(r.buf)
   }
 
   // Batches are prepared ahead, concurrently, while earlier ones are consumed in order: reads, decoding

@@ -565,9 +565,9 @@ function blockDeviceSize(fd: number): number {
   return Number(b.readBigUInt64LE(0))
 }
 
-/** Read exactly `len` bytes at `pos`; a short read means the file is truncated. */
-export function preadExact(fd: number, len: number, pos: number, name: string): Promise<Buffer> {
-  const buf = Buffer.allocUnsafeSlow(len)
+/** Read exactly `len` bytes at `pos` (into `into` when given and large enough); a short read means the file is truncated. */
+export function preadExact(fd: number, len: number, pos: number, name: string, into?: Buffer): Promise<Buffer> {
+  const buf = into && into.length >= len ? into.subarray(0, len) : Buffer.allocUnsafeSlow(len)
   return new Promise((resolve, reject) => {
     let done = 0
     const step = (): void => {
