@@ -25,6 +25,8 @@ export interface DecodedBatch {
   offset: number
   /** The batch's logical bytes; valid only until the callback returns (the buffer is reused). */
   data: Buffer
+  /** Every chunk of the batch is zero or unread: `data` is a shared zero buffer that must not be modified. */
+  allZero: boolean
   chunks: DecodedChunk[]
 }
 
@@ -41,6 +43,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
   const stop = opts.stopOnError ?? true
   const batchChunks = Math.max(1, Math.floor((4 << 20) / img.chunkSize))
   const batchBytes = batchChunks * img.chunkSize
+  const ZEROS = new ArrayBuffer(batchBytes)
   const batches = Math.ceil(img.chunkCount / batchChunks)
   const spareOut: ArrayBuffer[] = []
   // Input buffers come back from the workers too; a batch's stored bytes fit unless index tables sit in it.
@@ -62,6 +65,8 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       }
     }
     const stored = chunks.filter((c) => c.entry.storedLength > 0)
+    // Nothing stored (free space, unread areas): no worker needed, the bytes are a shared zero buffer.
+    if (stored.length === 0 && chunks.every((c) => !c.error)) return {first, chunks, result: Promise.resolve({buf: ZEROS, out: ZEROS, errors: []})}
     let buf: Buffer = Buffer.alloc(0)
     const starts = new Map<number, number>()
     if (stored.length) {
@@ -111,7 +116,9 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
     })
     if (stop) for (const c of p.chunks) if (c.error) throw c.error
     const len = p.chunks.reduce((s, c) => s + img.chunkLength(c.index), 0)
-    await opts.onBatch({offset: p.first * img.chunkSize, data: Buffer.from(r.out, 0, len), chunks: p.chunks})
+    const allZero = r.out === ZEROS
+    await opts.onBatch({offset: p.first * img.chunkSize, data: Buffer.from(r.out, 0, len), chunks: p.chunks, allZero})
+    if (allZero) return
     spareOut.push(r.out)
     if (r.buf.byteLength === inBytes) spareIn.push(r.buf)
   }

@@ -157,6 +157,7 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
         threads: opts.threads,
         onBatch: async (b) => {
           const bad = img.badAreas.intersect(b.offset, b.data.length)
+          if (fill === 'pattern' && bad.length && b.allZero) b = {...b, data: Buffer.from(b.data), allZero: false} // never write into the shared zeros
           for (const r of bad) {
             result.badBytes += r.length
             if (fill === 'pattern') fillPattern(b.data, r.offset - b.offset, r.length, r.offset)
