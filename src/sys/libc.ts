@@ -22,6 +22,7 @@ const getpidFn = lib.func('int getpid()')
 const fcntlInt = lib.func('int fcntl(int fd, int cmd, int arg)')
 const shutdownFn = lib.func('int shutdown(int sockfd, int how)')
 const recvFn = lib.func('long recv(int sockfd, void *buf, size_t len, int flags)')
+const readFn = lib.func('long read(int fd, void *buf, size_t count)')
 
 export class SysError extends Error {
   constructor(
@@ -125,6 +126,12 @@ export function recv(fd: number, buf: Buffer, flags: number): number {
   return rc < 0 ? -koffi.errno() : rc
 }
 export const MSG_DONTWAIT = 0x40 // include/linux/socket.h
+
+/** read(2) into `buf`; returns -errno instead of throwing (a non-blocking poll that finds nothing costs no exception). */
+export function read(fd: number, buf: Buffer): number {
+  const rc = Number(readFn(fd, buf, buf.length))
+  return rc < 0 ? -koffi.errno() : rc
+}
 
 export const SHUT_RD = 0 // include/linux/net.h (enum sock_shutdown_cmd)
 export const SHUT_WR = 1

@@ -215,6 +215,18 @@ describe('FUSE + loop backend: serving threads over a VDIMG image (reads straigh
     assert.ok(grown < 40, `process grew by ${grown.toFixed(1)} MiB`)
   })
 
+  it('serving threads poll for close requests, then stop: an idle device costs no CPU', async () => {
+    // 4 KiB reads one at a time (2-6.7 MiB: no bad area): each next request comes right after the reply, while the thread polls.
+    const r = await run('dd', [`if=${devs.error.dev!.device}`, 'of=/dev/null', 'bs=4k', 'count=1200', 'skip=512', 'iflag=direct', 'status=none'])
+    assert.equal(r.code, 0, r.stderr)
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const before = process.cpuUsage()
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    const used = process.cpuUsage(before)
+    // Threads that kept polling would use a whole core here (~1000 ms).
+    assert.ok((used.user + used.system) / 1000 < 100, `idle serving threads used ${((used.user + used.system) / 1000).toFixed(0)} ms of CPU in 1 s`)
+  })
+
   it('detach: the serving threads report what they served, then the loop device, the mount and the threads are gone', async () => {
     for (const [policy, d] of Object.entries(devs)) {
       const n = d.dev!.device.slice(5)
@@ -223,10 +235,12 @@ describe('FUSE + loop backend: serving threads over a VDIMG image (reads straigh
       d.dev = undefined
       const line = d.logs.find((l) => l.startsWith('fuse: serving threads served'))
       assert.ok(line, d.logs.join('\n'))
-      const [, reads, bytes, errors] = /served (\d+) reads, (\d+) bytes, (\d+) errors/.exec(line)!.map(Number)
+      const [, reads, bytes, errors, polled] = /served (\d+) reads, (\d+) bytes, (\d+) errors; (\d+) requests taken while polling/.exec(line)!.map(Number)
       assert.ok(reads > 100 && bytes > 20 * MiB, line)
       if (policy === 'error') assert.ok(errors > 0, `EIO replies counted: ${line}`)
       else assert.equal(errors, 0, line)
+      // Both devices had runs of requests one at a time (4 KiB dd): some came while a thread polled.
+      assert.ok(polled > 0 && polled < reads, line)
       assert.equal(fs.existsSync(`/sys/block/${n}/loop/backing_file`), false, 'loop device still bound')
     }
     assert.equal(readMountinfo().some((m) => m.mountpoint.startsWith(sb.dir)), false, 'FUSE still mounted')

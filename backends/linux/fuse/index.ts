@@ -88,7 +88,12 @@ export const backend: Backend = {
       maxPages,
       log: ctx.log,
       ...(imagePath && threads > 0
-        ? {threads: {count: threads, config: {image: path.resolve(imagePath), cacheBytes: Math.floor(CACHE_BYTES / threads), badPolicy: server.badPolicy, fileName, mtime}}}
+        ? {
+            threads: {
+              count: threads,
+              config: {image: path.resolve(imagePath), cacheBytes: Math.floor(CACHE_BYTES / threads), badPolicy: server.badPolicy, fileName, mtime, pollMicroseconds: pollMicroseconds()},
+            },
+          }
         : {forward: {handler: new ImageFs(server, {fileName, mtime, log: ctx.log, maxRead: maxPages * 4096}).handle}}),
     })
     ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection}), ${session.mode === 'threads' ? `${threads} serving threads` : 'served on the main thread'}`)
@@ -121,7 +126,7 @@ export const backend: Backend = {
         await session.drain()
         if (session.mode === 'threads') {
           const st = session.stats
-          ctx.log(`fuse: serving threads served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors`)
+          ctx.log(`fuse: serving threads served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors; ${st.polled ?? 0} requests taken while polling`)
         }
         // A loop device still held open keeps the file busy: fail its I/O and detach the mount lazily.
         await session.unmount({lazy: r === 'deferred', abort: r === 'deferred'})
@@ -164,6 +169,18 @@ function serveThreadCount(): number {
   if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 16)
   return 2
 }
+
+/**
+ * How long a serving thread polls for the next request before sleeping (requests.ts):
+ * VDEV_FUSE_POLL_US, else 50 µs — longer than the 30-40 µs a reader at queue depth 1 takes between our
+ * reply and its next request through loop and FUSE on this class of machine, so that one is caught.
+ */
+function pollMicroseconds(): number {
+  const env = process.env.VDEV_FUSE_POLL_US
+  if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 10_000)
+  return DEFAULT_POLL_MICROSECONDS
+}
+const DEFAULT_POLL_MICROSECONDS = 50
 
 /** Partition nodes appear after the scan in LOOP_CONFIGURE; devtmpfs/udev may need a moment for /dev. */
 async function waitForPartitions(device: string, list: (d: string) => string[]): Promise<string[]> {

@@ -99,18 +99,21 @@ export class FuseProtocol {
     }
   }
 
-  /** Handle one request; resolves once its reply (if any) is written. */
-  handle(msg: Buffer): Promise<void> | void {
+  /**
+   * Handle one request; resolves once its reply (if any) is written. `fd` is the descriptor the request
+   * was read from (a serving thread's own clone, or the session's): the kernel takes its reply only there.
+   */
+  handle(msg: Buffer, fd: number = this.o.fd): Promise<void> | void {
     if (msg.length < fuse_in_header.size) {
       this.o.log(`fuse: short request of ${msg.length} bytes ignored`)
       return
     }
-    if (this.replyBuf && msg.readUInt32LE(IN_OPCODE) === FuseOpcode.READ && msg.readUInt32LE(IN_LEN) === msg.length) return this.readInPlace(msg, this.replyBuf)
+    if (this.replyBuf && msg.readUInt32LE(IN_OPCODE) === FuseOpcode.READ && msg.readUInt32LE(IN_LEN) === msg.length) return this.readInPlace(msg, this.replyBuf, fd)
     const h = fuse_in_header.decode(msg)
     const unique = msg.readBigUInt64LE(IN_UNIQUE)
     if (h.len !== msg.length) {
       this.o.log(`fuse: request length ${h.len} != ${msg.length} read; answering EIO`)
-      return this.reply(unique, Errno.EIO)
+      return this.reply(unique, Errno.EIO, fd)
     }
     // The extension area (security context, supplementary groups) follows the arguments; we use neither.
     const extLen = h.total_extlen * 8
@@ -118,7 +121,7 @@ export class FuseProtocol {
     this.counters.requests++
     switch (h.opcode) {
       case FuseOpcode.INIT:
-        return this.init(unique, body)
+        return this.init(unique, body, fd)
       case FuseOpcode.FORGET:
       case FuseOpcode.BATCH_FORGET:
         return // one inode, never forgotten: no reply (fuse.h: "no reply")
@@ -127,7 +130,7 @@ export class FuseProtocol {
         this.counters.interrupts++
         return
       case FuseOpcode.DESTROY:
-        return this.reply(unique, [])
+        return this.reply(unique, [], fd)
     }
     const req: FuseRequest = {opcode: h.opcode, unique, nodeid: h.nodeid, uid: h.uid, gid: h.gid, pid: h.pid, body}
     this.inFlight++
@@ -139,11 +142,11 @@ export class FuseProtocol {
     }
     if (result instanceof Promise) {
       return result.then(
-        (r) => this.finish(unique, r),
-        (err) => this.finish(unique, this.failed(req, err)),
+        (r) => this.finish(unique, r, fd),
+        (err) => this.finish(unique, this.failed(req, err), fd),
       )
     }
-    this.finish(unique, result)
+    this.finish(unique, result, fd)
   }
 
   private failed(req: FuseRequest, err: unknown): number {
@@ -151,9 +154,9 @@ export class FuseProtocol {
     return Errno.EIO
   }
 
-  private finish(unique: bigint, r: FuseReply): void {
+  private finish(unique: bigint, r: FuseReply, fd: number): void {
     this.inFlight--
-    this.reply(unique, r)
+    this.reply(unique, r, fd)
     if (this.inFlight === 0) for (const f of this.idle.splice(0)) f()
   }
 
@@ -162,9 +165,9 @@ export class FuseProtocol {
     while (this.inFlight > 0) await new Promise<void>((resolve) => this.idle.push(resolve))
   }
 
-  private init(unique: bigint, body: Buffer): void {
+  private init(unique: bigint, body: Buffer, fd: number): void {
     if (body.length < 16) {
-      this.reply(unique, Errno.EIO)
+      this.reply(unique, Errno.EIO, fd)
       this.o.onInit(new Error(`FUSE INIT of ${body.length} bytes is too short`))
       return
     }
@@ -174,7 +177,7 @@ export class FuseProtocol {
     const inp = fuse_init_in.decode(padded)
     if (inp.major !== FUSE_KERNEL_VERSION) {
       // fuse.h "Version negotiation": we only speak major 7, as does every Linux kernel since 2.6.
-      this.reply(unique, 71 /* EPROTO */)
+      this.reply(unique, 71 /* EPROTO */, fd)
       this.o.onInit(new Error(`the kernel speaks FUSE ${inp.major}.${inp.minor}; vdev speaks ${FUSE_KERNEL_VERSION}.x`))
       return
     }
@@ -201,7 +204,7 @@ export class FuseProtocol {
     })
     // Reply sizes by negotiated minor (fuse.h FUSE_COMPAT_INIT_OUT_SIZE, FUSE_COMPAT_22_INIT_OUT_SIZE).
     const size = minor < 5 ? 8 : minor < 23 ? 24 : fuse_init_out.size
-    this.reply(unique, [out.subarray(0, size)])
+    this.reply(unique, [out.subarray(0, size)], fd)
     const protocol = `${FUSE_KERNEL_VERSION}.${minor}`
     this.o.log(`fuse: protocol ${protocol} (kernel ${inp.major}.${inp.minor}), reads up to ${maxRead} bytes, flags 0x${flags.toString(16)}`)
     this.o.onInit({protocol, maxRead, flags})
@@ -211,7 +214,7 @@ export class FuseProtocol {
    * READ on the fast path: the handler reads the bytes into the reply buffer after the header, and one
    * write(2) sends both. Nothing is allocated: the header fields are read and written in place.
    */
-  private readInPlace(msg: Buffer, out: Buffer): void {
+  private readInPlace(msg: Buffer, out: Buffer, fd: number): void {
     this.counters.requests++
     const extLen = msg.readUInt16LE(IN_EXTLEN) * 8
     const body = msg.subarray(fuse_in_header.size, Math.max(fuse_in_header.size, msg.length - extLen))
@@ -231,7 +234,7 @@ export class FuseProtocol {
     if (n < 0) this.counters.errors++
     this.inFlight--
     try {
-      fs.writeSync(this.o.fd, out, 0, len)
+      fs.writeSync(fd, out, 0, len)
     } catch (err) {
       this.replyFailed(err, msg)
     }
@@ -247,7 +250,7 @@ export class FuseProtocol {
   }
 
   /** Write one reply. A reply to a request the kernel already dropped (interrupted, aborted) is ignored. */
-  reply(unique: bigint, r: FuseReply): void {
+  reply(unique: bigint, r: FuseReply, fd: number = this.o.fd): void {
     const error = typeof r === 'number' ? -r : 0
     const payload = typeof r === 'number' ? [] : r
     let len = fuse_out_header.size
@@ -258,7 +261,7 @@ export class FuseProtocol {
     hdr.writeBigUInt64LE(unique, 8)
     if (error) this.counters.errors++
     try {
-      fs.writevSync(this.o.fd, [hdr, ...payload])
+      fs.writevSync(fd, [hdr, ...payload])
     } catch (err) {
       this.replyFailed(err, unique)
     }

@@ -7,15 +7,16 @@
  * descriptor and a small chunk cache) and serves one request at a time. The image is opened in the
  * reader's sync mode: a READ is answered by pread(2) and decompression on this thread, straight into the
  * reply buffer after the FUSE header, and sent with one write(2) — no libuv pool hop, no allocation, no
- * copy of the data. Counters go to shared memory for the main thread, which also sets the "closing"
- * flag there when the device is being detached.
+ * copy of the data. Between requests the thread polls briefly before sleeping (requests.ts). Counters
+ * go to shared memory for the main thread, which also sets the "closing" flag there when the device is
+ * being detached.
  */
-import * as fs from 'node:fs'
 import {parentPort, workerData} from 'node:worker_threads'
 import {BlockServer, type BadPolicy} from '../../../src/core/blockserver'
 import {openImage} from '../../../src/format/reader'
 import {ImageFs} from './imagefs'
 import {FuseProtocol, READ_BUFFER_SIZE} from './protocol'
+import {FuseRequestReader} from './requests'
 import {COUNTERS, SLOT, type ServeThreadConfig} from './threads'
 
 const cfg = workerData as ServeThreadConfig
@@ -36,13 +37,14 @@ async function main(): Promise<void> {
     onInit: (r) => parentPort!.postMessage(r instanceof Error ? {initError: r.message} : {init: r}),
     readInto: imageFs.readInto,
   })
+  const requests = new FuseRequestReader(cfg.fd, cfg.pollMicroseconds, log)
   parentPort!.postMessage({ready: true})
   const buf = Buffer.allocUnsafe(READ_BUFFER_SIZE)
   let draining = false
   for (;;) {
     let n: number
     try {
-      n = fs.readSync(cfg.fd, buf, 0, buf.length, null)
+      n = requests.next(buf)
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
       // EINTR: a signal; EAGAIN: another thread took the request; ENOENT: the request was interrupted.
@@ -56,7 +58,8 @@ async function main(): Promise<void> {
       void server.drain() // new reads fail (EIO) from now on; this thread has none in flight
     }
     shared[base + 4] = 1
-    const pending = protocol.handle(buf.subarray(0, n))
+    if (requests.replyFd !== cfg.fd) shared[base + 5]++
+    const pending = protocol.handle(buf.subarray(0, n), requests.replyFd)
     if (pending) await pending
     shared[base + 4] = 0
     const st = server.stats
@@ -65,6 +68,7 @@ async function main(): Promise<void> {
     shared[base + 2] = st.errors
     shared[base + 3] = st.badReads
   }
+  requests.close()
   await image.close()
 }
 

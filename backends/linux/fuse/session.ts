@@ -44,6 +44,8 @@ export interface SessionStats {
   bytes: number
   errors: number
   inFlight: number
+  /** Serving threads: requests taken while polling (see requests.ts). */
+  polled?: number
 }
 
 export class FuseSession {

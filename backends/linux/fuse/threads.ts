@@ -14,20 +14,25 @@ export interface ServeThreadConfig {
   mtime: number
   maxPages: number
   maxBackground: number
+  /** How long a thread polls for the next request before sleeping in read(2) (0: never; see requests.ts). */
+  pollMicroseconds: number
   shared: SharedArrayBuffer
 }
 
-/** Per thread: reads, bytes, errors, badReads, busy (1 while serving a request). */
-export const COUNTERS = 5
+/**
+ * Per thread: reads, bytes, errors, badReads, busy (1 while serving a request), polled (requests taken
+ * while polling, before the thread would have slept).
+ */
+export const COUNTERS = 6
 export const SLOT = {closing: 0, first: 1} as const
 
 export function sharedState(threads: number): SharedArrayBuffer {
   return new SharedArrayBuffer(8 * (SLOT.first + threads * COUNTERS))
 }
 
-export function sumCounters(shared: SharedArrayBuffer, threads: number): {reads: number; bytes: number; errors: number; badReads: number; inFlight: number} {
+export function sumCounters(shared: SharedArrayBuffer, threads: number): {reads: number; bytes: number; errors: number; badReads: number; inFlight: number; polled: number} {
   const a = new Float64Array(shared)
-  const out = {reads: 0, bytes: 0, errors: 0, badReads: 0, inFlight: 0}
+  const out = {reads: 0, bytes: 0, errors: 0, badReads: 0, inFlight: 0, polled: 0}
   for (let i = 0; i < threads; i++) {
     const b = SLOT.first + i * COUNTERS
     out.reads += a[b]
@@ -35,6 +40,7 @@ export function sumCounters(shared: SharedArrayBuffer, threads: number): {reads:
     out.errors += a[b + 2]
     out.badReads += a[b + 3]
     out.inFlight += a[b + 4]
+    out.polled += a[b + 5]
   }
   return out
 }
