@@ -68,8 +68,11 @@ export const backend: Backend = {
     const {FuseSession} = linuxOnly().session
     const {ImageFs} = linuxOnly().imagefs
     const loop = linuxOnly().loop
-    const mountpoint = path.join(ctx.runDir, 'mnt')
-    fs.mkdirSync(mountpoint, {recursive: true, mode: 0o700})
+    fs.mkdirSync(path.join(ctx.runDir, 'mnt'), {recursive: true, mode: 0o700})
+    // The path the kernel reports (mountinfo, the loop device's backing_file) has no symlinks in it: a
+    // run directory reached through one (/var/run → /run) must be matched by that path, or the mount and
+    // the loop device are not found again at detach.
+    const mountpoint = realDirectory(path.join(ctx.runDir, 'mnt'))
     let mtime = Date.now() / 1000
     try {
       mtime = fs.statSync(ctx.image).mtimeMs / 1000
@@ -198,8 +201,9 @@ async function waitForPartitions(device: string, list: (d: string) => string[]):
 export async function cleanupFuseLoop(state: Partial<FuseLoopState> & {runDir?: string}, log: (line: string) => void): Promise<void> {
   const {abortConnection, connectionOfMount, unmount} = linuxOnly().fusectl
   const loop = linuxOnly().loop
-  const mountpoint = typeof state.mountpoint === 'string' ? state.mountpoint : typeof state.runDir === 'string' ? path.join(state.runDir, 'mnt') : undefined
-  if (!mountpoint) throw new VdevError('internal', 'fuse cleanup: no mount point or run directory recorded')
+  const recorded = typeof state.mountpoint === 'string' ? state.mountpoint : typeof state.runDir === 'string' ? path.join(state.runDir, 'mnt') : undefined
+  if (!recorded) throw new VdevError('internal', 'fuse cleanup: no mount point or run directory recorded')
+  const mountpoint = realDirectory(recorded)
   const file = typeof state.file === 'string' ? state.file : path.join(mountpoint, 'disk')
   const conn = connectionOfMount(mountpoint)
   if (conn !== undefined) abortConnection(conn, log)
@@ -219,5 +223,17 @@ export async function cleanupFuseLoop(state: Partial<FuseLoopState> & {runDir?: 
       unmount(mountpoint, true)
     }
     log(`fuse: unmounted ${mountpoint}`)
+  }
+}
+
+/**
+ * `dir` without symlinks, as the kernel reports mount points, resolved without touching a possibly dead
+ * FUSE mount: the parent is resolved (a plain directory), the last component kept.
+ */
+function realDirectory(dir: string): string {
+  try {
+    return path.join(fs.realpathSync(path.dirname(dir)), path.basename(dir))
+  } catch {
+    return dir
   }
 }
