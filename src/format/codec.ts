@@ -81,11 +81,11 @@ export class ChunkDecoder {
   }
 
   /** Decode into a new buffer. */
-  decode(kind: ChunkKind, stored: Uint8Array, length: number, crc: number, storedCrc: number): Buffer {
+  decode(kind: ChunkKind, stored: Uint8Array, length: number, crc: number, storedCrc: number, checkData = true): Buffer {
     if (kind === ChunkKind.Raw && stored.length === length && crc32c(stored) === storedCrc && storedCrc === crc)
       return Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength)
     const out = Buffer.allocUnsafe(length)
-    this.decodeInto(kind, stored, crc, storedCrc, out)
+    this.decodeInto(kind, stored, crc, storedCrc, out, checkData)
     return out
   }
 }

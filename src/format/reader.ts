@@ -46,6 +46,12 @@ export interface OpenOptions {
    * serving allocates nothing. `read` still works (it answers at once); `readSync` is the direct call.
    */
   sync?: boolean
+  /**
+   * Also check each chunk's decompressed-data CRC when serving reads (default false). The stored-bytes
+   * CRC is always checked before decompressing — what ZFS and btrfs do for compressed blocks — and
+   * decompression is deterministic; `verify` and `extract` check the data CRCs end to end.
+   */
+  checkDataCrc?: boolean
 }
 
 /** Largest zstd frame a chunk may occupy: ZSTD_compressBound(chunk) plus slack. Raw is used beyond that. */
@@ -78,6 +84,7 @@ export class VdimgImage implements BlockSource {
   private pool: WorkerPool | undefined
   private poolBusy = 0
   private readonly sync: boolean
+  private readonly checkData: boolean
   /** True when opened with {sync: true}: readSync may be called. */
   get synchronous(): boolean {
     return this.sync
@@ -117,6 +124,7 @@ export class VdimgImage implements BlockSource {
     this.sections = sections
     this.cacheLimit = opts.cacheBytes ?? 64 << 20
     this.sync = opts.sync ?? false
+    this.checkData = opts.checkDataCrc ?? false
     const threads = this.sync ? 0 : (opts.decompressThreads ?? 0)
     if (threads > 0) this.pool = new WorkerPool(path_join(__dirname, 'codec-worker.js'), threads)
   }
@@ -279,7 +287,7 @@ export class VdimgImage implements BlockSource {
     const inline = !this.pool || this.loading.size <= 1 || this.poolBusy >= this.pool.size
     if (!inline && this.pool) {
       const item: DecodeItem = {kind: e.kind, start: 0, storedLength: e.storedLength, length: len, crc: e.crc, storedCrc: e.storedCrc}
-      const task: DecodeTask = {op: 'decode', buf: toOwnArrayBuffer(stored), items: [item]}
+      const task: DecodeTask = {op: 'decode', buf: toOwnArrayBuffer(stored), items: [item], skipDataCrc: !this.checkData}
       this.poolBusy++
       let r: DecodeResult
       try {
@@ -291,7 +299,7 @@ export class VdimgImage implements BlockSource {
       data = Buffer.from(r.out)
     } else {
       try {
-        data = this.decoder.decode(e.kind, stored, len, e.crc, e.storedCrc)
+        data = this.decoder.decode(e.kind, stored, len, e.crc, e.storedCrc, this.checkData)
       } catch (err) {
         if (err instanceof ChunkDecodeError) throw this.chunkError(i, e, err.message)
         throw err
@@ -331,7 +339,7 @@ export class VdimgImage implements BlockSource {
     const stored = preadExactSync(this.fd, e.storedLength, e.offset, this.path, this.storedScratch)
     const data = (this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize)).subarray(0, this.chunkLength(i))
     try {
-      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data)
+      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data, this.checkData)
     } catch (err) {
       if (err instanceof ChunkDecodeError) throw this.chunkError(i, e, err.message)
       throw err

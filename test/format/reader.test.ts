@@ -5,6 +5,9 @@ import {createImage} from '../../src/format/writer'
 import {openInput} from '../../src/format/input'
 import {openImage} from '../../src/format/reader'
 import {BlockServer, BlockError} from '../../src/core/blockserver'
+import {crc32c} from '../../src/format/crc'
+import {verifyImage} from '../../src/format/verify'
+import {decodeHeader, decodeSections, encodeSections, L2_ENTRY_SIZE} from '../../src/format/layout'
 import {parseMapfile} from '../../src/format/mapfile'
 import {prng, textish, tmpDir} from '../helpers'
 
@@ -105,6 +108,41 @@ describe('reader: cache and concurrency', function () {
       assert.equal(strict.stats.errors, 1)
     } finally {
       await im.close()
+    }
+  })
+
+  it('a wrong data CRC over intact stored bytes: served by default, refused with checkDataCrc, failed by verify', async () => {
+    // Re-seal every checksum above chunk 3's entry after changing its data CRC.
+    const b = fs.readFileSync(img)
+    const h = decodeHeader(b, b.length)
+    const secs = decodeSections(b.subarray(h.sectionTableOffset, h.sectionTableOffset + h.sectionCount * 32), h.sectionTableOffset, b.length)
+    const idx = secs.findIndex((x) => x.type === 1)
+    const l1At = secs[idx].offset
+    const l2At = Number(b.readBigUInt64LE(l1At))
+    const l2Len = b.readUInt32LE(l1At + 8)
+    b.writeUInt32LE(b.readUInt32LE(l2At + 3 * L2_ENTRY_SIZE + 12) ^ 1, l2At + 3 * L2_ENTRY_SIZE + 12)
+    b.writeUInt32LE(crc32c(b.subarray(l2At, l2At + l2Len)), l1At + 12)
+    secs[idx].crc = crc32c(b.subarray(l1At, l1At + secs[idx].length))
+    const table = encodeSections(secs)
+    table.copy(b, h.sectionTableOffset)
+    b.writeUInt32LE(crc32c(table), 60)
+    b.writeUInt32LE(crc32c(b.subarray(0, 252)), 252)
+    const bad = path.join(t.dir, 'datacrc.vdimg')
+    fs.writeFileSync(bad, b)
+    const served = await openImage(bad)
+    try {
+      assert.ok((await served.read(3 * 65536, 65536)).data.equals(data.subarray(3 * 65536, 4 * 65536)))
+      const v = await verifyImage(served, {threads: 1})
+      assert.equal(v.ok, false)
+      assert.match(v.problems[0].message, /chunk 3 \(image bytes 196608-262143\): data checksum mismatch/)
+    } finally {
+      await served.close()
+    }
+    const strict = await openImage(bad, {checkDataCrc: true})
+    try {
+      await assert.rejects(strict.read(3 * 65536, 10), /chunk 3 .*data checksum mismatch/)
+    } finally {
+      await strict.close()
     }
   })
 })
