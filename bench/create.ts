@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   console.log(table(['create', 'seconds', 'MiB/s', 'time vs qemu-img', 'output MiB', 'of input', 'size vs qcow2', 'peak RSS MiB'], rows))
 
   // Whole-image decode to a pipe drained by dd, both sides of the comparison the same.
-  const sink = ['dd', 'of=/dev/null', 'bs=1M', 'status=none']
+  const sink = (fifo: string) => ['dd', `if=${fifo}`, 'of=/dev/null', 'bs=1M', 'status=none']
   const ex: Array<[string, Run]> = []
   ex.push(['vdev extract IMG - (128 KiB chunks)', await best(reps + 1, () => (warm(f('c.vdimg')), timed([process.execPath, VDEV, 'extract', f('c.vdimg'), '-'], {pipeTo: sink})))])
   ex.push(['vdev extract IMG FILE (sparse file)', await best(reps + 1, async () => {

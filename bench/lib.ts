@@ -2,7 +2,7 @@
  * Benchmark plumbing: run a real command (argv, no shell) under /usr/bin/time, optionally piping its
  * stdout into a second command, and print tables of ratios. Nothing here asserts: benchmarks print.
  */
-import {spawn} from 'node:child_process'
+import {execFileSync, spawn} from 'node:child_process'
 import * as fs from 'node:fs'
 
 export interface Run {
@@ -11,29 +11,39 @@ export interface Run {
   maxRssKiB: number
 }
 
-/** Run argv (optionally `| pipeTo`), return wall seconds and peak RSS. Throws on a non-zero exit. */
-export function timed(argv: string[], opts: {pipeTo?: string[]; stdoutFile?: string; env?: NodeJS.ProcessEnv; cwd?: string} = {}): Promise<Run> {
+/**
+ * Run argv under /usr/bin/time, return wall seconds and peak RSS; throws on a non-zero exit. With
+ * `pipeTo`, its stdout goes through a real pipe, as a shell makes one (Node's own 'pipe' would be a
+ * socketpair), to a reader: `pipeTo(fifo)` is the reader's argv, reading the named pipe `fifo`.
+ */
+export function timed(argv: string[], opts: {pipeTo?: (fifo: string) => string[]; stdoutFile?: string; env?: NodeJS.ProcessEnv; cwd?: string} = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
     const rssFile = `/tmp/vdev-bench-rss-${process.pid}-${Math.random().toString(36).slice(2)}`
+    const waits: Array<Promise<number>> = []
+    let outFd: number | 'ignore' = 'ignore'
+    let fifoDir: string | undefined
     const t0 = process.hrtime.bigint()
-    const outFd = opts.stdoutFile ? fs.openSync(opts.stdoutFile, 'w') : undefined
+    if (opts.pipeTo) {
+      fifoDir = fs.mkdtempSync('/tmp/vdev-bench-fifo-')
+      const fifo = `${fifoDir}/pipe`
+      execFileSync('mkfifo', [fifo])
+      const reader = opts.pipeTo(fifo)
+      const second = spawn(reader[0], reader.slice(1), {stdio: ['ignore', 'ignore', 'inherit']})
+      waits.push(new Promise((r) => second.on('exit', (c) => r(c ?? -1))))
+      outFd = fs.openSync(fifo, 'w') // returns once the reader has opened its end
+    } else if (opts.stdoutFile) outFd = fs.openSync(opts.stdoutFile, 'w')
     const first = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, ...argv], {
-      stdio: ['ignore', opts.pipeTo ? 'pipe' : outFd ?? 'ignore', 'pipe'],
+      stdio: ['ignore', outFd, 'pipe'],
       env: {...process.env, ...opts.env},
       cwd: opts.cwd,
     })
+    if (typeof outFd === 'number') fs.closeSync(outFd) // the child holds its own copy
     let err = ''
     first.stderr!.on('data', (b) => (err += b))
-    // 'exit', not 'close': when stdout is handed to a second process, the first's streams never close here.
-    const waits: Array<Promise<number>> = [new Promise((r) => first.on('exit', (c) => r(c ?? -1)))]
-    if (opts.pipeTo) {
-      const second = spawn(opts.pipeTo[0], opts.pipeTo.slice(1), {stdio: [first.stdout!, 'ignore', 'inherit']})
-      first.stdout!.destroy() // the second process holds the pipe now
-      waits.push(new Promise((r) => second.on('exit', (c) => r(c ?? -1))))
-    }
+    waits.push(new Promise((r) => first.on('exit', (c) => r(c ?? -1))))
     Promise.all(waits).then((codes) => {
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9
-      if (outFd !== undefined) fs.closeSync(outFd)
+      if (fifoDir) fs.rmSync(fifoDir, {recursive: true, force: true})
       let maxRssKiB = 0
       try {
         maxRssKiB = Number(fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop())

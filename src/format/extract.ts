@@ -38,6 +38,23 @@ function tempBeside(target: string): string {
   return path.join(path.dirname(path.resolve(target)), `.${path.basename(target)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`)
 }
 
+/**
+ * Clear O_NONBLOCK on a socket we write to (Node sets it when something touched process.stdout), so
+ * writes from libuv's pool simply block. Linux only; false when it cannot.
+ */
+function makeBlocking(fd: number): boolean {
+  if (process.platform !== 'linux') return false
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const libc = require('../sys/libc') as typeof import('../sys/libc')
+    const flags = libc.fcntl(fd, libc.F_GETFL, 0)
+    if (flags < 0) return false
+    return (flags & libc.O_NONBLOCK) === 0 || libc.fcntl(fd, libc.F_SETFL, flags & ~libc.O_NONBLOCK) >= 0
+  } catch {
+    return false
+  }
+}
+
 /** A 1 MiB pipe buffer (Linux): fewer, larger writes and wake-ups on both sides of the pipe. */
 function growPipe(fd: number): void {
   if (process.platform !== 'linux') return
@@ -89,6 +106,7 @@ function stdoutWriter(): {write: (b: Buffer) => Promise<void>; close: () => void
       /* no /proc: fall through */
     }
   }
+  if (st?.isSocket() && makeBlocking(1)) return {write: (b) => writeAll(1, b, null, 'stdout'), close: () => undefined}
   if (st?.isSocket() || st?.isFIFO()) {
     // Resolve only once the bytes are written: the batch buffer is reused afterwards.
     const write = (b: Buffer) =>
