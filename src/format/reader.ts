@@ -75,7 +75,8 @@ export class VdimgImage implements BlockSource {
   readonly sections: Section[]
 
   private readonly l2Cache = new Map<number, Buffer>()
-  private readonly maxL2Tables = 64
+  /** Index tables kept: 6 MiB of them (64 of the default 4096 entries), at least 2. */
+  private readonly maxL2Tables: number
   private readonly cache = new Map<number, Buffer>()
   private cacheUsed = 0
   private readonly cacheLimit: number
@@ -123,6 +124,7 @@ export class VdimgImage implements BlockSource {
     this.metadata = metadata
     this.sections = sections
     this.cacheLimit = opts.cacheBytes ?? 64 << 20
+    this.maxL2Tables = Math.max(2, Math.floor((6 << 20) / (header.l2Entries * L2_ENTRY_SIZE)))
     this.sync = opts.sync ?? false
     this.checkData = opts.checkDataCrc ?? false
     const threads = this.sync ? 0 : (opts.decompressThreads ?? 0)
