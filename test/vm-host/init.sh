@@ -21,6 +21,23 @@ hostname vdev-vm
 
 # Host root: read-only, cached (nothing changes it during a run); msize raised for throughput.
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host || say "cannot mount hostroot"
+mkdir -p /share
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmshare /share || say "cannot mount vmshare"
+# The checkout may live under /tmp or /run (a CI clone, say), which the tmpfs mounts below would hide:
+# keep each path listed in the share's `keep` file visible at the same place, by bind mounts.
+keep() {
+  n=0
+  while read -r p; do
+    case "$p" in /tmp/*|/run/*) ;; *) continue ;; esac
+    n=$((n + 1))
+    if [ "$1" = save ]; then
+      mkdir -p "/keep/$n" && mount --bind "/host$p" "/keep/$n" || say "cannot keep $p"
+    else
+      mkdir -p "/host$p" && mount --bind "/keep/$n" "/host$p" || say "cannot restore $p"
+    fi
+  done < /share/keep
+}
+[ -f /share/keep ] && keep save
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mount -t devtmpfs devtmpfs /host/dev
@@ -30,7 +47,8 @@ mount -t tmpfs tmpfs /host/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp
 mount -t tmpfs -o mode=755 tmpfs /host/run
 mkdir -p /host/run/vdev-vm
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmshare /host/run/vdev-vm || say "cannot mount vmshare"
+mount --bind /share /host/run/vdev-vm || say "cannot bind vmshare"
+[ -f /share/keep ] && keep restore
 
 if [ -f /host/run/vdev-vm/run.sh ]; then
   say "running run.sh at $(cut -d' ' -f1 /proc/uptime)s"

@@ -116,6 +116,8 @@ export async function runInVm(opts: VmRunOptions = {}): Promise<VmRun> {
   if (opts.grep) argv.push('--grep', opts.grep)
   argv.push(...files)
   if (opts.script) argv.splice(0, argv.length, process.execPath, ...opts.script)
+  // Paths the guest must see although its /tmp and /run are fresh tmpfs (init.sh binds them back).
+  fs.writeFileSync(path.join(share, 'keep'), `${PROJECT_ROOT}\n`)
   fs.writeFileSync(
     path.join(share, 'run.sh'),
     [
