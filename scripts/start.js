@@ -4,10 +4,25 @@
 'use strict'
 const path = require('node:path')
 const {spawnSync} = require('node:child_process')
-const {buildSample} = require('./sample')
+const {buildSample, OUT} = require('./sample')
 
 const ROOT = path.resolve(__dirname, '..')
 const vdev = (args, opts = {}) => spawnSync(process.execPath, [path.join(ROOT, 'bin', 'run.js'), ...args], {encoding: 'utf8', ...opts})
+
+// A sample attached by an earlier `npm start` is detached first (the image is about to be rebuilt).
+if (process.getuid && process.getuid() === 0 && require(path.join(ROOT, 'oclif.manifest.json')).commands.detach) {
+  const img = path.join(OUT, 'sample.vdimg')
+  const l = vdev(['list', '--json'])
+  const attached = l.status === 0 ? JSON.parse(l.stdout).filter((d) => d.image === img) : []
+  for (const d of attached) {
+    const r = vdev(['detach', d.id])
+    if (r.status !== 0) {
+      process.stderr.write(`npm start: the sample is still attached as ${d.device} and could not be detached:\n${r.stderr}`)
+      process.exit(r.status ?? 1)
+    }
+    console.log(`Detached the earlier sample device ${d.device}.`)
+  }
+}
 
 let sample
 try {
