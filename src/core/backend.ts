@@ -41,4 +41,9 @@ export interface Backend {
   attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice>
   /** Clean up what a dead server left behind, from the registry state. Must be idempotent. */
   cleanup(state: Record<string, unknown>, log: (line: string) => void): Promise<void>
+  /**
+   * Optional, for `vdev list`: ask the OS whether the device recorded in `state` is still there (e.g.
+   * macOS: `hdiutil info -plist`), so a disk ejected behind vdev's back is shown as such.
+   */
+  deviceGone?(state: Record<string, unknown>): Promise<boolean>
 }

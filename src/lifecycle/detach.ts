@@ -8,6 +8,7 @@ import * as fs from 'node:fs'
 import {VdevError} from '../core/errors'
 import {busyReasons} from './busy'
 import {cleanupEntry} from './cleanup'
+import {loadBackend} from '../core/registry'
 import {entryState, readEntries, readEntry, serverAlive, type DeviceEntry, type DeviceState} from './registry'
 
 export interface ListedDevice {
@@ -36,6 +37,27 @@ export function listDevices(): ListedDevice[] {
     badPolicy: e.badPolicy,
     log: e.log,
   }))
+}
+
+/**
+ * listDevices, cross-checked with the OS where the backend can ask it (macOS: hdiutil info): a running
+ * entry whose device is gone is listed as `gone`, so `vdev detach` can stop its server.
+ */
+export async function listDevicesChecked(): Promise<ListedDevice[]> {
+  const entries = new Map(readEntries().map((e) => [e.id, e]))
+  const out = listDevices()
+  for (const d of out) {
+    const e = entries.get(d.id)
+    if (!e || d.state !== 'running') continue
+    const b = loadBackend(d.backend)
+    if ('error' in b || !b.deviceGone || b.platform !== process.platform) continue
+    try {
+      if (await b.deviceGone(e.backendState)) d.state = 'gone'
+    } catch {
+      // the check is advisory: keep what the registry says
+    }
+  }
+  return out
 }
 
 /** Entries matching a device path, an id, or an image path (by real path or by file identity). */

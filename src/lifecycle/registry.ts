@@ -34,7 +34,8 @@ export interface DeviceEntry {
   backendState: Record<string, unknown>
 }
 
-export type DeviceState = 'starting' | 'running' | 'dead'
+/** `gone`: the server runs but the OS no longer has the device (detached outside vdev). */
+export type DeviceState = 'starting' | 'running' | 'dead' | 'gone'
 
 export function stateDir(): string {
   return process.env.VDEV_STATE_DIR || '/run/vdev'

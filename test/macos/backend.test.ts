@@ -261,3 +261,21 @@ describe('macOS backend: attach, detach and cleanup flow (macOS tools played)', 
     assert.equal(calls.length, 0)
   })
 })
+
+describe('macos-nfs: vdev list cross-checks hdiutil info -plist', () => {
+  const INFO = fs.readFileSync(path.join(FIXTURES, 'hdiutil-info-macos15.plist'), 'utf8')
+  const runner: Runner = async (argv) => {
+    assert.deepEqual(argv.slice(0, 3), ['/usr/bin/hdiutil', 'info', '-plist'])
+    return {code: 0, stdout: INFO, stderr: ''}
+  }
+  const b = createBackend({run: runner})
+
+  it('a disk still listed by hdiutil (recorded macOS 15 output) is not gone', async () => {
+    assert.equal(await b.deviceGone!({file: '/Users/someone/build/Other_0.0.0_aarch64.dmg', device: '/dev/disk4'}), false)
+  })
+
+  it('a disk hdiutil no longer lists, or listed as another device, is gone', async () => {
+    assert.equal(await b.deviceGone!({file: '/private/var/run/vdev/run/vdev0/nfs/disk.img', device: '/dev/disk9'}), true)
+    assert.equal(await b.deviceGone!({file: '/Users/someone/build/Other_0.0.0_aarch64.dmg', device: '/dev/disk7'}), true)
+  })
+})

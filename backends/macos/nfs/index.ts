@@ -157,6 +157,11 @@ export function createBackend(deps: Partial<MacNfsDeps> = {}): Backend {
     description: 'loopback NFSv3 server + mount_nfs + DiskImages (hdiutil/diskutil): /dev/diskN without a kext',
     preference: 0,
 
+    /** For `vdev list`: the disk is gone when `hdiutil info -plist` no longer shows our file attached. */
+    async deviceGone(state: Record<string, unknown>): Promise<boolean> {
+      return !isStillAttached(state, await listAttachedImages(run))
+    },
+
     async probe(): Promise<Probe> {
       if (process.platform !== 'darwin') return {available: false, reason: `needs macOS (this is ${process.platform})`}
       for (const tool of [MOUNT_NFS, HDIUTIL])
