@@ -3,7 +3,46 @@
  * stdout into a second command, and print tables of ratios. Nothing here asserts: benchmarks print.
  */
 import {execFileSync, spawn} from 'node:child_process'
+import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
+import * as path from 'node:path'
+
+/** The compiled writer: a cached .vdimg made by a different writer is rebuilt (tsc rewrites every file
+ * on each build, so this compares contents, kept in a `.writer` file beside the image, not times). */
+const WRITER = ['writer.js', 'codec.js', 'codec-worker.js'].map((f) => path.join(__dirname, '..', 'src', 'format', f))
+
+function writerHash(): string {
+  const h = crypto.createHash('sha256')
+  for (const f of WRITER) h.update(fs.readFileSync(f))
+  return h.digest('hex')
+}
+
+/** True when `out` is missing or older than any of `inputs`. */
+export function stale(out: string, ...inputs: string[]): boolean {
+  let t: number
+  try {
+    t = fs.statSync(out).mtimeMs
+  } catch {
+    return true
+  }
+  return inputs.some((i) => fs.statSync(i).mtimeMs > t)
+}
+
+/** stale() for a .vdimg: also when it was not made by the writer compiled now. */
+export function staleImage(out: string, ...inputs: string[]): boolean {
+  let made = ''
+  try {
+    made = fs.readFileSync(`${out}.writer`, 'utf8')
+  } catch {
+    /* unknown writer */
+  }
+  return made !== writerHash() || stale(out, ...inputs)
+}
+
+/** Record that `out` was just made by the writer compiled now (see staleImage). */
+export function markImage(out: string): void {
+  fs.writeFileSync(`${out}.writer`, writerHash())
+}
 
 export interface Run {
   seconds: number

@@ -20,7 +20,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {ensureCorpus, CACHE} from './corpus'
-import {best, dropCaches, fmt, MiB, table, timed} from './lib'
+import {best, dropCaches, fmt, MiB, markImage, stale, staleImage, table, timed} from './lib'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
 const OUT = path.join(CACHE, 'read')
@@ -38,10 +38,11 @@ function quiet(argv: string[]): void {
 
 /** Build `out` with argv unless it exists and is newer than the corpus. */
 async function artifact(out: string, corpus: string, argv: string[]): Promise<void> {
-  if (fs.existsSync(out) && fs.statSync(out).mtimeMs > fs.statSync(corpus).mtimeMs) return
+  if (!(out.endsWith('.vdimg') ? staleImage(out, corpus) : stale(out, corpus))) return
   process.stderr.write(`building ${path.basename(out)}…\n`)
   fs.rmSync(out, {force: true})
   await timed(argv)
+  if (out.endsWith('.vdimg')) markImage(out)
 }
 
 async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
@@ -68,9 +69,12 @@ function loopOver(file: string): {device: string; note: string} {
   return {device, note: dio ? 'loop dio' : 'loop buffered (dio refused)'}
 }
 
+/** Sequential runs per reader, best kept: cold reads hit this machine's virtual disk, whose speed wanders. */
+const SEQ_REPS = Number(process.env.BENCH_SEQ_REPS ?? 3)
+
 async function seqDevice(device: string): Promise<number> {
   return (
-    await best(2, async () => {
+    await best(SEQ_REPS, async () => {
       dropCaches()
       return timed(['dd', `if=${device}`, 'of=/dev/null', 'bs=1M', 'iflag=direct'])
     })
@@ -107,7 +111,7 @@ async function largeImage(dir: string): Promise<{image: string; badRanges: numbe
   const image = path.join(dir, 'large.vdimg')
   const badStep = 640 * 1024
   const badRanges = Math.floor((size - 512 - 1) / badStep)
-  if (fs.existsSync(image)) return {image, badRanges}
+  if (!staleImage(image)) return {image, badRanges}
   process.stderr.write('building large.vdimg (64 GiB sparse source)…\n')
   const fd = fs.openSync(raw, 'w')
   try {
@@ -131,6 +135,7 @@ async function largeImage(dir: string): Promise<{image: string; badRanges: numbe
   fs.writeFileSync(map, lines.join('\n') + '\n')
   await timed([process.execPath, VDEV, 'create', raw, `${image}.tmp`, '--mapfile', map])
   fs.renameSync(`${image}.tmp`, image)
+  markImage(image)
   fs.rmSync(raw)
   return {image, badRanges}
 }
@@ -201,7 +206,7 @@ async function main(): Promise<void> {
     for (const t of targets) {
       const secs = t.device
         ? await seqDevice(t.device)
-        : (await best(2, async () => {
+        : (await best(SEQ_REPS, async () => {
             dropCaches()
             return timed(['nbdcopy', '--no-extents', '--connections=1', t.uri!, 'null:'])
           })).seconds
@@ -209,7 +214,7 @@ async function main(): Promise<void> {
       process.stderr.write(`${t.name}: sequential ${fmt(size / MiB / secs, 0)} MiB/s\n`)
     }
     const zstdSecs = (
-      await best(2, async () => {
+      await best(SEQ_REPS, async () => {
         dropCaches()
         return timed(['zstd', '-d', '-q', '-c', f('corpus.zst')], {pipeTo: (fifo) => ['dd', `if=${fifo}`, 'of=/dev/null', 'bs=1M', 'status=none']})
       })
@@ -242,7 +247,7 @@ async function main(): Promise<void> {
       ]
     })
     console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 from /usr/share and /usr/bin; ${os.availableParallelism()} cores; ${os.release()}`)
-    console.log(`sequential: whole device, cold cache, O_DIRECT 1 MiB reads (dd), best of 2; random: fio 4 KiB randread, cold cache, ${randomSeconds} s each\n`)
+    console.log(`sequential: whole device, cold cache, O_DIRECT 1 MiB reads (dd), best of ${SEQ_REPS}; random: fio 4 KiB randread, cold cache, ${randomSeconds} s each\n`)
     console.log(table(['reader', 'seq MiB/s', 'vdev vs it', 'rand QD1 IOPS', 'vdev vs it', 'rand QD32 IOPS', 'vdev vs it', 'path'], rows))
     const check = (what: string, ratio: number, want: number) =>
       console.log(`target: ${what}: ${fmt(ratio)} (want >= ${fmt(want)}) — ${ratio >= want ? 'met' : 'NOT met'}`)

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {ensureCorpus, CACHE} from './corpus'
-import {fmt, MiB, table} from './lib'
+import {fmt, markImage, MiB, staleImage, table} from './lib'
 import {openImage} from '../src/format/reader'
 import {createImage} from '../src/format/writer'
 import {openInput} from '../src/format/input'
@@ -14,10 +14,12 @@ import {openInput} from '../src/format/input'
 async function main(): Promise<void> {
   const {raw} = await ensureCorpus()
   const img = path.join(CACHE, 'reader.vdimg')
-  if (!fs.existsSync(img)) {
+  if (staleImage(img, raw)) {
+    fs.rmSync(img, {force: true})
     const input = openInput(raw)
     await createImage(input, img, {})
     await input.close()
+    markImage(img)
   }
   const rows: string[][] = []
   for (const threads of [-1, 0, 1, 2]) {

@@ -18,7 +18,7 @@ import * as path from 'node:path'
 import {spawn, type ChildProcess} from 'node:child_process'
 import {createInterface} from 'node:readline'
 import {ensureCorpus, CACHE} from './corpus'
-import {best, fmt, MiB, table, timed, warm} from './lib'
+import {best, fmt, markImage, MiB, staleImage, table, timed, warm} from './lib'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
 const PYTHON = '/usr/bin/python3'
@@ -162,9 +162,9 @@ async function main(): Promise<void> {
   const vdimg = path.join(OUT, 'corpus.vdimg')
   const vdimg64 = path.join(OUT, 'corpus-64k.vdimg')
   const qcow2 = path.join(OUT, 'corpus.qcow2')
-  if (!fs.existsSync(vdimg)) await timed([process.execPath, VDEV, 'create', raw, vdimg])
+  if (staleImage(vdimg, raw)) await timed([process.execPath, VDEV, 'create', '--force', raw, vdimg]).then(() => markImage(vdimg))
   // Chunks as large as qcow2's clusters: a 4 KiB random read decompresses the same amount in both.
-  if (!fs.existsSync(vdimg64)) await timed([process.execPath, VDEV, 'create', '--chunk-size', '64K', raw, vdimg64])
+  if (staleImage(vdimg64, raw)) await timed([process.execPath, VDEV, 'create', '--force', '--chunk-size', '64K', raw, vdimg64]).then(() => markImage(vdimg64))
   if (!fs.existsSync(qcow2)) await timed(['qemu-img', 'convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', raw, qcow2])
   const reps = Number(process.env.BENCH_REPS ?? 3)
   const nQd1 = Number(process.env.BENCH_RANDOM_QD1 ?? 20000)

@@ -14,7 +14,7 @@ import {openInput} from '../src/format/input'
 import {createImage} from '../src/format/writer'
 import {runInVm} from '../test/vm-host/vm'
 import {CACHE, ensureCorpus} from './corpus'
-import {fmt, table} from './lib'
+import {fmt, markImage, staleImage, table} from './lib'
 import type {VmReadRow} from './vm/read-guest'
 
 async function main(): Promise<void> {
@@ -23,7 +23,7 @@ async function main(): Promise<void> {
   const {raw: corpus} = await ensureCorpus()
   const raw = path.join(CACHE, `vm-read-${sizeMiB}.raw`)
   const image = path.join(CACHE, `vm-read-${sizeMiB}.vdimg`)
-  if (!fs.existsSync(image)) {
+  if (staleImage(image, corpus)) {
     const fd = fs.openSync(corpus, 'r')
     const buf = Buffer.alloc(sizeMiB << 20)
     fs.readSync(fd, buf, 0, buf.length, 0)
@@ -36,6 +36,7 @@ async function main(): Promise<void> {
       await input.close()
     }
     fs.renameSync(image + '.tmp', image)
+    markImage(image)
   }
   const script = path.join(__dirname, 'vm', 'read-guest.js')
   const r = await runInVm({script: [script, image, raw], timeoutMs: 40 * 60_000, log: (l) => process.stderr.write(`[vm] ${l}\n`)})

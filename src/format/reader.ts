@@ -97,6 +97,7 @@ export class VdimgImage implements BlockSource {
   private spareL2: Buffer | undefined
   private hits = 0
   private misses = 0
+  private prefixes = 0
   private closed = false
 
   private constructor(
@@ -260,7 +261,8 @@ export class VdimgImage implements BlockSource {
   /** Decompressed bytes of chunk `i`, or null when it is all zero (zero and unread chunks). */
   chunk(i: number): Promise<Buffer | null> {
     const hit = this.cache.get(i)
-    if (hit) {
+    if (hit && hit.length < this.chunkLength(i)) this.forget(i, hit) // a prefix (sync mode): decode it whole
+    else if (hit) {
       this.hits++
       this.cache.delete(i)
       this.cache.set(i, hit)
@@ -311,23 +313,38 @@ export class VdimgImage implements BlockSource {
     return data
   }
 
+  /**
+   * Cache a decoded chunk, or (sync mode) a decoded prefix of one. Every entry counts as its chunk's
+   * logical length, the memory it holds, prefix or not.
+   */
   private remember(i: number, data: Buffer): void {
-    if (data.length > this.cacheLimit) return
+    const held = this.chunkLength(i)
+    if (held > this.cacheLimit) return
     this.cache.set(i, data)
-    this.cacheUsed += data.length
+    this.cacheUsed += held
     while (this.cacheUsed > this.cacheLimit) {
       const [k, v] = this.cache.entries().next().value!
-      this.cache.delete(k)
-      this.cacheUsed -= v.length
-      // Only sync mode recycles: nothing else can hold a reference across the call.
-      if (this.sync && this.spare.length < 8 && v.buffer.byteLength === this.chunkSize) this.spare.push(Buffer.from(v.buffer, 0, this.chunkSize))
+      this.forget(k, v)
     }
   }
 
-  /** Sync mode's chunk load: cached, or read with pread(2) and decoded into a reused buffer. */
-  chunkSync(i: number): Buffer | null {
+  private forget(i: number, v: Buffer): void {
+    this.cache.delete(i)
+    this.cacheUsed -= this.chunkLength(i)
+    // Only sync mode recycles: nothing else can hold a reference across the call.
+    if (this.sync && this.spare.length < 8 && v.buffer.byteLength === this.chunkSize) this.spare.push(Buffer.from(v.buffer, 0, this.chunkSize))
+  }
+
+  /**
+   * Sync mode's chunk load: cached, or read with pread(2) and decoded into a reused buffer. `need` is how
+   * many bytes from the chunk's start the caller wants: when it is well short of the chunk, and the data
+   * CRC is not being checked, only a prefix of the chunk may be decoded (see decodePrefixInto) and cached;
+   * a later read past that prefix decodes the chunk whole. The result holds at least `need` bytes.
+   */
+  chunkSync(i: number, need = this.chunkLength(i)): Buffer | null {
+    const len = this.chunkLength(i)
     const hit = this.cache.get(i)
-    if (hit) {
+    if (hit && hit.length >= need) {
       this.hits++
       this.cache.delete(i)
       this.cache.set(i, hit)
@@ -335,13 +352,21 @@ export class VdimgImage implements BlockSource {
     }
     if (this.closed) throw new VdevError('io', `${this.path}: image is closed`)
     this.misses++
+    const prefixOk = !hit && !this.checkData && need <= (len * 3) >> 2
+    if (hit) this.forget(i, hit)
     const e = this.entrySync(i)
     if (e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread) return null
     this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
     const stored = preadExactSync(this.fd, e.storedLength, e.offset, this.path, this.storedScratch)
-    const data = (this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize)).subarray(0, this.chunkLength(i))
+    let data = (this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize)).subarray(0, len)
     try {
-      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data, this.checkData)
+      if (prefixOk) {
+        const n = this.decoder.decodePrefixInto(e.kind, stored, e.storedCrc, data, need)
+        if (n < len) {
+          this.prefixes++
+          data = data.subarray(0, n)
+        }
+      } else this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data, this.checkData)
     } catch (err) {
       if (err instanceof ChunkDecodeError) throw this.chunkError(i, e, err.message)
       throw err
@@ -365,7 +390,7 @@ export class VdimgImage implements BlockSource {
       const i = Math.floor(at / this.chunkSize)
       const cStart = i * this.chunkSize
       const e = Math.min(end, cStart + this.chunkSize)
-      const data = this.chunkSync(i)
+      const data = this.chunkSync(i, e - cStart)
       if (data) data.copy(out, at - offset, at - cStart, e - cStart)
       else out.fill(0, at - offset, e - offset)
       at = e
@@ -373,8 +398,9 @@ export class VdimgImage implements BlockSource {
     return {data: out, bad: this.badAreas.intersect(offset, length)}
   }
 
-  cacheStats(): {hits: number; misses: number; bytes: number} {
-    return {hits: this.hits, misses: this.misses, bytes: this.cacheUsed}
+  /** Cache hits and misses, bytes held, and how many misses decoded only a prefix of their chunk. */
+  cacheStats(): {hits: number; misses: number; bytes: number; prefixes: number} {
+    return {hits: this.hits, misses: this.misses, bytes: this.cacheUsed, prefixes: this.prefixes}
   }
 
   private checkRange(offset: number, length: number): void {
