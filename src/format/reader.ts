@@ -81,6 +81,8 @@ export class VdimgImage implements BlockSource {
   private cacheUsed = 0
   private readonly cacheLimit: number
   private readonly loading = new Map<number, Promise<Buffer | null>>()
+  /** For each load under way: the most bytes from the chunk's start that a read waiting on it needs. */
+  private readonly loadingNeed = new Map<number, number>()
   private readonly decoder = new ChunkDecoder()
   private pool: WorkerPool | undefined
   private poolBusy = 0
@@ -258,11 +260,15 @@ export class VdimgImage implements BlockSource {
     return this.fail(`chunk ${i} (image bytes ${from}-${from + this.chunkLength(i) - 1}): ${why}`, e.offset)
   }
 
-  /** Decompressed bytes of chunk `i`, or null when it is all zero (zero and unread chunks). */
-  chunk(i: number): Promise<Buffer | null> {
+  /**
+   * Decompressed bytes of chunk `i`, or null when it is all zero (zero and unread chunks). `need` is how
+   * many bytes from the chunk's start the caller wants (default: all): the result holds at least that many,
+   * and may be a prefix of the chunk when a lone load needs only its start (see chunkSync). Concurrent
+   * reads of a chunk share one load, which decodes as far as the furthest of them needs.
+   */
+  chunk(i: number, need = this.chunkLength(i)): Promise<Buffer | null> {
     const hit = this.cache.get(i)
-    if (hit && hit.length < this.chunkLength(i)) this.forget(i, hit) // a prefix (sync mode): decode it whole
-    else if (hit) {
+    if (hit && hit.length >= need) {
       this.hits++
       this.cache.delete(i)
       this.cache.set(i, hit)
@@ -271,10 +277,18 @@ export class VdimgImage implements BlockSource {
     const pending = this.loading.get(i)
     if (pending) {
       this.hits++
-      return pending
+      const wanted = this.loadingNeed.get(i)
+      if (wanted !== undefined && wanted < need) this.loadingNeed.set(i, need)
+      // A load that had already begun decoding a shorter prefix: load again, whole, once it is done.
+      return pending.then((d) => (d && d.length < need ? this.chunk(i) : d))
     }
+    if (hit) this.forget(i, hit) // a prefix too short for this read
     this.misses++
-    const p = this.loadChunk(i).finally(() => this.loading.delete(i))
+    this.loadingNeed.set(i, need)
+    const p = this.loadChunk(i).finally(() => {
+      this.loading.delete(i)
+      this.loadingNeed.delete(i)
+    })
     this.loading.set(i, p)
     return p
   }
@@ -302,12 +316,9 @@ export class VdimgImage implements BlockSource {
       if (r.errors[0]) throw this.chunkError(i, e, r.errors[0])
       data = Buffer.from(r.out)
     } else {
-      try {
-        data = this.decoder.decode(e.kind, stored, len, e.crc, e.storedCrc, this.checkData)
-      } catch (err) {
-        if (err instanceof ChunkDecodeError) throw this.chunkError(i, e, err.message)
-        throw err
-      }
+      // Every read waiting on this load has registered its need by now (decoding runs without a break).
+      const need = this.loadingNeed.get(i) ?? len
+      data = this.decodeChunk(i, e, stored, need, () => Buffer.allocUnsafeSlow(len))
     }
     this.remember(i, data)
     return data
@@ -352,27 +363,41 @@ export class VdimgImage implements BlockSource {
     }
     if (this.closed) throw new VdevError('io', `${this.path}: image is closed`)
     this.misses++
-    const prefixOk = !hit && !this.checkData && need <= (len * 3) >> 2
+    // A prefix that fell short: this time, the whole chunk.
     if (hit) this.forget(i, hit)
     const e = this.entrySync(i)
     if (e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread) return null
     this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
     const stored = preadExactSync(this.fd, e.storedLength, e.offset, this.path, this.storedScratch)
-    let data = (this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize)).subarray(0, len)
+    const data = this.decodeChunk(i, e, stored, hit ? len : need, () => (this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize)).subarray(0, len))
+    this.remember(i, data)
+    return data
+  }
+
+  /**
+   * Decode chunk i's stored bytes into a buffer from `alloc` (its logical length): only the prefix that
+   * covers `need` when that is well short of the chunk and the data CRC is not being checked (which needs
+   * every byte); otherwise whole. Returns the decoded bytes, a prefix of the chunk or all of it.
+   */
+  private decodeChunk(i: number, e: ChunkEntry, stored: Buffer, need: number, alloc: () => Buffer): Buffer {
+    const len = this.chunkLength(i)
     try {
-      if (prefixOk) {
+      if (e.kind === ChunkKind.Zstd && !this.checkData && need <= (len * 3) >> 2) {
+        const data = alloc()
         const n = this.decoder.decodePrefixInto(e.kind, stored, e.storedCrc, data, need)
-        if (n < len) {
-          this.prefixes++
-          data = data.subarray(0, n)
-        }
-      } else this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data, this.checkData)
+        if (n === len) return data
+        this.prefixes++
+        return data.subarray(0, n)
+      }
+      // Sync mode decodes into its reused buffers; otherwise a raw chunk's stored bytes serve as they are.
+      if (!this.sync) return this.decoder.decode(e.kind, stored, len, e.crc, e.storedCrc, this.checkData)
+      const data = alloc()
+      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data, this.checkData)
+      return data
     } catch (err) {
       if (err instanceof ChunkDecodeError) throw this.chunkError(i, e, err.message)
       throw err
     }
-    this.remember(i, data)
-    return data
   }
 
   /**
@@ -421,7 +446,7 @@ export class VdimgImage implements BlockSource {
         const s = Math.max(offset, cStart)
         const e = Math.min(offset + length, cStart + this.chunkSize)
         parts.push(
-          this.chunk(i).then((data) => {
+          this.chunk(i, e - cStart).then((data) => {
             if (data) data.copy(out, s - offset, s - cStart, e - cStart)
             else out.fill(0, s - offset, e - offset)
           }),

@@ -179,3 +179,57 @@ describe('reader: serving reads decode prefixes of chunks', function () {
     }
   })
 })
+
+describe('reader (asynchronous): prefixes without breaking one-load-per-chunk', function () {
+  this.timeout(120_000)
+  let t: ReturnType<typeof tmpDir>
+  let img: string
+  let src: Buffer
+  before(async () => {
+    t = tmpDir()
+    src = Buffer.concat(Array.from({length: 12}, (_, i) => chunkData(i + 40)))
+    fs.writeFileSync(path.join(t.dir, 'q.raw'), src)
+    img = path.join(t.dir, 'q.vdimg')
+    const input = openInput(path.join(t.dir, 'q.raw'))
+    await createImage(input, img, {chunkSize: CHUNK})
+    await input.close()
+  })
+  after(() => t.cleanup())
+
+  for (const threads of [0, 2]) {
+    it(`a lone small read decodes a prefix; reads past it get the whole chunk (decompressThreads ${threads})`, async () => {
+      const im = await openImage(img, {decompressThreads: threads})
+      try {
+        assert.ok((await im.read(CHUNK, 4096)).data.equals(src.subarray(CHUNK, CHUNK + 4096)))
+        assert.deepEqual([im.cacheStats().misses, im.cacheStats().prefixes], [1, 1])
+        assert.ok((await im.read(2 * CHUNK - 512, 512)).data.equals(src.subarray(2 * CHUNK - 512, 2 * CHUNK)))
+        assert.equal(im.cacheStats().misses, 2)
+        assert.ok((await im.chunk(1))!.equals(src.subarray(CHUNK, 2 * CHUNK)))
+        assert.equal(im.cacheStats().misses, 2, 'now whole in the cache')
+      } finally {
+        await im.close()
+      }
+    })
+
+    it(`concurrent reads of one chunk share one load that decodes as far as the furthest needs (decompressThreads ${threads})`, async () => {
+      const im = await openImage(img, {decompressThreads: threads})
+      try {
+        const at = [0, 100, 9000, 70_000, 3000]
+        const got = await Promise.all(at.map((o) => im.read(4 * CHUNK + o, 4096)))
+        got.forEach((r, k) => assert.ok(r.data.equals(src.subarray(4 * CHUNK + at[k], 4 * CHUNK + at[k] + 4096)), `read at +${at[k]}`))
+        assert.deepEqual([im.cacheStats().misses, im.cacheStats().hits], [1, at.length - 1])
+        // Many random reads over every chunk, concurrently, all right.
+        const r = prng(8, 4 * 400)
+        const reads = Array.from({length: 400}, (_, k) => {
+          const off = r.readUInt32LE(k * 4) % (src.length - 20_000)
+          const len = 1 + (r.readUInt16LE(k * 2) % 20_000)
+          return im.read(off, len).then((x) => assert.ok(x.data.equals(src.subarray(off, off + len)), `read(${off}, ${len})`))
+        })
+        await Promise.all(reads)
+        assert.ok((await im.read(0, src.length)).data.equals(src))
+      } finally {
+        await im.close()
+      }
+    })
+  }
+})
