@@ -33,6 +33,11 @@ export interface DecodeItem {
   length: number
   crc: number
   storedCrc: number
+  /**
+   * Decode only the start of the chunk, at least this many bytes (whole zstd blocks past it; see
+   * ChunkDecoder.decodePrefixInto). Only with skipDataCrc: a prefix cannot be checked against data_crc.
+   */
+  need?: number
 }
 export interface DecodeTask {
   op: 'decode'
@@ -50,6 +55,8 @@ export interface DecodeResult {
   out: ArrayBuffer
   /** Per item: undefined, or the reason it failed. */
   errors: Array<string | undefined>
+  /** Per item: how many bytes from its start were decoded (its length unless it asked for a prefix). */
+  produced: number[]
 }
 
 const encoders = new Map<number, ChunkEncoder>()
@@ -80,19 +87,28 @@ function decode(t: DecodeTask): DecodeResult {
   const total = t.items.reduce((s, i) => s + i.length, 0)
   const out = t.scratch && t.scratch.byteLength >= total ? new Uint8Array(t.scratch) : new Uint8Array(total)
   const errors: Array<string | undefined> = []
+  const produced: number[] = []
   let at = 0
   for (const it of t.items) {
+    const stored = src.subarray(it.start, it.start + it.storedLength)
+    const dst = out.subarray(at, at + it.length)
     try {
-      if (it.storedLength === 0) out.fill(0, at, at + it.length)
-      else decoder.decodeInto(it.kind, src.subarray(it.start, it.start + it.storedLength), it.crc, it.storedCrc, out.subarray(at, at + it.length), !t.skipDataCrc)
+      if (it.storedLength === 0) dst.fill(0)
+      else if (it.need !== undefined && t.skipDataCrc) {
+        produced.push(decoder.decodePrefixInto(it.kind, stored, it.storedCrc, dst, it.need))
+        errors.push(undefined)
+        at += it.length
+        continue
+      } else decoder.decodeInto(it.kind, stored, it.crc, it.storedCrc, dst, !t.skipDataCrc)
       errors.push(undefined)
     } catch (err) {
-      out.fill(0, at, at + it.length)
+      dst.fill(0)
       errors.push(err instanceof ChunkDecodeError ? err.message : String(err))
     }
+    produced.push(it.length)
     at += it.length
   }
-  return {buf: t.buf, out: out.buffer as ArrayBuffer, errors}
+  return {buf: t.buf, out: out.buffer as ArrayBuffer, errors, produced}
 }
 
 parentPort?.on('message', (m: (EncodeTask | DecodeTask) & {id: number}) => {

@@ -66,7 +66,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
     }
     const stored = chunks.filter((c) => c.entry.storedLength > 0)
     // Nothing stored (free space, unread areas): no worker needed, the bytes are a shared zero buffer.
-    if (stored.length === 0 && chunks.every((c) => !c.error)) return {first, chunks, result: Promise.resolve({buf: ZEROS, out: ZEROS, errors: []})}
+    if (stored.length === 0 && chunks.every((c) => !c.error)) return {first, chunks, result: Promise.resolve({buf: ZEROS, out: ZEROS, errors: [], produced: []})}
     let buf: Buffer = Buffer.alloc(0)
     const starts = new Map<number, number>()
     if (stored.length) {

@@ -305,6 +305,9 @@ export class VdimgImage implements BlockSource {
     const inline = !this.pool || this.loading.size <= 1 || this.poolBusy >= this.pool.size
     if (!inline && this.pool) {
       const item: DecodeItem = {kind: e.kind, start: 0, storedLength: e.storedLength, length: len, crc: e.crc, storedCrc: e.storedCrc}
+      // Reads that join this load after it is posted and need more than the prefix load again (see chunk).
+      const need = this.loadingNeed.get(i) ?? len
+      if (this.prefixWanted(i, e, need)) item.need = need
       const task: DecodeTask = {op: 'decode', buf: toOwnArrayBuffer(stored), items: [item], skipDataCrc: !this.checkData}
       this.poolBusy++
       let r: DecodeResult
@@ -314,7 +317,9 @@ export class VdimgImage implements BlockSource {
         this.poolBusy--
       }
       if (r.errors[0]) throw this.chunkError(i, e, r.errors[0])
-      data = Buffer.from(r.out)
+      const n = r.produced[0]
+      if (n < len) this.prefixes++
+      data = Buffer.from(r.out, 0, n)
     } else {
       // Every read waiting on this load has registered its need by now (decoding runs without a break).
       const need = this.loadingNeed.get(i) ?? len
@@ -375,14 +380,22 @@ export class VdimgImage implements BlockSource {
   }
 
   /**
-   * Decode chunk i's stored bytes into a buffer from `alloc` (its logical length): only the prefix that
-   * covers `need` when that is well short of the chunk and the data CRC is not being checked (which needs
-   * every byte); otherwise whole. Returns the decoded bytes, a prefix of the chunk or all of it.
+   * Whether to decode only a prefix of chunk i for reads needing `need` bytes from its start: when that is
+   * well short of the chunk and the data CRC is not being checked (which needs every byte).
    */
+  private prefixWanted(i: number, e: ChunkEntry, need: number): boolean {
+    return e.kind === ChunkKind.Zstd && !this.checkData && need <= (this.chunkLength(i) * 3) >> 2
+  }
+
+  /**
+   * Decode chunk i's stored bytes into a buffer from `alloc` (its logical length), only the prefix that
+   * covers `need` when prefixWanted. Returns the decoded bytes, a prefix of the chunk or all of it.
+   */
+
   private decodeChunk(i: number, e: ChunkEntry, stored: Buffer, need: number, alloc: () => Buffer): Buffer {
     const len = this.chunkLength(i)
     try {
-      if (e.kind === ChunkKind.Zstd && !this.checkData && need <= (len * 3) >> 2) {
+      if (this.prefixWanted(i, e, need)) {
         const data = alloc()
         const n = this.decoder.decodePrefixInto(e.kind, stored, e.storedCrc, data, need)
         if (n === len) return data

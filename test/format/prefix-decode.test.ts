@@ -196,6 +196,22 @@ describe('reader (asynchronous): prefixes without breaking one-load-per-chunk', 
   })
   after(() => t.cleanup())
 
+  it('loads that go to decompression workers decode prefixes too', async () => {
+    const im = await openImage(img, {decompressThreads: 2})
+    try {
+      // Twelve chunks at once: all but the lone first load go to the workers (or to this thread when they are busy).
+      const got = await Promise.all(Array.from({length: 12}, (_, c) => im.read(c * CHUNK + 1000, 4096)))
+      got.forEach((r, c) => assert.ok(r.data.equals(src.subarray(c * CHUNK + 1000, c * CHUNK + 5096)), `chunk ${c}`))
+      assert.deepEqual([im.cacheStats().misses, im.cacheStats().prefixes], [12, 12])
+      // Reads past those prefixes, concurrently again: each chunk decoded whole, once more.
+      const tail = await Promise.all(Array.from({length: 12}, (_, c) => im.read((c + 1) * CHUNK - 4096, 4096)))
+      tail.forEach((r, c) => assert.ok(r.data.equals(src.subarray((c + 1) * CHUNK - 4096, (c + 1) * CHUNK)), `chunk ${c} end`))
+      assert.deepEqual([im.cacheStats().misses, im.cacheStats().prefixes], [24, 12])
+    } finally {
+      await im.close()
+    }
+  })
+
   for (const threads of [0, 2]) {
     it(`a lone small read decodes a prefix; reads past it get the whole chunk (decompressThreads ${threads})`, async () => {
       const im = await openImage(img, {decompressThreads: threads})
