@@ -18,6 +18,20 @@ function chunkData(seed: number): Buffer {
   return b
 }
 
+/** `name`.vdimg in `dir` holding `data`, with 128 KiB chunks. */
+async function imageOf(dir: string, name: string, data: Buffer): Promise<string> {
+  const raw = path.join(dir, `${name}.raw`)
+  const img = path.join(dir, `${name}.vdimg`)
+  fs.writeFileSync(raw, data)
+  const input = openInput(raw)
+  try {
+    await createImage(input, img, {chunkSize: CHUNK})
+  } finally {
+    await input.close()
+  }
+  return img
+}
+
 function encode(data: Buffer, targetBlock?: number): {stored: Buffer; crc: number; storedCrc: number; kind: ChunkKind} {
   const enc = new ChunkEncoder(3, targetBlock)
   const dst = Buffer.alloc(data.length)
@@ -100,11 +114,7 @@ describe('reader: serving reads decode prefixes of chunks', function () {
     t = tmpDir()
     src = Buffer.concat(Array.from({length: 24}, (_, i) => (i % 5 === 4 ? Buffer.alloc(CHUNK) : chunkData(i))))
     src = Buffer.concat([src, textish(77, 5000)]) // a short last chunk
-    fs.writeFileSync(path.join(t.dir, 'p.raw'), src)
-    img = path.join(t.dir, 'p.vdimg')
-    const input = openInput(path.join(t.dir, 'p.raw'))
-    await createImage(input, img, {chunkSize: CHUNK})
-    await input.close()
+    img = await imageOf(t.dir, 'p', src)
   })
   after(() => t.cleanup())
 
@@ -188,11 +198,7 @@ describe('reader (asynchronous): prefixes without breaking one-load-per-chunk', 
   before(async () => {
     t = tmpDir()
     src = Buffer.concat(Array.from({length: 12}, (_, i) => chunkData(i + 40)))
-    fs.writeFileSync(path.join(t.dir, 'q.raw'), src)
-    img = path.join(t.dir, 'q.vdimg')
-    const input = openInput(path.join(t.dir, 'q.raw'))
-    await createImage(input, img, {chunkSize: CHUNK})
-    await input.close()
+    img = await imageOf(t.dir, 'q', src)
   })
   after(() => t.cleanup())
 
