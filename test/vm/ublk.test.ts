@@ -52,6 +52,12 @@ describe('ublk backend (real kernel)', function () {
     assert.ok(p.available, p.available ? '' : p.reason)
   })
 
+  it('serves a .vdimg from two queues, each on a thread of its own (the kernel sees two hardware queues)', () => {
+    const name = path.basename(attached!.device)
+    assert.ok(log.some((l) => /2 queue\(s\), each served on a thread of its own/.test(l)), log.join('\n'))
+    assert.deepEqual(fs.readdirSync(`/sys/block/${name}/mq`).sort(), ['0', '1'])
+  })
+
   it('is a read-only /dev/ublkbN of the image size and sector size', async () => {
     const dev = attached!.device
     assert.match(dev, /^\/dev\/ublkb\d+$/)
@@ -144,23 +150,27 @@ describe('ublk backend (real kernel)', function () {
     }
   })
 
-  it('serves through per-tag buffers and legacy opcodes (kernels without USER_COPY or the ioctl encoding)', async () => {
-    const img = await openImage(fx.image)
-    const dev = await UblkDevice.create(new BlockServer(img), {userCopy: false, legacyOpcodes: true, depth: 8, maxIoBytes: 256 * 1024})
-    try {
-      assert.equal(dev.info.userCopy, false)
-      assert.equal(dev.info.legacyOpcodes, true)
-      const r = await ddSectors(dev.info.blockDevice, 0, 4, 256 * 1024)
-      assert.ok(r.data, r.stderr)
-      assert.ok(r.data.equals(fx.data.subarray(0, MiB1)))
-      const bad = await ddSectors(dev.info.blockDevice, BAD[0].offset / SECTOR, 1)
-      assert.equal(bad.data, null)
-    } finally {
-      await dev.stop()
-      await img.close()
-    }
-    assert.ok(!fs.existsSync(dev.info.blockDevice), `${dev.info.blockDevice} still exists`)
-  })
+  for (const onThreads of [false, true])
+    it(`serves through per-tag buffers and legacy opcodes (kernels without USER_COPY or the ioctl encoding)${onThreads ? ', on serving threads' : ''}`, async () => {
+      const img = await openImage(fx.image)
+      const threads = onThreads ? {count: 2, image: path.resolve(fx.image), cacheBytes: 1 << 20} : undefined
+      const dev = await UblkDevice.create(new BlockServer(img), {userCopy: false, legacyOpcodes: true, depth: 8, maxIoBytes: 256 * 1024, threads})
+      try {
+        assert.equal(dev.info.userCopy, false)
+        assert.equal(dev.info.legacyOpcodes, true)
+        assert.equal(dev.info.threads, onThreads)
+        const r = await ddSectors(dev.info.blockDevice, 0, 4, 256 * 1024)
+        assert.ok(r.data, r.stderr)
+        assert.ok(r.data.equals(fx.data.subarray(0, MiB1)))
+        const bad = await ddSectors(dev.info.blockDevice, BAD[0].offset / SECTOR, 1)
+        assert.equal(bad.data, null)
+        if (onThreads) assert.ok(dev.served > 0, 'the threads counted what they served')
+      } finally {
+        await dev.stop()
+        await img.close()
+      }
+      assert.ok(!fs.existsSync(dev.info.blockDevice), `${dev.info.blockDevice} still exists`)
+    })
 
   it('does not hang readers when the server is killed; cleanup removes the device', async () => {
     const server = spawn(process.execPath, [path.join(__dirname, 'ublk-server.js'), fx.image], {stdio: ['ignore', 'pipe', 'pipe']})

@@ -3,10 +3,79 @@
  * START_DEV, then the queues serve until STOP_DEV; DEL_DEV once /dev/ublkcN is closed.
  */
 import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {Worker} from 'node:worker_threads'
 import type {BlockServer} from '../../../src/core/blockserver'
 import * as abi from './abi'
 import {UblkControl} from './ctrl'
 import {UblkQueue} from './queue'
+import type {QueueThreadConfig} from './queue-thread'
+
+/** What the device needs of a queue, served on the main thread (UblkQueue) or on a thread of its own. */
+interface ServingQueue {
+  readonly done: Promise<void>
+  readonly served: number
+  close(): void
+}
+
+/**
+ * Serving threads: one queue per thread (queue-thread.ts), each with its own instance of the image, so
+ * decompression runs on several cores and off the main thread.
+ */
+export interface UblkThreadOptions {
+  /** Threads, one hardware queue each. */
+  count: number
+  /** Absolute path of the VDIMG image the BlockServer serves. */
+  image: string
+  /** Decoded-chunk cache of each thread's image, in bytes. */
+  cacheBytes: number
+}
+
+/** A queue served by a worker thread: ready once its fetches are out, done when the thread has ended. */
+class QueueThread implements ServingQueue {
+  readonly ready: Promise<void>
+  readonly done: Promise<void>
+  private readonly worker: Worker
+  private readonly counts: Float64Array
+  private readonly qid: number
+
+  constructor(cfg: QueueThreadConfig, log: (line: string) => void) {
+    this.counts = new Float64Array(cfg.shared)
+    this.qid = cfg.qid
+    this.worker = new Worker(path.join(__dirname, 'queue-thread.js'), {workerData: cfg})
+    let ready!: () => void
+    let failed!: (e: Error) => void
+    this.ready = new Promise<void>((res, rej) => ((ready = res), (failed = rej)))
+    this.ready.catch(() => undefined)
+    this.done = new Promise<void>((resolve) => {
+      this.worker.on('message', (m: {log?: string; ready?: boolean; fatal?: string; done?: boolean}) => {
+        if (m.log) log(m.log)
+        if (m.ready) ready()
+        if (m.fatal) {
+          log(`ublk queue ${cfg.qid} thread: ${m.fatal}`)
+          failed(new Error(`ublk queue ${cfg.qid} thread: ${m.fatal}`))
+        }
+      })
+      this.worker.on('error', (err) => {
+        log(`ublk queue ${cfg.qid} thread: ${err.message}`)
+        failed(err)
+      })
+      this.worker.on('exit', () => {
+        failed(new Error(`ublk queue ${cfg.qid} thread exited`))
+        resolve()
+      })
+    })
+  }
+
+  get served(): number {
+    return this.counts[this.qid]
+  }
+
+  /** A thread still in io_uring_enter cannot be interrupted; terminate() takes effect when it returns. */
+  close(): void {
+    void this.worker.terminate()
+  }
+}
 
 export interface UblkDeviceOptions {
   /** Hardware queues (each its own ring); default 1 — the data comes from one JavaScript thread anyway. */
@@ -19,6 +88,8 @@ export interface UblkDeviceOptions {
   userCopy?: boolean
   /** Use the legacy plain-number opcodes (as on kernels without the ioctl encoding); for tests. */
   legacyOpcodes?: boolean
+  /** Serve each queue on a thread of its own (then `queues` is the thread count). Default: the main thread. */
+  threads?: UblkThreadOptions
   log?: (line: string) => void
 }
 
@@ -32,6 +103,8 @@ export interface UblkDeviceInfo {
   userCopy: boolean
   legacyOpcodes: boolean
   queues: number
+  /** True when each queue is served on a thread of its own. */
+  threads: boolean
   depth: number
   maxIoBytes: number
 }
@@ -65,7 +138,7 @@ export function listPartitions(devId: number): string[] {
 }
 
 export class UblkDevice {
-  private queues: UblkQueue[] = []
+  private queues: ServingQueue[] = []
   private cdevFd = -1
   private stopping: Promise<void> | null = null
   private resolveClosed!: () => void
@@ -88,7 +161,7 @@ export class UblkDevice {
     if (!Number.isInteger(bsShift) || bsShift < 9 || bsShift > 12)
       throw new Error(`ublk: sector size ${sectorSize} is not a power of two between 512 and 4096`)
     if (server.size % sectorSize !== 0) throw new Error(`ublk: image size ${server.size} is not a multiple of its sector size ${sectorSize}`)
-    const nrQueues = opts.queues ?? 1
+    const nrQueues = opts.threads ? Math.max(1, opts.threads.count) : (opts.queues ?? 1)
     const depth = opts.depth ?? 64
     const maxIoBytes = opts.maxIoBytes ?? 1 << 20
     if (depth < 1 || depth > abi.UBLK_MAX_QUEUE_DEPTH) throw new Error(`ublk: queue depth ${depth} out of range`)
@@ -131,10 +204,33 @@ export class UblkDevice {
       // devtmpfs creates the node as the driver registers it; udev may still be adjusting it.
       if (!(await waitFor(() => fs.existsSync(charDevice), 5000))) throw new Error(`ublk: ${charDevice} did not appear`)
       dev.cdevFd = fs.openSync(charDevice, fs.constants.O_RDWR)
-      for (let qid = 0; qid < added.nrHwQueues; qid++) {
-        const q = new UblkQueue({devId, qid, depth: added.queueDepth, maxIoBytes: maxIo, cdevFd: dev.cdevFd, userCopy, server, log}, legacyIo)
-        dev.queues.push(q)
-        q.fetchAll()
+      if (opts.threads) {
+        const shared = new SharedArrayBuffer(8 * added.nrHwQueues)
+        const threads: QueueThread[] = []
+        for (let qid = 0; qid < added.nrHwQueues; qid++) {
+          const cfg: QueueThreadConfig = {
+            image: opts.threads.image,
+            cacheBytes: opts.threads.cacheBytes,
+            badPolicy: server.badPolicy,
+            devId,
+            qid,
+            depth: added.queueDepth,
+            maxIoBytes: maxIo,
+            cdevFd: dev.cdevFd,
+            userCopy,
+            legacyOpcodes: legacyIo,
+            shared,
+          }
+          threads.push(new QueueThread(cfg, log))
+        }
+        dev.queues.push(...threads)
+        await Promise.all(threads.map((t) => t.ready))
+      } else {
+        for (let qid = 0; qid < added.nrHwQueues; qid++) {
+          const q = new UblkQueue({devId, qid, depth: added.queueDepth, maxIoBytes: maxIo, cdevFd: dev.cdevFd, userCopy, server, log}, legacyIo)
+          dev.queues.push(q)
+          q.fetchAll()
+        }
       }
       // If every queue is aborted without our STOP_DEV, the kernel took the device down.
       void Promise.all(dev.queues.map((q) => q.done)).then(() => dev.resolveClosed())
@@ -159,6 +255,7 @@ export class UblkDevice {
         userCopy,
         legacyOpcodes: legacyIo,
         queues: added.nrHwQueues,
+        threads: opts.threads !== undefined,
         depth: added.queueDepth,
         maxIoBytes: maxIo,
       }

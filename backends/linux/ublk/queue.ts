@@ -2,27 +2,28 @@
  * One ublk hardware queue: its io_uring, the mmapped descriptor array, and the FETCH_REQ /
  * COMMIT_AND_FETCH_REQ loop (include/uapi/linux/ublk_cmd.h).
  *
- * The driver requires every command of a queue to come from the task that issued its FETCH_REQs. This queue
- * lives on the JavaScript main thread — the same thread that owns the BlockServer — and never blocks it: the
+ * The driver requires every command of a queue to come from the task that issued its FETCH_REQs. A queue runs
+ * in one of two ways. On an event loop (the main thread, which owns the BlockServer): it never blocks — the
  * ring fd is watched by the event loop (koffi's uv_poll), a completion for one tag is turned into a
  * BlockServer read, and the COMMIT_AND_FETCH_REQs of everything answered in one turn of the loop go to the
- * kernel in one io_uring_enter. (A worker thread per queue was the alternative: it would add a message hop
- * each way per request, and wake-ups through an eventfd, while the data still comes from the main thread.
- * It was not built; see docs/ublk.md.)
+ * kernel in one io_uring_enter. Blocking (`blocking: true`, on a serving thread of its own, queue-thread.ts):
+ * runBlocking() waits in io_uring_enter, answers each request synchronously from a sync-mode image, and sends
+ * the answers with its next wait, as ublksrv's queue loop does.
  *
  * Data moves with UBLK_F_USER_COPY when the kernel has it: the read's bytes are pwrite()n to /dev/ublkcN at the
- * request's position, from the main thread (the driver does not care which thread copies). Without it, each tag
+ * request's position, from the queue's thread (the driver does not care which thread copies). Without it, each tag
  * owns a buffer whose address goes in the FETCH/COMMIT command, and the driver copies from it on commit.
  */
 import * as fs from 'node:fs'
 import {BlockError, type BlockServer} from '../../../src/core/blockserver'
-import {koffi} from '../../../src/sys/libc'
+import {koffi, SysError} from '../../../src/sys/libc'
 import * as abi from './abi'
 import {bufferAddress, IORING_OP_URING_CMD, IoUring, io_uring_sqe, mapShared, unmap, setUserData, SQE_CMD, SQE_CMD_OP, type Cqe, type Mapping} from './io_uring'
 
 /** Negative errnos handed back to the block layer (it maps anything it does not know to BLK_STS_IOERR). */
 const ERRNO: Record<BlockError['errno'], number> = {EIO: 5, EINVAL: 22, ENOSPC: 28, EPERM: 1, ESHUTDOWN: 108}
 const EIO = 5
+const EINTR = 4
 const EOPNOTSUPP = 95
 
 export interface UblkQueueOptions {
@@ -35,6 +36,11 @@ export interface UblkQueueOptions {
   userCopy: boolean
   server: BlockServer
   log: (line: string) => void
+  /**
+   * Serve on a thread of its own (queue-thread.ts): no event loop — runBlocking() waits in io_uring_enter
+   * and answers each request synchronously through BlockServer.readSync (a sync-mode image).
+   */
+  blocking?: boolean
 }
 
 type TagState = 'idle' | 'fetching' | 'serving' | 'aborted'
@@ -42,7 +48,9 @@ type TagState = 'idle' | 'fetching' | 'serving' | 'aborted'
 export class UblkQueue {
   private readonly ring: IoUring
   private readonly desc: Mapping
-  private readonly poll: ReturnType<typeof koffi.node.poll>
+  private readonly poll: ReturnType<typeof koffi.node.poll> | undefined
+  /** Blocking mode with USER_COPY: the buffer each read is decoded into before its pwrite(2). */
+  private readonly scratch: Buffer | undefined
   private readonly state: TagState[]
   /** Per-tag buffers (only without USER_COPY) and their addresses. */
   private readonly buffers: Buffer[] = []
@@ -82,7 +90,8 @@ export class UblkQueue {
         this.buffers.push(b)
         this.addresses.push(bufferAddress(b))
       }
-    this.poll = koffi.node.poll(this.ring.fd, {readable: true}, () => this.onReadable())
+    if (o.blocking) this.scratch = o.userCopy ? Buffer.allocUnsafeSlow(o.maxIoBytes) : undefined
+    else this.poll = koffi.node.poll(this.ring.fd, {readable: true}, () => this.onReadable())
   }
 
   /** Issue FETCH_REQ for every tag; the device can start once all queues have done this. */
@@ -144,6 +153,15 @@ export class UblkQueue {
     switch (op) {
       case abi.UBLK_IO_OP_READ:
         if (length > this.o.maxIoBytes) return this.commit(tag, -EIO)
+        if (this.o.blocking) {
+          let data: Buffer
+          try {
+            data = this.o.server.readSync(offset, length, this.scratch ?? this.buffers[tag])
+          } catch (err) {
+            return this.commit(tag, err instanceof BlockError ? -ERRNO[err.errno] : -EIO)
+          }
+          return this.completeRead(tag, data, length)
+        }
         this.o.server.read(offset, length).then(
           (data) => this.completeRead(tag, data, length),
           (err: unknown) => this.commit(tag, err instanceof BlockError ? -ERRNO[err.errno] : -EIO),
@@ -169,7 +187,7 @@ export class UblkQueue {
         let done = 0
         while (done < length)
           done += fs.writeSync(this.o.cdevFd, data, done, length - done, abi.userCopyOffset(this.o.qid, tag) + done)
-      } else {
+      } else if (data.buffer !== this.buffers[tag].buffer) {
         data.copy(this.buffers[tag], 0, 0, length)
       }
     } catch (err) {
@@ -184,6 +202,7 @@ export class UblkQueue {
   private commit(tag: number, result: number): void {
     if (this.closed || this.state[tag] !== 'serving') return
     this.commits.push([tag, result])
+    if (this.o.blocking) return // runBlocking() sends them with its next wait
     if (!this.flushScheduled) {
       this.flushScheduled = true
       setImmediate(() => this.flushCommits())
@@ -193,11 +212,37 @@ export class UblkQueue {
   private flushCommits(): void {
     this.flushScheduled = false
     if (this.closed) return
+    this.prepCommits()
+    this.ring.submit(0)
+  }
+
+  private prepCommits(): void {
     for (const [tag, result] of this.commits.splice(0)) {
       this.prepCommand(this.commitOp, tag, result)
       this.state[tag] = 'fetching'
     }
-    this.ring.submit(0)
+  }
+
+  /**
+   * Blocking mode: fetch every tag, then serve until the driver aborts them all (STOP_DEV, or the device
+   * going away) or close() is called. Each turn is one io_uring_enter that sends the previous turn's
+   * COMMIT_AND_FETCH_REQs and waits for at least one request — as ublksrv's queue loop does.
+   * `afterTurn` runs after each turn's requests are answered (counters).
+   */
+  runBlocking(afterTurn?: () => void): void {
+    if (!this.o.blocking) throw new Error('ublk queue: runBlocking needs blocking mode')
+    this.fetchAll()
+    while (!this.closed && this.abortedCount < this.o.depth) {
+      try {
+        this.ring.submit(1)
+      } catch (err) {
+        if (err instanceof SysError && err.errno === EINTR) continue
+        throw err
+      }
+      this.ring.reap((cqe) => this.onCompletion(cqe))
+      this.prepCommits()
+      afterTurn?.()
+    }
   }
 
   /** Tags not yet aborted by the driver. */
@@ -209,7 +254,7 @@ export class UblkQueue {
   close(): void {
     if (this.closed) return
     this.closed = true
-    this.poll.close()
+    this.poll?.close()
     unmap(this.desc)
     this.ring.close()
     this.resolveDone()

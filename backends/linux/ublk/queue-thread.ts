@@ -1,0 +1,61 @@
+/**
+ * A ublk queue served on a thread of its own, as ublksrv and libublk serve each hardware queue: the thread
+ * opens the image itself (the reader's sync mode: pread(2) and decompression on this thread, a small chunk
+ * cache), sets up the queue's io_uring, issues every FETCH_REQ — the driver then takes this thread as the
+ * queue's daemon and accepts its commands only from it — and loops in UblkQueue.runBlocking(): one
+ * io_uring_enter per turn sends the answers and waits for the next requests. Reads are answered
+ * synchronously, so a queue has one request in decompression at a time; several queues (threads) use the
+ * cores. It ends when the driver aborts the queue's fetches (STOP_DEV, or the device going away).
+ *
+ * Served-request counts go to shared memory (the thread sits in io_uring_enter, where it cannot take
+ * messages).
+ */
+import {parentPort, workerData} from 'node:worker_threads'
+import {BlockServer, type BadPolicy} from '../../../src/core/blockserver'
+import {openImage} from '../../../src/format/reader'
+import {UblkQueue} from './queue'
+
+export interface QueueThreadConfig {
+  /** Absolute path of the VDIMG image; each thread opens its own instance. */
+  image: string
+  cacheBytes: number
+  badPolicy: string
+  devId: number
+  qid: number
+  depth: number
+  maxIoBytes: number
+  /** /dev/ublkcN, opened once by the main thread (descriptors are shared by every thread of the process). */
+  cdevFd: number
+  userCopy: boolean
+  legacyOpcodes: boolean
+  /** Float64Array: per queue, requests served. */
+  shared: SharedArrayBuffer
+}
+
+async function main(): Promise<void> {
+  const cfg = workerData as QueueThreadConfig
+  const served = new Float64Array(cfg.shared)
+  const log = (line: string): void => parentPort!.postMessage({log: line})
+  const image = await openImage(cfg.image, {cacheBytes: cfg.cacheBytes, sync: true})
+  try {
+    const server = new BlockServer(image, {badPolicy: cfg.badPolicy as BadPolicy})
+    const q = new UblkQueue(
+      {devId: cfg.devId, qid: cfg.qid, depth: cfg.depth, maxIoBytes: cfg.maxIoBytes, cdevFd: cfg.cdevFd, userCopy: cfg.userCopy, server, log, blocking: true},
+      cfg.legacyOpcodes,
+    )
+    try {
+      // The FETCH_REQs go out at the start of runBlocking; START_DEV (on the main thread) waits for them.
+      parentPort!.postMessage({ready: true})
+      q.runBlocking(() => (served[cfg.qid] = q.served))
+    } finally {
+      q.close()
+    }
+  } finally {
+    await image.close()
+  }
+}
+
+main().then(
+  () => parentPort!.postMessage({done: true}),
+  (err: unknown) => parentPort!.postMessage({fatal: (err as Error)?.message ?? String(err)}),
+)
