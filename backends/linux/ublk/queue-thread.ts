@@ -13,40 +13,32 @@
 import {parentPort, workerData} from 'node:worker_threads'
 import {BlockServer, type BadPolicy} from '../../../src/core/blockserver'
 import {openImage} from '../../../src/format/reader'
-import {UblkQueue} from './queue'
+import {UblkQueue, type UblkQueueOptions} from './queue'
 
-export interface QueueThreadConfig {
+/** The queue's own options (cdevFd: /dev/ublkcN, opened once by the main thread — descriptors are shared by
+ * every thread of the process), and what the thread needs to build its BlockServer. */
+export interface QueueThreadConfig extends Omit<UblkQueueOptions, 'server' | 'log' | 'blocking'> {
   /** Absolute path of the VDIMG image; each thread opens its own instance. */
   image: string
   cacheBytes: number
   badPolicy: string
-  devId: number
-  qid: number
-  depth: number
-  maxIoBytes: number
-  /** /dev/ublkcN, opened once by the main thread (descriptors are shared by every thread of the process). */
-  cdevFd: number
-  userCopy: boolean
   legacyOpcodes: boolean
   /** Float64Array: per queue, requests served. */
   shared: SharedArrayBuffer
 }
 
 async function main(): Promise<void> {
-  const cfg = workerData as QueueThreadConfig
-  const served = new Float64Array(cfg.shared)
+  const {image: imagePath, cacheBytes, badPolicy, legacyOpcodes, shared, ...queue} = workerData as QueueThreadConfig
+  const served = new Float64Array(shared)
   const log = (line: string): void => parentPort!.postMessage({log: line})
-  const image = await openImage(cfg.image, {cacheBytes: cfg.cacheBytes, sync: true})
+  const image = await openImage(imagePath, {cacheBytes, sync: true})
   try {
-    const server = new BlockServer(image, {badPolicy: cfg.badPolicy as BadPolicy})
-    const q = new UblkQueue(
-      {devId: cfg.devId, qid: cfg.qid, depth: cfg.depth, maxIoBytes: cfg.maxIoBytes, cdevFd: cfg.cdevFd, userCopy: cfg.userCopy, server, log, blocking: true},
-      cfg.legacyOpcodes,
-    )
+    const server = new BlockServer(image, {badPolicy: badPolicy as BadPolicy})
+    const q = new UblkQueue({...queue, server, log, blocking: true}, legacyOpcodes)
     try {
       // The FETCH_REQs go out at the start of runBlocking; START_DEV (on the main thread) waits for them.
       parentPort!.postMessage({ready: true})
-      q.runBlocking(() => (served[cfg.qid] = q.served))
+      q.runBlocking(() => (served[queue.qid] = q.served))
     } finally {
       q.close()
     }
