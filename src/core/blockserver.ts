@@ -4,7 +4,7 @@
  * sector-aligned, so this is exact at sector granularity; `zero`: bad bytes read as zeros), bounds the
  * number of reads in flight, counts what it serves, and can drain before a backend tears down.
  */
-import type {BlockSource} from './source'
+import type {BlockSource, ReadResult} from './source'
 import type {BadRange} from './errors'
 
 export type BadPolicy = 'error' | 'zero'
@@ -67,25 +67,11 @@ export class BlockServer {
 
   /** Serve one read. Rejects with BlockError only. */
   async read(offset: number, length: number): Promise<Buffer> {
-    if (this.closed) throw new BlockError('ESHUTDOWN', 'device is shutting down')
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0)
-      throw new BlockError('EINVAL', `invalid request (${offset}, ${length})`)
-    if (offset + length > this.size)
-      throw new BlockError('EINVAL', `read of ${length} bytes at ${offset} extends past the end (${this.size})`)
+    this.checkRequest(offset, length)
     await this.acquire()
     this.counters.reads++
     try {
-      const r = await this.source.read(offset, length)
-      if (r.bad.length > 0) {
-        this.counters.badReads++
-        if (this.badPolicy === 'error') {
-          this.counters.errors++
-          const b = r.bad[0]
-          throw new BlockError('EIO', `unreadable area at byte ${b.offset} (${b.status})`, r.bad)
-        }
-      }
-      this.counters.bytes += length
-      return r.data
+      return this.accept(await this.source.read(offset, length), length)
     } catch (err) {
       if (err instanceof BlockError) throw err
       this.counters.errors++
@@ -102,11 +88,7 @@ export class BlockServer {
    */
   readSync(offset: number, length: number, dst?: Buffer): Buffer {
     if (!this.source.synchronous || !this.source.readSync) throw new BlockError('EINVAL', 'source cannot be read synchronously')
-    if (this.closed) throw new BlockError('ESHUTDOWN', 'device is shutting down')
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0)
-      throw new BlockError('EINVAL', `invalid request (${offset}, ${length})`)
-    if (offset + length > this.size)
-      throw new BlockError('EINVAL', `read of ${length} bytes at ${offset} extends past the end (${this.size})`)
+    this.checkRequest(offset, length)
     this.counters.reads++
     let r
     try {
@@ -116,6 +98,20 @@ export class BlockServer {
       this.opts.onFault?.(offset, length, err)
       throw new BlockError('EIO', (err as Error)?.message ?? String(err))
     }
+    return this.accept(r, length)
+  }
+
+  /** The checks every request gets before the source is asked: open, well formed, inside the image. */
+  private checkRequest(offset: number, length: number): void {
+    if (this.closed) throw new BlockError('ESHUTDOWN', 'device is shutting down')
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0)
+      throw new BlockError('EINVAL', `invalid request (${offset}, ${length})`)
+    if (offset + length > this.size)
+      throw new BlockError('EINVAL', `read of ${length} bytes at ${offset} extends past the end (${this.size})`)
+  }
+
+  /** The bad-area policy and counters applied to what the source answered. */
+  private accept(r: ReadResult, length: number): Buffer {
     if (r.bad.length > 0) {
       this.counters.badReads++
       if (this.badPolicy === 'error') {
