@@ -1,35 +1,21 @@
 /**
- * The block-serving core every backend uses: a request (offset, length) in, bytes or an errno out.
- * It applies the bad-area policy (default: EIO for any request touching a bad area — requests are
- * sector-aligned, so this is exact at sector granularity; `zero`: bad bytes read as zeros), bounds the
- * number of reads in flight, counts what it serves, and can drain before a backend tears down.
+ * The block-serving core every backend and protocol server uses: a request (offset, length) in, bytes or
+ * an errno out. It checks each request, passes it through the layers over the source (the bad-area
+ * policy, src/layers/bad-policy.ts), bounds the reads in flight, counts what it serves and can drain
+ * before a backend tears down.
+ *
+ * Counters live in a Float64Array slot (src/core/counters.ts): the server's own, or a slot of shared memory
+ * on a serving thread. Serving threads register their slots with the main thread's server (addCounters),
+ * so `stats` is the whole device's, however many threads serve it.
  */
 import type {BlockSource, ReadResult} from './source'
-import type {BadRange} from './errors'
+import {COUNTER, CounterSlots, SLOT_SIZE, addSlot, zeroCounts, type ServedCounts} from './counters'
+import {BlockError, type BadPolicy} from './block-error'
+import {BadAreaPolicy} from '../layers/bad-policy'
 
-export type BadPolicy = 'error' | 'zero'
+export {BlockError, errnoOf, type BadPolicy} from './block-error'
 
-/** A failed block request, carrying the errno a backend hands the kernel or a protocol peer. */
-export class BlockError extends Error {
-  constructor(
-    readonly errno: 'EIO' | 'EINVAL' | 'ENOSPC' | 'EPERM' | 'ESHUTDOWN',
-    message: string,
-    readonly bad: BadRange[] = [],
-  ) {
-    super(message)
-    this.name = 'BlockError'
-  }
-}
-
-export interface BlockStats {
-  reads: number
-  bytes: number
-  errors: number
-  badReads: number
-  inFlight: number
-  cacheHits?: number
-  cacheMisses?: number
-}
+export type BlockStats = ServedCounts
 
 export interface BlockServerOptions {
   badPolicy?: BadPolicy
@@ -37,46 +23,72 @@ export interface BlockServerOptions {
   maxInFlight?: number
   /** Called for faults (not bad areas), so a daemon can log them. */
   onFault?: (offset: number, length: number, err: unknown) => void
+  /** Count into this slot (SLOT_SIZE values; a serving thread's slot of shared memory) instead of its own. */
+  counters?: Float64Array
 }
 
 export class BlockServer {
   readonly size: number
   readonly sectorSize: number
   readonly badPolicy: BadPolicy
+  /** The top of the layer stack reads go through. */
+  private readonly top: BlockSource
   private readonly maxInFlight: number
   private inFlight = 0
   private waiting: Array<() => void> = []
   private idle: Array<() => void> = []
   private closed = false
-  private readonly counters = {reads: 0, bytes: 0, errors: 0, badReads: 0}
+  private readonly c: Float64Array
+  private readonly others: CounterSlots[] = []
 
   constructor(
-    readonly source: BlockSource & {cacheStats?: () => {hits: number; misses: number}},
+    /** The source at the bottom of the stack (its descriptor opens it again on a serving thread). */
+    readonly source: BlockSource,
     private readonly opts: BlockServerOptions = {},
   ) {
     this.size = source.size
     this.sectorSize = source.sectorSize
     this.badPolicy = opts.badPolicy ?? 'error'
     this.maxInFlight = opts.maxInFlight ?? 64
+    this.top = new BadAreaPolicy(source, this.badPolicy)
+    this.c = opts.counters ?? new Float64Array(SLOT_SIZE)
   }
 
+  /** Count the reads of serving threads (their shared slots) in `stats`. */
+  addCounters(slots: CounterSlots): void {
+    this.others.push(slots)
+  }
+
+  /** What this server and every serving thread registered with it have served. */
   get stats(): BlockStats {
-    const c = this.source.cacheStats?.()
-    return {...this.counters, inFlight: this.inFlight, cacheHits: c?.hits, cacheMisses: c?.misses}
+    this.publishCache()
+    const out = addSlot(zeroCounts(), this.c)
+    for (const s of this.others) s.sum(out)
+    return out
+  }
+
+  /** The counter slot this server counts into. */
+  get counters(): Float64Array {
+    return this.c
+  }
+
+  /** Copy the source's cache counters into the slot (cheap; called after each synchronous read). */
+  private publishCache(): void {
+    const cs = this.source.cacheStats?.()
+    if (!cs) return
+    this.c[COUNTER.cacheHits] = cs.hits
+    this.c[COUNTER.cacheMisses] = cs.misses
   }
 
   /** Serve one read. Rejects with BlockError only. */
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRequest(offset, length)
     await this.acquire()
-    this.counters.reads++
+    this.c[COUNTER.reads]++
     try {
-      return this.accept(await this.source.read(offset, length), length)
+      return this.accept(await this.top.read(offset, length), length)
     } catch (err) {
-      if (err instanceof BlockError) throw err
-      this.counters.errors++
-      this.opts.onFault?.(offset, length, err)
-      throw new BlockError('EIO', (err as Error)?.message ?? String(err))
+      throw this.failed(offset, length, err)
     } finally {
       this.release()
     }
@@ -87,18 +99,18 @@ export class BlockServer {
    * source (see BlockSource.readSync). Same checks, policy and counters as read(); throws BlockError.
    */
   readSync(offset: number, length: number, dst?: Buffer): Buffer {
-    if (!this.source.synchronous || !this.source.readSync) throw new BlockError('EINVAL', 'source cannot be read synchronously')
+    if (!this.top.synchronous || !this.top.readSync) throw new BlockError('EINVAL', 'source cannot be read synchronously')
     this.checkRequest(offset, length)
-    this.counters.reads++
-    let r
+    this.c[COUNTER.reads]++
+    this.c[COUNTER.inFlight]++
     try {
-      r = this.source.readSync(offset, length, dst)
+      return this.accept(this.top.readSync(offset, length, dst), length)
     } catch (err) {
-      this.counters.errors++
-      this.opts.onFault?.(offset, length, err)
-      throw new BlockError('EIO', (err as Error)?.message ?? String(err))
+      throw this.failed(offset, length, err)
+    } finally {
+      this.c[COUNTER.inFlight]--
+      this.publishCache()
     }
-    return this.accept(r, length)
   }
 
   /** The checks every request gets before the source is asked: open, well formed, inside the image. */
@@ -110,30 +122,36 @@ export class BlockServer {
       throw new BlockError('EINVAL', `read of ${length} bytes at ${offset} extends past the end (${this.size})`)
   }
 
-  /** The bad-area policy and counters applied to what the source answered. */
+  /** Counters for what the layers answered. */
   private accept(r: ReadResult, length: number): Buffer {
-    if (r.bad.length > 0) {
-      this.counters.badReads++
-      if (this.badPolicy === 'error') {
-        this.counters.errors++
-        const b = r.bad[0]
-        throw new BlockError('EIO', `unreadable area at byte ${b.offset} (${b.status})`, r.bad)
-      }
-    }
-    this.counters.bytes += length
+    if (r.bad.length > 0) this.c[COUNTER.badReads]++
+    this.c[COUNTER.bytes] += length
     return r.data
+  }
+
+  /** Every failure becomes a BlockError: bad areas (from the policy layer) as they are, faults as EIO, logged. */
+  private failed(offset: number, length: number, err: unknown): BlockError {
+    this.c[COUNTER.errors]++
+    if (err instanceof BlockError) {
+      if (err.bad.length > 0) this.c[COUNTER.badReads]++
+      return err
+    }
+    this.opts.onFault?.(offset, length, err)
+    return new BlockError('EIO', (err as Error)?.message ?? String(err))
   }
 
   private acquire(): Promise<void> {
     if (this.inFlight < this.maxInFlight) {
       this.inFlight++
+      this.c[COUNTER.inFlight]++
       return Promise.resolve()
     }
-    return new Promise((resolve) => this.waiting.push(() => (this.inFlight++, resolve())))
+    return new Promise((resolve) => this.waiting.push(() => (this.inFlight++, this.c[COUNTER.inFlight]++, resolve())))
   }
 
   private release(): void {
     this.inFlight--
+    this.c[COUNTER.inFlight]--
     const next = this.waiting.shift()
     if (next) next()
     else if (this.inFlight === 0) for (const f of this.idle.splice(0)) f()

@@ -1,7 +1,11 @@
 /**
  * The layer contract, after nbdkit's plugin/filter split: a *source* (an image) has a size and answers
- * reads; *layers* wrap a source and present the same interface; an *exporter* (a backend) turns reads
- * into a block device. Offsets and lengths are JavaScript numbers: exact up to 2^53 bytes (8 PiB).
+ * reads; *layers* (src/layers) wrap a source and present the same interface; an *exporter* (a backend or
+ * a protocol server) turns reads into a block device. Offsets and lengths are JavaScript numbers: exact up
+ * to 2^53 bytes (8 PiB).
+ *
+ * A source can be opened again on any thread from its `descriptor` (src/sources: openSource), which is
+ * how serving threads (src/threads) each get an instance of their own without knowing what kind it is.
  */
 import type {BadRange} from './errors'
 
@@ -20,6 +24,34 @@ export interface Extent {
   kind: ExtentKind
 }
 
+/**
+ * What another thread needs to open the same source: a plain value that survives structured cloning
+ * (postMessage, workerData). `kind` names an opener in src/sources; `path` is absolute.
+ */
+export interface SourceDescriptor {
+  kind: string
+  path: string
+  options?: Record<string, string | number | boolean>
+}
+
+/** How a source is opened (src/sources: openSource). */
+export interface OpenSourceOptions {
+  /**
+   * For a serving thread that answers one request at a time: readSync may be called (pread(2) and any
+   * decoding on the calling thread, into the caller's buffer).
+   */
+  sync?: boolean
+  /** Bytes of decoded data the source may cache (sources that decode). */
+  cacheBytes?: number
+  /** Worker threads for decoding (asynchronous mode only; sources that decode). */
+  decompressThreads?: number
+}
+
+export interface CacheStats {
+  hits: number
+  misses: number
+}
+
 export interface BlockSource {
   readonly size: number
   /** Logical sector size of the original medium: 512, 2048 or 4096. */
@@ -27,13 +59,17 @@ export interface BlockSource {
   /** Read [offset, offset+length). Rejects only for faults (corrupt chunk, I/O error), never for bad areas. */
   read(offset: number, length: number): Promise<ReadResult>
   /**
-   * Optional synchronous read into `dst` (or a new buffer), for dedicated serving threads that answer one
-   * request at a time. Present only when the source was opened for it (a VDIMG image with {sync: true}).
+   * Synchronous read into `dst` (or a new buffer), for serving threads that answer one request at a time.
+   * Every source implements it when opened with {sync: true} (then `synchronous` is true).
    */
   readSync?(offset: number, length: number, dst?: Buffer): ReadResult
   /** True when readSync may be called. */
   readonly synchronous?: boolean
+  /** How to open this same source on another thread; absent when it cannot be opened again. */
+  readonly descriptor?: SourceDescriptor
   /** Describe [offset, offset+length) as runs of data, zeros and bad areas (for NBD block status). */
   extents?(offset: number, length: number): Promise<Extent[]>
+  /** Cache hits and misses of a source that caches decoded data. */
+  cacheStats?(): CacheStats
   close(): Promise<void>
 }

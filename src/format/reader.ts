@@ -7,7 +7,7 @@
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {VdevError, ioError} from '../core/errors'
-import type {BlockSource, Extent, ReadResult} from '../core/source'
+import type {BlockSource, Extent, ReadResult, SourceDescriptor} from '../core/source'
 import {WorkerPool} from '../core/workerpool'
 import {BadAreaMap} from './badmap'
 import {ChunkDecoder, ChunkDecodeError} from './codec'
@@ -91,6 +91,10 @@ export class VdimgImage implements BlockSource {
   /** True when opened with {sync: true}: readSync may be called. */
   get synchronous(): boolean {
     return this.sync
+  }
+  /** How a serving thread opens this image again (src/sources). */
+  get descriptor(): SourceDescriptor {
+    return {kind: 'vdimg', path: path.resolve(this.path)}
   }
   /** Sync mode: decode buffers (each chunkSize bytes) evicted from the cache, ready for reuse. */
   private readonly spare: Buffer[] = []

@@ -39,26 +39,8 @@ function check(call: string, rc: number): number {
   return rc
 }
 
-export const ERRNO = {
-  EPERM: 1,
-  ENOENT: 2,
-  EINTR: 4,
-  EIO: 5,
-  ENXIO: 6,
-  EBADF: 9,
-  EAGAIN: 11,
-  ENOMEM: 12,
-  EACCES: 13,
-  EBUSY: 16,
-  EEXIST: 17,
-  ENODEV: 19,
-  EINVAL: 22,
-  ENOSPC: 28,
-  EROFS: 30,
-  ENOSYS: 38,
-  ENOTSUP: 95,
-  ESHUTDOWN: 108,
-} as const
+/** Linux errno values (src/sys/errno.ts). */
+export {ERRNO} from './errno'
 
 /** ioctl with a pointer argument (a Buffer holding the struct, read and written in place). */
 export function ioctl(fd: number, request: number | bigint, arg: Buffer | null, name = 'ioctl'): number {

@@ -1,0 +1,97 @@
+/**
+ * The image sources, by kind: what a command, the attach daemon or a serving thread opens. Each kind has
+ * an opener taking a SourceDescriptor (kind + absolute path + options) — so any thread can open the same
+ * source again — and this is the only module that names them (adding a kind edits nothing else).
+ *
+ *   vdimg  a VDIMG image (src/format/reader.ts)
+ *   raw    a raw file or block device, with an optional GNU ddrescue mapfile (raw.ts)
+ */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {VdevError, ioError} from '../core/errors'
+import type {BlockSource, OpenSourceOptions, SourceDescriptor} from '../core/source'
+import {MAGIC} from '../format/layout'
+import {openImage} from '../format/reader'
+import {RawImage} from './raw'
+
+type Opener = (d: SourceDescriptor, how: OpenSourceOptions) => Promise<BlockSource>
+
+const OPENERS: Record<string, Opener> = {
+  vdimg: (d, how) => openImage(d.path, {sync: how.sync, cacheBytes: how.cacheBytes, decompressThreads: how.decompressThreads}),
+  raw: async (d, how) => {
+    const o = d.options ?? {}
+    return RawImage.open(d.path, {mapfile: typeof o.mapfile === 'string' ? o.mapfile : undefined, sectorSize: typeof o.sectorSize === 'number' ? o.sectorSize : undefined}, how)
+  },
+}
+
+export const SOURCE_KINDS = Object.keys(OPENERS)
+
+/** Open a source from its descriptor, on this thread. */
+export function openSource(d: SourceDescriptor, how: OpenSourceOptions = {}): Promise<BlockSource> {
+  const open = OPENERS[d.kind]
+  if (!open) throw new VdevError('internal', `unknown source kind "${d.kind}" (known: ${SOURCE_KINDS.join(', ')})`)
+  return open(d, how)
+}
+
+export type ImageFormat = 'auto' | 'vdimg' | 'raw'
+
+export interface SourceArgs {
+  /** auto (default): a VDIMG image if the file says so; raw with --mapfile or on a block device. */
+  format?: ImageFormat
+  /** A GNU ddrescue mapfile for a raw image (implies raw). */
+  mapfile?: string
+  /** Logical sector size of a raw image. */
+  sectorSize?: number
+}
+
+/**
+ * What the user named on the command line, as a descriptor. A VDIMG image is recognised by its magic;
+ * anything else is served raw only when asked (--format raw or --mapfile) or when it is a block device,
+ * so that a damaged image is never taken for a raw disk.
+ */
+export function describeSource(image: string, a: SourceArgs = {}): SourceDescriptor {
+  const abs = path.resolve(image)
+  const format = a.format ?? 'auto'
+  if (a.mapfile !== undefined && format === 'vdimg') throw new VdevError('usage', '--mapfile goes with a raw image, not a VDIMG image (its bad areas are inside it)')
+  if (a.sectorSize !== undefined && format === 'vdimg') throw new VdevError('usage', '--sector-size goes with a raw image (a VDIMG image records its own)')
+  const raw = (): SourceDescriptor => {
+    const options: Record<string, string | number> = {}
+    if (a.mapfile !== undefined) options.mapfile = path.resolve(a.mapfile)
+    if (a.sectorSize !== undefined) options.sectorSize = a.sectorSize
+    return {kind: 'raw', path: abs, options}
+  }
+  if (format === 'raw' || a.mapfile !== undefined) return raw()
+  if (format === 'vdimg') return {kind: 'vdimg', path: abs}
+  let st: fs.Stats
+  try {
+    st = fs.statSync(abs)
+  } catch (err) {
+    throw ioError(image, err)
+  }
+  if (st.isDirectory()) throw new VdevError('io', `${image}: is a directory`)
+  if (a.sectorSize !== undefined) return raw()
+  if (startsWithMagic(abs, image)) return {kind: 'vdimg', path: abs}
+  if (st.isBlockDevice()) return raw()
+  throw new VdevError('format', `${image}: not a VDIMG image (bad magic) (at byte 0); a raw image is served with --format raw, or --mapfile MAP`)
+}
+
+function startsWithMagic(abs: string, name: string): boolean {
+  let fd: number
+  try {
+    fd = fs.openSync(abs, 'r')
+  } catch (err) {
+    throw ioError(name, err)
+  }
+  try {
+    const b = Buffer.alloc(MAGIC.length)
+    const n = fs.readSync(fd, b, 0, b.length, 0)
+    return n === b.length && b.equals(MAGIC)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** Open what the user named (describeSource, then openSource). */
+export async function openSourceArg(image: string, a: SourceArgs = {}, how: OpenSourceOptions = {}): Promise<BlockSource> {
+  return openSource(describeSource(image, a), how)
+}
