@@ -1,0 +1,67 @@
+/**
+ * What passes between the main thread and a serving thread: the one configuration, the one message set,
+ * and the thread-body contract every backend's serving loop implements.
+ */
+import type {BadPolicy, BlockServer} from '../core/blockserver'
+import type {SourceDescriptor} from '../core/source'
+
+/** workerData of every serving thread. */
+export interface ServingThreadConfig {
+  /** For log lines: "fuse", "ublk", "nbd" … */
+  name: string
+  index: number
+  source: SourceDescriptor
+  badPolicy: BadPolicy
+  /** Decoded-chunk cache of this thread's instance of the source, in bytes. */
+  cacheBytes: number
+  /** How long the body polls for its next request before sleeping (0: never; src/threads/poll.ts). */
+  pollMicroseconds: number
+  /** Counter slots of the pool (src/core/counters.ts): this thread counts into slot `index`. */
+  counters: SharedArrayBuffer
+  /** Int32Array: CONTROL.closing. */
+  control: SharedArrayBuffer
+  /** Absolute path of the compiled module exporting the body's `run`. */
+  body: string
+  /** The body's own settings (structured-cloneable). */
+  config: unknown
+}
+
+export const CONTROL = {closing: 0, slots: 1} as const
+
+/** thread → main */
+export type FromThread =
+  | {ready: true}
+  | {log: string}
+  /** The body ended (the kernel side went away, the device stopped …): why. */
+  | {end: string}
+  /** The thread could not start or failed: why. */
+  | {fatal: string}
+  /** The body's own messages. */
+  | {body: unknown}
+
+/** main → thread */
+export type ToThread = {exit: true} | {body: unknown}
+
+/** What a thread body is given. */
+export interface ServingThreadContext {
+  readonly name: string
+  readonly index: number
+  /** This thread's server over its own instance of the source (synchronous reads: readSync). */
+  readonly server: BlockServer
+  readonly config: unknown
+  readonly pollMicroseconds: number
+  /** This thread's counter slot (COUNTER.polled, COUNTER.inFlight are the body's to keep). */
+  readonly counters: Float64Array
+  log(line: string): void
+  /** Tell the main thread this thread is serving (the pool's start() waits for every thread's). */
+  ready(): void
+  /** Send the main thread a body message. */
+  post(message: unknown): void
+  /** Called with each body message from the main thread. */
+  onMessage(handler: (message: unknown) => void): void
+  /** True once the main thread asked every thread to stop taking new requests (drain). */
+  closing(): boolean
+}
+
+/** A thread body module exports `run`: serve until the work ends, resolving with why. */
+export type ThreadBody = (ctx: ServingThreadContext) => Promise<string> | string

@@ -1,0 +1,68 @@
+/**
+ * Every serving thread starts here (src/threads/pool.ts starts it): it opens its own instance of the source
+ * from the descriptor (synchronous mode: pread(2) and decoding on this thread), builds a BlockServer that
+ * counts into the thread's slot of shared memory and logs faults to the daemon's log, then runs the
+ * backend's body (its serving loop) until that ends.
+ */
+import {parentPort, workerData} from 'node:worker_threads'
+import {BlockServer} from '../core/blockserver'
+import {slotOf} from '../core/counters'
+import type {BlockSource} from '../core/source'
+import {openSource} from '../sources'
+import {CONTROL, type FromThread, type ServingThreadConfig, type ServingThreadContext, type ThreadBody, type ToThread} from './protocol'
+
+const cfg = workerData as ServingThreadConfig
+const post = (m: FromThread): void => parentPort!.postMessage(m)
+const log = (line: string): void => post({log: line})
+/** Faults logged per thread before the rest are only counted (a failing disk can fault on every read). */
+const MAX_FAULT_LINES = 100
+
+async function main(): Promise<void> {
+  let source: BlockSource | undefined
+  let faults = 0
+  let handler: ((m: unknown) => void) | undefined
+  const control = new Int32Array(cfg.control)
+  const exit = (): void => {
+    void (source?.close() ?? Promise.resolve()).finally(() => process.exit(0))
+  }
+  parentPort!.on('message', (m: ToThread) => {
+    if ('exit' in m) exit()
+    else handler?.(m.body)
+  })
+  try {
+    source = await openSource(cfg.source, {sync: true, cacheBytes: cfg.cacheBytes})
+    const counters = slotOf(cfg.counters, cfg.index)
+    const server = new BlockServer(source, {
+      badPolicy: cfg.badPolicy,
+      counters,
+      onFault: (offset, length, err) => {
+        if (++faults <= MAX_FAULT_LINES) log(`${cfg.name}: fault reading ${length} bytes at ${offset}: ${(err as Error)?.message ?? err}`)
+        if (faults === MAX_FAULT_LINES) log(`${cfg.name}: thread ${cfg.index}: further faults are counted, not logged`)
+      },
+    })
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const body = (require(cfg.body) as {run?: ThreadBody}).run
+    if (typeof body !== 'function') throw new Error(`${cfg.body} exports no run()`)
+    const ctx: ServingThreadContext = {
+      name: cfg.name,
+      index: cfg.index,
+      server,
+      config: cfg.config,
+      pollMicroseconds: cfg.pollMicroseconds,
+      counters,
+      log,
+      ready: () => post({ready: true}),
+      post: (body) => post({body}),
+      onMessage: (h) => (handler = h),
+      closing: () => Atomics.load(control, CONTROL.closing) === 1,
+    }
+    const why = await body(ctx)
+    post({end: why})
+  } catch (err) {
+    post({fatal: (err as Error)?.message ?? String(err)})
+  } finally {
+    await source?.close().catch(() => undefined)
+  }
+}
+
+void main()
