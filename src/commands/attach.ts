@@ -3,10 +3,12 @@ import {Args, Flags} from '@oclif/core'
 import {VdevCommand} from '../cli/base'
 import type {BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
-import {backendNames} from '../core/registry'
+import {backendNames} from '../core/backends'
 import {attachInBackground, refuseIfAttached, resolveBackend, resolveImage, type ReadyMessage} from '../lifecycle/attach'
 import {logOf, reserveId, type DeviceEntry} from '../lifecycle/registry'
-import {serve, type ServeOptions} from '../lifecycle/server'
+import {serve, type ServeOptions} from '../lifecycle/daemon'
+import {sourceArgs, sourceFlags} from '../cli/source-flags'
+import {describeSource, type SourceArgs} from '../sources'
 
 export interface AttachOutput {
   id: string
@@ -44,9 +46,12 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     '<%= config.bin %> attach disk.vdimg --json',
     '<%= config.bin %> attach disk.vdimg --backend fuse --bad-policy zero',
     '<%= config.bin %> attach disk.vdimg --foreground   # serve until Ctrl-C / SIGTERM (systemd, CI)',
+    '<%= config.bin %> attach rescued.img --mapfile rescued.map   # GNU ddrescue output, as it is',
+    '<%= config.bin %> attach disk.raw --format raw',
   ]
-  static override args = {image: Args.string({description: 'the image (.vdimg)', required: true})}
+  static override args = {image: Args.string({description: 'the image (.vdimg), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
+    ...sourceFlags,
     backend: Flags.string({description: 'how to make the device ("auto": the best available, see "vdev backends")', options: ['auto', ...backendNames()], default: 'auto'}),
     'bad-policy': Flags.string({description: 'what reads of unreadable areas return', options: ['error', 'zero'], default: 'error'}),
     foreground: Flags.boolean({description: 'serve in this process until SIGINT/SIGTERM, then detach'}),
@@ -57,15 +62,16 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
   async run(): Promise<AttachOutput | undefined> {
     const {args, flags} = await this.parse(Attach)
     const badPolicy = flags['bad-policy'] as BadPolicy
-    if (flags['server-id']) return this.runServer(args.image, flags.backend, badPolicy, flags['server-id'])
-    if (flags.foreground) return this.runForeground(args.image, flags.backend, badPolicy)
-    const entry = await attachInBackground({image: args.image, backend: flags.backend, badPolicy, timeoutMs: flags.timeout * 1000})
+    const source = sourceArgs(flags)
+    if (flags['server-id']) return this.runServer(args.image, source, flags.backend, badPolicy, flags['server-id'])
+    if (flags.foreground) return this.runForeground(args.image, source, flags.backend, badPolicy)
+    const entry = await attachInBackground({image: args.image, source, backend: flags.backend, badPolicy, timeoutMs: flags.timeout * 1000})
     this.say(entry.device)
     return output(entry)
   }
 
   /** The hidden background server: report readiness on fd 3, log to stdout (the log file). */
-  private async runServer(image: string, backend: string, badPolicy: BadPolicy, id: string): Promise<undefined> {
+  private async runServer(image: string, source: SourceArgs, backend: string, badPolicy: BadPolicy, id: string): Promise<undefined> {
     let reported = false
     const report = (m: ReadyMessage): void => {
       if (reported) return
@@ -79,7 +85,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     }
     const opts: ServeOptions = {
       id,
-      image,
+      source: describeSource(image, source),
       backend,
       badPolicy,
       log: fileLog(1),
@@ -90,8 +96,9 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     process.exit(code)
   }
 
-  private async runForeground(imageArg: string, backendArg: string, badPolicy: BadPolicy): Promise<undefined> {
+  private async runForeground(imageArg: string, sourceArg: SourceArgs, backendArg: string, badPolicy: BadPolicy): Promise<undefined> {
     const {path: image, stat} = resolveImage(imageArg)
+    const source = describeSource(image, sourceArg)
     const backend = await resolveBackend(backendArg)
     refuseIfAttached(image, stat)
     const id = reserveId()
@@ -99,7 +106,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     let failure: VdevError | undefined
     const code = await serve({
       id,
-      image,
+      source,
       backend,
       badPolicy,
       log: fileLog(logFd),

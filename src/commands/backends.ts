@@ -1,5 +1,5 @@
 import {VdevCommand} from '../cli/base'
-import {probeBackends} from '../core/registry'
+import {probeBackends} from '../core/backends'
 
 export interface BackendRow {
   name: string

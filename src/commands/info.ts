@@ -3,34 +3,51 @@ import {VdevCommand} from '../cli/base'
 import {humanBytes} from '../cli/progress'
 import {describeImage, type ImageInfo} from '../format/describe'
 import {openImage} from '../format/reader'
+import {sourceArgs, sourceFlags} from '../cli/source-flags'
+import {describeSource} from '../sources'
+import {RawImage, describeRaw, type RawInfo} from '../sources/raw'
 
 export default class Info extends VdevCommand {
   static override summary = 'Show what an image holds: size, chunks, bad areas, metadata, hash'
-  static override examples = ['<%= config.bin %> info disk.vdimg', '<%= config.bin %> info disk.vdimg --json | jq .badAreas']
-  static override args = {image: Args.string({description: 'the image (.vdimg)', required: true})}
+  static override examples = [
+    '<%= config.bin %> info disk.vdimg',
+    '<%= config.bin %> info disk.vdimg --json | jq .badAreas',
+    '<%= config.bin %> info rescued.img --mapfile rescued.map',
+  ]
+  static override args = {image: Args.string({description: 'the image (.vdimg), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
+    ...sourceFlags,
     all: Flags.boolean({description: 'list every bad range, not just the first 20'}),
   }
 
-  async run(): Promise<ImageInfo> {
+  async run(): Promise<ImageInfo | RawInfo> {
     const {args, flags} = await this.parse(Info)
-    const img = await openImage(args.image)
+    const desc = describeSource(args.image, sourceArgs(flags))
+    const maxRanges = flags.all ? Infinity : 20
+    if (desc.kind === 'raw') {
+      const o = desc.options ?? {}
+      const raw = RawImage.open(desc.path, {mapfile: o.mapfile as string | undefined, sectorSize: o.sectorSize as number | undefined})
+      try {
+        const info = describeRaw(raw, {maxRanges})
+        this.say(`image:        ${info.path} (raw${info.mapfile ? `, ddrescue map ${info.mapfile}` : ''})`)
+        this.say(`size:         ${humanBytes(info.size)} (${info.size} bytes), sector size ${info.sectorSize}`)
+        if (info.fileSize < info.size) this.say(`file:         ${humanBytes(info.fileSize)}: the map goes on past the end of the file`)
+        this.sayBadAreas(info)
+        return info
+      } finally {
+        await raw.close()
+      }
+    }
+    const img = await openImage(desc.path)
     try {
-      const info = await describeImage(img, {maxRanges: flags.all ? Infinity : 20})
+      const info = await describeImage(img, {maxRanges})
       this.say(`image:        ${info.path} (VDIMG ${info.version})`)
       this.say(`size:         ${humanBytes(info.size)} (${info.size} bytes), sector size ${info.sectorSize}`)
       this.say(`chunk size:   ${humanBytes(info.chunkSize)}, ${info.chunkCount} chunks`)
       this.say(`stored:       ${humanBytes(info.fileSize)} (${pct(info.ratio)} of the image)`)
       this.say(`chunks:       ${Object.entries(info.chunks).map(([k, v]) => `${v} ${k}`).join(', ')}`)
       this.say(`sha256:       ${info.sha256 ?? '(not recorded)'}`)
-      if (info.badAreaCount === 0) this.say('bad areas:    none')
-      else {
-        this.say(`bad areas:    ${info.badAreaCount} (${humanBytes(info.badBytes)})`)
-        for (const [status, v] of Object.entries(info.badAreaSummary))
-          if (v.count) this.say(`  ${status.padEnd(12)} ${String(v.count).padStart(8)} areas ${humanBytes(v.bytes).padStart(12)}`)
-        for (const r of info.badAreas) this.say(`  ${String(r.offset).padStart(16)} +${String(r.length).padEnd(12)} ${r.status}`)
-        if (info.badAreaCount > info.badAreas.length) this.say(`  … ${info.badAreaCount - info.badAreas.length} more (--all)`)
-      }
+      this.sayBadAreas(info)
       const md = Object.entries(info.metadata)
       if (md.length) {
         this.say('metadata:')
@@ -40,6 +57,15 @@ export default class Info extends VdevCommand {
     } finally {
       await img.close()
     }
+  }
+
+  private sayBadAreas(info: Pick<ImageInfo, 'badAreaCount' | 'badBytes' | 'badAreaSummary' | 'badAreas'>): void {
+    if (info.badAreaCount === 0) return this.say('bad areas:    none')
+    this.say(`bad areas:    ${info.badAreaCount} (${humanBytes(info.badBytes)})`)
+    for (const [status, v] of Object.entries(info.badAreaSummary))
+      if (v.count) this.say(`  ${status.padEnd(12)} ${String(v.count).padStart(8)} areas ${humanBytes(v.bytes).padStart(12)}`)
+    for (const r of info.badAreas) this.say(`  ${String(r.offset).padStart(16)} +${String(r.length).padEnd(12)} ${r.status}`)
+    if (info.badAreaCount > info.badAreas.length) this.say(`  … ${info.badAreaCount - info.badAreas.length} more (--all)`)
   }
 }
 

@@ -3,7 +3,9 @@ import {Args, Flags} from '@oclif/core'
 import {VdevCommand} from '../cli/base'
 import {BlockServer, type BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
-import {openImage} from '../format/reader'
+import {sourceArgs, sourceFlags} from '../cli/source-flags'
+import {describeStats} from '../lifecycle/daemon'
+import {openSourceArg} from '../sources'
 import {formatListen, isLoopback, parseListen, type ListenAddress} from '../serve/listen'
 import {DEFAULT_POLL_MICROSECONDS, NBD_DEFAULT_PORT, defaultThreadsPerConnection, startNbdServer} from '../serve/nbd'
 
@@ -26,9 +28,11 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
     'nbdcopy nbd://127.0.0.1:10809/disk.vdimg disk.raw',
     'qemu-system-x86_64 -drive file=nbd://127.0.0.1:10809/disk.vdimg,format=raw,readonly=on …',
     '<%= config.bin %> serve disk.vdimg --protocol nfs --listen 127.0.0.1:2049',
+    '<%= config.bin %> serve rescued.img --mapfile rescued.map   # GNU ddrescue output, as it is',
   ]
-  static override args = {image: Args.string({description: 'the image (.vdimg)', required: true})}
+  static override args = {image: Args.string({description: 'the image (.vdimg), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
+    ...sourceFlags,
     protocol: Flags.string({char: 'p', description: 'nbd or nfs (NFS v3 over TCP)', options: ['nbd', 'nfs'], default: 'nbd'}),
     listen: Flags.string({
       char: 'l',
@@ -66,7 +70,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
       process.once('SIGINT', resolve)
       process.once('SIGTERM', resolve)
     })
-    const image = await openImage(args.image)
+    const image = await openSourceArg(args.image, sourceArgs(flags))
     const log = (line: string) => process.stderr.write(`vdev serve: ${line}\n`)
     const server = new BlockServer(image, {
       badPolicy: flags['bad-policy'] as BadPolicy,
@@ -77,7 +81,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
     try {
       if (nfs) {
         // The one file in the export is the decoded image: disk.vdimg → disk.img.
-        const fileName = base.replace(/\.vdimg$/i, '') + '.img'
+        const fileName = base.replace(/\.(vdimg|img|raw)$/i, '') + '.img'
         const h = await nfs.startNfsServer(server, {host: (address as {host: string}).host, port: (address as {port: number}).port, exportName: '/', fileName, log})
         const listen = formatListen({kind: 'tcp', host: h.host, port: h.port})
         this.ready({protocol, listen, export: '/', file: fileName}, `serving ${args.image} over NFS v3 at ${listen}, export /, file ${fileName}`)
@@ -101,6 +105,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
     if (!this.jsonEnabled()) log(`${signal}: stopping`)
     await stop()
     await server.drain()
+    if (!this.jsonEnabled()) log(`stopped; ${describeStats(server.stats)}`)
     await image.close()
   }
 

@@ -1,8 +1,10 @@
 /**
  * The backend contract. A backend turns a BlockServer into an OS block device. Each backend lives in its
- * own folder under backends/ and registers itself in src/core/registry.ts; adding one edits nothing else.
+ * own folder under backends/ and registers itself in src/core/backends.ts; adding one edits nothing else.
+ * It declares how it serves (its thread model, as nbdkit plugins do); the attach daemon reads that.
  */
 import type {BlockServer} from './blockserver'
+import type {ThreadModel} from '../threads/config'
 
 export type Probe = {available: true; detail?: string} | {available: false; reason: string}
 
@@ -14,6 +16,13 @@ export interface AttachContext {
   /** Private per-device directory (mount points, sockets), created and removed by the lifecycle. */
   runDir: string
   log: (line: string) => void
+  /**
+   * Serving threads to start (src/threads), from the backend's thread model and the environment; 0 when
+   * the backend serves on the main thread or the source cannot be opened again on a thread.
+   */
+  threads: number
+  /** How long a serving thread polls for its next request before sleeping (0: never). */
+  pollMicroseconds: number
 }
 
 export interface AttachedDevice {
@@ -37,6 +46,8 @@ export interface Backend {
   readonly description: string
   /** Lower is preferred by `--backend auto`. */
   readonly preference: number
+  /** How it serves: on serving threads of its own, or on the main thread's event loop. */
+  readonly threadModel: ThreadModel
   probe(): Promise<Probe>
   attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice>
   /** Clean up what a dead server left behind, from the registry state. Must be idempotent. */

@@ -8,6 +8,7 @@ import type {VdimgImage} from './reader'
 
 export interface ImageInfo {
   path: string
+  format: 'vdimg'
   version: string
   size: number
   sectorSize: number
@@ -43,6 +44,7 @@ export async function describeImage(img: VdimgImage, opts: {maxRanges?: number} 
   const st = fs.fstatSync(img.fd)
   return {
     path: img.path,
+    format: 'vdimg',
     version: img.version,
     size: img.size,
     sectorSize: img.sectorSize,

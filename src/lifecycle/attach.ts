@@ -9,13 +9,17 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type {Readable} from 'node:stream'
 import type {BadPolicy} from '../core/blockserver'
+import type {SourceDescriptor} from '../core/source'
 import {VdevError, ioError, type ErrorCode} from '../core/errors'
-import {loadBackend, probeBackends} from '../core/registry'
+import {loadBackend, probeBackends} from '../core/backends'
+import {describeSource, type SourceArgs} from '../sources'
 import {cleanupEntry} from './cleanup'
 import {entryState, logOf, readEntries, readEntry, reserveId, runDirOf, type DeviceEntry} from './registry'
 
 export interface AttachRequest {
   image: string
+  /** How to read it: format, ddrescue mapfile, sector size (src/sources: describeSource). */
+  source?: SourceArgs
   /** "auto" or a backend name. */
   backend: string
   badPolicy: BadPolicy
@@ -87,12 +91,13 @@ function binRun(): string {
 /** Start a background server for `req` and wait until its device is ready. */
 export async function attachInBackground(req: AttachRequest): Promise<DeviceEntry> {
   const {path: image, stat} = resolveImage(req.image)
+  const desc = describeSource(image, req.source)
   const backend = await resolveBackend(req.backend)
   refuseIfAttached(image, stat)
   const id = reserveId()
   const logFile = logOf(id)
   const logFd = fs.openSync(logFile, 'a', 0o600)
-  const argv = [binRun(), 'attach', image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id]
+  const argv = [binRun(), 'attach', image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id, ...sourceFlags(desc)]
   const child = spawn(process.execPath, argv, {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],
@@ -163,6 +168,15 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
   }
   if ('timeout' in result) throw new VdevError('timeout', `the server did not get ${image} ready within ${timeoutMs / 1000} s (log: ${logFile})`)
   throw new VdevError('internal', `the server for ${image} ${result.exit}: ${lastLine(logFile)} (log: ${logFile})`)
+}
+
+/** The flags that make the background server open the same source. */
+export function sourceFlags(d: SourceDescriptor): string[] {
+  const out = ['--format', d.kind]
+  const o = d.options ?? {}
+  if (typeof o.mapfile === 'string') out.push('--mapfile', o.mapfile)
+  if (typeof o.sectorSize === 'number') out.push('--sector-size', String(o.sectorSize))
+  return out
 }
 
 function lastLine(file: string): string {

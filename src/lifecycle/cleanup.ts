@@ -4,7 +4,7 @@
  * directory is unmounted, and the run directory and the registry entry are removed. Idempotent.
  */
 import * as fs from 'node:fs'
-import {loadBackend} from '../core/registry'
+import {loadBackend} from '../core/backends'
 import {readMountinfo} from '../sys/mountinfo'
 import {removeEntry, type DeviceEntry} from './registry'
 

@@ -8,7 +8,8 @@ import * as fs from 'node:fs'
 import {VdevError} from '../core/errors'
 import {busyReasons} from './busy'
 import {cleanupEntry} from './cleanup'
-import {loadBackend} from '../core/registry'
+import {loadBackend} from '../core/backends'
+import {statsFileOf, type DeviceStats} from './daemon'
 import {entryState, readEntries, readEntry, serverAlive, type DeviceEntry, type DeviceState} from './registry'
 
 export interface ListedDevice {
@@ -22,6 +23,12 @@ export interface ListedDevice {
   state: DeviceState
   badPolicy: string
   log: string
+  /** vdimg or raw. */
+  format: string
+  /** A raw image's ddrescue mapfile. */
+  mapfile?: string
+  /** What the device served since it was attached (every serving thread), when its server runs. */
+  stats?: DeviceStats
 }
 
 export function listDevices(): ListedDevice[] {
@@ -36,7 +43,42 @@ export function listDevices(): ListedDevice[] {
     state: entryState(e),
     badPolicy: e.badPolicy,
     log: e.log,
+    format: e.source?.kind ?? 'vdimg',
+    ...(typeof e.source?.options?.mapfile === 'string' ? {mapfile: e.source.options.mapfile} : {}),
+    ...statsOf(e),
   }))
+}
+
+function statsOf(e: DeviceEntry): {stats?: DeviceStats} {
+  try {
+    return {stats: JSON.parse(fs.readFileSync(statsFileOf(e.id), 'utf8')) as DeviceStats}
+  } catch {
+    return {}
+  }
+}
+
+/** How long `list` waits for running servers to publish fresh counters (they do on SIGUSR2). */
+const STATS_WAIT_MS = 1000
+
+/** Ask every running server for fresh counters and wait (briefly) until they are written. */
+async function refreshStats(entries: DeviceEntry[]): Promise<void> {
+  const t0 = Date.now()
+  const asked: DeviceEntry[] = []
+  for (const e of entries) {
+    // Servers from before entries had a source kind do not listen for it (SIGUSR2 would stop them).
+    if (e.status !== 'ready' || !e.source || !serverAlive(e)) continue
+    try {
+      process.kill(e.pid, 'SIGUSR2')
+      asked.push(e)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const fresh = (e: DeviceEntry): boolean => {
+    const s = statsOf(e).stats
+    return s !== undefined && Date.parse(s.at) >= t0 - 5
+  }
+  while (asked.some((e) => !fresh(e)) && Date.now() - t0 < STATS_WAIT_MS) await new Promise((r) => setTimeout(r, 10))
 }
 
 /**
@@ -44,6 +86,7 @@ export function listDevices(): ListedDevice[] {
  * entry whose device is gone is listed as `gone`, so `vdev detach` can stop its server.
  */
 export async function listDevicesChecked(): Promise<ListedDevice[]> {
+  await refreshStats(readEntries())
   const entries = new Map(readEntries().map((e) => [e.id, e]))
   const out = listDevices()
   for (const d of out) {

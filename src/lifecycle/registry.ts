@@ -9,6 +9,7 @@
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {VdevError} from '../core/errors'
+import type {SourceDescriptor} from '../core/source'
 
 export interface DeviceEntry {
   version: 1
@@ -19,6 +20,8 @@ export interface DeviceEntry {
   partitions: string[]
   backend: string
   image: string
+  /** How the image is read (kind, mapfile …); absent in entries written before sources had kinds (VDIMG). */
+  source?: SourceDescriptor
   /** The image file's identity, to recognise it under another path. */
   imageDev?: number
   imageIno?: number

@@ -12,7 +12,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {BlockServer} from '../../src/core/blockserver'
 import {VdevError} from '../../src/core/errors'
-import {loadBackend} from '../../src/core/registry'
+import {loadBackend} from '../../src/core/backends'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {createBackend, servedFileName, type RunResult, type Runner} from '../../backends/macos/nfs'
 import {hdiutilAttachArgv, diskutilImageAttachArgv} from '../../backends/macos/nfs/commands'
@@ -104,7 +104,7 @@ describe('macOS backend: attach, detach and cleanup flow (macOS tools played)', 
   })
 
   function ctx() {
-    return {id: 'vdev9', image: img.goodImage, runDir, log: (l: string) => logs.push(l)}
+    return {id: 'vdev9', image: img.goodImage, runDir, log: (l: string) => logs.push(l), threads: 0, pollMicroseconds: 0}
   }
   const fileIn = () => path.join(runDir, 'nfs', servedFileName(img.goodImage))
 

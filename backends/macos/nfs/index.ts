@@ -156,6 +156,7 @@ export function createBackend(deps: Partial<MacNfsDeps> = {}): Backend {
     platform: 'darwin',
     description: 'loopback NFSv3 server + mount_nfs + DiskImages (hdiutil/diskutil): /dev/diskN without a kext',
     preference: 0,
+    threadModel: {kind: 'event-loop'},
 
     /** For `vdev list`: the disk is gone when `hdiutil info -plist` no longer shows our file attached. */
     async deviceGone(state: Record<string, unknown>): Promise<boolean> {

@@ -1,0 +1,195 @@
+/**
+ * The attach daemon: open the source, wrap it in a BlockServer, attach it through a backend, record the
+ * device in the registry, then serve until SIGTERM/SIGINT (or until the kernel side goes away), and
+ * detach cleanly: release the device, drain, close, remove the entry and the run directory.
+ *
+ * `vdev attach` runs this in a detached child process (the same CLI with a hidden flag) and waits for
+ * its ready message; `vdev attach --foreground` runs it in place. The backend's thread model says whether
+ * its requests are served on serving threads (then the source opened here starts no decompression
+ * workers: each thread opens its own) or on this thread. What every thread served is counted in the
+ * BlockServer's stats, which the daemon writes to its run directory for `vdev list` (on SIGUSR1, and
+ * every few seconds while they change; `vdev list` asks with SIGUSR2) and logs when it stops.
+ */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {BlockServer, type BadPolicy, type BlockStats} from '../core/blockserver'
+import {VdevError} from '../core/errors'
+import type {BlockSource, SourceDescriptor} from '../core/source'
+import type {AttachedDevice} from '../core/backend'
+import {loadBackend} from '../core/backends'
+import {openSource} from '../sources'
+import {pollMicroseconds, threadCount} from '../threads/config'
+import {logOf, processStartTime, removeEntry, runDirOf, writeEntry, type DeviceEntry} from './registry'
+import {cleanupEntry} from './cleanup'
+
+export interface ServeOptions {
+  id: string
+  /** What to serve (src/sources: describeSource); its path is absolute. */
+  source: SourceDescriptor
+  /** A resolved backend name (not "auto"). */
+  backend: string
+  badPolicy: BadPolicy
+  /** Called once: with the entry when the device is ready, or with the error that stopped the attach. */
+  onReady: (r: {entry: DeviceEntry} | {error: VdevError}) => void
+  log: (line: string) => void
+}
+
+/** Where a running daemon publishes its counters. */
+export const statsFileOf = (id: string): string => path.join(runDirOf(id), 'stats.json')
+
+/** What `vdev list --json` shows of a device's traffic since it was attached. */
+export interface DeviceStats {
+  reads: number
+  bytes: number
+  errors: number
+  badReads: number
+  /** When these counters were read (ISO time). */
+  at: string
+}
+
+/** How often a daemon republishes counters that changed. */
+const STATS_PERIOD_MS = 2000
+
+export function asVdevError(err: unknown): VdevError {
+  if (err instanceof VdevError) return err
+  return new VdevError('internal', (err as Error)?.message ?? String(err))
+}
+
+function writeStats(file: string, st: BlockStats): void {
+  const s: DeviceStats = {reads: st.reads, bytes: st.bytes, errors: st.errors, badReads: st.badReads, at: new Date().toISOString()}
+  const tmp = `${file}.${process.pid}.tmp`
+  try {
+    fs.writeFileSync(tmp, JSON.stringify(s) + '\n', {mode: 0o600})
+    fs.renameSync(tmp, file)
+  } catch {
+    // the run directory is gone: the device is being detached
+  }
+}
+
+export function describeStats(st: BlockStats): string {
+  return `served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors (${st.badReads} touching bad areas)`
+}
+
+/** Serve until stopped. Resolves with the process exit code. */
+export async function serve(opts: ServeOptions): Promise<number> {
+  const {id, log} = opts
+  const image = opts.source.path
+  let stat: fs.Stats | undefined
+  try {
+    stat = fs.statSync(image)
+  } catch {
+    stat = undefined
+  }
+  const entry: DeviceEntry = {
+    version: 1,
+    id,
+    status: 'starting',
+    partitions: [],
+    backend: opts.backend,
+    image,
+    source: opts.source,
+    imageDev: stat?.dev,
+    imageIno: stat?.ino,
+    readOnly: true,
+    badPolicy: opts.badPolicy,
+    pid: process.pid,
+    pidStart: processStartTime(process.pid) ?? 0,
+    createdAt: new Date().toISOString(),
+    runDir: runDirOf(id),
+    log: logOf(id),
+    backendState: {},
+  }
+  writeEntry(entry)
+
+  let stopReason: string | undefined
+  let wake: (() => void) | undefined
+  const stop = (why: string): void => {
+    stopReason ??= why
+    wake?.()
+  }
+  const onSignal = (sig: NodeJS.Signals): void => stop(`received ${sig}`)
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+  process.on('SIGHUP', () => log('SIGHUP ignored'))
+  // `vdev list` asks for fresh counters with SIGUSR2 (SIGUSR1 belongs to Node's inspector). Listening from
+  // the start: a signal that came before the device was ready must not take the default action (exit).
+  let onStatsRequest = (): void => undefined
+  process.on('SIGUSR2', () => onStatsRequest())
+
+  let source: BlockSource | undefined
+  let attached: AttachedDevice | undefined
+  let server: BlockServer | undefined
+  let publish: (() => void) | undefined
+  let timer: NodeJS.Timeout | undefined
+  try {
+    const b = loadBackend(opts.backend)
+    if ('error' in b) throw new VdevError('unavailable', b.error)
+    const threads = threadCount(b.name, b.threadModel)
+    // Serving threads open the source themselves: the instance here only answers what they do not
+    // (size, extents), so it starts no decompression workers (an idle one still costs ~10 MB).
+    source = await openSource(opts.source, {decompressThreads: threads > 0 ? 0 : Math.min(4, os.availableParallelism())})
+    const threaded = threads > 0 && source.descriptor !== undefined
+    server = new BlockServer(source, {
+      badPolicy: opts.badPolicy,
+      onFault: (offset, length, err) => log(`fault reading ${length} bytes at ${offset}: ${(err as Error)?.message ?? err}`),
+    })
+    const srv = server
+    log(
+      `serving ${image} (${opts.source.kind}${typeof opts.source.options?.mapfile === 'string' ? `, map ${opts.source.options.mapfile}` : ''}): ` +
+        `${source.size} bytes, sector size ${source.sectorSize}, bad areas → ${opts.badPolicy === 'zero' ? 'zeros' : 'EIO'}, ` +
+        `${threaded ? `${threads} serving threads` : 'served on the main thread'}`,
+    )
+    attached = await b.attach(server, {
+      id,
+      image,
+      runDir: entry.runDir,
+      log,
+      threads: threaded ? threads : 0,
+      pollMicroseconds: pollMicroseconds(b.name, b.threadModel),
+    })
+    entry.status = 'ready'
+    entry.device = attached.device
+    entry.partitions = attached.partitions
+    entry.backendState = attached.state
+    writeEntry(entry)
+    const statsFile = statsFileOf(id)
+    let last = ''
+    publish = () => {
+      const st = srv.stats
+      const key = `${st.reads}/${st.errors}`
+      if (key === last) return
+      last = key
+      writeStats(statsFile, st)
+    }
+    writeStats(statsFile, srv.stats)
+    onStatsRequest = () => writeStats(statsFile, srv.stats)
+    timer = setInterval(publish, STATS_PERIOD_MS)
+    timer.unref()
+    log(`ready: ${attached.device}${attached.partitions.length ? ` (partitions ${attached.partitions.join(' ')})` : ''}`)
+    opts.onReady({entry})
+    attached.closed?.then(() => stop('the kernel closed the device'))
+    if (!stopReason) await new Promise<void>((resolve) => (wake = resolve))
+    log(`stopping: ${stopReason}`)
+    const t0 = Date.now()
+    await attached.detach()
+    clearInterval(timer)
+    log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats)}`)
+    await source.close()
+    removeEntry(id)
+    fs.rmSync(entry.runDir, {recursive: true, force: true})
+    return 0
+  } catch (err) {
+    clearInterval(timer)
+    const e = asVdevError(err)
+    log(`error: ${e.message}`)
+    if (attached) await attached.detach().catch((x) => log(`detach after error: ${(x as Error).message}`))
+    if (source) await source.close().catch(() => {})
+    await cleanupEntry(entry, log).catch((x) => log(`cleanup: ${(x as Error).message}`))
+    if (entry.status === 'starting') opts.onReady({error: e})
+    return 1
+  } finally {
+    process.off('SIGTERM', onSignal)
+    process.off('SIGINT', onSignal)
+  }
+}
