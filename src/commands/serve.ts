@@ -89,7 +89,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
       } else {
         const exportName = flags['export-name'] ?? base
         const perConnection = flags.threads ?? defaultThreadsPerConnection()
-        const threads = perConnection > 0 ? {image: path.resolve(args.image), perConnection, pollMicroseconds: flags['poll-us']} : undefined
+        const threads = perConnection > 0 ? {perConnection, pollMicroseconds: flags['poll-us']} : undefined
         const running = await startNbdServer(server, {listen: address, exportName, log, threads})
         const listen = formatListen(running.address)
         const uri = nbdUri(running.address, exportName)
@@ -105,7 +105,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
     if (!this.jsonEnabled()) log(`${signal}: stopping`)
     await stop()
     await server.drain()
-    if (!this.jsonEnabled()) log(`stopped; ${describeStats(server.stats)}`)
+    log(`stopped; ${describeStats(server.stats)}`)
     await image.close()
   }
 
