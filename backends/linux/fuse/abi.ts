@@ -305,22 +305,6 @@ export function encodeDirent(ino: number, nextOff: number, type: number, name: s
   return buf
 }
 
-/** Linux errno values replied to the kernel (negated in fuse_out_header.error). asm-generic/errno-base.h */
-export const Errno = {
-  EPERM: 1,
-  ENOENT: 2,
-  EINTR: 4,
-  EIO: 5,
-  EBADF: 9,
-  EAGAIN: 11,
-  EACCES: 13,
-  EINVAL: 22,
-  ENOSPC: 28,
-  EROFS: 30,
-  ENOSYS: 38,
-  ESHUTDOWN: 108,
-} as const
-
 /** sys/stat.h */
 export const S_IFDIR = 0o040000
 export const S_IFREG = 0o100000

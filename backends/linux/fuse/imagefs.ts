@@ -3,11 +3,11 @@
  * bytes are the BlockServer's (the decoded image). Writes of any kind get EROFS; operations a read-only
  * single-file tree does not need get ENOSYS, which tells the kernel not to ask again.
  */
-import {BlockError, type BlockServer} from '../../../src/core/blockserver'
+import {errnoOf, type BlockServer} from '../../../src/core/blockserver'
+import {ERRNO} from '../../../src/sys/errno'
 import {
   DT_DIR,
   DT_REG,
-  Errno,
   FOPEN_KEEP_CACHE,
   FUSE_ROOT_ID,
   FuseOpcode,
@@ -28,8 +28,6 @@ export const FILE_ID = 2
 const VALID_SECONDS = 86400
 const O_ACCMODE = 3
 const O_RDONLY = 0
-const EISDIR = 21
-const ENOTDIR = 20
 const READ_IN_OFFSET = fuse_read_in.offsets.offset
 const READ_IN_SIZE = fuse_read_in.offsets.size
 
@@ -40,16 +38,13 @@ export interface ImageFsOptions {
   mtime?: number
   /** Largest READ accepted (bytes); anything larger is refused, never allocated. */
   maxRead?: number
-  log?: (line: string) => void
 }
 
 export class ImageFs {
   readonly fileName: string
   private readonly mtime: number
   private nextFh = 1
-  private readonly log: (line: string) => void
   private readonly maxRead: number
-  private faults = 0
 
   constructor(
     private readonly server: BlockServer,
@@ -57,7 +52,6 @@ export class ImageFs {
   ) {
     this.fileName = opts.fileName ?? 'disk'
     this.mtime = Math.floor(opts.mtime ?? Date.now() / 1000)
-    this.log = opts.log ?? (() => {})
     this.maxRead = opts.maxRead ?? 1 << 20
   }
 
@@ -76,30 +70,30 @@ export class ImageFs {
   readonly handle = (req: FuseRequest): FuseReply | Promise<FuseReply> => {
     switch (req.opcode) {
       case FuseOpcode.LOOKUP: {
-        if (req.nodeid !== FUSE_ROOT_ID) return ENOTDIR
+        if (req.nodeid !== FUSE_ROOT_ID) return ERRNO.ENOTDIR
         const nul = req.body.indexOf(0)
         const name = req.body.subarray(0, nul < 0 ? req.body.length : nul).toString()
-        if (name !== this.fileName) return Errno.ENOENT
+        if (name !== this.fileName) return ERRNO.ENOENT
         return [fuse_entry_out.encode({nodeid: FILE_ID, generation: 1, entry_valid: VALID_SECONDS, attr_valid: VALID_SECONDS, attr: this.attr(FILE_ID)})]
       }
       case FuseOpcode.GETATTR: {
         const attr = this.attr(req.nodeid)
-        if (!attr) return Errno.ENOENT
+        if (!attr) return ERRNO.ENOENT
         return [fuse_attr_out.encode({attr_valid: VALID_SECONDS, attr})]
       }
       case FuseOpcode.OPEN: {
-        if (req.nodeid === FUSE_ROOT_ID) return EISDIR
-        if (req.nodeid !== FILE_ID) return Errno.ENOENT
-        if (req.body.length < fuse_open_in.size) return Errno.EINVAL
+        if (req.nodeid === FUSE_ROOT_ID) return ERRNO.EISDIR
+        if (req.nodeid !== FILE_ID) return ERRNO.ENOENT
+        if (req.body.length < fuse_open_in.size) return ERRNO.EINVAL
         const {flags} = fuse_open_in.decode(req.body)
-        if ((flags & O_ACCMODE) !== O_RDONLY) return Errno.EROFS
+        if ((flags & O_ACCMODE) !== O_RDONLY) return ERRNO.EROFS
         // The bytes never change: keep whatever the page cache holds across opens.
         return [fuse_open_out.encode({fh: this.nextFh++, open_flags: FOPEN_KEEP_CACHE})]
       }
       case FuseOpcode.READ:
         return this.read(req)
       case FuseOpcode.OPENDIR:
-        if (req.nodeid !== FUSE_ROOT_ID) return req.nodeid === FILE_ID ? ENOTDIR : Errno.ENOENT
+        if (req.nodeid !== FUSE_ROOT_ID) return req.nodeid === FILE_ID ? ERRNO.ENOTDIR : ERRNO.ENOENT
         return [fuse_open_out.encode({fh: this.nextFh++, open_flags: 0})]
       case FuseOpcode.READDIR:
         return this.readdir(req)
@@ -132,23 +126,23 @@ export class ImageFs {
       case FuseOpcode.COPY_FILE_RANGE:
       case FuseOpcode.COPY_FILE_RANGE_64:
       case FuseOpcode.TMPFILE:
-        return Errno.EROFS
+        return ERRNO.EROFS
       default:
-        return Errno.ENOSYS
+        return ERRNO.ENOSYS
     }
   }
 
   private async read(req: FuseRequest): Promise<FuseReply> {
-    if (req.nodeid !== FILE_ID) return req.nodeid === FUSE_ROOT_ID ? EISDIR : Errno.ENOENT
-    if (req.body.length < fuse_read_in.size) return Errno.EINVAL
+    if (req.nodeid !== FILE_ID) return req.nodeid === FUSE_ROOT_ID ? ERRNO.EISDIR : ERRNO.ENOENT
+    if (req.body.length < fuse_read_in.size) return ERRNO.EINVAL
     const {offset, size} = fuse_read_in.decode(req.body)
-    if (size > this.maxRead) return Errno.EINVAL
+    if (size > this.maxRead) return ERRNO.EINVAL
     const end = Math.min(offset + size, this.server.size)
     if (offset >= end) return [] // at or past the end: a short (empty) read
     try {
       return [await this.server.read(offset, end - offset)]
     } catch (err) {
-      return this.readErrno(err, offset, end - offset)
+      return errnoOf(err)
     }
   }
 
@@ -157,36 +151,24 @@ export class ImageFs {
    * bytes go straight into `dst`, the reply buffer. Same checks and errors as the asynchronous READ.
    */
   readonly readInto = (nodeid: number, body: Buffer, dst: Buffer): number => {
-    if (nodeid !== FILE_ID) return -(nodeid === FUSE_ROOT_ID ? EISDIR : Errno.ENOENT)
-    if (body.length < fuse_read_in.size) return -Errno.EINVAL
+    if (nodeid !== FILE_ID) return -(nodeid === FUSE_ROOT_ID ? ERRNO.EISDIR : ERRNO.ENOENT)
+    if (body.length < fuse_read_in.size) return -ERRNO.EINVAL
     const offset = body.readUInt32LE(READ_IN_OFFSET) + body.readUInt32LE(READ_IN_OFFSET + 4) * 2 ** 32
     const size = body.readUInt32LE(READ_IN_SIZE)
-    if (size > this.maxRead || size > dst.length) return -Errno.EINVAL
+    if (size > this.maxRead || size > dst.length) return -ERRNO.EINVAL
     const end = Math.min(offset + size, this.server.size)
     if (offset >= end) return 0 // at or past the end: a short (empty) read
     try {
       this.server.readSync(offset, end - offset, dst)
       return end - offset
     } catch (err) {
-      return -this.readErrno(err, offset, end - offset)
+      return -errnoOf(err)
     }
-  }
-
-  /** The errno a failed read answers, logging faults (not bad areas), at most 100 of them. */
-  private readErrno(err: unknown, offset: number, length: number): number {
-    if (err instanceof BlockError) {
-      if (err.errno === 'EINVAL') return Errno.EINVAL
-      // Unreadable areas and faults both read as EIO, the error a failing disk gives.
-      if (err.bad.length === 0 && err.errno !== 'ESHUTDOWN' && this.faults++ < 100) this.log(`read ${offset}+${length}: ${err.message}`)
-      return Errno.EIO
-    }
-    this.log(`read ${offset}+${length}: ${(err as Error)?.message ?? err}`)
-    return Errno.EIO
   }
 
   private readdir(req: FuseRequest): FuseReply {
-    if (req.nodeid !== FUSE_ROOT_ID) return req.nodeid === FILE_ID ? ENOTDIR : Errno.ENOENT
-    if (req.body.length < fuse_read_in.size) return Errno.EINVAL
+    if (req.nodeid !== FUSE_ROOT_ID) return req.nodeid === FILE_ID ? ERRNO.ENOTDIR : ERRNO.ENOENT
+    if (req.body.length < fuse_read_in.size) return ERRNO.EINVAL
     const {offset, size} = fuse_read_in.decode(req.body)
     const entries: Array<[number, number, string]> = [
       [FUSE_ROOT_ID, DT_DIR, '.'],

@@ -5,8 +5,8 @@
  * Protocol: include/uapi/linux/fuse.h and Documentation/filesystems/fuse.rst.
  */
 import * as fs from 'node:fs'
+import {ERRNO} from '../../../src/sys/errno'
 import {
-  Errno,
   FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION,
   FuseInitFlag,
@@ -113,7 +113,7 @@ export class FuseProtocol {
     const unique = msg.readBigUInt64LE(IN_UNIQUE)
     if (h.len !== msg.length) {
       this.o.log(`fuse: request length ${h.len} != ${msg.length} read; answering EIO`)
-      return this.reply(unique, Errno.EIO, fd)
+      return this.reply(unique, ERRNO.EIO, fd)
     }
     // The extension area (security context, supplementary groups) follows the arguments; we use neither.
     const extLen = h.total_extlen * 8
@@ -151,7 +151,7 @@ export class FuseProtocol {
 
   private failed(req: FuseRequest, err: unknown): number {
     this.o.log(`fuse: opcode ${req.opcode} failed: ${(err as Error)?.message ?? err}`)
-    return Errno.EIO
+    return ERRNO.EIO
   }
 
   private finish(unique: bigint, r: FuseReply, fd: number): void {
@@ -167,7 +167,7 @@ export class FuseProtocol {
 
   private init(unique: bigint, body: Buffer, fd: number): void {
     if (body.length < 16) {
-      this.reply(unique, Errno.EIO, fd)
+      this.reply(unique, ERRNO.EIO, fd)
       this.o.onInit(new Error(`FUSE INIT of ${body.length} bytes is too short`))
       return
     }
@@ -177,7 +177,7 @@ export class FuseProtocol {
     const inp = fuse_init_in.decode(padded)
     if (inp.major !== FUSE_KERNEL_VERSION) {
       // fuse.h "Version negotiation": we only speak major 7, as does every Linux kernel since 2.6.
-      this.reply(unique, 71 /* EPROTO */, fd)
+      this.reply(unique, ERRNO.EPROTO, fd)
       this.o.onInit(new Error(`the kernel speaks FUSE ${inp.major}.${inp.minor}; vdev speaks ${FUSE_KERNEL_VERSION}.x`))
       return
     }
@@ -225,7 +225,7 @@ export class FuseProtocol {
       n = this.o.readInto!(nodeid, body, this.replyData!)
     } catch (err) {
       this.o.log(`fuse: READ failed: ${(err as Error)?.message ?? err}`)
-      n = -Errno.EIO
+      n = -ERRNO.EIO
     }
     const len = fuse_out_header.size + Math.max(n, 0)
     out.writeUInt32LE(len, OUT_LEN)
