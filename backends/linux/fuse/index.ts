@@ -8,6 +8,7 @@ import * as path from 'node:path'
 import type {AttachContext, AttachedDevice, Backend, Probe} from '../../../src/core/backend'
 import type {BlockServer} from '../../../src/core/blockserver'
 import {VdevError} from '../../../src/core/errors'
+import {ServingThreads} from '../../../src/threads/pool'
 import {readMountinfo} from '../../../src/sys/mountinfo'
 import type {LoopDevice} from '../loop/device'
 
@@ -19,7 +20,6 @@ function linuxOnly() {
     imagefs: require('./imagefs') as typeof import('./imagefs'),
     fusectl: require('./fusectl') as typeof import('./fusectl'),
     loop: require('../loop/device') as typeof import('../loop/device'),
-    reader: require('../../../src/format/reader') as typeof import('../../../src/format/reader'),
   }
 }
 /* eslint-enable @typescript-eslint/no-require-imports */
@@ -59,6 +59,9 @@ export const backend: Backend = {
   platform: 'linux',
   description: 'FUSE file over /dev/fuse + read-only loop device (works on any Linux, no extra modules)',
   preference: 30,
+  // Two threads keep both halves of the loop device's 1 MiB requests (two 512 KiB READs) decoding at once;
+  // polling catches the next request of a reader at queue depth 1 (docs/fuse-loop.md, "Threads", "Memory").
+  threadModel: {kind: 'serving-threads', defaultThreads: 2, maxThreads: 16, pollMicroseconds: 50},
 
   async probe(): Promise<Probe> {
     return probeSync()
@@ -81,23 +84,16 @@ export const backend: Backend = {
     }
     const maxPages = 256
     const fileName = 'disk'
-    // A VDIMG image can be opened again by serving threads, which then use every core; any other source
-    // is served on this thread.
-    const {VdimgImage} = linuxOnly().reader
-    const threads = serveThreadCount()
-    const imagePath = server.source instanceof VdimgImage ? server.source.path : undefined
+    // Serving threads each open the source again (its descriptor) and use every core; a source that
+    // cannot be opened again is served on this thread.
+    const threads = ServingThreads.canServe(server) ? ctx.threads : 0
     const session = await FuseSession.mount({
       mountpoint,
       maxPages,
       log: ctx.log,
-      ...(imagePath && threads > 0
-        ? {
-            threads: {
-              count: threads,
-              config: {image: path.resolve(imagePath), cacheBytes: Math.floor(CACHE_BYTES / threads), badPolicy: server.badPolicy, fileName, mtime, pollMicroseconds: pollMicroseconds()},
-            },
-          }
-        : {forward: {handler: new ImageFs(server, {fileName, mtime, log: ctx.log, maxRead: maxPages * 4096}).handle}}),
+      ...(threads > 0
+        ? {threads: {server, count: threads, pollMicroseconds: ctx.pollMicroseconds, fileName, mtime}}
+        : {forward: {handler: new ImageFs(server, {fileName, mtime, maxRead: maxPages * 4096}).handle}}),
     })
     ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection}), ${session.mode === 'threads' ? `${threads} serving threads` : 'served on the main thread'}`)
     const file = path.join(mountpoint, fileName)
@@ -126,10 +122,10 @@ export const backend: Backend = {
         const r = await loop.detachLoopOffThread(dev.device)
         ctx.log(`loop: ${dev.device} ${r === 'deferred' ? 'still open: released by the kernel on its last close' : r}`)
         await server.drain()
-        await session.drain()
+        await session.drain(server)
         if (session.mode === 'threads') {
-          const st = session.stats
-          ctx.log(`fuse: serving threads served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors; ${st.polled ?? 0} requests taken while polling`)
+          const st = server.stats
+          ctx.log(`fuse: serving threads served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors; ${st.polled} requests taken while polling`)
         }
         // A loop device still held open keeps the file busy: fail its I/O and detach the mount lazily.
         await session.unmount({lazy: r === 'deferred', abort: r === 'deferred'})
@@ -149,41 +145,6 @@ export const backend: Backend = {
     await cleanupFuseLoop(state as FuseLoopState, log)
   },
 }
-
-/**
- * Decompressed-chunk cache, shared out among the serving threads (each has its own). Small on purpose:
- * the kernel's page cache above the loop device keeps what is reread, sequential READs (chunk-aligned
- * 512 KiB from the loop device) use each chunk once, and random 4 KiB reads of a large image rarely
- * hit. What it is for: neighbouring small reads (file system metadata) landing in one chunk.
- */
-const CACHE_BYTES = 4 << 20
-
-/**
- * Serving threads: VDEV_FUSE_THREADS (0: main thread only), else 2. Two keep both halves of the loop
- * device's 1 MiB requests (two 512 KiB READs) decoding at once. Each thread costs 12-30 MB: its V8
- * isolate (~10 MB), a 1 MiB reply buffer, its cache share, and its own image instance, whose index-table
- * cache (up to 64 tables of 96 KiB) and bad-area map (17 bytes per range) grow with the image. Measured
- * (bench:read, and a 64 GiB image with 128 index groups and 105k bad ranges under random reads): peak
- * 111 and 140 MB with 2 threads, 127 and 170 MB with 3 — over issue 3's 150 MB. More threads want
- * those per-instance structures shared between threads first.
- */
-function serveThreadCount(): number {
-  const env = process.env.VDEV_FUSE_THREADS
-  if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 16)
-  return 2
-}
-
-/**
- * How long a serving thread polls for the next request before sleeping (requests.ts):
- * VDEV_FUSE_POLL_US, else 50 µs — longer than the 30-40 µs a reader at queue depth 1 takes between our
- * reply and its next request through loop and FUSE on this class of machine, so that one is caught.
- */
-function pollMicroseconds(): number {
-  const env = process.env.VDEV_FUSE_POLL_US
-  if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 10_000)
-  return DEFAULT_POLL_MICROSECONDS
-}
-const DEFAULT_POLL_MICROSECONDS = 50
 
 /** Partition nodes appear after the scan in LOOP_CONFIGURE; devtmpfs/udev may need a moment for /dev. */
 async function waitForPartitions(device: string, list: (d: string) => string[]): Promise<string[]> {

@@ -2,22 +2,26 @@
  * A FUSE session spoken directly over /dev/fuse (no libfuse): open the device, mount(2) it read-only,
  * then serve requests on threads — never on libuv's thread pool, which the image reader needs — in one
  * of two ways:
- *   - serving threads (default for VDIMG images): each thread reads /dev/fuse, serves the request from
- *     its own instance of the image and writes the reply, so every core decodes;
+ *   - serving threads (src/threads, when the source can be opened again on a thread): each thread runs
+ *     thread.ts, reading /dev/fuse, serving the request from its own instance of the source and writing
+ *     the reply, so every core decodes;
  *   - forwarding: reader threads block in read(2) and post requests to a handler on the main thread (any
- *     BlockSource, e.g. a RawFileSource in tests), which writes the replies.
+ *     BlockSource), which writes the replies.
  * Anything that may block on our own file system (umount, opening the served file) runs off the main thread.
  */
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {Worker} from 'node:worker_threads'
+import type {BlockServer} from '../../../src/core/blockserver'
 import {VdevError} from '../../../src/core/errors'
 import * as libc from '../../../src/sys/libc'
 import {readMountinfo} from '../../../src/sys/mountinfo'
 import {runOffThread} from '../../../src/sys/offthread'
+import {DEVICE_CACHE_BYTES} from '../../../src/threads/config'
+import {ServingThreads} from '../../../src/threads/pool'
 import {abortConnection, connectionOfMount} from './fusectl'
 import {FuseProtocol, PAGE, READ_BUFFER_SIZE, type FuseHandler, type InitResult} from './protocol'
-import {SLOT, sharedState, sumCounters, type ServeThreadConfig} from './threads'
+import type {FuseThreadConfig, FuseThreadMessage} from './thread'
 
 export type {FuseHandler, FuseReply, FuseRequest} from './protocol'
 
@@ -34,18 +38,11 @@ export interface FuseMountOptions {
   initTimeoutMs?: number
   /** Forwarding: serve on the main thread with this handler, `readers` threads reading /dev/fuse. */
   forward?: {handler: FuseHandler; readers?: number}
-  /** Serving threads: `count` threads, each opening the image itself (see serve-worker.ts). */
-  threads?: {count: number; config: Omit<ServeThreadConfig, 'fd' | 'index' | 'shared' | 'maxPages' | 'maxBackground'>}
-}
-
-export interface SessionStats {
-  requests?: number
-  reads: number
-  bytes: number
-  errors: number
-  inFlight: number
-  /** Serving threads: requests taken while polling (see requests.ts). */
-  polled?: number
+  /**
+   * Serving threads: `count` threads (thread.ts), each opening the server's source again. What they
+   * serve is counted in `server.stats`.
+   */
+  threads?: {server: BlockServer; count: number; pollMicroseconds: number; fileName: string; mtime: number}
 }
 
 export class FuseSession {
@@ -62,11 +59,11 @@ export class FuseSession {
   private resolveClosed!: (reason: string) => void
   private readonly fd: number
   private readonly log: (line: string) => void
+  /** Forwarding: the reader threads. */
   private readonly workers: Worker[] = []
-  private workersLeft = 0
   private fdClosed = false
   private forwardProtocol?: FuseProtocol
-  private shared?: SharedArrayBuffer
+  private pool?: ServingThreads
   private readonly wantPages: number
   private readonly maxBackground: number
 
@@ -78,13 +75,6 @@ export class FuseSession {
     this.maxBackground = opts.maxBackground ?? 64
     this.mode = opts.threads ? 'threads' : 'forward'
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve))
-  }
-
-  /** Requests served so far (summed over serving threads). */
-  get stats(): SessionStats {
-    if (this.shared) return sumCounters(this.shared, this.workers.length)
-    const p = this.forwardProtocol!
-    return {requests: p.counters.requests, reads: 0, bytes: 0, errors: p.counters.errors, inFlight: p.inFlight}
   }
 
   /** Open /dev/fuse, mount it read-only at `mountpoint`, start serving and complete INIT. */
@@ -124,11 +114,13 @@ export class FuseSession {
     })
     const timeoutMs = opts.initTimeoutMs ?? 15000
     let timer: NodeJS.Timeout | undefined
+    let started: Promise<unknown> = Promise.resolve()
     try {
-      if (opts.threads) s.startThreads(opts.threads.count, opts.threads.config, initDone)
+      if (opts.threads) started = s.startThreads(opts.threads, initDone)
       else s.startForwarding(opts.forward!.handler, opts.forward!.readers ?? 2, initDone)
-      const r = await Promise.race([
-        init,
+      // Serving threads that fail to start reject `started`; one thread (ready) reads INIT meanwhile.
+      const [r] = await Promise.race([
+        Promise.all([init, started]),
         s.closed.then((why) => {
           throw new VdevError('io', `the FUSE session ended before INIT (${why})`)
         }),
@@ -140,6 +132,7 @@ export class FuseSession {
       s.maxRead = r.maxRead
     } catch (err) {
       await s.unmount({lazy: true, abort: true}).catch(() => {})
+      await started.catch(() => {})
       throw err instanceof VdevError ? err : new VdevError('io', (err as Error).message)
     } finally {
       clearTimeout(timer)
@@ -150,50 +143,20 @@ export class FuseSession {
   private startForwarding(handler: FuseHandler, readers: number, onInit: (r: InitResult | Error) => void): void {
     const protocol = new FuseProtocol({fd: this.fd, handler, maxPages: this.wantPages, maxBackground: this.maxBackground, log: this.log, onInit})
     this.forwardProtocol = protocol
-    this.spawn(readers, () => new Worker(path.join(__dirname, 'reader-worker.js'), {workerData: {fd: this.fd, bufferSize: READ_BUFFER_SIZE}}), (m) => {
-      if (m instanceof Uint8Array) void protocol.handle(Buffer.from(m.buffer, m.byteOffset, m.byteLength))
-    })
-  }
-
-  private startThreads(count: number, config: NonNullable<FuseMountOptions['threads']>['config'], onInit: (r: InitResult | Error) => void): void {
-    this.shared = sharedState(count)
-    this.spawn(
-      count,
-      (index) => {
-        const wd: ServeThreadConfig = {...config, fd: this.fd, index, shared: this.shared!, maxPages: this.wantPages, maxBackground: this.maxBackground}
-        return new Worker(path.join(__dirname, 'serve-worker.js'), {workerData: wd, resourceLimits: SERVE_THREAD_LIMITS})
-      },
-      (msg) => {
-        if (msg instanceof Uint8Array) return
-        const m = msg as {init?: InitResult; initError?: string; log?: string; fatal?: string}
-        if (m.init) onInit(m.init)
-        else if (m.initError) onInit(new Error(m.initError))
-        else if (m.log) this.log(m.log)
-        else if (m.fatal) {
-          this.log(`fuse: serving thread failed: ${m.fatal}`)
-          onInit(new VdevError('io', `a serving thread could not start: ${m.fatal}`))
-          if (this.connection) abortConnection(this.connection, this.log)
-        }
-      },
-    )
-  }
-
-  private spawn(n: number, make: (i: number) => Worker, onMessage: (m: Record<string, unknown> | Uint8Array) => void): void {
-    this.workersLeft = n
-    for (let i = 0; i < n; i++) {
-      const w = make(i)
+    let left = readers
+    for (let i = 0; i < readers; i++) {
+      const w = new Worker(path.join(__dirname, 'reader-worker.js'), {workerData: {fd: this.fd, bufferSize: READ_BUFFER_SIZE}})
       let ended = false
       const end = (reason: string): void => {
         if (ended) return
         ended = true
-        if (--this.workersLeft === 0) {
-          for (const x of this.workers) x.unref()
-          this.resolveClosed(reason)
-        }
+        if (--left > 0) return
+        for (const x of this.workers) x.unref()
+        this.resolveClosed(reason)
       }
-      w.on('message', (m: Record<string, unknown> | Uint8Array) => {
-        if (!(m instanceof Uint8Array) && typeof m.end === 'string') end(m.end)
-        else onMessage(m)
+      w.on('message', (m: {end: string} | Uint8Array) => {
+        if (m instanceof Uint8Array) void protocol.handle(Buffer.from(m.buffer, m.byteOffset, m.byteLength))
+        else end(m.end)
       })
       w.on('error', (err) => end(`thread failed: ${err.message}`))
       w.on('exit', () => end('thread exited'))
@@ -201,12 +164,46 @@ export class FuseSession {
     }
   }
 
-  /** Refuse new reads (they fail with EIO) and wait until every request being served has been answered. */
-  async drain(timeoutMs = 10000): Promise<void> {
+  private async startThreads(t: NonNullable<FuseMountOptions['threads']>, onInit: (r: InitResult | Error) => void): Promise<void> {
+    const config: FuseThreadConfig = {fd: this.fd, fileName: t.fileName, mtime: t.mtime, maxPages: this.wantPages, maxBackground: this.maxBackground}
+    let pool: ServingThreads
+    try {
+      pool = await ServingThreads.start({
+        name: 'fuse',
+        server: t.server,
+        body: path.join(__dirname, 'thread.js'),
+        count: t.count,
+        cacheBytes: Math.floor(DEVICE_CACHE_BYTES / t.count),
+        pollMicroseconds: t.pollMicroseconds,
+        config,
+        log: this.log,
+        onMessage: (_thread, msg) => {
+          const m = msg as FuseThreadMessage
+          if ('init' in m) onInit(m.init)
+          else if ('initError' in m) onInit(new Error(m.initError))
+        },
+      })
+    } catch (err) {
+      // Every thread has stopped: the session has ended.
+      this.resolveClosed(`serving threads could not start: ${(err as Error).message}`)
+      throw err
+    }
+    this.pool = pool
+    void pool.allEnded.then((why) => {
+      pool.unref()
+      this.resolveClosed(why[why.length - 1] ?? 'no threads')
+    })
+  }
+
+  /**
+   * Wait until every request being served has been answered. With serving threads, first tell them to
+   * refuse new reads (their servers drain); `server.stats.inFlight` counts what they are serving.
+   */
+  async drain(server: BlockServer, timeoutMs = 10000): Promise<void> {
     if (this.forwardProtocol) return this.forwardProtocol.drain()
-    new Float64Array(this.shared!)[SLOT.closing] = 1
+    this.pool?.setClosing()
     const end = Date.now() + timeoutMs
-    while (this.stats.inFlight > 0 && Date.now() < end) await delay(5)
+    while (server.stats.inFlight > 0 && Date.now() < end) await delay(5)
   }
 
   /**
@@ -226,30 +223,24 @@ export class FuseSession {
     }
     // For a plain (non-fuseblk) FUSE mount the connection ends when the superblock goes; with a lazy
     // unmount that may be later, so abort it to release the threads now.
-    const ended = await Promise.race([this.closed.then(() => true), delay(opts.timeoutMs ?? 3000).then(() => false)])
-    if (!ended && this.connection) {
+    const ended = (ms: number): Promise<boolean> => Promise.race([this.closed.then(() => true), delay(ms).then(() => false)])
+    let over = await ended(opts.timeoutMs ?? 3000)
+    if (!over && this.connection) {
       abortConnection(this.connection, this.log)
-      await Promise.race([this.closed, delay(2000)])
+      over = await ended(2000)
     }
     for (const w of this.workers) w.unref()
+    // Threads whose bodies ended wait for their exit; one still blocked is left to the kernel's abort.
+    if (this.pool) {
+      if (over) await this.pool.close()
+      else this.pool.unref()
+    }
     if (!this.fdClosed) {
       this.fdClosed = true
       fs.closeSync(this.fd)
     }
   }
 }
-
-/**
- * Heap limits of a serving thread. Its objects are few and short-lived (per-request views and records,
- * cache entries), but under a fast request stream V8 otherwise grows each isolate's young generation to
- * tens of MB and lets old-generation garbage pile up towards the main isolate's (GB-sized) limit before
- * collecting. Measured with 2 threads (bench:read corpus, fio random QD32): server peak RSS 143 MB with
- * the defaults, 117 MB with a 4 MB young generation, 112 MB with 1 MB; throughput the same within noise
- * (a scavenge of a few live objects every few hundred requests). 128 MB of old generation is far above
- * what a thread keeps alive (~5 MB: code and state; the image's metadata JSON is capped at 16 MiB; cached
- * chunks live outside the heap).
- */
-const SERVE_THREAD_LIMITS = {maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 128}
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref())
