@@ -96,6 +96,16 @@ export function overlaps(a: {offset: number; length: number}, b: {offset: number
   return a.offset < b.offset + b.length && b.offset < a.offset + a.length
 }
 
+/** One O_DIRECT read of a device: `length` bytes at `offset` in one request (dd bs=length count=1). */
+export function readDirect(device: string, offset: number, length: number): ReturnType<typeof run> {
+  return run('dd', [`if=${device}`, `bs=${length}`, `skip=${offset}`, 'count=1', 'iflag=direct,skip_bytes', 'status=none'])
+}
+
+/** Wait until udev (where it runs) has processed the events of a new device: its probes read the device too. */
+export async function udevSettle(): Promise<void> {
+  if (spawnSync('sh', ['-c', 'command -v udevadm']).status === 0) await run('udevadm', ['settle', '--timeout=10'])
+}
+
 /** Write a ddrescue mapfile with these bad ranges (everything else finished). */
 export function writeTruthMap(map: string, size: number, bad: Array<{offset: number; length: number}>): void {
   const lines = ['# truth for nbdkit ddrescue filter', '0x0 ?']

@@ -18,7 +18,7 @@ import {openImage, type VdimgImage} from '../../src/format/reader'
 import {createImage} from '../../src/format/writer'
 import {readMountinfo} from '../../src/sys/mountinfo'
 import {prng, textish} from '../helpers'
-import {IS_ROOT, Sandbox, overlaps, run} from './fixtures'
+import {IS_ROOT, Sandbox, overlaps, readDirect, run} from './fixtures'
 
 const MiB = 1 << 20
 const CHUNK = 64 * 1024
@@ -57,11 +57,6 @@ function writeMapfile(file: string): void {
 
 const touchesBad = (offset: number, length: number) => BAD_ALL.some((b) => overlaps(b, {offset, length}))
 
-/** One direct read of the device: `length` bytes at `offset` in one request (dd bs=length count=1). */
-function readDirect(device: string, offset: number, length: number) {
-  return run('dd', [`if=${device}`, `bs=${length}`, `skip=${offset}`, 'count=1', 'iflag=direct,skip_bytes', 'status=none'])
-}
-
 function rssMiB(): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]) / 1024
 }
@@ -93,7 +88,14 @@ describe('FUSE + loop backend: serving threads over a VDIMG image (reads straigh
         fs.mkdirSync(sb.p('real-run-zero'))
         fs.symlinkSync(sb.p('real-run-zero'), runDir)
       } else fs.mkdirSync(runDir)
-      d.dev = await backend.attach(new BlockServer(d.image, {badPolicy: policy}), {id: policy, image: sb.p('disk.vdimg'), runDir, log: (l) => d.logs.push(l)})
+      d.dev = await backend.attach(new BlockServer(d.image, {badPolicy: policy}), {
+        id: policy,
+        image: sb.p('disk.vdimg'),
+        runDir,
+        log: (l) => d.logs.push(l),
+        threads: 2,
+        pollMicroseconds: 50,
+      })
     }
   })
 
