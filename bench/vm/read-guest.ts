@@ -11,10 +11,11 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {BlockServer} from '../../src/core/blockserver'
-import {RawFileSource} from '../../src/core/rawsource'
-import {loadBackend} from '../../src/core/registry'
+import {loadBackend} from '../../src/core/backends'
 import type {BlockSource} from '../../src/core/source'
 import {openImage} from '../../src/format/reader'
+import {RawImage} from '../../src/sources/raw'
+import {pollMicroseconds, threadCount} from '../../src/threads/config'
 import {attachNfsForBench} from './nfs-target'
 import {run} from './proc'
 
@@ -76,7 +77,7 @@ async function main(): Promise<void> {
   // Each backend twice: serving the .vdimg (decompression included) and the raw bytes (the transport alone).
   const sources: Array<['vdimg' | 'raw', () => Promise<BlockSource>]> = [
     ['vdimg', () => openImage(image)],
-    ['raw', async () => RawFileSource.open(raw)],
+    ['raw', async () => RawImage.open(raw)],
   ]
   for (const [kind, open] of sources) {
     for (const name of ['ublk', 'nbd', 'fuse']) {
@@ -93,7 +94,14 @@ async function main(): Promise<void> {
       }
       const source = await open()
       const runDir = fs.mkdtempSync(path.join(work, `${name}-`))
-      const attached = await b.attach(new BlockServer(source), {id: `bench-${name}`, image, runDir, log: (l) => process.stderr.write(`${l}\n`)})
+      const attached = await b.attach(new BlockServer(source), {
+        id: `bench-${name}`,
+        image,
+        runDir,
+        log: (l) => process.stderr.write(`${l}\n`),
+        threads: threadCount(name, b.threadModel),
+        pollMicroseconds: pollMicroseconds(name, b.threadModel),
+      })
       try {
         rows.push({name: label, kind, available: true, device: attached.device, ...(await fio(attached.device))})
       } catch (err) {
