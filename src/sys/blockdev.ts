@@ -2,9 +2,11 @@
  * Size and logical sector size of a block device (include/uapi/linux/fs.h). libc (koffi) is loaded on
  * first use, so modules that import this still load on any OS.
  */
-// BLKGETSIZE64 = _IOR(0x12, 114, size_t), BLKSSZGET = _IO(0x12, 104)
-export const BLKGETSIZE64 = 0x80081272
-export const BLKSSZGET = 0x1268
+import {IO, IOR} from './ioctl'
+
+/** fs.h: BLKGETSIZE64 = _IOR(0x12, 114, size_t), BLKSSZGET = _IO(0x12, 104) */
+export const BLKGETSIZE64 = IOR(0x12, 114, 8)
+export const BLKSSZGET = IO(0x12, 104)
 
 function libc(): typeof import('./libc') {
   // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -123,16 +123,4 @@ export function getpid(): number {
   return getpidFn() as number
 }
 
-/** Linux _IOC encoding (include/uapi/asm-generic/ioctl.h): dir<<30 | size<<16 | type<<8 | nr. */
-export const IOC_NONE = 0
-export const IOC_WRITE = 1
-export const IOC_READ = 2
-export function IOC(dir: number, type: number, nr: number, size: number): number {
-  return ((dir << 30) | (size << 16) | (type << 8) | nr) >>> 0
-}
-export const IO = (type: number, nr: number): number => IOC(IOC_NONE, type, nr, 0)
-export const IOR = (type: number, nr: number, size: number): number => IOC(IOC_READ, type, nr, size)
-export const IOW = (type: number, nr: number, size: number): number => IOC(IOC_WRITE, type, nr, size)
-export const IOWR = (type: number, nr: number, size: number): number => IOC(IOC_READ | IOC_WRITE, type, nr, size)
-
 export {koffi, lib as libc}

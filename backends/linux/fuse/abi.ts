@@ -4,6 +4,7 @@
  * Layouts are checked against the header's sizes and offsets in test/fuse/abi.test.ts.
  */
 import {CStruct} from '../../../src/sys/cstruct'
+import {IOR} from '../../../src/sys/ioctl'
 
 /** fuse.h: FUSE_KERNEL_VERSION / FUSE_KERNEL_MINOR_VERSION — the version this server speaks. */
 export const FUSE_KERNEL_VERSION = 7
@@ -111,9 +112,9 @@ export const FOPEN_KEEP_CACHE = 1 << 1
 export const FOPEN_CACHE_DIR = 1 << 3
 export const FOPEN_NOFLUSH = 1 << 5
 
-/** fuse.h: FUSE_DEV_IOC_MAGIC, FUSE_DEV_IOC_CLONE _IOR(229, 0, uint32_t) */
+/** fuse.h: FUSE_DEV_IOC_MAGIC, FUSE_DEV_IOC_CLONE _IOR(FUSE_DEV_IOC_MAGIC, 0, uint32_t) */
 export const FUSE_DEV_IOC_MAGIC = 229
-export const FUSE_DEV_IOC_CLONE = 0x8004e500 // _IOC(_IOC_READ=2, 229, 0, 4)
+export const FUSE_DEV_IOC_CLONE = IOR(FUSE_DEV_IOC_MAGIC, 0, 4)
 
 /** fuse.h: struct fuse_in_header (total_extlen since 7.38, in units of 8 bytes). */
 export const fuse_in_header = new CStruct('fuse_in_header', [

@@ -4,7 +4,7 @@
  * checked in test/ublk/abi.test.ts.
  */
 import {CStruct} from '../../../src/sys/cstruct'
-import {IOR, IOWR} from '../../../src/sys/libc'
+import {IOR, IOWR, iocNr} from '../../../src/sys/ioctl'
 
 /** Legacy (plain-number) control commands — used only when the kernel rejects the ioctl-encoded ones. */
 export const UBLK_CMD_GET_DEV_INFO = 0x02
@@ -178,7 +178,7 @@ export const UBLK_U_IO_FETCH_REQ = IOWR(U, UBLK_IO_FETCH_REQ, ublksrv_io_cmd.siz
 export const UBLK_U_IO_COMMIT_AND_FETCH_REQ = IOWR(U, UBLK_IO_COMMIT_AND_FETCH_REQ, ublksrv_io_cmd.size)
 
 /** The legacy number of an ioctl-encoded command (its _IOC_NR). */
-export const legacyOpcode = (cmd: number): number => cmd & 0xff
+export const legacyOpcode = iocNr
 
 /** Device feature flags (ublksrv_ctrl_dev_info.flags, GET_FEATURES) */
 export const UBLK_F_SUPPORT_ZERO_COPY = 1n << 0n
