@@ -5,6 +5,7 @@
 import * as fs from 'node:fs'
 import type {Readable} from 'node:stream'
 import {VdevError, ioError} from '../core/errors'
+import {blockDeviceSectorSize, blockDeviceSize} from '../sys/blockdev'
 
 export interface InputSource {
   readonly name: string
@@ -17,10 +18,6 @@ export interface InputSource {
   read(buf: Buffer, position: number): Promise<number>
   close(): Promise<void>
 }
-
-// include/uapi/linux/fs.h: BLKGETSIZE64 = _IOR(0x12, 114, size_t), BLKSSZGET = _IO(0x12, 104)
-const BLKGETSIZE64 = 0x80081272
-const BLKSSZGET = 0x1268
 
 function readFully(fd: number, buf: Buffer, position: number, name: string): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -48,14 +45,8 @@ export function openInput(path: string): InputSource {
   let size = st.size
   let sectorSize: number | undefined
   if (st.isBlockDevice()) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const libc = require('../sys/libc') as typeof import('../sys/libc')
-    const b = Buffer.alloc(8)
-    libc.ioctl(fd, BLKGETSIZE64, b, 'BLKGETSIZE64')
-    size = Number(b.readBigUInt64LE(0))
-    const s = Buffer.alloc(4)
-    libc.ioctl(fd, BLKSSZGET, s, 'BLKSSZGET')
-    sectorSize = s.readInt32LE(0)
+    size = blockDeviceSize(fd)
+    sectorSize = blockDeviceSectorSize(fd)
   } else if (st.isDirectory()) {
     fs.closeSync(fd)
     throw new VdevError('io', `${path}: is a directory`)
