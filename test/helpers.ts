@@ -80,6 +80,19 @@ export function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', cmd]).status === 0
 }
 
+/** Write a ddrescue mapfile with these bad ranges, everything else finished: the truth failingSource fails reads by. */
+export function writeTruthMap(map: string, size: number, bad: Array<{offset: number; length: number}>): void {
+  const lines = ['# truth for nbdkit ddrescue filter', '0x0 ?']
+  let at = 0
+  for (const b of [...bad].sort((x, y) => x.offset - y.offset)) {
+    if (b.offset > at) lines.push(`0x${at.toString(16)} 0x${(b.offset - at).toString(16)} +`)
+    lines.push(`0x${b.offset.toString(16)} 0x${b.length.toString(16)} -`)
+    at = b.offset + b.length
+  }
+  if (at < size) lines.push(`0x${at.toString(16)} 0x${(size - at).toString(16)} +`)
+  fs.writeFileSync(map, lines.join('\n') + '\n')
+}
+
 /**
  * Serve RAW through nbdkit's ddrescue filter (EIO outside the mapfile's finished areas) as a file via
  * nbdfuse: a source that really fails reads where we choose. Returns the file path and a stop function.

@@ -13,8 +13,8 @@ import type {ChildProcess} from 'node:child_process'
 import {readMapfile} from '../../src/format/mapfile'
 import {describeSource, openSource} from '../../src/sources'
 import {RawImage} from '../../src/sources/raw'
-import {ddrescue, failingSource, have, runCli, textish, tmpDir} from '../helpers'
-import {IS_ROOT, Sandbox, readSectors, writeTruthMap} from '../fuse/fixtures'
+import {ddrescue, failingSource, have, runCli, textish, tmpDir, writeTruthMap} from '../helpers'
+import {IS_ROOT, Sandbox, readSectors} from '../sandbox'
 import {PYTHON, hasPythonNbd, run, startNbdkit, stopChild} from '../nbd/fixture'
 
 const SECTOR = 512
