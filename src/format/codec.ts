@@ -24,8 +24,8 @@ export function isAllZero(b: Uint8Array): boolean {
 /**
  * The compressed size vdev aims each zstd block of a chunk's frame at (ZSTD_c_targetCBlockSize). zstd
  * decodes a frame block by block, so a frame of many small blocks lets a reader decode only the prefix
- * a small read needs (ChunkDecoder.decodePrefixInto): on the bench corpus, 8 KiB blocks cost 0.09% more
- * output and cut the average decode behind a random 4 KiB read of a 128 KiB chunk by about a third.
+ * a small read needs (ChunkDecoder.decodePrefixInto), at almost no cost in output size (docs/fuse-loop.md,
+ * "Prefix decoding", has the measurements).
  * The frame is still one ordinary zstd frame (FORMAT.md §4); this is the writer's choice, not the format's.
  */
 export const ZSTD_TARGET_BLOCK = 8192
