@@ -14,6 +14,7 @@ import type {AttachedDevice} from '../../src/core/backend'
 import {BlockServer} from '../../src/core/blockserver'
 import {readMapfile} from '../../src/format/mapfile'
 import {openImage, type VdimgImage} from '../../src/format/reader'
+import type {AttachServerInfo} from './attach-server'
 import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, run, type DiskFixture} from './disk-fixture'
 
 const ROOT = path.resolve(__dirname, '..', '..', '..')
@@ -108,7 +109,7 @@ describe('kernel NBD backend (real kernel)', function () {
   })
 
   it('does not hang readers when the server is killed; the kernel releases the device', async () => {
-    const server = spawn(process.execPath, [path.join(__dirname, 'nbd-server.js'), fx.image], {stdio: ['ignore', 'pipe', 'pipe']})
+    const server = spawn(process.execPath, [path.join(__dirname, 'attach-server.js'), 'nbd', fx.image], {stdio: ['ignore', 'pipe', 'pipe']})
     let stderr = ''
     server.stderr.on('data', (b: Buffer) => (stderr += b.toString()))
     try {
@@ -116,7 +117,8 @@ describe('kernel NBD backend (real kernel)', function () {
         createInterface({input: server.stdout}).once('line', resolve)
         server.once('exit', (code) => reject(new Error(`server exited (${code}): ${stderr}`)))
       })
-      const info = JSON.parse(line) as {device: string; index: number; pid: number}
+      const info = JSON.parse(line) as AttachServerInfo
+      const index = Number(/\d+$/.exec(info.device)![0])
       assert.notEqual(info.device, attached!.device)
       // Reads the first MiB again and again until a read fails or comes back short (a released nbd device
       // stays as a node of size 0, where dd succeeds with nothing), then exits 1.
@@ -128,9 +130,9 @@ describe('kernel NBD backend (real kernel)', function () {
       const res = await reader
       assert.equal(res.signal, null, `the reader hung for ${(Date.now() - started) / 1000}s and was killed`)
       assert.notEqual(res.code, 0)
-      for (let i = 0; i < 100 && nbdState(info.index).pid !== undefined; i++) await new Promise((r) => setTimeout(r, 50))
-      await backend.cleanup({device: info.device, index: info.index, serverPid: info.pid}, () => undefined)
-      const s = nbdState(info.index)
+      for (let i = 0; i < 100 && nbdState(index).pid !== undefined; i++) await new Promise((r) => setTimeout(r, 50))
+      await backend.cleanup(info.state, () => undefined)
+      const s = nbdState(index)
       assert.equal(s.pid, undefined, 'still connected after the server died')
       assert.equal(s.sizeBytes, 0)
     } finally {
@@ -139,19 +141,20 @@ describe('kernel NBD backend (real kernel)', function () {
   })
 
   it('a server stopped with SIGTERM detaches cleanly', async () => {
-    const server = spawn(process.execPath, [path.join(__dirname, 'nbd-server.js'), fx.image], {stdio: ['ignore', 'pipe', 'pipe']})
+    const server = spawn(process.execPath, [path.join(__dirname, 'attach-server.js'), 'nbd', fx.image], {stdio: ['ignore', 'pipe', 'pipe']})
     try {
       const line = await new Promise<string>((resolve, reject) => {
         createInterface({input: server.stdout}).once('line', resolve)
         server.once('exit', (code) => reject(new Error(`server exited (${code})`)))
       })
-      const info = JSON.parse(line) as {device: string; index: number}
+      const info = JSON.parse(line) as AttachServerInfo
+      const index = Number(/\d+$/.exec(info.device)![0])
       const r = await ddSectors(info.device, 0, 8)
       assert.ok(r.data?.equals(fx.data.subarray(0, 8 * SECTOR)))
       const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)))
       server.kill('SIGTERM')
       assert.equal(await exited, 0)
-      const s = nbdState(info.index)
+      const s = nbdState(index)
       assert.equal(s.pid, undefined)
       assert.equal(s.sizeBytes, 0)
     } finally {

@@ -8,14 +8,15 @@ import {spawn} from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {createInterface} from 'node:readline'
-import {backend, probeUblk} from '../../backends/linux/ublk'
+import {backend, probeUblk, type UblkState} from '../../backends/linux/ublk'
 import {removeDevice, UblkDevice} from '../../backends/linux/ublk/device'
-import type {AttachedDevice} from '../../src/core/backend'
+import type {AttachContext, AttachedDevice} from '../../src/core/backend'
 import {BlockServer} from '../../src/core/blockserver'
 import {openInput} from '../../src/format/input'
 import {readMapfile} from '../../src/format/mapfile'
 import {createImage} from '../../src/format/writer'
 import {openImage, type VdimgImage} from '../../src/format/reader'
+import type {AttachServerInfo} from './attach-server'
 import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, makeFixture, run, type DiskFixture} from './disk-fixture'
 
 const ublkNodes = (): string[] => fs.readdirSync('/dev').filter((n) => /^ublk[bc]\d+/.test(n))
@@ -24,15 +25,17 @@ describe('ublk backend (real kernel)', function () {
   this.timeout(600_000)
   let fx: DiskFixture
   let image: VdimgImage
+  let server: BlockServer
   let attached: AttachedDevice | undefined
   const log: string[] = []
+  const context = (image: string, log: string[], threads = 2): AttachContext => ({id: 'vdev-test', image, runDir: fx.dir, log: (l) => log.push(l), threads, pollMicroseconds: 0})
 
   before(async () => {
     assert.deepEqual(ublkNodes(), [], 'ublk devices left over before the suite')
     fx = await makeFixture()
     image = await openImage(fx.image)
-    const ctx = {id: 'vdev-test', image: fx.image, runDir: fx.dir, log: (l: string) => log.push(l)}
-    attached = await backend.attach(new BlockServer(image), ctx)
+    server = new BlockServer(image)
+    attached = await backend.attach(server, context(fx.image, log))
   })
 
   after(async () => {
@@ -153,18 +156,19 @@ describe('ublk backend (real kernel)', function () {
   for (const onThreads of [false, true])
     it(`serves through per-tag buffers and legacy opcodes (kernels without USER_COPY or the ioctl encoding)${onThreads ? ', on serving threads' : ''}`, async () => {
       const img = await openImage(fx.image)
-      const threads = onThreads ? {count: 2, image: path.resolve(fx.image), cacheBytes: 1 << 20} : undefined
-      const dev = await UblkDevice.create(new BlockServer(img), {userCopy: false, legacyOpcodes: true, depth: 8, maxIoBytes: 256 * 1024, threads})
+      const srv = new BlockServer(img)
+      const dev = await UblkDevice.create(srv, {userCopy: false, legacyOpcodes: true, depth: 8, maxIoBytes: 256 * 1024, threads: onThreads ? 2 : 0})
       try {
         assert.equal(dev.info.userCopy, false)
         assert.equal(dev.info.legacyOpcodes, true)
-        assert.equal(dev.info.threads, onThreads)
+        assert.equal(dev.info.threads, onThreads ? 2 : 0)
+        const before = srv.stats.reads
         const r = await ddSectors(dev.info.blockDevice, 0, 4, 256 * 1024)
         assert.ok(r.data, r.stderr)
         assert.ok(r.data.equals(fx.data.subarray(0, MiB1)))
         const bad = await ddSectors(dev.info.blockDevice, BAD[0].offset / SECTOR, 1)
         assert.equal(bad.data, null)
-        if (onThreads) assert.ok(dev.served > 0, 'the threads counted what they served')
+        assert.ok(srv.stats.reads >= before + 5, 'the server counted what the queues served')
       } finally {
         await dev.stop()
         await img.close()
@@ -173,39 +177,42 @@ describe('ublk backend (real kernel)', function () {
     })
 
   it('does not hang readers when the server is killed; cleanup removes the device', async () => {
-    const server = spawn(process.execPath, [path.join(__dirname, 'ublk-server.js'), fx.image], {stdio: ['ignore', 'pipe', 'pipe']})
+    const child = spawn(process.execPath, [path.join(__dirname, 'attach-server.js'), 'ublk', fx.image], {stdio: ['ignore', 'pipe', 'pipe']})
     let stderr = ''
-    server.stderr.on('data', (b: Buffer) => (stderr += b.toString()))
-    let info: {devId: number; device: string; pid: number} | undefined
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()))
+    let info: AttachServerInfo | undefined
     try {
       const line = await new Promise<string>((resolve, reject) => {
-        createInterface({input: server.stdout}).once('line', resolve)
-        server.once('exit', (code) => reject(new Error(`server exited (${code}): ${stderr}`)))
+        createInterface({input: child.stdout}).once('line', resolve)
+        child.once('exit', (code) => reject(new Error(`server exited (${code}): ${stderr}`)))
       })
-      info = JSON.parse(line) as {devId: number; device: string; pid: number}
+      info = JSON.parse(line) as AttachServerInfo
+      const {devId} = info.state as UblkState
       // A reader that keeps reading the whole device until a read fails (exit 3), or is killed if it hangs.
       const script = 'while dd if="$1" of=/dev/null bs=64K count=64 iflag=direct status=none; do :; done; exit 3'
       const reader = run('sh', ['-c', script, 'reader', info.device], {
         timeoutMs: 60_000,
       })
       await new Promise((r) => setTimeout(r, 1000))
-      server.kill('SIGKILL')
+      child.kill('SIGKILL')
       const started = Date.now()
       const res = await reader
       assert.equal(res.signal, null, `the reader hung for ${(Date.now() - started) / 1000}s and was killed`)
       assert.equal(res.code, 3, `reader: ${res.stderr}`)
+      // As `vdev attach` serves a .vdimg: two queues, each on a serving thread.
+      assert.match(stderr, /2 queue\(s\), each served on a thread of its own/)
       log.push(`reader failed ${Date.now() - started} ms after the server was killed`)
       // A new reader fails at once too.
       const again = await ddSectors(info.device, 0, 1)
       assert.equal(again.data, null)
-      await backend.cleanup({devId: info.devId, pid: info.pid}, () => undefined)
-      assert.ok(!fs.existsSync(`/dev/ublkc${info.devId}`), `/dev/ublkc${info.devId} still exists after cleanup`)
+      await backend.cleanup(info.state, () => undefined)
+      assert.ok(!fs.existsSync(`/dev/ublkc${devId}`), `/dev/ublkc${devId} still exists after cleanup`)
       assert.ok(!fs.existsSync(info.device), `${info.device} still exists after cleanup`)
       // Idempotent: the device is gone, cleanup is a no-op.
-      await backend.cleanup({devId: info.devId, pid: info.pid}, () => undefined)
+      await backend.cleanup(info.state, () => undefined)
     } finally {
-      server.kill('SIGKILL')
-      if (info) await backend.cleanup({devId: info.devId, pid: info.pid}, () => undefined)
+      child.kill('SIGKILL')
+      if (info) await backend.cleanup(info.state, () => undefined)
     }
   })
 

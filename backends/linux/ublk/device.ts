@@ -4,78 +4,13 @@
  */
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import {Worker} from 'node:worker_threads'
 import type {BlockServer} from '../../../src/core/blockserver'
+import {DEVICE_CACHE_BYTES} from '../../../src/threads/config'
+import {ServingThreads} from '../../../src/threads/pool'
 import * as abi from './abi'
 import {UblkControl} from './ctrl'
 import {UblkQueue} from './queue'
-import type {QueueThreadConfig} from './queue-thread'
-
-/** What the device needs of a queue, served on the main thread (UblkQueue) or on a thread of its own. */
-interface ServingQueue {
-  readonly done: Promise<void>
-  readonly served: number
-  close(): void
-}
-
-/**
- * Serving threads: one queue per thread (queue-thread.ts), each with its own instance of the image, so
- * decompression runs on several cores and off the main thread.
- */
-export interface UblkThreadOptions {
-  /** Threads, one hardware queue each. */
-  count: number
-  /** Absolute path of the VDIMG image the BlockServer serves. */
-  image: string
-  /** Decoded-chunk cache of each thread's image, in bytes. */
-  cacheBytes: number
-}
-
-/** A queue served by a worker thread: ready once its fetches are out, done when the thread has ended. */
-class QueueThread implements ServingQueue {
-  readonly ready: Promise<void>
-  readonly done: Promise<void>
-  private readonly worker: Worker
-  private readonly counts: Float64Array
-  private readonly qid: number
-
-  constructor(cfg: QueueThreadConfig, log: (line: string) => void) {
-    this.counts = new Float64Array(cfg.shared)
-    this.qid = cfg.qid
-    this.worker = new Worker(path.join(__dirname, 'queue-thread.js'), {workerData: cfg})
-    let ready!: () => void
-    let failed!: (e: Error) => void
-    this.ready = new Promise<void>((res, rej) => ((ready = res), (failed = rej)))
-    this.ready.catch(() => undefined)
-    this.done = new Promise<void>((resolve) => {
-      this.worker.on('message', (m: {log?: string; ready?: boolean; fatal?: string; done?: boolean}) => {
-        if (m.log) log(m.log)
-        if (m.ready) ready()
-        if (m.fatal) {
-          log(`ublk queue ${cfg.qid} thread: ${m.fatal}`)
-          failed(new Error(`ublk queue ${cfg.qid} thread: ${m.fatal}`))
-        }
-      })
-      this.worker.on('error', (err) => {
-        log(`ublk queue ${cfg.qid} thread: ${err.message}`)
-        failed(err)
-      })
-      this.worker.on('exit', () => {
-        failed(new Error(`ublk queue ${cfg.qid} thread exited`))
-        resolve()
-      })
-    })
-  }
-
-  get served(): number {
-    return this.counts[this.qid]
-  }
-
-  /** A thread still in io_uring_enter cannot be interrupted; terminate() takes effect when it returns. */
-  close(): void {
-    void this.worker.terminate()
-  }
-}
+import type {UblkThreadConfig} from './thread'
 
 export interface UblkDeviceOptions {
   /** Hardware queues (each its own ring); default 1 — the data comes from one JavaScript thread anyway. */
@@ -88,8 +23,11 @@ export interface UblkDeviceOptions {
   userCopy?: boolean
   /** Use the legacy plain-number opcodes (as on kernels without the ioctl encoding); for tests. */
   legacyOpcodes?: boolean
-  /** Serve each queue on a thread of its own (then `queues` is the thread count). Default: the main thread. */
-  threads?: UblkThreadOptions
+  /**
+   * Serving threads, one queue each (thread.ts; then `queues` is ignored). 0 (default), or a source that
+   * cannot be opened again on a thread (no descriptor): the queues are served on the main thread.
+   */
+  threads?: number
   log?: (line: string) => void
 }
 
@@ -103,8 +41,8 @@ export interface UblkDeviceInfo {
   userCopy: boolean
   legacyOpcodes: boolean
   queues: number
-  /** True when each queue is served on a thread of its own. */
-  threads: boolean
+  /** Serving threads, one per queue; 0 when the main thread serves the queues. */
+  threads: number
   depth: number
   maxIoBytes: number
 }
@@ -112,6 +50,17 @@ export interface UblkDeviceInfo {
 const START_TIMEOUT_MS = 60_000
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+/** True if `p` settles within `ms` (the timer does not outlive it). */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)))
+  try {
+    return await Promise.race([p.then(() => true as const), late])
+  } finally {
+    clearTimeout(timer)
+  }
+}
 
 async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
   const until = Date.now() + ms
@@ -138,7 +87,10 @@ export function listPartitions(devId: number): string[] {
 }
 
 export class UblkDevice {
-  private queues: ServingQueue[] = []
+  /** Queues served on the main thread. */
+  private queues: UblkQueue[] = []
+  /** Or the serving threads, a queue each. */
+  private pool: ServingThreads | undefined
   private cdevFd = -1
   private stopping: Promise<void> | null = null
   private resolveClosed!: () => void
@@ -161,7 +113,8 @@ export class UblkDevice {
     if (!Number.isInteger(bsShift) || bsShift < 9 || bsShift > 12)
       throw new Error(`ublk: sector size ${sectorSize} is not a power of two between 512 and 4096`)
     if (server.size % sectorSize !== 0) throw new Error(`ublk: image size ${server.size} is not a multiple of its sector size ${sectorSize}`)
-    const nrQueues = opts.threads ? Math.max(1, opts.threads.count) : (opts.queues ?? 1)
+    const threads = opts.threads && ServingThreads.canServe(server) ? opts.threads : 0
+    const nrQueues = threads > 0 ? threads : (opts.queues ?? 1)
     const depth = opts.depth ?? 64
     const maxIoBytes = opts.maxIoBytes ?? 1 << 20
     if (depth < 1 || depth > abi.UBLK_MAX_QUEUE_DEPTH) throw new Error(`ublk: queue depth ${depth} out of range`)
@@ -204,27 +157,18 @@ export class UblkDevice {
       // devtmpfs creates the node as the driver registers it; udev may still be adjusting it.
       if (!(await waitFor(() => fs.existsSync(charDevice), 5000))) throw new Error(`ublk: ${charDevice} did not appear`)
       dev.cdevFd = fs.openSync(charDevice, fs.constants.O_RDWR)
-      if (opts.threads) {
-        const shared = new SharedArrayBuffer(8 * added.nrHwQueues)
-        const threads: QueueThread[] = []
-        for (let qid = 0; qid < added.nrHwQueues; qid++) {
-          const cfg: QueueThreadConfig = {
-            image: opts.threads.image,
-            cacheBytes: opts.threads.cacheBytes,
-            badPolicy: server.badPolicy,
-            devId,
-            qid,
-            depth: added.queueDepth,
-            maxIoBytes: maxIo,
-            cdevFd: dev.cdevFd,
-            userCopy,
-            legacyOpcodes: legacyIo,
-            shared,
-          }
-          threads.push(new QueueThread(cfg, log))
-        }
-        dev.queues.push(...threads)
-        await Promise.all(threads.map((t) => t.ready))
+      if (threads > 0) {
+        const cdevFd = dev.cdevFd
+        const configFor = (qid: number): UblkThreadConfig => ({devId, qid, depth: added.queueDepth, maxIoBytes: maxIo, cdevFd, userCopy, legacyOpcodes: legacyIo})
+        dev.pool = await ServingThreads.start({
+          name: 'ublk',
+          server,
+          body: path.join(__dirname, 'thread.js'),
+          count: added.nrHwQueues,
+          cacheBytes: Math.floor(DEVICE_CACHE_BYTES / added.nrHwQueues),
+          configFor,
+          log,
+        })
       } else {
         for (let qid = 0; qid < added.nrHwQueues; qid++) {
           const q = new UblkQueue({devId, qid, depth: added.queueDepth, maxIoBytes: maxIo, cdevFd: dev.cdevFd, userCopy, server, log}, legacyIo)
@@ -232,8 +176,8 @@ export class UblkDevice {
           q.fetchAll()
         }
       }
-      // If every queue is aborted without our STOP_DEV, the kernel took the device down.
-      void Promise.all(dev.queues.map((q) => q.done)).then(() => dev.resolveClosed())
+      // If every queue ends without our STOP_DEV, the kernel took the device down.
+      void dev.queuesEnded().then(() => dev.resolveClosed())
       // START_DEV returns once the disk is added and its partitions scanned (served by our queues). If the
       // driver never gets there, fail instead of hanging the attach.
       let startTimer: NodeJS.Timeout | undefined
@@ -255,7 +199,7 @@ export class UblkDevice {
         userCopy,
         legacyOpcodes: legacyIo,
         queues: added.nrHwQueues,
-        threads: opts.threads !== undefined,
+        threads: dev.pool?.size ?? 0,
         depth: added.queueDepth,
         maxIoBytes: maxIo,
       }
@@ -267,8 +211,9 @@ export class UblkDevice {
     }
   }
 
-  get served(): number {
-    return this.queues.reduce((n, q) => n + q.served, 0)
+  /** Resolves once every queue has ended (each thread's body returned, or every main-thread queue was aborted). */
+  private queuesEnded(): Promise<unknown> {
+    return this.pool ? this.pool.allEnded : Promise.all(this.queues.map((q) => q.done))
   }
 
   /** STOP_DEV (the queues keep serving until the disk is gone), close the queues and /dev/ublkcN, DEL_DEV. Idempotent. */
@@ -286,10 +231,15 @@ export class UblkDevice {
         errors.push((err as Error).message)
       }
       // STOP_DEV cancels the idle fetches; give the completions a moment to arrive before closing the rings.
-      await Promise.race([Promise.all(this.queues.map((q) => q.done)), sleep(2000)])
+      await within(this.queuesEnded(), 2000)
     }
     for (const q of this.queues) q.close()
     this.queues = []
+    if (this.pool) {
+      // A thread still in io_uring_enter stops only when the call returns: do not wait on it forever.
+      if (!(await within(this.pool.close(2000), 5000))) this.log('ublk: a serving thread did not stop (still in io_uring_enter?)')
+      this.pool = undefined
+    }
     if (this.cdevFd >= 0) {
       fs.closeSync(this.cdevFd)
       this.cdevFd = -1

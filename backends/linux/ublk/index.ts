@@ -4,7 +4,6 @@
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
-import * as path from 'node:path'
 import type {AttachContext, AttachedDevice, Backend, Probe} from '../../../src/core/backend'
 import type {BlockServer} from '../../../src/core/blockserver'
 
@@ -19,19 +18,6 @@ export interface UblkState extends Record<string, unknown> {
   /** The serving process (the driver records it as ublksrv_pid). */
   pid: number
 }
-
-/**
- * Serving threads, one ublk queue each (queue-thread.ts): VDEV_UBLK_THREADS, else 2 — as for FUSE. 0 serves
- * the one queue on the main thread (also what any source other than a VDIMG file gets).
- */
-function serveThreadCount(): number {
-  const env = process.env.VDEV_UBLK_THREADS
-  if (env !== undefined && /^\d+$/.test(env)) return Math.min(Number(env), 16)
-  return 2
-}
-
-/** Decoded chunks cached by all serving threads together (each its share); see the FUSE backend's reasons. */
-const CACHE_BYTES = 4 << 20
 
 export function kernelVersion(release = os.release()): [number, number] {
   const m = /^(\d+)\.(\d+)/.exec(release)
@@ -69,20 +55,15 @@ export const backend: Backend = {
   platform: 'linux',
   description: 'ublk (io_uring userspace block device, Linux 6.0+): the kernel hands requests straight to vdev',
   preference: 0,
+  // A queue per serving thread (thread.ts), as ublksrv does; 0 threads: one queue on the main thread.
+  threadModel: {kind: 'serving-threads', defaultThreads: 2, maxThreads: 16, pollMicroseconds: 0},
 
   async probe(): Promise<Probe> {
     return probeUblk()
   },
 
   async attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice> {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const {VdimgImage} = require('../../../src/format/reader') as typeof import('../../../src/format/reader')
-    const threads = serveThreadCount()
-    const image = server.source instanceof VdimgImage ? server.source.path : undefined
-    const dev = await device().UblkDevice.create(server, {
-      log: ctx.log,
-      ...(image && threads > 0 ? {threads: {count: threads, image: path.resolve(image), cacheBytes: Math.floor(CACHE_BYTES / threads)}} : {}),
-    })
+    const dev = await device().UblkDevice.create(server, {log: ctx.log, threads: ctx.threads})
     ctx.log(`ublk: ${dev.info.queues} queue(s), ${dev.info.threads ? 'each served on a thread of its own' : 'served on the main thread'}`)
     const state: UblkState = {devId: dev.info.devId, pid: process.pid}
     let detached: Promise<void> | undefined

@@ -6,25 +6,26 @@
  * in one of two ways. On an event loop (the main thread, which owns the BlockServer): it never blocks — the
  * ring fd is watched by the event loop (koffi's uv_poll), a completion for one tag is turned into a
  * BlockServer read, and the COMMIT_AND_FETCH_REQs of everything answered in one turn of the loop go to the
- * kernel in one io_uring_enter. Blocking (`blocking: true`, on a serving thread of its own, queue-thread.ts):
- * runBlocking() waits in io_uring_enter, answers each request synchronously from a sync-mode image, and sends
+ * kernel in one io_uring_enter. Blocking (`blocking: true`, on a serving thread of its own, thread.ts):
+ * runBlocking() waits in io_uring_enter, answers each request synchronously from a sync-mode source, and sends
  * the answers with its next wait, as ublksrv's queue loop does.
+ *
+ * Either way the BlockServer counts what is served and logs faults (its onFault); the queue only maps a
+ * failure to its errno.
  *
  * Data moves with UBLK_F_USER_COPY when the kernel has it: the read's bytes are pwrite()n to /dev/ublkcN at the
  * request's position, from the queue's thread (the driver does not care which thread copies). Without it, each tag
  * owns a buffer whose address goes in the FETCH/COMMIT command, and the driver copies from it on commit.
  */
 import * as fs from 'node:fs'
-import {BlockError, type BlockServer} from '../../../src/core/blockserver'
+import {errnoOf, type BlockServer} from '../../../src/core/blockserver'
+import {ERRNO} from '../../../src/sys/errno'
 import {koffi, SysError} from '../../../src/sys/libc'
 import * as abi from './abi'
 import {bufferAddress, IORING_OP_URING_CMD, IoUring, io_uring_sqe, mapShared, unmap, setUserData, SQE_CMD, SQE_CMD_OP, type Cqe, type Mapping} from './io_uring'
 
-/** Negative errnos handed back to the block layer (it maps anything it does not know to BLK_STS_IOERR). */
-const ERRNO: Record<BlockError['errno'], number> = {EIO: 5, EINVAL: 22, ENOSPC: 28, EPERM: 1, ESHUTDOWN: 108}
-const EIO = 5
-const EINTR = 4
-const EOPNOTSUPP = 95
+// Results are negative errnos; the block layer maps any it does not know to BLK_STS_IOERR.
+const {EIO, EINTR, EOPNOTSUPP} = ERRNO
 
 export interface UblkQueueOptions {
   devId: number
@@ -37,8 +38,8 @@ export interface UblkQueueOptions {
   server: BlockServer
   log: (line: string) => void
   /**
-   * Serve on a thread of its own (queue-thread.ts): no event loop — runBlocking() waits in io_uring_enter
-   * and answers each request synchronously through BlockServer.readSync (a sync-mode image).
+   * Serve on a thread of its own (thread.ts): no event loop — runBlocking() waits in io_uring_enter
+   * and answers each request synchronously through BlockServer.readSync (a sync-mode source).
    */
   blocking?: boolean
 }
@@ -64,8 +65,6 @@ export class UblkQueue {
   private resolveDone!: () => void
   /** Resolves once every tag's fetch came back aborted (device stopped, or the driver gave up on us). */
   readonly done: Promise<void>
-  /** Requests served, for stats and tests. */
-  served = 0
 
   constructor(
     private readonly o: UblkQueueOptions,
@@ -158,13 +157,13 @@ export class UblkQueue {
           try {
             data = this.o.server.readSync(offset, length, this.scratch ?? this.buffers[tag])
           } catch (err) {
-            return this.commit(tag, err instanceof BlockError ? -ERRNO[err.errno] : -EIO)
+            return this.commit(tag, -errnoOf(err))
           }
           return this.completeRead(tag, data, length)
         }
         this.o.server.read(offset, length).then(
           (data) => this.completeRead(tag, data, length),
-          (err: unknown) => this.commit(tag, err instanceof BlockError ? -ERRNO[err.errno] : -EIO),
+          (err: unknown) => this.commit(tag, -errnoOf(err)),
         )
         return
       case abi.UBLK_IO_OP_FLUSH:
@@ -194,7 +193,6 @@ export class UblkQueue {
       this.o.log(`ublk queue ${this.o.qid} tag ${tag}: copy to the request failed: ${(err as Error).message}`)
       return this.commit(tag, -EIO)
     }
-    this.served++
     this.commit(tag, length)
   }
 
@@ -226,10 +224,10 @@ export class UblkQueue {
   /**
    * Blocking mode: fetch every tag, then serve until the driver aborts them all (STOP_DEV, or the device
    * going away) or close() is called. Each turn is one io_uring_enter that sends the previous turn's
-   * COMMIT_AND_FETCH_REQs and waits for at least one request — as ublksrv's queue loop does.
-   * `afterTurn` runs after each turn's requests are answered (counters).
+   * COMMIT_AND_FETCH_REQs and waits for at least one request — as ublksrv's queue loop does. Returns why
+   * it ended.
    */
-  runBlocking(afterTurn?: () => void): void {
+  runBlocking(): string {
     if (!this.o.blocking) throw new Error('ublk queue: runBlocking needs blocking mode')
     this.fetchAll()
     while (!this.closed && this.abortedCount < this.o.depth) {
@@ -241,8 +239,8 @@ export class UblkQueue {
       }
       this.ring.reap((cqe) => this.onCompletion(cqe))
       this.prepCommits()
-      afterTurn?.()
     }
+    return this.closed ? `queue ${this.o.qid} closed` : `queue ${this.o.qid}: the driver aborted every fetch (device stopped or gone)`
   }
 
   /** Tags not yet aborted by the driver. */
