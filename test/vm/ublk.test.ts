@@ -5,6 +5,7 @@
  */
 import {strict as assert} from 'node:assert'
 import {spawn} from 'node:child_process'
+import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {createInterface} from 'node:readline'
@@ -16,8 +17,9 @@ import {openInput} from '../../src/format/input'
 import {readMapfile} from '../../src/format/mapfile'
 import {createImage} from '../../src/format/writer'
 import {openImage, type VdimgImage} from '../../src/format/reader'
+import {RawImage} from '../../src/sources/raw'
 import type {AttachServerInfo} from './attach-server'
-import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, makeFixture, run, type DiskFixture} from './disk-fixture'
+import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, run, type DiskFixture} from './disk-fixture'
 
 const ublkNodes = (): string[] => fs.readdirSync('/dev').filter((n) => /^ublk[bc]\d+/.test(n))
 
@@ -175,6 +177,149 @@ describe('ublk backend (real kernel)', function () {
       }
       assert.ok(!fs.existsSync(dev.info.blockDevice), `${dev.info.blockDevice} still exists`)
     })
+
+  it('counts every read in the server\'s stats, bad-area reads exactly, across its serving threads', async () => {
+    const dev = attached!.device
+    const good = [0, 1, 777, 2048, 9000, 16000].filter((s) => !isBadSector(s))
+    const badSectors = BAD.map((b) => b.offset / SECTOR)
+    const before = server.stats
+    for (const s of good) assert.ok((await ddSectors(dev, s, 1)).data?.equals(fx.data.subarray(s * SECTOR, (s + 1) * SECTOR)), `sector ${s}`)
+    for (const s of badSectors) assert.equal((await ddSectors(dev, s, 1)).data, null, `sector ${s} read`)
+    // One 4 KiB request that only partly touches a bad area counts once too.
+    const block = Math.floor(BAD[0].offset / 4096)
+    assert.equal((await ddSectors(dev, block, 1, 4096)).data, null)
+    const after = server.stats
+    const n = good.length + badSectors.length + 1
+    assert.ok(after.reads - before.reads >= n, `${after.reads - before.reads} reads counted, ${n} made`)
+    assert.equal(after.badReads - before.badReads, badSectors.length + 1)
+    assert.equal(after.errors - before.errors, badSectors.length + 1)
+    assert.ok(after.bytes - before.bytes >= good.length * SECTOR)
+    assert.equal(after.inFlight, 0)
+  })
+
+  it('serves a raw image with its ddrescue mapfile on serving threads: exact bytes where finished, EIO elsewhere', async () => {
+    // The output file of a rescue that never read the last 64 KiB, and the mapfile ddrescue wrote with it.
+    const size = 4 * MiB1
+    const data = crypto.randomBytes(size)
+    const raw = path.join(fx.dir, 'rescue.raw')
+    fs.writeFileSync(raw, data.subarray(0, size - 0x10000))
+    const areas = [
+      {pos: 0x100200, size: 0x200, st: '-'},
+      {pos: 0x180600, size: 0x1000, st: '*'},
+      {pos: 0x2a0e00, size: 0x600, st: '/'},
+      {pos: 0x3f0000, size: 0x10000, st: '?'},
+    ]
+    const hex = (n: number): string => `0x${n.toString(16).toUpperCase().padStart(8, '0')}`
+    const lines = [
+      '# Mapfile. Created by GNU ddrescue version 1.27',
+      '# Command line: ddrescue -d -r0 /dev/sdc rescue.raw rescue.map',
+      '# Start time:   2026-11-20 09:12:01',
+      '# Current time: 2026-11-20 09:13:40',
+      '# Finished',
+      '# current_pos  current_status  current_pass',
+      '0x003F0000     +               1',
+      '#      pos        size  status',
+    ]
+    let at = 0
+    for (const a of areas) {
+      if (a.pos > at) lines.push(`${hex(at)}  ${hex(a.pos - at)}  +`)
+      lines.push(`${hex(a.pos)}  ${hex(a.size)}  ${a.st}`)
+      at = a.pos + a.size
+    }
+    assert.equal(at, size)
+    const map = path.join(fx.dir, 'rescue.map')
+    fs.writeFileSync(map, lines.join('\n') + '\n')
+
+    const source = RawImage.open(raw, {mapfile: map})
+    const rawLog: string[] = []
+    let dev: AttachedDevice | undefined
+    try {
+      dev = await backend.attach(new BlockServer(source), context(raw, rawLog))
+      assert.ok(rawLog.some((l) => /2 queue\(s\), each served on a thread of its own/.test(l)), rawLog.join('\n'))
+      assert.equal((await run('blockdev', ['--getsize64', dev.device])).stdout.toString().trim(), String(size))
+      const isBad = (s: number): boolean => areas.some((a) => s * SECTOR < a.pos + a.size && (s + 1) * SECTOR > a.pos)
+      for (const a of areas) {
+        const first = a.pos / SECTOR
+        const last = (a.pos + a.size) / SECTOR - 1
+        for (const s of new Set([first, last])) {
+          const r = await ddSectors(dev.device, s, 1)
+          assert.equal(r.data, null, `sector ${s} ('${a.st}') read`)
+          assert.match(r.stderr, /Input\/output error/)
+        }
+        for (const s of [first - 1, last + 1]) {
+          if (s * SECTOR >= size || isBad(s)) continue
+          const r = await ddSectors(dev.device, s, 1)
+          assert.ok(r.data?.equals(data.subarray(s * SECTOR, (s + 1) * SECTOR)), `sector ${s} next to '${a.st}': ${r.stderr}`)
+        }
+      }
+      // GNU ddrescue over the device finds exactly the map's non-finished areas, and the file's bytes elsewhere.
+      const out = path.join(fx.dir, 'again.raw')
+      const again = path.join(fx.dir, 'again.map')
+      const r = await run('ddrescue', ['-d', '-b', String(SECTOR), '-r', '0', dev.device, out, again], {timeoutMs: 300_000})
+      assert.equal(r.code, 0, r.stderr)
+      const bad = readMapfile(again).bad.intersect(0, size).map((b) => [b.offset, b.length])
+      assert.deepEqual(bad, areas.map((a) => [a.pos, a.size]))
+      const rescued = fs.readFileSync(out)
+      at = 0
+      for (const a of areas) {
+        assert.ok(rescued.subarray(at, a.pos).equals(data.subarray(at, a.pos)), `bytes ${at}..${a.pos} differ`)
+        at = a.pos + a.size
+      }
+    } finally {
+      await dev?.detach()
+      await source.close()
+    }
+  })
+
+  it('logs a fault (a damaged chunk) read on a serving thread to the device\'s log, and answers EIO', async () => {
+    const src = path.join(fx.dir, 'fault.raw')
+    const data = crypto.randomBytes(1 * MiB1)
+    fs.writeFileSync(src, data)
+    const damaged = path.join(fx.dir, 'fault.vdimg')
+    const input = openInput(src)
+    try {
+      await createImage(input, damaged, {chunkSize: 64 * 1024, threads: 1})
+    } finally {
+      await input.close()
+    }
+    // Flip bytes in the middle of chunk 5's stored bytes: its stored CRC no longer matches.
+    const probe = await openImage(damaged)
+    const e = await probe.entry(5)
+    await probe.close()
+    assert.ok(e.storedLength > 0)
+    const fd = fs.openSync(damaged, 'r+')
+    try {
+      const b = Buffer.alloc(4)
+      const at = e.offset + Math.floor(e.storedLength / 2)
+      fs.readSync(fd, b, 0, 4, at)
+      for (let i = 0; i < 4; i++) b[i] ^= 0xff
+      fs.writeSync(fd, b, 0, 4, at)
+    } finally {
+      fs.closeSync(fd)
+    }
+    const img = await openImage(damaged)
+    const faultLog: string[] = []
+    let dev: AttachedDevice | undefined
+    try {
+      dev = await backend.attach(new BlockServer(img), context(damaged, faultLog))
+      assert.ok(faultLog.some((l) => /each served on a thread of its own/.test(l)), faultLog.join('\n'))
+      const sector = (5 * 64 * 1024) / SECTOR + 3
+      const r = await ddSectors(dev.device, sector, 1)
+      assert.equal(r.data, null, 'a sector of the damaged chunk read')
+      assert.match(r.stderr, /Input\/output error/)
+      // The chunks around it still read.
+      for (const s of [sector - 128, sector + 128]) assert.ok((await ddSectors(dev.device, s, 1)).data?.equals(data.subarray(s * SECTOR, (s + 1) * SECTOR)), `sector ${s}`)
+      // The thread's log line travels by message: give it a moment.
+      const want = `ublk: fault reading ${SECTOR} bytes at ${sector * SECTOR}: `
+      for (let i = 0; i < 50 && !faultLog.some((l) => l.startsWith(want)); i++) await new Promise((res) => setTimeout(res, 20))
+      const line = faultLog.find((l) => l.startsWith(want))
+      assert.ok(line, `no "${want}" line in:\n${faultLog.join('\n')}`)
+      assert.match(line, /chunk 5\b/)
+    } finally {
+      await dev?.detach()
+      await img.close()
+    }
+  })
 
   it('does not hang readers when the server is killed; cleanup removes the device', async () => {
     const child = spawn(process.execPath, [path.join(__dirname, 'attach-server.js'), 'ublk', fx.image], {stdio: ['ignore', 'pipe', 'pipe']})
