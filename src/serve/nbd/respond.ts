@@ -1,6 +1,6 @@
 /**
  * The answer to one transmission-phase request, shared by the main-thread connection (server.ts) and the
- * serving threads (serve-thread.ts): the range checks, the errno of every refusal, and the encoding of
+ * serving threads (thread.ts): the range checks, the errno of every refusal, and the encoding of
  * data, error and block status replies. Reading requests (and a write's payload) and writing replies are
  * the caller's; so are NBD_CMD_DISC and shutting down.
  * Spec: NetworkBlockDevice/nbd doc/proto.md ("Transmission phase", "Structured replies").

@@ -12,7 +12,7 @@ import type {BlockServer} from '../../core/blockserver'
 import * as P from './protocol'
 import {EndOfStream, SocketReader} from './reader'
 import {BASE_ALLOCATION_ID, Responder, type Reply, type Session} from './respond'
-import type {ServeThreads, ThreadedConnection} from './threads'
+import type {ConnectionThreads, ThreadedConnection} from './threads'
 
 export interface NbdServerOptions {
   /** The export's canonical name (vdev uses the image file name); "" always selects it too. */
@@ -23,7 +23,7 @@ export interface NbdServerOptions {
    * Serving threads: after the handshake a connection's requests are read, served and answered by these
    * (threads.ts); the main thread serves only when none is free. Closed with the server.
    */
-  threads?: ServeThreads
+  threads?: ConnectionThreads
 }
 
 /** Option data is small (strings are at most 4096 bytes); anything larger is taken for abuse. */
@@ -49,7 +49,7 @@ export class NbdServer {
     this.exportName = opts.exportName
   }
 
-  get threads(): ServeThreads | undefined {
+  get threads(): ConnectionThreads | undefined {
     return this.opts.threads
   }
 

@@ -1,19 +1,21 @@
 /**
- * Serving threads for the NBD transmission phase, in the manner of nbdkit's "parallel" thread model: after
+ * NBD connections on serving threads (src/threads), in the manner of nbdkit's "parallel" thread model: after
  * the handshake (on the main thread), a connection's socket is handed to a few threads that each, in turn,
  * take the read lock, read one request (and a write's payload) with blocking read(2), release the lock,
- * serve the request from their own image instance opened in sync mode (pread(2) and decompression on that
- * thread), and write the whole reply under the write lock with one writev(2). A connection with one request
- * in flight costs no hop between threads; with many, they are decoded on as many cores as there are threads.
+ * serve the request from their own instance of the source (pread(2) and decoding on that thread), and write
+ * the whole reply under the write lock with one writev(2) (thread.ts is the thread's side). A connection
+ * with one request in flight costs no hop between threads; with many, they are decoded on as many cores as
+ * there are threads.
  *
- * Threads live in a pool shared by all connections: a thread serves one connection at a time and goes back
- * to the pool when it ends. Locks, the closing flag and bytes read before the hand-off (normally none) live
- * in shared memory (one SharedArrayBuffer per connection); the socket is a duplicate descriptor owned by the
- * pool from the hand-off on, made blocking, and closed by the main thread once every thread has left it.
+ * The threads are a ServingThreads pool shared by all connections: a thread serves one connection at a time
+ * and goes back to the pool when it ends. What is NBD's own lives here: the connection's locks, closing flag
+ * and the bytes read before the hand-off (normally none), in shared memory (one SharedArrayBuffer per
+ * connection); the socket, a duplicate descriptor owned by this pool from the hand-off on, made blocking,
+ * and closed by the main thread once every thread has left it; and which thread serves which connection.
  */
 import * as path from 'node:path'
-import {Worker} from 'node:worker_threads'
-import type {BadPolicy} from '../../core/blockserver'
+import type {BlockServer} from '../../core/blockserver'
+import {ServingThreads, type ServingThread} from '../../threads/pool'
 import type {Session} from './respond'
 
 /** Slots of a connection's Int32Array state. */
@@ -29,38 +31,22 @@ export const STATE = {
   slots: 5,
 } as const
 
-/** What a serving thread is started with. */
-export interface ServeThreadConfig {
-  /** Absolute path of the VDIMG image; each thread opens its own instance (sync mode). */
-  image: string
-  badPolicy: BadPolicy
-  /** Decompressed-chunk cache of each thread's image instance. */
-  cacheBytes: number
-  /** How long a thread waiting for a connection's next request polls before it sleeps in read(2); 0: never. */
-  pollMicroseconds: number
-}
-
-/** main → thread: serve this connection until it ends. */
+/** main → thread (a body message): serve this connection until it ends. */
 export interface Assignment {
   connection: number
   fd: number
   state: SharedArrayBuffer
-  /** The input buffer (see serve-thread.ts), holding at first the bytes the main thread had read past the handshake. */
+  /** The input buffer (see thread.ts), holding at first the bytes the main thread had read past the handshake. */
   input: SharedArrayBuffer
   session: Session
   peer: string
 }
 
-/** thread → main */
-/** What a thread served for one connection (its BlockServer's counters). */
-export interface Served {
-  reads: number
-  bytes: number
-  errors: number
-  badReads: number
+/** thread → main (a body message): the thread has left the connection, for this reason. */
+export interface AssignmentDone {
+  done: number
+  reason: string
 }
-
-export type ThreadMessage = {ready: true} | {done: number; reason: string; served: Served} | {log: string} | {fatal: string}
 
 export function lock(a: Int32Array, i: number): void {
   let c = Atomics.compareExchange(a, i, 0, 1)
@@ -76,38 +62,36 @@ export function unlock(a: Int32Array, i: number): void {
   if (Atomics.exchange(a, i, 0) === 2) Atomics.notify(a, i, 1)
 }
 
-export interface ServeThreadsOptions extends ServeThreadConfig {
+export interface ConnectionThreadsOptions {
   /** Threads serving one connection (its requests in flight at most). */
   perConnection: number
   /** Threads in the pool at most; a connection that finds none free is served on the main thread. */
   maxThreads: number
+  /** Decoded-chunk cache of each thread's instance of the source. */
+  cacheBytes: number
+  /** How long a thread waiting for a connection's next request polls before it sleeps in read(2); 0: never. */
+  pollMicroseconds: number
   log: (line: string) => void
 }
 
 /** Request bytes read at once by a connection's threads (requests are 28 bytes; payloads are skipped apart). */
 const INPUT_BUFFER = 64 * 1024
 
-/** The JavaScript heap a serving thread needs is small: requests and replies live in reused buffers. */
-const THREAD_LIMITS = {maxYoungGenerationSizeMb: 4}
-
-interface ServeThread {
-  worker: Worker
-  connection: ThreadedConnection | undefined
-}
-
 /** Low-level descriptor operations, loaded lazily (koffi; Linux). */
 type Libc = typeof import('../../sys/libc')
 
-export class ServeThreads {
-  private readonly idle: ServeThread[] = []
-  private readonly all = new Set<ServeThread>()
-  private starting = 0
+export class ConnectionThreads {
+  /** Started threads not serving a connection. */
+  private readonly idle: ServingThread[] = []
+  /** Started threads that have not ended. */
+  private readonly alive = new Set<ServingThread>()
+  /** The connection each thread serves. */
+  private readonly serving = new Map<ServingThread, ThreadedConnection>()
   /** Threads being started for the pool rather than for a connection. */
   private spare = 0
   private nextConnection = 1
   private handed = 0
   private refused = 0
-  private readonly served: Served = {reads: 0, bytes: 0, errors: 0, badReads: 0}
   private readonly live = new Set<ThreadedConnection>()
   private closed = false
   /**
@@ -117,88 +101,83 @@ export class ServeThreads {
   private readonly exitHook = () => {
     for (const c of this.live) this.libc.shutdown(c.fd, this.libc.SHUT_RDWR)
   }
+  private pool!: ServingThreads
 
   private constructor(
-    private readonly opts: ServeThreadsOptions,
+    private readonly opts: ConnectionThreadsOptions,
     /** Descriptor calls (fcntl, shutdown, close) for the connections handed over. */
     readonly libc: Libc,
   ) {
     process.on('exit', this.exitHook)
   }
 
-  /** Start `perConnection` threads; rejects when they cannot serve (no koffi/libc, or the image fails to open). */
-  static async start(opts: ServeThreadsOptions): Promise<ServeThreads> {
+  /**
+   * Start `perConnection` threads over `server`'s source (opened again on each from its descriptor); what
+   * they serve is counted in `server.stats`. Rejects when they cannot serve (no koffi/libc, a source that
+   * cannot be opened again, or one that fails to open on a thread).
+   */
+  static async start(server: BlockServer, opts: ConnectionThreadsOptions): Promise<ConnectionThreads> {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const libc = require('../../sys/libc') as Libc
-    const pool = new ServeThreads(opts, libc)
+    const c = new ConnectionThreads(opts, libc)
     try {
-      const threads = await Promise.all(Array.from({length: Math.max(1, opts.perConnection)}, () => pool.spawn()))
-      for (const t of threads) pool.release(t)
+      c.pool = await ServingThreads.start({
+        name: 'nbd',
+        server,
+        body: path.join(__dirname, 'thread.js'),
+        count: Math.max(1, opts.perConnection),
+        capacity: Math.max(1, opts.perConnection, opts.maxThreads),
+        cacheBytes: opts.cacheBytes,
+        pollMicroseconds: opts.pollMicroseconds,
+        log: opts.log,
+        onMessage: (t, m) => c.left(t, (m as AssignmentDone).reason),
+      })
     } catch (err) {
-      await pool.close()
+      process.off('exit', c.exitHook)
       throw err
     }
-    return pool
+    for (const t of c.pool.threads) c.release(c.track(t))
+    return c
   }
 
-  /** Threads started and serving or idle; connections handed to them; connections refused for want of one. */
+  /** Threads alive (serving or idle); connections handed to them; connections refused for want of one. */
   get stats(): {threads: number; connections: number; refused: number} {
-    return {threads: this.all.size, connections: this.handed, refused: this.refused}
+    return {threads: this.alive.size, connections: this.handed, refused: this.refused}
   }
 
-  /** What the threads served, counted when each thread leaves a connection. */
-  get servedTotals(): Served {
-    return {...this.served}
+  /** Threads that may still be started. */
+  private get room(): number {
+    return this.closed ? 0 : this.pool.counters.count - this.pool.size
   }
 
-  private spawn(): Promise<ServeThread> {
-    const {image, badPolicy, cacheBytes, pollMicroseconds} = this.opts
-    const cfg: ServeThreadConfig = {image, badPolicy, cacheBytes, pollMicroseconds}
-    const worker = new Worker(path.join(__dirname, 'serve-thread.js'), {workerData: cfg, resourceLimits: THREAD_LIMITS})
-    const t: ServeThread = {worker, connection: undefined}
-    this.starting++
-    return new Promise<ServeThread>((resolve, reject) => {
-      let state: 'starting' | 'ready' | 'failed' = 'starting'
-      const failed = (why: string) => {
-        if (state !== 'starting') return
-        state = 'failed'
-        this.starting--
-        reject(new Error(why))
-      }
-      worker.on('message', (m: ThreadMessage) => {
-        if ('ready' in m) {
-          if (state !== 'starting') return
-          if (this.closed) {
-            worker.postMessage({exit: true})
-            return failed('the server is closing')
-          }
-          state = 'ready'
-          this.starting--
-          this.all.add(t)
-          // Started, it no longer keeps the process alive (a server's listener does); unref() after the
-          // listeners were added, which ref the worker's port again.
-          worker.unref()
-          resolve(t)
-        } else if ('log' in m) this.opts.log(m.log)
-        else if ('fatal' in m) {
-          if (state === 'starting') failed(m.fatal)
-          else this.opts.log(`nbd: serving thread failed: ${m.fatal}`)
-        } else if ('done' in m) {
-          for (const k of ['reads', 'bytes', 'errors', 'badReads'] as const) this.served[k] += m.served[k]
-          this.left(t, m.reason)
-        }
-      })
-      const gone = (why: string) => {
-        if (state !== 'ready') return failed(why)
-        if (!this.all.delete(t)) return
-        const i = this.idle.indexOf(t)
-        if (i >= 0) this.idle.splice(i, 1)
-        // A thread that dies while serving takes its connection down (its request may be lost).
-        if (t.connection) this.left(t, why, true)
-      }
-      worker.on('error', (err) => gone(`serving thread failed: ${err.message}`))
-      worker.on('exit', (code) => gone(`serving thread exited (${code})`))
+  /** A thread is serving: from now on its end is watched (and it no longer keeps the process alive). */
+  private track(t: ServingThread): ServingThread {
+    this.alive.add(t)
+    t.worker.unref()
+    void t.ended.then((why) => this.gone(t, why))
+    return t
+  }
+
+  /** Start one more thread; resolves once it serves (undefined when the pool is full or closed). */
+  private spawn(): Promise<ServingThread> | undefined {
+    const t = this.pool.spawn()
+    if (!t) return undefined
+    return t.ready.then(() => {
+      if (this.closed) throw new Error('the server is closing')
+      return this.track(t)
     })
+  }
+
+  private gone(t: ServingThread, why: string): void {
+    if (!this.alive.delete(t)) return
+    const i = this.idle.indexOf(t)
+    if (i >= 0) this.idle.splice(i, 1)
+    // A thread that dies while serving takes its connection down (its request may be lost).
+    const c = this.serving.get(t)
+    if (c) {
+      this.serving.delete(t)
+      c.threadLeft(why, true)
+    }
   }
 
   /**
@@ -209,8 +188,7 @@ export class ServeThreads {
   serve(fd: number, session: Session, leftover: Buffer, peer: string): ThreadedConnection | undefined {
     if (this.closed) return undefined
     const want = Math.max(1, this.opts.perConnection)
-    const room = () => this.opts.maxThreads - this.all.size - this.starting
-    if (this.idle.length === 0 && room() <= 0) {
+    if (this.idle.length === 0 && this.room <= 0) {
       this.refused++
       return undefined
     }
@@ -226,8 +204,10 @@ export class ServeThreads {
     for (const t of first) this.assign(t, c)
     // Threads still missing are started now and join the connection when ready (a thread can join a
     // connection at any time: it just takes its turn at the read lock).
-    for (let i = first.length; i < want && room() > 0; i++) {
-      this.spawn().then(
+    for (let i = first.length; i < want; i++) {
+      const t = this.spawn()
+      if (!t) break
+      t.then(
         (t) => (c.joinable ? this.assign(t, c) : this.release(t)),
         (err: Error) => {
           if (!this.closed) this.opts.log(`nbd: could not start a serving thread: ${err.message}`)
@@ -236,9 +216,11 @@ export class ServeThreads {
       )
     }
     // Keep threads warm for the next connection.
-    for (let i = this.idle.length + this.spare; i < want && room() > 0; i++) {
+    for (let i = this.idle.length + this.spare; i < want; i++) {
+      const t = this.spawn()
+      if (!t) break
       this.spare++
-      this.spawn().then(
+      t.then(
         (t) => {
           this.spare--
           this.release(t)
@@ -249,46 +231,34 @@ export class ServeThreads {
     return c
   }
 
-  private assign(t: ServeThread, c: ThreadedConnection): void {
-    t.connection = c
+  private assign(t: ServingThread, c: ThreadedConnection): void {
+    this.serving.set(t, c)
     c.threads++
-    const m: Assignment = {connection: c.id, fd: c.fd, state: c.stateBuffer, input: c.input, session: c.session, peer: c.peer}
-    t.worker.postMessage(m)
+    t.post({connection: c.id, fd: c.fd, state: c.stateBuffer, input: c.input, session: c.session, peer: c.peer} satisfies Assignment)
   }
 
-  private release(t: ServeThread): void {
-    t.connection = undefined
-    if (this.closed || !this.all.has(t)) return
+  private release(t: ServingThread): void {
+    this.serving.delete(t)
+    if (this.closed || !this.alive.has(t)) return
     this.idle.push(t)
   }
 
-  private left(t: ServeThread, reason: string, died = false): void {
-    const c = t.connection
+  private left(t: ServingThread, reason: string): void {
+    const c = this.serving.get(t)
     if (!c) return
-    if (died) t.connection = undefined
-    else this.release(t)
-    c.threadLeft(reason, died)
+    this.release(t)
+    c.threadLeft(reason, false)
   }
 
   /** Stop every thread (connections must have ended). */
   async close(): Promise<void> {
     this.closed = true
     process.off('exit', this.exitHook)
-    const threads = [...this.all]
-    this.all.clear()
     this.idle.length = 0
-    await Promise.all(
-      threads.map(
-        (t) =>
-          new Promise<void>((resolve) => {
-            t.worker.once('exit', () => resolve())
-            t.worker.ref() // the process waits for the thread to close its image
-            // An idle thread closes its image and exits; terminate() is for one that does not.
-            t.worker.postMessage({exit: true})
-            setTimeout(() => void t.worker.terminate(), 2000).unref()
-          }),
-      ),
-    )
+    // The process waits for each thread to close its source.
+    for (const t of this.pool.threads) t.worker.ref()
+    await this.pool.close()
+    this.alive.clear()
   }
 }
 

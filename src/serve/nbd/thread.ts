@@ -1,27 +1,18 @@
 /**
- * A serving thread (see threads.ts): it opens the image itself in sync mode, then serves the connections
- * the main thread assigns it, one at a time. For each request it takes the connection's read lock, reads
- * the request (and a refused write's payload) with blocking read(2), releases the lock, answers from its
- * own image instance, and writes the reply whole with writev(2) under the write lock — so replies never
- * interleave, and come back in the order they finish.
+ * The body of an NBD serving thread (src/threads runs it; threads.ts hands it connections): it serves the
+ * connections the main thread assigns it, one at a time, with its own instance of the source. For each
+ * request it takes the connection's read lock, reads the request (and a refused write's payload) with
+ * blocking read(2), releases the lock, answers, and writes the reply whole with writev(2) under the write
+ * lock — so replies never interleave, and come back in the order they finish.
  */
 import * as fs from 'node:fs'
-import {parentPort, workerData} from 'node:worker_threads'
-import {BlockServer} from '../../core/blockserver'
-import {openImage, type VdimgImage} from '../../format/reader'
+import {COUNTER} from '../../core/counters'
 import * as libc from '../../sys/libc'
+import {AdaptivePoll} from '../../threads/poll'
+import type {ServingThreadContext} from '../../threads/protocol'
 import * as P from './protocol'
 import {Responder, type Reply} from './respond'
-import {STATE, lock, unlock, type Assignment, type ServeThreadConfig, type ThreadMessage} from './threads'
-
-const cfg = workerData as ServeThreadConfig
-const post = (m: ThreadMessage): void => parentPort!.postMessage(m)
-const log = (line: string): void => post({log: line})
-
-/** Polling stops after this many polls in a row found no request... */
-const MAX_POLL_MISSES = 4
-/** ...and starts again when a request wakes the thread within this many poll periods of its going to sleep. */
-const REARM_POLLS = 4
+import {STATE, lock, unlock, type Assignment, type AssignmentDone} from './threads'
 
 /** The request stream ended or broke: nothing more can be read from this connection. */
 class StreamEnded extends Error {}
@@ -35,14 +26,15 @@ class StreamEnded extends Error {}
 class Input {
   private readonly buf: Buffer
   private readonly discard = Buffer.allocUnsafe(64 * 1024)
-  private polling = true
-  private pollMisses = 0
 
   constructor(
     private readonly fd: number,
     private readonly state: Int32Array,
     shared: SharedArrayBuffer,
-    private readonly pollUs: number,
+    /** Before sleeping in read(2), look for the next request with non-blocking recv(2) (src/threads/poll.ts). */
+    private readonly poll: AdaptivePoll,
+    /** This thread's counter slot: requests taken while polling are counted in COUNTER.polled. */
+    private readonly counters: Float64Array,
   ) {
     this.buf = Buffer.from(shared)
   }
@@ -79,9 +71,18 @@ class Input {
   }
 
   private fill(into: Buffer, at: number, max: number): number {
-    const polled = this.poll(into.subarray(at, at + max))
-    if (polled > 0) return polled
-    const t0 = this.pollUs > 0 ? process.hrtime.bigint() : 0n
+    const dst = into.subarray(at, at + max)
+    const polled = this.poll.poll(() => {
+      const n = libc.recv(this.fd, dst, libc.MSG_DONTWAIT)
+      if (n > 0) return n
+      // Nothing yet: poll on. 0 (the peer closed) or another error: let the blocking read report either.
+      return n === -libc.ERRNO.EAGAIN || n === -libc.ERRNO.EINTR ? 0 : -1
+    })
+    if (polled > 0) {
+      this.counters[COUNTER.polled]++
+      return polled
+    }
+    this.poll.sleeping()
     for (;;) {
       let n: number
       try {
@@ -92,36 +93,9 @@ class Input {
         throw new StreamEnded(`read: ${code ?? (err as Error).message}`)
       }
       if (n === 0) throw new StreamEnded(this.pending === 0 ? 'peer closed' : 'peer closed in the middle of a request')
-      // A request that came soon after the thread went to sleep: the client is busy again, poll again.
-      if (!this.polling && this.pollUs > 0 && Number(process.hrtime.bigint() - t0) < REARM_POLLS * this.pollUs * 1000) {
-        this.polling = true
-        this.pollMisses = 0
-      }
+      this.poll.woke()
       return n
     }
-  }
-
-  /**
-   * Before sleeping in read(2), look for the next request for up to pollUs (non-blocking recv(2) in a
-   * loop): a client with one request at a time usually sends the next one within microseconds of its
-   * reply, and a thread that never slept answers it without the cost of a wake-up (in a VM, an idle
-   * vCPU's). Like QEMU's adaptive polling, it stops after a few polls in a row find nothing (an idle
-   * client costs nothing), and starts again when requests come close together. Returns bytes read or 0.
-   */
-  private poll(into: Buffer): number {
-    if (!this.polling || this.pollUs <= 0) return 0
-    const deadline = process.hrtime.bigint() + BigInt(this.pollUs * 1000)
-    do {
-      const n = libc.recv(this.fd, into, libc.MSG_DONTWAIT)
-      if (n > 0) {
-        this.pollMisses = 0
-        return n
-      }
-      // 0: the peer closed; an error other than "nothing yet": let the blocking read report either.
-      if (n === 0 || (n !== -libc.ERRNO.EAGAIN && n !== -libc.ERRNO.EINTR)) return 0
-    } while (process.hrtime.bigint() < deadline)
-    if (++this.pollMisses >= MAX_POLL_MISSES) this.polling = false
-    return 0
   }
 }
 
@@ -154,10 +128,10 @@ function writeAll(fd: number, parts: Reply): void {
 }
 
 /** Serve one connection until it ends; returns why it ended (for the main thread's log). */
-async function serve(server: BlockServer, m: Assignment): Promise<string> {
+async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> {
   const state = new Int32Array(m.state)
-  const input = new Input(m.fd, state, m.input, cfg.pollMicroseconds)
-  const responder = new Responder(server, m.session, {sync: true, log, peer: m.peer})
+  const input = new Input(m.fd, state, m.input, new AdaptivePoll(ctx.pollMicroseconds), ctx.counters)
+  const responder = new Responder(ctx.server, m.session, {sync: true, log: (l) => ctx.log(l), peer: m.peer})
   const closing = () => Atomics.store(state, STATE.closing, 1)
   const reply = (r: Reply) => {
     lock(state, STATE.writeLock)
@@ -215,31 +189,15 @@ async function serve(server: BlockServer, m: Assignment): Promise<string> {
   }
 }
 
-async function main(): Promise<void> {
-  let image: VdimgImage
-  try {
-    image = await openImage(cfg.image, {sync: true, cacheBytes: cfg.cacheBytes})
-  } catch (err) {
-    post({fatal: (err as Error).message})
-    return
-  }
-  const server = new BlockServer(image, {
-    badPolicy: cfg.badPolicy,
-    onFault: (offset, length, err) => log(`read of ${length} bytes at ${offset} failed: ${(err as Error)?.message ?? err}`),
+/**
+ * Serve each connection assigned to this thread, telling the main thread when it leaves one. The thread
+ * lives until the pool stops it (src/threads/serving-worker.ts closes the source and exits).
+ */
+export function run(ctx: ServingThreadContext): Promise<string> {
+  ctx.onMessage((m) => {
+    const a = m as Assignment
+    void serve(ctx, a).then((reason) => ctx.post({done: a.connection, reason} satisfies AssignmentDone))
   })
-  parentPort!.on('message', (m: Assignment | {exit: true}) => {
-    if ('exit' in m) {
-      void image.close().finally(() => process.exit(0))
-      return
-    }
-    const before = server.stats
-    void serve(server, m).then((reason) => {
-      const after = server.stats
-      const served = {reads: after.reads - before.reads, bytes: after.bytes - before.bytes, errors: after.errors - before.errors, badReads: after.badReads - before.badReads}
-      post({done: m.connection, reason, served})
-    })
-  })
-  post({ready: true})
+  ctx.ready()
+  return new Promise<string>(() => undefined)
 }
-
-void main()
