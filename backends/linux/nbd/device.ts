@@ -13,10 +13,10 @@ import type {BlockServer} from '../../../src/core/blockserver'
 import {VdevError} from '../../../src/core/errors'
 import * as libc from '../../../src/sys/libc'
 import {NbdServer} from '../../../src/serve/nbd/server'
-import type {ServeThreads} from '../../../src/serve/nbd/threads'
+import type {ConnectionThreads} from '../../../src/serve/nbd/threads'
 import type {DoItWorkerData} from './do-it-worker'
 import {freeNbd, nbdPartitions, nbdState} from './sysfs'
-import * as U from './uapi'
+import * as U from './abi'
 
 export interface NbdAttachOptions {
   exportName: string
@@ -25,7 +25,7 @@ export interface NbdAttachOptions {
   /** Try only these devices (default: every free /dev/nbdN). */
   candidates?: string[]
   /** Serving threads for the kernel's requests (src/serve/nbd/threads.ts); without them the main thread serves. */
-  threads?: ServeThreads
+  threads?: ConnectionThreads
 }
 
 type WorkerMessage =
@@ -155,11 +155,10 @@ export class NbdKernelDevice {
       }
       await Promise.race([this.closed, sleep(10_000)])
       await this.nbd.close()
-      const threads = this.nbd.threads
-      if (threads) {
-        const t = threads.servedTotals
-        this.log(`nbd: serving threads served ${t.reads} reads, ${t.bytes} bytes, ${t.errors} errors (${t.badReads} touching bad areas)`)
-      }
+      // The server's stats include what its serving threads served (their shared counters).
+      const t = this.nbd.server.stats
+      const on = this.nbd.threads ? 'serving threads' : 'the main thread'
+      this.log(`nbd: ${this.device}: served ${t.reads} reads, ${t.bytes} bytes, ${t.errors} errors (${t.badReads} touching bad areas) on ${on}`)
       this.log(`nbd: ${this.device} disconnected`)
     })())
   }

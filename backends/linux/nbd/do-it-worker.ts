@@ -8,7 +8,7 @@
 import * as fs from 'node:fs'
 import {parentPort, workerData} from 'node:worker_threads'
 import * as libc from '../../../src/sys/libc'
-import * as U from './uapi'
+import * as U from './abi'
 
 export interface DoItWorkerData {
   /** Free-looking devices to try, in order (/dev/nbdN). */

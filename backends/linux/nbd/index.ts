@@ -8,6 +8,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import type {AttachContext, AttachedDevice, Backend, Probe} from '../../../src/core/backend'
 import type {BlockServer} from '../../../src/core/blockserver'
+import {DEFAULT_POLL_MICROSECONDS, startNbdThreads} from '../../../src/serve/nbd'
 import {freeNbd, listNbd, nbdState, threadGroupOf} from './sysfs'
 
 export interface NbdBackendState extends Record<string, unknown> {
@@ -34,38 +35,23 @@ export const backend: Backend = {
   platform: 'linux',
   description: 'kernel NBD client (/dev/nbdN) over a socketpair to the in-process NBD server (needs the nbd module)',
   preference: 1,
+  /**
+   * One thread per core, at least 2 and at most 3 (as the FUSE backend: each costs about 12 MB, and a core is
+   * left for the kernel and the reader of the device).
+   */
+  threadModel: {kind: 'serving-threads', defaultThreads: Math.max(2, Math.min(3, os.availableParallelism())), pollMicroseconds: DEFAULT_POLL_MICROSECONDS},
 
   async probe(): Promise<Probe> {
     return probeSync()
   },
 
   async attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice> {
-    // Loaded on first use: they load libc through koffi.
-    /* eslint-disable @typescript-eslint/no-require-imports */
+    // Loaded on first use: it loads libc through koffi.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const {NbdKernelDevice} = require('./device') as typeof import('./device')
-    const {ServeThreads} = require('../../../src/serve/nbd/threads') as typeof import('../../../src/serve/nbd/threads')
-    const {VdimgImage} = require('../../../src/format/reader') as typeof import('../../../src/format/reader')
-    /* eslint-enable @typescript-eslint/no-require-imports */
-    // A VDIMG image can be opened again by serving threads, which then decode the kernel's requests on
-    // several cores; any other source is served on the main thread.
-    let threads: import('../../../src/serve/nbd/threads').ServeThreads | undefined
-    if (server.source instanceof VdimgImage) {
-      const count = serveThreadCount()
-      try {
-        threads = await ServeThreads.start({
-          image: path.resolve(server.source.path),
-          badPolicy: server.badPolicy,
-          cacheBytes: 2 << 20,
-          pollMicroseconds: 20,
-          perConnection: count,
-          // The kernel makes one connection: no threads kept warm for another.
-          maxThreads: count,
-          log: ctx.log,
-        })
-      } catch (err) {
-        ctx.log(`nbd: serving threads unavailable, serving on the main thread: ${(err as Error).message}`)
-      }
-    }
+    // The kernel makes one connection: its threads, and none kept warm for another.
+    const threads =
+      ctx.threads > 0 ? await startNbdThreads(server, {perConnection: ctx.threads, maxThreads: ctx.threads, pollMicroseconds: ctx.pollMicroseconds}, ctx.log) : undefined
     let dev: import('./device').NbdKernelDevice
     try {
       dev = await NbdKernelDevice.attach(server, {exportName: path.basename(ctx.image), log: ctx.log, threads})
@@ -102,7 +88,7 @@ export const backend: Backend = {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const libc = require('../../../src/sys/libc') as typeof import('../../../src/sys/libc')
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const U = require('./uapi') as typeof import('./uapi')
+    const U = require('./abi') as typeof import('./abi')
     const fh = await fs.promises.open(s.device, 'r')
     try {
       libc.tryIoctl(fh.fd, U.NBD_DISCONNECT, 0)
@@ -114,10 +100,3 @@ export const backend: Backend = {
   },
 }
 
-/**
- * Serving threads for the kernel's connection: one per core, at least 2 and at most 3 (as the FUSE backend:
- * each costs about 12 MB, and a core is left for the kernel and the reader of the device).
- */
-function serveThreadCount(): number {
-  return Math.max(2, Math.min(3, os.availableParallelism()))
-}

@@ -1,5 +1,5 @@
 /**
- * The kernel NBD backend's ioctl numbers, flags and structs (backends/linux/nbd/uapi.ts) against the kernel's
+ * The kernel NBD backend's ioctl numbers, flags and structs (backends/linux/nbd/abi.ts) against the kernel's
  * own header, include/uapi/linux/nbd.h: parsed as text, and compiled with the C compiler so the real _IO()
  * macro and struct layout decide. The kernel itself only runs in the VM (test/vm/nbd.test.ts).
  */
@@ -7,10 +7,10 @@ import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import * as U from '../../backends/linux/nbd/uapi'
+import * as U from '../../backends/linux/nbd/abi'
 import * as P from '../../src/serve/nbd/protocol'
 import {nbdPartitions, listNbd, freeNbd} from '../../backends/linux/nbd/sysfs'
-import {loadBackend} from '../../src/core/registry'
+import {loadBackend} from '../../src/core/backends'
 import {hasTool, run} from './fixture'
 
 const HEADER = '/usr/include/linux/nbd.h'
@@ -20,7 +20,7 @@ const IOCTLS = [
 ] as const
 const FLAGS = ['NBD_FLAG_HAS_FLAGS', 'NBD_FLAG_READ_ONLY', 'NBD_FLAG_SEND_FLUSH', 'NBD_FLAG_SEND_FUA', 'NBD_FLAG_SEND_TRIM', 'NBD_FLAG_CAN_MULTI_CONN'] as const
 
-describe('kernel NBD uapi (include/uapi/linux/nbd.h)', () => {
+describe('kernel NBD abi (include/uapi/linux/nbd.h)', () => {
   it('ioctl numbers, flags and magics equal the header text', function () {
     if (!fs.existsSync(HEADER)) this.skip() // linux-libc-dev
     const h = fs.readFileSync(HEADER, 'utf8')
@@ -41,7 +41,7 @@ describe('kernel NBD uapi (include/uapi/linux/nbd.h)', () => {
 
   it('compiled against the header: _IO() values, struct sizes and offsets', async function () {
     if (!fs.existsSync(HEADER) || !hasTool('cc')) this.skip()
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-nbd-uapi-'))
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-nbd-abi-'))
     try {
       const src = path.join(dir, 'u.c')
       fs.writeFileSync(
@@ -59,22 +59,22 @@ describe('kernel NBD uapi (include/uapi/linux/nbd.h)', () => {
       for (const n of IOCTLS) assert.equal(U[n], v[n], n)
       assert.deepEqual(
         {size: v['req.size'], magic: v['req.magic'], type: v['req.type'], handle: v['req.handle'], from: v['req.from'], len: v['req.len']},
-        U.NBD_REQUEST,
+        U.nbd_request,
       )
-      assert.deepEqual({size: v['rep.size'], magic: v['rep.magic'], error: v['rep.error'], handle: v['rep.handle']}, U.NBD_REPLY)
+      assert.deepEqual({size: v['rep.size'], magic: v['rep.magic'], error: v['rep.error'], handle: v['rep.handle']}, U.nbd_reply)
     } finally {
       fs.rmSync(dir, {recursive: true, force: true})
     }
   })
 
   it('the kernel structs and the protocol codecs agree: request 28 bytes, simple reply 16, same magics', () => {
-    assert.equal(U.NBD_REQUEST.size, P.REQUEST_SIZE)
-    assert.equal(U.NBD_REPLY.size, P.SIMPLE_REPLY_SIZE)
+    assert.equal(U.nbd_request.size, P.REQUEST_SIZE)
+    assert.equal(U.nbd_reply.size, P.SIMPLE_REPLY_SIZE)
     assert.equal(U.NBD_REQUEST_MAGIC, P.NBD_REQUEST_MAGIC)
     assert.equal(U.NBD_REPLY_MAGIC, P.NBD_SIMPLE_REPLY_MAGIC)
     // The kernel's 32-bit type carries NBD_CMD_FLAG_FUA in its upper half: the spec's 16-bit flags field.
     const req = P.encodeRequest(P.NBD_CMD_READ, P.NBD_CMD_FLAG_FUA, 1n, 0, 512)
-    assert.equal(req.readUInt32BE(U.NBD_REQUEST.type), U.NBD_CMD_FLAG_FUA | P.NBD_CMD_READ)
+    assert.equal(req.readUInt32BE(U.nbd_request.type), U.NBD_CMD_FLAG_FUA | P.NBD_CMD_READ)
     assert.equal(U.VDEV_NBD_FLAGS, U.NBD_FLAG_HAS_FLAGS | U.NBD_FLAG_READ_ONLY)
   })
 
@@ -106,11 +106,17 @@ describe('kernel NBD uapi (include/uapi/linux/nbd.h)', () => {
     }
   })
 
-  it('the backend is registered, prefers itself over FUSE, and says why it is unavailable here', async () => {
+  it('the backend is registered, prefers itself over FUSE, declares serving threads, and says why it is unavailable here', async () => {
     const b = loadBackend('nbd')
     assert.ok(!('error' in b), 'error' in b ? b.error : '')
     assert.equal(b.name, 'nbd')
     assert.equal(b.preference, 1)
+    // Served by the shared serving threads: 2-3 of them, polling 20 µs (docs/nbd.md).
+    assert.equal(b.threadModel.kind, 'serving-threads')
+    if (b.threadModel.kind === 'serving-threads') {
+      assert.ok(b.threadModel.defaultThreads >= 2 && b.threadModel.defaultThreads <= 3)
+      assert.equal(b.threadModel.pollMicroseconds, 20)
+    }
     const p = await b.probe()
     if (fs.existsSync('/sys/module/nbd') || fs.existsSync('/dev/nbd0')) return // a host with nbd: probed for real in the VM
     assert.equal(p.available, false)
