@@ -1,14 +1,17 @@
 /**
  * `vdev serve`'s NBD server checked with real peers: libnbd's nbdinfo and nbdcopy, qemu-img over nbd://,
  * python3-libnbd, and nbdkit's ddrescue filter serving the same raw bytes and mapfile as the reference for
- * which sectors must fail. Images are real VDIMG files made by the real writer.
+ * which sectors must fail. Images are real VDIMG files made by the real writer, and the raw file with its
+ * mapfile served as it is (src/sources/raw.ts).
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type {ChildProcess} from 'node:child_process'
 import {BlockServer, type BadPolicy} from '../../src/core/blockserver'
-import {openImage, type VdimgImage} from '../../src/format/reader'
+import type {BlockSource} from '../../src/core/source'
+import {openImage} from '../../src/format/reader'
+import {RawImage} from '../../src/sources/raw'
 import {startNbdServer, type RunningNbdServer} from '../../src/serve/nbd'
 import {
   makeFixture, run, hasTool, hasPythonNbd, startNbdkit, stopChild, isBadSector, PYTHON, SECTOR, ZERO_RUN,
@@ -16,18 +19,18 @@ import {
 } from './fixture'
 
 interface Served {
-  image: VdimgImage
+  image: BlockSource
   running: RunningNbdServer
   uri: string
 }
 
-async function serve(file: string, opts: {badPolicy?: BadPolicy; unix?: string; threads?: number} = {}): Promise<Served> {
-  const image = await openImage(file)
+async function serve(file: string, opts: {badPolicy?: BadPolicy; unix?: string; threads?: number; mapfile?: string} = {}): Promise<Served> {
+  const image = opts.mapfile ? RawImage.open(file, {mapfile: opts.mapfile}) : await openImage(file)
   const name = path.basename(file)
   const running = await startNbdServer(new BlockServer(image, {badPolicy: opts.badPolicy}), {
     listen: opts.unix ? {kind: 'unix', path: opts.unix} : {kind: 'tcp', host: '127.0.0.1', port: 0},
     exportName: name,
-    threads: opts.threads ? {image: file, perConnection: opts.threads} : undefined,
+    threads: opts.threads ? {perConnection: opts.threads} : undefined,
   })
   if (opts.threads) assert.equal(running.threadsPerConnection, opts.threads)
   const a = running.address
@@ -191,6 +194,30 @@ for (const threads of [0, 2]) {
       for (let off = 0; off < fx.size; off += SECTOR) if (isBadSector(off)) expected.push([off, 5])
       assert.deepEqual(res.eio, expected)
       assert.ok(res.eio.length > 100, 'the fixture has bad sectors of every ddrescue status')
+    })
+
+    it('a raw file with its ddrescue mapfile, served as it is: the same bytes and EIOs as nbdkit --filter=ddrescue', async function () {
+      if (!(await hasPythonNbd())) this.skip()
+      const sock = path.join(fx.dir, 'nbdkit-raw.sock')
+      const ref = await startNbdkit(sock, ['--filter=ddrescue', 'file', fx.raw, `ddrescue-mapfile=${fx.mapfile}`])
+      const raw = await serve(fx.raw, {mapfile: fx.mapfile, unix: path.join(fx.dir, 'raw.sock'), threads})
+      try {
+        const r = await run(PYTHON, ['-c', COMPARE_PY, raw.uri, `nbd+unix:///?socket=${sock}`, String(fx.size), String(SECTOR)], {timeout: 100_000})
+        const res = JSON.parse(r.stdout)
+        assert.equal(res.sectors, fx.size / SECTOR)
+        assert.deepEqual(res.mismatch, [])
+        assert.deepEqual(res.range_mismatch, [])
+        const expected = []
+        for (let off = 0; off < fx.size; off += SECTOR) if (isBadSector(off)) expected.push([off, 5])
+        assert.deepEqual(res.eio, expected)
+        if (threads) assert.ok(raw.running.nbd.threads!.stats.connections >= 1)
+        // What the threads served is in the server's stats: one read per sector, each bad one counted.
+        assert.ok(raw.running.nbd.server.stats.reads >= fx.size / SECTOR)
+        assert.ok(raw.running.nbd.server.stats.badReads >= expected.length)
+      } finally {
+        await stop(raw)
+        await stopChild(ref)
+      }
     })
 
     it('a structured read across a bad sector reports NBD_REPLY_TYPE_ERROR_OFFSET at that sector', async function () {

@@ -78,7 +78,7 @@ describe('nbd server robustness (raw protocol client)', function () {
     threaded = await startNbdServer(new BlockServer(image), {
       listen: {kind: 'tcp', host: '127.0.0.1', port: 0},
       exportName: 'disk.vdimg',
-      threads: {image: fx.image, perConnection: 2},
+      threads: {perConnection: 2},
     })
     assert.equal(threaded.threadsPerConnection, 2)
     port = (srv.address as {port: number}).port

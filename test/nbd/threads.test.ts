@@ -1,19 +1,24 @@
 /**
- * The serving threads (src/serve/nbd/threads.ts): after the handshake a connection is read, served and
- * answered by threads with their own image instances. What only they can get wrong: replies from several
- * threads interleaving, requests sent before the hand-off, out-of-order answers, a graceful close while a
- * thread sleeps in read(2) or is stuck writing to a client that does not read, more connections than
- * threads, descriptors left open. Real sockets, real VDIMG images from the real writer.
+ * The serving threads (src/serve/nbd/threads.ts on src/threads): after the handshake a connection is read,
+ * served and answered by threads, each with its own instance of the source opened from its descriptor. What
+ * only they can get wrong: replies from several threads interleaving, requests sent before the hand-off,
+ * out-of-order answers, a graceful close while a thread sleeps in read(2) or is stuck writing to a client
+ * that does not read, more connections than threads, descriptors left open, what they served missing from
+ * the server's stats. Real sockets, real VDIMG images from the real writer, and a raw file with a ddrescue
+ * mapfile.
  */
 import * as assert from 'node:assert/strict'
 import {spawn} from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {BlockServer} from '../../src/core/blockserver'
+import {COUNTER} from '../../src/core/counters'
+import type {BlockSource} from '../../src/core/source'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {startNbdServer, type NbdThreadOptions, type RunningNbdServer} from '../../src/serve/nbd'
 import * as P from '../../src/serve/nbd/protocol'
-import {makeFixture, run, SECTOR, type Fixture} from './fixture'
+import {RawImage} from '../../src/sources/raw'
+import {BAD, isBadSector, makeFixture, run, SECTOR, type Fixture} from './fixture'
 import {RawClient} from './rawclient'
 
 describe('nbd serving threads', function () {
@@ -24,11 +29,11 @@ describe('nbd serving threads', function () {
   const clients: RawClient[] = []
   const servers: RunningNbdServer[] = []
 
-  const start = async (threads: Partial<NbdThreadOptions> = {}, log?: (l: string) => void) => {
-    const s = await startNbdServer(new BlockServer(image), {
+  const start = async (threads: NbdThreadOptions = {}, log?: (l: string) => void, source: BlockSource = image) => {
+    const s = await startNbdServer(new BlockServer(source), {
       listen: {kind: 'tcp', host: '127.0.0.1', port: 0},
       exportName: 'good.vdimg',
-      threads: {image: fx.goodImage, perConnection: 2, ...threads},
+      threads: {perConnection: 2, ...threads},
       log,
     })
     servers.push(s)
@@ -246,7 +251,7 @@ describe('nbd serving threads', function () {
       const {RawClient} = require(${JSON.stringify(path.resolve(__dirname, 'rawclient.js'))})
       ;(async () => {
         const image = await openImage(process.argv[1])
-        const s = await startNbdServer(new BlockServer(image), {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, exportName: '', threads: {image: process.argv[1], perConnection: 2}})
+        const s = await startNbdServer(new BlockServer(image), {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, exportName: '', threads: {perConnection: 2}})
         const c = await RawClient.connect({port: s.address.port})
         await c.go()
         c.request(0, 0, 512, 1n, 0)
@@ -264,9 +269,14 @@ describe('nbd serving threads', function () {
     assert.equal(code, 0, err)
   })
 
-  it('when no thread can open the image, the main thread serves and says so', async () => {
+  /** `image` seen through a plain source: one that cannot be opened again on a thread (no descriptor). */
+  const plain = (): BlockSource => ({size: image.size, sectorSize: image.sectorSize, read: (o, l) => image.read(o, l), close: async () => undefined})
+  /** `image` as a source whose descriptor names another file (the threads open that one). */
+  const elsewhere = (file: string): BlockSource => ({...plain(), descriptor: {kind: 'vdimg', path: file}})
+
+  it('when no thread can open the source, the main thread serves and says so', async () => {
     const lines: string[] = []
-    const s = await start({image: path.join(fx.dir, 'missing.vdimg')}, (l) => lines.push(l))
+    const s = await start({}, (l) => lines.push(l), elsewhere(path.join(fx.dir, 'missing.vdimg')))
     assert.equal(s.threadsPerConnection, 0)
     assert.equal(s.nbd.threads, undefined)
     assert.ok(lines.some((l) => /serving threads unavailable.*missing\.vdimg/.test(l)), lines.join('\n'))
@@ -275,5 +285,140 @@ describe('nbd serving threads', function () {
     const c = await connect(s)
     await c.go({structured: true})
     await readOk(c, 4096, 4096, 1n)
+  })
+
+  it('a source that cannot be opened again (no descriptor) is served on the main thread', async () => {
+    const lines: string[] = []
+    const s = await start({}, (l) => lines.push(l), plain())
+    assert.equal(s.nbd.threads, undefined)
+    assert.ok(lines.some((l) => /serving threads unavailable.*cannot be opened on a serving thread/.test(l)), lines.join('\n'))
+    const c = await connect(s)
+    await c.go()
+    await readOk(c, 8192, 4096, 1n)
+  })
+
+  it('perConnection 0 serves on the main thread', async () => {
+    const s = await start({perConnection: 0})
+    assert.equal(s.threadsPerConnection, 0)
+    assert.equal(s.nbd.threads, undefined)
+  })
+
+  it('server.stats counts what the threads served: every read, and exactly the ones touching bad areas', async () => {
+    const bad = await openImage(fx.image)
+    try {
+      const server = new BlockServer(bad)
+      const s = await startNbdServer(server, {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, exportName: '', threads: {perConnection: 2}})
+      servers.push(s)
+      const c = await connect(s)
+      await c.go({structured: true})
+      // 400 pipelined reads of 1-64 sectors, a quarter of them starting in a bad area.
+      const N = 400
+      let x = 7
+      let touching = 0
+      const reqs: Buffer[] = []
+      for (let i = 0; i < N; i++) {
+        x = (x * 1103515245 + 12345) >>> 0
+        const len = (1 + (x % 64)) * SECTOR
+        const b = BAD[x % BAD.length]
+        const off = i % 4 === 0 ? Math.min(b.offset, fx.size - len) : Math.floor(((x >>> 8) % (fx.size - len)) / SECTOR) * SECTOR
+        if (BAD.some((r) => off < r.offset + r.length && r.offset < off + len)) touching++
+        reqs.push(P.encodeRequest(P.NBD_CMD_READ, 0, BigInt(i + 1), off, len))
+      }
+      c.send(Buffer.concat(reqs))
+      let eio = 0
+      for (let i = 0; i < N; i++) {
+        const r = await c.reply()
+        if (r.error === P.NBD_EIO) eio++
+        else assert.equal(r.error, 0)
+      }
+      assert.equal(eio, touching)
+      assert.equal(s.nbd.threads!.stats.connections, 1)
+      const live = server.stats
+      assert.ok(live.reads >= N, JSON.stringify(live))
+      assert.equal(live.badReads, touching)
+      assert.equal(live.errors, touching)
+      // All of it came from the threads' shared slots: the main thread's own slot served nothing.
+      assert.equal(server.counters[COUNTER.reads], 0)
+      await s.close()
+      // Still there once the threads have exited.
+      const after = server.stats
+      assert.equal(after.reads, live.reads)
+      assert.equal(after.badReads, touching)
+      assert.equal(after.inFlight, 0)
+    } finally {
+      await bad.close()
+    }
+  })
+
+  it('a raw file with a ddrescue mapfile on serving threads: exact bytes where finished, NBD_EIO at exactly the other sectors', async () => {
+    // The map as GNU ddrescue writes it (header comments, status line, then pos/size/status in hex).
+    const hex = (n: number) => `0x${n.toString(16).toUpperCase().padStart(8, '0')}`
+    const STATUS = {'non-tried': '?', 'non-trimmed': '*', 'non-scraped': '/', 'bad-sector': '-'} as Record<string, string>
+    const lines = [
+      '# Mapfile. Created by GNU ddrescue version 1.27',
+      '# Command line: ddrescue -d /dev/sdb disk.raw disk.map',
+      '# Start time:   2026-11-20 10:00:00',
+      '# Current time: 2026-11-20 10:04:31',
+      '# Finished',
+      '# current_pos  current_status  current_pass',
+      `${hex(BAD[0].offset)}     +               5`,
+      '#      pos        size  status',
+    ]
+    let at = 0
+    for (const b of BAD) {
+      if (b.offset > at) lines.push(`${hex(at)}  ${hex(b.offset - at)}  +`)
+      lines.push(`${hex(b.offset)}  ${hex(b.length)}  ${STATUS[b.status]}`)
+      at = b.offset + b.length
+    }
+    if (at < fx.size) lines.push(`${hex(at)}  ${hex(fx.size - at)}  +`)
+    const map = path.join(fx.dir, 'ddrescue.map')
+    fs.writeFileSync(map, lines.join('\n') + '\n')
+    const data = fs.readFileSync(fx.raw)
+    const source = RawImage.open(fx.raw, {mapfile: map})
+    try {
+      const server = new BlockServer(source)
+      const s = await startNbdServer(server, {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, exportName: '', threads: {perConnection: 2}})
+      servers.push(s)
+      assert.equal(s.threadsPerConnection, 2)
+      const uri = `nbd://127.0.0.1:${(s.address as {port: number}).port}`
+      assert.equal(Number((await run('nbdinfo', ['--size', uri])).stdout.trim()), fx.size)
+      const c = await connect(s)
+      await c.go({structured: true})
+      // Every sector, pipelined 1024 at a time.
+      const sectors = fx.size / SECTOR
+      let eio = 0
+      for (let first = 0; first < sectors; first += 1024) {
+        const reqs: Buffer[] = []
+        for (let k = first; k < first + 1024; k++) reqs.push(P.encodeRequest(P.NBD_CMD_READ, 0, BigInt(k), k * SECTOR, SECTOR))
+        c.send(Buffer.concat(reqs))
+        for (let k = first; k < first + 1024; k++) {
+          const r = await c.reply()
+          const sector = Number(r.cookie)
+          if (isBadSector(sector * SECTOR)) {
+            assert.equal(r.error, P.NBD_EIO, `sector ${sector} read`)
+            eio++
+          } else {
+            assert.equal(r.error, 0, `sector ${sector}`)
+            assert.ok(r.payload.subarray(8).equals(data.subarray(sector * SECTOR, (sector + 1) * SECTOR)), `sector ${sector}`)
+          }
+        }
+      }
+      assert.equal(eio, BAD.reduce((n, b) => n + b.length / SECTOR, 0))
+      // A read across a bad area fails, naming its first bad sector (NBD_REPLY_TYPE_ERROR_OFFSET).
+      const b = BAD[2]
+      c.request(P.NBD_CMD_READ, b.offset - 4096, 8192, 1n << 40n)
+      const across = await c.reply()
+      assert.equal(across.error, P.NBD_EIO)
+      assert.equal(across.type, P.NBD_REPLY_TYPE_ERROR_OFFSET)
+      assert.equal(across.payload.readBigUInt64BE(6 + across.payload.readUInt16BE(4)), BigInt(b.offset))
+      // Served by the threads, each with its own RawImage opened from the descriptor, and counted here.
+      assert.equal(s.nbd.threads!.stats.connections, 2)
+      const st = server.stats
+      assert.equal(st.reads, sectors + 1)
+      assert.equal(st.badReads, eio + 1)
+      assert.equal(server.counters[COUNTER.reads], 0)
+    } finally {
+      await source.close()
+    }
   })
 })
