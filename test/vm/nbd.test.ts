@@ -14,17 +14,29 @@ import type {AttachedDevice} from '../../src/core/backend'
 import {BlockServer} from '../../src/core/blockserver'
 import {readMapfile} from '../../src/format/mapfile'
 import {openImage, type VdimgImage} from '../../src/format/reader'
+import {RawImage} from '../../src/sources/raw'
+import {pollMicroseconds, threadCount} from '../../src/threads/config'
 import type {AttachServerInfo} from './attach-server'
 import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, run, type DiskFixture} from './disk-fixture'
 
 const ROOT = path.resolve(__dirname, '..', '..', '..')
 const connectedNbd = (): string[] =>
   fs.readdirSync('/sys/block').filter((n) => /^nbd\d+$/.test(n) && fs.existsSync(`/sys/block/${n}/pid`))
+/** What the attach daemon gives the backend: its declared serving threads (src/threads/config.ts). */
+const attachContext = (image: string, dir: string, log: (l: string) => void) => ({
+  id: 'vdev-test',
+  image,
+  runDir: dir,
+  log,
+  threads: threadCount(backend.name, backend.threadModel),
+  pollMicroseconds: pollMicroseconds(backend.name, backend.threadModel),
+})
 
 describe('kernel NBD backend (real kernel)', function () {
   this.timeout(600_000)
   let fx: DiskFixture
   let image: VdimgImage
+  let server: BlockServer
   let attached: AttachedDevice | undefined
   const log: string[] = []
 
@@ -32,8 +44,8 @@ describe('kernel NBD backend (real kernel)', function () {
     assert.deepEqual(connectedNbd(), [], 'nbd devices connected before the suite')
     fx = await makeFixture()
     image = await openImage(fx.image)
-    const ctx = {id: 'vdev-test', image: fx.image, runDir: fx.dir, log: (l: string) => log.push(l)}
-    attached = await backend.attach(new BlockServer(image), ctx)
+    server = new BlockServer(image)
+    attached = await backend.attach(server, attachContext(fx.image, fx.dir, (l) => log.push(l)))
   })
 
   after(async () => {
@@ -61,7 +73,8 @@ describe('kernel NBD backend (real kernel)', function () {
     assert.match(w.stderr, /Operation not permitted|Read-only file system|Permission denied/)
     // The kernel records which thread serves it.
     assert.ok(nbdState(Number(/\d+$/.exec(dev)![0])).pid! > 0)
-    // A VDIMG image: the kernel's requests are served by serving threads (src/serve/nbd/threads.ts).
+    // The kernel's requests are served by the backend's serving threads (src/serve/nbd/threads.ts).
+    assert.ok(threadCount(backend.name, backend.threadModel) >= 2)
     assert.ok(log.some((l) => /\d+ serving threads$/.test(l)), log.join('\n'))
   })
 
@@ -106,6 +119,39 @@ describe('kernel NBD backend (real kernel)', function () {
         assert.ok(r.data?.equals(fx.data.subarray(s * SECTOR, (s + 1) * SECTOR)), `sector ${s}: ${r.stderr}`)
       }
     }
+  })
+
+  it('a raw file with its ddrescue mapfile on serving threads: its bytes, EIO exactly at the bad sectors', async () => {
+    const raw = RawImage.open(fx.raw, {mapfile: fx.mapfile})
+    const rawServer = new BlockServer(raw)
+    const rawLog: string[] = []
+    let dev: AttachedDevice | undefined
+    try {
+      dev = await backend.attach(rawServer, attachContext(fx.raw, fx.dir, (l) => rawLog.push(l)))
+      assert.ok(rawLog.some((l) => /\d+ serving threads$/.test(l)), rawLog.join('\n'))
+      assert.deepEqual(dev.partitions, [`${dev.device}p1`, `${dev.device}p2`])
+      for (const b of BAD) {
+        const first = b.offset / SECTOR
+        const last = (b.offset + b.length) / SECTOR - 1
+        for (const s of [first, last]) assert.equal((await ddSectors(dev.device, s, 1)).data, null, `sector ${s} read`)
+        for (const s of [first - 1, last + 1]) {
+          if (s < 0 || s >= DISK_SIZE / SECTOR) continue
+          const r = await ddSectors(dev.device, s, 1)
+          assert.ok(r.data?.equals(fx.data.subarray(s * SECTOR, (s + 1) * SECTOR)), `sector ${s}: ${r.stderr}`)
+        }
+      }
+      // The first partition up to its bad sector, in one read.
+      const p = PARTITIONS[0].start
+      const n = BAD[0].offset / SECTOR - p
+      const r = await ddSectors(dev.device, p, n)
+      assert.ok(r.data?.equals(fx.data.subarray(p * SECTOR, (p + n) * SECTOR)), r.stderr)
+    } finally {
+      await dev?.detach()
+      await raw.close()
+    }
+    const st = rawServer.stats
+    assert.ok(st.reads > 0 && st.badReads >= 2 * BAD.length, JSON.stringify(st))
+    assert.ok(rawLog.some((l) => / on serving threads$/.test(l)), rawLog.join('\n'))
   })
 
   it('does not hang readers when the server is killed; the kernel releases the device', async () => {
@@ -199,8 +245,11 @@ describe('kernel NBD backend (real kernel)', function () {
     assert.deepEqual(connectedNbd(), [])
     assert.ok(freeNbd().some((f) => f.index === index))
     assert.ok(log.some((l) => l.includes(`${dev} disconnected`)), log.join('\n'))
-    // Everything above was read through the serving threads.
-    const served = log.map((l) => /serving threads served (\d+) reads/.exec(l)).find(Boolean)
-    assert.ok(served && Number(served[1]) > 100, log.join('\n'))
+    // Everything above was read through the serving threads, and counted in the server's stats.
+    const st = server.stats
+    assert.ok(st.reads > 100, JSON.stringify(st))
+    assert.ok(st.badReads >= 2 * BAD.length, JSON.stringify(st))
+    const served = log.map((l) => /served (\d+) reads, .* on serving threads$/.exec(l)).find(Boolean)
+    assert.equal(Number(served?.[1]), st.reads, log.join('\n'))
   })
 })
