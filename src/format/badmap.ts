@@ -60,10 +60,11 @@ export class BadAreaMap {
     return lo
   }
 
-  /** Ranges intersecting [offset, offset+length), clipped to it. */
+  /** Ranges intersecting [offset, offset+length), clipped to it. An empty range intersects nothing. */
   intersect(offset: number, length: number): BadRange[] {
     const end = offset + length
     const out: BadRange[] = []
+    if (length <= 0) return out
     for (let i = this.firstEndingAfter(offset); i < this.starts.length && this.starts[i] < end; i++) {
       const s = Math.max(this.starts[i], offset)
       const e = Math.min(this.ends[i], end)
@@ -81,6 +82,7 @@ export class BadAreaMap {
   }
 
   touches(offset: number, length: number): boolean {
+    if (length <= 0) return false
     const i = this.firstEndingAfter(offset)
     return i < this.starts.length && this.starts[i] < offset + length
   }

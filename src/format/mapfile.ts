@@ -83,7 +83,8 @@ export function parseMapfile(text: string, name: string): Mapfile {
       let pass: number | undefined
       if (f.length === 3) {
         pass = /^[0-9]+$/.test(f[2]) ? Number(f[2]) : undefined
-        if (pass === undefined || pass < 1) fail(ln, `bad current_pass "${f[2]}"`)
+        // Past 2^53 a pass number would not be kept exactly (and written back by extract --mapfile-out).
+        if (pass === undefined || !Number.isSafeInteger(pass) || pass < 1) fail(ln, `bad current_pass "${f[2]}"`)
       }
       status = {pos: pos as number, st: f[1], pass}
       continue
