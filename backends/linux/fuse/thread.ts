@@ -62,7 +62,8 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
         draining = true
         void ctx.server.drain() // new reads fail from now on; this thread has none in flight
       }
-      // Up from the moment the request is taken until its reply is written: drain waits for 0.
+      // Up from the moment the request is taken until its reply is written: drain waits for 0. (readSync
+      // counts a READ too while it is in the source; only zero matters.)
       c[COUNTER.inFlight]++
       if (requests.polled) c[COUNTER.polled]++
       try {
