@@ -121,6 +121,30 @@ describe('raw image + ddrescue mapfile as a source', function () {
     }
   })
 
+  it('a block device (a read-only loop device over the rescued file) is taken as raw by itself, read-only', async () => {
+    const padded = path.join(t.dir, 'blockdev.img')
+    fs.copyFileSync(raw, padded)
+    fs.truncateSync(padded, SIZE)
+    const lo = await run('losetup', ['-f', '--show', '-r', padded])
+    const dev = lo.stdout.toString().trim()
+    assert.match(dev, /^\/dev\/loop\d+$/, lo.stderr)
+    try {
+      const info = await runCli(['info', dev, '--json'])
+      assert.equal(info.code, 0, info.stderr)
+      const j = JSON.parse(info.stdout)
+      assert.deepEqual([j.format, j.size, j.sectorSize, j.badAreaCount], ['raw', SIZE, 512, 0])
+      const img = await openSource(describeSource(dev), {sync: true})
+      try {
+        assert.equal(img.descriptor?.kind, 'raw')
+        assert.ok(img.readSync!(0, SIZE).data.equals(fs.readFileSync(padded)))
+      } finally {
+        await img.close()
+      }
+    } finally {
+      await run('losetup', ['-d', dev])
+    }
+  })
+
   it('vdev info --mapfile describes it', async () => {
     const r = await runCli(['info', raw, '--mapfile', map, '--json'])
     assert.equal(r.code, 0, r.stderr)
