@@ -130,16 +130,23 @@ export function readMapfile(path: string): Mapfile {
 
 const hex = (n: number) => '0x' + n.toString(16).toUpperCase().padStart(8, '0')
 
-/** Write a ddrescue mapfile covering [0, size): bad areas as listed, everything else finished. */
+/**
+ * Write a ddrescue mapfile covering [0, size): bad areas as listed, everything else finished. The status
+ * line's values come from an image's metadata (extract --mapfile-out), which anything may have written:
+ * one that ddrescue (or parseMapfile) would refuse is replaced by the default, so the mapfile stays valid.
+ */
 export function formatMapfile(
   bad: Iterable<BadRange>,
   size: number,
   opts: {currentPos?: number; currentStatus?: string; currentPass?: number; comment?: string} = {},
 ): string {
-  const lines = ['# Mapfile. Created by vdev', ...(opts.comment ? [`# ${opts.comment}`] : []), '# current_pos  current_status  current_pass']
+  const comment = opts.comment?.replace(/[\r\n]+/g, ' ')
+  const lines = ['# Mapfile. Created by vdev', ...(comment ? [`# ${comment}`] : []), '# current_pos  current_status  current_pass']
   const list = [...bad]
-  const status = opts.currentStatus ?? (list.some((b) => b.status === 'non-tried') ? '?' : '+')
-  lines.push(`${hex(opts.currentPos ?? 0)}     ${status}               ${opts.currentPass ?? 1}`)
+  const given = opts.currentStatus !== undefined && CURRENT_STATUS.has(opts.currentStatus) ? opts.currentStatus : undefined
+  const status = given ?? (list.some((b) => b.status === 'non-tried') ? '?' : '+')
+  const exact = (v: number | undefined, min: number) => (v !== undefined && Number.isSafeInteger(v) && v >= min ? v : undefined)
+  lines.push(`${hex(exact(opts.currentPos, 0) ?? 0)}     ${status}               ${exact(opts.currentPass, 1) ?? 1}`)
   lines.push('#      pos        size  status')
   let at = 0
   for (const b of list) {

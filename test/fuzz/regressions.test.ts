@@ -2,7 +2,8 @@
  * Minimal reproducers of what `npm run fuzz` found (docs/fuzzing.md, "What it found"), each fixed where
  * it was: a mapfile's current_pass past 2^53 taken inexactly; an empty range taken to intersect the bad
  * area around it, which made an NBD read of zero bytes inside a bad area fail with EIO (and name an error
- * offset outside the request).
+ * offset outside the request); extract --mapfile-out writing an image's recorded ddrescue status line as
+ * it was, into a mapfile neither ddrescue nor vdev reads.
  */
 import {strict as assert} from 'node:assert'
 import * as fs from 'node:fs'
@@ -14,6 +15,7 @@ import {openInput} from '../../src/format/input'
 import {formatMapfile, parseMapfile} from '../../src/format/mapfile'
 import {openImage} from '../../src/format/reader'
 import {createImage} from '../../src/format/writer'
+import {extractImage} from '../../src/format/extract'
 import {startNbdServer} from '../../src/serve/nbd'
 import * as P from '../../src/serve/nbd/protocol'
 import {RawClient} from '../nbd/rawclient'
@@ -39,6 +41,45 @@ describe('fuzz regressions', function () {
     assert.equal(m.touches(1000, 0), false)
     assert.deepEqual(m.intersect(1200, 1), [{offset: 1200, length: 1, status: 'bad-sector'}])
     assert.equal(m.touches(1499, 1), true)
+  })
+
+  it('extract --mapfile-out: a damaged ddrescue status line in the metadata still gives a valid mapfile (image seed 12, iteration 400)', async () => {
+    const t = tmpDir()
+    try {
+      const raw = path.join(t.dir, 'disk.raw')
+      const size = 64 * 1024
+      fs.writeFileSync(raw, textish(5, size))
+      const bad = [{offset: 4096, length: 512, status: 'non-scraped' as const}]
+      const cases: Array<Record<string, unknown>> = [
+        {currentPos: 0, currentStatus: '+', currentPass: -3},
+        {currentPos: -1, currentStatus: 'ab', currentPass: 1.5},
+        {currentPos: 1e308, currentStatus: '\n0x0 + 1', currentPass: 2 ** 60},
+        {currentPos: 1.5, currentStatus: ''},
+      ]
+      for (const [i, ddrescue] of cases.entries()) {
+        const file = path.join(t.dir, `disk${i}.vdimg`)
+        const input = openInput(raw)
+        await createImage(input, file, {chunkSize: 4096, threads: 1, mapfile: parseMapfile(formatMapfile(bad, size), 'disk.map'), metadata: {ddrescue}})
+        await input.close()
+        const img = await openImage(file)
+        const map = path.join(t.dir, `out${i}.map`)
+        try {
+          await extractImage(img, path.join(t.dir, `out${i}.img`), {threads: 1, mapfileOut: map})
+        } finally {
+          await img.close()
+        }
+        const m = parseMapfile(fs.readFileSync(map, 'utf8'), map)
+        assert.deepEqual([...m.bad], bad, JSON.stringify(ddrescue))
+        assert.equal(m.extent, size)
+        assert.ok(Number.isSafeInteger(m.currentPos) && m.currentPos >= 0)
+        assert.ok(m.currentPass === undefined || (Number.isSafeInteger(m.currentPass) && m.currentPass >= 1))
+      }
+      // A newline in the comment (the image's file name) does not start a line of its own.
+      const text = formatMapfile([], 512, {comment: 'Extracted from a\n0x0 - 1\n'})
+      assert.equal(parseMapfile(text, 'c.map').currentStatus, '+')
+    } finally {
+      t.cleanup()
+    }
   })
 
   it('nbd: a READ of zero bytes inside a bad area succeeds (nbd seed 1, iteration 856)', async () => {
