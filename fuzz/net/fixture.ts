@@ -1,0 +1,79 @@
+/**
+ * The image the protocol targets serve: 4 MiB made by the real writer from deterministic data, with raw
+ * and zstd chunks, a zero run, and bad areas of every ddrescue status (one inside a page, one at the very
+ * end), so every reply kind a server can give — data, holes, EIO — is reachable.
+ */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import type {BadRange} from '../../src/core/errors'
+import {openInput} from '../../src/format/input'
+import {formatMapfile, parseMapfile} from '../../src/format/mapfile'
+import {createImage} from '../../src/format/writer'
+import {prng, textish} from '../../test/helpers'
+
+export const SIZE = 4 * 1024 * 1024
+export const SECTOR = 512
+
+export const BAD: BadRange[] = [
+  {offset: 1024 * 1024 + 7 * SECTOR, length: SECTOR, status: 'bad-sector'},
+  {offset: 2 * 1024 * 1024 + 4096, length: 64 * 1024, status: 'non-tried'},
+  {offset: 3 * 1024 * 1024 + 12 * SECTOR, length: 3 * SECTOR, status: 'non-trimmed'},
+  {offset: 3 * 1024 * 1024 + 512 * 1024, length: 20 * SECTOR, status: 'non-scraped'},
+  {offset: SIZE - SECTOR, length: SECTOR, status: 'bad-sector'},
+]
+export const ZERO_RUN = {offset: 1536 * 1024, length: 256 * 1024}
+
+export interface ServedImage {
+  dir: string
+  image: string
+  /** What a read returns where it succeeds: the source bytes, zeros in bad areas. */
+  data: Buffer
+  bad: BadRange[]
+  size: number
+  cleanup(): void
+}
+
+/** A directory for sockets and images: tmpfs when there is one (no fsync costs). */
+export function workDir(prefix: string): string {
+  const base = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir()
+  return fs.mkdtempSync(path.join(base, prefix))
+}
+
+/** `tailBad`: the last sector is a bad area (an edge for block protocols; NFS wants a readable end, for eof). */
+export async function makeServedImage(prefix: string, opts: {tailBad?: boolean} = {}): Promise<ServedImage> {
+  const bad = opts.tailBad === false ? BAD.filter((b) => b.offset + b.length < SIZE) : BAD
+  const dir = workDir(prefix)
+  const data = textish(7, SIZE)
+  for (let at = 0; at < SIZE; at += 256 * 1024) prng(at, 64 * 1024).copy(data, at) // raw chunks among zstd ones
+  data.fill(0, ZERO_RUN.offset, ZERO_RUN.offset + ZERO_RUN.length)
+  const raw = path.join(dir, 'disk.raw')
+  fs.writeFileSync(raw, data)
+  const image = path.join(dir, 'disk.vdimg')
+  const input = openInput(raw)
+  try {
+    await createImage(input, image, {chunkSize: 64 * 1024, threads: 1, mapfile: parseMapfile(formatMapfile(bad, SIZE), 'disk.map'), metadata: {}})
+  } finally {
+    await input.close()
+  }
+  fs.rmSync(raw)
+  for (const b of bad) data.fill(0, b.offset, b.offset + b.length)
+  return {dir, image, data, bad, size: SIZE, cleanup: () => fs.rmSync(dir, {recursive: true, force: true})}
+}
+
+export function touchesBad(offset: number, length: number, bad: BadRange[] = BAD): boolean {
+  return length > 0 && bad.some((b) => offset < b.offset + b.length && offset + length > b.offset)
+}
+
+/** Log lines that mean something went wrong inside a server (not a peer's fault). */
+export const INTERNAL_LOG = /TypeError|RangeError|ReferenceError|SyntaxError|Cannot read|is not a function|Maximum call stack|serving thread failed|serving thread:|internal error|failed: |SYSTEM_ERR|assert/i
+
+/** Wait until `cond` holds, polling; false on timeout. */
+export async function until(cond: () => boolean, ms: number, step = 2): Promise<boolean> {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) return false
+    await new Promise((r) => setTimeout(r, step))
+  }
+  return true
+}

@@ -1,0 +1,13 @@
+/** Every fuzz target, by name (the order `npm run fuzz` runs them in). */
+import type {Target} from '../harness'
+import {imageTarget} from './image'
+import {mapfileTarget} from './mapfile'
+import {nbdTarget} from './nbd'
+import {nfsTarget} from './nfs'
+
+export const TARGETS: Record<string, Target> = {
+  image: imageTarget,
+  mapfile: mapfileTarget,
+  nbd: nbdTarget,
+  nfs: nfsTarget,
+}
