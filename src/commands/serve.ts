@@ -8,6 +8,8 @@ import {describeStats} from '../lifecycle/daemon'
 import {openSourceArg} from '../sources'
 import {formatListen, isLoopback, parseListen, type ListenAddress} from '../serve/listen'
 import {DEFAULT_POLL_MICROSECONDS, NBD_DEFAULT_PORT, defaultThreadsPerConnection, startNbdServer} from '../serve/nbd'
+import {ISCSI_DEFAULT_PORT, startIscsiServer} from '../serve/iscsi'
+import * as fs from 'node:fs'
 
 /** What src/serve/nfs exports (loaded lazily: the NFS server is optional for this command). */
 interface NfsModule {
@@ -18,10 +20,10 @@ interface NfsModule {
 }
 
 export default class Serve extends VdevCommand {
-  static override summary = 'Serve an image read-only over NBD (or NFS v3) until interrupted'
-  static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3. The export is read-only; reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
+  static override summary = 'Serve an image read-only over NBD (or NFS v3, or iSCSI) until interrupted'
+  static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3, or with --protocol iscsi as an iSCSI target with one read-only LUN (0) whose unreadable sectors fail with MEDIUM ERROR (Windows' built-in initiator, open-iscsi, qemu, libiscsi). The export is read-only; reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
 
-It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless told otherwise; a non-loopback address also needs --allow-remote, because anyone who can reach it can read the image. With --json it prints one line once it accepts connections and nothing else on stdout. SIGINT or SIGTERM stops it: the listener closes, requests in flight finish, and it exits 0.`
+It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCSI_DEFAULT_PORT} for iSCSI) unless told otherwise; a non-loopback address also needs --allow-remote, because anyone who can reach it can read the image. With --json it prints one line once it accepts connections and nothing else on stdout. SIGINT or SIGTERM stops it: the listener closes, requests in flight finish, and it exits 0.`
   static override examples = [
     '<%= config.bin %> serve disk.vdimg',
     '<%= config.bin %> serve disk.vdimg --listen unix:/run/disk.sock --json',
@@ -29,17 +31,22 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
     'qemu-system-x86_64 -drive file=nbd://127.0.0.1:10809/disk.vdimg,format=raw,readonly=on …',
     '<%= config.bin %> serve disk.vdimg --protocol nfs --listen 127.0.0.1:2049',
     '<%= config.bin %> serve rescued.img --mapfile rescued.map   # GNU ddrescue output, as it is',
+    '<%= config.bin %> serve disk.vdimg --protocol iscsi --json   # {"protocol":"iscsi","listen":"127.0.0.1:3260","target":"iqn.2026-01.dev.vdev:disk-…","lun":0,"uri":"iscsi://…"}',
+    '<%= config.bin %> serve disk.vdimg --protocol iscsi --listen 0.0.0.0:3260 --allow-remote --chap-user vdev --chap-secret-file /etc/vdev/chap',
   ]
   static override args = {image: Args.string({description: 'the image (.vdimg), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
     ...sourceFlags,
-    protocol: Flags.string({char: 'p', description: 'nbd or nfs (NFS v3 over TCP)', options: ['nbd', 'nfs'], default: 'nbd'}),
+    protocol: Flags.string({char: 'p', description: 'nbd, nfs (NFS v3 over TCP) or iscsi (an iSCSI target, RFC 7143)', options: ['nbd', 'nfs', 'iscsi'], default: 'nbd'}),
     listen: Flags.string({
       char: 'l',
-      description: `unix:PATH or HOST:PORT (default 127.0.0.1:${NBD_DEFAULT_PORT} for nbd, 127.0.0.1 on a free port for nfs)`,
+      description: `unix:PATH or HOST:PORT (default 127.0.0.1:${NBD_DEFAULT_PORT} for nbd, 127.0.0.1:${ISCSI_DEFAULT_PORT} for iscsi, 127.0.0.1 on a free port for nfs)`,
     }),
     'bad-policy': Flags.string({description: 'unreadable areas: error (EIO) or zero (read as zeros)', options: ['error', 'zero'], default: 'error'}),
     'allow-remote': Flags.boolean({description: 'allow listening on a non-loopback address'}),
+    'chap-user': Flags.string({description: 'iSCSI: require CHAP (MD5) authentication as this user; the secret comes from --chap-secret-file'}),
+    'chap-secret-file': Flags.string({description: 'iSCSI: file holding the CHAP secret (first line; 12-16 bytes or more recommended)'}),
+    'no-auth': Flags.boolean({description: 'iSCSI with --allow-remote: serve without CHAP (anyone who can reach the address can read the image)'}),
     'export-name': Flags.string({description: 'NBD export name (default: the image file name; "" always works too)'}),
     threads: Flags.integer({
       description: `NBD: serving threads per connection, each reading, decoding and answering requests (default: the number of cores, at most 8; 0 serves on the main thread)`,
@@ -55,8 +62,8 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
 
   async run(): Promise<void> {
     const {args, flags} = await this.parse(Serve)
-    const protocol = flags.protocol as 'nbd' | 'nfs'
-    const address = parseListen(flags.listen ?? '127.0.0.1', protocol === 'nbd' ? NBD_DEFAULT_PORT : 0)
+    const protocol = flags.protocol as 'nbd' | 'nfs' | 'iscsi'
+    const address = parseListen(flags.listen ?? '127.0.0.1', protocol === 'nbd' ? NBD_DEFAULT_PORT : protocol === 'iscsi' ? ISCSI_DEFAULT_PORT : 0)
     if (address.kind === 'tcp' && !isLoopback(address.host) && !flags['allow-remote'])
       throw new VdevError(
         'usage',
@@ -64,6 +71,8 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
       )
     if (protocol === 'nfs' && address.kind === 'unix') throw new VdevError('usage', '--protocol nfs needs a HOST:PORT address (NFS runs over TCP)')
     const nfs = protocol === 'nfs' ? loadNfs() : undefined
+    const chap = protocol === 'iscsi' ? readChap(flags, address.kind === 'tcp' && !isLoopback(address.host)) : undefined
+    if (protocol !== 'iscsi' && (flags['chap-user'] || flags['chap-secret-file'])) throw new VdevError('usage', '--chap-user and --chap-secret-file are for --protocol iscsi')
 
     // Listen for the signals before anything is printed: a client may read the ready line and send SIGTERM at once.
     const signalled = new Promise<NodeJS.Signals>((resolve) => {
@@ -86,6 +95,15 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD) unless
         const listen = formatListen({kind: 'tcp', host: h.host, port: h.port})
         this.ready({protocol, listen, export: '/', file: fileName}, `serving ${args.image} over NFS v3 at ${listen}, export /, file ${fileName}`)
         stop = () => h.close()
+      } else if (protocol === 'iscsi') {
+        if (address.kind !== 'tcp') throw new VdevError('usage', '--protocol iscsi needs a HOST:PORT address (iSCSI runs over TCP)')
+        const running = await startIscsiServer(server, {listen: address, image: args.image, chap, log})
+        const listen = formatListen(running.address)
+        this.ready(
+          {protocol, listen, target: running.iqn, lun: running.lun, uri: running.uri},
+          `serving ${args.image} over iSCSI at ${listen}, target ${running.iqn}, LUN ${running.lun} (${running.uri})${chap ? ', CHAP required' : ''}`,
+        )
+        stop = () => running.close()
       } else {
         const exportName = flags['export-name'] ?? base
         const perConnection = flags.threads ?? defaultThreadsPerConnection()
@@ -119,6 +137,32 @@ export function nbdUri(a: ListenAddress, exportName: string): string {
   const name = encodeURIComponent(exportName).replace(/%2F/g, '/')
   if (a.kind === 'unix') return `nbd+unix:///${name}?socket=${a.path}`
   return `nbd://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}/${name}`
+}
+
+/**
+ * CHAP for --protocol iscsi: --chap-user with --chap-secret-file; on a non-loopback address it is required
+ * unless --no-auth says otherwise.
+ */
+function readChap(flags: {'chap-user'?: string; 'chap-secret-file'?: string; 'no-auth'?: boolean}, remote: boolean): {user: string; secret: Buffer} | undefined {
+  const user = flags['chap-user']
+  const file = flags['chap-secret-file']
+  if (!user !== !file) throw new VdevError('usage', '--chap-user and --chap-secret-file go together')
+  if (user && flags['no-auth']) throw new VdevError('usage', '--no-auth contradicts --chap-user')
+  if (!user) {
+    if (remote && !flags['no-auth'])
+      throw new VdevError('usage', 'an iSCSI target on a non-loopback address needs CHAP (--chap-user and --chap-secret-file) or --no-auth')
+    return undefined
+  }
+  let text: string
+  try {
+    text = fs.readFileSync(file!, 'utf8')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    throw new VdevError('io', `${file}: cannot read the CHAP secret: ${code === 'ENOENT' ? 'no such file or directory' : code === 'EACCES' ? 'permission denied' : (code ?? (err as Error).message)}`)
+  }
+  const secret = text.split(/\r?\n/)[0]
+  if (!secret) throw new VdevError('format', `${file}: the CHAP secret (first line) is empty`)
+  return {user, secret: Buffer.from(secret, 'utf8')}
 }
 
 function loadNfs(): NfsModule {

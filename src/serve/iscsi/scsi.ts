@@ -1,0 +1,674 @@
+/**
+ * The SCSI logical unit behind the iSCSI target: a read-only direct-access block device (SBC-3) over a
+ * BlockServer, apart from the transport (server.ts), in tgt's and LIO's shape: ONE command table
+ * (opcode [+ service action] → handler, CDB usage data and flags) and every error built by sense.ts.
+ *
+ * Rules every handler follows, as libiscsi's conformance suite expects:
+ *  - the LBA range is checked before anything else about the medium, so a write past the end is
+ *    ILLEGAL REQUEST / LBA OUT OF RANGE (05/21/00) and only a write inside it DATA PROTECT (07/27/00);
+ *  - an unreadable sector under the `error` bad-area policy is MEDIUM ERROR / UNRECOVERED READ ERROR
+ *    (03/11/00) with INFORMATION = its LBA, and the good blocks before it are transferred;
+ *  - unknown opcodes are ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE (05/20/00).
+ * Specs: SPC-4 (T10/1731-D r37), SBC-3 (T10/BSR INCITS 514 r35), SAM-5.
+ */
+import {BlockError, type BlockServer} from '../../core/blockserver'
+import {ASC, SENSE_KEY, STATUS, ScsiError, buildSense, invalidField, illegalRequest, mediumError, outOfRange, writeProtected, type SenseSpec} from './sense'
+
+/** What identifies the logical unit to initiators (stable for an image). */
+export interface LunIdentity {
+  /** 8 bytes: an NAA 3h (locally assigned) identifier, its first nibble 3. */
+  naa: Buffer
+  /** VPD 0x80 unit serial number (ASCII). */
+  serial: string
+  /** The target's IQN, for the SCSI name string designator. */
+  iqn: string
+}
+
+/** Largest transfer one command may ask for (Block Limits VPD "MAXIMUM TRANSFER LENGTH", in bytes here). */
+export const MAX_TRANSFER_BYTES = 8 * 1024 * 1024
+
+/** One command as the transport hands it over. */
+export interface ScsiTask {
+  cdb: Buffer
+  /** The LUN addressed (flat). */
+  lun: number
+  /** Expected Data Transfer Length from the iSCSI header. */
+  expectedLength: number
+  /** Data-Out collected for a command whose table entry asks for it. */
+  dataOut?: Buffer
+}
+
+export interface ScsiResult {
+  status: number
+  /** Data-In (the transport clips it to the expected length and reports the residual). */
+  data: Buffer
+  /** Sense data for CHECK CONDITION. */
+  sense?: Buffer
+  /** The sense as built (for logs and tests). */
+  senseSpec?: SenseSpec
+}
+
+/** Per I_T nexus (iSCSI session) state: the pending unit attention and the last sense for REQUEST SENSE. */
+export interface Nexus {
+  unitAttention: SenseSpec | undefined
+}
+
+export function newNexus(): Nexus {
+  // A new I_T nexus sees POWER ON, RESET, OR BUS DEVICE RESET OCCURRED once (SAM-5 §5.14).
+  return {unitAttention: {key: SENSE_KEY.unitAttention, asc: ASC.powerOnReset}}
+}
+
+type Handler = (t: ScsiTask, lu: LogicalUnit, nexus: Nexus) => Buffer | undefined | Promise<Buffer | undefined>
+
+export interface CommandSpec {
+  opcode: number
+  /** For opcodes whose CDB carries a service action (0x9e, 0xa3). */
+  serviceAction?: number
+  name: string
+  /** CDB usage data (SPC-4 §6.35.3, Table 262): byte 0 is the opcode, each other byte the bits the target looks at. */
+  usage: number[]
+  handler: Handler
+  /** Answered with a pending unit attention still pending (SAM-5: INQUIRY, REPORT LUNS, REQUEST SENSE). */
+  noUnitAttention?: boolean
+  /** Bytes of Data-Out this command needs before it runs (VERIFY with BYTCHK); the transport asks with R2T. */
+  dataOut?: (cdb: Buffer, lu: LogicalUnit) => number
+}
+
+/** Supported VPD pages, in ascending order (SPC-4 §7.8.13). */
+const VPD_PAGES = [0x00, 0x80, 0x83, 0xb0, 0xb1]
+
+/** Mode page codes served (SPC-4 §7.5; SBC-3 §6.4): caching, control. */
+const PAGE_CACHING = 0x08
+const PAGE_CONTROL = 0x0a
+const PAGE_ALL = 0x3f
+
+export class LogicalUnit {
+  readonly blockSize: number
+  readonly blocks: number
+
+  constructor(
+    readonly server: BlockServer,
+    readonly identity: LunIdentity,
+  ) {
+    this.blockSize = server.sectorSize
+    this.blocks = Math.floor(server.size / server.sectorSize)
+  }
+
+  lookup(cdb: Buffer): CommandSpec | undefined {
+    const byOp = TABLE.get(cdb[0])
+    if (!byOp) return undefined
+    if (byOp instanceof Map) return byOp.get(cdb[1] & 0x1f)
+    return byOp
+  }
+
+  /** Bytes of Data-Out the command needs before execute() (0: none). */
+  dataOutLength(cdb: Buffer): number {
+    const spec = this.lookup(cdb)
+    return spec?.dataOut ? spec.dataOut(cdb, this) : 0
+  }
+
+  /** Run one command to its result; never throws. */
+  async execute(t: ScsiTask, nexus: Nexus): Promise<ScsiResult> {
+    const cdb = t.cdb
+    const spec = this.lookup(cdb)
+    try {
+      if (t.lun !== 0) {
+        // A LUN we do not have: INQUIRY answers "not connected", REPORT LUNS works, the rest fail (SPC-4 §4.7.1? SAM-5 §5.9).
+        if (cdb[0] === 0x12) return good(notConnectedInquiry(cdb))
+        if (cdb[0] !== 0xa0 && cdb[0] !== 0x03) throw illegalRequest(ASC.lunNotSupported, `no LUN ${t.lun}`)
+      }
+      if (nexus.unitAttention && !spec?.noUnitAttention) {
+        const ua = nexus.unitAttention
+        nexus.unitAttention = undefined
+        return checkCondition(ua)
+      }
+      if (!spec) {
+        throw cdb[0] === 0x9e || cdb[0] === 0xa3
+          ? invalidField(1, `service action 0x${(cdb[1] & 0x1f).toString(16)} of opcode 0x${cdb[0].toString(16)} is not supported`, 4)
+          : illegalRequest(ASC.invalidOpcode, `opcode 0x${cdb[0].toString(16)} is not supported`)
+      }
+      const data = await spec.handler(t, this, nexus)
+      return good(data ?? Buffer.alloc(0))
+    } catch (err) {
+      if (err instanceof ScsiError) return checkCondition(err.sense, (err as ScsiError & {data?: Buffer}).data)
+      throw err
+    }
+  }
+
+  /** Check an (LBA, blocks) range; returns the byte offset and length. */
+  range(lba: bigint, count: number): {offset: number; length: number} {
+    if (lba + BigInt(count) > BigInt(this.blocks)) throw outOfRange(`LBA ${lba} + ${count} blocks is past the end (${this.blocks} blocks)`)
+    return {offset: Number(lba) * this.blockSize, length: count * this.blockSize}
+  }
+
+  /** Read blocks; an unreadable sector becomes MEDIUM ERROR with the good blocks before it as the data. */
+  async readBlocks(lba: bigint, count: number): Promise<Buffer> {
+    const {offset, length} = this.range(lba, count)
+    if (length === 0) return Buffer.alloc(0)
+    if (length > MAX_TRANSFER_BYTES) throw invalidField(count > 0xffff ? 10 : 7, `transfer of ${length} bytes is larger than the ${MAX_TRANSFER_BYTES}-byte maximum`)
+    try {
+      return await this.server.read(offset, length)
+    } catch (err) {
+      throw await this.readFailure(err, offset)
+    }
+  }
+
+  private async readFailure(err: unknown, offset: number): Promise<ScsiError> {
+    if (!(err instanceof BlockError)) throw err
+    if (err.bad.length === 0) {
+      // A fault (corrupt chunk, I/O error on the image): a medium error without a known LBA would lie; say so.
+      if (err.errno === 'EIO') return new ScsiError({key: SENSE_KEY.mediumError, asc: ASC.unrecoveredReadError, information: Math.floor(offset / this.blockSize)}, err.message)
+      return new ScsiError({key: SENSE_KEY.hardwareError, asc: ASC.internalTargetFailure}, err.message)
+    }
+    const firstBad = Math.floor(err.bad[0].offset / this.blockSize)
+    const e = mediumError(firstBad) as ScsiError & {data?: Buffer}
+    const goodBytes = firstBad * this.blockSize - offset
+    if (goodBytes > 0) {
+      try {
+        e.data = await this.server.read(offset, goodBytes)
+      } catch {
+        // the prefix failed too (a fault): transfer nothing
+      }
+    }
+    return e
+  }
+}
+
+function good(data: Buffer | undefined): ScsiResult {
+  return {status: STATUS.good, data: data ?? Buffer.alloc(0)}
+}
+
+function checkCondition(s: SenseSpec, data?: Buffer): ScsiResult {
+  return {status: STATUS.checkCondition, data: data ?? Buffer.alloc(0), sense: buildSense(s), senseSpec: s}
+}
+
+// ---- CDB fields ----
+
+const u16 = (b: Buffer, at: number) => b.readUInt16BE(at)
+const u32 = (b: Buffer, at: number) => b.readUInt32BE(at)
+const u64 = (b: Buffer, at: number) => b.readBigUInt64BE(at)
+
+/** Data-In clipped to the CDB's allocation length. */
+const clip = (b: Buffer, alloc: number) => (b.length > alloc ? b.subarray(0, alloc) : b)
+
+function padAscii(s: string, n: number): Buffer {
+  const b = Buffer.alloc(n, 0x20)
+  b.write(s.slice(0, n), 'ascii')
+  return b
+}
+
+// ---- SPC: INQUIRY ----
+
+function notConnectedInquiry(cdb: Buffer): Buffer {
+  const b = Buffer.alloc(36)
+  b[0] = 0x7f // peripheral qualifier 011b: no logical unit here; device type 1Fh
+  b[2] = 0x06
+  b[3] = 0x12
+  b[4] = 31
+  return clip(b, u16(cdb, 3))
+}
+
+function inquiry(t: ScsiTask, lu: LogicalUnit): Buffer {
+  const cdb = t.cdb
+  const evpd = (cdb[1] & 0x01) !== 0
+  if (cdb[1] & 0xfe) throw invalidField(1, 'reserved bits of INQUIRY byte 1 are set')
+  const page = cdb[2]
+  const alloc = u16(cdb, 3)
+  if (!evpd) {
+    if (page !== 0) throw invalidField(2, 'PAGE CODE without EVPD')
+    return clip(standardInquiry(), alloc)
+  }
+  return clip(vpdPage(page, lu), alloc)
+}
+
+function standardInquiry(): Buffer {
+  const b = Buffer.alloc(96)
+  b[0] = 0x00 // connected, direct-access block device
+  b[1] = 0x00 // not removable
+  b[2] = 0x06 // SPC-4
+  b[3] = 0x02 | 0x10 // response data format 2, HISUP
+  b[4] = b.length - 5
+  b[7] = 0x02 // CMDQUE
+  padAscii('VDEV', 8).copy(b, 8)
+  padAscii('DISK IMAGE', 16).copy(b, 16)
+  padAscii('0001', 4).copy(b, 32)
+  // Version descriptors (SPC-4 Table 144): SAM-5, iSCSI (no version claimed), SPC-4, SBC-3.
+  const versions = [0x00a0, 0x0960, 0x0460, 0x04c0]
+  versions.forEach((v, i) => b.writeUInt16BE(v, 58 + 2 * i))
+  return b
+}
+
+function vpdPage(page: number, lu: LogicalUnit): Buffer {
+  const body = vpdBody(page, lu)
+  const h = Buffer.alloc(4)
+  h[1] = page
+  h.writeUInt16BE(body.length, 2)
+  return Buffer.concat([h, body])
+}
+
+function vpdBody(page: number, lu: LogicalUnit): Buffer {
+  switch (page) {
+    case 0x00:
+      return Buffer.from(VPD_PAGES)
+    case 0x80:
+      return Buffer.from(lu.identity.serial, 'ascii')
+    case 0x83: {
+      const designators: Buffer[] = []
+      // NAA (type 3), binary, associated with the logical unit: NAA 3h "locally assigned" (SPC-4 §7.8.6.6.3).
+      designators.push(Buffer.concat([Buffer.from([0x01, 0x03, 0x00, 8]), lu.identity.naa]))
+      // T10 vendor ID based (type 1), ASCII: vendor + serial.
+      const t10 = Buffer.concat([padAscii('VDEV', 8), Buffer.from(lu.identity.serial, 'ascii')])
+      designators.push(Buffer.concat([Buffer.from([0x02, 0x01, 0x00, t10.length]), t10]))
+      // SCSI name string (type 8), UTF-8, iSCSI (protocol 5, PIV), associated with the target device.
+      let name = Buffer.from(lu.identity.iqn, 'utf8')
+      name = Buffer.concat([name, Buffer.alloc(4 - (name.length % 4))]) // null-terminated, padded to 4
+      designators.push(Buffer.concat([Buffer.from([0x53, 0x80 | 0x20 | 0x08, 0x00, name.length]), name]))
+      return Buffer.concat(designators)
+    }
+    case 0xb0: {
+      // Block Limits (SBC-3 §6.5.3), page length 3Ch.
+      const b = Buffer.alloc(0x3c)
+      b.writeUInt16BE(1, 2) // optimal transfer length granularity
+      b.writeUInt32BE(MAX_TRANSFER_BYTES / lu.blockSize, 4) // maximum transfer length
+      b.writeUInt32BE(Math.min(MAX_TRANSFER_BYTES, 128 * 1024) / lu.blockSize, 8) // optimal transfer length
+      b.writeUInt32BE(MAX_TRANSFER_BYTES / lu.blockSize, 12) // maximum prefetch length
+      return b
+    }
+    case 0xb1: {
+      // Block Device Characteristics (SBC-3 §6.5.2): medium rotation rate 1 = non-rotating medium.
+      const b = Buffer.alloc(0x3c)
+      b.writeUInt16BE(1, 0)
+      return b
+    }
+    default:
+      throw invalidField(2, `VPD page 0x${page.toString(16)} is not supported`)
+  }
+}
+
+// ---- SPC: MODE SENSE ----
+
+function modePage(code: number, pc: number): Buffer | undefined {
+  const changeable = pc === 1
+  switch (code) {
+    case PAGE_CACHING: {
+      const p = Buffer.alloc(20)
+      p[0] = PAGE_CACHING
+      p[1] = 18
+      // WCE 0 (nothing is written), RCD 0 (reads may be cached); nothing changeable.
+      if (changeable) p.fill(0, 2)
+      return p
+    }
+    case PAGE_CONTROL: {
+      const p = Buffer.alloc(12)
+      p[0] = PAGE_CONTROL
+      p[1] = 10
+      if (!changeable) {
+        p[2] = 0x00 // TST 0, D_SENSE 0 (fixed sense unless an LBA needs 64 bits), GLTSD 0
+        p[3] = 0x10 // queue algorithm modifier 1: unrestricted reordering allowed
+        p.writeUInt16BE(0xffff, 8) // busy timeout period: unlimited
+      }
+      return p
+    }
+    default:
+      return undefined
+  }
+}
+
+function modePages(cdb: Buffer, pageByte: number, subpageByte: number): Buffer {
+  const pc = cdb[pageByte] >> 6
+  const code = cdb[pageByte] & 0x3f
+  const subpage = cdb[subpageByte]
+  if (code === PAGE_ALL) {
+    if (subpage !== 0 && subpage !== 0xff) throw invalidField(subpageByte, `subpage 0x${subpage.toString(16)} is not supported`)
+    return Buffer.concat([modePage(PAGE_CACHING, pc)!, modePage(PAGE_CONTROL, pc)!])
+  }
+  const p = subpage === 0 ? modePage(code, pc) : undefined
+  if (!p) throw invalidField(pageByte, `mode page 0x${code.toString(16)}/${subpage} is not supported`)
+  return p
+}
+
+/** Device-specific parameter (SBC-3 §6.4.1): WP (the medium is write-protected) and DPOFUA. */
+const DEVICE_SPECIFIC = 0x80 | 0x10
+
+function modeSense6(t: ScsiTask, lu: LogicalUnit): Buffer {
+  const cdb = t.cdb
+  const dbd = (cdb[1] & 0x08) !== 0
+  const pages = modePages(cdb, 2, 3)
+  const desc = dbd ? Buffer.alloc(0) : shortBlockDescriptor(lu)
+  const h = Buffer.alloc(4)
+  h[0] = 3 + desc.length + pages.length
+  h[2] = DEVICE_SPECIFIC
+  h[3] = desc.length
+  return clip(Buffer.concat([h, desc, pages]), cdb[4])
+}
+
+function modeSense10(t: ScsiTask, lu: LogicalUnit): Buffer {
+  const cdb = t.cdb
+  const dbd = (cdb[1] & 0x08) !== 0
+  const llbaa = (cdb[1] & 0x10) !== 0
+  const pages = modePages(cdb, 2, 3)
+  const desc = dbd ? Buffer.alloc(0) : llbaa ? longBlockDescriptor(lu) : shortBlockDescriptor(lu)
+  const h = Buffer.alloc(8)
+  h.writeUInt16BE(6 + desc.length + pages.length, 0)
+  h[3] = DEVICE_SPECIFIC
+  h[4] = llbaa && !dbd ? 0x01 : 0
+  h.writeUInt16BE(desc.length, 6)
+  return clip(Buffer.concat([h, desc, pages]), u16(cdb, 7))
+}
+
+function shortBlockDescriptor(lu: LogicalUnit): Buffer {
+  const d = Buffer.alloc(8)
+  d.writeUInt32BE(Math.min(lu.blocks, 0xffffffff), 0)
+  d.writeUIntBE(lu.blockSize, 5, 3)
+  return d
+}
+
+function longBlockDescriptor(lu: LogicalUnit): Buffer {
+  const d = Buffer.alloc(16)
+  d.writeBigUInt64BE(BigInt(lu.blocks), 0)
+  d.writeUInt32BE(lu.blockSize, 12)
+  return d
+}
+
+// ---- SPC: REPORT LUNS, REQUEST SENSE, REPORT SUPPORTED OPERATION CODES ----
+
+function reportLuns(t: ScsiTask): Buffer {
+  const cdb = t.cdb
+  const select = cdb[2]
+  if (select > 2 && !(select >= 0x10 && select <= 0x12)) throw invalidField(2, `SELECT REPORT 0x${select.toString(16)}`)
+  const alloc = u32(cdb, 6)
+  if (alloc < 16) throw invalidField(6, 'allocation length below 16')
+  const b = Buffer.alloc(16)
+  b.writeUInt32BE(8, 0) // one LUN: 0
+  return clip(b, alloc)
+}
+
+function requestSense(t: ScsiTask, _lu: LogicalUnit, nexus: Nexus): Buffer {
+  const desc = (t.cdb[1] & 0x01) !== 0
+  const s = nexus.unitAttention ?? {key: SENSE_KEY.noSense, asc: ASC.none}
+  nexus.unitAttention = undefined
+  return clip(buildSense(s, desc), t.cdb[4])
+}
+
+function reportSupportedOpcodes(t: ScsiTask): Buffer {
+  const cdb = t.cdb
+  const rctd = (cdb[2] & 0x80) !== 0
+  const options = cdb[2] & 0x07
+  const alloc = u32(cdb, 6)
+  const timeouts = () => {
+    const d = Buffer.alloc(12)
+    d.writeUInt16BE(0x0a, 0)
+    return d
+  }
+  if (options === 0) {
+    const descs: Buffer[] = []
+    for (const c of COMMANDS) {
+      const d = Buffer.alloc(8)
+      d[0] = c.opcode
+      if (c.serviceAction !== undefined) {
+        d.writeUInt16BE(c.serviceAction, 2)
+        d[5] |= 0x01 // SERVACTV
+      }
+      if (rctd) d[5] |= 0x02 // CTDP
+      d.writeUInt16BE(c.usage.length, 6)
+      descs.push(d)
+      if (rctd) descs.push(timeouts())
+    }
+    const body = Buffer.concat(descs)
+    const h = Buffer.alloc(4)
+    h.writeUInt32BE(body.length, 0)
+    return clip(Buffer.concat([h, body]), alloc)
+  }
+  const opcode = cdb[3]
+  const sa = u16(cdb, 4)
+  const hasSa = SERVICE_ACTION_OPCODES.has(opcode)
+  let spec: CommandSpec | undefined
+  if (options === 1) {
+    if (hasSa) throw invalidField(3, `opcode 0x${opcode.toString(16)} has service actions`)
+    spec = COMMANDS.find((c) => c.opcode === opcode)
+  } else if (options === 2) {
+    if (!hasSa) throw invalidField(3, `opcode 0x${opcode.toString(16)} has no service actions`)
+    spec = COMMANDS.find((c) => c.opcode === opcode && c.serviceAction === sa)
+  } else if (options === 3) {
+    spec = COMMANDS.find((c) => c.opcode === opcode && (c.serviceAction === undefined || c.serviceAction === sa))
+  } else throw invalidField(2, `REPORTING OPTIONS ${options}`)
+  const h = Buffer.alloc(4)
+  if (!spec) {
+    h[1] = 0x01 // SUPPORT 001b: not supported
+    return clip(h, alloc)
+  }
+  h[1] = (rctd ? 0x80 : 0) | 0x03 // CTDP, SUPPORT 011b: supported as in the standard
+  h.writeUInt16BE(spec.usage.length, 2)
+  return clip(Buffer.concat([h, Buffer.from(spec.usage), rctd ? timeouts() : Buffer.alloc(0)]), alloc)
+}
+
+// ---- SBC: capacity, reads, verify, prefetch, LBA status, writes ----
+
+function readCapacity10(t: ScsiTask, lu: LogicalUnit): Buffer {
+  const cdb = t.cdb
+  const pmi = (cdb[8] & 0x01) !== 0
+  if (!pmi && u32(cdb, 2) !== 0) throw invalidField(2, 'LOGICAL BLOCK ADDRESS without PMI')
+  const b = Buffer.alloc(8)
+  b.writeUInt32BE(lu.blocks - 1 > 0xffffffff ? 0xffffffff : lu.blocks - 1, 0)
+  b.writeUInt32BE(lu.blockSize, 4)
+  return b
+}
+
+function readCapacity16(t: ScsiTask, lu: LogicalUnit): Buffer {
+  const b = Buffer.alloc(32)
+  b.writeBigUInt64BE(BigInt(lu.blocks - 1), 0)
+  b.writeUInt32BE(lu.blockSize, 8)
+  // P_TYPE/PROT_EN 0, one logical block per physical block, LBPME 0 (fully provisioned), lowest aligned LBA 0.
+  return clip(b, u32(t.cdb, 10))
+}
+
+/** RDPROTECT/VRPROTECT/WRPROTECT (bits 7-5 of byte 1): no protection information here (SBC-3 §4.22). */
+function noProtect(cdb: Buffer): void {
+  if (cdb[1] & 0xe0) throw invalidField(1, 'protection information is not supported', 7)
+}
+
+function read6(t: ScsiTask, lu: LogicalUnit): Promise<Buffer> {
+  const cdb = t.cdb
+  const lba = BigInt(cdb.readUIntBE(1, 3) & 0x1fffff)
+  return lu.readBlocks(lba, cdb[4] === 0 ? 256 : cdb[4])
+}
+
+function read10(t: ScsiTask, lu: LogicalUnit): Promise<Buffer> {
+  const cdb = t.cdb
+  lu.range(BigInt(u32(cdb, 2)), u16(cdb, 7))
+  noProtect(cdb)
+  return lu.readBlocks(BigInt(u32(cdb, 2)), u16(cdb, 7))
+}
+
+function read12(t: ScsiTask, lu: LogicalUnit): Promise<Buffer> {
+  const cdb = t.cdb
+  lu.range(BigInt(u32(cdb, 2)), u32(cdb, 6))
+  noProtect(cdb)
+  return lu.readBlocks(BigInt(u32(cdb, 2)), u32(cdb, 6))
+}
+
+function read16(t: ScsiTask, lu: LogicalUnit): Promise<Buffer> {
+  const cdb = t.cdb
+  lu.range(u64(cdb, 2), u32(cdb, 10))
+  noProtect(cdb)
+  return lu.readBlocks(u64(cdb, 2), u32(cdb, 10))
+}
+
+/** VERIFY 10/12/16 (SBC-3 §5.25): BYTCHK 0 checks the range; 1 compares the Data-Out with the medium, 3 one block with each. */
+function verify(lbaAt: number, lbaBytes: 4 | 8, countAt: number, countBytes: 2 | 4): Handler {
+  return async (t, lu) => {
+    const cdb = t.cdb
+    const lba = lbaBytes === 8 ? u64(cdb, lbaAt) : BigInt(u32(cdb, lbaAt))
+    const count = countBytes === 2 ? u16(cdb, countAt) : u32(cdb, countAt)
+    lu.range(lba, count)
+    noProtect(cdb)
+    const bytchk = (cdb[1] >> 1) & 0x03
+    if (bytchk === 2) throw invalidField(1, 'BYTCHK 2 is reserved', 2)
+    if (bytchk === 0 || count === 0) return undefined
+    const medium = await lu.readBlocks(lba, count)
+    const out = t.dataOut ?? Buffer.alloc(0)
+    const expected = bytchk === 1 ? out : Buffer.concat(Array.from({length: count}, () => out.subarray(0, lu.blockSize)))
+    for (let i = 0; i < medium.length; i++) {
+      if (medium[i] !== expected[i])
+        throw new ScsiError({key: 0x0e, asc: 0x1d00, information: i}, `miscompare at byte ${i} of the verified range`) // MISCOMPARE DURING VERIFY OPERATION
+    }
+    return undefined
+  }
+}
+
+function verifyDataOut(countAt: number, countBytes: 2 | 4) {
+  return (cdb: Buffer, lu: LogicalUnit): number => {
+    const bytchk = (cdb[1] >> 1) & 0x03
+    const count = countBytes === 2 ? u16(cdb, countAt) : u32(cdb, countAt)
+    if (bytchk === 1) return Math.min(count * lu.blockSize, MAX_TRANSFER_BYTES)
+    if (bytchk === 3) return count > 0 ? lu.blockSize : 0
+    return 0
+  }
+}
+
+/** PRE-FETCH 10/16 (SBC-3 §5.9): after the range check, GOOD (the decoded-chunk cache is not promised to hold it). */
+function prefetch(lbaAt: number, lbaBytes: 4 | 8, countAt: number, countBytes: 2 | 4): Handler {
+  return (t, lu) => {
+    const cdb = t.cdb
+    lu.range(lbaBytes === 8 ? u64(cdb, lbaAt) : BigInt(u32(cdb, lbaAt)), countBytes === 2 ? u16(cdb, countAt) : u32(cdb, countAt))
+    return undefined
+  }
+}
+
+function syncCache(lbaAt: number, lbaBytes: 4 | 8, countAt: number, countBytes: 2 | 4): Handler {
+  return (t, lu) => {
+    const cdb = t.cdb
+    lu.range(lbaBytes === 8 ? u64(cdb, lbaAt) : BigInt(u32(cdb, lbaAt)), countBytes === 2 ? u16(cdb, countAt) : u32(cdb, countAt))
+    return undefined
+  }
+}
+
+/** GET LBA STATUS (SBC-3 §5.6): one descriptor, everything from the LBA on is mapped (the LU is fully provisioned). */
+function getLbaStatus(t: ScsiTask, lu: LogicalUnit): Buffer {
+  const cdb = t.cdb
+  const lba = u64(cdb, 2)
+  const alloc = u32(cdb, 10)
+  if (lba >= BigInt(lu.blocks)) throw outOfRange(`LBA ${lba} is past the end (${lu.blocks} blocks)`)
+  const b = Buffer.alloc(24)
+  b.writeUInt32BE(20, 0) // parameter data length: the bytes that follow
+  b.writeBigUInt64BE(lba, 8)
+  b.writeUInt32BE(Math.min(lu.blocks - Number(lba), 0xffffffff), 16)
+  b[20] = 0x00 // mapped
+  return clip(b, alloc)
+}
+
+/** Every write-class command: the range first (05/21/00), then DATA PROTECT / WRITE PROTECTED (07/27/00). */
+function writeClass(lbaAt: number, lbaBytes: 0 | 3 | 4 | 8, countAt: number, countBytes: 0 | 1 | 2 | 4): Handler {
+  return (t, lu) => {
+    const cdb = t.cdb
+    if (lbaBytes > 0) {
+      const lba = lbaBytes === 8 ? u64(cdb, lbaAt) : lbaBytes === 4 ? BigInt(u32(cdb, lbaAt)) : BigInt(cdb.readUIntBE(lbaAt, 3) & 0x1fffff)
+      let count = countBytes === 4 ? u32(cdb, countAt) : countBytes === 2 ? u16(cdb, countAt) : countBytes === 1 ? cdb[countAt] : 0
+      if (countBytes === 1 && count === 0) count = 256 // WRITE(6): 0 means 256 blocks
+      lu.range(lba, count)
+      // WRPROTECT (byte 1, bits 7-5) asks for protection information this LU does not have (not WRITE(6)).
+      if (lbaBytes !== 3) noProtect(cdb)
+    }
+    throw writeProtected()
+  }
+}
+
+function testUnitReady(): undefined {
+  return undefined
+}
+
+function startStopUnit(t: ScsiTask): undefined {
+  // A fixed disk: stopping or starting is accepted and changes nothing; LOEJ (eject) is refused as for a fixed medium.
+  if (t.cdb[4] & 0x02 && (t.cdb[4] & 0xf0) === 0) throw invalidField(4, 'the medium cannot be ejected', 1)
+  return undefined
+}
+
+// ---- the table ----
+
+const C = 0x07 // control byte: NACA, LINK ... as tgt reports it
+
+/** The one command table. */
+export const COMMANDS: CommandSpec[] = [
+  {opcode: 0x00, name: 'TEST UNIT READY', usage: [0x00, 0, 0, 0, 0, C], handler: testUnitReady},
+  {opcode: 0x03, name: 'REQUEST SENSE', usage: [0x03, 0x01, 0, 0, 0xff, C], handler: requestSense, noUnitAttention: true},
+  {opcode: 0x08, name: 'READ(6)', usage: [0x08, 0x1f, 0xff, 0xff, 0xff, C], handler: read6},
+  {opcode: 0x0a, name: 'WRITE(6)', usage: [0x0a, 0x1f, 0xff, 0xff, 0xff, C], handler: writeClass(1, 3, 4, 1)},
+  {opcode: 0x12, name: 'INQUIRY', usage: [0x12, 0x01, 0xff, 0xff, 0xff, C], handler: inquiry, noUnitAttention: true},
+  {opcode: 0x1a, name: 'MODE SENSE(6)', usage: [0x1a, 0x08, 0xff, 0xff, 0xff, C], handler: modeSense6},
+  {opcode: 0x1b, name: 'START STOP UNIT', usage: [0x1b, 0x01, 0, 0x0f, 0xf7, C], handler: startStopUnit},
+  {opcode: 0x25, name: 'READ CAPACITY(10)', usage: [0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, C], handler: readCapacity10},
+  {opcode: 0x28, name: 'READ(10)', usage: [0x28, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: read10},
+  {opcode: 0x2a, name: 'WRITE(10)', usage: [0x2a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: writeClass(2, 4, 7, 2)},
+  {opcode: 0x2e, name: 'WRITE AND VERIFY(10)', usage: [0x2e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: writeClass(2, 4, 7, 2)},
+  {
+    opcode: 0x2f,
+    name: 'VERIFY(10)',
+    usage: [0x2f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C],
+    handler: verify(2, 4, 7, 2),
+    dataOut: verifyDataOut(7, 2),
+  },
+  {opcode: 0x34, name: 'PRE-FETCH(10)', usage: [0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: prefetch(2, 4, 7, 2)},
+  {opcode: 0x35, name: 'SYNCHRONIZE CACHE(10)', usage: [0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: syncCache(2, 4, 7, 2)},
+  {opcode: 0x41, name: 'WRITE SAME(10)', usage: [0x41, 0xfa, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: writeClass(2, 4, 7, 2)},
+  {opcode: 0x42, name: 'UNMAP', usage: [0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, C], handler: writeClass(0, 0, 0, 0)},
+  {opcode: 0x5a, name: 'MODE SENSE(10)', usage: [0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, C], handler: modeSense10},
+  {opcode: 0x88, name: 'READ(16)', usage: [0x88, 0xf8, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: read16},
+  {opcode: 0x89, name: 'COMPARE AND WRITE', usage: [0x89, 0xf8, ...Array(8).fill(0xff), 0, 0, 0, 0xff, 0x1f, C], handler: writeClass(2, 8, 13, 1)},
+  {opcode: 0x8a, name: 'WRITE(16)', usage: [0x8a, 0xf8, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 8, 10, 4)},
+  {opcode: 0x8b, name: 'ORWRITE(16)', usage: [0x8b, 0xf8, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 8, 10, 4)},
+  {opcode: 0x8e, name: 'WRITE AND VERIFY(16)', usage: [0x8e, 0xf2, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 8, 10, 4)},
+  {
+    opcode: 0x8f,
+    name: 'VERIFY(16)',
+    usage: [0x8f, 0xf6, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C],
+    handler: verify(2, 8, 10, 4),
+    dataOut: verifyDataOut(10, 4),
+  },
+  {opcode: 0x90, name: 'PRE-FETCH(16)', usage: [0x90, 0x02, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: prefetch(2, 8, 10, 4)},
+  {opcode: 0x91, name: 'SYNCHRONIZE CACHE(16)', usage: [0x91, 0x02, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: syncCache(2, 8, 10, 4)},
+  {opcode: 0x93, name: 'WRITE SAME(16)', usage: [0x93, 0xf9, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 8, 10, 4)},
+  {
+    opcode: 0x9e,
+    serviceAction: 0x10,
+    name: 'READ CAPACITY(16)',
+    usage: [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, C],
+    handler: readCapacity16,
+  },
+  {
+    opcode: 0x9e,
+    serviceAction: 0x12,
+    name: 'GET LBA STATUS',
+    usage: [0x9e, 0x12, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0, C],
+    handler: getLbaStatus,
+  },
+  {opcode: 0xa0, name: 'REPORT LUNS', usage: [0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, C], handler: reportLuns, noUnitAttention: true},
+  {
+    opcode: 0xa3,
+    serviceAction: 0x0c,
+    name: 'REPORT SUPPORTED OPERATION CODES',
+    usage: [0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, C],
+    handler: reportSupportedOpcodes,
+  },
+  {opcode: 0xa8, name: 'READ(12)', usage: [0xa8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: read12},
+  {opcode: 0xaa, name: 'WRITE(12)', usage: [0xaa, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 4, 6, 4)},
+  {opcode: 0xae, name: 'WRITE AND VERIFY(12)', usage: [0xae, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 4, 6, 4)},
+  {
+    opcode: 0xaf,
+    name: 'VERIFY(12)',
+    usage: [0xaf, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C],
+    handler: verify(2, 4, 6, 4),
+    dataOut: verifyDataOut(6, 4),
+  },
+]
+
+const SERVICE_ACTION_OPCODES = new Set(COMMANDS.filter((c) => c.serviceAction !== undefined).map((c) => c.opcode))
+
+const TABLE = new Map<number, CommandSpec | Map<number, CommandSpec>>()
+for (const c of COMMANDS) {
+  if (c.serviceAction === undefined) TABLE.set(c.opcode, c)
+  else {
+    let m = TABLE.get(c.opcode) as Map<number, CommandSpec> | undefined
+    if (!m) TABLE.set(c.opcode, (m = new Map()))
+    m.set(c.serviceAction, c)
+  }
+}
