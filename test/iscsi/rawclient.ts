@@ -1,0 +1,171 @@
+/**
+ * A deliberately small iSCSI initiator speaking raw PDUs (no digests), for what real initiators never
+ * send and for checking the target's PDUs field by field: segment sizes, F/S bits, DataSN, residuals,
+ * sense bytes. Well-formed PDUs are built here by hand from RFC 7143's layouts, not with the encoders
+ * under test.
+ */
+import * as net from 'node:net'
+import {SocketReader} from '../../src/serve/nbd/reader'
+
+export interface Pdu {
+  bhs: Buffer
+  opcode: number
+  flags: number
+  itt: number
+  data: Buffer
+}
+
+export interface ScsiReply {
+  dataIns: Pdu[]
+  data: Buffer
+  status: number
+  sense: Buffer | undefined
+  /** Flags byte of the PDU carrying the status (O 0x04, U 0x02). */
+  flags: number
+  residual: number
+  response: Pdu
+}
+
+export const INITIATOR = 'iqn.2026-01.dev.vdev.test:initiator'
+
+export function text(pairs: Record<string, string>): Buffer {
+  return Buffer.from(Object.entries(pairs).map(([k, v]) => `${k}=${v}\0`).join(''))
+}
+
+export function parseTextData(d: Buffer): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const p of d.toString().split('\0').filter(Boolean)) {
+    const i = p.indexOf('=')
+    out[p.slice(0, i)] = p.slice(i + 1)
+  }
+  return out
+}
+
+export function pdu(opcode: number, flags: number, data: Buffer, fill: (b: Buffer) => void): Buffer {
+  const b = Buffer.alloc(48)
+  b[0] = opcode
+  b[1] = flags
+  b.writeUIntBE(data.length, 5, 3)
+  fill(b)
+  const pad = (4 - (data.length % 4)) % 4
+  return Buffer.concat([b, data, Buffer.alloc(pad)])
+}
+
+export class IscsiRawClient {
+  readonly reader: SocketReader
+  readonly closed: Promise<void>
+  cmdSN = 1
+  expStatSN = 0
+  itt = 1
+  tsih = 0
+  /** The answer to the TEST UNIT READY sent after login (the unit attention). */
+  unitAttention: ScsiReply | undefined
+
+  private constructor(readonly socket: net.Socket) {
+    this.reader = new SocketReader(socket)
+    this.closed = new Promise((resolve) => socket.once('close', () => resolve()))
+    socket.on('error', () => {})
+  }
+
+  static connect(port: number): Promise<IscsiRawClient> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(port, '127.0.0.1')
+      s.once('connect', () => resolve(new IscsiRawClient(s)))
+      s.once('error', reject)
+    })
+  }
+
+  send(b: Buffer): void {
+    this.socket.write(b)
+  }
+
+  destroy(): void {
+    this.socket.destroy()
+  }
+
+  async read(): Promise<Pdu> {
+    const bhs = await this.reader.read(48)
+    const len = bhs.readUIntBE(5, 3)
+    const ahs = bhs[4] * 4
+    if (ahs) await this.reader.read(ahs)
+    const padded = len ? await this.reader.read(len + ((4 - (len % 4)) % 4)) : Buffer.alloc(0)
+    return {bhs, opcode: bhs[0] & 0x3f, flags: bhs[1], itt: bhs.readUInt32BE(16), data: padded.subarray(0, len)}
+  }
+
+  loginPdu(csg: number, nsg: number, transit: boolean, keys: Record<string, string>, isid = '400001370000'): Buffer {
+    return pdu(0x43, (transit ? 0x80 : 0) | (csg << 2) | (transit ? nsg : 0), text(keys), (b) => {
+      Buffer.from(isid, 'hex').copy(b, 8)
+      b.writeUInt16BE(this.tsih, 14)
+      b.writeUInt32BE(this.itt, 16)
+      b.writeUInt32BE(this.cmdSN, 24)
+      b.writeUInt32BE(this.expStatSN, 28)
+    })
+  }
+
+  /** One login request; returns the response and its keys. */
+  async loginStep(csg: number, nsg: number, transit: boolean, keys: Record<string, string>, isid?: string): Promise<{pdu: Pdu; keys: Record<string, string>; status: number}> {
+    this.send(this.loginPdu(csg, nsg, transit, keys, isid))
+    const r = await this.read()
+    this.expStatSN = (r.bhs.readUInt32BE(24) + 1) >>> 0
+    if (r.flags & 0x80 && (r.flags & 3) === 3) this.tsih = r.bhs.readUInt16BE(14)
+    return {pdu: r, keys: parseTextData(r.data), status: r.bhs.readUInt16BE(36)}
+  }
+
+  /** A whole login to the full-feature phase, starting in the operational stage (as libiscsi does). */
+  async login(target: string, extra: Record<string, string> = {}, isid?: string): Promise<Record<string, string>> {
+    const r = await this.loginStep(1, 3, true, {InitiatorName: INITIATOR, TargetName: target, SessionType: 'Normal', HeaderDigest: 'None', DataDigest: 'None', ...extra}, isid)
+    if (r.status !== 0) throw new Error(`login failed: 0x${r.status.toString(16)}`)
+    // A new I_T nexus has a power-on unit attention pending: TEST UNIT READY takes it, as libiscsi does.
+    this.unitAttention = await this.scsi([0, 0, 0, 0, 0, 0], 0)
+    return r.keys
+  }
+
+  /** Send a SCSI command (READ direction unless `write`) and gather Data-In PDUs up to its status. */
+  async scsi(cdb: number[] | Buffer, edtl: number, opts: {write?: boolean; lun?: number; immediate?: boolean} = {}): Promise<ScsiReply> {
+    const itt = this.itt++
+    const c = Buffer.alloc(16)
+    Buffer.from(cdb).copy(c)
+    this.send(
+      pdu((opts.immediate ? 0x40 : 0) | 0x01, 0x80 | (opts.write ? 0x20 : 0x40) | 0x01, Buffer.alloc(0), (b) => {
+        b[9] = opts.lun ?? 0
+        b.writeUInt32BE(itt, 16)
+        b.writeUInt32BE(edtl, 20)
+        b.writeUInt32BE(this.cmdSN, 24)
+        b.writeUInt32BE(this.expStatSN, 28)
+        c.copy(b, 32)
+      }),
+    )
+    if (!opts.immediate) this.cmdSN++
+    const dataIns: Pdu[] = []
+    for (;;) {
+      const p = await this.read()
+      if (p.itt !== itt) throw new Error(`PDU 0x${p.opcode.toString(16)} for task ${p.itt}, waiting for ${itt}`)
+      if (p.opcode === 0x25) {
+        dataIns.push(p)
+        if (p.flags & 0x01) {
+          this.expStatSN = p.bhs.readUInt32BE(24) + 1
+          return {dataIns, data: Buffer.concat(dataIns.map((d) => d.data)), status: p.bhs[3], sense: undefined, flags: p.flags, residual: p.bhs.readUInt32BE(44), response: p}
+        }
+        continue
+      }
+      if (p.opcode !== 0x21) throw new Error(`unexpected PDU 0x${p.opcode.toString(16)}`)
+      this.expStatSN = p.bhs.readUInt32BE(24) + 1
+      const sense = p.data.length >= 2 ? p.data.subarray(2, 2 + p.data.readUInt16BE(0)) : undefined
+      return {dataIns, data: Buffer.concat(dataIns.map((d) => d.data)), status: p.bhs[3], sense, flags: p.flags, residual: p.bhs.readUInt32BE(44), response: p}
+    }
+  }
+
+  /** NOP-Out with ping data; resolves with the NOP-In. */
+  async nop(data: Buffer): Promise<Pdu> {
+    const itt = this.itt++
+    this.send(
+      pdu(0x40, 0x80, data, (b) => {
+        b.writeUInt32BE(itt, 16)
+        b.writeUInt32BE(0xffffffff, 20)
+        b.writeUInt32BE(this.cmdSN, 24)
+        b.writeUInt32BE(this.expStatSN, 28)
+      }),
+    )
+    return this.read()
+  }
+}
