@@ -15,11 +15,8 @@ import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import {spawn, type ChildProcess} from 'node:child_process'
 import {hasTool, run} from '../nbd/fixture'
-
-const ROOT = path.resolve(__dirname, '..', '..', '..')
-const BIN = path.join(ROOT, 'bin', 'run.js')
+import {serveIscsi, type Served} from './serve'
 
 /** Tests that write data and expect GOOD (or read back what they wrote): they cannot pass on a read-only LUN. */
 export const WRITABLE_ONLY = [
@@ -95,36 +92,6 @@ async function allTests(): Promise<string[]> {
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => /^ALL\.[^.]+\.[^.]+$/.test(l))
-}
-
-interface Served {
-  child: ChildProcess
-  ready: {protocol: string; listen: string; target: string; lun: number; uri: string}
-  stderr: () => string
-  exited: Promise<number | null>
-}
-
-export function serveIscsi(args: string[]): Promise<Served> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--protocol', 'iscsi', '--json', ...args], {stdio: ['ignore', 'pipe', 'pipe']})
-  let out = ''
-  let err = ''
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ready line within 20 s: ${err}`)), 20_000)
-    child.stderr!.on('data', (d) => (err += d))
-    child.stdout!.on('data', (d) => {
-      out += d
-      const nl = out.indexOf('\n')
-      if (nl >= 0) {
-        clearTimeout(timer)
-        resolve({child, ready: JSON.parse(out.slice(0, nl)), stderr: () => err, exited})
-      }
-    })
-    void exited.then((code) => {
-      clearTimeout(timer)
-      reject(new Error(`vdev serve exited (${code}) before it was ready: ${err}`))
-    })
-  })
 }
 
 describe('iscsi conformance: libiscsi iscsi-test-cu', function () {
