@@ -10,6 +10,7 @@ import {IO, IOC, IOR, IOW, IOWR, iocNr} from '../../src/sys/ioctl'
 import {BLKGETSIZE64, BLKSSZGET} from '../../src/sys/blockdev'
 import * as fuse from '../../backends/linux/fuse/abi'
 import * as loop from '../../backends/linux/loop/abi'
+import * as nbd from '../../backends/linux/nbd/abi'
 import * as ublk from '../../backends/linux/ublk/abi'
 import {tmpDir} from '../helpers'
 
@@ -70,6 +71,8 @@ describe('ioctl request numbers (src/sys/ioctl.ts)', () => {
     assert.equal(BLKSSZGET, 0x1268)
     assert.equal(loop.LOOP_CONFIGURE, 0x4c0a)
     assert.equal(fuse.FUSE_DEV_IOC_CLONE, 0x8004e500)
+    assert.equal(nbd.NBD_SET_SOCK, 0xab00)
+    assert.equal(nbd.NBD_DO_IT, 0xab03)
     assert.equal(ublk.UBLK_U_CMD_ADD_DEV, 0xc0207504)
     assert.equal(ublk.UBLK_U_IO_FETCH_REQ, 0xc0107520)
     assert.equal(ublk.legacyOpcode(ublk.UBLK_U_CMD_GET_FEATURES), ublk.UBLK_CMD_GET_FEATURES)
