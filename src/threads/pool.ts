@@ -32,6 +32,8 @@ export interface ServingThreadsOptions {
   config?: unknown
   configFor?: (index: number) => unknown
   log: (line: string) => void
+  /** V8 heap limits of each thread (default THREAD_LIMITS). */
+  heap?: {maxYoungGenerationSizeMb?: number; maxOldGenerationSizeMb?: number}
   /** Body messages from a thread. */
   onMessage?: (thread: ServingThread, message: unknown) => void
 }
@@ -135,7 +137,7 @@ export class ServingThreads {
       body: o.body,
       config: o.configFor ? o.configFor(index) : o.config,
     }
-    const worker = new Worker(path.join(__dirname, 'serving-worker.js'), {workerData: cfg, resourceLimits: THREAD_LIMITS})
+    const worker = new Worker(path.join(__dirname, 'serving-worker.js'), {workerData: cfg, resourceLimits: {...THREAD_LIMITS, ...o.heap}})
     const t: ServingThread = new ServingThread(index, worker, o.log, o.name, (m) => o.onMessage?.(t, m))
     this.threads.push(t)
     return t

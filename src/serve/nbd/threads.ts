@@ -129,6 +129,9 @@ export class ConnectionThreads {
         capacity: Math.max(1, opts.perConnection, opts.maxThreads),
         cacheBytes: opts.cacheBytes,
         pollMicroseconds: opts.pollMicroseconds,
+        // A connection's threads answer many requests in flight (structured replies, payload views): a
+        // 1 MB young generation (THREAD_LIMITS) scavenges too often at queue depth 32 (docs/nbd.md).
+        heap: {maxYoungGenerationSizeMb: 4},
         log: opts.log,
         onMessage: (t, m) => c.left(t, (m as AssignmentDone).reason),
       })
