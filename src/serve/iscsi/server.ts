@@ -142,6 +142,8 @@ interface Task {
   edtl: number
   cdb: Buffer
   aborted: boolean
+  /** Handed to the logical unit (until then it waits for Data-Out). */
+  executing?: boolean
   /** Data-Out being gathered (R2T): the buffer, bytes received, the target transfer tag, the next R2TSN. */
   out?: {data: Buffer; received: number; ttt: number; r2tsn: number; burstEnd: number}
 }
@@ -182,6 +184,7 @@ export class IscsiConnection {
   async shutdown(): Promise<void> {
     this.stopping = true
     // Commands in flight are answered, then the socket is closed (which ends a read waiting for the next PDU).
+    this.dropWaiting()
     await this.idle()
     this.close()
     await this.stopped
@@ -201,6 +204,7 @@ export class IscsiConnection {
       if (!(err instanceof EndOfStream) && !this.stopping) this.target.log(`iscsi ${this.peer}: ${(err as Error).message}`)
     } finally {
       this.stopping = true
+      this.dropWaiting()
       await this.idle()
       if (this.session) this.target.closeSession(this.session)
       this.close()
@@ -534,7 +538,17 @@ export class IscsiConnection {
     else this.r2t(task)
   }
 
+  /** Commands still waiting for Data-Out will not get it: they end unanswered. */
+  private dropWaiting(): void {
+    for (const t of [...this.tasks.values()]) {
+      if (t.executing) continue
+      this.tasks.delete(t.itt)
+      this.finish()
+    }
+  }
+
   private async execute(task: Task): Promise<void> {
+    task.executing = true
     let result: ScsiResult
     try {
       result = await this.target.lu.execute({cdb: task.cdb, lun: flatLun(task.lun), expectedLength: task.edtl, dataOut: task.out?.data}, this.session!.nexus)
@@ -543,7 +557,7 @@ export class IscsiConnection {
       result = {status: 0x02, data: Buffer.alloc(0), sense: Buffer.from([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0, 0, 0, 0, 0])}
     }
     if (!task.aborted && this.tasks.get(task.itt) === task) this.respond(task, result)
-    this.tasks.delete(task.itt)
+    if (this.tasks.get(task.itt) === task) this.tasks.delete(task.itt)
     this.finish()
   }
 
@@ -667,6 +681,8 @@ export class IscsiConnection {
     const abort = (t: Task) => {
       t.aborted = true
       this.tasks.delete(t.itt)
+      // One still waiting for Data-Out never runs: it ends here (one running ends when its read does).
+      if (!t.executing) this.finish()
     }
     switch (fn) {
       case P.TMF.abortTask: {
@@ -706,7 +722,9 @@ export class IscsiConnection {
     const b = bhs.raw
     const reason = b[1] & 0x7f
     this.acceptCmdSN(bhs)
-    // Commands in flight are answered first (§11.14: the response follows all outstanding ones).
+    // Commands in flight are answered first (§11.14: the response follows all outstanding ones); one still
+    // waiting for Data-Out will not get it.
+    this.dropWaiting()
     await this.idle()
     const r = P.newBhs(P.OP_LOGOUT_RSP, P.F_FINAL, 0, bhs.itt)
     r[2] = reason === 2 ? 2 : 0 // closing for recovery is not supported (ERL 0)
