@@ -1,6 +1,7 @@
 /** Every fuzz target, by name (the order `npm run fuzz` runs them in). */
 import type {Target} from '../harness'
 import {imageTarget} from './image'
+import {iscsiTarget} from './iscsi'
 import {mapfileTarget} from './mapfile'
 import {nbdTarget} from './nbd'
 import {nfsTarget} from './nfs'
@@ -10,4 +11,5 @@ export const TARGETS: Record<string, Target> = {
   mapfile: mapfileTarget,
   nbd: nbdTarget,
   nfs: nfsTarget,
+  iscsi: iscsiTarget,
 }
