@@ -5,6 +5,7 @@
  * with the one-line command that replays it.
  */
 import * as fs from 'node:fs'
+import * as os from 'node:os'
 import * as path from 'node:path'
 import {Rng} from './rng'
 
@@ -80,6 +81,12 @@ export interface TargetReport {
   failures: FailureReport[]
   /** Set when the run stopped early (a hang leaves the target in an unknown state). */
   aborted?: string
+}
+
+/** A temporary directory for a target's files: on tmpfs when there is one (extract's fsync costs nothing there). */
+export function workDir(prefix: string): string {
+  const base = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir()
+  return fs.mkdtempSync(path.join(base, prefix))
 }
 
 export function replayCommand(target: string, seed: number, iteration: number): string {

@@ -91,15 +91,16 @@ function parseArgs(argv: string[]): Args {
   return a
 }
 
-function markerPath(target: string): string {
-  return path.join(CRASH_DIR, `.running-${target}-${process.pid}`)
+/** Where the child running `target` as process `pid` records the case it is running. */
+function markerPath(target: string, pid: number): string {
+  return path.join(CRASH_DIR, `.running-${target}-${pid}`)
 }
 
 /** In the child: run one target, recording the running case in a marker file, and send the report. */
 async function child(a: Args): Promise<void> {
   const target = TARGETS[a.targets[0]]
   fs.mkdirSync(CRASH_DIR, {recursive: true})
-  const marker = fs.openSync(markerPath(target.name), 'w')
+  const marker = fs.openSync(markerPath(target.name, process.pid), 'w')
   const num = Buffer.alloc(8)
   const report = await runTarget(target, {
     seed: a.seed,
@@ -113,7 +114,7 @@ async function child(a: Args): Promise<void> {
     },
   })
   fs.closeSync(marker)
-  fs.rmSync(markerPath(target.name), {force: true})
+  fs.rmSync(markerPath(target.name, process.pid), {force: true})
   process.send!(report, () => process.exit(0))
 }
 
@@ -136,7 +137,7 @@ function supervise(target: Target, a: Args): Promise<TargetReport> {
     c.on('message', (m) => (report = m as TargetReport))
     c.on('exit', (code, signal) => {
       clearTimeout(watchdog)
-      const marker = markerPath(target.name).replace(String(process.pid), String(c.pid))
+      const marker = markerPath(target.name, c.pid ?? 0)
       if (report) return resolve(report)
       let iteration = -1
       try {

@@ -4,13 +4,13 @@
  * end), so every reply kind a server can give — data, holes, EIO — is reachable.
  */
 import * as fs from 'node:fs'
-import * as os from 'node:os'
 import * as path from 'node:path'
 import type {BadRange} from '../../src/core/errors'
 import {openInput} from '../../src/format/input'
 import {formatMapfile, parseMapfile} from '../../src/format/mapfile'
 import {createImage} from '../../src/format/writer'
 import {prng, textish} from '../../test/helpers'
+import {workDir} from '../harness'
 
 export const SIZE = 4 * 1024 * 1024
 export const SECTOR = 512
@@ -32,12 +32,6 @@ export interface ServedImage {
   bad: BadRange[]
   size: number
   cleanup(): void
-}
-
-/** A directory for sockets and images: tmpfs when there is one (no fsync costs). */
-export function workDir(prefix: string): string {
-  const base = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir()
-  return fs.mkdtempSync(path.join(base, prefix))
 }
 
 /** `tailBad`: the last sector is a bad area (an edge for block protocols; NFS wants a readable end, for eof). */

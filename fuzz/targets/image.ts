@@ -17,7 +17,6 @@
  */
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
-import * as os from 'node:os'
 import * as path from 'node:path'
 import {spawn} from 'node:child_process'
 import {EXIT_CODES, VdevError, type BadRange, type ErrorCode} from '../../src/core/errors'
@@ -27,7 +26,7 @@ import {extractImage} from '../../src/format/extract'
 import {parseMapfile} from '../../src/format/mapfile'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {verifyImage, type VerifyResult} from '../../src/format/verify'
-import {normalize, ROOT, type CaseContext, type CaseResult, type Target, type TargetInstance} from '../harness'
+import {normalize, ROOT, workDir, type CaseContext, type CaseResult, type Target, type TargetInstance} from '../harness'
 import {buildBaseImages, type BaseImage} from '../image/bases'
 import {mutateImage} from '../image/mutate'
 
@@ -58,7 +57,8 @@ class Failures {
     }
     if (!allowed.includes(err.code)) this.add(`${where}: error code '${err.code}' (exit ${err.exitCode}) for a damaged image: ${err.message}`)
     if (err.message.includes('\n')) this.add(`${where}: the message is not one line: ${JSON.stringify(err.message.slice(0, 200))}`)
-    if (!err.message.includes(file)) this.add(`${where}: the message does not name the file: ${err.message}`)
+    // What is wrong with the image names the image (an output error names the output).
+    if (err.code !== 'io' && !err.message.includes(file)) this.add(`${where}: the message does not name the file: ${err.message}`)
     return {exit: err.exitCode, outcome: `${where}:${err.code}:${normalize(err.message.split(file).join('FILE'))}`}
   }
 }
@@ -280,7 +280,7 @@ export const imageTarget: Target = {
   name: 'image',
   caseTimeoutMs: 4 * CLI_TIMEOUT_MS,
   async setup(): Promise<TargetInstance> {
-    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-fuzz-image-'))
+    const work = workDir('vdev-fuzz-image-')
     const bases: BaseImage[] = await buildBaseImages(work)
     const weights = bases.map((b) => [b.name === 'mixed' ? 5 : b.name === 'plain' || b.name === 'sector4k' ? 2 : 1, b] as const)
     let n = 0

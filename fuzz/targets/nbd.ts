@@ -402,7 +402,8 @@ interface Server {
 }
 
 /** Check what the server sent against the model; returns the problems found. */
-function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, closedByServer: boolean): string[] {
+/** `seen` collects what the server answered (reply kinds, errnos), for the case's outcome. */
+function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, closedByServer: boolean, seen: Set<string>): string[] {
   const problems: string[] = []
   const st = new Stream(out)
   const g = st.take(18)
@@ -424,6 +425,7 @@ function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, clos
       if (!(r.readUInt16BE(8) & P.NBD_FLAG_READ_ONLY)) problems.push('NBD_OPT_EXPORT_NAME: not read-only')
       if (n === 134 && r.subarray(10).some((x) => x !== 0)) problems.push('NBD_OPT_EXPORT_NAME: the 124 reserved bytes are not zero')
       transmission = true
+      seen.add('export-name')
       break
     }
     // One option's replies: zero or more informational, then ACK or an error.
@@ -459,6 +461,7 @@ function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, clos
       }
       if (type === P.NBD_REP_ACK || type >= 0x80000000) {
         final = type
+        seen.add(type === P.NBD_REP_ACK ? 'opt-ack' : `opt-err${type & 0xff}`)
         break
       }
       if (![P.NBD_REP_SERVER, P.NBD_REP_INFO, P.NBD_REP_META_CONTEXT].includes(type)) problems.push(`option ${want}: reply type 0x${type.toString(16)}`)
@@ -503,6 +506,7 @@ function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, clos
       }
       pending.delete(cookie)
       done.add(cookie)
+      seen.add(errno ? `errno${errno}` : r.type === P.NBD_CMD_READ ? 'read' : 'ok')
       if (r.type === P.NBD_CMD_READ && errno === 0 && !structured) {
         const data = st.take(r.length)
         if (!data) {
@@ -535,6 +539,7 @@ function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, clos
       if (!(flags & P.NBD_REPLY_FLAG_DONE)) problems.push('a multi-chunk reply (every reply here should be one chunk)')
       pending.delete(cookie)
       done.add(cookie)
+      seen.add(type & 0x8000 && payload.length >= 4 ? `errno${payload.readUInt32BE(0)}` : `chunk${type}`)
       if (type === P.NBD_REPLY_TYPE_OFFSET_DATA) {
         if (r.type !== P.NBD_CMD_READ || payload.length < 8 || payload.readBigUInt64BE(0) !== r.offset) problems.push(`OFFSET_DATA for a ${r.type} request at ${r.offset}`)
         else problems.push(...checkRead(r, payload.subarray(8), srv, fx))
@@ -741,9 +746,10 @@ async function runSession(srv: Server, fx: ServedImage, ctx: CaseContext): Promi
   if (!(await until(() => srv.running.nbd.connectionCount <= baseline, 5000)))
     failures.push(`the server still tracks the connection 5 s after it closed (${srv.running.nbd.connectionCount} connections, ${baseline} before)`)
   const output = Buffer.concat(out)
-  if (!isChaos && ending !== 'destroy') failures.push(...checkOutput(output, s, srv, fx, closedByServer))
+  const seen = new Set<string>()
+  if (!isChaos && ending !== 'destroy') failures.push(...checkOutput(output, s, srv, fx, closedByServer, seen))
   else if (output.length >= 18 && output.readBigUInt64BE(0) !== P.NBDMAGIC) failures.push('bad greeting')
-  const outcome = `${srv.name}:${isChaos ? 'chaos' : s.lenient ? 'lenient' : 'model'}:${ending}:${s.transmission ? 'tx' : 'hs'}`
+  const outcome = `${srv.name}:${isChaos ? 'chaos' : s.lenient ? 'lenient' : 'model'}:${ending}:${s.transmission ? 'tx' : 'hs'}:${[...seen].sort().join(',')}`
   return {failures, steps, input: bytes, outcome}
 }
 

@@ -492,6 +492,7 @@ async function runSession(port: number, h: Handles, fx: ServedImage, ctx: CaseCo
   const output = Buffer.concat(out, outLength)
   const parsed = records(output)
   const expects = new Map(s.expects.map((e) => [e.xid, e]))
+  const seen = new Set<string>()
   if (!isChaos) {
     // A connection we destroyed, or one the server closed for a protocol error, may stop mid-reply.
     const abrupt = ending === 'destroy' || ending === 'close'
@@ -503,6 +504,7 @@ async function runSession(port: number, h: Handles, fx: ServedImage, ctx: CaseCo
         continue
       }
       expects.delete(r.xid)
+      seen.add(r.replyStat === 0 ? `accept${r.acceptStat}` : `deny${r.rejectStat}.${r.rejectWords?.[0]}`)
       const p = checkReply(r, e)
       if (p) failures.push(p)
     }
@@ -511,7 +513,7 @@ async function runSession(port: number, h: Handles, fx: ServedImage, ctx: CaseCo
     // Whatever the bytes were: replies are records of well-formed replies, never SYSTEM_ERR.
     for (const r of parsed.replies) if (r.replyStat === 0 && r.acceptStat === 5) failures.push(`SYSTEM_ERR for xid ${r.xid} (an exception inside a procedure)`)
   }
-  return {failures, steps, input: bytes, outcome: `${isChaos ? 'chaos' : 'model'}:${ending}:${parsed.replies.length ? 'replied' : 'silent'}`}
+  return {failures, steps, input: bytes, outcome: `${isChaos ? 'chaos' : 'model'}:${ending}:${parsed.replies.length ? [...seen].sort().join(',') : 'silent'}`}
 }
 
 /** The witness reads a range with no bad area in it and checks the bytes. */
