@@ -1,6 +1,7 @@
 /**
  * Target "iscsi": malformed iSCSI sessions against the real target (startIscsiServer on loopback TCP),
- * with the `error` bad-area policy and with `zero`.
+ * with the `error` bad-area policy and with `zero` on the main thread, and with `error` on serving threads
+ * (the witness holds one thread; cases get the other or, when it is busy, the main thread).
  *
  * A session is generated from a model of RFC 7143: a login (either start, CSG=0 or CSG=1; sometimes with
  * bad stages, unknown or malformed keys, a wrong target name, a bad version, continued text), then PDUs in
@@ -409,7 +410,11 @@ export const iscsiTarget: Target = {
     const images: VdimgImage[] = []
     const servers: Server[] = []
     try {
-      for (const policy of ['error', 'zero'] as const) {
+      for (const [policy, threads] of [
+        ['error', 0],
+        ['zero', 0],
+        ['error', 2],
+      ] as const) {
         const img = await openImage(fx.image)
         images.push(img)
         const logs: string[] = []
@@ -417,7 +422,9 @@ export const iscsiTarget: Target = {
           listen: {kind: 'tcp', host: '127.0.0.1', port: 0},
           image: fx.image,
           log: (l) => logs.push(l),
+          threads,
         })
+        if (threads && running.threads !== threads) throw new Error(`serving threads did not start: ${logs.join('; ')}`)
         const srv: Server = {policy, running, logs, isid: 1}
         servers.push(srv)
         srv.witness = await newWitness(srv)

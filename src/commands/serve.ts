@@ -49,7 +49,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     'no-auth': Flags.boolean({description: 'iSCSI with --allow-remote: serve without CHAP (anyone who can reach the address can read the image)'}),
     'export-name': Flags.string({description: 'NBD export name (default: the image file name; "" always works too)'}),
     threads: Flags.integer({
-      description: `NBD: serving threads per connection, each reading, decoding and answering requests (default: the number of cores, at most 8; 0 serves on the main thread)`,
+      description: `NBD: serving threads per connection, each reading, decoding and answering requests; iSCSI: serving threads, each serving one connection after its login (default: the number of cores, at most 8; 0 serves on the main thread)`,
       min: 0,
       max: 64,
     }),
@@ -97,7 +97,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         stop = () => h.close()
       } else if (protocol === 'iscsi') {
         if (address.kind !== 'tcp') throw new VdevError('usage', '--protocol iscsi needs a HOST:PORT address (iSCSI runs over TCP)')
-        const running = await startIscsiServer(server, {listen: address, image: args.image, chap, log})
+        const running = await startIscsiServer(server, {listen: address, image: args.image, chap, log, threads: flags.threads ?? defaultThreadsPerConnection()})
         const listen = formatListen(running.address)
         this.ready(
           {protocol, listen, target: running.iqn, lun: running.lun, uri: running.uri},

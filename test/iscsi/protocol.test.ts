@@ -295,6 +295,79 @@ describe('iscsi target: PDUs (raw client)', function () {
     })
   })
 
+  describe('on serving threads (the full-feature phase handed to a thread after login)', () => {
+    let tt: RunningIscsiTarget
+    let server: BlockServer
+    let img: VdimgImage
+    const threadLogs: string[] = []
+    before(async () => {
+      img = await openImage(fx.image)
+      server = new BlockServer(img)
+      tt = await startIscsiServer(server, {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, image: fx.image, log: (l) => threadLogs.push(l), threads: 2})
+      assert.equal(tt.threads, 2, threadLogs.join('; '))
+    })
+    after(async () => {
+      await tt?.close()
+      await img?.close()
+    })
+    const threadSession = async (isid: string, extra: Record<string, string> = {}) => {
+      const c = await IscsiRawClient.connect(tt.address.port)
+      clients.push(c)
+      await c.login(tt.iqn, extra, isid)
+      return c
+    }
+
+    it('reads, Data-In cut to 4 KiB segments and 8 KiB bursts, MEDIUM ERROR with the good prefix; counted in server.stats', async () => {
+      const before = server.stats
+      const c = await threadSession('400001370101', {MaxRecvDataSegmentLength: '4096', MaxBurstLength: '8192'})
+      const r = await c.scsi(read10(100, 64), 64 * SECTOR)
+      assert.equal(r.dataIns.length, 8)
+      assert.ok(r.data.equals(raw.subarray(100 * SECTOR, 164 * SECTOR)))
+      const badLba = fx.bad[0].offset / SECTOR
+      const m = await c.scsi(read10(badLba - 3, 8), 8 * SECTOR)
+      assert.equal(m.status, 2)
+      assert.ok(m.data.equals(raw.subarray((badLba - 3) * SECTOR, badLba * SECTOR)))
+      assert.equal(m.sense!.readUInt32BE(3), badLba)
+      assert.equal(m.residual, 5 * SECTOR)
+      const ping = await c.nop(Buffer.from('ping'))
+      assert.equal(ping.data.toString(), 'ping')
+      const after = server.stats
+      assert.ok(after.reads >= before.reads + 2, `reads ${before.reads} → ${after.reads}`)
+      assert.ok(after.badReads >= before.badReads + 1)
+      assert.ok(tt.target.threads!.stats.connections >= 1, 'the session was handed to a thread')
+    })
+
+    it('two sessions on two threads at once; a third is served on the main thread; reinstatement ends a threaded session', async () => {
+      const a = await threadSession('400001370201')
+      const b = await threadSession('400001370202')
+      const c = await threadSession('400001370203')
+      for (const x of [a, b, c]) {
+        const r = await x.scsi(read10(40, 8), 8 * SECTOR)
+        assert.ok(r.data.equals(raw.subarray(40 * SECTOR, 48 * SECTOR)))
+      }
+      const st = tt.target.threads!.stats
+      assert.ok(st.refused >= 1, `a third connection found no free thread (${JSON.stringify(st)})`)
+      const again = await threadSession('400001370201')
+      await a.closed
+      assert.ok((await again.scsi(read10(0, 1), SECTOR)).data.equals(raw.subarray(0, SECTOR)))
+    })
+
+    it('a malformed PDU on a threaded connection: Reject, then a data segment too large drops it; the thread serves the next', async () => {
+      const c = await threadSession('400001370301')
+      const bad = pdu(0x1f, 0x80, Buffer.alloc(0), (b) => b.writeUInt32BE(77, 16))
+      c.send(bad)
+      assert.equal((await c.read()).opcode, 0x3f)
+      const h = Buffer.alloc(48)
+      h[0] = 0x40
+      h[1] = 0x80
+      h.writeUIntBE(0xffffff, 5, 3)
+      c.send(h)
+      await c.closed
+      const d = await threadSession('400001370302')
+      assert.ok((await d.scsi(read10(3, 1), SECTOR)).data.equals(raw.subarray(3 * SECTOR, 4 * SECTOR)))
+    })
+  })
+
   describe('malformed input: the connection is dropped or rejected, the others and the server go on', () => {
     it('an unknown opcode in the full feature phase gets a Reject (0x05) carrying its header; the session goes on', async () => {
       const c = await session()
@@ -356,7 +429,15 @@ describe('iscsi target: PDUs (raw client)', function () {
       await stillServes()
     })
 
-    it('close() ends sessions that are open and resolves', async () => {
+    it('close() ends sessions that are open and resolves (on the main thread and on serving threads)', async () => {
+      const img2 = await openImage(fx.goodImage)
+      const t3 = await startIscsiServer(new BlockServer(img2), {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, image: fx.goodImage, threads: 1})
+      const c2 = await IscsiRawClient.connect(t3.address.port)
+      clients.push(c2)
+      await c2.login(t3.iqn)
+      await t3.close()
+      await c2.closed
+      await img2.close()
       const img = await openImage(fx.goodImage)
       const t2 = await startIscsiServer(new BlockServer(img), {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, image: fx.goodImage})
       const c = await IscsiRawClient.connect(t2.address.port)

@@ -12,6 +12,7 @@ import type {BlockServer} from '../../core/blockserver'
 import {listen, type ListenAddress} from '../listen'
 import type {ChapConfig} from './login'
 import {IscsiTarget} from './server'
+import {IscsiThreads} from './threads'
 
 export {IscsiTarget, IscsiConnection, QUEUE_DEPTH} from './server'
 export {LogicalUnit, COMMANDS} from './scsi'
@@ -22,6 +23,8 @@ export const ISCSI_DEFAULT_PORT = 3260
 export const IQN_PREFIX = 'iqn.2026-01.dev.vdev'
 /** The one LUN of every target. */
 export const LUN = 0
+/** Decoded-chunk cache of each serving thread's instance of the source. */
+export const THREAD_CACHE_BYTES = 8 << 20
 
 export interface ImageIdentity {
   iqn: string
@@ -67,6 +70,8 @@ export function imageIdentity(server: BlockServer, imagePath: string): ImageIden
 
 export interface RunningIscsiTarget {
   target: IscsiTarget
+  /** Serving threads started (0: connections are served on the main thread). */
+  threads: number
   address: {kind: 'tcp'; host: string; port: number}
   iqn: string
   lun: number
@@ -81,17 +86,42 @@ export function iscsiUri(host: string, port: number, iqn: string, lun = LUN): st
 
 export async function startIscsiServer(
   server: BlockServer,
-  opts: {listen: ListenAddress; image: string; chap?: ChapConfig; log?: (line: string) => void; identity?: ImageIdentity},
+  opts: {
+    listen: ListenAddress
+    image: string
+    chap?: ChapConfig
+    log?: (line: string) => void
+    identity?: ImageIdentity
+    /** Serving threads, each serving one connection's full-feature phase (0 or absent: the main thread). */
+    threads?: number
+  },
 ): Promise<RunningIscsiTarget> {
   if (opts.listen.kind !== 'tcp') throw new Error('iSCSI listens on TCP only')
   const id = opts.identity ?? imageIdentity(server, opts.image)
-  const target = new IscsiTarget(server, {iqn: id.iqn, chap: opts.chap, identity: {naa: id.naa, serial: id.serial, iqn: id.iqn}, log: opts.log})
+  const identity = {naa: id.naa, serial: id.serial, iqn: id.iqn}
+  const log = opts.log ?? (() => {})
+  let threads: IscsiThreads | undefined
+  if (opts.threads && opts.threads > 0) {
+    try {
+      threads = await IscsiThreads.start(server, {count: opts.threads, cacheBytes: THREAD_CACHE_BYTES, config: {iqn: id.iqn, identity}, log})
+    } catch (err) {
+      log(`iscsi: serving threads unavailable, serving on the main thread: ${(err as Error).message.split('\n')[0]}`)
+    }
+  }
+  const target = new IscsiTarget(server, {iqn: id.iqn, chap: opts.chap, identity, log: opts.log, threads})
   const listener = net.createServer({noDelay: true})
   target.attach(listener)
-  const address = (await listen(listener, opts.listen)) as {kind: 'tcp'; host: string; port: number}
+  let address: {kind: 'tcp'; host: string; port: number}
+  try {
+    address = (await listen(listener, opts.listen)) as {kind: 'tcp'; host: string; port: number}
+  } catch (err) {
+    await threads?.close()
+    throw err
+  }
   let closing: Promise<void> | undefined
   return {
     target,
+    threads: threads?.threads ?? 0,
     address,
     iqn: id.iqn,
     lun: LUN,

@@ -17,6 +17,7 @@ import {EndOfStream, SocketReader} from '../nbd/reader'
 import {LoginFailure, LoginNegotiation, TARGET_MAX_RECV_DATA_SEGMENT, PORTAL_GROUP_TAG, type Negotiated, type TargetConfig} from './login'
 import * as P from './pdu'
 import {LogicalUnit, newNexus, type LunIdentity, type Nexus, type ScsiResult} from './scsi'
+import type {HandedConnection, HandoffState, IscsiThreads} from './threads'
 
 /** Commands one session may have outstanding (the CmdSN window, MaxCmdSN − ExpCmdSN + 1). */
 export const QUEUE_DEPTH = 32
@@ -32,6 +33,8 @@ class ProtocolViolation extends Error {}
 export interface IscsiTargetOptions extends TargetConfig {
   identity: LunIdentity
   log?: (line: string) => void
+  /** Serving threads: a normal session's full-feature phase is served on one after its login (threads.ts). */
+  threads?: IscsiThreads
 }
 
 /** A session's identity and state; with MaxConnections=1 it has exactly one connection. */
@@ -91,6 +94,18 @@ export class IscsiTarget {
     return c
   }
 
+  /** Serve a connection handed over past its login (a serving thread's side, thread.ts). */
+  resume(socket: Socket, state: HandoffState, leftover: Buffer): IscsiConnection {
+    const c = new IscsiConnection(this, socket)
+    this.connections.add(c)
+    void c.resumeRun(state, leftover).finally(() => this.connections.delete(c))
+    return c
+  }
+
+  get threads(): IscsiThreads | undefined {
+    return this.opts.threads
+  }
+
   get connectionCount(): number {
     return this.connections.size
   }
@@ -129,6 +144,7 @@ export class IscsiTarget {
   async close(): Promise<void> {
     this.closing = true
     await Promise.all([...this.connections].map((c) => c.shutdown()))
+    await this.opts.threads?.close()
   }
 }
 
@@ -164,6 +180,8 @@ export class IscsiConnection {
   private textBytes = 0
   private readonly stopped: Promise<void>
   private resolveStopped!: () => void
+  /** Set once the full-feature phase was handed to a serving thread. */
+  private handed: HandedConnection | undefined
 
   constructor(
     private readonly target: IscsiTarget,
@@ -176,13 +194,20 @@ export class IscsiConnection {
     this.stopped = new Promise((r) => (this.resolveStopped = r))
   }
 
+  /** Resolves once the connection is closed and forgotten. */
+  get finished(): Promise<void> {
+    return this.stopped
+  }
+
   destroy(): void {
     this.stopping = true
+    this.handed?.kill()
     this.socket.destroy()
   }
 
   async shutdown(): Promise<void> {
     this.stopping = true
+    if (this.handed) await this.handed.stop()
     // Commands in flight are answered, then the socket is closed (which ends a read waiting for the next PDU).
     this.dropWaiting()
     await this.idle()
@@ -199,7 +224,7 @@ export class IscsiConnection {
   async run(): Promise<void> {
     try {
       await this.login()
-      if (this.session && !this.stopping) await this.fullFeature()
+      if (this.session && !this.stopping && !(await this.handOff())) await this.fullFeature()
     } catch (err) {
       if (!(err instanceof EndOfStream) && !this.stopping) this.target.log(`iscsi ${this.peer}: ${(err as Error).message}`)
     } finally {
@@ -210,6 +235,66 @@ export class IscsiConnection {
       this.close()
       this.resolveStopped()
     }
+  }
+
+  /** The serving thread's side: the full-feature phase of a connection whose login ran on the main thread. */
+  async resumeRun(state: HandoffState, leftover: Buffer): Promise<void> {
+    this.params = state.params
+    const s = new Session(state.tsih, state.isid, state.params.initiatorName, state.params)
+    s.expCmdSN = state.expCmdSN
+    s.nexus.unitAttention = state.unitAttention
+    s.connection = this
+    this.session = s
+    this.statSN = state.statSN
+    this.reader.putBack(leftover)
+    try {
+      await this.fullFeature()
+    } catch (err) {
+      if (!(err instanceof EndOfStream) && !this.stopping) this.target.log(`iscsi ${state.peer}: ${(err as Error).message}`)
+    } finally {
+      this.stopping = true
+      this.dropWaiting()
+      await this.idle()
+      this.close()
+      this.resolveStopped()
+    }
+  }
+
+  /**
+   * Hand the full-feature phase of a normal session to a serving thread, if the target has them and one is
+   * free: the socket's descriptor is duplicated for it and Node's handle closed, with any bytes already read.
+   * Returns once the thread has finished with the connection; false when it stays on this thread.
+   */
+  private async handOff(): Promise<boolean> {
+    const pool = this.target.threads
+    const session = this.session!
+    if (!pool || session.params.sessionType !== 'Normal' || this.stopping || this.socket.destroyed) return false
+    const fd = (this.socket as unknown as {_handle?: {fd?: unknown}})._handle?.fd
+    if (typeof fd !== 'number' || fd < 0) return false
+    // The final login response must be on its way before the socket changes hands.
+    if (this.socket.writableLength > 0) await this.drained()
+    if (this.stopping || this.socket.destroyed) return false
+    // From here to destroy() all is synchronous: no more data can reach the reader in between.
+    const leftover = this.reader.takeBuffered()
+    const state: HandoffState = {
+      params: session.params,
+      isid: session.isid,
+      tsih: session.tsih,
+      expCmdSN: session.expCmdSN,
+      statSN: this.statSN,
+      unitAttention: session.nexus.unitAttention,
+      peer: this.peer,
+    }
+    const handed = pool.serve(fd, state, leftover)
+    if (!handed) {
+      this.reader.putBack(leftover)
+      return false
+    }
+    this.handed = handed
+    this.socket.destroy()
+    const why = await handed.done
+    if (why !== 'closed') this.target.log(`iscsi ${this.peer}: ${why}`)
+    return true
   }
 
   // ---- reading PDUs ----
