@@ -12,6 +12,7 @@ PACKAGES=(
   nbdkit libnbd-bin python3-libnbd nbd-client qemu-utils   # NBD peers: nbdkit, nbdinfo, nbdcopy, nbdfuse, qemu-img, qemu-nbd
   libnfs-utils       # nfs-ls, nfs-cat
   libiscsi-bin qemu-block-extra   # iSCSI peers: iscsi-test-cu, iscsi-inq, iscsi-ls, iscsi-readcapacity16, iscsi-perf; qemu's iscsi:// driver
+  open-iscsi         # iscsistart: the kernel initiator's login in the VM
   ewf-tools xmount fio   # benchmark peers
   qemu-system-x86 busybox-static   # the real-kernel VM harness
   gcc libc6-dev linux-libc-dev     # ABI tests compile C against the kernel's UAPI headers

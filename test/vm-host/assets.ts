@@ -35,6 +35,9 @@ export const WANTED_MODULES = [
   'nfs_acl',
   'nfs',
   'nfsv3',
+  'crc32c_generic', // the iSCSI initiator's digests: without it the login fails with ENOMEM
+  'sd_mod',
+  'iscsi_tcp', // the kernel iSCSI initiator (test/vm/iscsi.test.ts)
 ]
 
 /** Kernel package name pattern: the bookworm backport of 6.12, generic amd64 flavour, unsigned image. */
