@@ -10,6 +10,9 @@ import {formatListen, isLoopback, parseListen, type ListenAddress} from '../serv
 import {DEFAULT_POLL_MICROSECONDS, NBD_DEFAULT_PORT, defaultThreadsPerConnection, startNbdServer} from '../serve/nbd'
 import {ISCSI_DEFAULT_PORT, startIscsiServer} from '../serve/iscsi'
 import * as fs from 'node:fs'
+import * as os from 'node:os'
+import type {BlockSource} from '../core/source'
+import {Overlay} from '../layers/overlay'
 
 /** What src/serve/nfs exports (loaded lazily: the NFS server is optional for this command). */
 interface NfsModule {
@@ -21,7 +24,7 @@ interface NfsModule {
 
 export default class Serve extends VdevCommand {
   static override summary = 'Serve an image read-only over NBD (or NFS v3, or iSCSI) until interrupted'
-  static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3, or with --protocol iscsi as an iSCSI target with one read-only LUN (0) whose unreadable sectors fail with MEDIUM ERROR (Windows' built-in initiator, open-iscsi, qemu, libiscsi). The export is read-only; reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
+  static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3, or with --protocol iscsi as an iSCSI target with one read-only LUN (0) whose unreadable sectors fail with MEDIUM ERROR (Windows' built-in initiator, open-iscsi, qemu, libiscsi). The export is read-only unless --overlay FILE or --scratch is given (NBD only: then writes, write-zeroes, discards and flushes go to a copy-on-write overlay file and the image is never written; docs/OVERLAY.md); reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
 
 It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCSI_DEFAULT_PORT} for iSCSI) unless told otherwise; a non-loopback address also needs --allow-remote, because anyone who can reach it can read the image. With --json it prints one line once it accepts connections and nothing else on stdout. SIGINT or SIGTERM stops it: the listener closes, requests in flight finish, and it exits 0.`
   static override examples = [
@@ -31,6 +34,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     'qemu-system-x86_64 -drive file=nbd://127.0.0.1:10809/disk.vdimg,format=raw,readonly=on …',
     '<%= config.bin %> serve disk.vdimg --protocol nfs --listen 127.0.0.1:2049',
     '<%= config.bin %> serve rescued.img --mapfile rescued.map   # GNU ddrescue output, as it is',
+    '<%= config.bin %> serve disk.vdimg --overlay disk.vdovl   # read-write; writes go to disk.vdovl, the image is untouched',
     '<%= config.bin %> serve disk.vdimg --protocol iscsi --json   # {"protocol":"iscsi","listen":"127.0.0.1:3260","target":"iqn.2026-01.dev.vdev:disk-…","lun":0,"uri":"iscsi://…"}',
     '<%= config.bin %> serve disk.vdimg --protocol iscsi --listen 0.0.0.0:3260 --allow-remote --chap-user vdev --chap-secret-file /etc/vdev/chap',
   ]
@@ -47,6 +51,11 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     'chap-user': Flags.string({description: 'iSCSI: require CHAP (MD5) authentication as this user; the secret comes from --chap-secret-file'}),
     'chap-secret-file': Flags.string({description: 'iSCSI: file holding the CHAP secret (first line; 12-16 bytes or more recommended)'}),
     'no-auth': Flags.boolean({description: 'iSCSI with --allow-remote: serve without CHAP (anyone who can reach the address can read the image)'}),
+    overlay: Flags.string({
+      description:
+        'NBD: serve read-write, every write going to this copy-on-write overlay file (created if missing; docs/OVERLAY.md); the image is never written',
+    }),
+    scratch: Flags.boolean({description: 'NBD: serve read-write into a temporary overlay that is deleted when serve exits'}),
     'export-name': Flags.string({description: 'NBD export name (default: the image file name; "" always works too)'}),
     threads: Flags.integer({
       description: `NBD: serving threads per connection, each reading, decoding and answering requests; iSCSI: serving threads, each serving one connection after its login (default: the number of cores, at most 8; 0 serves on the main thread)`,
@@ -79,18 +88,42 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
       process.once('SIGINT', resolve)
       process.once('SIGTERM', resolve)
     })
-    const image = await openSourceArg(args.image, sourceArgs(flags))
+    if (flags.overlay !== undefined && flags.scratch) throw new VdevError('usage', '--overlay and --scratch exclude each other')
+    const writable = flags.overlay !== undefined || flags.scratch
+    if (writable && protocol !== 'nbd') throw new VdevError('usage', `--overlay and --scratch work with --protocol nbd only in this version (not ${protocol}; docs/OVERLAY.md)`)
+    let scratchDir: string | undefined
+    const removeScratch = () => {
+      if (scratchDir) fs.rmSync(scratchDir, {recursive: true, force: true})
+      scratchDir = undefined
+    }
+    const base = await openSourceArg(args.image, sourceArgs(flags))
+    let image: BlockSource = base
+    if (writable) {
+      let file = flags.overlay
+      if (!file) {
+        scratchDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-scratch-'))
+        process.once('exit', removeScratch)
+        file = path.join(scratchDir, 'overlay.vdovl')
+      }
+      try {
+        image = await Overlay.open(base, file)
+      } catch (err) {
+        await base.close()
+        removeScratch()
+        throw err
+      }
+    }
     const log = (line: string) => process.stderr.write(`vdev serve: ${line}\n`)
     const server = new BlockServer(image, {
       badPolicy: flags['bad-policy'] as BadPolicy,
       onFault: (offset, length, err) => log(`read of ${length} bytes at ${offset} failed: ${(err as Error)?.message ?? err}`),
     })
-    const base = path.basename(args.image)
+    const imageName = path.basename(args.image)
     let stop: () => Promise<void>
     try {
       if (nfs) {
         // The one file in the export is the decoded image: disk.vdimg → disk.img.
-        const fileName = base.replace(/\.(vdimg|img|raw)$/i, '') + '.img'
+        const fileName = imageName.replace(/\.(vdimg|img|raw)$/i, '') + '.img'
         const h = await nfs.startNfsServer(server, {host: (address as {host: string}).host, port: (address as {port: number}).port, exportName: '/', fileName, log})
         const listen = formatListen({kind: 'tcp', host: h.host, port: h.port})
         this.ready({protocol, listen, export: '/', file: fileName}, `serving ${args.image} over NFS v3 at ${listen}, export /, file ${fileName}`)
@@ -105,17 +138,20 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         )
         stop = () => running.close()
       } else {
-        const exportName = flags['export-name'] ?? base
+        const exportName = flags['export-name'] ?? imageName
         const perConnection = flags.threads ?? defaultThreadsPerConnection()
         const threads = perConnection > 0 ? {perConnection, pollMicroseconds: flags['poll-us']} : undefined
         const running = await startNbdServer(server, {listen: address, exportName, log, threads})
         const listen = formatListen(running.address)
         const uri = nbdUri(running.address, exportName)
-        this.ready({protocol, listen, export: exportName, uri}, `serving ${args.image} over NBD at ${uri}`)
+        const overlay = image instanceof Overlay ? {overlay: image.path, scratch: flags.scratch} : {}
+        const how = image instanceof Overlay ? ` read-write into ${flags.scratch ? 'a scratch overlay' : `the overlay ${image.path}`}` : ''
+        this.ready({protocol, listen, export: exportName, uri, ...overlay}, `serving ${args.image} over NBD at ${uri}${how}`)
         stop = () => running.close()
       }
     } catch (err) {
       await image.close()
+      removeScratch()
       throw err
     }
 
@@ -123,8 +159,10 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     if (!this.jsonEnabled()) log(`${signal}: stopping`)
     await stop()
     await server.drain()
-    log(`stopped; ${describeStats(server.stats)}`)
+    const w = server.writeStats
+    log(`stopped; ${describeStats(server.stats)}${server.writable ? `; ${w.writes} writes (${w.writeBytes} bytes), ${w.zeroes} write-zeroes, ${w.trims} trims, ${w.flushes} flushes, ${w.writeErrors} failed` : ''}`)
     await image.close()
+    removeScratch()
   }
 
   private ready(line: Record<string, unknown>, human: string): void {

@@ -17,6 +17,16 @@ export {BlockError, errnoOf, type BadPolicy} from './block-error'
 
 export type BlockStats = ServedCounts
 
+/** What a writable server (an overlay) took: writes, write-zeroes, discards, flushes and their bytes. */
+export interface WriteStats {
+  writes: number
+  writeBytes: number
+  zeroes: number
+  trims: number
+  flushes: number
+  writeErrors: number
+}
+
 export interface BlockServerOptions {
   badPolicy?: BadPolicy
   /** Reads served at once; more wait in a queue. */
@@ -40,6 +50,8 @@ export class BlockServer {
   private closed = false
   private readonly c: Float64Array
   private readonly others: CounterSlots[] = []
+  /** Counted on the owner's thread only: writable sources are never served on serving threads. */
+  readonly writeStats: WriteStats = {writes: 0, writeBytes: 0, zeroes: 0, trims: 0, flushes: 0, writeErrors: 0}
 
   constructor(
     /** The source at the bottom of the stack (its descriptor opens it again on a serving thread). */
@@ -111,6 +123,68 @@ export class BlockServer {
       this.c[COUNTER.inFlight]--
       this.publishCache()
     }
+  }
+
+  /** True when the source takes writes (an overlay): then write, zero, trim and flush may be called. */
+  get writable(): boolean {
+    return this.source.writable === true
+  }
+
+  /** Serve one write. Rejects with BlockError only: EPERM on a read-only source, ENOSPC past the end. */
+  write(offset: number, data: Buffer, opts: {fua?: boolean} = {}): Promise<void> {
+    return this.mutation(offset, data.length, 'write', () => {
+      this.writeStats.writes++
+      this.writeStats.writeBytes += data.length
+      return this.source.write!(offset, data, opts)
+    })
+  }
+
+  /** Make a range read as zeros. */
+  zero(offset: number, length: number, opts: {fua?: boolean} = {}): Promise<void> {
+    return this.mutation(offset, length, 'write-zeroes', () => (this.writeStats.zeroes++, this.source.zero!(offset, length, opts)))
+  }
+
+  /** Discard a range (it reads as zeros afterwards). */
+  trim(offset: number, length: number, opts: {fua?: boolean} = {}): Promise<void> {
+    return this.mutation(offset, length, 'trim', () => (this.writeStats.trims++, this.source.trim!(offset, length, opts)))
+  }
+
+  /** Make every write answered so far durable. A read-only server has nothing to flush. */
+  async flush(): Promise<void> {
+    if (!this.writable) return
+    if (this.closed) throw new BlockError('ESHUTDOWN', 'device is shutting down')
+    this.writeStats.flushes++
+    await this.acquire()
+    try {
+      await this.source.flush!()
+    } catch (err) {
+      throw this.writeFailed(err)
+    } finally {
+      this.release()
+    }
+  }
+
+  private async mutation(offset: number, length: number, what: string, f: () => Promise<void>): Promise<void> {
+    if (this.closed) throw new BlockError('ESHUTDOWN', 'device is shutting down')
+    if (!this.writable) throw new BlockError('EPERM', 'the export is read-only')
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0)
+      throw new BlockError('EINVAL', `invalid request (${offset}, ${length})`)
+    // NBD: "The server SHOULD return NBD_ENOSPC if it receives a write request including one or more sectors beyond the size".
+    if (offset + length > this.size) throw new BlockError('ENOSPC', `${what} of ${length} bytes at ${offset} extends past the end (${this.size})`)
+    await this.acquire()
+    try {
+      await f()
+    } catch (err) {
+      throw this.writeFailed(err)
+    } finally {
+      this.release()
+    }
+  }
+
+  private writeFailed(err: unknown): BlockError {
+    this.writeStats.writeErrors++
+    if (err instanceof BlockError) return err
+    return new BlockError('EIO', (err as Error)?.message ?? String(err))
   }
 
   /** The checks every request gets before the source is asked: open, well formed, inside the image. */

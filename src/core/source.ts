@@ -47,6 +47,11 @@ export interface OpenSourceOptions {
   decompressThreads?: number
 }
 
+/** How a write is acknowledged: with `fua`, only once it is on stable storage. */
+export interface WriteOptions {
+  fua?: boolean
+}
+
 export interface CacheStats {
   hits: number
   misses: number
@@ -71,5 +76,19 @@ export interface BlockSource {
   extents?(offset: number, length: number): Promise<Extent[]>
   /** Cache hits and misses of a source that caches decoded data. */
   cacheStats?(): CacheStats
+  /**
+   * True for a source that takes writes (the overlay, src/layers/overlay.ts; docs/OVERLAY.md). A writable
+   * source has one owner and no descriptor: it is served on the thread that opened it, never on serving
+   * threads. Every other source is read-only and implements none of the methods below.
+   */
+  readonly writable?: boolean
+  /** Write `data` at `offset` (any alignment); resolves once written (and on stable storage with fua). */
+  write?(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>
+  /** Make [offset, offset+length) read as zeros. */
+  zero?(offset: number, length: number, opts?: WriteOptions): Promise<void>
+  /** Discard [offset, offset+length): it reads as zeros afterwards. */
+  trim?(offset: number, length: number, opts?: WriteOptions): Promise<void>
+  /** Every write resolved before this call is on stable storage when it resolves. */
+  flush?(): Promise<void>
   close(): Promise<void>
 }

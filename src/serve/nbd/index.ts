@@ -52,6 +52,8 @@ export function defaultThreadsPerConnection(): number {
 export async function startNbdThreads(server: BlockServer, t: NbdThreadOptions, log: (line: string) => void): Promise<ConnectionThreads | undefined> {
   const perConnection = t.perConnection ?? defaultThreadsPerConnection()
   if (perConnection <= 0) return undefined
+  // A writable source (an overlay) has one owner and is served on the main thread (docs/OVERLAY.md).
+  if (server.writable) return undefined
   try {
     return await ConnectionThreads.start(server, {
       perConnection,

@@ -35,15 +35,17 @@ export class Responder {
    * The reply to `req` (its payload, if any, already consumed), at once or when its read finishes. In sync
    * mode a read reply points into a buffer reused by the next call: write it before answering again.
    */
-  answer(req: P.Request): Reply | Promise<Reply> {
+  answer(req: P.Request, payload?: Buffer): Reply | Promise<Reply> {
     switch (req.type) {
       case P.NBD_CMD_READ:
         return this.read(req)
       case P.NBD_CMD_WRITE:
       case P.NBD_CMD_TRIM:
       case P.NBD_CMD_WRITE_ZEROES:
-        return this.error(req, P.NBD_EPERM, 'the export is read-only')
+        if (!this.server.writable) return this.error(req, P.NBD_EPERM, 'the export is read-only')
+        return this.mutate(req, payload)
       case P.NBD_CMD_FLUSH:
+        if (this.server.writable) return this.done(req, this.server.flush())
         return this.ok(req)
       case P.NBD_CMD_CACHE:
         return this.outOfRange(req) ?? this.ok(req)
@@ -61,6 +63,28 @@ export class Responder {
   error(req: P.Request, errno: number, message: string, offset?: number): Reply {
     if (this.session.structured) return [P.encodeErrorChunk(req.cookie, P.NBD_REPLY_FLAG_DONE, errno, message, offset)]
     return [P.encodeSimpleReply(req.cookie, errno)]
+  }
+
+  /** A write, write-zeroes or trim on a writable export (an overlay); FUA makes it durable before the reply. */
+  private mutate(req: P.Request, payload: Buffer | undefined): Promise<Reply> {
+    const fua = (req.flags & P.NBD_CMD_FLAG_FUA) !== 0
+    const s = this.server
+    if (req.type === P.NBD_CMD_WRITE) {
+      if (!payload || payload.length !== req.length) return Promise.resolve(this.error(req, P.NBD_EINVAL, 'write without its payload'))
+      return this.done(req, s.write(req.offset, payload, {fua}))
+    }
+    return this.done(req, req.type === P.NBD_CMD_TRIM ? s.trim(req.offset, req.length, {fua}) : s.zero(req.offset, req.length, {fua}))
+  }
+
+  private done(req: P.Request, p: Promise<void>): Promise<Reply> {
+    return p.then(
+      () => this.ok(req),
+      (err: unknown) => {
+        const e = err instanceof BlockError ? err : new BlockError('EIO', String((err as Error)?.message ?? err))
+        this.opts.log(`nbd ${this.opts.peer}: command ${req.type} at ${req.offset} (${req.length} bytes) failed: ${e.message}`)
+        return this.error(req, P.ERRNO_TO_NBD[e.errno] ?? P.NBD_EIO, e.message)
+      },
+    )
   }
 
   private outOfRange(req: P.Request): Reply | undefined {

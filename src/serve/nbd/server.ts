@@ -64,7 +64,9 @@ export class NbdServer {
   /** Transmission flags of this export. */
   transmissionFlags(structured: boolean): number {
     let f = P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_READ_ONLY | P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_CACHE
-    // Read-only, no cache between connections: every connection sees the same bytes.
+    // Writable (an overlay, docs/OVERLAY.md): one overlay serves every connection on this thread.
+    if (this.server.writable) f = (f & ~P.NBD_FLAG_READ_ONLY) | P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_TRIM | P.NBD_FLAG_SEND_WRITE_ZEROES
+    // No cache between connections, and a flush syncs the one overlay: every connection sees the same bytes.
     f |= P.NBD_FLAG_CAN_MULTI_CONN
     // Reads are always answered with one content chunk, so "don't fragment" is honoured as is.
     if (structured) f |= P.NBD_FLAG_SEND_DF
@@ -304,6 +306,7 @@ export class NbdConnection {
       if (this.stopping) return
       const hdr = reader.tryRead(P.REQUEST_SIZE) ?? (await reader.read(P.REQUEST_SIZE))
       const req = P.decodeRequest(hdr)
+      let payload: Buffer | undefined
       if (req.magic !== P.NBD_REQUEST_MAGIC) throw new ProtocolViolation(`bad request magic 0x${req.magic.toString(16)}`)
       if (this.stopping) {
         // "...any subsequently received requests SHOULD be ESHUTDOWN" (Terminating the transmission phase).
@@ -313,11 +316,12 @@ export class NbdConnection {
       if (req.type === P.NBD_CMD_WRITE) {
         // The payload follows the header; it must be consumed (or the connection closed) to stay in sync.
         if (req.length > P.MAX_PAYLOAD) throw new ProtocolViolation(`write payload of ${req.length} bytes`)
-        await reader.skip(req.length)
+        if (this.nbd.server.writable) payload = await reader.read(req.length)
+        else await reader.skip(req.length)
       }
       // "The server MUST handle all outstanding requests" before closing (run() waits for them).
       if (req.type === P.NBD_CMD_DISC) return
-      const reply = this.responder.answer(req)
+      const reply = this.responder.answer(req, payload)
       if (!(reply instanceof Promise)) {
         this.send(reply)
         continue

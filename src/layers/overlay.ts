@@ -1,0 +1,622 @@
+/**
+ * The copy-on-write overlay (docs/OVERLAY.md): a layer over any source that takes writes, write-zeroes,
+ * discards and flushes into one append-only log file and merges that log with the base on reads. The base
+ * is only ever read. The log is the whole format: a checksummed header naming the base, then records, each
+ * one checksummed header (and the data it carries) appended at the end; on open the longest valid prefix of
+ * records is the overlay, and anything after it (a write torn by a crash) is cut off.
+ *
+ * Why this is crash safe: a record is appended to fresh space only, so no byte that an earlier record or the
+ * header points at is ever rewritten; a record counts only if its header and data checksums match, so a torn
+ * record is invisible (its sectors read as they were); flush (and FUA) is fdatasync, so every record
+ * acknowledged before it is on stable storage and, the log being a prefix, replayed.
+ *
+ * One owner: the overlay has no descriptor, so it is never opened again on a serving thread.
+ */
+import * as crypto from 'node:crypto'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {promisify} from 'node:util'
+import {BlockError} from '../core/block-error'
+import {VdevError, ioError, type BadRange} from '../core/errors'
+import type {BlockSource, Extent, ReadResult, WriteOptions} from '../core/source'
+import {crc32c} from '../format/crc'
+
+// ---- the format (docs/OVERLAY.md, "Layout"); all integers little-endian ----
+export const OVERLAY_MAGIC = Buffer.from('VDEVOVL\0', 'latin1')
+export const OVERLAY_VERSION = 1
+export const HEADER_SIZE = 4096
+export const RECORD_MAGIC = 0x524c5656 // "VVLR" little-endian bytes 56 56 4c 52
+export const RECORD_HEADER_SIZE = 64
+/** The largest record's data: larger writes become several records. */
+export const MAX_RECORD_DATA = 32 * 1024 * 1024
+export const BASE_MEDIA_HASH = 1
+export const BASE_RAW_IDENTITY = 2
+/** Bytes at each end of a raw base hashed into its identity. */
+export const IDENTITY_SPAN = 1024 * 1024
+
+export const REC_WRITE = 1
+export const REC_ZERO = 2
+export const REC_TRIM = 3
+
+export interface BaseIdentity {
+  kind: number
+  hash: Buffer
+}
+
+export interface OverlayHeader {
+  version: number
+  size: number
+  sectorSize: number
+  base: BaseIdentity
+  id: Buffer
+  created: number
+}
+
+/** What a base is, for the header: its media hash, or (no media hash) a hash of size, sector size and both ends. */
+export async function baseIdentity(base: BlockSource): Promise<BaseIdentity> {
+  const media = (base as {sha256?: unknown}).sha256
+  if (typeof media === 'string' && /^[0-9a-f]{64}$/i.test(media)) return {kind: BASE_MEDIA_HASH, hash: Buffer.from(media, 'hex')}
+  const h = crypto.createHash('sha256')
+  const dims = Buffer.alloc(12)
+  dims.writeBigUInt64LE(BigInt(base.size), 0)
+  dims.writeUInt32LE(base.sectorSize, 8)
+  h.update(dims)
+  const first = Math.min(IDENTITY_SPAN, base.size)
+  h.update((await base.read(0, first)).data)
+  const lastAt = Math.max(0, base.size - IDENTITY_SPAN)
+  h.update((await base.read(lastAt, base.size - lastAt)).data)
+  return {kind: BASE_RAW_IDENTITY, hash: h.digest()}
+}
+
+export function describeBase(b: BaseIdentity): string {
+  return `${b.kind === BASE_MEDIA_HASH ? 'media sha256' : b.kind === BASE_RAW_IDENTITY ? 'raw identity' : `kind ${b.kind}`} ${b.hash.toString('hex')}`
+}
+
+export function encodeHeader(h: OverlayHeader): Buffer {
+  const b = Buffer.alloc(HEADER_SIZE)
+  OVERLAY_MAGIC.copy(b, 0)
+  b.writeUInt16LE(h.version, 8)
+  b.writeUInt16LE(0, 10)
+  b.writeUInt32LE(HEADER_SIZE, 12)
+  b.writeBigUInt64LE(BigInt(h.size), 16)
+  b.writeUInt32LE(h.sectorSize, 24)
+  b.writeUInt32LE(h.base.kind, 28)
+  h.base.hash.copy(b, 32, 0, 32)
+  h.id.copy(b, 64, 0, 16)
+  b.writeBigUInt64LE(BigInt(h.created), 80)
+  b.writeUInt32LE(crc32c(b.subarray(0, HEADER_SIZE - 4)), HEADER_SIZE - 4)
+  return b
+}
+
+export function decodeHeader(b: Buffer, name: string): OverlayHeader {
+  const bad = (why: string) => new VdevError('format', `${name}: not a valid vdev overlay: ${why}`)
+  if (b.length < HEADER_SIZE) throw bad(`shorter than its ${HEADER_SIZE}-byte header (${b.length} bytes)`)
+  if (!b.subarray(0, 8).equals(OVERLAY_MAGIC)) throw bad('bad magic (at byte 0)')
+  if (b.readUInt32LE(HEADER_SIZE - 4) !== crc32c(b.subarray(0, HEADER_SIZE - 4))) throw bad('header checksum mismatch (at byte 4092)')
+  const version = b.readUInt16LE(8)
+  if (version !== OVERLAY_VERSION) throw new VdevError('unsupported', `${name}: overlay version ${version} is not supported (this vdev reads version ${OVERLAY_VERSION})`)
+  if (b.readUInt32LE(12) !== HEADER_SIZE) throw bad(`header length ${b.readUInt32LE(12)} (at byte 12)`)
+  const size = Number(b.readBigUInt64LE(16))
+  const sectorSize = b.readUInt32LE(24)
+  if (![512, 2048, 4096].includes(sectorSize)) throw bad(`sector size ${sectorSize} (at byte 24)`)
+  if (!Number.isSafeInteger(size) || size <= 0) throw bad(`size ${b.readBigUInt64LE(16)} (at byte 16)`)
+  const kind = b.readUInt32LE(28)
+  if (kind !== BASE_MEDIA_HASH && kind !== BASE_RAW_IDENTITY) throw bad(`base kind ${kind} (at byte 28)`)
+  return {
+    version,
+    size,
+    sectorSize,
+    base: {kind, hash: Buffer.from(b.subarray(32, 64))},
+    id: Buffer.from(b.subarray(64, 80)),
+    created: Number(b.readBigUInt64LE(80)),
+  }
+}
+
+interface Record_ {
+  type: number
+  seq: number
+  offset: number
+  length: number
+  dataCrc: number
+}
+
+export function encodeRecordHeader(r: Record_, id: Buffer): Buffer {
+  const b = Buffer.alloc(RECORD_HEADER_SIZE)
+  b.writeUInt32LE(RECORD_MAGIC, 0)
+  b.writeUInt16LE(r.type, 4)
+  b.writeBigUInt64LE(BigInt(r.seq), 8)
+  b.writeBigUInt64LE(BigInt(r.offset), 16)
+  b.writeBigUInt64LE(BigInt(r.length), 24)
+  id.copy(b, 32, 0, 16)
+  b.writeUInt32LE(r.dataCrc, 48)
+  b.writeUInt32LE(crc32c(b.subarray(0, 60)), 60)
+  return b
+}
+
+// ---- the map of written extents ----
+
+export interface MapEntry {
+  start: number
+  end: number
+  kind: 'data' | 'zero'
+  /** File offset of byte `start`'s data (data entries). */
+  file: number
+  /** The record type that made it (REC_ZERO or REC_TRIM for zero entries). */
+  type: number
+}
+
+/** Non-overlapping extents sorted by start; a newer extent replaces whatever it covers. */
+export class ExtentMap {
+  readonly entries: MapEntry[] = []
+
+  /** Index of the first entry whose end is > offset. */
+  private first(offset: number): number {
+    let lo = 0
+    let hi = this.entries.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (this.entries[mid].end <= offset) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+
+  set(e: MapEntry): void {
+    const i = this.first(e.start)
+    const keep: MapEntry[] = []
+    let j = i
+    while (j < this.entries.length && this.entries[j].start < e.end) {
+      const o = this.entries[j]
+      if (o.start < e.start) keep.push({...o, end: e.start})
+      if (o.end > e.end) keep.push({...o, start: e.end, file: o.kind === 'data' ? o.file + (e.end - o.start) : 0})
+      j++
+    }
+    const left = keep.filter((k) => k.start < e.start)
+    const right = keep.filter((k) => k.start >= e.end)
+    this.entries.splice(i, j - i, ...left, e, ...right)
+  }
+
+  /** Entries overlapping [offset, end), clipped to it. */
+  overlapping(offset: number, end: number): MapEntry[] {
+    const out: MapEntry[] = []
+    for (let i = this.first(offset); i < this.entries.length && this.entries[i].start < end; i++) {
+      const o = this.entries[i]
+      const s = Math.max(o.start, offset)
+      out.push({...o, start: s, end: Math.min(o.end, end), file: o.kind === 'data' ? o.file + (s - o.start) : 0})
+    }
+    return out
+  }
+
+  get bytes(): number {
+    let n = 0
+    for (const e of this.entries) n += e.end - e.start
+    return n
+  }
+}
+
+// ---- replay ----
+
+export interface ReplayResult {
+  map: ExtentMap
+  /** End of the valid prefix: where the next record goes. */
+  tail: number
+  records: number
+  lastSeq: number
+  /** Bytes after the valid prefix (a torn or unacknowledged tail), cut off when opened for writing. */
+  discarded: number
+}
+
+function readAt(fd: number, len: number, pos: number): Buffer {
+  const b = Buffer.alloc(len)
+  let got = 0
+  while (got < len) {
+    const n = fs.readSync(fd, b, got, len - got, pos + got)
+    if (n === 0) break
+    got += n
+  }
+  return got === len ? b : b.subarray(0, got)
+}
+
+/** Read the records after the header and keep the longest valid prefix (docs/OVERLAY.md, "Opening"). */
+export function replay(fd: number, h: OverlayHeader, fileSize: number): ReplayResult {
+  const map = new ExtentMap()
+  let at = HEADER_SIZE
+  let seq = 0
+  let records = 0
+  for (;;) {
+    if (at + RECORD_HEADER_SIZE > fileSize) break
+    const r = readAt(fd, RECORD_HEADER_SIZE, at)
+    if (r.length < RECORD_HEADER_SIZE) break
+    if (r.readUInt32LE(0) !== RECORD_MAGIC || r.readUInt32LE(60) !== crc32c(r.subarray(0, 60))) break
+    if (!r.subarray(32, 48).equals(h.id)) break
+    const type = r.readUInt16LE(4)
+    const rseq = Number(r.readBigUInt64LE(8))
+    const offset = Number(r.readBigUInt64LE(16))
+    const length = Number(r.readBigUInt64LE(24))
+    if (rseq !== seq + 1) break
+    if (type !== REC_WRITE && type !== REC_ZERO && type !== REC_TRIM) break
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0 || offset % h.sectorSize !== 0) break
+    if (offset + length > h.size || (length % h.sectorSize !== 0 && offset + length !== h.size)) break
+    const dataAt = at + RECORD_HEADER_SIZE
+    let next = dataAt
+    if (type === REC_WRITE) {
+      // The size is checked before anything is allocated from it.
+      if (length > MAX_RECORD_DATA || dataAt + length > fileSize) break
+      const data = readAt(fd, length, dataAt)
+      if (data.length < length || crc32c(data) !== r.readUInt32LE(48)) break
+      next = dataAt + length
+      map.set({start: offset, end: offset + length, kind: 'data', file: dataAt, type})
+    } else {
+      if (r.readUInt32LE(48) !== 0) break
+      map.set({start: offset, end: offset + length, kind: 'zero', file: 0, type})
+    }
+    seq = rseq
+    records++
+    at = next
+  }
+  return {map, tail: at, records, lastSeq: seq, discarded: fileSize - at}
+}
+
+// ---- the layer ----
+
+export interface OverlayOpenOptions {
+  /** Create the file when it does not exist (default true). */
+  create?: boolean
+}
+
+const fdatasync = promisify(fs.fdatasync)
+const ftruncate = promisify(fs.ftruncate)
+
+async function pwriteAll(fd: number, b: Buffer, pos: number): Promise<void> {
+  let done = 0
+  while (done < b.length) {
+    const n = await new Promise<number>((resolve, reject) => fs.write(fd, b, done, b.length - done, pos + done, (err, w) => (err ? reject(err) : resolve(w))))
+    if (n <= 0) throw Object.assign(new Error('short write'), {code: 'EIO'})
+    done += n
+  }
+}
+
+export class Overlay implements BlockSource {
+  readonly size: number
+  readonly sectorSize: number
+  readonly writable = true
+  private tail: number
+  private seq: number
+  /** Mutations run one at a time, in the order of their records. */
+  private chain: Promise<unknown> = Promise.resolve()
+  private closed = false
+
+  private constructor(
+    readonly base: BlockSource,
+    readonly path: string,
+    private readonly fd: number,
+    readonly header: OverlayHeader,
+    readonly map: ExtentMap,
+    r: ReplayResult,
+  ) {
+    this.size = base.size
+    this.sectorSize = base.sectorSize
+    this.tail = r.tail
+    this.seq = r.lastSeq
+  }
+
+  /**
+   * Open `file` as the overlay of `base` (created if missing): the header must name this base; the valid
+   * prefix of the log is replayed and anything after it cut off. The base is never written.
+   */
+  static async open(base: BlockSource, file: string, opts: OverlayOpenOptions = {}): Promise<Overlay> {
+    const identity = await baseIdentity(base)
+    let fd: number
+    try {
+      fd = fs.openSync(file, 'r+')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || opts.create === false) throw ioError(file, err, 'cannot open the overlay')
+      createOverlayFile(file, {version: OVERLAY_VERSION, size: base.size, sectorSize: base.sectorSize, base: identity, id: crypto.randomBytes(16), created: Date.now()})
+      try {
+        fd = fs.openSync(file, 'r+')
+      } catch (err2) {
+        throw ioError(file, err2, 'cannot open the overlay')
+      }
+    }
+    try {
+      const st = fs.fstatSync(fd)
+      if (!st.isFile()) throw new VdevError('usage', `${file}: an overlay must be a regular file`)
+      const header = decodeHeader(readAt(fd, HEADER_SIZE, 0), file)
+      if (header.base.kind !== identity.kind || !header.base.hash.equals(identity.hash) || header.size !== base.size || header.sectorSize !== base.sectorSize)
+        throw new VdevError(
+          'usage',
+          `${file}: this overlay belongs to another base (${describeBase(header.base)}, ${header.size} bytes, ${header.sectorSize}-byte sectors), not to this image (${describeBase(identity)}, ${base.size} bytes, ${base.sectorSize}-byte sectors)`,
+        )
+      const r = replay(fd, header, st.size)
+      if (r.discarded > 0) {
+        // Cut the torn tail before anything is appended, durably, so a later record can never follow garbage.
+        fs.ftruncateSync(fd, r.tail)
+        fs.fdatasyncSync(fd)
+      }
+      return new Overlay(base, path.resolve(file), fd, header, r.map, r)
+    } catch (err) {
+      fs.closeSync(fd)
+      throw err instanceof VdevError ? err : ioError(file, err, 'cannot open the overlay')
+    }
+  }
+
+  /** Bytes of the image the overlay holds (written, zeroed or discarded). */
+  get bytesWritten(): number {
+    return this.map.bytes
+  }
+
+  async read(offset: number, length: number): Promise<ReadResult> {
+    const end = offset + length
+    const mine = this.map.overlapping(offset, end)
+    if (mine.length === 0) return this.base.read(offset, length)
+    let covered = 0
+    for (const e of mine) covered += e.end - e.start
+    let data: Buffer
+    let bad: BadRange[] = []
+    if (covered < length) {
+      const r = await this.base.read(offset, length)
+      data = r.data
+      bad = r.bad
+    } else data = Buffer.alloc(length)
+    for (const e of mine) {
+      const at = e.start - offset
+      if (e.kind === 'zero') data.fill(0, at, at + e.end - e.start)
+      else await preadAll(this.fd, data, at, e.end - e.start, e.file)
+    }
+    return {data, bad: subtract(bad, mine)}
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    const end = offset + length
+    const out: Extent[] = []
+    const push = (x: Extent) => {
+      if (x.length <= 0) return
+      const last = out[out.length - 1]
+      if (last && last.kind === x.kind && last.offset + last.length === x.offset) last.length += x.length
+      else out.push({...x})
+    }
+    const fromBase = async (s: number, e: number) => {
+      if (e <= s) return
+      const list = this.base.extents ? await this.base.extents(s, e - s) : [{offset: s, length: e - s, kind: 'data' as const}]
+      for (const x of list) {
+        const xs = Math.max(x.offset, s)
+        const xe = Math.min(x.offset + x.length, e)
+        push({offset: xs, length: xe - xs, kind: x.kind})
+      }
+    }
+    let at = offset
+    for (const m of this.map.overlapping(offset, end)) {
+      await fromBase(at, m.start)
+      push({offset: m.start, length: m.end - m.start, kind: m.kind})
+      at = m.end
+    }
+    await fromBase(at, end)
+    return out
+  }
+
+  cacheStats() {
+    return this.base.cacheStats?.() ?? {hits: 0, misses: 0}
+  }
+
+  write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
+    return this.mutate(async () => {
+      const s = this.sectorSize
+      const start = Math.floor(offset / s) * s
+      const end = Math.min(this.size, Math.ceil((offset + data.length) / s) * s)
+      let whole = data
+      if (start !== offset || end !== offset + data.length) {
+        // Read-modify-write of the partial sectors at either end, so every record covers whole sectors.
+        whole = (await this.read(start, end - start)).data
+        data.copy(whole, offset - start)
+      }
+      for (let at = 0; at < whole.length; at += MAX_RECORD_DATA) {
+        const piece = whole.subarray(at, Math.min(whole.length, at + MAX_RECORD_DATA))
+        await this.append(REC_WRITE, start + at, piece.length, piece)
+      }
+      if (opts.fua) await this.sync()
+    })
+  }
+
+  zero(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
+    return this.zeroLike(REC_ZERO, offset, length, opts)
+  }
+
+  /** Discarded sectors read as zeros afterwards (docs/OVERLAY.md). */
+  trim(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
+    return this.zeroLike(REC_TRIM, offset, length, opts)
+  }
+
+  flush(): Promise<void> {
+    return this.mutate(() => this.sync())
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    await this.chain.catch(() => {})
+    this.closed = true
+    try {
+      fs.fdatasyncSync(this.fd)
+    } catch {
+      // Nothing acknowledged depends on this: acknowledged writes were flushed already.
+    }
+    fs.closeSync(this.fd)
+    await this.base.close()
+  }
+
+  private zeroLike(type: number, offset: number, length: number, opts: WriteOptions): Promise<void> {
+    return this.mutate(async () => {
+      const s = this.sectorSize
+      const start = Math.floor(offset / s) * s
+      const end = Math.min(this.size, Math.ceil((offset + length) / s) * s)
+      if (start !== offset || end !== offset + length) {
+        // Partial sectors at the ends are written as data (their other bytes kept); whole ones as a zero record.
+        const inner0 = Math.ceil(offset / s) * s
+        const inner1 = Math.max(inner0, offset + length === this.size ? this.size : Math.floor((offset + length) / s) * s)
+        const zeros = (a: number, b: number) => (b > a ? Buffer.alloc(b - a) : undefined)
+        const head = zeros(offset, Math.min(inner0, offset + length))
+        const tail = inner1 < offset + length ? zeros(inner1, offset + length) : undefined
+        if (inner1 > inner0) await this.append(type, inner0, inner1 - inner0)
+        for (const [at, b] of [[offset, head], [inner1, tail]] as Array<[number, Buffer | undefined]>) {
+          if (!b) continue
+          const a0 = Math.floor(at / s) * s
+          const a1 = Math.min(this.size, Math.ceil((at + b.length) / s) * s)
+          const whole = (await this.read(a0, a1 - a0)).data
+          b.copy(whole, at - a0)
+          await this.append(REC_WRITE, a0, whole.length, whole)
+        }
+      } else if (length > 0) await this.append(type, offset, length)
+      if (opts.fua) await this.sync()
+    })
+  }
+
+  private mutate(f: () => Promise<void>): Promise<void> {
+    if (this.closed) return Promise.reject(new BlockError('ESHUTDOWN', 'the overlay is closed'))
+    const run = this.chain.then(f, f)
+    this.chain = run.catch(() => {})
+    return run
+  }
+
+  /** Append one record at the tail; the map changes only once it is written whole. */
+  private async append(type: number, offset: number, length: number, data?: Buffer): Promise<void> {
+    const seq = this.seq + 1
+    const hdr = encodeRecordHeader({type, seq, offset, length, dataCrc: data ? crc32c(data) : 0}, this.header.id)
+    const rec = data ? Buffer.concat([hdr, data]) : hdr
+    try {
+      await pwriteAll(this.fd, rec, this.tail)
+    } catch (err) {
+      // The tail is not advanced: the next record overwrites whatever part of this one reached the file.
+      await ftruncate(this.fd, this.tail).catch(() => {})
+      throw writeError(this.path, err)
+    }
+    if (data) this.map.set({start: offset, end: offset + length, kind: 'data', file: this.tail + RECORD_HEADER_SIZE, type})
+    else this.map.set({start: offset, end: offset + length, kind: 'zero', file: 0, type})
+    this.seq = seq
+    this.tail += rec.length
+  }
+
+  private async sync(): Promise<void> {
+    try {
+      await fdatasync(this.fd)
+    } catch (err) {
+      throw writeError(this.path, err)
+    }
+  }
+}
+
+function writeError(file: string, err: unknown): BlockError {
+  const code = (err as NodeJS.ErrnoException)?.code
+  return new BlockError(code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG' ? 'ENOSPC' : 'EIO', `${file}: ${ioError(file, err, 'cannot write the overlay').message.slice(file.length + 2)}`)
+}
+
+async function preadAll(fd: number, into: Buffer, at: number, len: number, pos: number): Promise<void> {
+  let done = 0
+  while (done < len) {
+    const n = await new Promise<number>((resolve, reject) => fs.read(fd, into, at + done, len - done, pos + done, (err, got) => (err ? reject(err) : resolve(got))))
+    if (n === 0) throw new Error('overlay file is shorter than its records')
+    done += n
+  }
+}
+
+/** `bad` minus the ranges the overlay covers. */
+function subtract(bad: BadRange[], cover: MapEntry[]): BadRange[] {
+  if (bad.length === 0) return bad
+  const out: BadRange[] = []
+  for (const b of bad) {
+    let pieces: Array<[number, number]> = [[b.offset, b.offset + b.length]]
+    for (const c of cover) {
+      const next: Array<[number, number]> = []
+      for (const [s, e] of pieces) {
+        if (c.end <= s || c.start >= e) next.push([s, e])
+        else {
+          if (c.start > s) next.push([s, c.start])
+          if (c.end < e) next.push([c.end, e])
+        }
+      }
+      pieces = next
+    }
+    for (const [s, e] of pieces) out.push({offset: s, length: e - s, status: b.status})
+  }
+  return out
+}
+
+/**
+ * Create an empty overlay: the header is written to a temporary file beside it, made durable, and renamed
+ * into place, so `file` either does not exist or holds a whole header. An existing file is never replaced.
+ */
+export function createOverlayFile(file: string, h: OverlayHeader): void {
+  const dir = path.dirname(path.resolve(file))
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`)
+  try {
+    const fd = fs.openSync(tmp, 'wx', 0o644)
+    try {
+      fs.writeSync(fd, encodeHeader(h), 0, HEADER_SIZE, 0)
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+    // link(2) fails if `file` appeared meanwhile: never replace an existing file.
+    fs.linkSync(tmp, file)
+    fs.rmSync(tmp, {force: true})
+    try {
+      const d = fs.openSync(dir, 'r')
+      try {
+        fs.fsyncSync(d)
+      } finally {
+        fs.closeSync(d)
+      }
+    } catch {
+      // Some file systems cannot fsync a directory; the header itself is durable.
+    }
+  } catch (err) {
+    fs.rmSync(tmp, {force: true})
+    throw ioError(file, err, 'cannot create the overlay')
+  }
+}
+
+export interface OverlayInfo {
+  path: string
+  version: number
+  size: number
+  sectorSize: number
+  base: {kind: 'media-sha256' | 'raw-identity'; sha256: string}
+  created: string
+  fileBytes: number
+  records: number
+  /** Bytes after the valid records (a torn tail; removed when next opened for writing). */
+  discardedBytes: number
+  bytesWritten: number
+  extents: Array<{offset: number; length: number; kind: 'data' | 'zero' | 'trim'}>
+}
+
+/** Read an overlay file on its own (no base): its header and the extents its valid records hold. Never writes. */
+export function inspectOverlay(file: string): OverlayInfo {
+  let fd: number
+  try {
+    fd = fs.openSync(file, 'r')
+  } catch (err) {
+    throw ioError(file, err, 'cannot open the overlay')
+  }
+  try {
+    const st = fs.fstatSync(fd)
+    if (!st.isFile()) throw new VdevError('usage', `${file}: an overlay must be a regular file`)
+    const h = decodeHeader(readAt(fd, HEADER_SIZE, 0), file)
+    const r = replay(fd, h, st.size)
+    return {
+      path: path.resolve(file),
+      version: h.version,
+      size: h.size,
+      sectorSize: h.sectorSize,
+      base: {kind: h.base.kind === BASE_MEDIA_HASH ? 'media-sha256' : 'raw-identity', sha256: h.base.hash.toString('hex')},
+      created: Number.isFinite(new Date(h.created).getTime()) && h.created <= 8.64e15 ? new Date(h.created).toISOString() : String(h.created),
+      fileBytes: st.size,
+      records: r.records,
+      discardedBytes: r.discarded,
+      bytesWritten: r.map.bytes,
+      extents: r.map.entries.map((e) => ({offset: e.start, length: e.end - e.start, kind: e.kind === 'data' ? 'data' : e.type === REC_TRIM ? 'trim' : 'zero'})),
+    }
+  } catch (err) {
+    throw err instanceof VdevError ? err : ioError(file, err, 'cannot read the overlay')
+  } finally {
+    fs.closeSync(fd)
+  }
+}
