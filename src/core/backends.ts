@@ -12,6 +12,7 @@ const MODULES: Record<string, string> = {
   nbd: 'backends/linux/nbd/index.js',
   fuse: 'backends/linux/fuse/index.js',
   'macos-nfs': 'backends/macos/nfs/index.js',
+  'windows-iscsi': 'backends/windows/iscsi/index.js',
 }
 
 export interface BackendStatus {

@@ -40,8 +40,11 @@ export interface DeviceEntry {
 /** `gone`: the server runs but the OS no longer has the device (detached outside vdev). */
 export type DeviceState = 'starting' | 'running' | 'dead' | 'gone'
 
+/** The default per OS: /run/vdev, or %ProgramData%\vdev on Windows (no /run there). */
 export function stateDir(): string {
-  return process.env.VDEV_STATE_DIR || '/run/vdev'
+  if (process.env.VDEV_STATE_DIR) return process.env.VDEV_STATE_DIR
+  if (process.platform === 'win32') return path.join(process.env.ProgramData || 'C:\\ProgramData', 'vdev')
+  return '/run/vdev'
 }
 
 const devicesDir = (): string => path.join(stateDir(), 'devices')
