@@ -1,9 +1,10 @@
 /**
  * Chunk encoding and decoding (FORMAT.md §4), shared by the main thread and the codec workers:
  * zero detection, zstd with fall-back to raw, both checksums; and the reverse with every check.
- * zstd runs through zstd-napi's low-level binding so that it reads and writes caller-owned buffers.
+ * zstd runs through zstd-napi's low-level binding so that it reads and writes caller-owned buffers, or
+ * through Node's built-in zstd where zstd-napi cannot load (./zstd).
  */
-import * as zstd from 'zstd-napi/binding'
+import * as zstd from './zstd'
 import {crc32c} from './crc'
 import {ChunkKind} from './layout'
 
@@ -117,7 +118,7 @@ export class ChunkDecoder {
    * is for serving reads, which rely on the stored CRC (FORMAT.md §5).
    */
   decodePrefixInto(kind: ChunkKind, stored: Uint8Array, storedCrc: number, dst: Uint8Array, need: number): number {
-    if (kind !== ChunkKind.Zstd || need >= dst.length || !zstdMultiBlock(stored)) {
+    if (kind !== ChunkKind.Zstd || need >= dst.length || !zstd.streaming || !zstdMultiBlock(stored)) {
       this.decodeInto(kind, stored, 0, storedCrc, dst, false)
       return dst.length
     }
