@@ -15,6 +15,7 @@ export class WorkerPool {
   private readonly pending = new Map<number, Pending & {worker: number}>()
   private nextId = 1
   private failed: Error | undefined
+  private closing = false
 
   constructor(script: string, size: number, workerData?: unknown) {
     for (let i = 0; i < Math.max(1, size); i++) {
@@ -31,7 +32,7 @@ export class WorkerPool {
       })
       w.on('error', (err) => this.fail(err))
       w.on('exit', (code) => {
-        if (code !== 0) this.fail(new Error(`worker exited with code ${code}`))
+        if (code !== 0 && !this.closing) this.fail(new Error(`worker exited with code ${code}`))
       })
       this.workers.push(w)
       this.busy.push(0)
@@ -52,12 +53,16 @@ export class WorkerPool {
 
   /** Keep the process alive only while tasks are outstanding. */
   private refresh(): void {
+    // Closing holds every worker ref'd until its exit is delivered: a reply arriving meanwhile must not unref
+    // it, or the event loop empties with close() still awaited and the process exits 0 mid-command.
+    if (this.closing) return
     const active = this.pending.size > 0
     for (const w of this.workers) (active ? w.ref() : w.unref())
   }
 
   run<T>(task: object, transfer: TransferListItem[] = []): Promise<T> {
     if (this.failed) return Promise.reject(this.failed)
+    if (this.closing) return Promise.reject(new Error('worker pool is closed'))
     let best = 0
     for (let i = 1; i < this.busy.length; i++) if (this.busy[i] < this.busy[best]) best = i
     const id = this.nextId++
@@ -71,7 +76,10 @@ export class WorkerPool {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.terminate()))
+    this.closing = true
+    await Promise.all(this.workers.map((w) => (w.ref(), w.terminate())))
     this.workers.length = 0
+    // Tasks the stopped workers never answered: reject them, so nothing awaits them forever.
+    this.fail(new Error('worker pool is closed'))
   }
 }
