@@ -236,7 +236,14 @@ export class VdimgImage implements BlockSource {
     const l1e = decodeL1Entry(this.l1, g, this.l1Offset)
     const k = i % this.l2Entries
     const where = l1e.offset + k * L2_ENTRY_SIZE
-    const e = readL2Entry(t, k, l1e.offset)
+    let e: ChunkEntry
+    try {
+      e = readL2Entry(t, k, l1e.offset)
+    } catch (err) {
+      // A chunk offset past 2^53 under a valid table checksum: malformed, not an internal error.
+      if (err instanceof LayoutError) throw this.fail(`chunk ${i}: ${err.message}`, err.offset)
+      throw err
+    }
     const len = this.chunkLength(i)
     switch (e.kind) {
       case ChunkKind.Zero:
@@ -587,6 +594,10 @@ export class VdimgImage implements BlockSource {
           if (s.length !== want) throw fail(`chunk index is ${s.length} bytes, expected ${want}`, s.offset)
           l1 = await load(s, want, 'chunk index')
           l1Offset = s.offset
+          // Every table offset is range-checked here (its high 32 bits, one read a group), so the lazy lookups
+          // on the serving path never meet one past 2^53.
+          for (let at = 0; at < l1.length; at += L1_ENTRY_SIZE)
+            if (l1.readUInt32LE(at + 4) > 0x1fffff) throw fail(`index table offset ${l1.readBigUInt64LE(at)} is out of range`, s.offset + at)
         } else if (s.type === SectionType.BadAreaMap) {
           const cap = Math.min(1 << 30, (Math.ceil(header.size / header.sectorSize) + 1) * 24)
           const b = await load(s, cap, 'bad-area map')
