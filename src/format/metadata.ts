@@ -20,6 +20,33 @@ export const WELL_KNOWN: Record<string, 'string' | 'number'> = {
   host: 'string',
 }
 
+/**
+ * FORMAT.md §8: metadata nests at most this many levels of objects and arrays (the top-level object is
+ * level 1), so code that walks it recursively (JSON.stringify, printing it) cannot run out of stack.
+ */
+export const MAX_METADATA_DEPTH = 64
+
+/**
+ * Where JSON text first nests deeper than `max` (a byte index), or undefined. Scans the bytes without
+ * recursion, before anything parses them; brackets inside strings do not count. Multi-byte UTF-8
+ * sequences never contain ASCII bytes, so the bytes can be scanned as they are.
+ */
+export function metadataTooDeep(b: Uint8Array, max = MAX_METADATA_DEPTH): number | undefined {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i]
+    if (inString) {
+      if (c === 0x5c) i++ // backslash: the next byte is escaped
+      else if (c === 0x22) inString = false
+    } else if (c === 0x22) inString = true
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > max) return i
+    } else if (c === 0x7d || c === 0x5d) depth--
+  }
+  return undefined
+}
+
 export function parseMeta(pairs: string[]): Record<string, unknown> {
   const out: Record<string, unknown> = {}
   for (const p of pairs) {

@@ -13,6 +13,7 @@ import {BadAreaMap} from './badmap'
 import {ChunkDecoder, ChunkDecodeError} from './codec'
 import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
 import {crc32c} from './crc'
+import {MAX_METADATA_DEPTH, metadataTooDeep} from './metadata'
 import {
   ChunkKind,
   HEADER_FLAG_HASH,
@@ -609,6 +610,8 @@ export class VdimgImage implements BlockSource {
           }
         } else if (s.type === SectionType.Metadata) {
           const b = await load(s, MAX_METADATA, 'metadata')
+          const deep = metadataTooDeep(b)
+          if (deep !== undefined) throw fail(`metadata nests deeper than ${MAX_METADATA_DEPTH} levels`, s.offset + deep)
           let parsed: unknown
           try {
             parsed = JSON.parse(b.toString('utf8'))
