@@ -78,6 +78,8 @@ export function ioError(path: string, err: unknown, doing = 'cannot open'): Vdev
             ? 'input/output error'
             : e?.code === 'ENOSPC'
               ? 'no space left on device'
-              : (e?.code ?? String(e?.message ?? e))
+              : e?.code === 'EFBIG'
+                ? 'file too large for the file system (or ulimit -f)'
+                : (e?.code ?? String(e?.message ?? e))
   return new VdevError('io', `${path}: ${doing}: ${why}`, {cause: err})
 }

@@ -169,6 +169,15 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
         throw new VdevError('exists', `${opts.mapfileOut}: already exists (use --force to replace it)`)
       mapTmp = tempBeside(opts.mapfileOut)
     }
+    // Size the file first: a file system that cannot hold it (EFBIG: ext4 stops 4 KiB short of 16 TiB)
+    // fails now, not after decoding the whole image.
+    if (tmp) {
+      try {
+        fs.ftruncateSync(fd, img.size)
+      } catch (err) {
+        throw ioError(out, err, `cannot make a file of ${img.size} bytes`)
+      }
+    }
     const stdout = toStdout ? stdoutWriter() : undefined
     try {
       await decodeAll(img, {
@@ -212,13 +221,16 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
       stdout?.close()
     }
     if (!toStdout) {
-      if (!device) fs.ftruncateSync(fd, img.size)
-      fs.fsyncSync(fd)
-      fs.closeSync(fd)
-      fd = -1
-      if (tmp) {
-        fs.renameSync(tmp, out)
-        tmp = undefined
+      try {
+        fs.fsyncSync(fd)
+        fs.closeSync(fd)
+        fd = -1
+        if (tmp) {
+          fs.renameSync(tmp, out)
+          tmp = undefined
+        }
+      } catch (err) {
+        throw ioError(out, err, 'write error')
       }
     }
     if (opts.mapfileOut && mapTmp) {
