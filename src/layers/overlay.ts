@@ -98,7 +98,7 @@ export function decodeHeader(b: Buffer, name: string): OverlayHeader {
   if (b.readUInt32LE(12) !== HEADER_SIZE) throw bad(`header length ${b.readUInt32LE(12)} (at byte 12)`)
   const size = Number(b.readBigUInt64LE(16))
   const sectorSize = b.readUInt32LE(24)
-  if (![512, 2048, 4096].includes(sectorSize)) throw bad(`sector size ${sectorSize} (at byte 24)`)
+  if (![512, 1024, 2048, 4096].includes(sectorSize)) throw bad(`sector size ${sectorSize} (at byte 24)`)
   if (!Number.isSafeInteger(size) || size <= 0) throw bad(`size ${b.readBigUInt64LE(16)} (at byte 16)`)
   const kind = b.readUInt32LE(28)
   if (kind !== BASE_MEDIA_HASH && kind !== BASE_RAW_IDENTITY) throw bad(`base kind ${kind} (at byte 28)`)
@@ -280,6 +280,8 @@ export class Overlay implements BlockSource {
   readonly size: number
   readonly sectorSize: number
   readonly writable = true
+  /** One owner: never opened again on a serving thread (docs/OVERLAY.md, "Serving"). */
+  readonly descriptor = undefined
   private tail: number
   private seq: number
   /** Mutations run one at a time, in the order of their records. */
