@@ -5,6 +5,7 @@ import {iscsiTarget} from './iscsi'
 import {mapfileTarget} from './mapfile'
 import {nbdTarget} from './nbd'
 import {nfsTarget} from './nfs'
+import {overlayTarget} from './overlay'
 
 export const TARGETS: Record<string, Target> = {
   image: imageTarget,
@@ -12,4 +13,5 @@ export const TARGETS: Record<string, Target> = {
   nbd: nbdTarget,
   nfs: nfsTarget,
   iscsi: iscsiTarget,
+  overlay: overlayTarget,
 }
