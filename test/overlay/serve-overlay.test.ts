@@ -41,7 +41,9 @@ function startServe(args: string[]): Promise<Serve> {
       const nl = out.indexOf('\n')
       if (nl >= 0) {
         clearTimeout(timer)
-        resolve({child, ready: JSON.parse(out.slice(0, nl)), stderr: () => err, exited})
+        const ready = JSON.parse(out.slice(0, nl)) as Record<string, unknown>
+        if (ready.error) reject(new Error(`vdev serve failed: ${JSON.stringify(ready.error)}; stderr: ${err}`))
+        else resolve({child, ready, stderr: () => err, exited})
       }
     })
     void exited.then(({code}) => (clearTimeout(timer), reject(new Error(`vdev serve exited (${code}) before it was ready: ${err}`))))
