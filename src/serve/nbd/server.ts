@@ -32,7 +32,11 @@ export const MAX_OPTION_LENGTH = 64 * 1024
 export const MAX_OPTIONS = 256
 /** Requests one connection may have in flight before the server stops reading more. */
 const MAX_IN_FLIGHT = 64
-/** Stop taking requests while this much reply data waits in the socket. */
+/**
+ * Stop taking requests while a connection holds this many bytes: the requests in flight (a read's reply to
+ * come, a write's payload) plus replies waiting in the socket. Counting requests alone let 64 pipelined
+ * 32 MiB reads hold 2 GiB.
+ */
 const OUTPUT_HIGH_WATER = 64 * 1024 * 1024
 
 class ProtocolViolation extends Error {}
@@ -117,6 +121,8 @@ export class NbdConnection {
   private readonly reader: SocketReader
   private readonly session: Session = {structured: false, metaContext: false}
   private inFlight = 0
+  /** Bytes the requests in flight hold or will produce: a read's reply, a write's payload. */
+  private inFlightBytes = 0
   private slotWaiters: Array<() => void> = []
   private stopping = false
   private stopped: Promise<void>
@@ -301,8 +307,7 @@ export class NbdConnection {
     const reader = this.reader
     for (;;) {
       if (this.stopping) return
-      if (this.inFlight >= MAX_IN_FLIGHT) await this.slot()
-      if (this.socket.writableLength > OUTPUT_HIGH_WATER && !this.socket.destroyed) await this.drained()
+      await this.room()
       if (this.stopping) return
       const hdr = reader.tryRead(P.REQUEST_SIZE) ?? (await reader.read(P.REQUEST_SIZE))
       const req = P.decodeRequest(hdr)
@@ -326,10 +331,11 @@ export class NbdConnection {
         this.send(reply)
         continue
       }
-      this.begin()
+      const bytes = req.type === P.NBD_CMD_READ || payload ? req.length : 0
+      this.begin(bytes)
       void reply.then((r) => {
         this.send(r)
-        this.finish()
+        this.finish(bytes)
       })
     }
   }
@@ -364,6 +370,20 @@ export class NbdConnection {
     return true
   }
 
+  /**
+   * Wait until the connection may take another request: fewer than MAX_IN_FLIGHT in flight, and the bytes
+   * it holds (requests in flight, replies the socket has not taken) at most OUTPUT_HIGH_WATER. A client that
+   * pipelines large reads and never reads the replies then costs the server that much, not more.
+   */
+  private async room(): Promise<void> {
+    while (!this.stopping && !this.socket.destroyed) {
+      const held = this.inFlightBytes + this.socket.writableLength
+      if (this.inFlight >= MAX_IN_FLIGHT || (this.inFlight > 0 && held > OUTPUT_HIGH_WATER)) await this.slot()
+      else if (held > OUTPUT_HIGH_WATER) await this.drained()
+      else return
+    }
+  }
+
   private slot(): Promise<void> {
     return new Promise((resolve) => this.slotWaiters.push(resolve))
   }
@@ -381,12 +401,14 @@ export class NbdConnection {
     })
   }
 
-  private begin(): void {
+  private begin(bytes: number): void {
     this.inFlight++
+    this.inFlightBytes += bytes
   }
 
-  private finish(): void {
+  private finish(bytes: number): void {
     this.inFlight--
+    this.inFlightBytes -= bytes
     for (const f of this.slotWaiters.splice(0)) f()
     if (this.inFlight === 0) for (const f of this.idleWaiters.splice(0)) f()
   }
