@@ -1,8 +1,9 @@
 /**
  * The VDIMG reader every backend serves from. `openImage` reads and checks the header, the section table,
  * the first-level index, the bad-area map and the metadata — a few hundred KiB even for a 16 TiB image —
- * and nothing else. Second-level index tables and chunks are loaded on demand; decompressed chunks live in
- * a byte-bounded LRU cache, and concurrent reads of one chunk share one decompression.
+ * and nothing else. Second-level index tables (index-tables.ts) and chunks are loaded on demand;
+ * decompressed chunks live in a byte-bounded LRU cache (chunk-cache.ts), and concurrent reads of one chunk
+ * share one decompression.
  */
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -10,28 +11,32 @@ import {VdevError, ioError} from '../core/errors'
 import type {BlockSource, Extent, ReadResult, SourceDescriptor} from '../core/source'
 import {WorkerPool} from '../core/workerpool'
 import {BadAreaMap} from './badmap'
+import {blockDeviceSize} from '../sys/blockdev'
+import {ChunkCache} from './chunk-cache'
 import {ChunkDecoder, ChunkDecodeError} from './codec'
 import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
 import {crc32c} from './crc'
-import {MAX_METADATA_DEPTH, metadataTooDeep} from './metadata'
+import {IndexTables, maxStored} from './index-tables'
 import {
   ChunkKind,
   HEADER_FLAG_HASH,
   HEADER_SIZE,
   L1_ENTRY_SIZE,
-  L2_ENTRY_SIZE,
   LayoutError,
   SECTION_ENTRY_SIZE,
   SECTION_FLAG_CRITICAL,
   SectionType,
   decodeHeader,
-  decodeL1Entry,
   decodeSections,
-  readL2Entry,
   type ChunkEntry,
   type Header,
   type Section,
 } from './layout'
+import {MAX_METADATA_DEPTH, metadataTooDeep} from './metadata'
+import {preadExact, preadExactSync} from './pread'
+
+export {maxStored} from './index-tables'
+export {preadExact, preadExactSync} from './pread'
 
 export interface OpenOptions {
   /** Bytes of decompressed chunks to keep (default 64 MiB). */
@@ -55,11 +60,6 @@ export interface OpenOptions {
   checkDataCrc?: boolean
 }
 
-/** Largest zstd frame a chunk may occupy: ZSTD_compressBound(chunk) plus slack. Raw is used beyond that. */
-export function maxStored(chunkLen: number): number {
-  return chunkLen + (chunkLen >> 7) + 1024
-}
-
 const MAX_METADATA = 16 << 20
 
 export class VdimgImage implements BlockSource {
@@ -75,12 +75,8 @@ export class VdimgImage implements BlockSource {
   readonly badAreas: BadAreaMap
   readonly sections: Section[]
 
-  private readonly l2Cache = new Map<number, Buffer>()
-  /** Index tables kept: 6 MiB of them (64 of the default 4096 entries), at least 2. */
-  private readonly maxL2Tables: number
-  private readonly cache = new Map<number, Buffer>()
-  private cacheUsed = 0
-  private readonly cacheLimit: number
+  private readonly index: IndexTables
+  private readonly cache: ChunkCache
   private readonly loading = new Map<number, Promise<Buffer | null>>()
   /** For each load under way: the most bytes from the chunk's start that a read waiting on it needs. */
   private readonly loadingNeed = new Map<number, number>()
@@ -97,14 +93,8 @@ export class VdimgImage implements BlockSource {
   get descriptor(): SourceDescriptor {
     return {kind: 'vdimg', path: path.resolve(this.path)}
   }
-  /** Sync mode: decode buffers (each chunkSize bytes) evicted from the cache, ready for reuse. */
-  private readonly spare: Buffer[] = []
+  /** Sync mode: the stored bytes of the chunk being decoded. */
   private storedScratch: Buffer | undefined
-  /** Sync mode: an index table evicted by a synchronous load, reused by the next one. */
-  private spareL2: Buffer | undefined
-  private hits = 0
-  private misses = 0
-  private prefixes = 0
   private closed = false
 
   private constructor(
@@ -115,7 +105,7 @@ export class VdimgImage implements BlockSource {
     readonly header: Header,
     /** The first-level index (FORMAT.md §5). */
     readonly l1: Buffer,
-    private readonly l1Offset: number,
+    l1Offset: number,
     badAreas: BadAreaMap,
     metadata: Record<string, unknown>,
     sections: Section[],
@@ -131,9 +121,21 @@ export class VdimgImage implements BlockSource {
     this.badAreas = badAreas
     this.metadata = metadata
     this.sections = sections
-    this.cacheLimit = opts.cacheBytes ?? 64 << 20
-    this.maxL2Tables = Math.max(2, Math.floor((6 << 20) / (header.l2Entries * L2_ENTRY_SIZE)))
     this.sync = opts.sync ?? false
+    this.cache = new ChunkCache(opts.cacheBytes ?? 64 << 20, header.chunkSize, header.size, this.sync)
+    this.index = new IndexTables({
+      path: this.path,
+      fd,
+      fileSize,
+      size: header.size,
+      chunkSize: header.chunkSize,
+      chunkCount: header.chunkCount,
+      l2Entries: header.l2Entries,
+      l1,
+      l1Offset,
+      sync: this.sync,
+      fail: (message, offset) => this.fail(message, offset),
+    })
     this.checkData = opts.checkDataCrc ?? false
     const threads = this.sync ? 0 : (opts.decompressThreads ?? 0)
     if (threads > 0) this.pool = new WorkerPool(path_join(__dirname, 'codec-worker.js'), threads)
@@ -152,118 +154,18 @@ export class VdimgImage implements BlockSource {
     return preadExact(this.fd, len, pos, this.path)
   }
 
-  /**
-   * Where group `g`'s second-level table is (checked), or the one kind of all its chunks; or the table
-   * itself when it is cached.
-   */
-  private l2Locate(g: number): ChunkKind | Buffer | {offset: number; length: number; crc: number} {
-    const e = decodeL1Entry(this.l1, g, this.l1Offset)
-    const where = this.l1Offset + g * L1_ENTRY_SIZE
-    if (e.offset === 0) {
-      if (e.fillKind !== ChunkKind.Zero && e.fillKind !== ChunkKind.Unread)
-        throw this.fail(`index group ${g} has no table and an invalid fill kind ${e.fillKind}`, where + 16)
-      return e.fillKind
-    }
-    const cached = this.l2Cache.get(g)
-    if (cached) {
-      this.l2Cache.delete(g)
-      this.l2Cache.set(g, cached)
-      return cached
-    }
-    const entries = Math.min(this.l2Entries, this.chunkCount - g * this.l2Entries)
-    if (e.length !== entries * L2_ENTRY_SIZE)
-      throw this.fail(`index table ${g} is ${e.length} bytes, expected ${entries * L2_ENTRY_SIZE}`, where + 8)
-    if (e.offset < HEADER_SIZE || e.offset + e.length > this.fileSize)
-      throw this.fail(`index table ${g} (${e.length} bytes at byte ${e.offset}) lies outside the file: truncated?`, where)
-    return {offset: e.offset, length: e.length, crc: e.crc}
-  }
-
-  private l2Accept(g: number, at: {offset: number; crc: number}, table: Buffer): Buffer {
-    if (crc32c(table) !== at.crc) throw this.fail(`index table ${g} checksum mismatch`, at.offset)
-    this.l2Cache.set(g, table)
-    if (this.l2Cache.size > this.maxL2Tables) this.l2Cache.delete(this.l2Cache.keys().next().value!)
-    return table
-  }
-
-  /** The second-level table of group `g`, loaded and checked on first use. */
-  private async l2Table(g: number): Promise<Buffer | ChunkKind> {
-    const at = this.l2Locate(g)
-    if (typeof at === 'number' || Buffer.isBuffer(at)) return at
-    return this.l2Accept(g, at, await this.preadExact(at.length, at.offset))
-  }
-
-  private l2TableSync(g: number): Buffer | ChunkKind {
-    const at = this.l2Locate(g)
-    if (typeof at === 'number' || Buffer.isBuffer(at)) return at
-    // Sync mode recycles the table this load evicts for the next load, as it does decode buffers: random
-    // reads over more index groups than the cache holds would otherwise drop a table (96 KiB by default)
-    // per load, which V8 frees only at its next collection — tens of MB per serving thread.
-    const into = this.spareL2 !== undefined && this.spareL2.length >= at.length ? this.spareL2 : undefined
-    this.spareL2 = undefined
-    const oldest = this.sync && this.l2Cache.size >= this.maxL2Tables ? this.l2Cache.keys().next().value : undefined
-    const evicted = oldest !== undefined ? this.l2Cache.get(oldest) : undefined
-    const table = this.l2Accept(g, at, preadExactSync(this.fd, at.length, at.offset, this.path, into))
-    if (evicted && !this.l2Cache.has(oldest!)) this.spareL2 = evicted
-    return table
-  }
-
   /** How many chunks of group `g` have each kind (index = ChunkKind), straight from its table. */
-  async groupKinds(g: number): Promise<number[]> {
-    const counts = [0, 0, 0, 0]
-    const n = Math.min(this.l2Entries, this.chunkCount - g * this.l2Entries)
-    const t = await this.l2Table(g)
-    if (typeof t === 'number') counts[t] += n
-    else
-      for (let k = 0; k < n; k++) {
-        const kind = t[k * L2_ENTRY_SIZE + 16]
-        if (kind > ChunkKind.Unread) this.entryIn(g * this.l2Entries + k, t) // throws the precise error
-        counts[kind]++
-      }
-    return counts
+  groupKinds(g: number): Promise<number[]> {
+    return this.index.groupKinds(g)
   }
 
   /** The index entry of chunk `i`, validated. */
-  async entry(i: number): Promise<ChunkEntry> {
-    return this.entryIn(i, await this.l2Table(Math.floor(i / this.l2Entries)))
+  entry(i: number): Promise<ChunkEntry> {
+    return this.index.entry(i)
   }
 
   entrySync(i: number): ChunkEntry {
-    return this.entryIn(i, this.l2TableSync(Math.floor(i / this.l2Entries)))
-  }
-
-  private entryIn(i: number, t: Buffer | ChunkKind): ChunkEntry {
-    const g = Math.floor(i / this.l2Entries)
-    if (typeof t === 'number') return {offset: 0, storedLength: 0, crc: 0, kind: t, storedCrc: 0}
-    const l1e = decodeL1Entry(this.l1, g, this.l1Offset)
-    const k = i % this.l2Entries
-    const where = l1e.offset + k * L2_ENTRY_SIZE
-    let e: ChunkEntry
-    try {
-      e = readL2Entry(t, k, l1e.offset)
-    } catch (err) {
-      // A chunk offset past 2^53 under a valid table checksum: malformed, not an internal error.
-      if (err instanceof LayoutError) throw this.fail(`chunk ${i}: ${err.message}`, err.offset)
-      throw err
-    }
-    const len = this.chunkLength(i)
-    switch (e.kind) {
-      case ChunkKind.Zero:
-      case ChunkKind.Unread:
-        if (e.storedLength !== 0) throw this.fail(`chunk ${i}: ${e.kind === ChunkKind.Zero ? 'zero' : 'unread'} chunk with stored bytes`, where + 8)
-        break
-      case ChunkKind.Raw:
-        if (e.storedLength !== len) throw this.fail(`chunk ${i}: raw chunk of ${e.storedLength} bytes, expected ${len}`, where + 8)
-        break
-      case ChunkKind.Zstd:
-        if (e.storedLength === 0 || e.storedLength > maxStored(len))
-          throw this.fail(`chunk ${i}: stored length ${e.storedLength} is impossible for a ${len}-byte chunk`, where + 8)
-        break
-      default:
-        throw this.fail(`chunk ${i}: unknown chunk kind ${e.kind}`, where + 16)
-    }
-    if (e.storedLength && (e.offset < HEADER_SIZE || e.offset + e.storedLength > this.fileSize))
-      throw this.fail(`chunk ${i} (${e.storedLength} bytes at byte ${e.offset}) lies outside the file: truncated?`, where)
-    return e
+    return this.index.entrySync(i)
   }
 
   /** Describe a chunk decode failure with its image byte range and stored offset. */
@@ -279,23 +181,18 @@ export class VdimgImage implements BlockSource {
    * reads of a chunk share one load, which decodes as far as the furthest of them needs.
    */
   chunk(i: number, need = this.chunkLength(i)): Promise<Buffer | null> {
-    const hit = this.cache.get(i)
-    if (hit && hit.length >= need) {
-      this.hits++
-      this.cache.delete(i)
-      this.cache.set(i, hit)
-      return Promise.resolve(hit)
-    }
+    const hit = this.cache.hit(i, need)
+    if (hit) return Promise.resolve(hit)
     const pending = this.loading.get(i)
     if (pending) {
-      this.hits++
+      this.cache.hits++
       const wanted = this.loadingNeed.get(i)
       if (wanted !== undefined && wanted < need) this.loadingNeed.set(i, need)
       // A load that had already begun decoding a shorter prefix: load again, whole, once it is done.
       return pending.then((d) => (d && d.length < need ? this.chunk(i) : d))
     }
-    if (hit) this.forget(i, hit) // a prefix too short for this read
-    this.misses++
+    this.cache.drop(i) // a prefix too short for this read
+    this.cache.misses++
     this.loadingNeed.set(i, need)
     const p = this.loadChunk(i).finally(() => {
       this.loading.delete(i)
@@ -330,37 +227,15 @@ export class VdimgImage implements BlockSource {
       }
       if (r.errors[0]) throw this.chunkError(i, e, r.errors[0])
       const n = r.produced[0]
-      if (n < len) this.prefixes++
+      if (n < len) this.cache.prefixes++
       data = Buffer.from(r.out, 0, n)
     } else {
       // Every read waiting on this load has registered its need by now (decoding runs without a break).
       const need = this.loadingNeed.get(i) ?? len
       data = this.decodeChunk(i, e, stored, need, () => Buffer.allocUnsafeSlow(len))
     }
-    this.remember(i, data)
+    this.cache.remember(i, data)
     return data
-  }
-
-  /**
-   * Cache a decoded chunk, or (sync mode) a decoded prefix of one. Every entry counts as its chunk's
-   * logical length, the memory it holds, prefix or not.
-   */
-  private remember(i: number, data: Buffer): void {
-    const held = this.chunkLength(i)
-    if (held > this.cacheLimit) return
-    this.cache.set(i, data)
-    this.cacheUsed += held
-    while (this.cacheUsed > this.cacheLimit) {
-      const [k, v] = this.cache.entries().next().value!
-      this.forget(k, v)
-    }
-  }
-
-  private forget(i: number, v: Buffer): void {
-    this.cache.delete(i)
-    this.cacheUsed -= this.chunkLength(i)
-    // Only sync mode recycles: nothing else can hold a reference across the call.
-    if (this.sync && this.spare.length < 8 && v.buffer.byteLength === this.chunkSize) this.spare.push(Buffer.from(v.buffer, 0, this.chunkSize))
   }
 
   /**
@@ -371,23 +246,18 @@ export class VdimgImage implements BlockSource {
    */
   chunkSync(i: number, need = this.chunkLength(i)): Buffer | null {
     const len = this.chunkLength(i)
-    const hit = this.cache.get(i)
-    if (hit && hit.length >= need) {
-      this.hits++
-      this.cache.delete(i)
-      this.cache.set(i, hit)
-      return hit
-    }
+    const hit = this.cache.hit(i, need)
+    if (hit) return hit
     if (this.closed) throw new VdevError('io', `${this.path}: image is closed`)
-    this.misses++
+    this.cache.misses++
     // A prefix that fell short: this time, the whole chunk.
-    if (hit) this.forget(i, hit)
+    const hadPrefix = this.cache.drop(i)
     const e = this.entrySync(i)
     if (e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread) return null
     this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
     const stored = preadExactSync(this.fd, e.storedLength, e.offset, this.path, this.storedScratch)
-    const data = this.decodeChunk(i, e, stored, hit ? len : need, () => (this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize)).subarray(0, len))
-    this.remember(i, data)
+    const data = this.decodeChunk(i, e, stored, hadPrefix ? len : need, () => this.cache.buffer(len))
+    this.cache.remember(i, data)
     return data
   }
 
@@ -411,7 +281,7 @@ export class VdimgImage implements BlockSource {
         const data = alloc()
         const n = this.decoder.decodePrefixInto(e.kind, stored, e.storedCrc, data, need)
         if (n === len) return data
-        this.prefixes++
+        this.cache.prefixes++
         return data.subarray(0, n)
       }
       // Sync mode decodes into its reused buffers; otherwise a raw chunk's stored bytes serve as they are.
@@ -450,7 +320,7 @@ export class VdimgImage implements BlockSource {
 
   /** Cache hits and misses, bytes held, and how many misses decoded only a prefix of their chunk. */
   cacheStats(): {hits: number; misses: number; bytes: number; prefixes: number} {
-    return {hits: this.hits, misses: this.misses, bytes: this.cacheUsed, prefixes: this.prefixes}
+    return this.cache.stats()
   }
 
   private checkRange(offset: number, length: number): void {
@@ -495,7 +365,7 @@ export class VdimgImage implements BlockSource {
     while (at < end) {
       const i = Math.floor(at / this.chunkSize)
       const g = Math.floor(i / this.l2Entries)
-      const t = await this.l2Table(g)
+      const t = await this.index.table(g)
       if (typeof t === 'number') {
         const groupEnd = Math.min(end, (g + 1) * this.l2Entries * this.chunkSize)
         push(at, groupEnd - at, 'zero')
@@ -539,7 +409,7 @@ export class VdimgImage implements BlockSource {
     this.closed = true
     await this.pool?.close()
     this.cache.clear()
-    this.l2Cache.clear()
+    this.index.clear()
     fs.closeSync(this.fd)
   }
 
@@ -647,47 +517,4 @@ function path_join(a: string, b: string): string {
 function toOwnArrayBuffer(b: Buffer): ArrayBuffer {
   if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) return b.buffer as ArrayBuffer
   return new Uint8Array(b).buffer as ArrayBuffer
-}
-
-function blockDeviceSize(fd: number): number {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const libc = require('../sys/libc') as typeof import('../sys/libc')
-  const b = Buffer.alloc(8)
-  libc.ioctl(fd, 0x80081272, b, 'BLKGETSIZE64')
-  return Number(b.readBigUInt64LE(0))
-}
-
-/** Read exactly `len` bytes at `pos` (into `into` when given and large enough); a short read means the file is truncated. */
-export function preadExact(fd: number, len: number, pos: number, name: string, into?: Buffer): Promise<Buffer> {
-  const buf = into && into.length >= len ? into.subarray(0, len) : Buffer.allocUnsafeSlow(len)
-  return new Promise((resolve, reject) => {
-    let done = 0
-    const step = (): void => {
-      if (done === len) return resolve(buf)
-      fs.read(fd, buf, done, len - done, pos + done, (err, n) => {
-        if (err) return reject(ioError(name, err, `read error at byte ${pos + done}`))
-        if (n === 0) return reject(new VdevError('format', `${name}: unexpected end of file at byte ${pos + done} (truncated?)`))
-        done += n
-        step()
-      })
-    }
-    step()
-  })
-}
-
-/** Read exactly `len` bytes at `pos` with pread(2), into `into` when given (it must be large enough). */
-export function preadExactSync(fd: number, len: number, pos: number, name: string, into?: Buffer): Buffer {
-  const buf = into ? into.subarray(0, len) : Buffer.allocUnsafeSlow(len)
-  let done = 0
-  while (done < len) {
-    let n: number
-    try {
-      n = fs.readSync(fd, buf, done, len - done, pos + done)
-    } catch (err) {
-      throw ioError(name, err, `read error at byte ${pos + done}`)
-    }
-    if (n === 0) throw new VdevError('format', `${name}: unexpected end of file at byte ${pos + done} (truncated?)`)
-    done += n
-  }
-  return buf
 }

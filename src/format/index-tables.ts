@@ -1,0 +1,168 @@
+/**
+ * A VDIMG image's chunk index (FORMAT.md §5): the first-level index, held whole, says where each group's
+ * second-level table is (or that all its chunks are zero or unread); tables load on first use, checked
+ * against their CRC, into a small LRU; every chunk entry is validated before it is used.
+ */
+import type {VdevError} from '../core/errors'
+import {preadExact, preadExactSync} from './pread'
+import {crc32c} from './crc'
+import {ChunkKind, HEADER_SIZE, L1_ENTRY_SIZE, L2_ENTRY_SIZE, LayoutError, decodeL1Entry, readL2Entry, type ChunkEntry} from './layout'
+
+/** Largest zstd frame a chunk may occupy: ZSTD_compressBound(chunk) plus slack. Raw is used beyond that. */
+export function maxStored(chunkLen: number): number {
+  return chunkLen + (chunkLen >> 7) + 1024
+}
+
+export interface IndexTablesOptions {
+  path: string
+  fd: number
+  fileSize: number
+  /** The image's logical size, chunk size and count, and entries per second-level table. */
+  size: number
+  chunkSize: number
+  chunkCount: number
+  l2Entries: number
+  /** The first-level index and its offset in the file. */
+  l1: Buffer
+  l1Offset: number
+  /** Sync mode: tables load with pread(2), and one evicted table is reused for the next load. */
+  sync: boolean
+  /** An error about the image file at a byte offset. */
+  fail: (message: string, offset?: number) => VdevError
+}
+
+export class IndexTables {
+  private readonly o: IndexTablesOptions
+  private readonly l2Cache = new Map<number, Buffer>()
+  /** Index tables kept: 6 MiB of them (64 of the default 4096 entries), at least 2. */
+  private readonly maxL2Tables: number
+  /** Sync mode: an index table evicted by a synchronous load, reused by the next one. */
+  private spareL2: Buffer | undefined
+
+  constructor(o: IndexTablesOptions) {
+    this.o = o
+    this.maxL2Tables = Math.max(2, Math.floor((6 << 20) / (o.l2Entries * L2_ENTRY_SIZE)))
+  }
+
+  private chunkLength(i: number): number {
+    return Math.min(this.o.chunkSize, this.o.size - i * this.o.chunkSize)
+  }
+
+  /**
+   * Where group `g`'s second-level table is (checked), or the one kind of all its chunks; or the table
+   * itself when it is cached.
+   */
+  private locate(g: number): ChunkKind | Buffer | {offset: number; length: number; crc: number} {
+    const e = decodeL1Entry(this.o.l1, g, this.o.l1Offset)
+    const where = this.o.l1Offset + g * L1_ENTRY_SIZE
+    if (e.offset === 0) {
+      if (e.fillKind !== ChunkKind.Zero && e.fillKind !== ChunkKind.Unread)
+        throw this.o.fail(`index group ${g} has no table and an invalid fill kind ${e.fillKind}`, where + 16)
+      return e.fillKind
+    }
+    const cached = this.l2Cache.get(g)
+    if (cached) {
+      this.l2Cache.delete(g)
+      this.l2Cache.set(g, cached)
+      return cached
+    }
+    const entries = Math.min(this.o.l2Entries, this.o.chunkCount - g * this.o.l2Entries)
+    if (e.length !== entries * L2_ENTRY_SIZE)
+      throw this.o.fail(`index table ${g} is ${e.length} bytes, expected ${entries * L2_ENTRY_SIZE}`, where + 8)
+    if (e.offset < HEADER_SIZE || e.offset + e.length > this.o.fileSize)
+      throw this.o.fail(`index table ${g} (${e.length} bytes at byte ${e.offset}) lies outside the file: truncated?`, where)
+    return {offset: e.offset, length: e.length, crc: e.crc}
+  }
+
+  private accept(g: number, at: {offset: number; crc: number}, table: Buffer): Buffer {
+    if (crc32c(table) !== at.crc) throw this.o.fail(`index table ${g} checksum mismatch`, at.offset)
+    this.l2Cache.set(g, table)
+    if (this.l2Cache.size > this.maxL2Tables) this.l2Cache.delete(this.l2Cache.keys().next().value!)
+    return table
+  }
+
+  /** The second-level table of group `g`, loaded and checked on first use; or the one kind of all its chunks. */
+  async table(g: number): Promise<Buffer | ChunkKind> {
+    const at = this.locate(g)
+    if (typeof at === 'number' || Buffer.isBuffer(at)) return at
+    return this.accept(g, at, await preadExact(this.o.fd, at.length, at.offset, this.o.path))
+  }
+
+  tableSync(g: number): Buffer | ChunkKind {
+    const at = this.locate(g)
+    if (typeof at === 'number' || Buffer.isBuffer(at)) return at
+    // Sync mode recycles the table this load evicts for the next load, as it does decode buffers: random
+    // reads over more index groups than the cache holds would otherwise drop a table (96 KiB by default)
+    // per load, which V8 frees only at its next collection — tens of MB per serving thread.
+    const into = this.spareL2 !== undefined && this.spareL2.length >= at.length ? this.spareL2 : undefined
+    this.spareL2 = undefined
+    const oldest = this.o.sync && this.l2Cache.size >= this.maxL2Tables ? this.l2Cache.keys().next().value : undefined
+    const evicted = oldest !== undefined ? this.l2Cache.get(oldest) : undefined
+    const table = this.accept(g, at, preadExactSync(this.o.fd, at.length, at.offset, this.o.path, into))
+    if (evicted && !this.l2Cache.has(oldest!)) this.spareL2 = evicted
+    return table
+  }
+
+  /** How many chunks of group `g` have each kind (index = ChunkKind), straight from its table. */
+  async groupKinds(g: number): Promise<number[]> {
+    const counts = [0, 0, 0, 0]
+    const n = Math.min(this.o.l2Entries, this.o.chunkCount - g * this.o.l2Entries)
+    const t = await this.table(g)
+    if (typeof t === 'number') counts[t] += n
+    else
+      for (let k = 0; k < n; k++) {
+        const kind = t[k * L2_ENTRY_SIZE + 16]
+        if (kind > ChunkKind.Unread) this.entryIn(g * this.o.l2Entries + k, t) // throws the precise error
+        counts[kind]++
+      }
+    return counts
+  }
+
+  /** The index entry of chunk `i`, validated. */
+  async entry(i: number): Promise<ChunkEntry> {
+    return this.entryIn(i, await this.table(Math.floor(i / this.o.l2Entries)))
+  }
+
+  entrySync(i: number): ChunkEntry {
+    return this.entryIn(i, this.tableSync(Math.floor(i / this.o.l2Entries)))
+  }
+
+  private entryIn(i: number, t: Buffer | ChunkKind): ChunkEntry {
+    const g = Math.floor(i / this.o.l2Entries)
+    if (typeof t === 'number') return {offset: 0, storedLength: 0, crc: 0, kind: t, storedCrc: 0}
+    const l1e = decodeL1Entry(this.o.l1, g, this.o.l1Offset)
+    const k = i % this.o.l2Entries
+    const where = l1e.offset + k * L2_ENTRY_SIZE
+    let e: ChunkEntry
+    try {
+      e = readL2Entry(t, k, l1e.offset)
+    } catch (err) {
+      // A chunk offset past 2^53 under a valid table checksum: malformed, not an internal error.
+      if (err instanceof LayoutError) throw this.o.fail(`chunk ${i}: ${err.message}`, err.offset)
+      throw err
+    }
+    const len = this.chunkLength(i)
+    switch (e.kind) {
+      case ChunkKind.Zero:
+      case ChunkKind.Unread:
+        if (e.storedLength !== 0) throw this.o.fail(`chunk ${i}: ${e.kind === ChunkKind.Zero ? 'zero' : 'unread'} chunk with stored bytes`, where + 8)
+        break
+      case ChunkKind.Raw:
+        if (e.storedLength !== len) throw this.o.fail(`chunk ${i}: raw chunk of ${e.storedLength} bytes, expected ${len}`, where + 8)
+        break
+      case ChunkKind.Zstd:
+        if (e.storedLength === 0 || e.storedLength > maxStored(len))
+          throw this.o.fail(`chunk ${i}: stored length ${e.storedLength} is impossible for a ${len}-byte chunk`, where + 8)
+        break
+      default:
+        throw this.o.fail(`chunk ${i}: unknown chunk kind ${e.kind}`, where + 16)
+    }
+    if (e.storedLength && (e.offset < HEADER_SIZE || e.offset + e.storedLength > this.o.fileSize))
+      throw this.o.fail(`chunk ${i} (${e.storedLength} bytes at byte ${e.offset}) lies outside the file: truncated?`, where)
+    return e
+  }
+
+  clear(): void {
+    this.l2Cache.clear()
+  }
+}
