@@ -10,6 +10,7 @@
 import type {Server, Socket} from 'node:net'
 import type {BlockServer} from '../../core/blockserver'
 import * as P from './protocol'
+import {printable} from '../printable'
 import {EndOfStream, SocketReader} from './reader'
 import {BASE_ALLOCATION_ID, Responder, type Reply, type Session} from './respond'
 import type {ConnectionThreads, ThreadedConnection} from './threads'
@@ -215,7 +216,7 @@ export class NbdConnection {
         case P.NBD_OPT_EXPORT_NAME: {
           const name = data.toString('utf8')
           // This option cannot answer an error: an unknown export ends the session.
-          if (!this.isOurExport(name)) throw new ProtocolViolation(`unknown export "${name}"`)
+          if (!this.isOurExport(name)) throw new ProtocolViolation(`unknown export ${printable(name)}`)
           this.write(P.encodeExportNameReply(nbd.server.size, nbd.transmissionFlags(this.session.structured), noZeroes))
           return true
         }

@@ -2,6 +2,7 @@
  * The MOUNT protocol, program 100005 version 3 (RFC 1813 §5.0 and Appendix I). It hands out the root file
  * handle of our single export and keeps the list DUMP reports. Only loopback peers may mount.
  */
+import {printable} from '../printable'
 import {AuthFlavor, PROC_UNAVAIL, type CallContext, type ProcOutcome, type RpcCall, type RpcProgram} from './rpc'
 import {XdrWriter} from './xdr'
 import type {ExportTree} from './export'
@@ -57,7 +58,7 @@ export class MountProgram implements RpcProgram {
         const dir = a.string(MNTPATHLEN, 'dirpath')
         const w = new XdrWriter()
         if (!ctx.trusted) {
-          ctx.log(`nfs: refused MNT of ${dir} from non-loopback peer ${ctx.peer}`)
+          ctx.log(`nfs: refused MNT of ${printable(dir)} from non-loopback peer ${ctx.peer}`)
           return w.uint32(MountStat.MNT3ERR_ACCES)
         }
         if (normalizeDirpath(dir) !== normalizeDirpath(this.tree.exportName)) return w.uint32(MountStat.MNT3ERR_NOENT)
