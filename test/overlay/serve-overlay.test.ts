@@ -139,6 +139,21 @@ describe('vdev serve --overlay', function () {
     assert.equal(sha256(fs.readFileSync(base)), baseSha)
   })
 
+  it('over a VDIMG image: the overlay names its media hash, and the image still verifies afterwards', async () => {
+    const img = path.join(t.dir, 'disk.vdimg')
+    await run(process.execPath, [BIN, 'create', base, img])
+    const imgSha = sha256(fs.readFileSync(img))
+    const media = JSON.parse((await run(process.execPath, [BIN, 'info', img, '--json'])).stdout).sha256 as string
+    const ov = path.join(t.dir, 'disk.vdovl')
+    const s = await startServe([img, '--overlay', ov, '--listen', `unix:${sock}`])
+    await run('qemu-io', ['-f', 'raw', uri(sock), '-c', 'write -P 0x77 0 1m', '-c', 'flush', '-c', 'read -P 0x77 0 1m'])
+    assert.equal(await stop(s), 0)
+    const info = JSON.parse((await run(process.execPath, [BIN, 'overlay', 'info', ov, '--json'])).stdout)
+    assert.deepEqual(info.base, {kind: 'media-sha256', sha256: media})
+    assert.equal(sha256(fs.readFileSync(img)), imgSha, 'the image file is unchanged')
+    await run(process.execPath, [BIN, 'verify', img])
+  })
+
   it('refuses the wrong base, a read-only overlay and a non-overlay with one line and their exit codes', async () => {
     const ov = path.join(t.dir, 'disk.vdovl')
     const s = await startServe([base, '--format', 'raw', '--overlay', ov, '--listen', `unix:${sock}`])
