@@ -127,7 +127,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
     if ('error' in b) throw new VdevError('unavailable', b.error)
     const threads = threadCount(b.name, b.threadModel)
     // Serving threads open the source themselves: the instance here only answers what they do not
-    // (size, extents), so it starts no decompression workers (an idle one still costs ~10 MB).
+    // (size, extents), so it starts no decompression workers (an idle one still holds a V8 isolate).
     source = await openSource(opts.source, {decompressThreads: threads > 0 ? 0 : Math.min(4, os.availableParallelism())})
     const threaded = threads > 0 && source.descriptor !== undefined
     server = new BlockServer(source, {

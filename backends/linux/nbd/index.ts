@@ -36,8 +36,8 @@ export const backend: Backend = {
   description: 'kernel NBD client (/dev/nbdN) over a socketpair to the in-process NBD server (needs the nbd module)',
   preference: 1,
   /**
-   * One thread per core, at least 2 and at most 3 (as the FUSE backend: each costs about 12 MB, and a core is
-   * left for the kernel and the reader of the device).
+   * One thread per core, at least 2 and at most 3 (as the FUSE backend: each thread has a memory cost — docs/fuse-loop.md,
+   * "Memory" — and a core is left for the kernel and the reader of the device).
    */
   threadModel: {kind: 'serving-threads', defaultThreads: Math.max(2, Math.min(3, os.availableParallelism())), pollMicroseconds: DEFAULT_POLL_MICROSECONDS},
 
