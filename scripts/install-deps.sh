@@ -16,6 +16,7 @@ PACKAGES=(
   ewf-tools xmount fio   # benchmark peers
   qemu-system-x86 busybox-static   # the real-kernel VM harness
   gcc libc6-dev linux-libc-dev     # ABI tests compile C against the kernel's UAPI headers
+  wine64 gcc-mingw-w64-x86-64      # Windows code under Wine (test/windows): Windows Node, stand-in DLLs built with mingw-w64
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -246,7 +246,7 @@ export function createBackend(over: Partial<WinIscsiDeps> = {}): Backend {
       over.api ??
       (() =>
         // eslint-disable-next-line @typescript-eslint/no-require-imports
-        (cached ??= (require('./win32') as typeof import('./win32')).loadWin32Api(process.env.VDEV_ISCSIDSC_DIR || undefined))),
+        (cached ??= (require('./win32') as typeof import('./win32')).loadWin32Api())),
     startTarget:
       over.startTarget ??
       ((server, opts) =>

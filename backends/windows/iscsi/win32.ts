@@ -8,10 +8,10 @@
 import type * as Koffi from 'koffi' with {'resolution-mode': 'import'}
 import type {Win32Api, Handle} from './api'
 
-export function loadWin32Api(dir?: string): Win32Api {
+export function loadWin32Api(): Win32Api {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const koffi: typeof Koffi = require('koffi')
-  const iscsi = koffi.load(dir ? `${dir}\\iscsidsc.dll` : 'iscsidsc.dll')
+  const iscsi = koffi.load('iscsidsc.dll')
   const advapi = koffi.load('advapi32.dll')
   const kernel = koffi.load('kernel32.dll')
 
