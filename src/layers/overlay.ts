@@ -581,6 +581,8 @@ export interface OverlayInfo {
   size: number
   sectorSize: number
   base: {kind: 'media-sha256' | 'raw-identity'; sha256: string}
+  /** The overlay's random id (hex), repeated in every record. */
+  id: string
   created: string
   fileBytes: number
   records: number
@@ -609,6 +611,7 @@ export function inspectOverlay(file: string): OverlayInfo {
       size: h.size,
       sectorSize: h.sectorSize,
       base: {kind: h.base.kind === BASE_MEDIA_HASH ? 'media-sha256' : 'raw-identity', sha256: h.base.hash.toString('hex')},
+      id: h.id.toString('hex'),
       created: Number.isFinite(new Date(h.created).getTime()) && h.created <= 8.64e15 ? new Date(h.created).toISOString() : String(h.created),
       fileBytes: st.size,
       records: r.records,

@@ -11,6 +11,8 @@ import {BlockError, BlockServer} from '../../src/core/blockserver'
 import {VdevError} from '../../src/core/errors'
 import {HEADER_SIZE, RECORD_HEADER_SIZE, Overlay, inspectOverlay} from '../../src/layers/overlay'
 import {RawImage} from '../../src/sources/raw'
+import {commitOverlay} from '../../src/layers/overlay-commit'
+import {openImage} from '../../src/format/reader'
 import {prng, sha256, tmpDir, writeTruthMap} from '../helpers'
 
 const SIZE = 4 << 20
@@ -95,6 +97,33 @@ describe('overlay layer', function () {
     await assert.rejects(ro.write(0, Buffer.alloc(512)), (e: BlockError) => e.errno === 'EPERM')
     await ro.flush() // nothing to flush, and no error
     await ro.source.close()
+  })
+
+  it('overlay commit: a new image of base + changes, written bad sectors good, both parents named, the base untouched', async () => {
+    const file = path.join(t.dir, 'o.vdovl')
+    const o = await open(file, {mapfile: true})
+    const data = prng(31, 512)
+    await o.write(8192, data)
+    await o.write(100_000, prng(32, 70_000))
+    await o.zero(1 << 20, 1 << 20)
+    const want = (await o.read(0, SIZE)).data
+    await o.close()
+    const out = path.join(t.dir, 'new.vdimg')
+    const r = await commitOverlay(RawImage.open(raw, {mapfile: map}), file, out, {baseName: raw, version: 'test'})
+    assert.equal(r.badAreas, 1)
+    const img = await openImage(out)
+    try {
+      assert.deepEqual([...img.badAreas].map((b) => [b.offset, b.length, b.status]), [[8704, 512, 'bad-sector']])
+      const got = await img.read(0, SIZE)
+      assert.ok(got.data.equals(want))
+      const parents = img.metadata.parents as {base: {identity: string}; overlay: {id: string}}
+      assert.match(parents.base.identity, /^raw identity [0-9a-f]{64}$/)
+      assert.equal(parents.overlay.id, inspectOverlay(file).id)
+      assert.equal(img.sha256, r.sha256)
+    } finally {
+      await img.close()
+    }
+    assert.equal(sha256(fs.readFileSync(raw)), sha256(baseBytes), 'the base file is unchanged')
   })
 
   it('refuses the overlay of another base with one line', async () => {

@@ -139,7 +139,7 @@ describe('vdev serve --overlay', function () {
     assert.equal(sha256(fs.readFileSync(base)), baseSha)
   })
 
-  it('over a VDIMG image: the overlay names its media hash, and the image still verifies afterwards', async () => {
+  it('over a VDIMG image: the overlay names its media hash, the image still verifies, overlay commit writes a new image', async () => {
     const img = path.join(t.dir, 'disk.vdimg')
     await run(process.execPath, [BIN, 'create', base, img])
     const imgSha = sha256(fs.readFileSync(img))
@@ -152,6 +152,23 @@ describe('vdev serve --overlay', function () {
     assert.deepEqual(info.base, {kind: 'media-sha256', sha256: media})
     assert.equal(sha256(fs.readFileSync(img)), imgSha, 'the image file is unchanged')
     await run(process.execPath, [BIN, 'verify', img])
+    // overlay commit: a new image that verifies and holds the change; refusals with their exit codes.
+    const out = path.join(t.dir, 'new.vdimg')
+    await run(process.execPath, [BIN, 'overlay', 'commit', img, ov, out])
+    await run(process.execPath, [BIN, 'verify', out])
+    const raw = path.join(t.dir, 'new.raw')
+    await run(process.execPath, [BIN, 'extract', out, raw])
+    const want = prng(21, SIZE)
+    want.fill(0x77, 0, 1 << 20)
+    assert.ok(fs.readFileSync(raw).equals(want))
+    assert.equal((await run(process.execPath, [BIN, 'overlay', 'commit', img, ov, out], {allowFail: true})).code, 6)
+    const other = path.join(t.dir, 'other.img')
+    fs.writeFileSync(other, prng(23, SIZE))
+    const wrong = await run(process.execPath, [BIN, 'overlay', 'commit', other, ov, path.join(t.dir, 'x.vdimg'), '--format', 'raw'], {allowFail: true})
+    assert.equal(wrong.code, 2)
+    assert.equal(wrong.stderr.trim().split('\n').length, 1)
+    assert.ok(!fs.existsSync(path.join(t.dir, 'x.vdimg')))
+    assert.equal(sha256(fs.readFileSync(img)), imgSha, 'the image file is unchanged')
   })
 
   it('refuses the wrong base, a read-only overlay and a non-overlay with one line and their exit codes', async () => {
