@@ -141,6 +141,15 @@ export function processStartTime(pid: number): number | undefined {
 
 /** Whether the entry's server process is alive (same pid, same start time). */
 export function serverAlive(e: Pick<DeviceEntry, 'pid' | 'pidStart'>): boolean {
+  if (process.platform === 'win32') {
+    // No /proc: whether the pid exists is all Windows says here (no guard against pid reuse).
+    try {
+      process.kill(e.pid, 0)
+      return true
+    } catch {
+      return false
+    }
+  }
   const t = processStartTime(e.pid)
   if (t === undefined) return false
   // A zombie is as good as dead: its fds (and so its FUSE connection) are closed.

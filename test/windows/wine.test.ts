@@ -15,7 +15,7 @@ import {execFileSync} from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {have, prng, runCli, textish, tmpDir, writeTruthMap} from '../helpers'
-import {killWine, runWin, setupWine, startWin, startWineServer, waitForLine} from './wine'
+import {PREFIX, killWine, runWin, setupWine, startWin, startWineServer, waitForLine} from './wine'
 
 describe('Windows under Wine (Windows Node 22, stand-in iscsidsc.dll)', function () {
   this.timeout(180000)
@@ -61,7 +61,8 @@ describe('Windows under Wine (Windows Node 22, stand-in iscsidsc.dll)', function
     const c = await runWin(['bin/run.js', 'create', '--mapfile', map, raw, image, '--chunk-size', '64K', '--json'], t.dir, 'create')
     assert.equal(c.code, 0, c.stderr)
     const linuxImage = path.join(t.dir, 'linux.vdimg')
-    assert.equal((await runCli(['create', '--mapfile', map, raw, linuxImage, '--chunk-size', '64K'])).code, 0)
+    const lc = await runCli(['create', '--mapfile', map, raw, linuxImage, '--chunk-size', '64K'])
+    assert.equal(lc.code, 0, lc.stderr)
 
     const wi = await runWin(['bin/run.js', 'info', image, '--json', '--all'], t.dir, 'info')
     assert.equal(wi.code, 0, wi.stderr)
@@ -201,6 +202,31 @@ describe('Windows under Wine (Windows Node 22, stand-in iscsidsc.dll)', function
       fs.writeFileSync(path.join(runDir, 'continue'), '')
       await Promise.race([d.done, new Promise((r) => setTimeout(r, 10000))])
     }
+  })
+
+  it('vdev attach | list | detach as Windows code: registry in %ProgramData%\\vdev, the session cross-checked', async () => {
+    const sd = standin('cli')
+    const plain = path.join(t.dir, 'cli.vdimg')
+    assert.equal((await runCli(['create', raw, plain])).code, 0)
+    const a = await runWin(['bin/run.js', 'attach', plain, '--backend', 'windows-iscsi', '--json'], t.dir, 'attach', sd.env, 90000)
+    assert.equal(a.code, 0, a.stderr)
+    const dev = JSON.parse(a.stdout)
+    assert.equal(dev.device, '\\\\.\\PhysicalDrive5')
+    assert.equal(dev.backend, 'windows-iscsi')
+    assert.equal(dev.readOnly, true)
+    const entry = path.join(PREFIX, 'drive_c', 'ProgramData', 'vdev', 'devices', `${dev.id}.json`)
+    assert.ok(fs.existsSync(entry), `no registry entry at ${entry}`)
+    const l = await runWin(['bin/run.js', 'list', '--json'], t.dir, 'list', sd.env)
+    assert.equal(l.code, 0, l.stderr)
+    const mine = (JSON.parse(l.stdout) as Array<{id: string; state: string}>).find((x) => x.id === dev.id)
+    assert.equal(mine?.state, 'running')
+    assert.ok(sd.calls().some((c) => c.startsWith('ReportIScsiSessionsW')), 'list did not cross-check the sessions')
+    const d = await runWin(['bin/run.js', 'detach', dev.device], t.dir, 'detach', sd.env)
+    assert.equal(d.code, 0, d.stderr)
+    assert.ok(sd.calls().some((c) => c.startsWith('LogoutIScsiTarget')))
+    assert.ok(sd.calls().some((c) => c.startsWith('RemoveIScsiStaticTargetW')))
+    assert.equal(sd.state().trim(), '')
+    assert.ok(!fs.existsSync(entry))
   })
 
   it('backend: a login that never succeeds fails the attach after 3 tries and removes the target', async () => {

@@ -187,4 +187,10 @@ export function killWine(): void {
   } catch {
     /* nothing running */
   }
+  try {
+    // Wait until it has exited (and with it every Windows process of the prefix).
+    execFileSync(WINESERVER, ['-w'], {env: wineEnv(), stdio: 'ignore', timeout: 30000})
+  } catch {
+    /* already gone */
+  }
 }
