@@ -126,6 +126,25 @@ describe('overlay layer', function () {
     assert.equal(sha256(fs.readFileSync(raw)), sha256(baseBytes), 'the base file is unchanged')
   })
 
+  it('concurrent overlapping writes: what is read before closing is what replays after', async () => {
+    const file = path.join(t.dir, 'o.vdovl')
+    const o = await open(file)
+    const ops: Array<Promise<void>> = []
+    for (let i = 0; i < 200; i++) {
+      const at = ((i * 7919) % 1000) * 512 + (i % 3) * 100
+      const len = 512 * (1 + (i % 9)) + (i % 2) * 77
+      if (i % 10 === 3) ops.push(o.zero(at, len))
+      else if (i % 10 === 7) ops.push(o.trim(at, len))
+      else ops.push(o.write(at, prng(100 + i, len)))
+    }
+    await Promise.all(ops)
+    const before = (await o.read(0, SIZE)).data
+    await o.close()
+    const again = await open(file)
+    assert.ok((await again.read(0, SIZE)).data.equals(before))
+    await again.close()
+  })
+
   it('refuses the overlay of another base with one line', async () => {
     const file = path.join(t.dir, 'o.vdovl')
     await (await open(file)).close()
