@@ -10,6 +10,7 @@ import type {Backend, Probe} from './backend'
 const MODULES: Record<string, string> = {
   ublk: 'backends/linux/ublk/index.js',
   nbd: 'backends/linux/nbd/index.js',
+  iscsi: 'backends/linux/iscsi/index.js',
   fuse: 'backends/linux/fuse/index.js',
   'macos-nfs': 'backends/macos/nfs/index.js',
   'windows-iscsi': 'backends/windows/iscsi/index.js',
