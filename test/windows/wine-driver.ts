@@ -62,7 +62,9 @@ async function main(): Promise<void> {
   process.exit(0)
 }
 
-main().catch((err) => {
-  out('error', {message: (err as Error).stack ?? String(err)})
-  process.exit(1)
-})
+// Only when run as a script: loading this file (a test runner's glob) must do nothing.
+if (require.main === module)
+  main().catch((err) => {
+    out('error', {message: (err as Error).stack ?? String(err)})
+    process.exit(1)
+  })
