@@ -12,6 +12,11 @@ export abstract class VdevCommand extends Command {
     throw err
   }
 
+  /** Damage the command works around (a non-critical section): one line each on stderr, in any mode. */
+  protected warnAll(lines: readonly string[]): void {
+    for (const l of lines) process.stderr.write(`vdev: warning: ${l}\n`)
+  }
+
   /** Human output goes to stdout only when not in --json mode. */
   protected say(line = ''): void {
     if (!this.jsonEnabled()) process.stdout.write(line + '\n')

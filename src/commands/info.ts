@@ -39,6 +39,7 @@ export default class Info extends VdevCommand {
       }
     }
     const img = await openImage(desc.path)
+    this.warnAll(img.warnings)
     try {
       const info = await describeImage(img, {maxRanges})
       this.say(`image:        ${info.path} (VDIMG ${info.version})`)

@@ -74,6 +74,11 @@ export class VdimgImage implements BlockSource {
   readonly metadata: Record<string, unknown>
   readonly badAreas: BadAreaMap
   readonly sections: Section[]
+  /**
+   * Damage found in non-critical sections when the image opened (one line each, naming the file and the
+   * byte): the image works without them. Commands print them as warnings; verify counts them as damage.
+   */
+  readonly warnings: string[] = []
 
   private readonly index: IndexTables
   private readonly cache: ChunkCache
@@ -157,6 +162,17 @@ export class VdimgImage implements BlockSource {
   /** How many chunks of group `g` have each kind (index = ChunkKind), straight from its table. */
   groupKinds(g: number): Promise<number[]> {
     return this.index.groupKinds(g)
+  }
+
+  /** Why group `g`'s index table cannot be used (damaged, out of place), or undefined when it can. */
+  async checkTable(g: number): Promise<VdevError | undefined> {
+    try {
+      await this.index.table(g)
+      return undefined
+    } catch (err) {
+      if (err instanceof VdevError) return err
+      throw err
+    }
   }
 
   /** The index entry of chunk `i`, validated. */
@@ -451,6 +467,7 @@ export class VdimgImage implements BlockSource {
       let l1Offset = 0
       let bad = BadAreaMap.EMPTY
       let metadata: Record<string, unknown> = {}
+      const warnings: string[] = []
       const load = async (s: Section, cap: number, what: string) => {
         if (s.length > cap) throw fail(`${what} is ${s.length} bytes, more than the ${cap} a valid image can need`, s.offset)
         const b = await preadExact(fd, s.length, s.offset, file)
@@ -479,31 +496,46 @@ export class VdimgImage implements BlockSource {
             throw err
           }
         } else if (s.type === SectionType.Metadata) {
-          const b = await load(s, MAX_METADATA, 'metadata')
-          const deep = metadataTooDeep(b)
-          if (deep !== undefined) throw fail(`metadata nests deeper than ${MAX_METADATA_DEPTH} levels`, s.offset + deep)
-          let parsed: unknown
+          // Non-critical (FORMAT.md §3): damaged metadata is a warning, and the image opens without it.
           try {
-            parsed = JSON.parse(b.toString('utf8'))
-          } catch {
-            throw fail('metadata is not valid JSON', s.offset)
+            metadata = parseMetadataSection(await load(s, MAX_METADATA, 'metadata'), s.offset, fail)
+          } catch (err) {
+            if (!(err instanceof VdevError) || err.code !== 'format') throw err
+            warnings.push(`${err.message}; ignored`)
           }
-          if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw fail('metadata is not a JSON object', s.offset)
-          metadata = parsed as Record<string, unknown>
         } else if (s.flags & SECTION_FLAG_CRITICAL) {
           throw fail(`unknown critical section type ${s.type}: this image needs a newer vdev`, s.offset, 'unsupported')
+        } else if (s.length <= MAX_METADATA && crc32c(await preadExact(fd, s.length, s.offset, file)) !== s.crc) {
+          // An unknown non-critical section is skipped; a damaged one is worth a warning all the same.
+          warnings.push(`${file}: section of type ${s.type} checksum mismatch (at byte ${s.offset}); ignored`)
         }
       }
       if (!l1) {
         if (header.chunkCount > 0) throw fail('no chunk index section', header.sectionTableOffset)
         l1 = Buffer.alloc(0)
       }
-      return new VdimgImage(file, fd, fileSize, header, l1, l1Offset, bad, metadata, sections, opts)
+      const img = new VdimgImage(file, fd, fileSize, header, l1, l1Offset, bad, metadata, sections, opts)
+      img.warnings.push(...warnings)
+      return img
     } catch (err) {
       fs.closeSync(fd)
       throw err
     }
   }
+}
+
+/** A metadata section's bytes as the JSON object they must be (FORMAT.md §8), or a format error. */
+function parseMetadataSection(b: Buffer, offset: number, fail: (m: string, o: number) => VdevError): Record<string, unknown> {
+  const deep = metadataTooDeep(b)
+  if (deep !== undefined) throw fail(`metadata nests deeper than ${MAX_METADATA_DEPTH} levels`, offset + deep)
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(b.toString('utf8'))
+  } catch {
+    throw fail('metadata is not valid JSON', offset)
+  }
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw fail('metadata is not a JSON object', offset)
+  return parsed as Record<string, unknown>
 }
 
 export function openImage(file: string, opts?: OpenOptions): Promise<VdimgImage> {

@@ -130,6 +130,8 @@ export async function serve(opts: ServeOptions): Promise<number> {
     // (size, extents), so it starts no decompression workers (an idle one still holds a V8 isolate).
     source = await openSource(opts.source, {decompressThreads: threads > 0 ? 0 : Math.min(4, os.availableParallelism())})
     const threaded = threads > 0 && source.descriptor !== undefined
+    // A damaged non-critical section (metadata): served without it, said in the log.
+    for (const w of (source as {warnings?: string[]}).warnings ?? []) log(`warning: ${w}`)
     server = new BlockServer(source, {
       badPolicy: opts.badPolicy,
       onFault: (offset, length, err) => log(`fault reading ${length} bytes at ${offset}: ${(err as Error)?.message ?? err}`),
