@@ -24,6 +24,17 @@ describe('Windows under Wine (Windows Node 22, stand-in iscsidsc.dll)', function
   let map: string
   let data: Buffer
   let image: string
+  let shared: string | undefined
+  /** A plain image of the source, made once by Linux vdev (the backend tests need no bad areas). */
+  async function sharedImage(): Promise<string> {
+    if (!shared) {
+      const p = path.join(t.dir, 'shared.vdimg')
+      const c = await runCli(['create', raw, p])
+      assert.equal(c.code, 0, c.stderr)
+      shared = p
+    }
+    return shared
+  }
 
   before(function () {
     this.timeout(600000)
@@ -233,7 +244,7 @@ describe('Windows under Wine (Windows Node 22, stand-in iscsidsc.dll)', function
     const sd = standin('fail')
     const runDir = path.join(t.dir, 'run-fail')
     fs.mkdirSync(runDir)
-    const r = await runWin(['dist/test/windows/wine-driver.js', image, runDir, 'fail'], t.dir, 'driver-fail', {...sd.env, STANDIN_LOGIN_FAILS: '99'})
+    const r = await runWin(['dist/test/windows/wine-driver.js', await sharedImage(), runDir, 'fail'], t.dir, 'driver-fail', {...sd.env, STANDIN_LOGIN_FAILS: '99'})
     assert.equal(r.code, 0, r.stderr)
     const a = parseSteps(r.stdout).attach
     assert.equal(a.ok, false)
@@ -249,7 +260,7 @@ describe('Windows under Wine (Windows Node 22, stand-in iscsidsc.dll)', function
     const sd = standin('busy')
     const runDir = path.join(t.dir, 'run-busy')
     fs.mkdirSync(runDir)
-    const r = await runWin(['dist/test/windows/wine-driver.js', image, runDir, 'busy'], t.dir, 'driver-busy', {...sd.env, STANDIN_LOGOUT_BUSY: '1'})
+    const r = await runWin(['dist/test/windows/wine-driver.js', await sharedImage(), runDir, 'busy'], t.dir, 'driver-busy', {...sd.env, STANDIN_LOGOUT_BUSY: '1'})
     assert.equal(r.code, 0, r.stderr)
     const steps = parseSteps(r.stdout)
     assert.equal(steps.attach.ok, true)
