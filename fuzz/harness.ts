@@ -38,6 +38,8 @@ export interface CaseResult {
 export interface TargetInstance {
   runCase(ctx: CaseContext): Promise<CaseResult>
   close(): Promise<void>
+  /** What the running case is doing (named when it hangs). */
+  progress?(): string
 }
 
 export interface Target {
@@ -165,7 +167,8 @@ export async function runTarget(target: Target, opts: RunOptions): Promise<Targe
         const r = await Promise.race([instance.runCase(ctx), timeout])
         if (r === 'timeout') {
           hung = true
-          result = {outcome: 'hang', failures: [`hang: the case did not finish within ${target.caseTimeoutMs} ms`]}
+          const doing = instance.progress?.()
+          result = {outcome: 'hang', failures: [`hang: the case did not finish within ${target.caseTimeoutMs} ms${doing ? ` (it was at: ${doing})` : ''}`]}
         } else result = r
       } catch (err) {
         result = {outcome: 'harness-error', failures: [`the case threw: ${errorText(err)}`]}

@@ -18,7 +18,8 @@
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import {spawn} from 'node:child_process'
+import {spawn, spawnSync} from 'node:child_process'
+import * as net from 'node:net'
 import {EXIT_CODES, VdevError, type BadRange, type ErrorCode} from '../../src/core/errors'
 import {BadAreaMap} from '../../src/format/badmap'
 import {describeImage} from '../../src/format/describe'
@@ -39,8 +40,9 @@ interface Expected {
   info: number
   verify?: number
   extract?: number
-  /** Why the library failed, when it did (the CLI must say something on one line). */
   size?: number
+  /** What verify computed: the SHA-256 of what extract must write. */
+  sha256?: string | null
 }
 
 class Failures {
@@ -76,8 +78,12 @@ function canonical(ranges: Iterable<BadRange>): string {
   return JSON.stringify([...BadAreaMap.fromRanges(ranges)])
 }
 
+/** What the running case is doing, for the message when it hangs. */
+let doing = ''
+
 async function libraryPaths(file: string, dir: string, ctx: CaseContext, f: Failures, parts: string[]): Promise<Expected | {openExit: number}> {
   const rng = ctx.rng
+  doing = 'openImage'
   let img: VdimgImage
   try {
     img = await openImage(file)
@@ -90,6 +96,7 @@ async function libraryPaths(file: string, dir: string, ctx: CaseContext, f: Fail
   try {
     parts.push('open:ok')
     // info: what describeImage returns, printed as the command prints it.
+    doing = 'describeImage'
     let infoExit = 0
     try {
       const info = await describeImage(img, {maxRanges: rng.chance(0.3) ? Infinity : 20})
@@ -111,6 +118,7 @@ async function libraryPaths(file: string, dir: string, ctx: CaseContext, f: Fail
 
     // Serving reads, as backends do them: asynchronous, and sync mode (serving threads, prefix decoding).
     const reads: Array<{offset: number; data: Buffer}> = []
+    doing = 'reads'
     if (img.size > 0) {
       try {
         syncImg = await openImage(file, {sync: true, cacheBytes: 1 << 20})
@@ -142,6 +150,7 @@ async function libraryPaths(file: string, dir: string, ctx: CaseContext, f: Fail
 
     let verify: VerifyResult | undefined
     let verifyExit: number
+    doing = 'verifyImage'
     try {
       verify = await verifyImage(img, {threads: 1})
       verifyExit = verify.ok ? 0 : EXIT_CODES.verify
@@ -155,21 +164,31 @@ async function libraryPaths(file: string, dir: string, ctx: CaseContext, f: Fail
     const out = path.join(dir, 'out.img')
     const mapOut = rng.chance(0.3) ? path.join(dir, 'out.map') : undefined
     let extractExit = 0
+    doing = 'extractImage'
     try {
-      await extractImage(img, out, {threads: 1, mapfileOut: mapOut})
-      parts.push('extract:ok')
+      const result = await extractImage(img, out, {threads: 1, mapfileOut: mapOut})
+      // Damaged chunks either fail extract, or (where extract writes them as unreadable bytes and the CLI
+      // exits 5) are counted in its result; either way they are the ones verify finds.
+      const damaged = (result as {damagedChunks?: number}).damagedChunks ?? 0
+      extractExit = damaged ? EXIT_CODES.verify : 0
+      parts.push(damaged ? 'extract:damaged' : 'extract:ok')
       const st = fs.statSync(out)
       if (st.size !== img.size) f.add(`extract: wrote ${st.size} bytes for a ${img.size}-byte image`)
-      const bytes = fs.readFileSync(out)
-      if (verify?.failedChunks) f.add(`extract succeeded although verify found ${verify.failedChunks} damaged chunks (${verify.problems[0]?.message})`)
-      if (verify?.sha256.computed && sha256(bytes) !== verify.sha256.computed) f.add('extract wrote other bytes than verify hashed')
-      for (const r of reads)
-        if (!r.data.equals(bytes.subarray(r.offset, r.offset + r.data.length)))
-          f.add(`read(${r.offset}, ${r.data.length}) returned other bytes than extract wrote there`)
+      if (verify && verify.failedChunks !== damaged)
+        f.add(`extract ${damaged ? `reported ${damaged}` : 'found no'} damaged chunks where verify found ${verify.failedChunks}${verify.problems[0] ? ` (${verify.problems[0].message})` : ''}`)
+      if (!damaged) {
+        const bytes = fs.readFileSync(out)
+        if (verify?.sha256.computed && sha256(bytes) !== verify.sha256.computed) f.add('extract wrote other bytes than verify hashed')
+        for (const r of reads)
+          if (!r.data.equals(bytes.subarray(r.offset, r.offset + r.data.length)))
+            f.add(`read(${r.offset}, ${r.data.length}) returned other bytes than extract wrote there`)
+      }
       if (mapOut) {
         try {
           const m = parseMapfile(fs.readFileSync(mapOut, 'utf8'), mapOut)
-          if (canonical(m.bad) !== canonical(img.badAreas)) f.add('extract --mapfile-out: the mapfile does not hold the image\'s bad areas')
+          // With damage the mapfile holds the damaged chunks as bad areas too.
+          if (!damaged && canonical(m.bad) !== canonical(img.badAreas)) f.add('extract --mapfile-out: the mapfile does not hold the image\'s bad areas')
+          if (m.extent !== img.size && img.size > 0) f.add(`extract --mapfile-out: the mapfile covers ${m.extent} bytes, the image ${img.size}`)
         } catch (err) {
           f.add(`extract --mapfile-out wrote a mapfile that does not parse: ${(err as Error).message}`)
         }
@@ -185,7 +204,7 @@ async function libraryPaths(file: string, dir: string, ctx: CaseContext, f: Fail
     }
     const temps = strayTemps(dir)
     if (temps.length) f.add(`extract left temporary files: ${temps.join(', ')}`)
-    return {info: infoExit, verify: verifyExit, extract: extractExit, size: img.size}
+    return {info: infoExit, verify: verifyExit, extract: extractExit, size: img.size, sha256: verify?.sha256.computed}
   } finally {
     await img.close()
     await syncImg?.close()
@@ -196,49 +215,76 @@ interface CliRun {
   code: number | null
   signal: NodeJS.Signals | null
   stdout: string
+  stdoutBytes: Buffer
   stderr: string
   timedOut: boolean
 }
 
-function runCli(args: string[]): Promise<CliRun> {
+/**
+ * Run the CLI (argv, no shell). Its stdout is Node's pipe (a socketpair), or with `fifo` a named pipe in
+ * `fifo` — what a shell's `|` gives, which extract writes through another path.
+ */
+function runCli(args: string[], fifo?: string): Promise<CliRun> {
   return new Promise((resolve) => {
     const env = {...process.env}
     delete env.VDEV_DEBUG
-    const child = spawn(process.execPath, [BIN, ...args], {stdio: ['ignore', 'pipe', 'pipe'], env})
+    let reader: net.Socket | undefined
+    let writeFd: number | undefined
+    if (fifo) {
+      // Open the read end first (non-blocking), so opening the write end does not wait for a reader.
+      spawnSync('mkfifo', [fifo])
+      reader = new net.Socket({fd: fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK), readable: true, writable: false})
+      writeFd = fs.openSync(fifo, 'w')
+    }
+    const child = spawn(process.execPath, [BIN, ...args], {stdio: ['ignore', writeFd ?? 'pipe', 'pipe'], env})
+    if (writeFd !== undefined) fs.closeSync(writeFd)
+    const stdout = reader ?? child.stdout!
     const out: Buffer[] = []
     const err: Buffer[] = []
-    child.stdout.on('data', (b: Buffer) => out.push(b))
-    child.stderr.on('data', (b: Buffer) => err.push(b))
+    stdout.on('data', (b: Buffer) => out.push(b))
+    stdout.on('error', () => undefined)
+    child.stderr!.on('data', (b: Buffer) => err.push(b))
     let timedOut = false
     const timer = setTimeout(() => {
       timedOut = true
       child.kill('SIGKILL')
     }, CLI_TIMEOUT_MS)
-    child.on('close', (code, signal) => {
+    let exit: {code: number | null; signal: NodeJS.Signals | null} | undefined
+    let ended = !reader
+    const finish = () => {
+      if (!exit || !ended) return
       clearTimeout(timer)
-      resolve({code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), timedOut})
-    })
+      const stdoutBytes = Buffer.concat(out)
+      resolve({...exit, stdout: stdoutBytes.toString(), stdoutBytes, stderr: Buffer.concat(err).toString(), timedOut})
+    }
+    reader?.on('close', () => ((ended = true), finish()))
+    child.on('close', (code, signal) => ((exit = {code, signal}), finish()))
   })
 }
 
 /** The documented exit codes a command on a damaged image may end with. */
-const CLI_CODES: Record<string, number[]> = {info: [0, 3, 4], verify: [0, 3, 4, 5], extract: [0, 3, 4]}
+const CLI_CODES: Record<string, number[]> = {info: [0, 3, 4], verify: [0, 3, 4, 5], extract: [0, 3, 4, 5]}
 
 async function cliSlice(file: string, dir: string, expected: Expected | {openExit: number}, ctx: CaseContext, f: Failures, parts: string[]): Promise<void> {
   const opened = !('openExit' in expected)
   const size = 'openExit' in expected ? undefined : expected.size
+  const sha = 'openExit' in expected ? undefined : expected.sha256
   const small = opened && (size ?? 0) <= MAX_DECODE
+  // Extract to a file, or to stdout (a pipe): each has its own writer.
+  const toStdout = ctx.rng.chance(0.5)
+  const out = toStdout ? '-' : path.join(dir, 'cli-out.img')
   const json = ctx.iteration % 2 === 1
-  const runs: Array<{cmd: string; args: string[]; want: number | undefined}> = [
+  const runs: Array<{cmd: string; args: string[]; want: number | undefined; fifo?: boolean}> = [
     {cmd: 'info', args: ['info', file, ...(json ? ['--json'] : [])], want: opened ? expected.info : expected.openExit},
   ]
   if (!opened || small) {
     runs.push({cmd: 'verify', args: ['verify', file], want: opened ? expected.verify : expected.openExit})
-    runs.push({cmd: 'extract', args: ['extract', file, path.join(dir, 'cli-out.img')], want: opened ? expected.extract : expected.openExit})
+    runs.push({cmd: 'extract', args: ['extract', file, out], want: opened ? expected.extract : expected.openExit, fifo: toStdout && ctx.rng.chance(0.5)})
   }
   for (const r of runs) {
-    const res = await runCli(r.args)
-    const what = `CLI ${r.cmd}`
+    const what = `CLI ${r.cmd}${r.cmd === 'extract' && toStdout ? ` to stdout (${r.fifo ? 'a FIFO' : 'a socketpair'})` : ''}`
+    doing = `${what}: vdev ${r.args.join(' ')}`
+    const res = await runCli(r.args, r.fifo ? path.join(dir, 'stdout.fifo') : undefined)
     parts.push(`cli-${r.cmd}:${res.code}`)
     if (res.timedOut) {
       f.add(`${what}: no exit within ${CLI_TIMEOUT_MS / 1000} s (hang)`)
@@ -252,11 +298,14 @@ async function cliSlice(file: string, dir: string, expected: Expected | {openExi
     else if (!CLI_CODES[r.cmd].includes(res.code)) f.add(`${what}: exit ${res.code} is not one of ${CLI_CODES[r.cmd].join(', ')}`)
     if (r.want !== undefined && res.code !== r.want) f.add(`${what}: exit ${res.code}, but the library's outcome maps to ${r.want}`)
     if (/\n\s+at /.test(res.stderr)) f.add(`${what}: a stack trace on stderr`)
+    // Warnings ("vdev: warning: …", damage a command works around) may come first; then a failure says
+    // what is wrong in exactly one line, and a success says nothing more.
     const lines = res.stderr.split('\n').filter((l, i, all) => l !== '' || i < all.length - 1)
+    const said = lines.filter((l) => !l.startsWith('vdev: warning: '))
     if (res.code !== 0) {
-      if (lines.length !== 1) f.add(`${what}: ${lines.length} lines on stderr for a failure (want exactly 1): ${JSON.stringify(res.stderr.slice(0, 300))}`)
-      else if (!lines[0].startsWith('vdev: ')) f.add(`${what}: stderr does not start with "vdev: ": ${lines[0]}`)
-    } else if (res.stderr !== '') f.add(`${what}: succeeded but wrote to stderr: ${JSON.stringify(res.stderr.slice(0, 300))}`)
+      if (said.length !== 1) f.add(`${what}: ${said.length} lines on stderr for a failure (want exactly 1): ${JSON.stringify(res.stderr.slice(0, 300))}`)
+      else if (!said[0].startsWith('vdev: ')) f.add(`${what}: stderr does not start with "vdev: ": ${said[0]}`)
+    } else if (said.length) f.add(`${what}: succeeded but wrote to stderr: ${JSON.stringify(res.stderr.slice(0, 300))}`)
     if (r.cmd === 'info' && json) {
       try {
         const v = JSON.parse(res.stdout) as {error?: unknown}
@@ -265,11 +314,21 @@ async function cliSlice(file: string, dir: string, expected: Expected | {openExi
         f.add(`${what} --json: stdout is not JSON: ${JSON.stringify(res.stdout.slice(0, 200))}`)
       }
     }
+    // Exit 0 — or 5, damaged chunks written as unreadable bytes — means a complete output.
+    const complete = res.code === 0 || (res.code === 5 && r.cmd === 'extract')
+    if (r.cmd === 'extract' && toStdout && complete && size !== undefined) {
+      if (res.stdoutBytes.length !== size) f.add(`${what}: exit ${res.code} but ${res.stdoutBytes.length} bytes on stdout (image: ${size} bytes)`)
+      else if (res.code === 0 && sha && sha256(res.stdoutBytes) !== sha) f.add(`${what}: exit 0 but other bytes than verify hashed`)
+    }
+    if (r.cmd === 'extract' && !toStdout) {
+      if (complete && size !== undefined) {
+        if (!fs.existsSync(out) || fs.statSync(out).size !== size)
+          f.add(`${what}: exit ${res.code} but the output is ${fs.existsSync(out) ? `${fs.statSync(out).size} bytes` : 'missing'} (image: ${size} bytes)`)
+        else if (res.code === 0 && sha && sha256(fs.readFileSync(out)) !== sha) f.add(`${what}: exit 0 but other bytes than verify hashed`)
+      }
+      if (!complete && fs.existsSync(out)) f.add(`${what}: failed but left its output`)
+    }
     if (r.cmd === 'extract') {
-      const out = path.join(dir, 'cli-out.img')
-      if (res.code === 0 && size !== undefined && (!fs.existsSync(out) || fs.statSync(out).size !== size))
-        f.add(`${what}: exit 0 but the output is ${fs.existsSync(out) ? `${fs.statSync(out).size} bytes` : 'missing'} (image: ${size} bytes)`)
-      if (res.code !== 0 && fs.existsSync(out)) f.add(`${what}: failed but left its output`)
       const temps = strayTemps(dir)
       if (temps.length) f.add(`${what}: left temporary files: ${temps.join(', ')}`)
     }
@@ -310,6 +369,7 @@ export const imageTarget: Target = {
       async close() {
         fs.rmSync(work, {recursive: true, force: true})
       },
+      progress: () => doing,
     }
   },
 }
