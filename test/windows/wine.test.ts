@@ -96,7 +96,8 @@ describe('Windows under Wine (Windows Node 22, stand-in iscsidsc.dll)', function
     assert.deepEqual(body(wmap), body(lmap))
     assert.equal(body(wmap).filter((l) => / -$/.test(l)).length, 2)
     // The Windows-made image is a valid image for Linux vdev too.
-    assert.equal((await runCli(['verify', image])).code, 0)
+    const lv = await runCli(['verify', image])
+    assert.equal(lv.code, 0, lv.stderr + lv.stdout)
   })
 
   it('vdev serve --protocol iscsi as Windows code: libiscsi and qemu-img read it exactly from Linux', async function () {
