@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'busy' // a device is in use
   | 'not-found' // no attached device matches
   | 'timeout' // a wait ran out of time
+  | 'interrupted' // stopped by SIGINT or SIGTERM; nothing half-written is left
   | 'internal'
 
 export const EXIT_CODES: Record<ErrorCode, number> = {
@@ -27,6 +28,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   busy: 8,
   'not-found': 9,
   timeout: 10,
+  interrupted: 130,
   internal: 1,
 }
 

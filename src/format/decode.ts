@@ -33,8 +33,13 @@ export interface DecodedBatch {
 export interface DecodeAllOptions {
   threads?: number
   onBatch: (b: DecodedBatch) => void | Promise<void>
-  /** Stop at the first failing chunk by throwing its error (default true). */
+  /**
+   * Stop at the first failing chunk by throwing its error (default true). Otherwise a failing chunk, or
+   * every chunk of a damaged index table, is handed over with its `error` set and its bytes as zeros.
+   */
   stopOnError?: boolean
+  /** Stop between batches when this is aborted, throwing its reason. */
+  signal?: AbortSignal
 }
 
 export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promise<void> {
@@ -49,6 +54,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
   // Input buffers come back from the workers too; a batch's stored bytes fit unless index tables sit in it.
   const inBytes = batchBytes + (2 << 20)
   const spareIn: ArrayBuffer[] = []
+  const tableErrors = new Map<number, VdevError>()
   type Prepared = {first: number; chunks: DecodedChunk[]; result: Promise<DecodeResult>}
 
   /** Look up a batch's entries, read its stored bytes and hand it to a worker. */
@@ -56,12 +62,22 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
     const first = batch * batchChunks
     const last = Math.min(img.chunkCount, first + batchChunks)
     const chunks: DecodedChunk[] = []
+    const failed = (i: number, error: VdevError): DecodedChunk => ({index: i, entry: {offset: 0, storedLength: 0, crc: 0, kind: ChunkKind.Zero, storedCrc: 0}, error})
     for (let i = first; i < last; i++) {
+      const g = Math.floor(i / img.l2Entries)
+      const known = tableErrors.get(g)
+      if (known) {
+        chunks.push(failed(i, known))
+        continue
+      }
       try {
         chunks.push({index: i, entry: await img.entry(i)})
       } catch (err) {
         if (stop || !(err instanceof VdevError)) throw err
-        chunks.push({index: i, entry: {offset: 0, storedLength: 0, crc: 0, kind: ChunkKind.Zero, storedCrc: 0}, error: err})
+        // A damaged index table fails every chunk of its group: remember it rather than read it again per chunk.
+        const tableError = await img.checkTable(g)
+        if (tableError) tableErrors.set(g, tableError)
+        chunks.push(failed(i, tableError ?? err))
       }
     }
     const stored = chunks.filter((c) => c.entry.storedLength > 0)
@@ -110,8 +126,10 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       const len = img.chunkLength(c.index)
       const why = r.errors[k]
       if (why && !c.error) c.error = img.chunkError(c.index, c.entry, why)
-      else if (!c.error && c.entry.storedLength > 0 && crc32c(new Uint8Array(r.out, at, len)) !== c.entry.crc)
+      else if (!c.error && c.entry.storedLength > 0 && crc32c(new Uint8Array(r.out, at, len)) !== c.entry.crc) {
         c.error = img.chunkError(c.index, c.entry, 'data checksum mismatch')
+        new Uint8Array(r.out, at, len).fill(0) // a damaged chunk's bytes are zeros, never the wrong bytes
+      }
       at += len
     })
     if (stop) for (const c of p.chunks) if (c.error) throw c.error
@@ -134,12 +152,21 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       ahead.push(p)
     }
   }
+  // Batches of zeros resolve without I/O, and a loop of resolved promises never returns to the event loop:
+  // give it a turn now and then so that signals (SIGINT, SIGTERM) and timers are handled.
+  let turn = Date.now()
   try {
     feed()
     while (ahead.length) {
       const p = await ahead.shift()!
       feed()
       await finish(p)
+      if (opts.signal?.aborted) throw opts.signal.reason
+      if (Date.now() - turn > 20) {
+        await new Promise((resolve) => setImmediate(resolve))
+        turn = Date.now()
+        if (opts.signal?.aborted) throw opts.signal.reason
+      }
     }
   } finally {
     await Promise.allSettled(ahead)

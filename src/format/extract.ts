@@ -6,7 +6,9 @@
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import * as crypto from 'node:crypto'
-import {VdevError, ioError} from '../core/errors'
+import {VdevError, ioError, type BadRange} from '../core/errors'
+import {BadAreaMap} from './badmap'
+import {DamageList, type Damage} from './verify'
 import {decodeAll} from './decode'
 import {formatMapfile} from './mapfile'
 import type {VdimgImage} from './reader'
@@ -25,6 +27,8 @@ export interface ExtractOptions {
   mapfileOut?: string
   force?: boolean
   threads?: number
+  /** Stop between batches when aborted (SIGINT, SIGTERM): the temporary file is removed, the reason thrown. */
+  signal?: AbortSignal
   onProgress?: (done: number, total: number) => void
 }
 
@@ -32,6 +36,37 @@ export interface ExtractResult {
   bytes: number
   sparseBytes: number
   badBytes: number
+  /**
+   * Chunks that could not be decoded (the first 100 runs of them) (a checksum fails, a zstd frame does not decode, their index table
+   * is damaged): written per the bad fill like unreadable bytes, and bad-sector areas in --mapfile-out.
+   * The output is complete all the same; the caller reports the damage (exit 5).
+   */
+  damaged: Damage[]
+  damagedChunks: number
+  damagedBytes: number
+}
+
+/** `map` with the damaged ranges (sorted, disjoint) added as bad-sector areas over whatever was there. */
+export function withDamage(map: BadAreaMap, damaged: Array<{offset: number; length: number}>): BadAreaMap {
+  if (!damaged.length) return map
+  const out: BadRange[] = []
+  let d = 0
+  for (const r of map) {
+    let at = r.offset
+    const end = r.offset + r.length
+    while (at < end) {
+      while (d < damaged.length && damaged[d].offset + damaged[d].length <= at) d++
+      const next = damaged[d]
+      if (!next || next.offset >= end) {
+        out.push({offset: at, length: end - at, status: r.status})
+        break
+      }
+      if (next.offset > at) out.push({offset: at, length: next.offset - at, status: r.status})
+      at = next.offset + next.length
+    }
+  }
+  for (const x of damaged) out.push({offset: x.offset, length: x.length, status: 'bad-sector'})
+  return BadAreaMap.fromRanges(out)
 }
 
 function tempBeside(target: string): string {
@@ -159,10 +194,8 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
     if (tmp) fs.rmSync(tmp, {force: true})
     if (mapTmp) fs.rmSync(mapTmp, {force: true})
   }
-  const onSignal = () => (cleanup(), process.exit(130))
-  process.once('SIGINT', onSignal)
-  process.once('SIGTERM', onSignal)
-  const result: ExtractResult = {bytes: 0, sparseBytes: 0, badBytes: 0}
+  const result: ExtractResult = {bytes: 0, sparseBytes: 0, badBytes: 0, damaged: [], damagedChunks: 0, damagedBytes: 0}
+  const damage = new DamageList(100)
   try {
     if (opts.mapfileOut) {
       if (fs.existsSync(opts.mapfileOut) && !opts.force)
@@ -182,6 +215,8 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
     try {
       await decodeAll(img, {
         threads: opts.threads,
+        stopOnError: false,
+        signal: opts.signal,
         onBatch: async (b) => {
           const bad = img.badAreas.intersect(b.offset, b.data.length)
           if (fill === 'pattern' && bad.length && b.allZero) b = {...b, data: Buffer.from(b.data), allZero: false} // never write into the shared zeros
@@ -189,8 +224,20 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
             result.badBytes += r.length
             if (fill === 'pattern') fillPattern(b.data, r.offset - b.offset, r.length, r.offset)
           }
+          // Damaged chunks come as zeros (decode.ts); with the pattern they read as unreadable bytes do.
+          let patterned = fill === 'pattern' && bad.length > 0
+          for (const c of b.chunks)
+            if (c.error) {
+              const from = c.index * img.chunkSize
+              const len = img.chunkLength(c.index)
+              damage.add(c.index, from, len, c.error.message)
+              if (fill === 'pattern') {
+                fillPattern(b.data, from - b.offset, len, from)
+                patterned = true
+              }
+            }
           if (stdout) await stdout.write(b.data)
-          else if (device || (fill === 'pattern' && bad.length)) await writeAll(fd, b.data, b.offset, out)
+          else if (device || patterned) await writeAll(fd, b.data, b.offset, out)
           else {
             // Sparse: write runs of chunks that hold data; zero chunks stay holes.
             let runStart = -1
@@ -233,9 +280,13 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
         throw ioError(out, err, 'write error')
       }
     }
+    result.damaged = damage.list
+    result.damagedChunks = damage.chunks
+    result.damagedBytes = damage.ranges.reduce((n, d) => n + d.length, 0)
     if (opts.mapfileOut && mapTmp) {
       const d = (img.metadata.ddrescue ?? {}) as {currentPos?: number; currentStatus?: string; currentPass?: number}
-      const text = formatMapfile(img.badAreas, img.size, {
+      // Damaged chunks' bytes are lost as surely as unreadable sectors: bad-sector ('-') areas.
+      const text = formatMapfile(withDamage(img.badAreas, damage.ranges), img.size, {
         currentPos: typeof d.currentPos === 'number' ? d.currentPos : undefined,
         currentStatus: typeof d.currentStatus === 'string' ? d.currentStatus : undefined,
         currentPass: typeof d.currentPass === 'number' ? d.currentPass : undefined,
@@ -249,8 +300,5 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
   } catch (err) {
     cleanup()
     throw err
-  } finally {
-    process.removeListener('SIGINT', onSignal)
-    process.removeListener('SIGTERM', onSignal)
   }
 }

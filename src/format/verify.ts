@@ -1,60 +1,117 @@
 /**
- * `verify`: every structure was checked when the image was opened; this checks every index table, both
- * checksums of every chunk, and recomputes the media SHA-256 (bad areas as zeros, FORMAT.md §7).
+ * `verify`: every critical structure was checked when the image was opened; this checks every index
+ * table and both checksums of every chunk, lists everything damaged (not only the first), and recomputes
+ * the media SHA-256 (bad areas as zeros, FORMAT.md §7) unless `quick`.
  */
 import * as crypto from 'node:crypto'
 import {decodeAll} from './decode'
 import type {VdimgImage} from './reader'
 
-export interface VerifyProblem {
+/** One damaged range of chunks, or a damaged structure (chunk -1, chunks 0). */
+export interface Damage {
+  /** The first damaged chunk, or -1 for a structure that holds no chunk data (metadata, an unknown section). */
   chunk: number
-  /** Image byte range [offset, offset+length) the chunk covers. */
+  /** How many chunks in a row fail for the same reason (every chunk of a damaged index table: one entry). */
+  chunks: number
+  /** Image byte range [offset, offset+length) those chunks cover (0, 0 for a structure). */
   offset: number
   length: number
-  message: string
+  why: string
 }
 
 export interface VerifyResult {
   ok: boolean
   chunks: number
   failedChunks: number
-  /** The first failures, in image order (at most 100). */
-  problems: VerifyProblem[]
+  /** Everything damaged, in image order: structures first, then chunks (at most MAX_LISTED entries). */
+  damaged: Damage[]
+  /** Damaged chunks past the MAX_LISTED entries of `damaged`: counted, not listed (0 but for wrecks). */
+  unlisted: number
+  /** The first damaged chunks one by one (at most 100), as before `damaged` existed. */
+  problems: Array<{chunk: number; offset: number; length: number; message: string}>
+  /** False with --quick: the media hash was not computed. */
+  hashed: boolean
   sha256: {recorded: string | null; computed: string | null; match: boolean | null}
 }
 
+/**
+ * Adds damaged chunks to a list, merging a chunk into the previous entry when it follows it and fails
+ * for the same reason, so that the list stays small when a whole index table is lost.
+ */
+export class DamageList {
+  readonly list: Damage[] = []
+  /** The damaged byte ranges, adjacent ones merged whatever their reasons. */
+  readonly ranges: Array<{offset: number; length: number}> = []
+  chunks = 0
+  /** `cap`: how many entries `list` keeps (the rest are still counted in `chunks` and `ranges`). */
+  constructor(private readonly cap = Infinity) {}
+  add(chunk: number, offset: number, length: number, why: string): void {
+    this.chunks++
+    const r = this.ranges[this.ranges.length - 1]
+    if (r && r.offset + r.length === offset) r.length += length
+    else this.ranges.push({offset, length})
+    const last = this.list[this.list.length - 1]
+    if (last && last.chunk >= 0 && last.chunk + last.chunks === chunk && last.why === why) {
+      last.chunks++
+      last.length += length
+    } else if (this.list.length < this.cap) this.list.push({chunk, chunks: 1, offset, length, why})
+  }
+}
+
+/**
+ * A damage entry in words, without the file name its message starts with: a chunk's message names its
+ * image bytes already; a run of chunks (a lost index table) gets them named.
+ */
+export function describeDamage(image: string, d: Damage): string {
+  const why = d.why.startsWith(`${image}: `) ? d.why.slice(image.length + 2) : d.why
+  if (d.chunk < 0 || why.startsWith(`chunk ${d.chunk} (image bytes `)) return why
+  const bytes = `(image bytes ${d.offset}-${d.offset + d.length - 1})`
+  if (d.chunks > 1) return `chunks ${d.chunk}-${d.chunk + d.chunks - 1} ${bytes}: ${why}`
+  return `chunk ${d.chunk} ${bytes}: ${why.replace(new RegExp(`^chunk ${d.chunk}: `), '')}`
+}
+
+/**
+ * Entries of `damaged` kept: far more than a damaged image has (a lost index table is one entry), and a
+ * bound on memory for a wreck where every chunk fails for its own reason.
+ */
+export const MAX_LISTED = 100_000
+
 export async function verifyImage(
   img: VdimgImage,
-  opts: {threads?: number; onProgress?: (done: number, total: number) => void} = {},
+  opts: {threads?: number; quick?: boolean; signal?: AbortSignal; onProgress?: (done: number, total: number) => void} = {},
 ): Promise<VerifyResult> {
-  const hash = crypto.createHash('sha256')
-  const problems: VerifyProblem[] = []
-  let failed = 0
+  const hash = opts.quick ? undefined : crypto.createHash('sha256')
+  const damage = new DamageList(MAX_LISTED)
+  for (const w of img.warnings) damage.list.push({chunk: -1, chunks: 0, offset: 0, length: 0, why: w})
+  const problems: VerifyResult['problems'] = []
   let done = 0
   await decodeAll(img, {
     threads: opts.threads,
     stopOnError: false,
+    signal: opts.signal,
     onBatch: (b) => {
       for (const c of b.chunks)
         if (c.error) {
-          failed++
-          if (problems.length < 100)
-            problems.push({chunk: c.index, offset: c.index * img.chunkSize, length: img.chunkLength(c.index), message: c.error.message})
+          damage.add(c.index, c.index * img.chunkSize, img.chunkLength(c.index), c.error.message)
+          if (problems.length < 100) problems.push({chunk: c.index, offset: c.index * img.chunkSize, length: img.chunkLength(c.index), message: c.error.message})
         }
-      hash.update(b.data)
+      hash?.update(b.data)
       done += b.data.length
       opts.onProgress?.(done, img.size)
     },
   })
   // A hash over damaged chunks means nothing: report it only when every chunk decoded.
-  const computed = failed ? null : hash.digest('hex')
+  const computed = hash && !damage.chunks ? hash.digest('hex') : null
   const recorded = img.sha256 ?? null
   const match = recorded && computed ? recorded === computed : null
   return {
-    ok: failed === 0 && match !== false,
+    ok: damage.list.length === 0 && match !== false,
     chunks: img.chunkCount,
-    failedChunks: failed,
+    failedChunks: damage.chunks,
+    damaged: damage.list,
+    unlisted: damage.chunks - damage.list.reduce((n, d) => n + d.chunks, 0),
     problems,
+    hashed: !!hash,
     sha256: {recorded, computed, match},
   }
 }
