@@ -241,7 +241,7 @@ describe('salvage: damaged images are extracted around, verified in full, and in
     return resealed ? reseal(b) : b
   }
 
-  it('damaged metadata is a warning: info, extract go on without it; verify counts it as damage', async () => {
+  it('damaged metadata is a warning: info, extract and serve go on without it; verify counts it as damage', async () => {
     const cases = [
       {name: 'crc', image: damagedMetadata((m) => Buffer.from(m.toString().replace('"M"', '"N"')), false), re: /metadata checksum mismatch/},
       {name: 'json', image: damagedMetadata((m) => Buffer.from(m.toString().replace('{', '[')), true), re: /metadata is not valid JSON|metadata is not a JSON object/},
@@ -270,6 +270,27 @@ describe('salvage: damaged images are extracted around, verified in full, and in
       warning(x)
       assert.ok(fs.readFileSync(p('meta.raw')).subarray(0, 5 * CS).equals(data.subarray(0, 5 * CS)))
       fs.rmSync(p('meta.raw'))
+      if (c.name === 'crc') {
+        // serve goes on too: its ready line, after the one warning.
+        const sock = p('meta.sock')
+        const child = spawn(process.execPath, [BIN, 'serve', f, '--listen', `unix:${sock}`, '--json'], {stdio: ['ignore', 'pipe', 'pipe']})
+        let out = ''
+        let err = ''
+        child.stderr.on('data', (d) => (err += d))
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`serve never became ready: ${err}`)), 60_000)
+          child.stdout.on('data', (d) => {
+            out += d
+            if (out.includes('\n')) resolve(clearTimeout(timer))
+          })
+          child.on('close', () => reject(new Error(`serve exited: ${err}`)))
+        })
+        assert.equal(JSON.parse(out.split('\n')[0]).protocol, 'nbd')
+        warning({code: 0, stdout: out, stderr: err, stdoutBuf: Buffer.from(out)})
+        const closed = new Promise((r) => child.on('close', r))
+        child.kill('SIGTERM')
+        await closed
+      }
       const v = await runCli(['verify', f, '--json'])
       assert.equal(v.code, 5, v.stderr)
       const j = JSON.parse(v.stdout)
