@@ -70,7 +70,7 @@ describe('vdev attach | list | detach | backends', function () {
     const r = await S().vdev(['backends', '--json'])
     assert.equal(r.code, 0, r.stderr)
     const rows = JSON.parse(r.stdout) as Array<{name: string; available: boolean; reason: string}>
-    assert.deepEqual(rows.map((x) => x.name).sort(), ['fuse', 'macos-nfs', 'nbd', 'ublk'])
+    assert.deepEqual(rows.map((x) => x.name).sort(), ['fuse', 'iscsi', 'macos-nfs', 'nbd', 'ublk', 'windows-iscsi'])
     const fuse = rows.find((x) => x.name === 'fuse')!
     assert.equal(fuse.available, true)
     for (const x of rows) if (!x.available) assert.ok(x.reason.length > 5, `${x.name} has a reason`)
