@@ -92,7 +92,8 @@ function mutate(rng: Rng, lines: string[]): string[] {
       lines.splice(i, 0, lines[i] ?? '')
       break
     case 'swap': {
-      const j = rng.int(Math.max(1, lines.length))
+      if (lines.length < 2) break
+      const j = rng.int(lines.length)
       ;[lines[i], lines[j]] = [lines[j], lines[i]]
       break
     }

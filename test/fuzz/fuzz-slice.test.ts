@@ -14,14 +14,14 @@ import {nfsTarget} from '../../fuzz/targets/nfs'
 const SEED = 20261122
 
 /**
- * Cases per target: about 40 s in all on a 2-core machine. The image slice runs the real CLI twice. (The
+ * Cases per target: about 25 s in all on an idle 2-core machine. The image slice runs the real CLI twice. (The
  * iscsi target has its own slice, test/iscsi/fuzz-slice.test.ts.)
  */
 const SLICE = [
-  {target: mapfileTarget, iterations: 5000},
-  {target: imageTarget, iterations: 50, cliEvery: 25},
-  {target: nbdTarget, iterations: 600},
-  {target: nfsTarget, iterations: 500},
+  {target: mapfileTarget, iterations: 4000},
+  {target: imageTarget, iterations: 40, cliEvery: 20},
+  {target: nbdTarget, iterations: 500},
+  {target: nfsTarget, iterations: 400},
 ]
 
 describe('fuzz slice (fixed seed)', function () {
