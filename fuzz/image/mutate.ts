@@ -360,9 +360,9 @@ function replaceFrame(w: Work): void {
   const zstdChunks = w.layout.chunks.filter((c) => c.kind === ChunkKind.Zstd)
   if (!zstdChunks.length) return mutateChunk(w)
   const c = rng.pick(zstdChunks)
-  const size = Number(w.get(32, 8))
+  // The chunk's logical length in the base image (an earlier mutation may have changed the header's size).
   const chunkSize = w.base.chunkSize
-  const len = Math.min(chunkSize, size - c.chunk * chunkSize)
+  const len = Math.max(0, Math.min(chunkSize, w.base.data.length - c.chunk * chunkSize))
   const text = Buffer.from('the sector of the disk was read and then rescued. '.repeat(Math.ceil((len + 64) / 50)))
   const op = rng.pick(['shorter', 'longer', 'empty', 'same', 'checksum-bad', 'two-frames', 'skippable', 'no-size-lie', 'blocks-truncated', 'garbage-after'])
   let frame: Buffer

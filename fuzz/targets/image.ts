@@ -154,7 +154,15 @@ async function libraryPaths(file: string, dir: string, ctx: CaseContext, f: Fail
     try {
       verify = await verifyImage(img, {threads: 1})
       verifyExit = verify.ok ? 0 : EXIT_CODES.verify
-      parts.push(verify.ok ? 'verify:ok' : verify.failedChunks ? `verify:chunks:${normalize(verify.problems[0]?.message.split(file).join('FILE') ?? '')}` : 'verify:hash-mismatch')
+      parts.push(
+        verify.ok
+          ? 'verify:ok'
+          : verify.failedChunks
+            ? `verify:chunks:${normalize(verify.problems[0]?.message.split(file).join('FILE') ?? '')}`
+            : verify.sha256.match === false
+              ? 'verify:hash-mismatch'
+              : 'verify:damaged-structure',
+      )
     } catch (err) {
       const r = f.error('verify', err, file, ['format'])
       verifyExit = r.exit
