@@ -18,6 +18,7 @@ import {LoginFailure, LoginNegotiation, TARGET_MAX_RECV_DATA_SEGMENT, PORTAL_GRO
 import * as P from './pdu'
 import {LogicalUnit, newNexus, type LunIdentity, type Nexus, type ScsiResult} from './scsi'
 import type {HandedConnection, HandoffState, IscsiThreads} from './threads'
+import {drained} from '../drained'
 
 /** Commands one session may have outstanding (the CmdSN window, MaxCmdSN − ExpCmdSN + 1). */
 export const QUEUE_DEPTH = 32
@@ -832,16 +833,9 @@ export class IscsiConnection {
     return new Promise((resolve) => this.idleWaiters.push(resolve))
   }
 
+  /** Resolves when the socket's output buffer drains (or the socket closes). */
   private drained(): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        this.socket.off('drain', done)
-        this.socket.off('close', done)
-        resolve()
-      }
-      this.socket.on('drain', done)
-      this.socket.on('close', done)
-    })
+    return drained(this.socket)
   }
 }
 

@@ -14,6 +14,7 @@ import {printable} from '../printable'
 import {EndOfStream, SocketReader} from './reader'
 import {BASE_ALLOCATION_ID, Responder, type Reply, type Session} from './respond'
 import type {ConnectionThreads, ThreadedConnection} from './threads'
+import {drained} from '../drained'
 
 export interface NbdServerOptions {
   /** The export's canonical name (vdev uses the image file name); "" always selects it too. */
@@ -391,15 +392,7 @@ export class NbdConnection {
 
   /** Resolves when the socket's output buffer drains (or the socket closes). */
   private drained(): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        this.socket.off('drain', done)
-        this.socket.off('close', done)
-        resolve()
-      }
-      this.socket.on('drain', done)
-      this.socket.on('close', done)
-    })
+    return drained(this.socket)
   }
 
   private begin(bytes: number): void {
