@@ -9,19 +9,14 @@ import {strict as assert} from 'node:assert'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {spawn} from 'node:child_process'
-import {BadAreaMap} from '../../src/format/badmap'
 import {crc32c} from '../../src/format/crc'
 import {BAD_PATTERN} from '../../src/format/extract'
 import {openInput} from '../../src/format/input'
 import {
   ChunkKind,
-  HEADER_SIZE,
   SECTION_ENTRY_SIZE,
-  SECTION_FLAG_CRITICAL,
   SectionType,
   decodeSections,
-  encodeHeader,
-  encodeL1,
   encodeSections,
   type Section,
 } from '../../src/format/layout'
@@ -30,6 +25,7 @@ import {openImage} from '../../src/format/reader'
 import {verifyImage} from '../../src/format/verify'
 import {createImage} from '../../src/format/writer'
 import {BIN, runCli, textish, tmpDir, type CliResult} from '../helpers'
+import {writeUnreadImage} from './unread-image'
 
 const CS = 128 << 10
 const L2 = 256
@@ -307,33 +303,7 @@ describe('salvage: damaged images are extracted around, verified in full, and in
    * stored). Extracting into a file needs it one chunk short of 16 TiB: ext4 holds 4 KiB less than that.
    */
   function huge(size = 2 ** 44): string {
-    const chunkSize = 4 << 20
-    const l2Entries = 65536
-    const chunkCount = size / chunkSize
-    const l1 = encodeL1(Array.from({length: Math.ceil(chunkCount / l2Entries)}, () => ({offset: 0, length: 0, crc: 0, fillKind: ChunkKind.Unread})))
-    const bad = BadAreaMap.fromRanges([{offset: 0, length: size, status: 'non-tried'}]).encode()
-    const secs: Section[] = [
-      {type: SectionType.ChunkIndex, flags: SECTION_FLAG_CRITICAL, offset: HEADER_SIZE, length: l1.length, crc: crc32c(l1)},
-      {type: SectionType.BadAreaMap, flags: SECTION_FLAG_CRITICAL, offset: HEADER_SIZE + l1.length, length: bad.length, crc: crc32c(bad)},
-    ]
-    const table = encodeSections(secs)
-    const header = encodeHeader({
-      major: 1,
-      minor: 0,
-      headerSize: HEADER_SIZE,
-      flags: 0,
-      sectorSize: 512,
-      chunkSize,
-      l2Entries,
-      size,
-      chunkCount,
-      sectionTableOffset: HEADER_SIZE + l1.length + bad.length,
-      sectionCount: secs.length,
-      sectionTableCrc: crc32c(table),
-      sha256: Buffer.alloc(32),
-    })
-    fs.writeFileSync(p('huge.vdimg'), Buffer.concat([header, l1, bad, table]))
-    return p('huge.vdimg')
+    return writeUnreadImage(p('huge.vdimg'), size)
   }
 
   for (const [cmd, extra] of [
