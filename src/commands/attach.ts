@@ -1,10 +1,11 @@
 import * as fs from 'node:fs'
+import * as path from 'node:path'
 import {Args, Flags} from '@oclif/core'
 import {VdevCommand} from '../cli/base'
 import type {BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import {backendNames} from '../core/backends'
-import {attachInBackground, refuseIfAttached, resolveBackend, resolveImage, type ReadyMessage} from '../lifecycle/attach'
+import {attachInBackground, refuseIfAttached, resolveBackend, resolveImage, type OverlayRequest, type ReadyMessage} from '../lifecycle/attach'
 import {logOf, reserveId, type DeviceEntry} from '../lifecycle/registry'
 import {serve, type ServeOptions} from '../lifecycle/daemon'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
@@ -16,12 +17,14 @@ export interface AttachOutput {
   backend: string
   image: string
   pid: number
-  readOnly: true
+  readOnly: boolean
+  /** The overlay taking the writes (with --overlay or --scratch). */
+  overlay?: string
   partitions: string[]
 }
 
 function output(e: DeviceEntry): AttachOutput {
-  return {id: e.id, device: e.device!, backend: e.backend, image: e.image, pid: e.pid, readOnly: e.readOnly, partitions: e.partitions}
+  return {id: e.id, device: e.device!, backend: e.backend, image: e.image, pid: e.pid, readOnly: e.readOnly, ...(e.overlay ? {overlay: e.overlay} : {}), partitions: e.partitions}
 }
 
 /** A log function appending timestamped lines to a file descriptor. */
@@ -36,8 +39,10 @@ function fileLog(fd: number): (line: string) => void {
 }
 
 export default class Attach extends VdevCommand {
-  static override summary = 'Attach an image as a read-only block device and print the device path'
+  static override summary = 'Attach an image as a block device (read-only, or read-write into an overlay) and print the device path'
   static override description = `Starts a serving process in the background, waits until the device is ready, prints its path (like "losetup -f --show -r -P") and exits. Unreadable areas of the image read as I/O errors (EIO), or as zeros with --bad-policy zero. Partitions in the image appear as DEVICEp1, DEVICEp2 …
+
+With --overlay FILE (or --scratch) the device is writable: every write, discard and write-zeroes goes to the copy-on-write overlay FILE (created if missing; docs/OVERLAY.md) and the image itself is only ever read, so its hashes never change. "vdev overlay commit" turns image + overlay into a new image.
 
 The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "vdev detach" releases them. An image can be attached once at a time; attaching it again is refused. Needs root.`
   static override examples = [
@@ -48,6 +53,8 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     '<%= config.bin %> attach disk.vdimg --foreground   # serve until Ctrl-C / SIGTERM (systemd, CI)',
     '<%= config.bin %> attach rescued.img --mapfile rescued.map   # GNU ddrescue output, as it is',
     '<%= config.bin %> attach disk.raw --format raw',
+    '<%= config.bin %> attach disk.vdimg --overlay disk.vdovl   # read-write; writes go to disk.vdovl',
+    'sudo fsck -y "$(<%= config.bin %> attach disk.vdimg --scratch)p1"   # repair a throwaway copy',
   ]
   static override args = {image: Args.string({description: 'the image (.vdimg), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
@@ -55,6 +62,11 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     backend: Flags.string({description: 'how to make the device ("auto": the best available, see "vdev backends")', options: ['auto', ...backendNames()], default: 'auto'}),
     'bad-policy': Flags.string({description: 'what reads of unreadable areas return', options: ['error', 'zero'], default: 'error'}),
     foreground: Flags.boolean({description: 'serve in this process until SIGINT/SIGTERM, then detach'}),
+    overlay: Flags.string({
+      description: 'attach read-write: writes go to this copy-on-write overlay file (created if missing); the image is never written',
+      exclusive: ['scratch'],
+    }),
+    scratch: Flags.boolean({description: 'attach read-write into a temporary overlay that is deleted at detach', exclusive: ['overlay']}),
     timeout: Flags.integer({description: 'seconds to wait for the device to be ready', default: 60, min: 1}),
     'server-id': Flags.string({hidden: true, description: 'internal: run as the background server for this id'}),
   }
@@ -63,15 +75,16 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     const {args, flags} = await this.parse(Attach)
     const badPolicy = flags['bad-policy'] as BadPolicy
     const source = sourceArgs(flags)
-    if (flags['server-id']) return this.runServer(args.image, source, flags.backend, badPolicy, flags['server-id'])
-    if (flags.foreground) return this.runForeground(args.image, source, flags.backend, badPolicy)
-    const entry = await attachInBackground({image: args.image, source, backend: flags.backend, badPolicy, timeoutMs: flags.timeout * 1000})
+    const overlay: OverlayRequest | undefined = flags.scratch ? {scratch: true} : flags.overlay !== undefined ? {file: path.resolve(flags.overlay)} : undefined
+    if (flags['server-id']) return this.runServer(args.image, source, flags.backend, badPolicy, flags['server-id'], overlay)
+    if (flags.foreground) return this.runForeground(args.image, source, flags.backend, badPolicy, overlay)
+    const entry = await attachInBackground({image: args.image, source, backend: flags.backend, badPolicy, overlay, timeoutMs: flags.timeout * 1000})
     this.say(entry.device)
     return output(entry)
   }
 
   /** The hidden background server: report readiness on fd 3, log to stdout (the log file). */
-  private async runServer(image: string, source: SourceArgs, backend: string, badPolicy: BadPolicy, id: string): Promise<undefined> {
+  private async runServer(image: string, source: SourceArgs, backend: string, badPolicy: BadPolicy, id: string, overlay: OverlayRequest | undefined): Promise<undefined> {
     let reported = false
     const report = (m: ReadyMessage): void => {
       if (reported) return
@@ -88,6 +101,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
       source: describeSource(image, source),
       backend,
       badPolicy,
+      overlay,
       log: fileLog(1),
       onReady: (r) => report('entry' in r ? {ok: true, entry: r.entry} : {ok: false, error: {code: r.error.code, message: r.error.message}}),
     }
@@ -96,7 +110,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     process.exit(code)
   }
 
-  private async runForeground(imageArg: string, sourceArg: SourceArgs, backendArg: string, badPolicy: BadPolicy): Promise<undefined> {
+  private async runForeground(imageArg: string, sourceArg: SourceArgs, backendArg: string, badPolicy: BadPolicy, overlay: OverlayRequest | undefined): Promise<undefined> {
     const {path: image, stat} = resolveImage(imageArg)
     const source = describeSource(image, sourceArg)
     const backend = await resolveBackend(backendArg)
@@ -109,6 +123,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
       source,
       backend,
       badPolicy,
+      overlay,
       log: fileLog(logFd),
       onReady: (r) => {
         if ('error' in r) {

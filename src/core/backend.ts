@@ -48,6 +48,11 @@ export interface Backend {
   readonly preference: number
   /** How it serves: on serving threads of its own, or on the main thread's event loop. */
   readonly threadModel: ThreadModel
+  /**
+   * True when the backend serves a writable BlockServer (an overlay: `attach --overlay`) read-write, with the
+   * kernel's write path (writes, flushes, discards, write-zeroes). Others attach read-only only.
+   */
+  readonly writable?: boolean
   probe(): Promise<Probe>
   attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice>
   /** Clean up what a dead server left behind, from the registry state. Must be idempotent. */

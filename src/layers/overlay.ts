@@ -20,6 +20,7 @@ import {BlockError} from '../core/block-error'
 import {VdevError, ioError, type BadRange} from '../core/errors'
 import type {BlockSource, Extent, ReadResult, WriteOptions} from '../core/source'
 import {crc32c} from '../format/crc'
+import {lockExclusive} from '../sys/file-lock'
 
 // ---- the format (docs/OVERLAY.md, "Layout"); all integers little-endian ----
 export const OVERLAY_MAGIC = Buffer.from('VDEVOVL\0', 'latin1')
@@ -323,6 +324,8 @@ export class Overlay implements BlockSource {
     try {
       const st = fs.fstatSync(fd)
       if (!st.isFile()) throw new VdevError('usage', `${file}: an overlay must be a regular file`)
+      // One writer at a time: two processes appending to one log would overwrite each other's records.
+      if (lockExclusive(fd) === 'busy') throw new VdevError('exists', `${file}: the overlay is in use by another vdev process`)
       const header = decodeHeader(readAt(fd, HEADER_SIZE, 0), file)
       if (header.base.kind !== identity.kind || !header.base.hash.equals(identity.hash) || header.size !== base.size || header.sectorSize !== base.sectorSize)
         throw new VdevError(

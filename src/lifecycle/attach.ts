@@ -23,9 +23,14 @@ export interface AttachRequest {
   /** "auto" or a backend name. */
   backend: string
   badPolicy: BadPolicy
+  /** Attach read-write into this overlay (an absolute path), or a scratch overlay (src/lifecycle/daemon.ts). */
+  overlay?: OverlayRequest
   /** How long to wait for the server to be ready. */
   timeoutMs?: number
 }
+
+/** `--overlay FILE` (absolute) or `--scratch`. */
+export type OverlayRequest = {file: string} | {scratch: true}
 
 /** The one message the server writes on fd 3. */
 export type ReadyMessage = {ok: true; entry: DeviceEntry} | {ok: false; error: {code: ErrorCode; message: string}}
@@ -97,7 +102,8 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
   const id = reserveId()
   const logFile = logOf(id)
   const logFd = fs.openSync(logFile, 'a', 0o600)
-  const argv = [binRun(), 'attach', image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id, ...sourceFlags(desc)]
+  const overlay = req.overlay ? ('scratch' in req.overlay ? ['--scratch'] : ['--overlay', req.overlay.file]) : []
+  const argv = [binRun(), 'attach', image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id, ...sourceFlags(desc), ...overlay]
   const child = spawn(process.execPath, argv, {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],

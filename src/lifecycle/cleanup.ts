@@ -29,5 +29,7 @@ export async function cleanupEntry(e: DeviceEntry, log: (line: string) => void):
     }
   }
   fs.rmSync(e.runDir, {recursive: true, force: true})
+  // A scratch overlay dies with its device (`attach --scratch`); a named overlay is the user's and stays.
+  if (e.scratchDir) fs.rmSync(e.scratchDir, {recursive: true, force: true})
   removeEntry(e.id)
 }

@@ -13,12 +13,13 @@
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import {BlockServer, type BadPolicy, type BlockStats} from '../core/blockserver'
+import {BlockServer, type BadPolicy, type BlockStats, type WriteStats} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import type {BlockSource, SourceDescriptor} from '../core/source'
-import type {AttachedDevice} from '../core/backend'
-import {loadBackend} from '../core/backends'
+import type {AttachedDevice, Backend} from '../core/backend'
+import {backendNames, loadBackend} from '../core/backends'
 import {openSource} from '../sources'
+import {Overlay} from '../layers/overlay'
 import {pollMicroseconds, threadCount} from '../threads/config'
 import {logOf, processStartTime, removeEntry, runDirOf, writeEntry, type DeviceEntry} from './registry'
 import {cleanupEntry} from './cleanup'
@@ -33,6 +34,11 @@ export interface ServeOptions {
   /** Called once: with the entry when the device is ready, or with the error that stopped the attach. */
   onReady: (r: {entry: DeviceEntry} | {error: VdevError}) => void
   log: (line: string) => void
+  /**
+   * Serve read-write: every write goes to this copy-on-write overlay (created if missing; docs/OVERLAY.md),
+   * or with `scratch` to a new overlay in a temporary directory removed at detach. The image stays read-only.
+   */
+  overlay?: {file: string} | {scratch: true}
 }
 
 /** Where a running daemon publishes its counters. */
@@ -44,6 +50,11 @@ export interface DeviceStats {
   bytes: number
   errors: number
   badReads: number
+  /** A writable device's writes (each write, write-zeroes and discard), their bytes, flushes and failures. */
+  writes?: number
+  writeBytes?: number
+  flushes?: number
+  writeErrors?: number
   /** When these counters were read (ISO time). */
   at: string
 }
@@ -56,8 +67,11 @@ export function asVdevError(err: unknown): VdevError {
   return new VdevError('internal', (err as Error)?.message ?? String(err))
 }
 
-function writeStats(file: string, st: BlockStats): void {
-  const s: DeviceStats = {reads: st.reads, bytes: st.bytes, errors: st.errors, badReads: st.badReads, at: new Date().toISOString()}
+function writeStats(file: string, server: BlockServer): void {
+  const st = server.stats
+  const w = server.writeStats
+  const writes = server.writable ? {writes: w.writes + w.zeroes + w.trims, writeBytes: w.writeBytes, flushes: w.flushes, writeErrors: w.writeErrors} : {}
+  const s: DeviceStats = {reads: st.reads, bytes: st.bytes, errors: st.errors, badReads: st.badReads, ...writes, at: new Date().toISOString()}
   const tmp = `${file}.${process.pid}.tmp`
   try {
     fs.writeFileSync(tmp, JSON.stringify(s) + '\n', {mode: 0o600})
@@ -67,8 +81,9 @@ function writeStats(file: string, st: BlockStats): void {
   }
 }
 
-export function describeStats(st: BlockStats): string {
-  return `served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors (${st.badReads} touching bad areas)`
+export function describeStats(st: BlockStats, w?: WriteStats): string {
+  const writes = w ? `; ${w.writes} writes (${w.writeBytes} bytes), ${w.zeroes} write-zeroes, ${w.trims} discards, ${w.flushes} flushes, ${w.writeErrors} failed` : ''
+  return `served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors (${st.badReads} touching bad areas)${writes}`
 }
 
 /** Serve until stopped. Resolves with the process exit code. */
@@ -91,7 +106,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
     source: opts.source,
     imageDev: stat?.dev,
     imageIno: stat?.ino,
-    readOnly: true,
+    readOnly: opts.overlay === undefined,
     badPolicy: opts.badPolicy,
     pid: process.pid,
     pidStart: processStartTime(process.pid) ?? 0,
@@ -125,10 +140,24 @@ export async function serve(opts: ServeOptions): Promise<number> {
   try {
     const b = loadBackend(opts.backend)
     if ('error' in b) throw new VdevError('unavailable', b.error)
-    const threads = threadCount(b.name, b.threadModel)
+    if (opts.overlay && !b.writable) throw new VdevError('usage', `the ${b.name} backend cannot attach read-write yet: --overlay and --scratch work with ${writableBackends()}`)
+    // A writable device is served on this thread: the overlay has one owner (docs/OVERLAY.md, "Serving").
+    const threads = opts.overlay ? 0 : threadCount(b.name, b.threadModel)
     // Serving threads open the source themselves: the instance here only answers what they do not
     // (size, extents), so it starts no decompression workers (an idle one still holds a V8 isolate).
     source = await openSource(opts.source, {decompressThreads: threads > 0 ? 0 : Math.min(4, os.availableParallelism())})
+    if (opts.overlay) {
+      let file: string
+      if ('scratch' in opts.overlay) {
+        // Not under /run (a tmpfs: RAM): the overlay grows with what is written. Recorded before it is
+        // created, so that cleaning up after a dead server removes it too.
+        entry.scratchDir = fs.mkdtempSync(path.join(os.tmpdir(), `vdev-scratch-${id}-`))
+        file = path.join(entry.scratchDir, 'overlay.vdovl')
+      } else file = path.resolve(opts.overlay.file)
+      entry.overlay = file
+      writeEntry(entry)
+      source = await Overlay.open(source, file)
+    }
     const threaded = threads > 0 && source.descriptor !== undefined
     // A damaged non-critical section (metadata): served without it, said in the log.
     for (const w of (source as {warnings?: string[]}).warnings ?? []) log(`warning: ${w}`)
@@ -140,6 +169,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
     log(
       `serving ${image} (${opts.source.kind}${typeof opts.source.options?.mapfile === 'string' ? `, map ${opts.source.options.mapfile}` : ''}): ` +
         `${source.size} bytes, sector size ${source.sectorSize}, bad areas → ${opts.badPolicy === 'zero' ? 'zeros' : 'EIO'}, ` +
+        `${entry.overlay ? `read-write into ${entry.scratchDir ? 'the scratch overlay' : 'the overlay'} ${entry.overlay}, ` : ''}` +
         `${threaded ? `${threads} serving threads` : 'served on the main thread'}`,
     )
     attached = await b.attach(server, {
@@ -159,13 +189,14 @@ export async function serve(opts: ServeOptions): Promise<number> {
     let last = ''
     publish = () => {
       const st = srv.stats
-      const key = `${st.reads}/${st.errors}`
+      const w = srv.writeStats
+      const key = `${st.reads}/${st.errors}/${w.writes}/${w.zeroes}/${w.trims}/${w.flushes}`
       if (key === last) return
       last = key
-      writeStats(statsFile, st)
+      writeStats(statsFile, srv)
     }
-    writeStats(statsFile, srv.stats)
-    onStatsRequest = () => writeStats(statsFile, srv.stats)
+    writeStats(statsFile, srv)
+    onStatsRequest = () => writeStats(statsFile, srv)
     timer = setInterval(publish, STATS_PERIOD_MS)
     timer.unref()
     log(`ready: ${attached.device}${attached.partitions.length ? ` (partitions ${attached.partitions.join(' ')})` : ''}`)
@@ -176,10 +207,12 @@ export async function serve(opts: ServeOptions): Promise<number> {
     const t0 = Date.now()
     await attached.detach()
     clearInterval(timer)
-    log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats)}`)
+    log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats, server.writable ? server.writeStats : undefined)}`)
+    // An overlay's close makes everything written durable (fdatasync) before the device is gone for good.
     await source.close()
     removeEntry(id)
     fs.rmSync(entry.runDir, {recursive: true, force: true})
+    if (entry.scratchDir) fs.rmSync(entry.scratchDir, {recursive: true, force: true})
     return 0
   } catch (err) {
     clearInterval(timer)
@@ -194,4 +227,13 @@ export async function serve(opts: ServeOptions): Promise<number> {
     process.off('SIGTERM', onSignal)
     process.off('SIGINT', onSignal)
   }
+}
+
+/** The backends that serve read-write, for the error that names them. */
+function writableBackends(): string {
+  return backendNames()
+    .map((n) => loadBackend(n))
+    .filter((b): b is Backend => !('error' in b) && b.writable === true)
+    .map((b) => b.name)
+    .join(', ')
 }

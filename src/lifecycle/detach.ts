@@ -18,7 +18,11 @@ export interface ListedDevice {
   backend: string
   image: string
   pid: number
-  readOnly: true
+  readOnly: boolean
+  /** The copy-on-write overlay taking the device's writes (a writable device). */
+  overlay?: string
+  /** The overlay is a scratch file, deleted at detach. */
+  scratch?: boolean
   partitions: string[]
   state: DeviceState
   badPolicy: string
@@ -39,6 +43,7 @@ export function listDevices(): ListedDevice[] {
     image: e.image,
     pid: e.pid,
     readOnly: e.readOnly,
+    ...(e.overlay ? {overlay: e.overlay, scratch: e.scratchDir !== undefined} : {}),
     partitions: e.partitions,
     state: entryState(e),
     badPolicy: e.badPolicy,

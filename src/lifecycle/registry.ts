@@ -25,7 +25,12 @@ export interface DeviceEntry {
   /** The image file's identity, to recognise it under another path. */
   imageDev?: number
   imageIno?: number
-  readOnly: true
+  /** False when writes go to a copy-on-write overlay (`overlay`). */
+  readOnly: boolean
+  /** The overlay file that takes the device's writes (absolute); the image itself is never written. */
+  overlay?: string
+  /** The overlay is a scratch file: this directory is removed when the device is detached (or cleaned up). */
+  scratchDir?: string
   badPolicy: string
   pid: number
   /** Start time of `pid` (clock ticks since boot, /proc/<pid>/stat field 22): guards against pid reuse. */

@@ -23,6 +23,7 @@ const fcntlInt = lib.func('int fcntl(int fd, int cmd, int arg)')
 const shutdownFn = lib.func('int shutdown(int sockfd, int how)')
 const recvFn = lib.func('long recv(int sockfd, void *buf, size_t len, int flags)')
 const readFn = lib.func('long read(int fd, void *buf, size_t count)')
+const flockFn = lib.func('int flock(int fd, int operation)')
 
 export class SysError extends Error {
   constructor(
@@ -118,6 +119,14 @@ export function read(fd: number, buf: Buffer): number {
 export const SHUT_RD = 0 // include/linux/net.h (enum sock_shutdown_cmd)
 export const SHUT_WR = 1
 export const SHUT_RDWR = 2
+
+/** flock(2); returns -errno instead of throwing (EWOULDBLOCK with LOCK_NB is an answer, not a fault). */
+export function flock(fd: number, operation: number): number {
+  const rc = flockFn(fd, operation) as number
+  return rc < 0 ? -koffi.errno() : rc
+}
+export const LOCK_EX = 2 // include/uapi/asm-generic/fcntl.h
+export const LOCK_NB = 4
 
 export function getpid(): number {
   return getpidFn() as number

@@ -50,6 +50,15 @@ const EXPECTED: Array<[CStruct, number, Record<string, number>]> = [
   [fuse.fuse_release_in, 24, {fh: 0, flags: 8, release_flags: 12, lock_owner: 16}],
   [fuse.fuse_flush_in, 24, {fh: 0, unused: 8, padding: 12, lock_owner: 16}],
   [fuse.fuse_read_in, 40, {fh: 0, offset: 8, size: 16, read_flags: 20, lock_owner: 24, flags: 32, padding: 36}],
+  [fuse.fuse_write_in, 40, {fh: 0, offset: 8, size: 16, write_flags: 20, lock_owner: 24, flags: 32, padding: 36}],
+  [fuse.fuse_write_out, 8, {size: 0, padding: 4}],
+  [fuse.fuse_fsync_in, 16, {fh: 0, fsync_flags: 8, padding: 12}],
+  [fuse.fuse_fallocate_in, 32, {fh: 0, offset: 8, length: 16, mode: 24, padding: 28}],
+  [
+    fuse.fuse_setattr_in,
+    88,
+    {valid: 0, padding: 4, fh: 8, size: 16, lock_owner: 24, atime: 32, mtime: 40, ctime: 48, atimensec: 56, mtimensec: 60, ctimensec: 64, mode: 68, unused4: 72, uid: 76, gid: 80, unused5: 84},
+  ],
   [fuse.fuse_kstatfs, 80, {blocks: 0, bfree: 8, bavail: 16, files: 24, ffree: 32, bsize: 40, namelen: 44, frsize: 48, padding: 52, spare: 56}],
   [fuse.fuse_statfs_out, 80, {st: 0}],
   [fuse.fuse_interrupt_in, 8, {unique: 0}],
@@ -126,7 +135,7 @@ describe('FUSE and loop ABI (fuse.h 7.45, loop.h)', () => {
     if (!cc || !headers) this.skip() // needs gcc + linux-libc-dev; the literal values above still apply
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-abi-'))
     try {
-      const lines: string[] = ['#include <stdio.h>', '#include <stddef.h>', '#include <stdint.h>', '#include <linux/ioctl.h>', '#include <linux/fuse.h>', '#include <linux/loop.h>', 'int main(void) {']
+      const lines: string[] = ['#include <stdio.h>', '#include <stddef.h>', '#include <stdint.h>', '#include <linux/ioctl.h>', '#include <linux/fuse.h>', '#include <linux/loop.h>', '#include <linux/falloc.h>', 'int main(void) {']
       for (const [s, , offsets] of EXPECTED) {
         lines.push(`printf("%s %zu\\n", "${s.name}", sizeof(struct ${s.name}));`)
         for (const f of Object.keys(offsets)) {
@@ -139,6 +148,7 @@ describe('FUSE and loop ABI (fuse.h 7.45, loop.h)', () => {
       lines.push('printf("FUSE_DEV_IOC_CLONE %lu\\n", (unsigned long)FUSE_DEV_IOC_CLONE);')
       lines.push('printf("LOOP_CONFIGURE %d\\nLOOP_CTL_GET_FREE %d\\nLOOP_CLR_FD %d\\n", LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_CLR_FD);')
       lines.push('printf("LO_FLAGS %d %d %d %d\\n", LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR, LO_FLAGS_PARTSCAN, LO_FLAGS_DIRECT_IO);')
+      lines.push('printf("WRITE_BITS %d %d %d %d %d\\n", FATTR_SIZE, FUSE_FSYNC_FDATASYNC, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE);')
       lines.push('return 0; }')
       fs.writeFileSync(path.join(dir, 'probe.c'), lines.join('\n'))
       execFileSync(cc!, ['-o', path.join(dir, 'probe'), path.join(dir, 'probe.c')], {stdio: 'pipe'})
@@ -162,6 +172,7 @@ describe('FUSE and loop ABI (fuse.h 7.45, loop.h)', () => {
       assert.equal(Number(got.get('LOOP_CONFIGURE')), loop.LOOP_CONFIGURE)
       assert.equal(Number(got.get('LOOP_CTL_GET_FREE')), loop.LOOP_CTL_GET_FREE)
       assert.equal(Number(got.get('LOOP_CLR_FD')), loop.LOOP_CLR_FD)
+      assert.equal(got.get('WRITE_BITS'), `${fuse.FATTR_SIZE} ${fuse.FUSE_FSYNC_FDATASYNC} ${fuse.FALLOC_FL_KEEP_SIZE} ${fuse.FALLOC_FL_PUNCH_HOLE} ${fuse.FALLOC_FL_ZERO_RANGE}`)
       assert.equal(got.get('LO_FLAGS'), `${loop.LO_FLAGS_READ_ONLY} ${loop.LO_FLAGS_AUTOCLEAR} ${loop.LO_FLAGS_PARTSCAN} ${loop.LO_FLAGS_DIRECT_IO}`)
     } finally {
       fs.rmSync(dir, {recursive: true, force: true})

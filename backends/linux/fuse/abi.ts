@@ -250,6 +250,68 @@ export const fuse_read_in = new CStruct('fuse_read_in', [
   {name: 'padding', type: 'u32'},
 ])
 
+/** fuse.h: struct fuse_write_in (the data follows it) */
+export const fuse_write_in = new CStruct('fuse_write_in', [
+  {name: 'fh', type: 'u64'},
+  {name: 'offset', type: 'u64'},
+  {name: 'size', type: 'u32'},
+  {name: 'write_flags', type: 'u32'},
+  {name: 'lock_owner', type: 'u64'},
+  {name: 'flags', type: 'u32'},
+  {name: 'padding', type: 'u32'},
+])
+
+/** fuse.h: struct fuse_write_out */
+export const fuse_write_out = new CStruct('fuse_write_out', [
+  {name: 'size', type: 'u32'},
+  {name: 'padding', type: 'u32'},
+])
+
+/** fuse.h: struct fuse_fsync_in (FSYNC, FSYNCDIR) */
+export const fuse_fsync_in = new CStruct('fuse_fsync_in', [
+  {name: 'fh', type: 'u64'},
+  {name: 'fsync_flags', type: 'u32'},
+  {name: 'padding', type: 'u32'},
+])
+
+/** fuse.h: struct fuse_fallocate_in */
+export const fuse_fallocate_in = new CStruct('fuse_fallocate_in', [
+  {name: 'fh', type: 'u64'},
+  {name: 'offset', type: 'u64'},
+  {name: 'length', type: 'u64'},
+  {name: 'mode', type: 'u32'},
+  {name: 'padding', type: 'u32'},
+])
+
+/** fuse.h: struct fuse_setattr_in */
+export const fuse_setattr_in = new CStruct('fuse_setattr_in', [
+  {name: 'valid', type: 'u32'},
+  {name: 'padding', type: 'u32'},
+  {name: 'fh', type: 'u64'},
+  {name: 'size', type: 'u64'},
+  {name: 'lock_owner', type: 'u64'},
+  {name: 'atime', type: 'u64'},
+  {name: 'mtime', type: 'u64'},
+  {name: 'ctime', type: 'u64'},
+  {name: 'atimensec', type: 'u32'},
+  {name: 'mtimensec', type: 'u32'},
+  {name: 'ctimensec', type: 'u32'},
+  {name: 'mode', type: 'u32'},
+  {name: 'unused4', type: 'u32'},
+  {name: 'uid', type: 'u32'},
+  {name: 'gid', type: 'u32'},
+  {name: 'unused5', type: 'u32'},
+])
+
+/** fuse.h: fuse_setattr_in.valid bits */
+export const FATTR_SIZE = 1 << 3
+/** fuse.h: fuse_fsync_in.fsync_flags: only the data (fdatasync) */
+export const FUSE_FSYNC_FDATASYNC = 1 << 0
+/** include/uapi/linux/falloc.h: fallocate(2) modes the loop driver sends for discard and write-zeroes */
+export const FALLOC_FL_KEEP_SIZE = 0x01
+export const FALLOC_FL_PUNCH_HOLE = 0x02
+export const FALLOC_FL_ZERO_RANGE = 0x10
+
 /** fuse.h: struct fuse_kstatfs */
 export const fuse_kstatfs = new CStruct('fuse_kstatfs', [
   {name: 'blocks', type: 'u64'},

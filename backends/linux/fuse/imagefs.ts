@@ -1,7 +1,10 @@
 /**
  * The file system the FUSE session serves: a read-only root directory holding one regular file whose
- * bytes are the BlockServer's (the decoded image). Writes of any kind get EROFS; operations a read-only
- * single-file tree does not need get ENOSYS, which tells the kernel not to ask again.
+ * bytes are the BlockServer's (the decoded image). Over a read-only server, writes of any kind get EROFS.
+ * Over a writable one (an overlay: `attach --overlay`) the file takes WRITE, FSYNC and the fallocate(2)
+ * modes the loop driver sends for discard (PUNCH_HOLE) and write-zeroes (ZERO_RANGE); its size is fixed
+ * and the tree's names cannot change (EPERM). Operations a single-file tree does not need get ENOSYS,
+ * which tells the kernel not to ask again.
  */
 import {errnoOf, type BlockServer} from '../../../src/core/blockserver'
 import {ERRNO} from '../../../src/sys/errno'
@@ -20,6 +23,15 @@ import {
   fuse_open_out,
   fuse_read_in,
   fuse_statfs_out,
+  fuse_fallocate_in,
+  fuse_fsync_in,
+  fuse_setattr_in,
+  fuse_write_in,
+  fuse_write_out,
+  FATTR_SIZE,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
 } from './abi'
 import type {FuseReply, FuseRequest} from './protocol'
 
@@ -45,6 +57,8 @@ export class ImageFs {
   private readonly mtime: number
   private nextFh = 1
   private readonly maxRead: number
+  /** The server takes writes (an overlay): the file is writable. */
+  private readonly writable: boolean
 
   constructor(
     private readonly server: BlockServer,
@@ -53,6 +67,7 @@ export class ImageFs {
     this.fileName = opts.fileName ?? 'disk'
     this.mtime = Math.floor(opts.mtime ?? Date.now() / 1000)
     this.maxRead = opts.maxRead ?? 1 << 20
+    this.writable = server.writable
   }
 
   private attr(nodeid: number): Record<string, number> | undefined {
@@ -61,7 +76,7 @@ export class ImageFs {
     if (nodeid === FUSE_ROOT_ID) return {ino: 1, mode: S_IFDIR | 0o555, nlink: 2, size: 0, blocks: 0, blksize: 4096, ...times}
     if (nodeid === FILE_ID) {
       const size = this.server.size
-      return {ino: FILE_ID, mode: S_IFREG | 0o444, nlink: 1, size, blocks: Math.ceil(size / 512), blksize: 128 * 1024, ...times}
+      return {ino: FILE_ID, mode: S_IFREG | (this.writable ? 0o644 : 0o444), nlink: 1, size, blocks: Math.ceil(size / 512), blksize: 128 * 1024, ...times}
     }
     return undefined
   }
@@ -86,8 +101,8 @@ export class ImageFs {
         if (req.nodeid !== FILE_ID) return ERRNO.ENOENT
         if (req.body.length < fuse_open_in.size) return ERRNO.EINVAL
         const {flags} = fuse_open_in.decode(req.body)
-        if ((flags & O_ACCMODE) !== O_RDONLY) return ERRNO.EROFS
-        // The bytes never change: keep whatever the page cache holds across opens.
+        if ((flags & O_ACCMODE) !== O_RDONLY && !this.writable) return ERRNO.EROFS
+        // The bytes change only through this mount, which keeps the page cache up to date: keep it across opens.
         return [fuse_open_out.encode({fh: this.nextFh++, open_flags: FOPEN_KEEP_CACHE})]
       }
       case FuseOpcode.READ:
@@ -106,11 +121,16 @@ export class ImageFs {
       case FuseOpcode.RELEASE:
       case FuseOpcode.RELEASEDIR:
       case FuseOpcode.FLUSH:
-      case FuseOpcode.FSYNC:
       case FuseOpcode.FSYNCDIR:
         return []
+      case FuseOpcode.FSYNC:
+        return this.writable ? this.fsync(req) : []
       case FuseOpcode.WRITE:
+        return this.writable ? this.write(req) : ERRNO.EROFS
+      case FuseOpcode.FALLOCATE:
+        return this.writable ? this.fallocate(req) : ERRNO.EROFS
       case FuseOpcode.SETATTR:
+        return this.writable ? this.setattr(req) : ERRNO.EROFS
       case FuseOpcode.CREATE:
       case FuseOpcode.MKNOD:
       case FuseOpcode.MKDIR:
@@ -122,11 +142,11 @@ export class ImageFs {
       case FuseOpcode.SYMLINK:
       case FuseOpcode.SETXATTR:
       case FuseOpcode.REMOVEXATTR:
-      case FuseOpcode.FALLOCATE:
       case FuseOpcode.COPY_FILE_RANGE:
       case FuseOpcode.COPY_FILE_RANGE_64:
       case FuseOpcode.TMPFILE:
-        return ERRNO.EROFS
+        // The tree is one fixed file: its names never change, writable or not.
+        return this.writable ? ERRNO.EPERM : ERRNO.EROFS
       default:
         return ERRNO.ENOSYS
     }
@@ -164,6 +184,73 @@ export class ImageFs {
     } catch (err) {
       return -errnoOf(err)
     }
+  }
+
+  /** WRITE into the server's overlay; the file's size is the image's (a write past it: ENOSPC). */
+  private async write(req: FuseRequest): Promise<FuseReply> {
+    if (req.nodeid !== FILE_ID) return req.nodeid === FUSE_ROOT_ID ? ERRNO.EISDIR : ERRNO.ENOENT
+    if (req.body.length < fuse_write_in.size) return ERRNO.EINVAL
+    const {offset, size} = fuse_write_in.decode(req.body)
+    if (size > req.body.length - fuse_write_in.size) return ERRNO.EINVAL
+    if (offset + size > this.server.size) return ERRNO.ENOSPC
+    try {
+      await this.server.write(offset, req.body.subarray(fuse_write_in.size, fuse_write_in.size + size))
+      return [fuse_write_out.encode({size, padding: 0})]
+    } catch (err) {
+      return errnoOf(err)
+    }
+  }
+
+  /** fsync/fdatasync of the file (the loop device's flush): everything written so far reaches stable storage. */
+  private async fsync(req: FuseRequest): Promise<FuseReply> {
+    if (req.body.length < fuse_fsync_in.size) return ERRNO.EINVAL
+    try {
+      await this.server.flush()
+      return []
+    } catch (err) {
+      return errnoOf(err)
+    }
+  }
+
+  /**
+   * fallocate(2): PUNCH_HOLE | KEEP_SIZE (the loop driver's discard) trims, ZERO_RANGE (its write-zeroes)
+   * zeroes. Plain allocation cannot be promised (the overlay grows as it is written): EOPNOTSUPP, as file
+   * systems without it answer, and the kernel then stops asking for it.
+   */
+  private async fallocate(req: FuseRequest): Promise<FuseReply> {
+    if (req.nodeid !== FILE_ID) return req.nodeid === FUSE_ROOT_ID ? ERRNO.EISDIR : ERRNO.ENOENT
+    if (req.body.length < fuse_fallocate_in.size) return ERRNO.EINVAL
+    const {offset, length, mode} = fuse_fallocate_in.decode(req.body)
+    const punch = (mode & FALLOC_FL_PUNCH_HOLE) !== 0
+    const zero = (mode & FALLOC_FL_ZERO_RANGE) !== 0
+    const keepSize = (mode & FALLOC_FL_KEEP_SIZE) !== 0
+    const known = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+    if ((mode & ~known) !== 0 || punch === zero || (punch && !keepSize)) return ERRNO.EOPNOTSUPP
+    if (!Number.isSafeInteger(offset + length) || length <= 0) return ERRNO.EINVAL
+    let end = offset + length
+    if (end > this.server.size) {
+      // Past the end: with KEEP_SIZE the size stays (nothing to do there); growing the file is impossible.
+      if (!keepSize) return ERRNO.ENOSPC
+      end = this.server.size
+    }
+    if (offset >= end) return []
+    try {
+      if (punch) await this.server.trim(offset, end - offset)
+      else await this.server.zero(offset, end - offset)
+      return []
+    } catch (err) {
+      return errnoOf(err)
+    }
+  }
+
+  /** SETATTR: the size is the image's and cannot change (EPERM); anything else (times, mode) is kept as it is. */
+  private setattr(req: FuseRequest): FuseReply {
+    const attr = this.attr(req.nodeid)
+    if (!attr) return ERRNO.ENOENT
+    if (req.body.length < fuse_setattr_in.size) return ERRNO.EINVAL
+    const {valid, size} = fuse_setattr_in.decode(req.body)
+    if (valid & FATTR_SIZE && (req.nodeid !== FILE_ID || size !== this.server.size)) return ERRNO.EPERM
+    return [fuse_attr_out.encode({attr_valid: VALID_SECONDS, attr})]
   }
 
   private readdir(req: FuseRequest): FuseReply {

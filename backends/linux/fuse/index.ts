@@ -2,6 +2,8 @@
  * The FUSE + loop backend: the decoded image as one read-only file on a FUSE mount served by this
  * process, and a read-only loop device over that file (direct I/O, partition scan, logical block size =
  * the image's sector size). Works on any Linux with FUSE and loop, no special modules; costs two hops.
+ * Over a writable server (an overlay) the file and the loop device are read-write: the loop driver's
+ * writes, flushes (fsync), discards (PUNCH_HOLE) and write-zeroes (ZERO_RANGE) reach the overlay.
  */
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -62,6 +64,7 @@ export const backend: Backend = {
   // Two threads keep both halves of the loop device's 1 MiB requests (two 512 KiB READs) decoding at once;
   // polling catches the next request of a reader at queue depth 1 (docs/fuse-loop.md, "Threads", "Memory").
   threadModel: {kind: 'serving-threads', defaultThreads: 2, maxThreads: 16, pollMicroseconds: 50},
+  writable: true,
 
   async probe(): Promise<Probe> {
     return probeSync()
@@ -86,14 +89,14 @@ export const backend: Backend = {
     const fileName = 'disk'
     // Serving threads each open the source again (its descriptor) and use every core; a source that
     // cannot be opened again is served on this thread.
-    const threads = ServingThreads.canServe(server) ? ctx.threads : 0
+    const threads = ServingThreads.canServe(server) && !server.writable ? ctx.threads : 0
     const session = await FuseSession.mount({
       mountpoint,
       maxPages,
       log: ctx.log,
       ...(threads > 0
         ? {threads: {server, count: threads, pollMicroseconds: ctx.pollMicroseconds, fileName, mtime}}
-        : {forward: {handler: new ImageFs(server, {fileName, mtime, maxRead: maxPages * 4096}).handle}}),
+        : {forward: {handler: new ImageFs(server, {fileName, mtime, maxRead: maxPages * 4096}).handle, writable: server.writable}}),
     })
     ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection}), ${session.mode === 'threads' ? `${threads} serving threads` : 'served on the main thread'}`)
     const file = path.join(mountpoint, fileName)
@@ -102,7 +105,7 @@ export const backend: Backend = {
     let dev: LoopDevice
     try {
       dev = await loop.attachLoopOffThread(file, {
-        readOnly: true,
+        readOnly: !server.writable,
         partscan: true,
         directIo: true,
         blockSize: server.sectorSize,
@@ -113,7 +116,7 @@ export const backend: Backend = {
       throw err
     }
     state.loop = dev.device
-    ctx.log(`loop: ${dev.device} over ${file}, block size ${server.sectorSize}, direct I/O ${dev.directIo ? 'on' : `off: ${dev.directIoNote ?? 'not supported'}`}`)
+    ctx.log(`loop: ${dev.device} over ${file}${server.writable ? ' (read-write)' : ''}, block size ${server.sectorSize}, direct I/O ${dev.directIo ? 'on' : `off: ${dev.directIoNote ?? 'not supported'}`}`)
     const partitions = await waitForPartitions(dev.device, loop.loopPartitions)
 
     let detached: Promise<void> | undefined

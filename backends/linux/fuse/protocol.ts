@@ -52,10 +52,18 @@ export interface InitResult {
 }
 
 export const PAGE = 4096
-/** We refuse writes; the kernel still sizes its read-buffer check with max_write (fuse_dev_do_read). */
+/** A read-only session refuses writes; the kernel still sizes its read-buffer check with max_write (fuse_dev_do_read). */
 export const MAX_WRITE = 4096
-/** Room for the largest request the kernel may send (WRITE: headers + max_write), with slack. */
+/** Room for the largest request of a read-only session (WRITE: headers + max_write), with slack. */
 export const READ_BUFFER_SIZE = 64 * 1024
+
+/**
+ * Room for the largest request the kernel may send when WRITEs are taken: fuse_in_header, fuse_write_in and
+ * max_write bytes of data (fuse_dev_do_read refuses a smaller buffer with EINVAL), with a page of slack.
+ */
+export function requestBufferSize(maxWrite: number): number {
+  return Math.max(READ_BUFFER_SIZE, maxWrite + PAGE)
+}
 
 export interface ProtocolOptions {
   fd: number
@@ -64,6 +72,8 @@ export interface ProtocolOptions {
   maxPages: number
   /** Async requests the kernel may have outstanding (fuse_init_out.max_background). */
   maxBackground: number
+  /** Largest WRITE to accept (fuse_init_out.max_write), for a writable file system; default MAX_WRITE. */
+  maxWrite?: number
   log: (line: string) => void
   /** Called once INIT is answered, or with the reason it could not be. */
   onInit: (r: InitResult | Error) => void
@@ -187,7 +197,8 @@ export class FuseProtocol {
       FuseInitFlag.ASYNC_DIO | // direct I/O (the loop device's) split into concurrent READs
       FuseInitFlag.MAX_PAGES | // READs up to max_pages, not the 32-page default
       FuseInitFlag.PARALLEL_DIROPS |
-      FuseInitFlag.ABORT_ERROR // readers of an aborted connection get ECONNABORTED, not ENODEV
+      FuseInitFlag.ABORT_ERROR | // readers of an aborted connection get ECONNABORTED, not ENODEV
+      (this.o.maxWrite ? FuseInitFlag.BIG_WRITES : 0) // WRITEs larger than a page (older kernels ask for it)
     const flags = (want & inp.flags) >>> 0
     const maxPages = flags & FuseInitFlag.MAX_PAGES ? this.o.maxPages : 32
     const maxRead = maxPages * PAGE
@@ -198,7 +209,7 @@ export class FuseProtocol {
       flags,
       max_background: this.o.maxBackground,
       congestion_threshold: Math.floor((this.o.maxBackground * 3) / 4),
-      max_write: MAX_WRITE,
+      max_write: this.o.maxWrite ?? MAX_WRITE,
       time_gran: 1,
       max_pages: maxPages,
     })

@@ -1,5 +1,6 @@
 /**
- * A FUSE session spoken directly over /dev/fuse (no libfuse): open the device, mount(2) it read-only,
+ * A FUSE session spoken directly over /dev/fuse (no libfuse): open the device, mount(2) it (read-only
+ * unless a writable forwarding handler serves it),
  * then serve requests on threads — never on libuv's thread pool, which the image reader needs — in one
  * of two ways:
  *   - serving threads (src/threads, when the source can be opened again on a thread): each thread runs
@@ -20,7 +21,7 @@ import {runOffThread} from '../../../src/sys/offthread'
 import {DEVICE_CACHE_BYTES} from '../../../src/threads/config'
 import {ServingThreads} from '../../../src/threads/pool'
 import {abortConnection, connectionOfMount} from './fusectl'
-import {FuseProtocol, PAGE, READ_BUFFER_SIZE, type FuseHandler, type InitResult} from './protocol'
+import {FuseProtocol, PAGE, READ_BUFFER_SIZE, requestBufferSize, type FuseHandler, type InitResult} from './protocol'
 import type {FuseThreadConfig, FuseThreadMessage} from './thread'
 
 export type {FuseHandler, FuseReply, FuseRequest} from './protocol'
@@ -36,8 +37,11 @@ export interface FuseMountOptions {
   log?: (line: string) => void
   /** How long to wait for the kernel's INIT after mount(2). */
   initTimeoutMs?: number
-  /** Forwarding: serve on the main thread with this handler, `readers` threads reading /dev/fuse. */
-  forward?: {handler: FuseHandler; readers?: number}
+  /**
+   * Forwarding: serve on the main thread with this handler, `readers` threads reading /dev/fuse. `writable`
+   * mounts read-write and takes WRITEs of up to maxPages pages (the handler answers them).
+   */
+  forward?: {handler: FuseHandler; readers?: number; writable?: boolean}
   /**
    * Serving threads: `count` threads (thread.ts), each opening the server's source again. What they
    * serve is counted in `server.stats`.
@@ -99,7 +103,8 @@ export class FuseSession {
       `max_read=${s.wantPages * PAGE}`,
     ].join(',')
     try {
-      libc.mount(name, opts.mountpoint, `fuse.${name}`, libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV, data)
+      const ro = opts.forward?.writable ? 0 : libc.MS_RDONLY
+      libc.mount(name, opts.mountpoint, `fuse.${name}`, ro | libc.MS_NOSUID | libc.MS_NODEV, data)
     } catch (err) {
       fs.closeSync(fd)
       const e = err as libc.SysError
@@ -117,7 +122,7 @@ export class FuseSession {
     let started: Promise<unknown> = Promise.resolve()
     try {
       if (opts.threads) started = s.startThreads(opts.threads, initDone)
-      else s.startForwarding(opts.forward!.handler, opts.forward!.readers ?? 2, initDone)
+      else s.startForwarding(opts.forward!.handler, opts.forward!.readers ?? 2, opts.forward!.writable === true, initDone)
       // Serving threads that fail to start reject `started`; one thread (ready) reads INIT meanwhile.
       const [r] = await Promise.race([
         Promise.all([init, started]),
@@ -140,12 +145,13 @@ export class FuseSession {
     return s
   }
 
-  private startForwarding(handler: FuseHandler, readers: number, onInit: (r: InitResult | Error) => void): void {
-    const protocol = new FuseProtocol({fd: this.fd, handler, maxPages: this.wantPages, maxBackground: this.maxBackground, log: this.log, onInit})
+  private startForwarding(handler: FuseHandler, readers: number, writable: boolean, onInit: (r: InitResult | Error) => void): void {
+    const maxWrite = writable ? this.wantPages * PAGE : undefined
+    const protocol = new FuseProtocol({fd: this.fd, handler, maxPages: this.wantPages, maxBackground: this.maxBackground, maxWrite, log: this.log, onInit})
     this.forwardProtocol = protocol
     let left = readers
     for (let i = 0; i < readers; i++) {
-      const w = new Worker(path.join(__dirname, 'reader-worker.js'), {workerData: {fd: this.fd, bufferSize: READ_BUFFER_SIZE}})
+      const w = new Worker(path.join(__dirname, 'reader-worker.js'), {workerData: {fd: this.fd, bufferSize: maxWrite ? requestBufferSize(maxWrite) : READ_BUFFER_SIZE}})
       let ended = false
       const end = (reason: string): void => {
         if (ended) return

@@ -137,7 +137,8 @@ export function configureLoop(backingFd: number, opts: LoopOptions = {}): LoopDe
       const device = `/dev/loop${n}`
       let fd: number
       try {
-        fd = fs.openSync(device, fs.constants.O_RDONLY)
+        // loop_configure makes the device read-only unless it was opened for writing (BLK_OPEN_WRITE).
+        fd = fs.openSync(device, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR)
       } catch (err) {
         // The node may appear a moment after LOOP_CTL_GET_FREE created the device.
         if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < MAX_ATTEMPTS - 1) {
@@ -187,11 +188,14 @@ export function configureLoop(backingFd: number, opts: LoopOptions = {}): LoopDe
 
 class RetryDevice extends Error {}
 
-/** Open `file` read-only and put a loop device over it. The loop device keeps its own reference. */
+/**
+ * Open `file` (read-only, or read-write for a device that is not readOnly) and put a loop device over it.
+ * The loop device keeps its own reference.
+ */
 export function attachFileToLoop(file: string, opts: LoopOptions = {}): LoopDevice {
   let fd: number
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY)
+    fd = fs.openSync(file, opts.readOnly === false ? fs.constants.O_RDWR : fs.constants.O_RDONLY)
   } catch (err) {
     throw new VdevError('io', `${file}: cannot open: ${(err as NodeJS.ErrnoException).code}`)
   }
