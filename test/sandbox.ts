@@ -96,11 +96,16 @@ export class Sandbox {
   }
 
   /** mount -o ro DEVICE at a new directory; recorded for teardown. */
-  async mountRo(device: string, name = 'mnt'): Promise<string> {
+  mountRo(device: string, name = 'mnt'): Promise<string> {
+    return this.mount(device, name, ['-o', 'ro'])
+  }
+
+  /** mount [options] SOURCE at a new directory `name` in the sandbox; recorded for teardown. */
+  async mount(source: string, name: string, options: string[] = []): Promise<string> {
     const dir = this.p(name)
     fs.mkdirSync(dir, {recursive: true})
-    const r = await run('mount', ['-o', 'ro', device, dir])
-    assert.equal(r.code, 0, `mount ${device}: ${r.stderr}`)
+    const r = await run('mount', [...options, source, dir])
+    assert.equal(r.code, 0, `mount ${source}: ${r.stderr}`)
     this.mounts.push(dir)
     return dir
   }

@@ -33,6 +33,8 @@ export interface BlockServerOptions {
   maxInFlight?: number
   /** Called for faults (not bad areas), so a daemon can log them. */
   onFault?: (offset: number, length: number, err: unknown) => void
+  /** Called when a write, write-zeroes, discard or flush fails (a full or failing disk under the overlay). */
+  onWriteFault?: (what: string, offset: number, length: number, err: BlockError) => void
   /** Count into this slot (SLOT_SIZE values; a serving thread's slot of shared memory) instead of its own. */
   counters?: Float64Array
 }
@@ -158,7 +160,9 @@ export class BlockServer {
     try {
       await this.source.flush!()
     } catch (err) {
-      throw this.writeFailed(err)
+      const e = this.writeFailed(err)
+      this.opts.onWriteFault?.('flush', 0, 0, e)
+      throw e
     } finally {
       this.release()
     }
@@ -175,7 +179,9 @@ export class BlockServer {
     try {
       await f()
     } catch (err) {
-      throw this.writeFailed(err)
+      const e = this.writeFailed(err)
+      this.opts.onWriteFault?.(what, offset, length, e)
+      throw e
     } finally {
       this.release()
     }

@@ -59,6 +59,9 @@ export interface DeviceStats {
   at: string
 }
 
+/** Failed writes logged before the rest are only counted. */
+const MAX_WRITE_FAULT_LINES = 100
+
 /** How often a daemon republishes counters that changed. */
 const STATS_PERIOD_MS = 2000
 
@@ -137,6 +140,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
   let server: BlockServer | undefined
   let publish: (() => void) | undefined
   let timer: NodeJS.Timeout | undefined
+  let writeFaults = 0
   try {
     const b = loadBackend(opts.backend)
     if ('error' in b) throw new VdevError('unavailable', b.error)
@@ -164,6 +168,11 @@ export async function serve(opts: ServeOptions): Promise<number> {
     server = new BlockServer(source, {
       badPolicy: opts.badPolicy,
       onFault: (offset, length, err) => log(`fault reading ${length} bytes at ${offset}: ${(err as Error)?.message ?? err}`),
+      onWriteFault: (what, offset, length, err) => {
+        // A full disk fails every write after the first: a hundred lines say it, the counters say the rest.
+        if (++writeFaults <= MAX_WRITE_FAULT_LINES) log(`${what} of ${length} bytes at ${offset} failed (${err.errno}): ${err.message}`)
+        if (writeFaults === MAX_WRITE_FAULT_LINES) log('further write failures are counted, not logged')
+      },
     })
     const srv = server
     log(
