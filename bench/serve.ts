@@ -15,10 +15,10 @@
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import {spawn, type ChildProcess} from 'node:child_process'
-import {createInterface} from 'node:readline'
+import {spawn} from 'node:child_process'
 import {ensureCorpus, CACHE} from './corpus'
 import {best, fmt, markImage, MiB, staleImage, table, timed, warm} from './lib'
+import {cpuSeconds, freshSocket, startNbdkit, startQemuNbd, startVdev, stop, type Server} from './nbd-servers'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
 const PYTHON = '/usr/bin/python3'
@@ -57,75 +57,6 @@ else:
         raise SystemExit('read errors: %d' % len(errors))
 print(json.dumps({'seconds': time.perf_counter() - t0, 'reads': n}))
 `
-
-interface Server {
-  name: string
-  uri: string
-  child: ChildProcess
-  /** The file it serves (warmed into the page cache before each measurement). */
-  file: string
-}
-
-/** CPU seconds (user + system, all threads) a process has used so far. */
-function cpuSeconds(pid: number): number {
-  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ')
-  // proc(5): utime and stime are fields 14 and 15; `fields` starts at field 3.
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
-}
-const CLOCK_TICKS = 100 // sysconf(_SC_CLK_TCK) on Linux
-
-/** A socket file left by an earlier run would look ready before the new server listens. */
-function freshSocket(sock: string): string {
-  fs.rmSync(sock, {force: true})
-  return sock
-}
-
-function waitForSocket(sock: string, child: ChildProcess, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now()
-    const tick = () => {
-      if (fs.existsSync(sock)) return resolve()
-      if (child.exitCode !== null) return reject(new Error(`${what} exited (${child.exitCode})`))
-      if (Date.now() - t0 > 30_000) return reject(new Error(`${what} did not create ${sock}`))
-      setTimeout(tick, 50)
-    }
-    tick()
-  })
-}
-
-async function startVdev(image: string, sock: string, name: string, extra: string[] = []): Promise<Server> {
-  const child = spawn(process.execPath, [VDEV, 'serve', image, '--listen', `unix:${sock}`, '--json', ...extra], {stdio: ['ignore', 'pipe', 'inherit']})
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({input: child.stdout!}).once('line', resolve)
-    child.once('exit', (c) => reject(new Error(`vdev serve exited (${c})`)))
-  })
-  const ready = JSON.parse(line) as {export: string}
-  return {name, uri: `nbd+unix:///${ready.export}?socket=${sock}`, child, file: image}
-}
-
-async function startNbdkit(raw: string, sock: string): Promise<Server> {
-  const child = spawn('nbdkit', ['-f', '-r', '-U', sock, 'file', raw], {stdio: ['ignore', 'ignore', 'inherit']})
-  await waitForSocket(sock, child, 'nbdkit')
-  return {name: 'nbdkit file (raw)', uri: `nbd+unix:///?socket=${sock}`, child, file: raw}
-}
-
-async function startQemuNbd(qcow2: string, sock: string): Promise<Server> {
-  const child = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=16', '--format=qcow2', `--socket=${sock}`, qcow2], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  })
-  await waitForSocket(sock, child, 'qemu-nbd')
-  return {name: 'qemu-nbd (qcow2, zstd)', uri: `nbd+unix:///?socket=${sock}`, child, file: qcow2}
-}
-
-function stop(s: Server | undefined): Promise<void> {
-  if (!s || s.child.exitCode !== null) return Promise.resolve()
-  return new Promise((resolve) => {
-    s.child.once('exit', () => resolve())
-    s.child.kill('SIGTERM')
-    setTimeout(() => s.child.kill('SIGKILL'), 5000).unref()
-  })
-}
 
 /** Random reads per second, and the server's CPU microseconds per read. */
 async function randomReads(s: Server, n: number, qd: number): Promise<{iops: number; cpuUs: number}> {
