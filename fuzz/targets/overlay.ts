@@ -7,7 +7,8 @@
  * The contract: inspectOverlay and Overlay.open either throw a VdevError (format, unsupported, usage or io)
  * with a one-line message, or give an overlay whose extents are sorted, disjoint and inside the image, and
  * whose reads never fail and return the base outside those extents. Opening for writing leaves no ignored
- * tail behind. With a CLI slice, `vdev overlay info` exits 0, 2, 3 or 4 with at most one line on stderr.
+ * tail behind. Compaction (of a copy) gives the same extents and no tail, or a one-line error with the file
+ * untouched. With a CLI slice, `vdev overlay info` exits 0, 2, 3 or 4 with at most one line on stderr.
  */
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -15,6 +16,7 @@ import {spawnSync} from 'node:child_process'
 import {VdevError} from '../../src/core/errors'
 import {crc32c} from '../../src/format/crc'
 import {HEADER_SIZE, Overlay, RECORD_HEADER_SIZE, RECORD_MAGIC, inspectOverlay} from '../../src/layers/overlay'
+import {compactOverlay} from '../../src/layers/overlay-compact'
 import {RawImage} from '../../src/sources/raw'
 import type {Rng} from '../rng'
 import {normalize, workDir, type CaseContext, type CaseResult, type Target} from '../harness'
@@ -130,12 +132,28 @@ export const overlayTarget: Target = {
         fs.writeFileSync(file, b)
         const f: string[] = []
         const parts: string[] = []
+        let extents: string | undefined
         try {
           const info = inspectOverlay(file)
           checkExtents(info.extents, info.size, f)
+          extents = JSON.stringify(info.extents)
           parts.push(`info:ok:${info.records > 0 ? 'records' : 'empty'}${info.discardedBytes ? ':tail' : ''}`)
         } catch (err) {
           parts.push(`info:${checkError(err, f)}`)
+        }
+        // Compaction of a copy: the same extents, no tail — or a one-line error and the copy untouched.
+        const copy = path.join(dir, 'c.vdovl')
+        fs.writeFileSync(copy, b)
+        try {
+          compactOverlay(copy)
+          const after = inspectOverlay(copy)
+          if (after.discardedBytes !== 0) f.push('compaction left an ignored tail')
+          if (extents !== undefined && JSON.stringify(after.extents) !== extents) f.push('compaction changed the extents')
+          if (extents === undefined) f.push('compaction accepted an overlay inspectOverlay refuses')
+          parts.push('compact:ok')
+        } catch (err) {
+          parts.push(`compact:${checkError(err, f)}`)
+          if (!fs.readFileSync(copy).equals(b)) f.push('a failed compaction changed the file')
         }
         try {
           const ov = await Overlay.open(RawImage.open(raw, {}), file)
