@@ -140,7 +140,6 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         stop = () => running.close()
       } else {
         const exportName = flags['export-name'] ?? imageName
-        if (writable && flags.threads) log('--threads: a writable export is served on the main thread (docs/OVERLAY.md)')
         const perConnection = flags.threads ?? defaultThreadsPerConnection()
         const threads = perConnection > 0 ? {perConnection, pollMicroseconds: flags['poll-us']} : undefined
         const running = await startNbdServer(server, {listen: address, exportName, log, threads})

@@ -53,6 +53,11 @@ export interface Backend {
    * kernel's write path (writes, flushes, discards, write-zeroes). Others attach read-only only.
    */
   readonly writable?: boolean
+  /**
+   * True when its serving threads also serve a writable server (through views of the overlay that call its
+   * owner, src/layers/overlay-view.ts); otherwise a writable device is served on the main thread.
+   */
+  readonly writableThreads?: boolean
   probe(): Promise<Probe>
   attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice>
   /** Clean up what a dead server left behind, from the registry state. Must be idempotent. */

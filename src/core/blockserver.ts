@@ -18,14 +18,7 @@ export {BlockError, errnoOf, type BadPolicy} from './block-error'
 export type BlockStats = ServedCounts
 
 /** What a writable server (an overlay) took: writes, write-zeroes, discards, flushes and their bytes. */
-export interface WriteStats {
-  writes: number
-  writeBytes: number
-  zeroes: number
-  trims: number
-  flushes: number
-  writeErrors: number
-}
+export type WriteStats = Pick<ServedCounts, 'writes' | 'writeBytes' | 'zeroes' | 'trims' | 'flushes' | 'writeErrors'>
 
 export interface BlockServerOptions {
   badPolicy?: BadPolicy
@@ -52,8 +45,6 @@ export class BlockServer {
   private closed = false
   private readonly c: Float64Array
   private readonly others: CounterSlots[] = []
-  /** Counted on the owner's thread only: writable sources are never served on serving threads. */
-  readonly writeStats: WriteStats = {writes: 0, writeBytes: 0, zeroes: 0, trims: 0, flushes: 0, writeErrors: 0}
 
   constructor(
     /** The source at the bottom of the stack (its descriptor opens it again on a serving thread). */
@@ -79,6 +70,12 @@ export class BlockServer {
     const out = addSlot(zeroCounts(), this.c)
     for (const s of this.others) s.sum(out)
     return out
+  }
+
+  /** The writes part of `stats` (every thread's). */
+  get writeStats(): WriteStats {
+    const {writes, writeBytes, zeroes, trims, flushes, writeErrors} = this.stats
+    return {writes, writeBytes, zeroes, trims, flushes, writeErrors}
   }
 
   /** The counter slot this server counts into. */
@@ -135,27 +132,27 @@ export class BlockServer {
   /** Serve one write. Rejects with BlockError only: EPERM on a read-only source, ENOSPC past the end. */
   write(offset: number, data: Buffer, opts: {fua?: boolean} = {}): Promise<void> {
     return this.mutation(offset, data.length, 'write', () => {
-      this.writeStats.writes++
-      this.writeStats.writeBytes += data.length
+      this.c[COUNTER.writes]++
+      this.c[COUNTER.writeBytes] += data.length
       return this.source.write!(offset, data, opts)
     })
   }
 
   /** Make a range read as zeros. */
   zero(offset: number, length: number, opts: {fua?: boolean} = {}): Promise<void> {
-    return this.mutation(offset, length, 'write-zeroes', () => (this.writeStats.zeroes++, this.source.zero!(offset, length, opts)))
+    return this.mutation(offset, length, 'write-zeroes', () => (this.c[COUNTER.zeroes]++, this.source.zero!(offset, length, opts)))
   }
 
   /** Discard a range (it reads as zeros afterwards). */
   trim(offset: number, length: number, opts: {fua?: boolean} = {}): Promise<void> {
-    return this.mutation(offset, length, 'trim', () => (this.writeStats.trims++, this.source.trim!(offset, length, opts)))
+    return this.mutation(offset, length, 'trim', () => (this.c[COUNTER.trims]++, this.source.trim!(offset, length, opts)))
   }
 
   /** Make every write answered so far durable. A read-only server has nothing to flush. */
   async flush(): Promise<void> {
     if (!this.writable) return
     if (this.closed) throw new BlockError('ESHUTDOWN', 'device is shutting down')
-    this.writeStats.flushes++
+    this.c[COUNTER.flushes]++
     await this.acquire()
     try {
       await this.source.flush!()
@@ -188,7 +185,7 @@ export class BlockServer {
   }
 
   private writeFailed(err: unknown): BlockError {
-    this.writeStats.writeErrors++
+    this.c[COUNTER.writeErrors]++
     if (err instanceof BlockError) return err
     return new BlockError('EIO', (err as Error)?.message ?? String(err))
   }

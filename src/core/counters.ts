@@ -15,10 +15,17 @@ export const COUNTER = {
   polled: 5,
   cacheHits: 6,
   cacheMisses: 7,
+  /** A writable server's (an overlay's): writes, their bytes, write-zeroes, discards, flushes, failures. */
+  writes: 8,
+  writeBytes: 9,
+  zeroes: 10,
+  trims: 11,
+  flushes: 12,
+  writeErrors: 13,
 } as const
 
 /** Float64 values per slot. */
-export const SLOT_SIZE = 8
+export const SLOT_SIZE = 14
 
 export interface ServedCounts {
   reads: number
@@ -29,22 +36,23 @@ export interface ServedCounts {
   polled: number
   cacheHits: number
   cacheMisses: number
+  writes: number
+  writeBytes: number
+  zeroes: number
+  trims: number
+  flushes: number
+  writeErrors: number
 }
 
 export function zeroCounts(): ServedCounts {
-  return {reads: 0, bytes: 0, errors: 0, badReads: 0, inFlight: 0, polled: 0, cacheHits: 0, cacheMisses: 0}
+  return {reads: 0, bytes: 0, errors: 0, badReads: 0, inFlight: 0, polled: 0, cacheHits: 0, cacheMisses: 0, writes: 0, writeBytes: 0, zeroes: 0, trims: 0, flushes: 0, writeErrors: 0}
 }
+
+const NAMES = Object.keys(COUNTER) as Array<keyof typeof COUNTER>
 
 /** Add slot `a` (a SLOT_SIZE view) into `into`. */
 export function addSlot(into: ServedCounts, a: Float64Array): ServedCounts {
-  into.reads += a[COUNTER.reads]
-  into.bytes += a[COUNTER.bytes]
-  into.errors += a[COUNTER.errors]
-  into.badReads += a[COUNTER.badReads]
-  into.inFlight += a[COUNTER.inFlight]
-  into.polled += a[COUNTER.polled]
-  into.cacheHits += a[COUNTER.cacheHits]
-  into.cacheMisses += a[COUNTER.cacheMisses]
+  for (const k of NAMES) into[k] += a[COUNTER[k]]
   return into
 }
 

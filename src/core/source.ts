@@ -7,6 +7,7 @@
  * A source can be opened again on any thread from its `descriptor` (src/sources: openSource), which is
  * how serving threads (src/threads) each get an instance of their own without knowing what kind it is.
  */
+import type {TransferListItem} from 'node:worker_threads'
 import type {BadRange} from './errors'
 
 export interface ReadResult {
@@ -45,6 +46,14 @@ export interface OpenSourceOptions {
   cacheBytes?: number
   /** Worker threads for decoding (asynchronous mode only; sources that decode). */
   decompressThreads?: number
+  /** What the instance on the main thread offered serving threads (BlockSource.threadLink), if anything. */
+  link?: unknown
+}
+
+/** What a source offers each serving thread besides its descriptor, and the objects to transfer with it. */
+export interface ThreadLink {
+  value: unknown
+  transfer: TransferListItem[]
 }
 
 /** How a write is acknowledged: with `fua`, only once it is on stable storage. */
@@ -72,14 +81,19 @@ export interface BlockSource {
   readonly synchronous?: boolean
   /** How to open this same source on another thread; absent when it cannot be opened again. */
   readonly descriptor?: SourceDescriptor
+  /**
+   * Called once per serving thread: something the thread's instance needs from this one (the overlay: the
+   * coverage bitmap and a link to the owner of its writes, src/layers/overlay.ts). Undefined: nothing.
+   */
+  threadLink?(): ThreadLink | undefined
   /** Describe [offset, offset+length) as runs of data, zeros and bad areas (for NBD block status). */
   extents?(offset: number, length: number): Promise<Extent[]>
   /** Cache hits and misses of a source that caches decoded data. */
   cacheStats?(): CacheStats
   /**
-   * True for a source that takes writes (the overlay, src/layers/overlay.ts; docs/OVERLAY.md). A writable
-   * source has one owner and no descriptor: it is served on the thread that opened it, never on serving
-   * threads. Every other source is read-only and implements none of the methods below.
+   * True for a source that takes writes (the overlay, src/layers/overlay.ts; docs/OVERLAY.md). The overlay
+   * has one owner, the instance that opened it; serving threads open a view that calls the owner
+   * (src/layers/overlay-view.ts). Every other source is read-only and implements none of the methods below.
    */
   readonly writable?: boolean
   /** Write `data` at `offset` (any alignment); resolves once written (and on stable storage with fua). */

@@ -10,7 +10,12 @@
  * record is invisible (its sectors read as they were); flush (and FUA) is fdatasync, so every record
  * acknowledged before it is on stable storage and, the log being a prefix, replayed.
  *
- * One owner: the overlay has no descriptor, so it is never opened again on a serving thread.
+ * One owner: the process's instance (on the thread that opened it) does every write. Serving threads get
+ * a view of it (overlay-view.ts, through `descriptor` + `threadLink`): reads of ranges the overlay has never
+ * touched go straight to the thread's own instance of the base; writes, flushes and reads of covered ranges
+ * are calls to the owner. A shared bitmap says which granules the overlay covers; a granule's bit is set
+ * before the record that touches it is written, so a read that starts after a write was acknowledged
+ * always goes to the owner.
  */
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
@@ -21,6 +26,8 @@ import {VdevError, ioError, type BadRange} from '../core/errors'
 import type {BlockSource, Extent, ReadResult, WriteOptions} from '../core/source'
 import {crc32c} from '../format/crc'
 import {lockExclusive} from '../sys/file-lock'
+import {offerSyncLink} from '../threads/sync-call'
+import type {SourceDescriptor, ThreadLink} from '../core/source'
 
 // ---- the format (docs/OVERLAY.md, "Layout"); all integers little-endian ----
 export const OVERLAY_MAGIC = Buffer.from('VDEVOVL\0', 'latin1')
@@ -260,6 +267,27 @@ export function replay(fd: number, h: OverlayHeader, fileSize: number): ReplayRe
 
 // ---- the layer ----
 
+/** A serving thread's call to the overlay's owner (overlay-view.ts). */
+export type OverlayCall =
+  | {op: 'read'; offset: number; length: number}
+  | {op: 'write'; offset: number; data: ArrayBuffer; fua?: boolean}
+  | {op: 'zero' | 'trim'; offset: number; length: number; fua?: boolean}
+  | {op: 'flush'}
+  | {op: 'extents'; offset: number; length: number}
+
+export interface OverlayAnswer {
+  data?: ArrayBuffer
+  bad?: BadRange[]
+  extents?: Extent[]
+}
+
+/** What a serving thread's view gets from the owner (Overlay.threadLink). */
+export interface OverlayLink {
+  link: import('../threads/sync-call').SyncLink
+  coverage: SharedArrayBuffer
+  granuleShift: number
+}
+
 export interface OverlayOpenOptions {
   /** Create the file when it does not exist (default true). */
   create?: boolean
@@ -281,8 +309,15 @@ export class Overlay implements BlockSource {
   readonly size: number
   readonly sectorSize: number
   readonly writable = true
-  /** One owner: never opened again on a serving thread (docs/OVERLAY.md, "Serving"). */
-  readonly descriptor = undefined
+  /**
+   * Serving threads open a view of this overlay (overlay-view.ts) from it, with the link `threadLink` gives;
+   * absent when the base cannot be opened on a thread.
+   */
+  readonly descriptor: SourceDescriptor | undefined
+  /** The granules (2^granuleShift bytes) the overlay covers: one bit each, shared with serving threads' views. */
+  readonly coverage: SharedArrayBuffer
+  readonly granuleShift: number
+  private readonly bits: Uint8Array
   private tail: number
   private seq: number
   /** Mutations run one at a time, in the order of their records. */
@@ -301,6 +336,55 @@ export class Overlay implements BlockSource {
     this.sectorSize = base.sectorSize
     this.tail = r.tail
     this.seq = r.lastSeq
+    // At most 2^25 granules (a 4 MiB bitmap), each at least 4 KiB.
+    this.granuleShift = Math.max(12, Math.ceil(Math.log2(Math.max(1, this.size / 2 ** 25))))
+    this.coverage = new SharedArrayBuffer(Math.ceil(Math.ceil(this.size / 2 ** this.granuleShift) / 8))
+    this.bits = new Uint8Array(this.coverage)
+    for (const e of map.entries) this.cover(e.start, e.end)
+    this.descriptor = base.descriptor ? {kind: 'overlay', path, options: {base: JSON.stringify(base.descriptor)}} : undefined
+  }
+
+  /** Mark [start, end) as covered, before anything there changes. */
+  private cover(start: number, end: number): void {
+    for (let g = Math.floor(start / 2 ** this.granuleShift), last = Math.floor((end - 1) / 2 ** this.granuleShift); g <= last; g++) {
+      Atomics.or(this.bits, g >> 3, 1 << (g & 7))
+    }
+  }
+
+  /**
+   * For a serving thread's view: the coverage bitmap and a link on which this instance answers the thread's
+   * writes, flushes and reads of covered ranges (src/threads/sync-call.ts).
+   */
+  threadLink(): ThreadLink {
+    const link = offerSyncLink<OverlayCall, OverlayAnswer>(async (c) => {
+      try {
+        switch (c.op) {
+          case 'read': {
+            const r = await this.read(c.offset, c.length)
+            const data = new Uint8Array(r.data).buffer as ArrayBuffer
+            return {value: {data, bad: r.bad}, transfer: [data]}
+          }
+          case 'write':
+            await this.write(c.offset, Buffer.from(c.data), {fua: c.fua})
+            return {value: {}}
+          case 'zero':
+            await this.zero(c.offset, c.length, {fua: c.fua})
+            return {value: {}}
+          case 'trim':
+            await this.trim(c.offset, c.length, {fua: c.fua})
+            return {value: {}}
+          case 'flush':
+            await this.flush()
+            return {value: {}}
+          case 'extents':
+            return {value: {extents: await this.extents(c.offset, c.length)}}
+        }
+      } catch (err) {
+        // A BlockError's errno crosses as the code (sync-call.ts); anything else is EIO on the other side.
+        throw err instanceof BlockError ? Object.assign(new Error(err.message), {code: err.errno}) : err
+      }
+    })
+    return {value: {link, coverage: this.coverage, granuleShift: this.granuleShift} satisfies OverlayLink, transfer: [link.port]}
   }
 
   /**
@@ -419,7 +503,7 @@ export class Overlay implements BlockSource {
         await this.append(REC_WRITE, start + at, piece.length, piece)
       }
       if (opts.fua) await this.sync()
-    })
+    }, offset, data.length)
   }
 
   zero(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
@@ -471,11 +555,13 @@ export class Overlay implements BlockSource {
         }
       } else if (length > 0) await this.append(type, offset, length)
       if (opts.fua) await this.sync()
-    })
+    }, offset, length)
   }
 
-  private mutate(f: () => Promise<void>): Promise<void> {
+  private mutate(f: () => Promise<void>, offset = 0, length = 0): Promise<void> {
     if (this.closed) return Promise.reject(new BlockError('ESHUTDOWN', 'the overlay is closed'))
+    // The BlockServer checks this before; a caller that skips it must not get a silently shortened write.
+    if (offset < 0 || offset + length > this.size) return Promise.reject(new BlockError('ENOSPC', `${length} bytes at ${offset} extend past the end (${this.size})`))
     const run = this.chain.then(f, f)
     this.chain = run.catch(() => {})
     return run
@@ -486,6 +572,8 @@ export class Overlay implements BlockSource {
     const seq = this.seq + 1
     const hdr = encodeRecordHeader({type, seq, offset, length, dataCrc: data ? crc32c(data) : 0}, this.header.id)
     const rec = data ? Buffer.concat([hdr, data]) : hdr
+    // Serving threads send reads of these granules here from now on (a covered granule stays covered).
+    this.cover(offset, offset + length)
     try {
       await pwriteAll(this.fd, rec, this.tail)
     } catch (err) {

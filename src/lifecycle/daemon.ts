@@ -145,8 +145,9 @@ export async function serve(opts: ServeOptions): Promise<number> {
     const b = loadBackend(opts.backend)
     if ('error' in b) throw new VdevError('unavailable', b.error)
     if (opts.overlay && !b.writable) throw new VdevError('usage', `the ${b.name} backend cannot attach read-write yet: --overlay and --scratch work with ${writableBackends()}`)
-    // A writable device is served on this thread: the overlay has one owner (docs/OVERLAY.md, "Serving").
-    const threads = opts.overlay ? 0 : threadCount(b.name, b.threadModel)
+    // A writable device: the overlay's owner is this thread; the backend's serving threads serve it through
+    // views that call the owner if the backend can (docs/OVERLAY.md, "Serving"), else this thread serves it.
+    const threads = opts.overlay && !b.writableThreads ? 0 : threadCount(b.name, b.threadModel)
     // Serving threads open the source themselves: the instance here only answers what they do not
     // (size, extents), so it starts no decompression workers (an idle one still holds a V8 isolate).
     source = await openSource(opts.source, {decompressThreads: threads > 0 ? 0 : Math.min(4, os.availableParallelism())})

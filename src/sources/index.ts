@@ -5,6 +5,8 @@
  *
  *   vdimg  a VDIMG image (src/format/reader.ts)
  *   raw    a raw file or block device, with an optional GNU ddrescue mapfile (raw.ts)
+ *   overlay  a serving thread's view of a copy-on-write overlay over one of those (src/layers/overlay-view.ts):
+ *            opened only with the link its owner offered (BlockSource.threadLink), never on its own
  */
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -13,6 +15,8 @@ import type {BlockSource, OpenSourceOptions, SourceDescriptor} from '../core/sou
 import {MAGIC} from '../format/layout'
 import {openImage} from '../format/reader'
 import {RawImage} from './raw'
+import {OverlayView} from '../layers/overlay-view'
+import type {OverlayLink} from '../layers/overlay'
 
 type Opener = (d: SourceDescriptor, how: OpenSourceOptions) => Promise<BlockSource>
 
@@ -21,6 +25,12 @@ const OPENERS: Record<string, Opener> = {
   raw: async (d, how) => {
     const o = d.options ?? {}
     return RawImage.open(d.path, {mapfile: typeof o.mapfile === 'string' ? o.mapfile : undefined, sectorSize: typeof o.sectorSize === 'number' ? o.sectorSize : undefined}, how)
+  },
+  overlay: async (d, how) => {
+    // The overlay itself has one owner (the instance that offered the link); a thread only gets a view.
+    if (!how.link || typeof d.options?.base !== 'string') throw new VdevError('internal', `${d.path}: an overlay is opened on a serving thread only through its owner's link`)
+    const base = await openSource(JSON.parse(d.options.base) as SourceDescriptor, {...how, link: undefined})
+    return new OverlayView(base, how.link as OverlayLink, d)
   },
 }
 

@@ -125,10 +125,12 @@ export class ServingThreads {
     if (this.closed || this.threads.length >= this.counters.count) return undefined
     const index = this.threads.length
     const o = this.opts
+    const link = o.server.source.threadLink?.()
     const cfg: ServingThreadConfig = {
       name: o.name,
       index,
       source: o.server.source.descriptor!,
+      link: link?.value,
       badPolicy: o.server.badPolicy,
       cacheBytes: o.cacheBytes,
       pollMicroseconds: o.pollMicroseconds ?? 0,
@@ -137,7 +139,11 @@ export class ServingThreads {
       body: o.body,
       config: o.configFor ? o.configFor(index) : o.config,
     }
-    const worker = new Worker(path.join(__dirname, 'serving-worker.js'), {workerData: cfg, resourceLimits: {...THREAD_LIMITS, ...o.heap}})
+    const worker = new Worker(path.join(__dirname, 'serving-worker.js'), {
+      workerData: cfg,
+      transferList: link?.transfer,
+      resourceLimits: {...THREAD_LIMITS, ...o.heap},
+    })
     const t: ServingThread = new ServingThread(index, worker, o.log, o.name, (m) => o.onMessage?.(t, m))
     this.threads.push(t)
     return t

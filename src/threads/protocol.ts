@@ -11,6 +11,8 @@ export interface ServingThreadConfig {
   name: string
   index: number
   source: SourceDescriptor
+  /** What the main thread's instance of the source offered this thread (BlockSource.threadLink). */
+  link?: unknown
   badPolicy: BadPolicy
   /** Decoded-chunk cache of this thread's instance of the source, in bytes. */
   cacheBytes: number

@@ -30,7 +30,7 @@ async function main(): Promise<void> {
     else handler?.(m.body)
   })
   try {
-    source = await openSource(cfg.source, {sync: true, cacheBytes: cfg.cacheBytes})
+    source = await openSource(cfg.source, {sync: true, cacheBytes: cfg.cacheBytes, link: cfg.link})
     const counters = slotOf(cfg.counters, cfg.index)
     const server = new BlockServer(source, {
       badPolicy: cfg.badPolicy,

@@ -40,7 +40,10 @@ describe('overlay layer', function () {
     const expect = Buffer.from(baseBytes)
     const o = await open(file)
     assert.equal(o.writable, true)
-    assert.equal(o.descriptor, undefined, 'a writable source is never opened again on a thread')
+    // Serving threads open a view of it (src/layers/overlay-view.ts): the descriptor names the overlay and its base.
+    assert.equal(o.descriptor?.kind, 'overlay')
+    assert.equal(String(o.descriptor?.options?.base), JSON.stringify(o.base.descriptor))
+    assert.equal(o.base.descriptor?.kind, 'raw')
     const w = (at: number, b: Buffer) => (b.copy(expect, at), o.write(at, b))
     await w(4096, prng(1, 8192))
     await w(100, prng(2, 300)) // inside one sector

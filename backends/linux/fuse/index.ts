@@ -65,6 +65,8 @@ export const backend: Backend = {
   // polling catches the next request of a reader at queue depth 1 (docs/fuse-loop.md, "Threads", "Memory").
   threadModel: {kind: 'serving-threads', defaultThreads: 2, maxThreads: 16, pollMicroseconds: 50},
   writable: true,
+  // A writable device is served on the same threads, through views of the overlay (src/layers/overlay-view.ts).
+  writableThreads: true,
 
   async probe(): Promise<Probe> {
     return probeSync()
@@ -89,14 +91,15 @@ export const backend: Backend = {
     const fileName = 'disk'
     // Serving threads each open the source again (its descriptor) and use every core; a source that
     // cannot be opened again is served on this thread.
-    const threads = ServingThreads.canServe(server) && !server.writable ? ctx.threads : 0
+    const threads = ServingThreads.canServe(server) ? ctx.threads : 0
     const session = await FuseSession.mount({
       mountpoint,
       maxPages,
       log: ctx.log,
+      writable: server.writable,
       ...(threads > 0
         ? {threads: {server, count: threads, pollMicroseconds: ctx.pollMicroseconds, fileName, mtime}}
-        : {forward: {handler: new ImageFs(server, {fileName, mtime, maxRead: maxPages * 4096}).handle, writable: server.writable}}),
+        : {forward: {handler: new ImageFs(server, {fileName, mtime, maxRead: maxPages * 4096}).handle}}),
     })
     ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection}), ${session.mode === 'threads' ? `${threads} serving threads` : 'served on the main thread'}`)
     const file = path.join(mountpoint, fileName)

@@ -37,16 +37,15 @@ export interface FuseMountOptions {
   log?: (line: string) => void
   /** How long to wait for the kernel's INIT after mount(2). */
   initTimeoutMs?: number
-  /**
-   * Forwarding: serve on the main thread with this handler, `readers` threads reading /dev/fuse. `writable`
-   * mounts read-write and takes WRITEs of up to maxPages pages (the handler answers them).
-   */
-  forward?: {handler: FuseHandler; readers?: number; writable?: boolean}
+  /** Forwarding: serve on the main thread with this handler, `readers` threads reading /dev/fuse. */
+  forward?: {handler: FuseHandler; readers?: number}
   /**
    * Serving threads: `count` threads (thread.ts), each opening the server's source again. What they
    * serve is counted in `server.stats`.
    */
   threads?: {server: BlockServer; count: number; pollMicroseconds: number; fileName: string; mtime: number}
+  /** Mount read-write and take WRITEs of up to maxPages pages (a writable server: an overlay). */
+  writable?: boolean
 }
 
 export class FuseSession {
@@ -70,6 +69,8 @@ export class FuseSession {
   private pool?: ServingThreads
   private readonly wantPages: number
   private readonly maxBackground: number
+  /** Largest WRITE taken (a writable mount), else undefined: writes are refused. */
+  private readonly maxWrite: number | undefined
 
   private constructor(fd: number, opts: FuseMountOptions) {
     this.fd = fd
@@ -78,6 +79,7 @@ export class FuseSession {
     this.wantPages = Math.max(1, Math.min(opts.maxPages ?? 256, 256))
     this.maxBackground = opts.maxBackground ?? 64
     this.mode = opts.threads ? 'threads' : 'forward'
+    this.maxWrite = opts.writable ? this.wantPages * PAGE : undefined
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve))
   }
 
@@ -103,7 +105,7 @@ export class FuseSession {
       `max_read=${s.wantPages * PAGE}`,
     ].join(',')
     try {
-      const ro = opts.forward?.writable ? 0 : libc.MS_RDONLY
+      const ro = opts.writable ? 0 : libc.MS_RDONLY
       libc.mount(name, opts.mountpoint, `fuse.${name}`, ro | libc.MS_NOSUID | libc.MS_NODEV, data)
     } catch (err) {
       fs.closeSync(fd)
@@ -122,7 +124,7 @@ export class FuseSession {
     let started: Promise<unknown> = Promise.resolve()
     try {
       if (opts.threads) started = s.startThreads(opts.threads, initDone)
-      else s.startForwarding(opts.forward!.handler, opts.forward!.readers ?? 2, opts.forward!.writable === true, initDone)
+      else s.startForwarding(opts.forward!.handler, opts.forward!.readers ?? 2, initDone)
       // Serving threads that fail to start reject `started`; one thread (ready) reads INIT meanwhile.
       const [r] = await Promise.race([
         Promise.all([init, started]),
@@ -145,8 +147,8 @@ export class FuseSession {
     return s
   }
 
-  private startForwarding(handler: FuseHandler, readers: number, writable: boolean, onInit: (r: InitResult | Error) => void): void {
-    const maxWrite = writable ? this.wantPages * PAGE : undefined
+  private startForwarding(handler: FuseHandler, readers: number, onInit: (r: InitResult | Error) => void): void {
+    const maxWrite = this.maxWrite
     const protocol = new FuseProtocol({fd: this.fd, handler, maxPages: this.wantPages, maxBackground: this.maxBackground, maxWrite, log: this.log, onInit})
     this.forwardProtocol = protocol
     let left = readers
@@ -171,7 +173,7 @@ export class FuseSession {
   }
 
   private async startThreads(t: NonNullable<FuseMountOptions['threads']>, onInit: (r: InitResult | Error) => void): Promise<void> {
-    const config: FuseThreadConfig = {fd: this.fd, fileName: t.fileName, mtime: t.mtime, maxPages: this.wantPages, maxBackground: this.maxBackground}
+    const config: FuseThreadConfig = {fd: this.fd, fileName: t.fileName, mtime: t.mtime, maxPages: this.wantPages, maxBackground: this.maxBackground, maxWrite: this.maxWrite}
     let pool: ServingThreads
     try {
       pool = await ServingThreads.start({

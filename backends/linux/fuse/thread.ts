@@ -11,7 +11,7 @@
 import {COUNTER} from '../../../src/core/counters'
 import type {ServingThreadContext} from '../../../src/threads/protocol'
 import {ImageFs} from './imagefs'
-import {FuseProtocol, READ_BUFFER_SIZE, type InitResult} from './protocol'
+import {FuseProtocol, READ_BUFFER_SIZE, requestBufferSize, type InitResult} from './protocol'
 import {FuseRequestReader} from './requests'
 
 /** The body's settings, the same for every thread. */
@@ -22,6 +22,8 @@ export interface FuseThreadConfig {
   mtime: number
   maxPages: number
   maxBackground: number
+  /** Largest WRITE taken (a writable server: an overlay view), else undefined. */
+  maxWrite?: number
 }
 
 /** thread → main: the thread that read INIT answered it (or could not). */
@@ -36,13 +38,14 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
     handler: imageFs.handle,
     maxPages: cfg.maxPages,
     maxBackground: cfg.maxBackground,
+    maxWrite: cfg.maxWrite,
     log: ctx.log,
     onInit: (r) => post(r instanceof Error ? {initError: r.message} : {init: r}),
     readInto: imageFs.readInto,
   })
   const requests = new FuseRequestReader(cfg.fd, ctx.pollMicroseconds, ctx.log)
   const c = ctx.counters
-  const buf = Buffer.allocUnsafe(READ_BUFFER_SIZE)
+  const buf = Buffer.allocUnsafe(cfg.maxWrite ? requestBufferSize(cfg.maxWrite) : READ_BUFFER_SIZE)
   let draining = false
   ctx.ready()
   try {

@@ -52,8 +52,9 @@ export function defaultThreadsPerConnection(): number {
 export async function startNbdThreads(server: BlockServer, t: NbdThreadOptions, log: (line: string) => void): Promise<ConnectionThreads | undefined> {
   const perConnection = t.perConnection ?? defaultThreadsPerConnection()
   if (perConnection <= 0) return undefined
-  // A writable source (an overlay) has one owner and is served on the main thread (docs/OVERLAY.md).
-  if (server.writable) return undefined
+  // A writable source (an overlay) is served on threads through views that call its owner (docs/OVERLAY.md),
+  // when its base can be opened on a thread; otherwise on the main thread.
+  if (server.writable && !server.source.descriptor) return undefined
   try {
     return await ConnectionThreads.start(server, {
       perConnection,

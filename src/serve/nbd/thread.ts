@@ -1,7 +1,7 @@
 /**
  * The body of an NBD serving thread (src/threads runs it; threads.ts hands it connections): it serves the
  * connections the main thread assigns it, one at a time, with its own instance of the source. For each
- * request it takes the connection's read lock, reads the request (and a refused write's payload) with
+ * request it takes the connection's read lock, reads the request (and a write's payload: an overlay view takes it, a read-only export drops it) with
  * blocking read(2), releases the lock, answers, and writes the reply whole with writev(2) under the write
  * lock — so replies never interleave, and come back in the order they finish.
  */
@@ -60,6 +60,15 @@ class Input {
     if (start === end) start = end = 0
     Atomics.store(this.state, STATE.inputStart, start)
     Atomics.store(this.state, STATE.inputEnd, end)
+    return out
+  }
+
+  /** The next `n` bytes in a buffer of their own (a write's payload, up to MAX_PAYLOAD), buffered ones first. */
+  takeCopy(n: number): Buffer {
+    const out = Buffer.allocUnsafe(n)
+    const buffered = Math.min(n, this.pending)
+    if (buffered > 0) this.take(buffered).copy(out, 0)
+    for (let at = buffered; at < n; ) at += this.fill(out, at, n - at)
     return out
   }
 
@@ -154,13 +163,16 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
         closing()
         return `bad request magic 0x${req.magic.toString(16)}`
       }
+      let payload: Buffer | undefined
       if (req.type === P.NBD_CMD_WRITE) {
         // The payload follows the header; it must be consumed (or the connection closed) to stay in sync.
         if (req.length > P.MAX_PAYLOAD) {
           closing()
           return `write payload of ${req.length} bytes`
         }
-        input.skip(req.length)
+        // A writable export (an overlay view) takes it; a read-only one drops it and answers EPERM.
+        if (ctx.server.writable) payload = input.takeCopy(req.length)
+        else input.skip(req.length)
       }
       if (Atomics.load(state, STATE.closing)) {
         // "...any subsequently received requests SHOULD be ESHUTDOWN" (Terminating the transmission phase).
@@ -177,7 +189,7 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
         holding = false
         unlock(state, STATE.readLock)
       }
-      const r = responder.answer(req)
+      const r = responder.answer(req, payload)
       reply(r instanceof Promise ? await r : r)
     }
   } catch (err) {

@@ -1,0 +1,116 @@
+/**
+ * A serving thread's view of the overlay (docs/OVERLAY.md, "Serving"): the thread's own instance of the
+ * base (opened synchronously from the base's descriptor) for reads of ranges the overlay has never touched,
+ * and a link to the overlay's owner (src/layers/overlay.ts, Overlay.threadLink) for everything else — reads
+ * of covered ranges, writes, write-zeroes, discards, flushes and extents. The owner keeps the one log, so
+ * crash safety and ordering are the owner's, unchanged; the shared coverage bitmap is set by the owner
+ * before a record is written, so a read that starts after a write was acknowledged sees the bit and asks
+ * the owner. A serving thread answers one request at a time: every call is synchronous (Atomics.wait).
+ */
+import {BlockError} from '../core/block-error'
+import type {BlockSource, Extent, ReadResult, SourceDescriptor, WriteOptions} from '../core/source'
+import {SyncCaller} from '../threads/sync-call'
+import type {OverlayAnswer, OverlayCall, OverlayLink} from './overlay'
+
+const ERRNOS = new Set(['EIO', 'EINVAL', 'ENOSPC', 'EPERM', 'ESHUTDOWN'])
+
+export class OverlayView implements BlockSource {
+  readonly size: number
+  readonly sectorSize: number
+  readonly writable = true
+  readonly synchronous = true
+  readonly descriptor: SourceDescriptor
+  private readonly owner: SyncCaller<OverlayCall, OverlayAnswer>
+  private readonly bits: Uint8Array
+  private readonly granuleShift: number
+
+  constructor(
+    private readonly base: BlockSource,
+    link: OverlayLink,
+    descriptor: SourceDescriptor,
+  ) {
+    if (!base.synchronous || !base.readSync) throw new BlockError('EINVAL', 'an overlay view needs a base opened for synchronous reads')
+    this.size = base.size
+    this.sectorSize = base.sectorSize
+    this.descriptor = descriptor
+    this.owner = new SyncCaller(link.link)
+    this.bits = new Uint8Array(link.coverage)
+    this.granuleShift = link.granuleShift
+  }
+
+  /** Whether the overlay has touched any granule of [offset, offset+length). */
+  private covered(offset: number, length: number): boolean {
+    if (length === 0) return false
+    const g = 2 ** this.granuleShift
+    for (let i = Math.floor(offset / g), last = Math.floor((offset + length - 1) / g); i <= last; i++) {
+      if (Atomics.load(this.bits, i >> 3) & (1 << (i & 7))) return true
+    }
+    return false
+  }
+
+  private call(c: OverlayCall, transfer: ArrayBuffer[] = []): OverlayAnswer {
+    try {
+      return this.owner.call(c, transfer)
+    } catch (err) {
+      const code = (err as {code?: string}).code
+      throw new BlockError(code && ERRNOS.has(code) ? (code as BlockError['errno']) : 'EIO', (err as Error).message)
+    }
+  }
+
+  readSync(offset: number, length: number, dst?: Buffer): ReadResult {
+    if (!this.covered(offset, length)) return this.base.readSync!(offset, length, dst)
+    const a = this.call({op: 'read', offset, length})
+    const data = Buffer.from(a.data!)
+    if (data.length !== length) throw new BlockError('EIO', `the overlay's owner answered ${data.length} bytes for a read of ${length}`)
+    if (dst && dst.length >= length) {
+      data.copy(dst, 0)
+      return {data: dst.subarray(0, length), bad: a.bad ?? []}
+    }
+    return {data, bad: a.bad ?? []}
+  }
+
+  read(offset: number, length: number): Promise<ReadResult> {
+    return settle(() => this.readSync(offset, length))
+  }
+
+  write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
+    return settle(() => {
+      // The thread's buffer is reused for the next request: the owner gets a copy of its own.
+      const copy = new Uint8Array(data).buffer as ArrayBuffer
+      this.call({op: 'write', offset, data: copy, fua: opts.fua}, [copy])
+    })
+  }
+
+  zero(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
+    return settle(() => void this.call({op: 'zero', offset, length, fua: opts.fua}))
+  }
+
+  trim(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
+    return settle(() => void this.call({op: 'trim', offset, length, fua: opts.fua}))
+  }
+
+  flush(): Promise<void> {
+    return settle(() => void this.call({op: 'flush'}))
+  }
+
+  extents(offset: number, length: number): Promise<Extent[]> {
+    return settle(() => this.call({op: 'extents', offset, length}).extents ?? [])
+  }
+
+  cacheStats() {
+    return this.base.cacheStats?.() ?? {hits: 0, misses: 0}
+  }
+
+  async close(): Promise<void> {
+    this.owner.close()
+    await this.base.close()
+  }
+}
+
+function settle<T>(f: () => T): Promise<T> {
+  try {
+    return Promise.resolve(f())
+  } catch (err) {
+    return Promise.reject(err)
+  }
+}
