@@ -20,6 +20,7 @@ const MAX_FAULT_LINES = 100
 async function main(): Promise<void> {
   let source: BlockSource | undefined
   let faults = 0
+  let writeFaults = 0
   let handler: ((m: unknown) => void) | undefined
   const control = new Int32Array(cfg.control)
   const exit = (): void => {
@@ -38,6 +39,11 @@ async function main(): Promise<void> {
       onFault: (offset, length, err) => {
         if (++faults <= MAX_FAULT_LINES) log(`${cfg.name}: fault reading ${length} bytes at ${offset}: ${(err as Error)?.message ?? err}`)
         if (faults === MAX_FAULT_LINES) log(`${cfg.name}: thread ${cfg.index}: further faults are counted, not logged`)
+      },
+      // A writable source (an overlay view): a full or failing disk under the overlay fails every write.
+      onWriteFault: (what, offset, length, err) => {
+        if (++writeFaults <= MAX_FAULT_LINES) log(`${cfg.name}: ${what} of ${length} bytes at ${offset} failed (${err.errno}): ${err.message}`)
+        if (writeFaults === MAX_FAULT_LINES) log(`${cfg.name}: thread ${cfg.index}: further write failures are counted, not logged`)
       },
     })
     // eslint-disable-next-line @typescript-eslint/no-require-imports
