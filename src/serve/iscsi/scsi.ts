@@ -94,6 +94,8 @@ export class LogicalUnit {
   constructor(
     readonly server: BlockServer,
     readonly identity: LunIdentity,
+    /** How the blocks of a read are fetched (peers.ts spreads them over the serving threads); default the server's read. */
+    private readonly readBytes: (offset: number, length: number) => Promise<Buffer> = (o, l) => server.read(o, l),
   ) {
     this.blockSize = server.sectorSize
     this.blocks = Math.ceil(server.size / server.sectorSize)
@@ -155,7 +157,7 @@ export class LogicalUnit {
     const inImage = Math.min(length, this.server.size - offset)
     let data: Buffer
     try {
-      data = await this.server.read(offset, inImage)
+      data = await this.readBytes(offset, inImage)
     } catch (err) {
       throw await this.readFailure(err, offset)
     }
