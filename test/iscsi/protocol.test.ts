@@ -337,8 +337,7 @@ describe('iscsi target: PDUs (raw client)', function () {
       assert.ok(tt.target.threads!.stats.connections >= 1, 'the session was handed to a thread')
     })
 
-    it('32 pipelined reads of one session are read on both threads (peers.ts), each answered whole: data, then status, StatSN in order', async () => {
-      const before = tt.target.threads!.readsByThread()
+    it('32 pipelined reads of one threaded session, answered as they finish, every task with its Data-In in order, then its status; StatSN in order; MEDIUM ERROR among them', async () => {
       const c = await threadSession('400001370111', {MaxRecvDataSegmentLength: '8192'})
       const badLba = fx.bad[0].offset / SECTOR
       const goodLbas = Array.from({length: raw.length / SECTOR}, (_, i) => i).filter((l) => !fx.bad.some((b) => l * SECTOR < b.offset + b.length && (l + 16) * SECTOR > b.offset))
@@ -389,11 +388,6 @@ describe('iscsi target: PDUs (raw client)', function () {
           assert.ok(Buffer.concat(g.data).equals(raw.subarray(x.lba * SECTOR, (x.lba + x.blocks) * SECTOR)), `task ${x.itt} at LBA ${x.lba}`)
         }
       }
-      const after = tt.target.threads!.readsByThread()
-      assert.ok(
-        after.every((n, i) => n > before[i]),
-        `every thread read for the session: ${before} → ${after}`,
-      )
       c.expStatSN = lastStatSN + 1
       assert.ok((await c.nop(Buffer.from('after'))).data.equals(Buffer.from('after')))
     })

@@ -94,8 +94,6 @@ export class LogicalUnit {
   constructor(
     readonly server: BlockServer,
     readonly identity: LunIdentity,
-    /** How the blocks of a read are fetched (peers.ts spreads them over the serving threads); default the server's read. */
-    private readonly readBytes: (offset: number, length: number) => Promise<Buffer> = (o, l) => server.read(o, l),
   ) {
     this.blockSize = server.sectorSize
     this.blocks = Math.ceil(server.size / server.sectorSize)
@@ -157,7 +155,7 @@ export class LogicalUnit {
     const inImage = Math.min(length, this.server.size - offset)
     let data: Buffer
     try {
-      data = await this.readBytes(offset, inImage)
+      data = await this.server.read(offset, inImage)
     } catch (err) {
       throw await this.readFailure(err, offset)
     }

@@ -37,8 +37,6 @@ export interface IscsiTargetOptions extends TargetConfig {
   log?: (line: string) => void
   /** Serving threads: a normal session's full-feature phase is served on one after its login (threads.ts). */
   threads?: IscsiThreads
-  /** How reads are fetched (a serving thread's PeerReads, peers.ts); default the server's read. */
-  read?: (offset: number, length: number) => Promise<Buffer>
 }
 
 /** A session's identity and state; with MaxConnections=1 it has exactly one connection. */
@@ -72,7 +70,7 @@ export class IscsiTarget {
     readonly server: BlockServer,
     readonly opts: IscsiTargetOptions,
   ) {
-    this.lu = new LogicalUnit(server, opts.identity, opts.read)
+    this.lu = new LogicalUnit(server, opts.identity)
   }
 
   get iqn(): string {

@@ -2,24 +2,20 @@
  * The serving-thread body of the iSCSI target (threads.ts is the main thread's side): for each connection
  * handed over, a socket on the duplicated descriptor and the same IscsiConnection code as the main thread,
  * resumed in the full-feature phase, over this thread's own BlockServer (its own instance of the source:
- * pread(2) and decoding here). The thread's event loop serves one connection at a time, and reads for the
- * other threads' connections (peers.ts): its reads go to them too.
+ * pread(2) and decoding here). The thread's event loop serves one connection at a time.
  */
 import * as net from 'node:net'
 import type {ServingThreadContext} from '../../threads/protocol'
-import {PeerReads} from './peers'
 import {IscsiConnection, IscsiTarget} from './server'
 import type {FromIscsiThread, IscsiThreadConfig, ToIscsiThread} from './threads'
 
 export async function run(ctx: ServingThreadContext): Promise<string> {
   const cfg = ctx.config as IscsiThreadConfig
-  const peers = new PeerReads(ctx.server)
-  const target = new IscsiTarget(ctx.server, {iqn: cfg.iqn, identity: cfg.identity, log: (l) => ctx.log(l), read: (o, l) => peers.read(o, l)})
+  const target = new IscsiTarget(ctx.server, {iqn: cfg.iqn, identity: cfg.identity, log: (l) => ctx.log(l)})
   const live = new Map<number, IscsiConnection>()
   ctx.onMessage((raw) => {
     const m = raw as ToIscsiThread
-    if ('peer' in m) peers.add(m.peer)
-    else if ('assign' in m) {
+    if ('assign' in m) {
       const {id, fd, state, leftover} = m.assign
       let socket: net.Socket
       try {

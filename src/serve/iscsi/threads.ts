@@ -4,18 +4,13 @@
  * serves the whole full-feature phase (thread.ts) with its own instance of the source, so decoding never
  * runs on the main thread's event loop and a NOP-Out is never queued behind another connection's reads.
  * One thread serves one connection at a time; a connection that finds no free thread is served on the main
- * thread. The reads of a connection are spread over every thread (peers.ts), through a MessageChannel
- * between each two made here. What the threads serve is counted in the BlockServer's stats (their counter
- * slots).
+ * thread. What the threads serve is counted in the BlockServer's stats (their counter slots).
  *
  * main → thread: {assign: Assignment} serve this connection; {stop: id} finish it (answer what is in flight,
- * close); {kill: id} drop it now (session reinstatement); {peer: port} a channel to another thread (at
- * start). thread → main: {done: id, reason}.
+ * close); {kill: id} drop it now (session reinstatement). thread → main: {done: id, reason}.
  */
 import * as path from 'node:path'
-import {MessageChannel, type MessagePort} from 'node:worker_threads'
 import type {BlockServer} from '../../core/blockserver'
-import {COUNTER} from '../../core/counters'
 import {ServingThreads, type ServingThread} from '../../threads/pool'
 import type {Negotiated} from './login'
 import type {LunIdentity, Nexus} from './scsi'
@@ -45,7 +40,7 @@ export interface IscsiThreadConfig {
   identity: LunIdentity
 }
 
-export type ToIscsiThread = {assign: Assignment} | {stop: number} | {kill: number} | {peer: MessagePort}
+export type ToIscsiThread = {assign: Assignment} | {stop: number} | {kill: number}
 export interface FromIscsiThread {
   done: number
   reason: string
@@ -89,14 +84,6 @@ export class IscsiThreads {
       log: opts.log,
       onMessage: (_thread, m) => t.finished(m as FromIscsiThread),
     })
-    // A channel between every two threads: a session's reads are spread over all of them (peers.ts).
-    const all = t.pool.threads
-    for (let i = 0; i < all.length; i++)
-      for (let j = i + 1; j < all.length; j++) {
-        const {port1, port2} = new MessageChannel()
-        all[i].worker.postMessage({body: {peer: port1} satisfies ToIscsiThread}, [port1])
-        all[j].worker.postMessage({body: {peer: port2} satisfies ToIscsiThread}, [port2])
-      }
     for (const th of t.pool.threads) {
       th.worker.unref()
       t.idle.push(th)
@@ -107,11 +94,6 @@ export class IscsiThreads {
 
   get threads(): number {
     return this.pool.threads.length
-  }
-
-  /** Reads each thread has done (its counter slot): a session's reads are spread over all of them. */
-  readsByThread(): number[] {
-    return this.pool.threads.map((t) => this.pool.counters.slot(t.index)[COUNTER.reads])
   }
 
   /** Threads; connections handed to them; connections served on the main thread for want of a free one. */
