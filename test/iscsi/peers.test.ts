@@ -5,9 +5,13 @@
  * runs in this process; the tools run as child processes (never blocking its event loop).
  */
 import * as assert from 'node:assert/strict'
+import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
+import * as path from 'node:path'
 import {BlockServer} from '../../src/core/blockserver'
+import {openInput} from '../../src/format/input'
 import {openImage, type VdimgImage} from '../../src/format/reader'
+import {createImage} from '../../src/format/writer'
 import {startIscsiServer, type RunningIscsiTarget} from '../../src/serve/iscsi'
 import {hasTool, makeFixture, run, SECTOR, type Fixture} from '../nbd/fixture'
 
@@ -46,6 +50,41 @@ describe('iscsi target with real initiators (qemu, libiscsi)', function () {
     const t = await serve(fx.goodImage)
     const r = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', t.uri, fx.goodRaw])
     assert.match(r.stdout, /Images are identical/)
+  })
+
+  it('an image whose size is not a whole number of sectors: ceil(size / sector) blocks, its last bytes then zeros (qemu-img compare, qemu-io)', async () => {
+    for (const sectorSize of [512, 4096]) {
+      const size = 3 * 1024 * 1024 + 1000 // 1000 bytes into a last sector, none of them zero
+      const data = crypto.randomBytes(size)
+      for (let i = size - 1000; i < size; i++) data[i] |= 1
+      const raw = path.join(fx.dir, `odd-${sectorSize}.raw`)
+      const image = path.join(fx.dir, `odd-${sectorSize}.vdimg`)
+      fs.writeFileSync(raw, data)
+      const input = openInput(raw)
+      try {
+        await createImage(input, image, {chunkSize: 64 * 1024, sectorSize, threads: 1})
+      } finally {
+        await input.close()
+      }
+      const t = await serve(image)
+      const blocks = Math.ceil(size / sectorSize)
+      const cap = await run('iscsi-readcapacity16', [t.uri])
+      assert.match(cap.stdout, new RegExp(`RETURNED LOGICAL BLOCK ADDRESS:${blocks - 1}\\b`))
+      assert.match(cap.stdout, new RegExp(`LOGICAL BLOCK LENGTH IN BYTES:${sectorSize}\\b`))
+      // qemu sees the raw file rounded up to 512 bytes with zeros, and compares the rest of a longer LUN with zeros.
+      const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', t.uri, raw])
+      assert.match(cmp.stdout, /Images are identical/, `${sectorSize}-byte sectors: ${cmp.stdout}`)
+      // The last block byte for byte: the image's 1000 bytes, then zeros.
+      const last = (blocks - 1) * sectorSize
+      const io = await run('qemu-io', ['-r', '-f', 'raw', '-c', `read -v ${last} ${sectorSize}`, t.uri])
+      const got = Buffer.from(
+        [...io.stdout.matchAll(/^[0-9a-f]+:\s+((?:[0-9a-f]{2} ){1,16})/gm)].map((m) => m[1].replace(/ /g, '')).join(''),
+        'hex',
+      )
+      assert.equal(got.length, sectorSize, io.stdout.slice(0, 200))
+      assert.ok(got.subarray(0, size - last).equals(data.subarray(last)), `${sectorSize}: the last bytes of the image`)
+      assert.ok(got.subarray(size - last).every((b) => b === 0), `${sectorSize}: zeros past the image`)
+    }
   })
 
   it('qemu-io -r: reads fail exactly at unreadable sectors (MEDIUM ERROR), the sectors around read exact bytes', async () => {

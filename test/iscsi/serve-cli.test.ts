@@ -1,7 +1,8 @@
 /**
  * `vdev serve --protocol iscsi` as a user runs it: the ready line, the default address, a raw image + its
- * ddrescue mapfile (MEDIUM ERROR through qemu-io), CHAP from a secret file, and the usage errors (one line
- * on stderr, exit 2 / 3, never 1). Every process started here is killed in the after hook.
+ * ddrescue mapfile (MEDIUM ERROR through qemu-io), CHAP from a secret file, the usage errors (one line
+ * on stderr, exit 2 / 3, never 1), and what a client sends reaching the log only escaped and cut short.
+ * Every process started here is killed in the after hook.
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
@@ -9,6 +10,7 @@ import * as net from 'node:net'
 import * as path from 'node:path'
 import {spawn, type ChildProcess} from 'node:child_process'
 import {hasTool, makeFixture, run, type Fixture} from '../nbd/fixture'
+import {INITIATOR, IscsiRawClient, pdu} from './rawclient'
 import {serveIscsi} from './serve'
 
 const ROOT = path.resolve(__dirname, '..', '..', '..')
@@ -124,4 +126,45 @@ describe('vdev serve --protocol iscsi (the command)', function () {
     s.child.kill('SIGTERM')
     await s.exited
   })
+
+  it('names and text a client sends (control bytes, line separators, 4 KiB) are logged escaped, cut to 64 characters, on one line', async () => {
+    // A NUL would end the text pair (RFC 7143 §6.1), so the forged line here ends with U+2028 and DEL instead.
+    const HEAD = '\x1b[2J\r\nvdev serve: forged line\u2028\x7f"\\'
+    const long = (s: string) => s + 'A'.repeat(4096 - [...s].length)
+    const escaped = (max = 64) => `"\\x1b[2J\\x0d\\x0avdev serve: forged line\\u2028\\x7f\\x22\\x5c${'A'.repeat(max - [...HEAD].length)}"… (4096 characters)`
+    const s = await serve([fx.goodImage, '--listen', '127.0.0.1:0', '--threads', '1'])
+    const port = Number(s.ready.listen.split(':').pop())
+    const wait = async (re: RegExp) => {
+      for (let i = 0; i < 100 && !re.test(s.stderr()); i++) await new Promise((r) => setTimeout(r, 50))
+    }
+    // A session whose initiator name is 4 KiB of this: logged in (the name is the initiator's to choose).
+    const a = await IscsiRawClient.connect(port)
+    await a.login(s.ready.target, {InitiatorName: long(HEAD)})
+    await wait(/session \d+ of/)
+    // A login to a target of that name: refused, and the refusal names it.
+    const b = await IscsiRawClient.connect(port)
+    const refused = await b.loginStep(1, 3, true, {InitiatorName: INITIATOR, TargetName: long(HEAD), SessionType: 'Normal'})
+    assert.equal(refused.status, 0x0203) // target not found
+    await wait(/no target named/)
+    // A text pair with no '=': the login fails on it.
+    const c = await IscsiRawClient.connect(port)
+    c.send(pdu(0x43, 0x87, Buffer.from(`InitiatorName=${INITIATOR}\0${long(HEAD)}\0`), (h) => h.writeUInt32BE(1, 16)))
+    await c.read()
+    await wait(/malformed text pair/)
+    for (const x of [a, b, c]) x.destroy()
+    s.child.kill('SIGTERM')
+    assert.equal(await s.exited, 0)
+    const err = s.stderr()
+    const lines = (what: string) => err.split('\n').filter((l) => l.includes(what))
+    assert.match(lines('session')[0] ?? err, new RegExp(`^vdev serve: iscsi 127\\.0\\.0\\.1:\\d+: session \\d+ of ${re(escaped())} \\(CID 0\\)$`))
+    assert.equal(lines('session').length, 1, err)
+    assert.match(lines('no target named')[0] ?? err, new RegExp(`^vdev serve: iscsi 127\\.0\\.0\\.1:\\d+: login refused: no target named ${re(escaped())}$`))
+    assert.match(lines('malformed text pair')[0] ?? err, new RegExp(`^vdev serve: iscsi 127\\.0\\.0\\.1:\\d+: login refused: malformed text pair ${re(escaped(40))}$`))
+    assert.doesNotMatch(err, /[\x00-\x09\x0b-\x1f\x7f\u2028]/, 'no control bytes or line separators reach the log')
+    assert.doesNotMatch(err, /^vdev serve: forged line/m)
+  })
 })
+
+function re(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+}

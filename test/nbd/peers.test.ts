@@ -5,12 +5,15 @@
  * mapfile served as it is (src/sources/raw.ts).
  */
 import * as assert from 'node:assert/strict'
+import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type {ChildProcess} from 'node:child_process'
 import {BlockServer, type BadPolicy} from '../../src/core/blockserver'
 import type {BlockSource} from '../../src/core/source'
+import {openInput} from '../../src/format/input'
 import {openImage} from '../../src/format/reader'
+import {createImage} from '../../src/format/writer'
 import {RawImage} from '../../src/sources/raw'
 import {startNbdServer, type RunningNbdServer} from '../../src/serve/nbd'
 import {
@@ -159,6 +162,34 @@ for (const threads of [0, 2]) {
       const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', fx.goodRaw, out], {allowFail: true})
       assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr)
       assert.ok(fs.readFileSync(out).equals(fs.readFileSync(fx.goodRaw)))
+    })
+
+    it('an image whose size is not a whole number of sectors: the exact size, minimum block size 1, every byte readable (nbdinfo, nbdcopy, qemu-img compare)', async () => {
+      const size = 3 * 1024 * 1024 + 1000
+      const data = crypto.randomBytes(size)
+      const raw = path.join(fx.dir, 'odd.raw')
+      const image = path.join(fx.dir, 'odd.vdimg')
+      fs.writeFileSync(raw, data)
+      const input = openInput(raw)
+      try {
+        await createImage(input, image, {chunkSize: 64 * 1024, threads: 1})
+      } finally {
+        await input.close()
+      }
+      const s = await serve(image, {threads})
+      try {
+        const e = JSON.parse((await run('nbdinfo', ['--json', s.uri])).stdout).exports[0]
+        assert.equal(e['export-size'], size)
+        assert.equal(e.block_size_minimum, 1)
+        const out = path.join(fx.dir, 'odd-copy.raw')
+        await run('nbdcopy', [s.uri, out])
+        assert.ok(fs.readFileSync(out).equals(data))
+        // qemu rounds both up to 512 bytes with zeros; with a minimum block of 512 it aborted on the last extent.
+        const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', s.uri, raw], {allowFail: true})
+        assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr)
+      } finally {
+        await stop(s)
+      }
     })
 
     it('nbdcopy of an image with bad areas fails with an I/O error', async () => {

@@ -223,7 +223,7 @@ class NothingReadable implements BlockSource {
 /** The target a dead server's session reconnects to, so that it can be logged out. */
 function startStandIn(targetName: string, port: number, size: number, sectorSize: number): Promise<RunningIscsiTarget> {
   const ss = [512, 1024, 2048, 4096].includes(sectorSize) ? sectorSize : 512
-  const bytes = Number.isSafeInteger(size) && size > 0 && size % ss === 0 ? size : ss
+  const bytes = Number.isSafeInteger(size) && size > 0 ? size : ss
   const server = new BlockServer(new NothingReadable(bytes, ss))
   const identity = imageIdentity(server, targetName)
   return startIscsiServer(server, {listen: {kind: 'tcp', host: '127.0.0.1', port}, image: targetName, identity: {...identity, iqn: targetName}, threads: 0})

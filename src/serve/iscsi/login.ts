@@ -8,6 +8,7 @@
  */
 import * as crypto from 'node:crypto'
 import {LOGIN_STATUS, STAGE_FULL_FEATURE, STAGE_OPERATIONAL, STAGE_SECURITY} from './pdu'
+import {printable} from '../printable'
 
 /** The one target portal group (RFC 7143 §13.9); open-iscsi's `iscsistart -g 1` and UEFI clients expect it. */
 export const PORTAL_GROUP_TAG = 1
@@ -118,7 +119,7 @@ export class LoginNegotiation {
       if (!this.result.initiatorName) throw new LoginFailure(LOGIN_STATUS.missingParameter, 'the first login request has no InitiatorName')
       if (this.result.sessionType === 'Normal') {
         if (!this.result.targetName) throw new LoginFailure(LOGIN_STATUS.missingParameter, 'a normal session needs TargetName')
-        if (this.result.targetName !== this.config.iqn) throw new LoginFailure(LOGIN_STATUS.notFound, `no target named ${this.result.targetName}`)
+        if (this.result.targetName !== this.config.iqn) throw new LoginFailure(LOGIN_STATUS.notFound, `no target named ${printable(this.result.targetName)}`)
       }
     }
     if (this.result.sessionType === 'Normal' && !this.sentGroupTag) {
@@ -146,13 +147,13 @@ export class LoginNegotiation {
   private key(key: string, value: string, req: LoginStep, out: Array<[string, string]>): void {
     const r = this.result
     const num = (min: number, max: number): number => {
-      if (!/^\d+$/.test(value)) throw new LoginFailure(LOGIN_STATUS.initiatorError, `${key}=${value.slice(0, 20)} is not a number`)
+      if (!/^\d+$/.test(value)) throw new LoginFailure(LOGIN_STATUS.initiatorError, `${key}=${printable(value, 20)} is not a number`)
       const n = Number(value)
       if (n < min || n > max) throw new LoginFailure(LOGIN_STATUS.initiatorError, `${key}=${n} is out of range ${min}..${max}`)
       return n
     }
     const bool = (): boolean => {
-      if (value !== 'Yes' && value !== 'No') throw new LoginFailure(LOGIN_STATUS.initiatorError, `${key}=${value.slice(0, 20)} is not Yes or No`)
+      if (value !== 'Yes' && value !== 'No') throw new LoginFailure(LOGIN_STATUS.initiatorError, `${key}=${printable(value, 20)} is not Yes or No`)
       return value === 'Yes'
     }
     switch (key) {
@@ -168,7 +169,7 @@ export class LoginNegotiation {
         r.targetName = value
         return
       case 'SessionType':
-        if (value !== 'Normal' && value !== 'Discovery') throw new LoginFailure(LOGIN_STATUS.sessionTypeUnsupported, `SessionType=${value.slice(0, 20)}`)
+        if (value !== 'Normal' && value !== 'Discovery') throw new LoginFailure(LOGIN_STATUS.sessionTypeUnsupported, `SessionType=${printable(value, 20)}`)
         if (!req.first) throw new LoginFailure(LOGIN_STATUS.initiatorError, 'SessionType after the first login request')
         r.sessionType = value
         return
@@ -182,7 +183,7 @@ export class LoginNegotiation {
         const want = this.config.chap ? 'CHAP' : 'None'
         if (!offered.includes(want)) {
           out.push([key, 'Reject'])
-          throw new LoginFailure(LOGIN_STATUS.authFailure, `the initiator offered AuthMethod=${value.slice(0, 40)}, the target requires ${want}`)
+          throw new LoginFailure(LOGIN_STATUS.authFailure, `the initiator offered AuthMethod=${printable(value, 40)}, the target requires ${want}`)
         }
         this.authMethod = want
         if (want === 'CHAP') this.chap = {phase: 'offered'}
@@ -193,7 +194,7 @@ export class LoginNegotiation {
         if (this.chap.phase !== 'offered') throw new LoginFailure(LOGIN_STATUS.initiatorError, 'CHAP_A out of order')
         if (!value.split(',').includes('5')) {
           out.push([key, 'Reject'])
-          throw new LoginFailure(LOGIN_STATUS.authFailure, `CHAP_A=${value.slice(0, 20)}: only MD5 (5) is supported`)
+          throw new LoginFailure(LOGIN_STATUS.authFailure, `CHAP_A=${printable(value, 20)}: only MD5 (5) is supported`)
         }
         const id = crypto.randomInt(256)
         const challenge = crypto.randomBytes(16)
@@ -217,7 +218,7 @@ export class LoginNegotiation {
       case 'DataDigest': {
         const pick = value.split(',').find((v) => v === 'None' || v === 'CRC32C')
         out.push([key, pick ?? 'Reject'])
-        if (!pick) throw new LoginFailure(LOGIN_STATUS.initiatorError, `${key}=${value.slice(0, 40)}: only None and CRC32C`)
+        if (!pick) throw new LoginFailure(LOGIN_STATUS.initiatorError, `${key}=${printable(value, 40)}: only None and CRC32C`)
         if (key === 'HeaderDigest') r.headerDigest = pick === 'CRC32C'
         else r.dataDigest = pick === 'CRC32C'
         return
@@ -291,7 +292,7 @@ export class LoginNegotiation {
     const want = crypto.createHash('md5').update(Buffer.from([state.id])).update(chap.secret).update(state.challenge).digest()
     const userOk = this.chapUser === chap.user
     if (!userOk || !got || got.length !== want.length || !crypto.timingSafeEqual(got, want))
-      throw new LoginFailure(LOGIN_STATUS.authFailure, `CHAP authentication failed for user "${(this.chapUser ?? '').slice(0, 40)}"`)
+      throw new LoginFailure(LOGIN_STATUS.authFailure, `CHAP authentication failed for user ${printable(this.chapUser ?? '', 40)}`)
     this.chap = {phase: 'done'}
   }
 }

@@ -5,6 +5,7 @@
  * Spec: RFC 7143 "Internet Small Computer System Interface (iSCSI) Protocol (Consolidated)".
  */
 import {crc32c} from '@node-rs/crc32'
+import {printable} from '../printable'
 
 export const BHS_SIZE = 48
 
@@ -155,9 +156,9 @@ export function parseText(data: Buffer): Array<[string, string]> {
   if (s === '') return out
   for (const pair of s.split('\0')) {
     const eq = pair.indexOf('=')
-    if (eq <= 0) throw new Error(`malformed text pair "${pair.slice(0, 40)}"`)
+    if (eq <= 0) throw new Error(`malformed text pair ${printable(pair, 40)}`)
     const key = pair.slice(0, eq)
-    if (key.length > MAX_KEY_NAME || !/^[A-Za-z0-9.\-+@_]+$/.test(key)) throw new Error(`malformed key name "${key.slice(0, 40)}"`)
+    if (key.length > MAX_KEY_NAME || !/^[A-Za-z0-9.\-+@_]+$/.test(key)) throw new Error(`malformed key name ${printable(key, 40)}`)
     const value = pair.slice(eq + 1)
     if (value.length > MAX_VALUE) throw new Error(`value of ${key} is longer than ${MAX_VALUE} bytes`)
     out.push([key, value])

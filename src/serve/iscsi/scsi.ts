@@ -84,6 +84,11 @@ const PAGE_ALL = 0x3f
 
 export class LogicalUnit {
   readonly blockSize: number
+  /**
+   * Logical blocks: the image's size in sectors, rounded up. An image whose size is not a whole number of
+   * sectors (a truncated dump; the format allows any size) keeps its last bytes: the last block is they,
+   * then zeros — what qemu's block layer shows of the same file, so `qemu-img compare` finds them equal.
+   */
   readonly blocks: number
 
   constructor(
@@ -91,7 +96,7 @@ export class LogicalUnit {
     readonly identity: LunIdentity,
   ) {
     this.blockSize = server.sectorSize
-    this.blocks = Math.floor(server.size / server.sectorSize)
+    this.blocks = Math.ceil(server.size / server.sectorSize)
   }
 
   lookup(cdb: Buffer): CommandSpec | undefined {
@@ -146,11 +151,18 @@ export class LogicalUnit {
     const {offset, length} = this.range(lba, count)
     if (length === 0) return Buffer.alloc(0)
     if (length > MAX_TRANSFER_BYTES) throw invalidField(count > 0xffff ? 10 : 7, `transfer of ${length} bytes is larger than the ${MAX_TRANSFER_BYTES}-byte maximum`)
+    // Past the image's size (the rest of a last, partial block): zeros.
+    const inImage = Math.min(length, this.server.size - offset)
+    let data: Buffer
     try {
-      return await this.server.read(offset, length)
+      data = await this.server.read(offset, inImage)
     } catch (err) {
       throw await this.readFailure(err, offset)
     }
+    if (inImage === length) return data
+    const padded = Buffer.alloc(length)
+    data.copy(padded)
+    return padded
   }
 
   private async readFailure(err: unknown, offset: number): Promise<ScsiError> {

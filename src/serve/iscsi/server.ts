@@ -19,6 +19,7 @@ import * as P from './pdu'
 import {LogicalUnit, newNexus, type LunIdentity, type Nexus, type ScsiResult} from './scsi'
 import type {HandedConnection, HandoffState, IscsiThreads} from './threads'
 import {drained} from '../drained'
+import {printable} from '../printable'
 
 /** Commands one session may have outstanding (the CmdSN window, MaxCmdSN − ExpCmdSN + 1). */
 export const QUEUE_DEPTH = 32
@@ -120,7 +121,7 @@ export class IscsiTarget {
     const key = `${params.initiatorName}\0${isid}`
     const old = this.sessions.get(key)
     if (old) {
-      this.log(`iscsi ${c.peer}: reinstating the session of ${params.initiatorName} (ISID ${isid})`)
+      this.log(`iscsi ${c.peer}: reinstating the session of ${printable(params.initiatorName)} (ISID ${isid})`)
       this.sessions.delete(key)
       old.connection?.destroy()
     }
@@ -458,7 +459,7 @@ export class IscsiConnection {
         // Digests apply from the first PDU after the final login response.
         this.session = session
         this.target.log(
-          `iscsi ${this.peer}: ${params.sessionType === 'Discovery' ? 'discovery session' : 'session'} ${session.tsih} of ${params.initiatorName} (CID ${cid}${params.headerDigest ? ', header digest' : ''}${params.dataDigest ? ', data digest' : ''})`,
+          `iscsi ${this.peer}: ${params.sessionType === 'Discovery' ? 'discovery session' : 'session'} ${session.tsih} of ${printable(params.initiatorName)} (CID ${cid}${params.headerDigest ? ', header digest' : ''}${params.dataDigest ? ', data digest' : ''})`,
         )
         return
       }

@@ -251,7 +251,11 @@ export class NbdConnection {
           if (req.requests.includes(P.NBD_INFO_DESCRIPTION) && nbd.description)
             reply(P.NBD_REP_INFO, P.encodeInfoString(P.NBD_INFO_DESCRIPTION, nbd.description))
           const sector = nbd.server.sectorSize
-          reply(P.NBD_REP_INFO, P.encodeInfoBlockSize(sector, Math.max(sector, 4096), P.MAX_PAYLOAD))
+          // The export size SHOULD be a multiple of the minimum block size, "since otherwise, the client would
+          // be unable to access the final few bytes" (proto.md, block size constraints; qemu 7.2 aborts on
+          // the last extent). A read-only image of any other size advertises 1: every byte is addressable.
+          const minimum = nbd.server.size % sector === 0 || nbd.server.writable ? sector : 1
+          reply(P.NBD_REP_INFO, P.encodeInfoBlockSize(minimum, Math.max(sector, 4096), P.MAX_PAYLOAD))
           reply(P.NBD_REP_ACK)
           if (h.option === P.NBD_OPT_GO) return true
           break
