@@ -24,7 +24,7 @@ interface NfsModule {
 
 export default class Serve extends VdevCommand {
   static override summary = 'Serve an image read-only over NBD (or NFS v3, or iSCSI) until interrupted'
-  static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3, or with --protocol iscsi as an iSCSI target with one read-only LUN (0) whose unreadable sectors fail with MEDIUM ERROR (Windows' built-in initiator, open-iscsi, qemu, libiscsi). The export is read-only unless --overlay FILE or --scratch is given (NBD only: then writes, write-zeroes, discards and flushes go to a copy-on-write overlay file and the image is never written; docs/OVERLAY.md); reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
+  static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3, or with --protocol iscsi as an iSCSI target with one read-only LUN (0) whose unreadable sectors fail with MEDIUM ERROR (Windows' built-in initiator, open-iscsi, qemu, libiscsi). The export is read-only unless --overlay FILE or --scratch is given (NBD and NFS: then writes, write-zeroes, discards and flushes — NFS WRITE and COMMIT — go to a copy-on-write overlay file and the image is never written; docs/OVERLAY.md); reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
 
 It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCSI_DEFAULT_PORT} for iSCSI) unless told otherwise; a non-loopback address also needs --allow-remote, because anyone who can reach it can read the image. With --json it prints one line once it accepts connections and nothing else on stdout. SIGINT or SIGTERM stops it: the listener closes, requests in flight finish, and it exits 0.`
   static override examples = [
@@ -35,6 +35,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     '<%= config.bin %> serve disk.vdimg --protocol nfs --listen 127.0.0.1:2049',
     '<%= config.bin %> serve rescued.img --mapfile rescued.map   # GNU ddrescue output, as it is',
     '<%= config.bin %> serve disk.vdimg --overlay disk.vdovl   # read-write; writes go to disk.vdovl, the image is untouched',
+    '<%= config.bin %> serve disk.vdimg --protocol nfs --scratch   # the file read-write over NFS v3; the writes are thrown away at exit',
     '<%= config.bin %> serve disk.vdimg --protocol iscsi --json   # {"protocol":"iscsi","listen":"127.0.0.1:3260","target":"iqn.2026-01.dev.vdev:disk-…","lun":0,"uri":"iscsi://…"}',
     '<%= config.bin %> serve disk.vdimg --protocol iscsi --listen 0.0.0.0:3260 --allow-remote --chap-user vdev --chap-secret-file /etc/vdev/chap',
   ]
@@ -53,9 +54,9 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     'no-auth': Flags.boolean({description: 'iSCSI with --allow-remote: serve without CHAP (anyone who can reach the address can read the image)'}),
     overlay: Flags.string({
       description:
-        'NBD: serve read-write, every write going to this copy-on-write overlay file (created if missing; docs/OVERLAY.md); the image is never written',
+        'NBD and NFS: serve read-write, every write going to this copy-on-write overlay file (created if missing; docs/OVERLAY.md); the image is never written',
     }),
-    scratch: Flags.boolean({description: 'NBD: serve read-write into a temporary overlay that is deleted when serve exits'}),
+    scratch: Flags.boolean({description: 'NBD and NFS: serve read-write into a temporary overlay that is deleted when serve exits'}),
     'export-name': Flags.string({description: 'NBD export name (default: the image file name; "" always works too)'}),
     threads: Flags.integer({
       description: `NBD: serving threads per connection, each reading, decoding and answering requests; iSCSI: serving threads, each serving one connection after its login (default: the number of cores, at most 8; 0 serves on the main thread)`,
@@ -90,7 +91,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     })
     if (flags.overlay !== undefined && flags.scratch) throw new VdevError('usage', '--overlay and --scratch exclude each other')
     const writable = flags.overlay !== undefined || flags.scratch
-    if (writable && protocol !== 'nbd') throw new VdevError('usage', `--overlay and --scratch work with --protocol nbd only in this version (not ${protocol}; docs/OVERLAY.md)`)
+    if (writable && protocol === 'iscsi') throw new VdevError('usage', '--overlay and --scratch work with --protocol nbd and nfs only in this version (not iscsi; docs/OVERLAY.md)')
     let scratchDir: string | undefined
     const removeScratch = () => {
       if (scratchDir) fs.rmSync(scratchDir, {recursive: true, force: true})
@@ -120,6 +121,8 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
       onFault: (offset, length, err) => log(`read of ${length} bytes at ${offset} failed: ${(err as Error)?.message ?? err}`),
     })
     const imageName = path.basename(args.image)
+    const overlay = image instanceof Overlay ? {overlay: image.path, scratch: flags.scratch} : {}
+    const how = image instanceof Overlay ? ` read-write into ${flags.scratch ? 'a scratch overlay' : `the overlay ${image.path}`}` : ''
     let stop: () => Promise<void>
     try {
       if (nfs) {
@@ -127,7 +130,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         const fileName = imageName.replace(/\.(vdimg|img|raw)$/i, '') + '.img'
         const h = await nfs.startNfsServer(server, {host: (address as {host: string}).host, port: (address as {port: number}).port, exportName: '/', fileName, log})
         const listen = formatListen({kind: 'tcp', host: h.host, port: h.port})
-        this.ready({protocol, listen, export: '/', file: fileName}, `serving ${args.image} over NFS v3 at ${listen}, export /, file ${fileName}`)
+        this.ready({protocol, listen, export: '/', file: fileName, ...overlay}, `serving ${args.image} over NFS v3 at ${listen}, export /, file ${fileName}${how}`)
         stop = () => h.close()
       } else if (protocol === 'iscsi') {
         if (address.kind !== 'tcp') throw new VdevError('usage', '--protocol iscsi needs a HOST:PORT address (iSCSI runs over TCP)')
@@ -145,8 +148,6 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         const running = await startNbdServer(server, {listen: address, exportName, log, threads})
         const listen = formatListen(running.address)
         const uri = nbdUri(running.address, exportName)
-        const overlay = image instanceof Overlay ? {overlay: image.path, scratch: flags.scratch} : {}
-        const how = image instanceof Overlay ? ` read-write into ${flags.scratch ? 'a scratch overlay' : `the overlay ${image.path}`}` : ''
         this.ready({protocol, listen, export: exportName, uri, ...overlay}, `serving ${args.image} over NBD at ${uri}${how}`)
         stop = () => running.close()
       }

@@ -15,6 +15,8 @@ import {openImage, type VdimgImage} from '../../src/format/reader'
 import {openInput} from '../../src/format/input'
 import {formatMapfile, readMapfile} from '../../src/format/mapfile'
 import {startNfsServer, type NfsServerHandle, type NfsServerOptions} from '../../src/serve/nfs'
+import {Overlay} from '../../src/layers/overlay'
+import type {BlockSource} from '../../src/core/source'
 
 export const SECTOR = 512
 export const IMAGE_SIZE = 6 * 1024 * 1024 + 3 * SECTOR // not a multiple of the chunk size
@@ -68,13 +70,22 @@ export interface Served {
   stop(): Promise<void>
 }
 
-/** Open a .vdimg and serve it on a free loopback port (export "/", file "disk.img"). */
+/** Open a .vdimg (read-write through `overlay` when given) and serve it on a free loopback port (export "/", file "disk.img"). */
 export async function serve(
   file: string,
-  opts: Partial<NfsServerOptions> & {badPolicy?: BadPolicy} = {},
+  opts: Partial<NfsServerOptions> & {badPolicy?: BadPolicy; overlay?: string} = {},
 ): Promise<Served> {
   const image = await openImage(file)
-  const block = new BlockServer(image, {badPolicy: opts.badPolicy})
+  let source: BlockSource = image
+  if (opts.overlay) {
+    try {
+      source = await Overlay.open(image, opts.overlay)
+    } catch (err) {
+      await image.close()
+      throw err
+    }
+  }
+  const block = new BlockServer(source, {badPolicy: opts.badPolicy})
   const logs: string[] = []
   let nfs: NfsServerHandle
   try {
@@ -88,7 +99,7 @@ export async function serve(
       log: (l) => logs.push(l),
     })
   } catch (err) {
-    await image.close()
+    await source.close()
     throw err
   }
   return {
@@ -99,7 +110,7 @@ export async function serve(
     async stop() {
       await nfs.close()
       await block.drain()
-      await image.close()
+      await source.close()
     },
   }
 }

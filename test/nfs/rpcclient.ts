@@ -188,7 +188,7 @@ export class Body {
     return this.opaque().toString('utf8')
   }
   /** fattr3 (RFC 1813 §2.6). */
-  fattr3(): {type: number; mode: number; nlink: number; size: bigint; fsid: bigint; fileid: bigint; mtime: number} {
+  fattr3(): {type: number; mode: number; nlink: number; size: bigint; fsid: bigint; fileid: bigint; mtime: number; mtimeNs: number; ctime: number; ctimeNs: number} {
     const type = this.u32()
     const mode = this.u32()
     const nlink = this.u32()
@@ -201,9 +201,20 @@ export class Body {
     const fileid = this.u64()
     this.u64() // atime
     const mtime = this.u32()
-    this.u32()
-    this.u64() // ctime
-    return {type, mode, nlink, size, fsid, fileid, mtime}
+    const mtimeNs = this.u32()
+    const ctime = this.u32()
+    const ctimeNs = this.u32()
+    return {type, mode, nlink, size, fsid, fileid, mtime, mtimeNs, ctime, ctimeNs}
+  }
+  /** pre_op_attr (RFC 1813 §2.6 wcc_attr: size, mtime, ctime). */
+  preOpAttr(): {size: bigint; mtime: number; mtimeNs: number; ctime: number; ctimeNs: number} | undefined {
+    if (!this.u32()) return undefined
+    return {size: this.u64(), mtime: this.u32(), mtimeNs: this.u32(), ctime: this.u32(), ctimeNs: this.u32()}
+  }
+  /** wcc_data: pre_op_attr and post_op_attr. */
+  wcc(): {before: ReturnType<Body['preOpAttr']>; after: ReturnType<Body['postOpAttr']>} {
+    const before = this.preOpAttr()
+    return {before, after: this.postOpAttr()}
   }
   postOpAttr(): ReturnType<Body['fattr3']> | undefined {
     return this.u32() ? this.fattr3() : undefined

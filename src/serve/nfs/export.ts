@@ -1,5 +1,6 @@
 /**
- * The exported tree: a read-only root directory holding one regular file, the decoded image. File handles
+ * The exported tree: a read-only root directory holding one regular file, the decoded image (read-only, or
+ * read-write over a copy-on-write overlay: then mode 0644 and times that move with every write). File handles
  * and the file system id are derived from the image identity (never from the process), so a client that
  * kept a handle across a server restart finds the same objects again, and a handle for another image is
  * answered NFS3ERR_STALE instead of silently reading different data.
@@ -38,8 +39,24 @@ export interface ExportOptions {
   size: number
   /** What makes the image itself: e.g. its absolute path and size. Handles are derived from it. */
   identity: string
-  /** Reported as atime/mtime/ctime of both objects. */
+  /** Reported as atime/mtime/ctime of both objects (the file's move on as it is written). */
   mtime: Date
+  /** The file takes writes (an overlay): mode 0644 instead of 0444. */
+  writable?: boolean
+}
+
+/** RFC 1813 §2.5 nfstime3. */
+export interface NfsTime {
+  seconds: number
+  nseconds: number
+}
+
+function toNfsTime(ms: number): NfsTime {
+  return {seconds: Math.max(0, Math.floor(ms / 1000)), nseconds: Math.max(0, Math.floor((ms % 1000) * 1e6))}
+}
+
+function timeLess(a: NfsTime, b: NfsTime): boolean {
+  return a.seconds < b.seconds || (a.seconds === b.seconds && a.nseconds < b.nseconds)
 }
 
 export class ExportTree {
@@ -52,9 +69,12 @@ export class ExportTree {
   readonly fsid: bigint
   /** READDIR cookie verifier: constant for this identity (the directory never changes). */
   readonly cookieVerf: Buffer
+  readonly writable: boolean
   private readonly digest: Buffer
-  private readonly seconds: number
-  private readonly nseconds: number
+  /** The directory's times: fixed. */
+  private readonly dirTime: NfsTime
+  /** The file's times: kept in memory only, they start at `mtime` and move on with each change. */
+  private fileTimes: {atime: NfsTime; mtime: NfsTime; ctime: NfsTime}
 
   constructor(opts: ExportOptions) {
     this.exportName = opts.exportName
@@ -66,9 +86,40 @@ export class ExportTree {
     this.cookieVerf = h.subarray(24, 32)
     this.root = {kind: 'dir', fileid: ROOT_FILEID, handle: this.makeHandle(ROOT_FILEID)}
     this.file = {kind: 'file', fileid: IMAGE_FILEID, handle: this.makeHandle(IMAGE_FILEID)}
-    const ms = opts.mtime.getTime()
-    this.seconds = Math.max(0, Math.floor(ms / 1000))
-    this.nseconds = Math.max(0, Math.floor((ms % 1000) * 1e6))
+    this.writable = opts.writable === true
+    this.dirTime = toNfsTime(opts.mtime.getTime())
+    this.fileTimes = {atime: this.dirTime, mtime: this.dirTime, ctime: this.dirTime}
+  }
+
+  /** The file's mtime and ctime. */
+  get fileMtime(): NfsTime {
+    return this.fileTimes.mtime
+  }
+  get fileCtime(): NfsTime {
+    return this.fileTimes.ctime
+  }
+
+  /**
+   * The file's data changed (a WRITE): mtime and ctime become now, and always move forward (at least one
+   * nanosecond), so a client comparing them (close-to-open, wcc_data) sees every change.
+   */
+  touchData(): void {
+    const t = this.nextTime()
+    this.fileTimes = {...this.fileTimes, mtime: t, ctime: t}
+  }
+
+  /** SETATTR of atime and/or mtime (kept in memory only); ctime moves on. */
+  setTimes(atime: NfsTime | undefined, mtime: NfsTime | undefined): void {
+    const c = this.nextTime()
+    this.fileTimes = {atime: atime ?? this.fileTimes.atime, mtime: mtime ?? this.fileTimes.mtime, ctime: c}
+  }
+
+  /** Now, but later than the file's ctime and mtime. */
+  private nextTime(): NfsTime {
+    let t = toNfsTime(Date.now())
+    for (const last of [this.fileTimes.ctime, this.fileTimes.mtime])
+      if (!timeLess(last, t)) t = last.nseconds >= 999999999 ? {seconds: last.seconds + 1, nseconds: 0} : {seconds: last.seconds, nseconds: last.nseconds + 1}
+    return t
   }
 
   private makeHandle(fileid: number): Buffer {
@@ -112,7 +163,7 @@ export class ExportTree {
     const isDir = node.kind === 'dir'
     const size = isDir ? 4096 : this.size
     w.uint32(isDir ? Ftype3.NF3DIR : Ftype3.NF3REG)
-    w.uint32(isDir ? 0o555 : 0o444) // mode: read (and search) for everyone, never write
+    w.uint32(isDir ? 0o555 : this.writable ? 0o644 : 0o444) // mode: read (and search) for everyone; write only over an overlay
     w.uint32(isDir ? 2 : 1) // nlink
     w.uint32(0) // uid
     w.uint32(0) // gid
@@ -121,7 +172,15 @@ export class ExportTree {
     w.uint32(0).uint32(0) // rdev (specdata3)
     w.uint64(this.fsid)
     w.uint64(node.fileid)
-    for (let i = 0; i < 3; i++) w.uint32(this.seconds).uint32(this.nseconds) // atime, mtime, ctime
+    const t = isDir ? {atime: this.dirTime, mtime: this.dirTime, ctime: this.dirTime} : this.fileTimes
+    for (const x of [t.atime, t.mtime, t.ctime]) w.uint32(x.seconds).uint32(x.nseconds)
+  }
+
+  /** RFC 1813 §2.6 pre_op_attr of the file: wcc_attr (size, mtime, ctime) as it is now. */
+  writePreOpAttr(w: XdrWriter, before: {mtime: NfsTime; ctime: NfsTime}): void {
+    w.bool(true).uint64(this.size)
+    w.uint32(before.mtime.seconds).uint32(before.mtime.nseconds)
+    w.uint32(before.ctime.seconds).uint32(before.ctime.nseconds)
   }
 
   /** RFC 1813 §2.6 post_op_attr with attributes present. */

@@ -1,5 +1,6 @@
 /**
- * A loopback NFSv3 server exporting one decoded image as one regular file. The portmapper (100000 v2),
+ * A loopback NFSv3 server exporting one decoded image as one regular file, read-only, or read-write when
+ * the BlockServer is writable (a copy-on-write overlay: WRITE and COMMIT, docs/nfs.md). The portmapper (100000 v2),
  * MOUNT v3 (100005) and NFS v3 (100003) all answer on one TCP port, so a client needs no rpcbind:
  *   mount -t nfs -o vers=3,proto=tcp,port=P,mountport=P,nolock,ro 127.0.0.1:/ DIR      (Linux)
  *   mount_nfs -o ro,nolocks,vers=3,tcp,port=P,mountport=P 127.0.0.1:/ DIR               (macOS)
@@ -45,7 +46,7 @@ export interface NfsServerOptions {
   mtime?: Date
   /** FSINFO rtmax: the largest READ answered. Default 1 MiB. */
   rtmax?: number
-  /** FSINFO wtmax, which also sizes the record cap (writes are refused, but must be framed). Default 1 MiB. */
+  /** FSINFO wtmax, which also sizes the record cap (a WRITE of wtmax bytes must fit in one record). Default 1 MiB. */
   wtmax?: number
 }
 
@@ -230,6 +231,7 @@ export async function startNfsServer(server: BlockServer, opts: NfsServerOptions
     size: server.size,
     identity: opts.identity ?? defaultIdentity(server, opts),
     mtime: opts.mtime ?? new Date(),
+    writable: server.writable,
   })
   let port = 0
   const portmap = new PortmapProgram(() => [

@@ -1,15 +1,24 @@
 /**
- * NFS version 3, program 100003 (RFC 1813 §3), read-only: one directory holding one regular file. Reads
+ * NFS version 3, program 100003 (RFC 1813 §3): one directory holding one regular file, read-only or (over a
+ * writable BlockServer: a copy-on-write overlay) read-write. Reads
  * go through the BlockServer, so the bad-area policy applies: a READ that starts in an unreadable area is
  * answered NFS3ERR_IO; one that runs into it is answered short, up to the first unreadable byte (RFC 1813
  * §3.3.6 lets a server return fewer bytes than asked; clients then ask again from there), which keeps the
- * error exact instead of failing a whole rsize-sized request. Every write-type procedure is refused
- * with NFS3ERR_ROFS; READLINK with NFS3ERR_INVAL (there are no symbolic links).
+ * error exact instead of failing a whole rsize-sized request. READLINK is NFS3ERR_INVAL (there are no
+ * symbolic links).
+ *
+ * Read-only, every write-type procedure is refused with NFS3ERR_ROFS. Writable, WRITE and COMMIT go to the
+ * BlockServer (docs/nfs.md, "Writable export"): UNSTABLE is answered once the overlay took the write,
+ * DATA_SYNC and FILE_SYNC once it is on stable storage, COMMIT after a flush; the write verifier is random
+ * per server start, so a client that sees it change after a restart sends its uncommitted writes again.
+ * The file's size is the image's: a WRITE past its end is NFS3ERR_FBIG and a SETATTR to another size
+ * NFS3ERR_INVAL; the tree is fixed, so CREATE, REMOVE, RENAME … are NFS3ERR_ACCES.
  */
+import {randomBytes} from 'node:crypto'
 import {BlockError, type BlockServer} from '../../core/blockserver'
 import {PROC_UNAVAIL, type CallContext, type ProcOutcome, type RpcCall, type RpcProgram} from './rpc'
-import {XdrReader, XdrWriter} from './xdr'
-import {NFS3_FHSIZE, type ExportNode, type ExportTree} from './export'
+import {XdrError, XdrReader, XdrWriter} from './xdr'
+import {NFS3_FHSIZE, type ExportNode, type ExportTree, type NfsTime} from './export'
 
 /** RFC 1813 §3: NFS_PROGRAM 100003, NFS_V3 3. */
 export const NFS_PROG = 100003
@@ -48,13 +57,17 @@ export const Nfs3Stat = {
   NFS3ERR_NOENT: 2,
   NFS3ERR_IO: 5,
   NFS3ERR_ACCES: 13,
+  NFS3ERR_EXIST: 17,
   NFS3ERR_NOTDIR: 20,
   NFS3ERR_ISDIR: 21,
   NFS3ERR_INVAL: 22,
+  NFS3ERR_FBIG: 27,
+  NFS3ERR_NOSPC: 28,
   NFS3ERR_ROFS: 30,
   NFS3ERR_NAMETOOLONG: 63,
   NFS3ERR_STALE: 70,
   NFS3ERR_BADHANDLE: 10001,
+  NFS3ERR_NOT_SYNC: 10002,
   NFS3ERR_BAD_COOKIE: 10003,
   NFS3ERR_NOTSUPP: 10004,
   NFS3ERR_TOOSMALL: 10005,
@@ -63,6 +76,18 @@ export const Nfs3Stat = {
 
 /** RFC 1813 §3.3.4 ACCESS bits. */
 export const Access3 = {READ: 0x01, LOOKUP: 0x02, MODIFY: 0x04, EXTEND: 0x08, DELETE: 0x10, EXECUTE: 0x20} as const
+
+/** RFC 1813 §3.3.7 stable_how. */
+export const StableHow = {UNSTABLE: 0, DATA_SYNC: 1, FILE_SYNC: 2} as const
+
+/** RFC 1813 §3.3.7: writeverf3 is NFS3_WRITEVERFSIZE (8) bytes. */
+export const NFS3_WRITEVERFSIZE = 8
+
+/** RFC 1813 §3.3.2 time_how (sattr3's atime and mtime). */
+const TimeHow = {DONT_CHANGE: 0, SET_TO_SERVER_TIME: 1, SET_TO_CLIENT_TIME: 2} as const
+
+/** Write failures logged per server (a full disk under the overlay fails every write; the count says the rest). */
+const MAX_WRITE_FAULT_LOGS = 100
 
 /** RFC 1813 §3.3.19 FSINFO properties. */
 export const FSF3_LINK = 0x0001
@@ -94,17 +119,54 @@ function xdrStringBytes(s: string): number {
   return 4 + n + ((4 - (n % 4)) % 4)
 }
 
+/** RFC 1813 §2.6 sattr3, decoded. */
+interface Sattr3 {
+  mode?: number
+  uid?: number
+  gid?: number
+  size?: bigint
+  atime?: NfsTime | 'server'
+  mtime?: NfsTime | 'server'
+}
+
+function decodeTimeHow(a: XdrReader, what: string): NfsTime | 'server' | undefined {
+  const how = a.uint32(`${what} time_how`)
+  if (how === TimeHow.DONT_CHANGE) return undefined
+  if (how === TimeHow.SET_TO_SERVER_TIME) return 'server'
+  if (how === TimeHow.SET_TO_CLIENT_TIME) return {seconds: a.uint32(`${what} seconds`), nseconds: a.uint32(`${what} nseconds`)}
+  throw new XdrError(`invalid ${what} time_how ${how}`)
+}
+
+function decodeSattr3(a: XdrReader): Sattr3 {
+  const s: Sattr3 = {}
+  if (a.bool('set_mode')) s.mode = a.uint32('mode')
+  if (a.bool('set_uid')) s.uid = a.uint32('uid')
+  if (a.bool('set_gid')) s.gid = a.uint32('gid')
+  if (a.bool('set_size')) s.size = a.uint64('size')
+  s.atime = decodeTimeHow(a, 'atime')
+  s.mtime = decodeTimeHow(a, 'mtime')
+  return s
+}
+
 export class Nfs3Program implements RpcProgram {
   readonly prog = NFS_PROG
   readonly name = 'nfs'
   readonly low = NFS_V3
   readonly high = NFS_V3
+  /**
+   * RFC 1813 §3.3.7 writeverf3: the same for the whole life of this server, new at every start (random),
+   * so a client holding UNSTABLE writes notices a restart at its COMMIT and writes them again.
+   */
+  readonly writeVerf: Buffer = randomBytes(NFS3_WRITEVERFSIZE)
+  private writeFaults = 0
 
   constructor(
     private readonly tree: ExportTree,
     private readonly server: BlockServer,
     private readonly opts: Nfs3Options,
-  ) {}
+  ) {
+    if (tree.writable && !server.writable) throw new Error('a writable export needs a writable BlockServer')
+  }
 
   dispatch(call: RpcCall, ctx: CallContext): ProcOutcome | Promise<ProcOutcome> {
     const a = call.args
@@ -132,7 +194,11 @@ export class Nfs3Program implements RpcProgram {
       case Nfs3Proc.PATHCONF:
         return this.pathconf(a)
       case Nfs3Proc.SETATTR:
+        return this.tree.writable ? this.setattr(a) : this.readOnly(call.proc, a)
       case Nfs3Proc.WRITE:
+        return this.tree.writable ? this.write(a, ctx) : this.readOnly(call.proc, a)
+      case Nfs3Proc.COMMIT:
+        return this.tree.writable ? this.commit(a, ctx) : this.readOnly(call.proc, a)
       case Nfs3Proc.CREATE:
       case Nfs3Proc.MKDIR:
       case Nfs3Proc.SYMLINK:
@@ -141,7 +207,6 @@ export class Nfs3Program implements RpcProgram {
       case Nfs3Proc.RMDIR:
       case Nfs3Proc.RENAME:
       case Nfs3Proc.LINK:
-      case Nfs3Proc.COMMIT:
         return this.readOnly(call.proc, a)
       default:
         return PROC_UNAVAIL
@@ -186,13 +251,17 @@ export class Nfs3Program implements RpcProgram {
     return w
   }
 
-  /** §3.3.4 ACCESS: read (and directory search) only. */
+  /** §3.3.4 ACCESS: read (and directory search); the file's data may be changed only over an overlay. */
   private access(a: XdrReader): ProcOutcome {
     const h = this.handle(a)
     const asked = a.uint32('access')
     if ('status' in h) return this.fail(h.status)
     const allowed =
-      h.node.kind === 'dir' ? Access3.READ | Access3.LOOKUP | Access3.EXECUTE : Access3.READ
+      h.node.kind === 'dir'
+        ? Access3.READ | Access3.LOOKUP | Access3.EXECUTE
+        : this.tree.writable
+          ? Access3.READ | Access3.MODIFY | Access3.EXTEND
+          : Access3.READ
     const w = new XdrWriter().uint32(Nfs3Stat.NFS3_OK)
     this.tree.writePostOpAttr(w, h.node)
     return w.uint32(asked & allowed)
@@ -309,9 +378,10 @@ export class Nfs3Program implements RpcProgram {
     w.uint32(this.opts.rtmax).uint32(this.opts.rtmax).uint32(4096) // rtmax, rtpref, rtmult
     w.uint32(this.opts.wtmax).uint32(this.opts.wtmax).uint32(4096) // wtmax, wtpref, wtmult
     w.uint32(65536) // dtpref
-    w.uint64(0x7fffffffffffffffn) // maxfilesize
+    // Writable, the file can never grow: a client that knows the largest size refuses to extend it itself.
+    w.uint64(this.tree.writable ? this.tree.size : 0x7fffffffffffffffn) // maxfilesize
     w.uint32(0).uint32(1000000) // time_delta: 1 ms
-    return w.uint32(FSF3_HOMOGENEOUS)
+    return w.uint32(FSF3_HOMOGENEOUS | (this.tree.writable ? FSF3_CANSETTIME : 0))
   }
 
   /** §3.3.20 PATHCONF. */
@@ -324,15 +394,124 @@ export class Nfs3Program implements RpcProgram {
     return w.bool(true).bool(true).bool(false).bool(true) // no_trunc, chown_restricted, case_insensitive, case_preserving
   }
 
+  /** wcc_data (RFC 1813 §2.6) of the file: its attributes before (captured by the caller) and now. */
+  private wcc(w: XdrWriter, node: ExportNode, before: {mtime: NfsTime; ctime: NfsTime} | undefined): XdrWriter {
+    if (before && node.kind === 'file') this.tree.writePreOpAttr(w, before)
+    else w.bool(false)
+    this.tree.writePostOpAttr(w, node)
+    return w
+  }
+
+  private fileTimes(): {mtime: NfsTime; ctime: NfsTime} {
+    return {mtime: this.tree.fileMtime, ctime: this.tree.fileCtime}
+  }
+
+  /** A failed write or flush: NFS3ERR_NOSPC when the disk under the overlay is full, else NFS3ERR_IO; logged. */
+  private writeFailure(what: string, err: unknown, ctx: CallContext): number {
+    const nospc = err instanceof BlockError && err.errno === 'ENOSPC'
+    if (++this.writeFaults <= MAX_WRITE_FAULT_LOGS)
+      ctx.log(`nfs: ${what} failed: ${(err as Error)?.message ?? err}${this.writeFaults === MAX_WRITE_FAULT_LOGS ? ' (further failures are not logged)' : ''}`)
+    return nospc ? Nfs3Stat.NFS3ERR_NOSPC : Nfs3Stat.NFS3ERR_IO
+  }
+
   /**
-   * §3.3.2, 3.3.7-3.3.15, 3.3.21: every write-type procedure fails NFS3ERR_ROFS (or the handle's own
-   * error), in that procedure's resfail shape: wcc_data (empty pre/post attributes, RFC 1813 §2.6), two of
-   * them for RENAME, post_op_attr + wcc_data for LINK. Only the leading handle is decoded: nothing after it
-   * can change the answer.
+   * §3.3.2 SETATTR on a writable export. The size is the image's: setting it to any other value is
+   * NFS3ERR_INVAL (RFC 1813 lists no NFS3ERR_FBIG for SETATTR, and shrinking is not a lack of space: the
+   * argument is one this file does not support); the same size is a no-op. mode, uid and gid cannot change
+   * (NFS3ERR_PERM unless the value is the current one); atime and mtime are kept in memory (reported until
+   * the server stops). A guard whose ctime differs is NFS3ERR_NOT_SYNC. Nothing is changed unless all of it
+   * can be.
+   */
+  private setattr(a: XdrReader): ProcOutcome {
+    const h = this.handle(a)
+    const s = decodeSattr3(a)
+    const guard = a.bool('guard check') ? {seconds: a.uint32('guard seconds'), nseconds: a.uint32('guard nseconds')} : undefined
+    if ('status' in h) return new XdrWriter().uint32(h.status).bool(false).bool(false)
+    const node = h.node
+    const before = node.kind === 'file' ? this.fileTimes() : undefined
+    const failWith = (status: number) => this.wcc(new XdrWriter().uint32(status), node, before)
+    // The directory never changes, so a guard can only fail on the file.
+    if (guard && before && (before.ctime.seconds !== guard.seconds || before.ctime.nseconds !== guard.nseconds))
+      return failWith(Nfs3Stat.NFS3ERR_NOT_SYNC)
+    const mode = node.kind === 'dir' ? 0o555 : 0o644
+    if ((s.mode !== undefined && (s.mode & 0o7777) !== mode) || (s.uid !== undefined && s.uid !== 0) || (s.gid !== undefined && s.gid !== 0))
+      return failWith(Nfs3Stat.NFS3ERR_PERM)
+    if (s.size !== undefined) {
+      if (node.kind === 'dir') return failWith(Nfs3Stat.NFS3ERR_INVAL)
+      if (s.size !== BigInt(this.tree.size)) return failWith(Nfs3Stat.NFS3ERR_INVAL)
+    }
+    if (s.atime !== undefined || s.mtime !== undefined) {
+      if (node.kind === 'dir') return failWith(Nfs3Stat.NFS3ERR_PERM)
+      const now = () => ({seconds: Math.floor(Date.now() / 1000), nseconds: (Date.now() % 1000) * 1e6})
+      this.tree.setTimes(s.atime === 'server' ? now() : s.atime, s.mtime === 'server' ? now() : s.mtime)
+    }
+    return this.wcc(new XdrWriter().uint32(Nfs3Stat.NFS3_OK), node, before)
+  }
+
+  /**
+   * §3.3.7 WRITE on a writable export. `count` must equal the data's length (GARBAGE_ARGS otherwise, as
+   * Linux's nfsd decides); the data is a view into the record, whose size the connection capped before it
+   * was buffered, so nothing is allocated from `count`. More than wtmax bytes are written short (wtmax,
+   * which RFC 1813 allows). A write that would reach past the end of the file is NFS3ERR_FBIG and nothing
+   * is written (the file's size is the image's; FSINFO's maxfilesize says so). UNSTABLE is answered once
+   * the overlay took the write (it survives the server being killed, not a power cut, until COMMIT);
+   * DATA_SYNC and FILE_SYNC once it is on stable storage, and `committed` says which was done.
+   */
+  private async write(a: XdrReader, ctx: CallContext): Promise<ProcOutcome> {
+    const h = this.handle(a)
+    const offset64 = a.uint64('offset')
+    const count = a.uint32('count')
+    const stable = a.uint32('stable')
+    if (stable > StableHow.FILE_SYNC) throw new XdrError(`invalid stable_how ${stable}`)
+    const data = a.opaque(a.remaining, 'data')
+    if (data.length !== count) throw new XdrError(`WRITE count ${count} but ${data.length} bytes of data`)
+    if ('status' in h) return new XdrWriter().uint32(h.status).bool(false).bool(false)
+    const node = h.node
+    if (node.kind === 'dir') return this.wcc(new XdrWriter().uint32(Nfs3Stat.NFS3ERR_ISDIR), node, undefined)
+    const before = this.fileTimes()
+    const n = Math.min(count, this.opts.wtmax)
+    if (n > 0 && offset64 + BigInt(n) > BigInt(this.tree.size)) return this.wcc(new XdrWriter().uint32(Nfs3Stat.NFS3ERR_FBIG), node, before)
+    const offset = Number(offset64)
+    if (n > 0) {
+      try {
+        await this.server.write(offset, data.subarray(0, n), {fua: stable !== StableHow.UNSTABLE})
+      } catch (err) {
+        return this.wcc(new XdrWriter().uint32(this.writeFailure(`WRITE of ${n} bytes at ${offset}`, err, ctx)), node, before)
+      }
+      this.tree.touchData()
+    }
+    const w = this.wcc(new XdrWriter().uint32(Nfs3Stat.NFS3_OK), node, before)
+    return w.uint32(n).uint32(stable).fixedOpaque(this.writeVerf)
+  }
+
+  /** §3.3.21 COMMIT: a flush of the overlay (the whole file, whatever the range), then the write verifier. */
+  private async commit(a: XdrReader, ctx: CallContext): Promise<ProcOutcome> {
+    const h = this.handle(a)
+    a.uint64('offset')
+    a.uint32('count')
+    if ('status' in h) return new XdrWriter().uint32(h.status).bool(false).bool(false)
+    const node = h.node
+    if (node.kind === 'dir') return this.wcc(new XdrWriter().uint32(Nfs3Stat.NFS3ERR_ISDIR), node, undefined)
+    const before = this.fileTimes()
+    try {
+      await this.server.flush()
+    } catch (err) {
+      return this.wcc(new XdrWriter().uint32(this.writeFailure('COMMIT', err, ctx)), node, before)
+    }
+    return this.wcc(new XdrWriter().uint32(Nfs3Stat.NFS3_OK), node, before).fixedOpaque(this.writeVerf)
+  }
+
+  /**
+   * §3.3.2, 3.3.7-3.3.15, 3.3.21: on a read-only export every write-type procedure fails NFS3ERR_ROFS; on a
+   * writable one the procedures that would change the tree (CREATE … LINK) fail NFS3ERR_ACCES (the
+   * directory is mode 0555 and holds one fixed file). Either (or the handle's own error) comes in that
+   * procedure's resfail shape: wcc_data (empty pre/post attributes, RFC 1813 §2.6), two of them for RENAME,
+   * post_op_attr + wcc_data for LINK. Only the leading handle is decoded: nothing after it can change the
+   * answer.
    */
   private readOnly(proc: number, a: XdrReader): ProcOutcome {
     const h = this.handle(a)
-    const status = 'status' in h ? h.status : Nfs3Stat.NFS3ERR_ROFS
+    const status = 'status' in h ? h.status : this.tree.writable ? Nfs3Stat.NFS3ERR_ACCES : Nfs3Stat.NFS3ERR_ROFS
     const w = new XdrWriter().uint32(status)
     if (proc === Nfs3Proc.LINK) w.bool(false) // file_attributes
     w.bool(false).bool(false) // wcc_data: before, after
