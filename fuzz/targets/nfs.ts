@@ -3,7 +3,10 @@
  * split into fragments (some empty) or claiming more than the record limit, call headers with a wrong
  * message type, RPC version or credentials (unknown flavors, bodies over 400 bytes, AUTH_SYS with too many
  * groups), unknown programs, versions and procedures, and arguments cut short, padded, or with XDR lengths
- * of 2^32−1; mixed with well-formed calls to every procedure of portmap, MOUNT and NFS. A session ends with
+ * of 2^32−1; mixed with well-formed calls to every procedure of portmap, MOUNT and NFS. Two in five sessions
+ * go to a second server, read-write over a copy-on-write overlay, with WRITEs (every stability level, past
+ * the end, up to wtmax + 1 bytes, and malformed: a count that is not the data's length, 2^32−1, a data
+ * length of 2^32−1, a bad stable_how), COMMITs and SETATTRs of the size. A session ends with
  * the client closing after its replies, a record that must close the connection, a record cut short and a
  * half-close, or a disconnect at a random byte. One case in five flips random bytes ("chaos").
  *
@@ -12,19 +15,28 @@
  *    reply is never SYSTEM_ERR (that means an exception inside a procedure); a refusal is the one the RFCs
  *    give (RPC_MISMATCH 2..2, AUTH_ERROR/BADCRED, PROG_UNAVAIL, PROG_MISMATCH 3..3, PROC_UNAVAIL, GARBAGE_ARGS);
  *  - well-formed calls get their results: READ returns the image's bytes, short up to the first unreadable
- *    byte, NFS3ERR_IO at it, eof exactly at the end; write-type procedures NFS3ERR_ROFS;
+ *    byte, NFS3ERR_IO at it, eof exactly at the end; write-type procedures NFS3ERR_ROFS (read-only server);
+ *  - writable server: a WRITE is NFS3_OK with its count (at most wtmax), `committed` = the stability asked
+ *    and the server's one verifier, NFS3ERR_FBIG past the end, GARBAGE_ARGS when malformed; COMMIT returns
+ *    the same verifier; SETATTR of another size is NFS3ERR_INVAL; CREATE … LINK NFS3ERR_ACCES. After a
+ *    session whose every reply was seen, the overlay holds exactly the model (the image plus the
+ *    acknowledged writes, the bad sectors they covered now readable), byte for byte and bad sector for bad
+ *    sector; after any other session the model is re-read from the overlay;
  *  - every call of a session that ends well is answered; a record that breaks the framing or the header
  *    closes the connection; a half-close is answered by a close;
  *  - the server never crashes, logs no internal error, and a witness connection open all along keeps
  *    reading correct bytes.
  */
 import * as net from 'node:net'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
 import {BlockServer} from '../../src/core/blockserver'
+import {Overlay} from '../../src/layers/overlay'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {startNfsServer, type NfsServerHandle} from '../../src/serve/nfs'
 import {Body, RpcClient, authSysCred, callMessage, opaque, parseReply, str, u32, u64, type Reply} from '../../test/nfs/rpcclient'
 import {normalize, type CaseContext, type CaseResult, type Target, type TargetInstance} from '../harness'
-import {INTERNAL_LOG, makeServedImage, touchesBad, type ServedImage} from '../net/fixture'
+import {INTERNAL_LOG, SECTOR, makeServedImage, type ServedImage} from '../net/fixture'
 import type {Rng} from '../rng'
 
 const PMAP = 100000
@@ -36,7 +48,48 @@ const MAX_RECORD = (1 << 20) + 8192
 
 const NFS3_OK = 0
 const NFS3ERR_IO = 5
+const NFS3ERR_ACCES = 13
+const NFS3ERR_INVAL = 22
+const NFS3ERR_FBIG = 27
 const NFS3ERR_ROFS = 30
+const GARBAGE_ARGS = 4
+const WTMAX = 1 << 20
+
+/**
+ * What the served file holds: its bytes where readable, and which sectors are unreadable. The read-only
+ * server's never changes; the writable server's is the model the writes are applied to.
+ */
+interface Content {
+  data: Buffer
+  size: number
+  /** One byte per sector: 1 = unreadable. */
+  badSector: Uint8Array
+}
+
+function contentOf(fx: ServedImage): Content {
+  const badSector = new Uint8Array(Math.ceil(fx.size / SECTOR))
+  for (const b of fx.bad) for (let s = Math.floor(b.offset / SECTOR); s * SECTOR < b.offset + b.length; s++) badSector[s] = 1
+  return {data: Buffer.from(fx.data), size: fx.size, badSector}
+}
+
+function firstBad(c: Content, off: number, end: number): number | undefined {
+  for (let s = Math.floor(off / SECTOR); s * SECTOR < end; s++) if (c.badSector[s]) return Math.max(s * SECTOR, off)
+  return undefined
+}
+
+/** A write the server acknowledged: applied to the model (the bytes, and the sectors it covered become readable). */
+function applyWrite(c: Content, offset: number, data: Buffer): void {
+  data.copy(c.data, offset)
+  for (let s = Math.floor(offset / SECTOR); s * SECTOR < offset + data.length; s++) c.badSector[s] = 0
+}
+
+/** The writable server's state the generator needs. */
+interface WritableCtx {
+  verf: Buffer
+}
+
+/** Sector-expanded byte range [start, end) of a READ or WRITE in a writable session, for the overlap rule. */
+type Span = [number, number]
 
 interface Handles {
   root: Buffer
@@ -51,6 +104,14 @@ interface Expect {
   accept?: number
   denied?: 'rpc-mismatch' | 'auth-badcred'
   body?: (b: Body) => string | undefined
+  /** A WRITE's bytes, to apply to the model once its reply was checked (acked) or when unknown. */
+  write?: PendingWrite
+}
+
+interface PendingWrite {
+  offset: number
+  data: Buffer
+  acked: boolean
 }
 
 type Ending = 'graceful' | 'close' | 'eof' | 'destroy'
@@ -60,6 +121,24 @@ interface Session {
   steps: string[]
   expects: Expect[]
   ending: Ending
+  /** A WRITE may have been carried out without its reply telling (its arguments cut to a length that still decodes). */
+  unknownWrites: boolean
+}
+
+/** One well-formed call and what it must return. */
+interface Call {
+  prog: number
+  vers: number
+  proc: number
+  args: Buffer
+  what: string
+  body?: Expect['body']
+  /** accept_stat due (default SUCCESS). */
+  accept?: number
+  /** READ and WRITE on the writable server: the sectors they touch. */
+  span?: Span
+  kind?: 'read' | 'write'
+  write?: PendingWrite
 }
 
 function frame(msg: Buffer, rng: Rng): {bytes: Buffer; how: string} {
@@ -82,7 +161,12 @@ function frame(msg: Buffer, rng: Rng): {bytes: Buffer; how: string} {
   return {bytes: Buffer.concat(parts), how: ` in ${parts.length / 2} fragments`}
 }
 
-function expectRead(fx: ServedImage, offset: bigint, count: number): (b: Body) => string | undefined {
+function expectRead(fx: Content, offset: bigint, count: number): (b: Body) => string | undefined {
+  // The model may change after this call was generated (a later session's writes): decide from a copy.
+  const off0 = Number(offset < BigInt(fx.size) ? offset : 0n)
+  const len0 = Math.max(0, Math.min(count, RTMAX, fx.size - off0))
+  const bytes = Buffer.from(fx.data.subarray(off0, off0 + len0))
+  const bad = firstBad(fx, off0, off0 + len0)
   return (b) => {
     const status = b.u32()
     b.postOpAttr()
@@ -94,9 +178,8 @@ function expectRead(fx: ServedImage, offset: bigint, count: number): (b: Body) =
       const length = Math.min(count, RTMAX, fx.size - off)
       if (length === 0) want = {data: Buffer.alloc(0), eof: false}
       else {
-        const firstBad = fx.bad.filter((r) => r.offset < off + length && r.offset + r.length > off).map((r) => Math.max(r.offset, off))[0]
-        if (firstBad === undefined) want = {data: fx.data.subarray(off, off + length), eof: off + length >= fx.size}
-        else if (firstBad > off) want = {data: fx.data.subarray(off, firstBad), eof: false}
+        if (bad === undefined) want = {data: bytes, eof: off + length >= fx.size}
+        else if (bad > off) want = {data: bytes.subarray(0, bad - off), eof: false}
         else want = 'io'
       }
     }
@@ -119,8 +202,114 @@ function status(want: number, what: string): (b: Body) => string | undefined {
   }
 }
 
+function sectorSpan(offset: number, length: number): Span {
+  return [Math.floor(offset / SECTOR) * SECTOR, Math.ceil((offset + length) / SECTOR) * SECTOR]
+}
+
+function overlaps(a: Span, b: Span): boolean {
+  return a[0] < b[1] && b[0] < a[1]
+}
+
+/** Write data: random, or for large writes a random 4 KiB block repeated with its index in each copy. */
+function writeData(rng: Rng, n: number): Buffer {
+  if (n <= 65536) return rng.bytes(n)
+  const blk = rng.bytes(4096)
+  const b = Buffer.alloc(n)
+  for (let at = 0, i = 0; at < n; at += 4096, i++) {
+    blk.copy(b, at)
+    if (at + 4 <= n) b.writeUInt32BE(i, at)
+  }
+  return b
+}
+
+/** WRITE, COMMIT and SETATTR against the writable server (malformed WRITE counts included), each with its due answer. */
+function writeCall(rng: Rng, h: Handles, fx: Content, w: WritableCtx): Call {
+  const kind = rng.weighted([
+    [10, 'write'],
+    [3, 'write-bad'],
+    [3, 'commit'],
+    [2, 'setattr'],
+  ] as const)
+  const size = fx.size
+  if (kind === 'commit') {
+    const onDir = rng.chance(0.1)
+    const args = Buffer.concat([opaque(onDir ? h.root : h.file), u64(rng.pick([0n, BigInt(rng.int(size)), 0xffffffffffffffffn])), u32(rng.pick([0, 4096, 0xffffffff]))])
+    return {
+      prog: NFS, vers: 3, proc: 21, args, what: `COMMIT${onDir ? ' of the directory' : ''}`,
+      body: (b) => {
+        const st = b.u32()
+        if (onDir) return st === 21 ? undefined : `COMMIT of the directory: status ${st}, NFS3ERR_ISDIR due`
+        if (st !== NFS3_OK) return `COMMIT: status ${st}`
+        b.wcc()
+        const v = b.b.subarray(b.at, b.at + 8)
+        return v.equals(w.verf) ? undefined : 'COMMIT: a verifier that is not the server\'s'
+      },
+    }
+  }
+  if (kind === 'setattr') {
+    const want = rng.pick([size, 0, size + 1, size - 1, 2 ** 53])
+    const args = Buffer.concat([opaque(h.file), u32(0, 0, 0, 1), u64(want), u32(0, 0, 0)])
+    return {prog: NFS, vers: 3, proc: 2, args, what: `SETATTR size ${want}`, body: status(want === size ? NFS3_OK : NFS3ERR_INVAL, `SETATTR size ${want}`)}
+  }
+  const offset: bigint = rng.weighted([
+    [8, BigInt(rng.int(size / SECTOR) * SECTOR)],
+    [6, BigInt(rng.int(size))],
+    [2, BigInt(size - rng.pick([1, 512, 4096, 65536]))],
+    [1, BigInt(size)],
+    [1, BigInt(size + rng.int(4096))],
+    [1, 2n ** 53n],
+    [1, 0xffffffffffffffffn],
+  ] as const)
+  const len = rng.weighted([
+    [3, 0],
+    [3, rng.range(1, 16)],
+    [6, 512],
+    [8, 4096],
+    [4, 65536],
+    [6, rng.int(200000)],
+    [1, WTMAX],
+    [1, WTMAX + 1],
+  ] as const)
+  const data = writeData(rng, len)
+  const stable = rng.int(3)
+  if (kind === 'write-bad') {
+    // count ≠ the data's length, or 2^32−1; the data's length field 2^32−1 or more than the record holds; a bad stable_how.
+    const how = rng.pick(['count+1', 'count-1', 'count-huge', 'data-huge', 'data-over', 'stable'])
+    const count = how === 'count+1' ? len + 1 : how === 'count-1' ? (len === 0 ? 1 : len - 1) : how === 'count-huge' ? 0xffffffff : len
+    const st = how === 'stable' ? rng.pick([3, 0xffffffff]) : stable
+    const dataLen = how === 'data-huge' ? 0xffffffff : how === 'data-over' ? len + rng.pick([4, 8192, 1 << 20]) : len
+    const args = Buffer.concat([opaque(h.file), u64(offset), u32(count, st, dataLen), data, Buffer.alloc((4 - (len % 4)) % 4)])
+    return {prog: NFS, vers: 3, proc: 7, args, what: `WRITE ${len} at ${offset}, malformed: ${how}`, accept: GARBAGE_ARGS}
+  }
+  const n = Math.min(len, WTMAX)
+  const past = n > 0 && offset + BigInt(n) > BigInt(size)
+  const args = Buffer.concat([opaque(h.file), u64(offset), u32(len, stable), opaque(data)])
+  const what = `WRITE ${len} at ${offset} stable ${stable}`
+  const write: PendingWrite | undefined = past || n === 0 ? undefined : {offset: Number(offset), data: data.subarray(0, n), acked: false}
+  return {
+    prog: NFS, vers: 3, proc: 7, args, what, kind: 'write', write,
+    span: write ? sectorSpan(write.offset, n) : undefined,
+    body: (b) => {
+      const st = b.u32()
+      const wcc = b.wcc()
+      if (wcc.after?.size !== BigInt(size)) return `${what}: post-op size ${wcc.after?.size}`
+      if (past) return st === NFS3ERR_FBIG ? undefined : `${what}: status ${st}, NFS3ERR_FBIG due (past the end)`
+      if (st !== NFS3_OK) return `${what}: status ${st}`
+      const count = b.u32()
+      const committed = b.u32()
+      const v = b.b.subarray(b.at, b.at + 8)
+      if (count !== n) return `${what}: count ${count}, ${n} due`
+      if (committed !== stable) return `${what}: committed ${committed} for stable ${stable}`
+      if (!v.equals(w.verf)) return `${what}: a verifier that is not the server's`
+      if (write) write.acked = true
+      return undefined
+    },
+  }
+}
+
 /** Well-formed calls, each with what it must return. */
-function wellFormed(rng: Rng, h: Handles, fx: ServedImage): {prog: number; vers: number; proc: number; args: Buffer; what: string; body?: Expect['body']} {
+function wellFormed(rng: Rng, h: Handles, fx: Content, w?: WritableCtx): Call {
+  if (w && rng.chance(0.45)) return writeCall(rng, h, fx, w)
   const badHandle = () => rng.pick([Buffer.alloc(0), Buffer.alloc(24), Buffer.from(h.file).fill(0x41, 4, 8), Buffer.concat([h.file, Buffer.from([0])])])
   const kind = rng.weighted([
     [2, 'null'],
@@ -181,7 +370,11 @@ function wellFormed(rng: Rng, h: Handles, fx: ServedImage): {prog: number; vers:
         [1, 0xffffffffffffffffn],
       ] as const)
       const count = rng.pick([0, 1, 512, 4096, 65536, 1 << 20, (1 << 20) + 1, 0xffffffff, rng.int(300000)])
-      return {prog: NFS, vers: 3, proc: 6, args: Buffer.concat([opaque(h.file), u64(offset), u32(count)]), what: `READ ${count} at ${offset}`, body: expectRead(fx, offset, count)}
+      const spanAt = offset < size ? Number(offset) : 0
+      return {
+        prog: NFS, vers: 3, proc: 6, args: Buffer.concat([opaque(h.file), u64(offset), u32(count)]), what: `READ ${count} at ${offset}`, body: expectRead(fx, offset, count),
+        kind: 'read', span: sectorSpan(spanAt, Math.min(count, RTMAX, fx.size - spanAt)),
+      }
     }
     case 'readdir': {
       const plus = rng.chance(0.5)
@@ -196,13 +389,15 @@ function wellFormed(rng: Rng, h: Handles, fx: ServedImage): {prog: number; vers:
       return {prog: NFS, vers: 3, proc, args: opaque(rng.chance(0.5) ? h.root : h.file), what: `FS procedure ${proc}`, body: status(NFS3_OK, `procedure ${proc}`)}
     }
     case 'write-type': {
-      const proc = rng.pick([2, 7, 8, 9, 10, 11, 12, 13, 14, 15, 21])
-      return {prog: NFS, vers: 3, proc, args: Buffer.concat([opaque(h.file), rng.bytes(rng.pick([0, 8, 64]))]), what: `write-type procedure ${proc}`, body: status(NFS3ERR_ROFS, `procedure ${proc}`)}
+      // Writable, only the procedures that would change the tree are refused (NFS3ERR_ACCES); they decode the handle only.
+      const proc = w ? rng.pick([8, 9, 10, 11, 12, 13, 14, 15]) : rng.pick([2, 7, 8, 9, 10, 11, 12, 13, 14, 15, 21])
+      return {prog: NFS, vers: 3, proc, args: Buffer.concat([opaque(h.file), rng.bytes(rng.pick([0, 8, 64]))]), what: `write-type procedure ${proc}`, body: status(w ? NFS3ERR_ACCES : NFS3ERR_ROFS, `procedure ${proc}`)}
     }
     case 'readlink':
       return {prog: NFS, vers: 3, proc: 5, args: opaque(h.file), what: 'READLINK', body: status(22, 'READLINK')}
     case 'bad-handle': {
       const proc = rng.pick([1, 4, 6, 16, 18, 19, 20, 7])
+      // 32 zero bytes after the handle: for WRITE an offset, count 0, UNSTABLE, no data, which decodes.
       const args = Buffer.concat([opaque(badHandle()), Buffer.alloc(32)])
       return {prog: NFS, vers: 3, proc, args, what: `procedure ${proc} with a bad handle`, body: (b) => (b.u32() === NFS3_OK ? 'a bad handle was accepted' : undefined)}
     }
@@ -210,14 +405,23 @@ function wellFormed(rng: Rng, h: Handles, fx: ServedImage): {prog: number; vers:
 }
 
 /** A session: well-formed and malformed records, and how it ends. */
-function generate(rng: Rng, h: Handles, fx: ServedImage): Session {
-  const s: Session = {records: [], steps: [], expects: [], ending: 'graceful'}
+function generate(rng: Rng, h: Handles, fx: Content, w?: WritableCtx): Session {
+  const s: Session = {records: [], steps: [], expects: [], ending: 'graceful', unknownWrites: false}
   let xid = rng.u32()
   const n = rng.pick([1, 1, 2, 4, 8, 16])
+  // Writable: the calls of one session run concurrently, so no two WRITEs may touch one sector, and a READ
+  // that shares a sector with a WRITE of its session has no single due answer (its body is not checked).
+  const writeSpans: Span[] = []
+  const reads: Array<{span: Span; e: Expect}> = []
   for (let i = 0; i < n; i++) {
     xid = (xid + 1) >>> 0
-    const call = wellFormed(rng, h, fx)
-    const e: Expect = {xid, what: call.what, accept: 0, body: call.body}
+    let call = wellFormed(rng, h, fx, w)
+    for (let k = 0; k < 5 && call.span && call.kind === 'write' && writeSpans.some((sp) => overlaps(sp, call.span!)); k++) call = wellFormed(rng, h, fx, w)
+    if (call.span && call.kind === 'write' && writeSpans.some((sp) => overlaps(sp, call.span!)))
+      call = {prog: NFS, vers: 3, proc: 0, args: Buffer.alloc(0), what: 'NULL of NFS (instead of an overlapping WRITE)'}
+    const e: Expect = {xid, what: call.what, accept: call.accept ?? 0, body: call.body, write: call.write}
+    if (call.kind === 'write' && call.span) writeSpans.push(call.span)
+    if (call.kind === 'read' && call.span) reads.push({span: call.span, e})
     let msg: Buffer
     const m = rng.weighted([
       [12, 'none'],
@@ -313,6 +517,7 @@ function generate(rng: Rng, h: Handles, fx: ServedImage): Session {
         msg = callMessage(xid, call.prog, call.vers, call.proc, call.args.subarray(0, rng.int(call.args.length + 1)))
         e.accept = call.args.length ? undefined : 0
         e.body = undefined
+        if (e.write) s.unknownWrites = true
         step = `${call.what}, arguments cut short`
         break
       case 'args-extra':
@@ -335,11 +540,13 @@ function generate(rng: Rng, h: Handles, fx: ServedImage): Session {
         e.body = undefined
         step = `${call.what}, random arguments`
     }
+    if (m !== 'none' && m !== 'args-extra' && m !== 'args-cut') e.write = undefined // never carried out
     const f = frame(msg, rng)
     s.records.push(f.bytes)
     s.steps.push(`xid ${xid}: ${step}${f.how}`)
     s.expects.push(e)
   }
+  for (const r of reads) if (writeSpans.some((sp) => overlaps(sp, r.span))) r.e.body = undefined
   s.ending = rng.weighted([
     [8, 'graceful'],
     [3, 'close'],
@@ -426,9 +633,19 @@ function checkReply(r: Reply, e: Expect): string | undefined {
   return `${e.what}: reject_stat ${r.rejectStat}`
 }
 
-async function runSession(port: number, h: Handles, fx: ServedImage, ctx: CaseContext): Promise<{failures: string[]; steps: string[]; input: Buffer; outcome: string}> {
+interface SessionResult {
+  failures: string[]
+  steps: string[]
+  input: Buffer
+  outcome: string
+  /** Every reply seen and checked, so the acknowledged writes are exactly the ones carried out. */
+  clean: boolean
+  writes: PendingWrite[]
+}
+
+async function runSession(port: number, h: Handles, fx: Content, ctx: CaseContext, wctx?: WritableCtx): Promise<SessionResult> {
   const rng = ctx.rng
-  const s = generate(rng, h, fx)
+  const s = generate(rng, h, fx, wctx)
   const steps = [...s.steps, `ending: ${s.ending}`]
   let bytes: Buffer = Buffer.concat(s.records)
   const isChaos = rng.chance(0.2)
@@ -493,6 +710,7 @@ async function runSession(port: number, h: Handles, fx: ServedImage, ctx: CaseCo
   const parsed = records(output)
   const expects = new Map(s.expects.map((e) => [e.xid, e]))
   const seen = new Set<string>()
+  let clean = false
   if (!isChaos) {
     // A connection we destroyed, or one the server closed for a protocol error, may stop mid-reply.
     const abrupt = ending === 'destroy' || ending === 'close'
@@ -509,22 +727,29 @@ async function runSession(port: number, h: Handles, fx: ServedImage, ctx: CaseCo
       if (p) failures.push(p)
     }
     if (ending === 'graceful' && expects.size) failures.push(`${expects.size} calls never answered (the first: ${expects.values().next().value!.what})`)
+    clean = ending === 'graceful' && expects.size === 0 && !s.unknownWrites
   } else {
     // Whatever the bytes were: replies are records of well-formed replies, never SYSTEM_ERR.
     for (const r of parsed.replies) if (r.replyStat === 0 && r.acceptStat === 5) failures.push(`SYSTEM_ERR for xid ${r.xid} (an exception inside a procedure)`)
   }
-  return {failures, steps, input: bytes, outcome: `${isChaos ? 'chaos' : 'model'}:${ending}:${parsed.replies.length ? [...seen].sort().join(',') : 'silent'}`}
+  const writes = s.expects.flatMap((e) => (e.write ? [e.write] : []))
+  const outcome = `${wctx ? 'rw:' : ''}${isChaos ? 'chaos' : 'model'}:${ending}:${parsed.replies.length ? [...seen].sort().join(',') : 'silent'}`
+  return {failures, steps, input: bytes, outcome, clean, writes}
 }
 
-/** The witness reads a range with no bad area in it and checks the bytes. */
-async function witnessRead(w: RpcClient, h: Handles, fx: ServedImage, rng: Rng): Promise<string | undefined> {
+/** The witness reads a range with no bad area in it (or, with `near`, one around a write) and checks the bytes. */
+async function witnessRead(w: RpcClient, h: Handles, fx: Content, rng: Rng, near?: PendingWrite): Promise<string | undefined> {
   let offset = 0
   let count = 4096
-  for (let k = 0; k < 20; k++) {
-    offset = rng.int(fx.size - 65536)
-    count = rng.pick([1, 512, 4096, 65536])
-    if (!touchesBad(offset, count, fx.bad)) break
-  }
+  if (near) {
+    offset = Math.max(0, near.offset - rng.int(4096))
+    count = Math.min(near.data.length + 8192, RTMAX)
+  } else
+    for (let k = 0; k < 20; k++) {
+      offset = rng.int(fx.size - 65536)
+      count = rng.pick([1, 512, 4096, 65536])
+      if (firstBad(fx, offset, offset + count) === undefined) break
+    }
   try {
     const r = await w.call(NFS, 3, 6, Buffer.concat([opaque(h.file), u64(offset), u32(count)]))
     if (r.acceptStat !== 0) return `the witness READ got accept_stat ${r.acceptStat}`
@@ -544,11 +769,107 @@ async function handles(port: number): Promise<{client: RpcClient; h: Handles}> {
   return {client, h: {root, file: Buffer.from(look.opaque())}}
 }
 
+/** The overlay holds exactly the model: the same bad sectors, the same bytes everywhere else. */
+async function compareOverlay(ovl: Overlay, model: Content): Promise<string | undefined> {
+  const r = await ovl.read(0, model.size)
+  const bad = new Uint8Array(model.badSector.length)
+  for (const b of r.bad) for (let s = Math.floor(b.offset / SECTOR); s * SECTOR < b.offset + b.length; s++) bad[s] = 1
+  for (let s = 0; s < bad.length; s++) {
+    if (bad[s] !== model.badSector[s]) return `sector ${s} is ${bad[s] ? 'unreadable' : 'readable'} in the overlay, ${model.badSector[s] ? 'unreadable' : 'readable'} in the model`
+    if (bad[s]) continue
+    const a = r.data.subarray(s * SECTOR, (s + 1) * SECTOR)
+    const b = model.data.subarray(s * SECTOR, (s + 1) * SECTOR)
+    if (!a.equals(b)) return `sector ${s} holds bytes that are neither the image's nor an acknowledged write's`
+  }
+  return undefined
+}
+
+/** A writable server over a fresh overlay for one case, so that every case replays alone. */
+interface WritableServer {
+  ovl: Overlay
+  nfs: NfsServerHandle
+  witness: RpcClient
+  h: Handles
+  verf: Buffer
+  file: string
+  close(): Promise<void>
+}
+
+async function startWritable(fx: ServedImage, file: string, log: (l: string) => void): Promise<WritableServer> {
+  fs.rmSync(file, {force: true})
+  const ovl = await Overlay.open(await openImage(fx.image), file)
+  let nfs: NfsServerHandle | undefined
+  let witness: RpcClient | undefined
+  try {
+    nfs = await startNfsServer(new BlockServer(ovl), {host: '127.0.0.1', port: 0, exportName: '/', fileName: 'disk.img', log, wtmax: WTMAX})
+    const hs = await handles(nfs.port)
+    witness = hs.client
+    const c = new Body((await witness.call(NFS, 3, 21, Buffer.concat([opaque(hs.h.file), u64(0), u32(0)]))).body)
+    if (c.u32() !== NFS3_OK) throw new Error('the first COMMIT failed')
+    c.wcc()
+    const verf = Buffer.from(c.b.subarray(c.at, c.at + 8))
+    const n = nfs
+    const w = witness
+    return {
+      ovl, nfs, witness, h: hs.h, verf, file,
+      async close() {
+        w.close()
+        await n.close()
+        await ovl.close()
+      },
+    }
+  } catch (err) {
+    witness?.close()
+    await nfs?.close()
+    await ovl.close()
+    throw err
+  }
+}
+
+/** A writable case: one session against a server over a fresh overlay, then the overlay checked against the model. */
+async function runWritableCase(fx: ServedImage, ctx: CaseContext, logs: string[]): Promise<SessionResult> {
+  const file = path.join(fx.dir, 'rw.vdovl')
+  const ws = await startWritable(fx, file, (l) => logs.push(l))
+  const model = contentOf(fx)
+  let r: SessionResult
+  try {
+    r = await runSession(ws.nfs.port, ws.h, model, ctx, {verf: ws.verf})
+    // A COMMIT is a flush, queued behind every write of the session: once it is answered they are all done.
+    const c = await ws.witness.call(NFS, 3, 21, Buffer.concat([opaque(ws.h.file), u64(0), u32(0)]))
+    const cb = new Body(c.body)
+    if (c.acceptStat !== 0 || cb.u32() !== NFS3_OK) r.failures.push('the witness COMMIT after the session failed')
+    else {
+      cb.wcc()
+      if (!cb.b.subarray(cb.at, cb.at + 8).equals(ws.verf)) r.failures.push('the write verifier changed while the server ran')
+    }
+    if (r.clean) {
+      for (const w of r.writes) if (w.acked) applyWrite(model, w.offset, w.data)
+      const diff = await compareOverlay(ws.ovl, model)
+      if (diff) r.failures.push(`after the session: ${diff}`)
+      const acked = r.writes.filter((w) => w.acked)
+      const wr = await witnessRead(ws.witness, ws.h, model, ctx.rng, acked.length ? ctx.rng.pick(acked) : undefined)
+      if (wr) r.failures.push(`writable server: ${wr}`)
+    }
+  } finally {
+    await ws.close()
+  }
+  // Whatever the session did, the overlay opens again.
+  try {
+    const again = await Overlay.open(await openImage(fx.image), file)
+    await again.close()
+  } catch (err) {
+    r.failures.push(`the overlay does not open after the session: ${(err as Error).message}`)
+  }
+  fs.rmSync(file, {force: true})
+  return r
+}
+
 export const nfsTarget: Target = {
   name: 'nfs',
   caseTimeoutMs: 30_000,
   async setup(): Promise<TargetInstance> {
     const fx = await makeServedImage('vdev-fuzz-nfs-', {tailBad: false})
+    const content = contentOf(fx)
     let img: VdimgImage | undefined
     let nfs: NfsServerHandle | undefined
     const logs: string[] = []
@@ -568,15 +889,19 @@ export const nfsTarget: Target = {
     return {
       async runCase(ctx: CaseContext): Promise<CaseResult> {
         const logStart = logs.length
-        const r = await runSession(nfs!.port, h, fx, ctx)
-        const w = await witnessRead(witness!, h, fx, ctx.rng)
-        if (w) {
-          r.failures.push(w)
-          witness!.close()
-          try {
-            witness = (await handles(nfs!.port)).client
-          } catch (err) {
-            r.failures.push(`a fresh client could not mount: ${(err as Error).message}`)
+        let r: SessionResult
+        if (ctx.rng.chance(0.4)) r = await runWritableCase(fx, ctx, logs)
+        else {
+          r = await runSession(nfs!.port, h, content, ctx)
+          const w = await witnessRead(witness!, h, content, ctx.rng)
+          if (w) {
+            r.failures.push(w)
+            witness!.close()
+            try {
+              witness = (await handles(nfs!.port)).client
+            } catch (err) {
+              r.failures.push(`a fresh client could not mount: ${(err as Error).message}`)
+            }
           }
         }
         for (const l of logs.slice(logStart)) if (INTERNAL_LOG.test(l)) r.failures.push(`the server logged an internal error: ${l.slice(0, 300)}`)
