@@ -23,7 +23,7 @@ interface NfsModule {
 }
 
 export default class Serve extends VdevCommand {
-  static override summary = 'Serve an image read-only over NBD (or NFS v3, or iSCSI) until interrupted'
+  static override summary = 'Serve an image over NBD (or NFS v3, or iSCSI) until interrupted: read-only, or read-write into an overlay'
   static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3, or with --protocol iscsi as an iSCSI target with one read-only LUN (0) whose unreadable sectors fail with MEDIUM ERROR (Windows' built-in initiator, open-iscsi, qemu, libiscsi). The export is read-only unless --overlay FILE or --scratch is given (NBD and NFS: then writes, write-zeroes, discards and flushes — NFS WRITE and COMMIT — go to a copy-on-write overlay file and the image is never written; docs/OVERLAY.md); reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
 
 It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCSI_DEFAULT_PORT} for iSCSI) unless told otherwise; a non-loopback address also needs --allow-remote, because anyone who can reach it can read the image. With --json it prints one line once it accepts connections and nothing else on stdout. SIGINT or SIGTERM stops it: the listener closes, requests in flight finish, and it exits 0.`
