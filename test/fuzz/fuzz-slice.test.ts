@@ -23,7 +23,8 @@ const SLICE = [
   // the CLI, metadata nested 100 000 deep (iteration 20): the two bugs known when the harness was written.
   {target: imageTarget, iterations: 40, cliEvery: 20, seed: 31},
   {target: nbdTarget, iterations: 500},
-  {target: nfsTarget, iterations: 400},
+  // Two in five nfs cases start a read-write server over a fresh overlay (slower): 250 take what 400 read-only ones did.
+  {target: nfsTarget, iterations: 250},
 ]
 
 describe('fuzz slice (fixed seed)', function () {
