@@ -442,8 +442,9 @@ export class Nfs3Program implements RpcProgram {
     }
     if (s.atime !== undefined || s.mtime !== undefined) {
       if (node.kind === 'dir') return failWith(Nfs3Stat.NFS3ERR_PERM)
-      const now = () => ({seconds: Math.floor(Date.now() / 1000), nseconds: (Date.now() % 1000) * 1e6})
-      this.tree.setTimes(s.atime === 'server' ? now() : s.atime, s.mtime === 'server' ? now() : s.mtime)
+      const ms = Date.now()
+      const now = {seconds: Math.floor(ms / 1000), nseconds: (ms % 1000) * 1e6}
+      this.tree.setTimes(s.atime === 'server' ? now : s.atime, s.mtime === 'server' ? now : s.mtime)
     }
     return this.wcc(new XdrWriter().uint32(Nfs3Stat.NFS3_OK), node, before)
   }
