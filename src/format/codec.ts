@@ -81,6 +81,67 @@ export function zstdMultiBlock(frame: Uint8Array): boolean {
   return lastBlock === 0
 }
 
+/** FORMAT.md §4: the largest zstd Window_Size a chunk's frame may declare (what RFC 8878 asks every decoder to support). */
+export const MAX_ZSTD_WINDOW = 8 << 20
+
+/**
+ * Why `frame` is not what FORMAT.md §4 allows a zstd chunk to store, or undefined: exactly one zstd frame
+ * (RFC 8878 §3.1.1; not a skippable frame) filling the stored bytes with nothing after it, no dictionary,
+ * a Window_Size of at most 8 MiB, and a Frame_Content_Size, when present, equal to the chunk's logical
+ * length. Walks the frame and block headers only (a few bytes a block); the decoder checks the rest.
+ */
+export function zstdFrameProblem(frame: Uint8Array, logicalLength: number): string | undefined {
+  const n = frame.length
+  if (n < 4) return 'not a zstd frame (too short)'
+  const magic = (frame[0] | (frame[1] << 8) | (frame[2] << 16) | (frame[3] << 24)) >>> 0
+  if ((magic & 0xfffffff0) === 0x184d2a50) return 'a skippable frame, not a zstd frame'
+  if (magic !== 0xfd2fb528) return 'not a zstd frame (bad magic)'
+  if (n < 5) return 'zstd frame header cut short'
+  const fhd = frame[4]
+  const fcsFlag = fhd >> 6
+  const singleSegment = (fhd >> 5) & 1
+  if (fhd & 8) return 'zstd frame header has its reserved bit set'
+  const checksum = (fhd >> 2) & 1
+  const didSize = [0, 1, 2, 4][fhd & 3]
+  const fcsSize = [singleSegment, 2, 4, 8][fcsFlag]
+  let at = 5
+  if (n < at + (singleSegment ? 0 : 1) + didSize + fcsSize) return 'zstd frame header cut short'
+  let window = 0
+  if (!singleSegment) {
+    const wd = frame[at++]
+    const base = 2 ** (10 + (wd >> 3))
+    window = base + (base / 8) * (wd & 7)
+  }
+  let dictId = 0
+  for (let k = 0; k < didSize; k++) dictId += frame[at + k] * 2 ** (8 * k)
+  at += didSize
+  if (dictId !== 0) return `zstd frame needs dictionary ${dictId}`
+  let fcs: number | undefined
+  if (fcsSize > 0) {
+    fcs = 0
+    for (let k = 0; k < fcsSize; k++) fcs += frame[at + k] * 2 ** (8 * k)
+    if (fcsSize === 2) fcs += 256
+    at += fcsSize
+  }
+  if (singleSegment) window = fcs!
+  if (window > MAX_ZSTD_WINDOW) return `zstd window of ${window} bytes is larger than ${MAX_ZSTD_WINDOW}`
+  if (fcs !== undefined && fcs !== logicalLength) return `zstd frame content size ${fcs} is not the chunk's ${logicalLength} bytes`
+  for (;;) {
+    if (n < at + 3) return 'zstd frame cut short'
+    const bh = frame[at] | (frame[at + 1] << 8) | (frame[at + 2] << 16)
+    at += 3
+    const type = (bh >> 1) & 3
+    if (type === 3) return 'zstd block of the reserved type'
+    at += type === 1 ? 1 : bh >>> 3
+    if (at > n) return 'zstd frame cut short'
+    if (bh & 1) break
+  }
+  if (checksum) at += 4
+  if (at > n) return 'zstd frame cut short'
+  if (at < n) return `${n - at} bytes after the zstd frame`
+  return undefined
+}
+
 export class ChunkDecoder {
   private readonly dctx = new zstd.DCtx()
 
@@ -99,6 +160,8 @@ export class ChunkDecoder {
       if (stored.length !== length) throw new ChunkDecodeError(`raw chunk holds ${stored.length} bytes, expected ${length}`)
       dst.set(stored)
     } else if (kind === ChunkKind.Zstd) {
+      const bad = zstdFrameProblem(stored, length)
+      if (bad) throw new ChunkDecodeError(bad)
       let n: number
       try {
         n = this.dctx.decompress(dst, stored)
@@ -123,6 +186,8 @@ export class ChunkDecoder {
       return dst.length
     }
     if (crc32c(stored) !== storedCrc) throw new ChunkDecodeError('stored bytes checksum mismatch')
+    const bad = zstdFrameProblem(stored, dst.length)
+    if (bad) throw new ChunkDecodeError(bad)
     // Streaming with the output cut at `need`: zstd stops once it is filled (it decodes the block that
     // crosses `need` into its own window and hands out only the part that fits).
     this.dctx.reset(zstd.ResetDirective.sessionOnly)

@@ -135,6 +135,9 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
     if (stop) for (const c of p.chunks) if (c.error) throw c.error
     const len = p.chunks.reduce((s, c) => s + img.chunkLength(c.index), 0)
     const allZero = r.out === ZEROS
+    // FORMAT.md §6: bytes inside bad areas are zero whatever a chunk stores there (data_crc, checked above,
+    // covers the bytes as stored).
+    if (!allZero) for (const bad of img.badAreas.intersect(p.first * img.chunkSize, len)) new Uint8Array(r.out, bad.offset - p.first * img.chunkSize, bad.length).fill(0)
     await opts.onBatch({offset: p.first * img.chunkSize, data: Buffer.from(r.out, 0, len), chunks: p.chunks, allZero})
     if (allZero) return
     spareOut.push(r.out)

@@ -36,6 +36,8 @@ export async function describeImage(img: VdimgImage, opts: {maxRanges?: number} 
     counts.raw += k[ChunkKind.Raw]
     counts.zstd += k[ChunkKind.Zstd]
     counts.unread += k[ChunkKind.Unread]
+    // Chunks of a damaged index group or of an unknown kind (verify names them): listed only when there are any.
+    if (k[4]) counts.damaged = (counts.damaged ?? 0) + k[4]
   }
   const summary = img.badAreas.totals()
   const max = opts.maxRanges ?? 20

@@ -103,17 +103,27 @@ export class IndexTables {
     return table
   }
 
-  /** How many chunks of group `g` have each kind (index = ChunkKind), straight from its table. */
+  /**
+   * How many chunks of group `g` have each kind (index = ChunkKind), straight from its table; index 4 counts
+   * the chunks that cannot be read by their kind alone: an unknown kind, or every chunk of a group whose
+   * first-level entry or table fails its checks (FORMAT.md §5: that damages the group, not the image).
+   */
   async groupKinds(g: number): Promise<number[]> {
-    const counts = [0, 0, 0, 0]
+    const counts = [0, 0, 0, 0, 0]
     const n = Math.min(this.o.l2Entries, this.o.chunkCount - g * this.o.l2Entries)
-    const t = await this.table(g)
+    let t: Buffer | ChunkKind
+    try {
+      t = await this.table(g)
+    } catch (err) {
+      if ((err as VdevError).code !== 'format') throw err
+      counts[4] = n
+      return counts
+    }
     if (typeof t === 'number') counts[t] += n
     else
       for (let k = 0; k < n; k++) {
         const kind = t[k * L2_ENTRY_SIZE + 16]
-        if (kind > ChunkKind.Unread) this.entryIn(g * this.o.l2Entries + k, t) // throws the precise error
-        counts[kind]++
+        counts[kind > ChunkKind.Unread ? 4 : kind]++
       }
     return counts
   }

@@ -63,6 +63,8 @@ export const SECTION_ENTRY_SIZE = 32
 export const L1_ENTRY_SIZE = 24
 export const L2_ENTRY_SIZE = 24
 export const BAD_ENTRY_SIZE = 24
+/** FORMAT.md §6: the most areas a bad-area map may hold (its bytes stay under 1 GiB). */
+export const MAX_BAD_AREAS = Math.floor(2 ** 30 / BAD_ENTRY_SIZE)
 
 /** Thrown by decoders; the reader adds the file name. `offset` is the absolute byte offset in the file. */
 export class LayoutError extends Error {
@@ -129,7 +131,10 @@ export function encodeHeader(h: Header): Buffer {
  * checksum, then every field's range, so a wrong file, a newer file and a damaged file are told apart.
  */
 export function decodeHeader(b: Buffer, fileSize: number): Header {
-  if (b.length < 16 || !b.subarray(0, 8).equals(MAGIC)) throw new LayoutError('not a VDIMG image (bad magic)', 0)
+  // FORMAT.md §2: fewer than 8 bytes, or other bytes there, is not a VDIMG file; the magic with fewer than
+  // 12 bytes (no version) or fewer than 256 (a header cut short) is a truncated one.
+  if (b.length < 8 || !b.subarray(0, 8).equals(MAGIC)) throw new LayoutError('not a VDIMG image (bad magic)', 0)
+  if (b.length < 12) throw new LayoutError(`truncated header (${b.length} of ${HEADER_SIZE} bytes)`, b.length)
   const major = b.readUInt16LE(8)
   const minor = b.readUInt16LE(10)
   if (major !== VERSION_MAJOR)
@@ -212,7 +217,9 @@ export function decodeSections(b: Buffer, base: number, fileSize: number): Secti
       length: u64(b, at + 16, 'section length', base),
       crc: b.readUInt32LE(at + 24),
     }
-    if (s.offset < HEADER_SIZE || s.offset + s.length > fileSize)
+    if (s.offset < HEADER_SIZE)
+      throw new LayoutError(`section type ${s.type} (${s.length} bytes at byte ${s.offset}) overlaps the header`, base + at + 8)
+    if (s.offset + s.length > fileSize)
       throw new LayoutError(
         `section type ${s.type} (${s.length} bytes at byte ${s.offset}) lies outside the file (${fileSize} bytes): truncated?`,
         base + at + 8,

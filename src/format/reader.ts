@@ -18,8 +18,10 @@ import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
 import {crc32c} from './crc'
 import {IndexTables, maxStored} from './index-tables'
 import {
+  BAD_ENTRY_SIZE,
   ChunkKind,
   HEADER_FLAG_HASH,
+  MAX_BAD_AREAS,
   HEADER_SIZE,
   L1_ENTRY_SIZE,
   LayoutError,
@@ -331,7 +333,17 @@ export class VdimgImage implements BlockSource {
       else out.fill(0, at - offset, e - offset)
       at = e
     }
-    return {data: out, bad: this.badAreas.intersect(offset, length)}
+    return {data: out, bad: this.zeroBad(out, offset, length)}
+  }
+
+  /**
+   * The bad areas in [offset, offset+length), with their bytes in `out` (holding that range) set to zero:
+   * FORMAT.md §6 — bytes inside bad areas read as zero whatever a chunk stores there.
+   */
+  private zeroBad(out: Buffer, offset: number, length: number): ReturnType<BadAreaMap['intersect']> {
+    const bad = this.badAreas.intersect(offset, length)
+    for (const r of bad) out.fill(0, r.offset - offset, r.offset - offset + r.length)
+    return bad
   }
 
   /** Cache hits and misses, bytes held, and how many misses decoded only a prefix of their chunk. */
@@ -365,7 +377,7 @@ export class VdimgImage implements BlockSource {
       }
       await Promise.all(parts)
     }
-    return {data: out, bad: this.badAreas.intersect(offset, length)}
+    return {data: out, bad: this.zeroBad(out, offset, length)}
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {
@@ -487,8 +499,7 @@ export class VdimgImage implements BlockSource {
           for (let at = 0; at < l1.length; at += L1_ENTRY_SIZE)
             if (l1.readUInt32LE(at + 4) > 0x1fffff) throw fail(`index table offset ${l1.readBigUInt64LE(at)} is out of range`, s.offset + at)
         } else if (s.type === SectionType.BadAreaMap) {
-          const cap = Math.min(1 << 30, (Math.ceil(header.size / header.sectorSize) + 1) * 24)
-          const b = await load(s, cap, 'bad-area map')
+          const b = await load(s, MAX_BAD_AREAS * BAD_ENTRY_SIZE, 'bad-area map')
           try {
             bad = BadAreaMap.decode(b, s.offset, header.size)
           } catch (err) {
@@ -528,11 +539,20 @@ export class VdimgImage implements BlockSource {
 function parseMetadataSection(b: Buffer, offset: number, fail: (m: string, o: number) => VdevError): Record<string, unknown> {
   const deep = metadataTooDeep(b)
   if (deep !== undefined) throw fail(`metadata nests deeper than ${MAX_METADATA_DEPTH} levels`, offset + deep)
+  // A zero-length section holds nothing: the same as no section (FORMAT.md §3), metadata {}.
+  if (b.length === 0) return {}
+  let text: string
+  try {
+    // Strict UTF-8: a malformed sequence is damage, not U+FFFD; a byte-order mark is kept, so JSON.parse refuses it.
+    text = new TextDecoder('utf-8', {fatal: true, ignoreBOM: true}).decode(b)
+  } catch {
+    throw fail('metadata is not valid UTF-8', offset)
+  }
   let parsed: unknown
   try {
-    parsed = JSON.parse(b.toString('utf8'))
+    parsed = JSON.parse(text)
   } catch {
-    throw fail('metadata is not valid JSON', offset)
+    throw fail(text.charCodeAt(0) === 0xfeff ? 'metadata starts with a byte-order mark' : 'metadata is not valid JSON', offset)
   }
   if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw fail('metadata is not a JSON object', offset)
   return parsed as Record<string, unknown>

@@ -22,6 +22,7 @@ import {
   DEFAULT_L2_ENTRIES,
   HEADER_FLAG_HASH,
   L2_ENTRY_SIZE,
+  MAX_BAD_AREAS,
   MAX_CHUNK_SIZE,
   MAX_L2_ENTRIES,
   MIN_CHUNK_SIZE,
@@ -306,6 +307,8 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     const ranges: BadRange[] = [...bad]
     if (map && size > map.extent) ranges.push({offset: map.extent, length: size - map.extent, status: 'non-tried'})
     const badMap = BadAreaMap.fromRanges(ranges)
+    if (badMap.count > MAX_BAD_AREAS)
+      throw new VdevError('format', `${map ? 'mapfile' : input.name}: ${badMap.count} bad areas, more than the ${MAX_BAD_AREAS} an image may hold`)
     const sha = hasher?.digest()
     const metadata = {...(opts.metadata ?? {})}
     metadata.size ??= size
