@@ -83,7 +83,8 @@ export interface BlockSource {
   readonly descriptor?: SourceDescriptor
   /**
    * Called once per serving thread: something the thread's instance needs from this one (the overlay: the
-   * coverage bitmap and a link to the owner of its writes, src/layers/overlay.ts). Undefined: nothing.
+   * coverage bitmap and a link to the owner of its writes, src/layers/overlay.ts; a remote image: a link
+   * through which this instance does the thread's fetching, src/remote/link.ts). Undefined: nothing.
    */
   threadLink?(): ThreadLink | undefined
   /** Describe [offset, offset+length) as runs of data, zeros and bad areas (for NBD block status). */

@@ -11,7 +11,7 @@ import {WorkerPool} from '../core/workerpool'
 import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
 import {crc32c} from './crc'
 import {ChunkKind, type ChunkEntry} from './layout'
-import {preadExact, type VdimgImage} from './reader'
+import type {VdimgImage} from './reader'
 
 export interface DecodedChunk {
   index: number
@@ -73,7 +73,8 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       try {
         chunks.push({index: i, entry: await img.entry(i)})
       } catch (err) {
-        if (stop || !(err instanceof VdevError)) throw err
+        // A read that failed (the disk, the network) is not damage: it stops the run with its own error.
+        if (stop || !(err instanceof VdevError) || err.code === 'io') throw err
         // A damaged index table fails every chunk of its group: remember it rather than read it again per chunk.
         const tableError = await img.checkTable(g)
         if (tableError) tableErrors.set(g, tableError)
@@ -91,13 +92,13 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       const hi = Math.max(...stored.map((c) => c.entry.offset + c.entry.storedLength))
       const sum = stored.reduce((s, c) => s + c.entry.storedLength, 0)
       if (hi - lo <= sum + (1 << 20)) {
-        buf = await preadExact(img.fd, hi - lo, lo, img.path, Buffer.from(spareIn.pop() ?? new ArrayBuffer(inBytes)))
+        buf = await img.ranges.read(hi - lo, lo, Buffer.from(spareIn.pop() ?? new ArrayBuffer(inBytes)))
         for (const c of stored) starts.set(c.index, c.entry.offset - lo)
       } else {
         buf = Buffer.allocUnsafeSlow(sum)
         let at = 0
         for (const c of stored) {
-          ;(await preadExact(img.fd, c.entry.storedLength, c.entry.offset, img.path)).copy(buf, at)
+          ;(await img.ranges.read(c.entry.storedLength, c.entry.offset)).copy(buf, at)
           starts.set(c.index, at)
           at += c.entry.storedLength
         }

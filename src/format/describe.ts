@@ -43,7 +43,6 @@ export async function describeImage(img: VdimgImage, opts: {maxRanges?: number} 
   const max = opts.maxRanges ?? 20
   const ranges = []
   for (let i = 0; i < Math.min(max, img.badAreas.count); i++) ranges.push(img.badAreas.get(i))
-  const st = fs.fstatSync(img.fd)
   return {
     path: img.path,
     format: 'vdimg',
@@ -52,7 +51,7 @@ export async function describeImage(img: VdimgImage, opts: {maxRanges?: number} 
     sectorSize: img.sectorSize,
     chunkSize: img.chunkSize,
     chunkCount: img.chunkCount,
-    fileSize: st.isBlockDevice() ? img.fileSize : st.size,
+    fileSize: img.fileSize,
     ratio: img.size ? img.fileSize / img.size : 0,
     chunks: counts,
     sha256: img.sha256 ?? null,

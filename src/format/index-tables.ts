@@ -4,7 +4,7 @@
  * against their CRC, into a small LRU; every chunk entry is validated before it is used.
  */
 import type {VdevError} from '../core/errors'
-import {preadExact, preadExactSync} from './pread'
+import type {ByteRanges} from './ranges'
 import {crc32c} from './crc'
 import {ChunkKind, HEADER_SIZE, L1_ENTRY_SIZE, L2_ENTRY_SIZE, LayoutError, decodeL1Entry, readL2Entry, type ChunkEntry} from './layout'
 
@@ -14,8 +14,8 @@ export function maxStored(chunkLen: number): number {
 }
 
 export interface IndexTablesOptions {
-  path: string
-  fd: number
+  /** The image's bytes. */
+  ranges: ByteRanges
   fileSize: number
   /** The image's logical size, chunk size and count, and entries per second-level table. */
   size: number
@@ -85,7 +85,7 @@ export class IndexTables {
   async table(g: number): Promise<Buffer | ChunkKind> {
     const at = this.locate(g)
     if (typeof at === 'number' || Buffer.isBuffer(at)) return at
-    return this.accept(g, at, await preadExact(this.o.fd, at.length, at.offset, this.o.path))
+    return this.accept(g, at, await this.o.ranges.read(at.length, at.offset))
   }
 
   tableSync(g: number): Buffer | ChunkKind {
@@ -98,7 +98,7 @@ export class IndexTables {
     this.spareL2 = undefined
     const oldest = this.o.sync && this.l2Cache.size >= this.maxL2Tables ? this.l2Cache.keys().next().value : undefined
     const evicted = oldest !== undefined ? this.l2Cache.get(oldest) : undefined
-    const table = this.accept(g, at, preadExactSync(this.o.fd, at.length, at.offset, this.o.path, into))
+    const table = this.accept(g, at, this.o.ranges.readSync(at.length, at.offset, into))
     if (evicted && !this.l2Cache.has(oldest!)) this.spareL2 = evicted
     return table
   }

@@ -5,13 +5,11 @@
  * decompressed chunks live in a byte-bounded LRU cache (chunk-cache.ts), and concurrent reads of one chunk
  * share one decompression.
  */
-import * as fs from 'node:fs'
 import * as path from 'node:path'
-import {VdevError, ioError} from '../core/errors'
-import type {BlockSource, Extent, ReadResult, SourceDescriptor} from '../core/source'
+import {VdevError} from '../core/errors'
+import type {BlockSource, Extent, ReadResult, SourceDescriptor, ThreadLink} from '../core/source'
 import {WorkerPool} from '../core/workerpool'
 import {BadAreaMap} from './badmap'
-import {blockDeviceSize} from '../sys/blockdev'
 import {ChunkCache} from './chunk-cache'
 import {ChunkDecoder, ChunkDecodeError} from './codec'
 import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
@@ -35,10 +33,11 @@ import {
   type Section,
 } from './layout'
 import {MAX_METADATA_DEPTH, metadataTooDeep} from './metadata'
-import {preadExact, preadExactSync} from './pread'
+import {FileRanges, type ByteRanges} from './ranges'
 
 export {maxStored} from './index-tables'
 export {preadExact, preadExactSync} from './pread'
+export {FileRanges, type ByteRanges} from './ranges'
 
 export interface OpenOptions {
   /** Bytes of decompressed chunks to keep (default 64 MiB). */
@@ -96,9 +95,14 @@ export class VdimgImage implements BlockSource {
   get synchronous(): boolean {
     return this.sync
   }
-  /** How a serving thread opens this image again (src/sources). */
+  /** How a serving thread opens this image again (src/sources): a remote one pinned to the same object. */
   get descriptor(): SourceDescriptor {
-    return {kind: 'vdimg', path: path.resolve(this.path)}
+    const reopen = this.ranges.reopen
+    return reopen ? {kind: 'vdimg', path: this.path, options: {...reopen}} : {kind: 'vdimg', path: path.resolve(this.path)}
+  }
+  /** What each serving thread's instance needs from this one (a remote image's fetching link). */
+  threadLink(): ThreadLink | undefined {
+    return this.ranges.offerLink?.()
   }
   /** Sync mode: the stored bytes of the chunk being decoded. */
   private storedScratch: Buffer | undefined
@@ -106,8 +110,8 @@ export class VdimgImage implements BlockSource {
 
   private constructor(
     readonly path: string,
-    /** The open image file (read-only); exposed for whole-image decoding. */
-    readonly fd: number,
+    /** The image's bytes (a local file, or an object on a server); exposed for whole-image decoding. */
+    readonly ranges: ByteRanges,
     readonly fileSize: number,
     readonly header: Header,
     /** The first-level index (FORMAT.md §5). */
@@ -129,10 +133,10 @@ export class VdimgImage implements BlockSource {
     this.metadata = metadata
     this.sections = sections
     this.sync = opts.sync ?? false
+    if (this.sync && !ranges.synchronous) throw new VdevError('internal', `${path}: opened for synchronous reads over bytes that cannot be read synchronously`)
     this.cache = new ChunkCache(opts.cacheBytes ?? 64 << 20, header.chunkSize, header.size, this.sync)
     this.index = new IndexTables({
-      path: this.path,
-      fd,
+      ranges,
       fileSize,
       size: header.size,
       chunkSize: header.chunkSize,
@@ -158,7 +162,7 @@ export class VdimgImage implements BlockSource {
   }
 
   private preadExact(len: number, pos: number): Promise<Buffer> {
-    return preadExact(this.fd, len, pos, this.path)
+    return this.ranges.read(len, pos)
   }
 
   /** How many chunks of group `g` have each kind (index = ChunkKind), straight from its table. */
@@ -172,7 +176,7 @@ export class VdimgImage implements BlockSource {
       await this.index.table(g)
       return undefined
     } catch (err) {
-      if (err instanceof VdevError) return err
+      if (err instanceof VdevError && err.code !== 'io') return err
       throw err
     }
   }
@@ -273,7 +277,7 @@ export class VdimgImage implements BlockSource {
     const e = this.entrySync(i)
     if (e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread) return null
     this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
-    const stored = preadExactSync(this.fd, e.storedLength, e.offset, this.path, this.storedScratch)
+    const stored = this.ranges.readSync(e.storedLength, e.offset, this.storedScratch)
     const data = this.decodeChunk(i, e, stored, hadPrefix ? len : need, () => this.cache.buffer(len))
     this.cache.remember(i, data)
     return data
@@ -438,24 +442,22 @@ export class VdimgImage implements BlockSource {
     await this.pool?.close()
     this.cache.clear()
     this.index.clear()
-    fs.closeSync(this.fd)
+    await this.ranges.close()
   }
 
-  /** Open and check an image. Every failure is a VdevError naming the file and the byte offset. */
-  static async open(file: string, opts: OpenOptions = {}): Promise<VdimgImage> {
-    let fd: number
+  /**
+   * Open and check an image: a local file, or the bytes `from` gives (a remote object, src/remote). Every
+   * failure is a VdevError naming the file and the byte offset. The image owns `from` and closes it.
+   */
+  static async open(from: string | ByteRanges, opts: OpenOptions = {}): Promise<VdimgImage> {
+    const ranges = typeof from === 'string' ? FileRanges.open(from) : from
+    const file = ranges.name
+    const fileSize = ranges.size
+    const read = (len: number, pos: number): Promise<Buffer> => ranges.read(len, pos)
     try {
-      fd = fs.openSync(file, 'r')
-    } catch (err) {
-      throw ioError(file, err)
-    }
-    try {
-      const st = fs.fstatSync(fd)
-      if (st.isDirectory()) throw new VdevError('io', `${file}: is a directory`)
-      const fileSize = st.isBlockDevice() ? blockDeviceSize(fd) : st.size
       const fail = (m: string, at: number, code: 'format' | 'unsupported' = 'format') =>
         new VdevError(code, `${file}: ${m} (at byte ${at})`)
-      const head = await preadExact(fd, Math.min(HEADER_SIZE, fileSize), 0, file)
+      const head = await read(Math.min(HEADER_SIZE, fileSize), 0)
       let header: Header
       try {
         header = decodeHeader(head, fileSize)
@@ -465,7 +467,7 @@ export class VdimgImage implements BlockSource {
         throw err
       }
       const tableBytes = header.sectionCount * SECTION_ENTRY_SIZE
-      const table = await preadExact(fd, tableBytes, header.sectionTableOffset, file)
+      const table = await read(tableBytes, header.sectionTableOffset)
       if (crc32c(table) !== header.sectionTableCrc) throw fail('section table checksum mismatch', header.sectionTableOffset)
       let sections: Section[]
       try {
@@ -482,7 +484,7 @@ export class VdimgImage implements BlockSource {
       const warnings: string[] = []
       const load = async (s: Section, cap: number, what: string) => {
         if (s.length > cap) throw fail(`${what} is ${s.length} bytes, more than the ${cap} a valid image can need`, s.offset)
-        const b = await preadExact(fd, s.length, s.offset, file)
+        const b = await read(s.length, s.offset)
         if (crc32c(b) !== s.crc) throw fail(`${what} checksum mismatch`, s.offset)
         return b
       }
@@ -516,7 +518,7 @@ export class VdimgImage implements BlockSource {
           }
         } else if (s.flags & SECTION_FLAG_CRITICAL) {
           throw fail(`unknown critical section type ${s.type}: this image needs a newer vdev`, s.offset, 'unsupported')
-        } else if (s.length <= MAX_METADATA && crc32c(await preadExact(fd, s.length, s.offset, file)) !== s.crc) {
+        } else if (s.length <= MAX_METADATA && crc32c(await read(s.length, s.offset)) !== s.crc) {
           // An unknown non-critical section is skipped; a damaged one is worth a warning all the same.
           warnings.push(`${file}: section of type ${s.type} checksum mismatch (at byte ${s.offset}); ignored`)
         }
@@ -525,11 +527,11 @@ export class VdimgImage implements BlockSource {
         if (header.chunkCount > 0) throw fail('no chunk index section', header.sectionTableOffset)
         l1 = Buffer.alloc(0)
       }
-      const img = new VdimgImage(file, fd, fileSize, header, l1, l1Offset, bad, metadata, sections, opts)
+      const img = new VdimgImage(file, ranges, fileSize, header, l1, l1Offset, bad, metadata, sections, opts)
       img.warnings.push(...warnings)
       return img
     } catch (err) {
-      fs.closeSync(fd)
+      await ranges.close()
       throw err
     }
   }
@@ -558,8 +560,8 @@ function parseMetadataSection(b: Buffer, offset: number, fail: (m: string, o: nu
   return parsed as Record<string, unknown>
 }
 
-export function openImage(file: string, opts?: OpenOptions): Promise<VdimgImage> {
-  return VdimgImage.open(file, opts)
+export function openImage(from: string | ByteRanges, opts?: OpenOptions): Promise<VdimgImage> {
+  return VdimgImage.open(from, opts)
 }
 
 function path_join(a: string, b: string): string {
