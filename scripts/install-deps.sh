@@ -14,6 +14,7 @@ PACKAGES=(
   libiscsi-bin qemu-block-extra   # iSCSI peers: iscsi-test-cu, iscsi-inq, iscsi-ls, iscsi-readcapacity16, iscsi-perf; qemu's iscsi:// driver
   open-iscsi         # iscsistart: the kernel initiator's login in the VM
   ewf-tools xmount fio   # benchmark peers
+  nginx-light        # remote images: the HTTP(S) server test/remote starts and stops itself
   tgt                # bench:iscsi: Linux's userspace iSCSI target (tgtd, tgtadm)
   qemu-system-x86 busybox-static   # the real-kernel VM harness
   gcc libc6-dev linux-libc-dev     # ABI tests compile C against the kernel's UAPI headers

@@ -5,7 +5,7 @@ import {VdevCommand} from '../cli/base'
 import type {BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import {backendNames} from '../core/backends'
-import {attachInBackground, refuseIfAttached, resolveBackend, resolveImage, type OverlayRequest, type ReadyMessage} from '../lifecycle/attach'
+import {attachInBackground, refuseIfAttached, resolveBackend, resolveImage, takeHeadersFromEnv, type OverlayRequest, type ReadyMessage} from '../lifecycle/attach'
 import {logOf, reserveId, type DeviceEntry} from '../lifecycle/registry'
 import {serve, type ServeOptions} from '../lifecycle/daemon'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
@@ -55,8 +55,9 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     '<%= config.bin %> attach disk.raw --format raw',
     '<%= config.bin %> attach disk.vdimg --overlay disk.vdovl   # read-write; writes go to disk.vdovl',
     'sudo fsck -y "$(<%= config.bin %> attach disk.vdimg --scratch)p1"   # repair a throwaway copy',
+    '<%= config.bin %> attach https://images.example.org/disk.vdimg --header "Authorization: Bearer $TOKEN"',
   ]
-  static override args = {image: Args.string({description: 'the image (.vdimg), or a raw image or block device (see --format, --mapfile)', required: true})}
+  static override args = {image: Args.string({description: 'the image (.vdimg; a local file or an http(s):// URL), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
     ...sourceFlags,
     backend: Flags.string({description: 'how to make the device ("auto": the best available, see "vdev backends")', options: ['auto', ...backendNames()], default: 'auto'}),
@@ -76,7 +77,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     const badPolicy = flags['bad-policy'] as BadPolicy
     const source = sourceArgs(flags)
     const overlay: OverlayRequest | undefined = flags.scratch ? {scratch: true} : flags.overlay !== undefined ? {file: path.resolve(flags.overlay)} : undefined
-    if (flags['server-id']) return this.runServer(args.image, source, flags.backend, badPolicy, flags['server-id'], overlay)
+    if (flags['server-id']) return this.runServer(args.image, {...source, headers: takeHeadersFromEnv()}, flags.backend, badPolicy, flags['server-id'], overlay)
     if (flags.foreground) return this.runForeground(args.image, source, flags.backend, badPolicy, overlay)
     const entry = await attachInBackground({image: args.image, source, backend: flags.backend, badPolicy, overlay, timeoutMs: flags.timeout * 1000})
     this.say(entry.device)

@@ -1,10 +1,11 @@
 import {Args, Flags} from '@oclif/core'
 import {VdevCommand} from '../cli/base'
+import {remoteArgs, remoteFlags} from '../cli/source-flags'
+import {openVdimg} from '../sources'
 import {interruptible} from '../cli/interrupt'
 import {Progress, humanBytes} from '../cli/progress'
 import {extractImage, type ExtractResult} from '../format/extract'
 import {describeDamage} from '../format/verify'
-import {openImage} from '../format/reader'
 
 /** How many damaged ranges the closing line names before it only counts them. */
 const NAMED = 5
@@ -20,10 +21,11 @@ A damaged chunk (its checksums fail, its zstd frame does not decode, or its inde
     '<%= config.bin %> extract disk.vdimg - | sha256sum',
   ]
   static override args = {
-    image: Args.string({description: 'the image (.vdimg)', required: true}),
+    image: Args.string({description: 'the image (.vdimg), a local file or an http(s):// URL', required: true}),
     out: Args.string({description: 'output file or block device, or - for stdout', required: true}),
   }
   static override flags = {
+    ...remoteFlags,
     'bad-fill': Flags.string({description: 'what unreadable bytes (and damaged chunks) become', options: ['zero', 'pattern'], default: 'zero'}),
     'mapfile-out': Flags.string({description: 'write the bad areas (and damaged chunks) as a GNU ddrescue mapfile'}),
     threads: Flags.integer({char: 't', description: 'decompression threads (default: every core)'}),
@@ -32,7 +34,7 @@ A damaged chunk (its checksums fail, its zstd frame does not decode, or its inde
 
   async run(): Promise<ExtractResult & {image: string; out: string}> {
     const {args, flags} = await this.parse(Extract)
-    const img = await openImage(args.image)
+    const img = await openVdimg(args.image, remoteArgs(flags))
     this.warnAll(img.warnings)
     const progress = Progress.for('extract', this.jsonEnabled() || args.out === '-')
     const stop = interruptible(args.image)

@@ -2,9 +2,8 @@ import {Args, Flags} from '@oclif/core'
 import {VdevCommand} from '../cli/base'
 import {humanBytes} from '../cli/progress'
 import {describeImage, type ImageInfo} from '../format/describe'
-import {openImage} from '../format/reader'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
-import {describeSource} from '../sources'
+import {describeSource, openVdimg, remoteOptions} from '../sources'
 import {RawImage, describeRaw, type RawInfo} from '../sources/raw'
 
 export default class Info extends VdevCommand {
@@ -14,7 +13,7 @@ export default class Info extends VdevCommand {
     '<%= config.bin %> info disk.vdimg --json | jq .badAreas',
     '<%= config.bin %> info rescued.img --mapfile rescued.map',
   ]
-  static override args = {image: Args.string({description: 'the image (.vdimg), or a raw image or block device (see --format, --mapfile)', required: true})}
+  static override args = {image: Args.string({description: 'the image (.vdimg; a local file or an http(s):// URL), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
     ...sourceFlags,
     all: Flags.boolean({description: 'list every bad range, not just the first 20'}),
@@ -38,7 +37,7 @@ export default class Info extends VdevCommand {
         await raw.close()
       }
     }
-    const img = await openImage(desc.path)
+    const img = await openVdimg(desc.path, remoteOptions(desc.options))
     this.warnAll(img.warnings)
     try {
       const info = await describeImage(img, {maxRanges})

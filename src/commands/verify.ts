@@ -1,24 +1,26 @@
 import {Args, Flags} from '@oclif/core'
 import {VdevCommand} from '../cli/base'
+import {remoteArgs, remoteFlags} from '../cli/source-flags'
+import {openVdimg} from '../sources'
 import {interruptible} from '../cli/interrupt'
 import {Progress} from '../cli/progress'
 import {VdevError} from '../core/errors'
-import {openImage} from '../format/reader'
 import {describeDamage, verifyImage, type VerifyResult} from '../format/verify'
 
 export default class Verify extends VdevCommand {
   static override summary = 'Check every structure, every chunk checksum and the media hash of an image'
   static override description = `Lists everything damaged — every chunk whose checksums fail or whose zstd frame does not decode, every damaged index table (with the chunks it loses), a damaged metadata or other non-critical section — not only the first. Exits 0 when the image is intact, 5 when anything is damaged or the media hash does not match, 4 when a structure the image cannot be opened without is damaged, 130 when interrupted (SIGINT, SIGTERM). --quick checks the structures and both checksums of every chunk but not the media hash.`
   static override examples = ['<%= config.bin %> verify disk.vdimg', '<%= config.bin %> verify disk.vdimg --quick', '<%= config.bin %> verify disk.vdimg --json']
-  static override args = {image: Args.string({description: 'the image (.vdimg)', required: true})}
+  static override args = {image: Args.string({description: 'the image (.vdimg), a local file or an http(s):// URL', required: true})}
   static override flags = {
+    ...remoteFlags,
     quick: Flags.boolean({description: 'check structures and chunk checksums; skip the media hash'}),
     threads: Flags.integer({char: 't', description: 'decompression threads (default: every core)'}),
   }
 
   async run(): Promise<Omit<VerifyResult, 'problems'> & {image: string}> {
     const {args, flags} = await this.parse(Verify)
-    const img = await openImage(args.image)
+    const img = await openVdimg(args.image, remoteArgs(flags))
     const progress = Progress.for('verify', this.jsonEnabled())
     const stop = interruptible(args.image)
     let r: VerifyResult

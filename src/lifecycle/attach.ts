@@ -13,6 +13,7 @@ import type {SourceDescriptor} from '../core/source'
 import {VdevError, ioError, type ErrorCode} from '../core/errors'
 import {loadBackend, probeBackends} from '../core/backends'
 import {describeSource, type SourceArgs} from '../sources'
+import {isRemote} from '../remote/http'
 import {cleanupEntry} from './cleanup'
 import {entryState, logOf, readEntries, readEntry, reserveId, runDirOf, type DeviceEntry} from './registry'
 
@@ -35,8 +36,9 @@ export type OverlayRequest = {file: string} | {scratch: true}
 /** The one message the server writes on fd 3. */
 export type ReadyMessage = {ok: true; entry: DeviceEntry} | {ok: false; error: {code: ErrorCode; message: string}}
 
-/** The image, checked to exist, as an absolute real path. */
-export function resolveImage(image: string): {path: string; stat: fs.Stats} {
+/** The image, checked to exist, as an absolute real path; a remote image's URL as it is (no stat). */
+export function resolveImage(image: string): {path: string; stat: fs.Stats | undefined} {
+  if (isRemote(image)) return {path: image, stat: undefined}
   let real: string
   try {
     real = fs.realpathSync(image)
@@ -77,9 +79,9 @@ export async function resolveBackend(name: string): Promise<string> {
  * One image, one device: attaching an image that is already attached is refused (two devices with the
  * same file system UUID confuse mount-by-UUID and udev, and a second copy brings nothing read-only).
  */
-export function refuseIfAttached(image: string, stat: fs.Stats): void {
+export function refuseIfAttached(image: string, stat: fs.Stats | undefined): void {
   for (const e of readEntries()) {
-    const same = e.image === image || (e.imageDev === stat.dev && e.imageIno === stat.ino)
+    const same = e.image === image || (stat !== undefined && e.imageDev === stat.dev && e.imageIno === stat.ino)
     if (!same) continue
     const state = entryState(e)
     const where = e.device ? `${e.device} (${e.id})` : e.id
@@ -104,10 +106,15 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
   const logFd = fs.openSync(logFile, 'a', 0o600)
   const overlay = req.overlay ? ('scratch' in req.overlay ? ['--scratch'] : ['--overlay', req.overlay.file]) : []
   const argv = [binRun(), 'attach', image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id, ...sourceFlags(desc), ...overlay]
+  // A remote image's request headers (a bearer token) go through the environment, not the command line
+  // that every user can read in /proc/PID/cmdline.
+  const env: NodeJS.ProcessEnv = {...process.env, VDEV_SERVER: '1'}
+  delete env[HEADERS_ENV]
+  if (typeof desc.options?.headers === 'string') env[HEADERS_ENV] = desc.options.headers
   const child = spawn(process.execPath, argv, {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],
-    env: {...process.env, VDEV_SERVER: '1'},
+    env,
   })
   fs.closeSync(logFd)
   const pipe = child.stdio[3] as Readable
@@ -182,7 +189,23 @@ export function sourceFlags(d: SourceDescriptor): string[] {
   const o = d.options ?? {}
   if (typeof o.mapfile === 'string') out.push('--mapfile', o.mapfile)
   if (typeof o.sectorSize === 'number') out.push('--sector-size', String(o.sectorSize))
+  if (typeof o.timeoutMs === 'number') out.push('--remote-timeout', String(Math.round(o.timeoutMs / 1000)))
   return out
+}
+
+/** How attach hands a remote image's --header values to its background server (JSON). */
+export const HEADERS_ENV = 'VDEV_REMOTE_HEADERS'
+
+/** The background server's side: the headers its parent passed, taken out of the environment. */
+export function takeHeadersFromEnv(): Record<string, string> | undefined {
+  const v = process.env[HEADERS_ENV]
+  delete process.env[HEADERS_ENV]
+  if (!v) return undefined
+  try {
+    return JSON.parse(v) as Record<string, string>
+  } catch {
+    throw new VdevError('usage', `${HEADERS_ENV}: not the JSON object vdev attach writes`)
+  }
 }
 
 function lastLine(file: string): string {

@@ -16,6 +16,7 @@ import * as path from 'node:path'
 import {BlockServer, type BadPolicy, type BlockStats, type WriteStats} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import type {BlockSource, SourceDescriptor} from '../core/source'
+import {isRemote} from '../remote/http'
 import type {AttachedDevice, Backend} from '../core/backend'
 import {backendNames, loadBackend} from '../core/backends'
 import {openSource} from '../sources'
@@ -89,13 +90,25 @@ export function describeStats(st: BlockStats, w?: WriteStats): string {
   return `served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors (${st.badReads} touching bad areas)${writes}`
 }
 
+/** The descriptor as the registry keeps it: a remote image's header values are not written down. */
+function withoutSecrets(d: SourceDescriptor): SourceDescriptor {
+  if (typeof d.options?.headers !== 'string') return d
+  let names: string[] = []
+  try {
+    names = Object.keys(JSON.parse(d.options.headers) as object)
+  } catch {
+    names = []
+  }
+  return {...d, options: {...d.options, headers: names.join(', ')}}
+}
+
 /** Serve until stopped. Resolves with the process exit code. */
 export async function serve(opts: ServeOptions): Promise<number> {
   const {id, log} = opts
   const image = opts.source.path
   let stat: fs.Stats | undefined
   try {
-    stat = fs.statSync(image)
+    stat = isRemote(image) ? undefined : fs.statSync(image)
   } catch {
     stat = undefined
   }
@@ -106,7 +119,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
     partitions: [],
     backend: opts.backend,
     image,
-    source: opts.source,
+    source: withoutSecrets(opts.source),
     imageDev: stat?.dev,
     imageIno: stat?.ino,
     readOnly: opts.overlay === undefined,

@@ -3,7 +3,7 @@
  * an opener taking a SourceDescriptor (kind + absolute path + options) — so any thread can open the same
  * source again — and this is the only module that names them (adding a kind edits nothing else).
  *
- *   vdimg  a VDIMG image (src/format/reader.ts)
+ *   vdimg  a VDIMG image (src/format/reader.ts): a local file, or an http(s):// URL (src/remote)
  *   raw    a raw file or block device, with an optional GNU ddrescue mapfile (raw.ts)
  *   overlay  a serving thread's view of a copy-on-write overlay over one of those (src/layers/overlay-view.ts):
  *            opened only with the link its owner offered (BlockSource.threadLink), never on its own
@@ -13,7 +13,9 @@ import * as path from 'node:path'
 import {VdevError, ioError} from '../core/errors'
 import type {BlockSource, OpenSourceOptions, SourceDescriptor} from '../core/source'
 import {MAGIC} from '../format/layout'
-import {openImage} from '../format/reader'
+import {openImage, type ByteRanges, type OpenOptions, type VdimgImage} from '../format/reader'
+import {HttpObject, isRemote, type RemoteOptions} from '../remote/http'
+import {LinkedRanges, type RangesLink} from '../remote/link'
 import {RawImage} from './raw'
 import {OverlayView} from '../layers/overlay-view'
 import type {OverlayLink} from '../layers/overlay'
@@ -21,7 +23,16 @@ import type {OverlayLink} from '../layers/overlay'
 type Opener = (d: SourceDescriptor, how: OpenSourceOptions) => Promise<BlockSource>
 
 const OPENERS: Record<string, Opener> = {
-  vdimg: (d, how) => openImage(d.path, {sync: how.sync, cacheBytes: how.cacheBytes, decompressThreads: how.decompressThreads}),
+  vdimg: async (d, how) => {
+    const opts = {sync: how.sync, cacheBytes: how.cacheBytes, decompressThreads: how.decompressThreads}
+    if (!isRemote(d.path)) return openImage(d.path, opts)
+    // A serving thread reads a remote image through the link its process's instance offered (src/remote/link.ts).
+    if (how.sync) {
+      if (!how.link) throw new VdevError('internal', `${d.path}: a remote image is read synchronously only through a link`)
+      return openImage(new LinkedRanges(how.link as RangesLink, d.options), opts)
+    }
+    return openImage(await HttpObject.open(d.path, remoteOptions(d.options)), opts)
+  },
   raw: async (d, how) => {
     const o = d.options ?? {}
     return RawImage.open(d.path, {mapfile: typeof o.mapfile === 'string' ? o.mapfile : undefined, sectorSize: typeof o.sectorSize === 'number' ? o.sectorSize : undefined}, how)
@@ -43,6 +54,27 @@ export function openSource(d: SourceDescriptor, how: OpenSourceOptions = {}): Pr
   return open(d, how)
 }
 
+/** A remote image's options as a descriptor carries them (strings and numbers only). */
+export function remoteOptions(o: SourceDescriptor['options'] = {}): RemoteOptions {
+  const r: RemoteOptions = {}
+  if (typeof o.headers === 'string') r.headers = JSON.parse(o.headers) as Record<string, string>
+  if (typeof o.timeoutMs === 'number') r.timeoutMs = o.timeoutMs
+  if (typeof o.etag === 'string') r.etag = o.etag
+  if (typeof o.lastModified === 'string') r.lastModified = o.lastModified
+  if (typeof o.size === 'number') r.size = o.size
+  return r
+}
+
+/**
+ * Open a VDIMG image for a command (info, verify, extract): a local path, or an http(s):// URL with the
+ * remote options of `a` (--header, --remote-timeout).
+ */
+export async function openVdimg(location: string, a: Pick<SourceArgs, 'headers' | 'timeoutMs'> = {}, opts: OpenOptions = {}): Promise<VdimgImage> {
+  let from: string | ByteRanges = location
+  if (isRemote(location)) from = await HttpObject.open(location, {headers: a.headers, timeoutMs: a.timeoutMs})
+  return openImage(from, opts)
+}
+
 export type ImageFormat = 'auto' | 'vdimg' | 'raw'
 
 export interface SourceArgs {
@@ -52,6 +84,9 @@ export interface SourceArgs {
   mapfile?: string
   /** Logical sector size of a raw image. */
   sectorSize?: number
+  /** A remote image: extra request headers (--header) and how long one read may take (--remote-timeout). */
+  headers?: Record<string, string>
+  timeoutMs?: number
 }
 
 /**
@@ -60,6 +95,15 @@ export interface SourceArgs {
  * so that a damaged image is never taken for a raw disk.
  */
 export function describeSource(image: string, a: SourceArgs = {}): SourceDescriptor {
+  if (isRemote(image)) {
+    if (a.format === 'raw' || a.mapfile !== undefined || a.sectorSize !== undefined)
+      throw new VdevError('usage', `${image}: a remote image is a VDIMG image (raw images and mapfiles are read from local files)`)
+    const options: Record<string, string | number> = {}
+    if (a.headers && Object.keys(a.headers).length) options.headers = JSON.stringify(a.headers)
+    if (a.timeoutMs !== undefined) options.timeoutMs = a.timeoutMs
+    return {kind: 'vdimg', path: image, options}
+  }
+  if (a.headers && Object.keys(a.headers).length) throw new VdevError('usage', '--header goes with an http:// or https:// image')
   const abs = path.resolve(image)
   const format = a.format ?? 'auto'
   if (a.mapfile !== undefined && format === 'vdimg') throw new VdevError('usage', '--mapfile goes with a raw image, not a VDIMG image (its bad areas are inside it)')

@@ -1,6 +1,7 @@
 /**
  * Every serving thread starts here (src/threads/pool.ts starts it): it opens its own instance of the source
- * from the descriptor (synchronous mode: pread(2) and decoding on this thread), builds a BlockServer that
+ * from the descriptor (synchronous mode: pread(2) and decoding on this thread; a remote image's bytes
+ * come through the link its main-thread instance offered, src/remote/link.ts), builds a BlockServer that
  * counts into the thread's slot of shared memory and logs faults to the daemon's log, then runs the
  * backend's body (its serving loop) until that ends.
  */

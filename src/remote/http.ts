@@ -1,0 +1,354 @@
+/**
+ * An image on a web server, read with single-range GETs (what S3 and every static server answer): the
+ * reader's ByteRanges over HTTP(S). docs/remote.md says what it promises; in short:
+ *
+ * - Opening sends one GET for the first bytes: it gives the object's size (Content-Range) and its ETag.
+ *   Every later GET carries If-Match with that ETag (or If-Unmodified-Since with its Last-Modified when
+ *   the server gives no strong ETag), and every answer's own ETag is compared: once the object has
+ *   changed, every read fails with EIO — a read never mixes bytes of two versions.
+ * - Concurrent reads of one range share one GET.
+ * - Each GET has an idle timeout; a failed one (reset, refused, 5xx, 429, 408, timeout) is retried after
+ *   a jittered exponential back-off until the read's deadline (`timeoutMs`, default 30 s), and then
+ *   fails with EIO. The next read tries again: when the server is back, reads work again.
+ * - 404/410, 401/403, TLS failures, a server that ignores Range: no retry, one line (exit code 3, or 4
+ *   for a server that cannot serve ranges).
+ * - Sequential reads grow a read-ahead window (readahead.ts).
+ *
+ * HTTPS trusts Node's CA store plus NODE_EXTRA_CA_CERTS (read by Node at start-up, in every thread).
+ * Serving threads read through the instance their process opened (link.ts).
+ */
+import * as http from 'node:http'
+import * as https from 'node:https'
+import type {TransferListItem} from 'node:worker_threads'
+import {VdevError, type ErrorCode} from '../core/errors'
+import type {ByteRanges} from '../format/ranges'
+import {parseContentRange, parseEntityTag} from './content-range'
+import {offerLink, type RangesLink} from './link'
+import {ReadAhead} from './readahead'
+
+export interface RemoteOptions {
+  /** Extra request headers (a bearer token …), sent with every GET. */
+  headers?: Record<string, string>
+  /** How long one read may take, retries included, before it fails (ms; default 30 s). */
+  timeoutMs?: number
+  /** Pin to this object (a serving thread, or an image opened again): what the first open found. */
+  etag?: string
+  lastModified?: string
+  size?: number
+  /** Read-ahead for sequential reads (default on). */
+  readAhead?: boolean
+}
+
+export const DEFAULT_TIMEOUT_MS = 30_000
+/** The first GET asks for this much: the header and, for small images, more. */
+const PROBE_BYTES = 64 << 10
+/** Idle time allowed to one GET (no byte received) before it is abandoned and retried. */
+const MAX_ATTEMPT_IDLE_MS = 10_000
+
+export function isRemote(location: string): boolean {
+  return /^https?:\/\//i.test(location)
+}
+
+/** The URL as messages show it: no user name, password or query string (a presigned URL's signature). */
+export function displayUrl(u: URL): string {
+  return `${u.protocol}//${u.host}${u.pathname}`
+}
+
+/** A failed GET: whether trying again may help. */
+class Attempt extends Error {
+  constructor(
+    message: string,
+    readonly retry: boolean,
+    readonly code: ErrorCode = 'io',
+  ) {
+    super(message)
+  }
+}
+
+export interface RemoteStats {
+  /** GETs sent (retries included) and body bytes received. */
+  requests: number
+  bytes: number
+  retries: number
+}
+
+export class HttpObject implements ByteRanges {
+  readonly synchronous = false
+  readonly stats: RemoteStats = {requests: 0, bytes: 0, retries: 0}
+  private readonly agent: http.Agent
+  private readonly client: typeof http | typeof https
+  private readonly timeoutMs: number
+  private readonly headers: Record<string, string>
+  private etag: string | undefined
+  private weakEtag: string | undefined
+  private lastModified: string | undefined
+  /** Set once the object is seen to have changed: every read fails from then on. */
+  private changed: string | undefined
+  private readonly inflight = new Map<string, Promise<Buffer>>()
+  private probe: {pos: number; data: Buffer} | undefined
+  private readonly ahead: ReadAhead | undefined
+  private closed = false
+  size = 0
+
+  private constructor(
+    readonly url: URL,
+    readonly name: string,
+    private readonly opts: RemoteOptions,
+  ) {
+    this.client = url.protocol === 'https:' ? https : http
+    this.agent = new this.client.Agent({keepAlive: true, maxSockets: 16})
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
+    this.headers = {...(opts.headers ?? {})}
+    if (url.username || url.password) {
+      const user = decodeURIComponent(url.username)
+      const pass = decodeURIComponent(url.password)
+      this.headers.authorization ??= `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`
+    }
+    if (opts.etag) {
+      const t = parseEntityTag(opts.etag)
+      if (t && !t.weak) this.etag = t.value
+      else this.weakEtag = opts.etag
+    }
+    this.lastModified = opts.lastModified
+    if (opts.readAhead ?? true) this.ahead = new ReadAhead((len, pos) => this.fetch(len, pos), () => this.size)
+  }
+
+  /** What a serving thread needs to read this same object (src/sources, link.ts). */
+  get reopen(): Record<string, string | number | boolean> {
+    const o: Record<string, string | number | boolean> = {size: this.size, timeoutMs: this.timeoutMs}
+    const tag = this.etag ?? this.weakEtag
+    if (tag) o.etag = tag
+    if (this.lastModified) o.lastModified = this.lastModified
+    if (this.opts.headers && Object.keys(this.opts.headers).length) o.headers = JSON.stringify(this.opts.headers)
+    return o
+  }
+
+  /** Open `location`: one GET of its first bytes gives its size and identity. */
+  static async open(location: string, opts: RemoteOptions = {}): Promise<HttpObject> {
+    let url: URL
+    try {
+      url = new URL(location)
+    } catch {
+      throw new VdevError('usage', `${location}: not a valid URL`)
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new VdevError('usage', `${location}: only http:// and https:// URLs are read`)
+    const obj = new HttpObject(url, displayUrl(url), opts)
+    try {
+      await obj.open()
+    } catch (err) {
+      await obj.close()
+      throw err
+    }
+    return obj
+  }
+
+  private async open(): Promise<void> {
+    const r = await this.retrying(0, PROBE_BYTES - 1, true)
+    this.size = r.size
+    if (this.opts.size !== undefined && this.opts.size !== r.size)
+      throw this.changedError(`its size is ${r.size} bytes, not the ${this.opts.size} it had when it was opened`)
+    this.probe = {pos: 0, data: r.data}
+  }
+
+  read(len: number, pos: number, into?: Buffer): Promise<Buffer> {
+    if (this.closed) return Promise.reject(new VdevError('io', `${this.name}: closed`))
+    if (this.changed) return Promise.reject(this.changedError(this.changed))
+    if (len === 0) return Promise.resolve(into ? into.subarray(0, 0) : Buffer.alloc(0))
+    if (pos + len > this.size)
+      return Promise.reject(new VdevError('format', `${this.name}: unexpected end of file at byte ${this.size} (truncated?)`))
+    const p = this.probe
+    if (p && pos >= p.pos && pos + len <= p.pos + p.data.length) return Promise.resolve(copyOut(Buffer.from(p.data.subarray(pos - p.pos, pos - p.pos + len)), into))
+    if (this.ahead) return this.ahead.read(len, pos).then((b) => copyOut(b, into))
+    return this.fetch(len, pos).then((b) => copyOut(b, into))
+  }
+
+  /** A serving thread's link: its reads are fetched here (link.ts). */
+  offerLink(): {value: RangesLink; transfer: TransferListItem[]} {
+    const link = offerLink(this, this.timeoutMs)
+    return {value: link, transfer: [link.port]}
+  }
+
+  readSync(): Buffer {
+    throw new VdevError('internal', `${this.name}: synchronous reads go through a link (src/remote/link.ts)`)
+  }
+
+  /** One GET of exactly [pos, pos+len), shared by concurrent reads of the same range. */
+  fetch(len: number, pos: number): Promise<Buffer> {
+    const key = `${pos}:${len}`
+    const pending = this.inflight.get(key)
+    // Joiners get their own copy: a caller may hand its buffer to a worker (transfer detaches it).
+    if (pending) return pending.then((b) => Buffer.from(b))
+    const p = this.retrying(pos, pos + len - 1, false).then((r) => r.data)
+    this.inflight.set(key, p)
+    void p.then(
+      () => this.inflight.delete(key),
+      () => this.inflight.delete(key),
+    )
+    return p
+  }
+
+  /** GET [first, last] until it works, a failure that retrying cannot mend, or the deadline. */
+  private async retrying(first: number, last: number, probing: boolean): Promise<{data: Buffer; size: number}> {
+    const deadline = Date.now() + this.timeoutMs
+    for (let n = 0; ; n++) {
+      if (this.closed) throw new VdevError('io', `${this.name}: closed`)
+      const left = deadline - Date.now()
+      try {
+        return await this.get(first, last, probing, Math.max(1, Math.min(MAX_ATTEMPT_IDLE_MS, left)))
+      } catch (err) {
+        if (!(err instanceof Attempt)) throw err
+        if (!err.retry) throw new VdevError(err.code, err.message)
+        // Full jitter (AWS's back-off advice): a random wait up to 100 ms · 2^n, at most 2 s.
+        const wait = Math.random() * Math.min(2000, 100 * 2 ** n)
+        if (Date.now() + wait >= deadline)
+          throw new VdevError('io', `${this.name}: bytes ${first}-${last}: no answer within ${this.timeoutMs / 1000} s (${err.message})`)
+        this.stats.retries++
+        await new Promise((resolve) => setTimeout(resolve, wait))
+      }
+    }
+  }
+
+  private changedError(why: string): VdevError {
+    return new VdevError('io', `${this.name}: the object changed since it was opened (${why}); reads fail rather than mix two versions`)
+  }
+
+  private markChanged(why: string): Attempt {
+    this.changed ??= why
+    this.ahead?.clear()
+    return new Attempt(this.changedError(this.changed).message, false)
+  }
+
+  /** One GET. Resolves with exactly the bytes asked for (clipped to the object when probing). */
+  private get(first: number, last: number, probing: boolean, idleMs: number): Promise<{data: Buffer; size: number}> {
+    const headers: Record<string, string> = {...this.headers, range: `bytes=${first}-${last}`, 'accept-encoding': 'identity'}
+    if (this.etag) headers['if-match'] = this.etag
+    else if (this.lastModified) headers['if-unmodified-since'] = this.lastModified
+    this.stats.requests++
+    return new Promise((resolve, reject) => {
+      let settled = false
+      const fail = (e: Attempt): void => {
+        if (settled) return
+        settled = true
+        req.destroy()
+        reject(e)
+      }
+      const req = this.client.request(this.url, {method: 'GET', headers, agent: this.agent}, (res) => {
+        const status = res.statusCode ?? 0
+        const drop = (e: Attempt): void => {
+          res.resume()
+          fail(e)
+        }
+        if (status === 412) return drop(this.markChanged('HTTP 412: its ETag no longer matches'))
+        if (status === 404 || status === 410) return drop(new Attempt(`${this.name}: not found (HTTP ${status})`, false))
+        if (status === 401 || status === 403)
+          return drop(new Attempt(`${this.name}: access denied (HTTP ${status})${status === 401 ? ': the server wants credentials (--header)' : ''}`, false))
+        if (status === 408 || status === 429 || status >= 500) return drop(new Attempt(`HTTP ${status}`, true))
+        const tag = parseEntityTag(header(res.headers.etag))
+        const modified = header(res.headers['last-modified'])
+        const pinned = this.etag ?? this.weakEtag
+        if (pinned !== undefined && tag && tag.value !== pinned) return drop(this.markChanged(`ETag ${pinned} → ${tag.value}`))
+        if (pinned === undefined && this.lastModified && modified && modified !== this.lastModified)
+          return drop(this.markChanged(`Last-Modified ${this.lastModified} → ${modified}`))
+        const cr = parseContentRange(header(res.headers['content-range']))
+        if (status === 416) {
+          // Past the end: on the first GET, an empty object ("bytes */0"); later, an object that shrank.
+          if (probing && cr && cr.first === undefined && cr.complete !== undefined) {
+            this.pin(tag, modified)
+            res.resume()
+            settled = true
+            return resolve({data: Buffer.alloc(0), size: cr.complete})
+          }
+          return drop(pinned !== undefined || this.lastModified ? this.markChanged('HTTP 416: it is shorter') : new Attempt(`${this.name}: HTTP 416 for bytes ${first}-${last}`, false))
+        }
+        if (status === 200 && probing && header(res.headers['content-length']) === '0') {
+          // An empty object: some servers (nginx) answer a range of it with an empty 200.
+          this.pin(tag, modified)
+          res.resume()
+          settled = true
+          return resolve({data: Buffer.alloc(0), size: 0})
+        }
+        if (status === 200)
+          return drop(new Attempt(`${this.name}: the server ignores Range requests (HTTP 200 for bytes ${first}-${last}); vdev reads images only from servers that serve ranges`, false, 'unsupported'))
+        if (status >= 300 && status < 400)
+          return drop(new Attempt(`${this.name}: HTTP ${status} redirect${res.headers.location ? ' to ' + displayLocation(res.headers.location, this.url) : ''} (not followed: name the final URL)`, false))
+        if (status !== 206) return drop(new Attempt(`${this.name}: HTTP ${status} ${res.statusMessage ?? ''}`.trim(), false))
+        if (!cr || cr.first === undefined || cr.last === undefined || cr.complete === undefined)
+          return drop(new Attempt(`${this.name}: HTTP 206 without a usable Content-Range (${JSON.stringify(header(res.headers['content-range']) ?? null).slice(0, 80)})`, true))
+        const size = cr.complete
+        if (!probing && size !== this.size) return drop(this.markChanged(`its size went from ${this.size} to ${size} bytes`))
+        const want = probing ? Math.min(last, size - 1) : last
+        if (cr.first !== first || cr.last !== want)
+          return drop(new Attempt(`${this.name}: asked for bytes ${first}-${want}, the server sent ${cr.first}-${cr.last}`, true))
+        const len = want - first + 1
+        const declared = header(res.headers['content-length'])
+        if (declared !== undefined && declared !== String(len)) return drop(new Attempt(`${this.name}: Content-Length ${declared} for ${len} bytes`, true))
+        if (probing) this.pin(tag, modified)
+        const data = Buffer.allocUnsafeSlow(len)
+        let at = 0
+        res.on('data', (d: Buffer) => {
+          if (settled) return
+          if (at + d.length > len) return fail(new Attempt(`${this.name}: more bytes than the ${len} of bytes ${first}-${want}`, true))
+          d.copy(data, at)
+          at += d.length
+          this.stats.bytes += d.length
+        })
+        res.on('end', () => {
+          if (settled) return
+          if (at !== len) return fail(new Attempt(`${this.name}: the answer ended after ${at} of ${len} bytes`, true))
+          settled = true
+          resolve({data, size})
+        })
+        res.on('error', (err) => fail(new Attempt(`${this.name}: ${netWhy(err)}`, true)))
+        res.on('aborted', () => fail(new Attempt(`${this.name}: the connection closed mid-answer`, true)))
+      })
+      req.setTimeout(idleMs, () => fail(new Attempt(`no data for ${(idleMs / 1000).toFixed(1)} s`, true)))
+      req.on('error', (err) => {
+        const code = (err as NodeJS.ErrnoException).code ?? ''
+        if (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO|ALTNAME/.test(code)) fail(new Attempt(`${this.name}: TLS: ${code} (${err.message})`, false))
+        else fail(new Attempt(netWhy(err), true))
+      })
+      req.end()
+    })
+  }
+
+  /** Remember the identity the first answer gave (unless pinned already). */
+  private pin(tag: {value: string; weak: boolean} | undefined, modified: string | undefined): void {
+    if (this.etag === undefined && this.weakEtag === undefined && tag) {
+      if (tag.weak) this.weakEtag = tag.value
+      else this.etag = tag.value
+    }
+    if (this.lastModified === undefined && modified) this.lastModified = modified
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.ahead?.clear()
+    this.agent.destroy()
+  }
+}
+
+function header(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v
+}
+
+function netWhy(err: Error): string {
+  const code = (err as NodeJS.ErrnoException).code
+  return code ? `${code}` : err.message
+}
+
+function displayLocation(loc: string, base: URL): string {
+  try {
+    return displayUrl(new URL(loc, base))
+  } catch {
+    return '(unreadable Location)'
+  }
+}
+
+function copyOut(b: Buffer, into: Buffer | undefined): Buffer {
+  if (into && into.length >= b.length) {
+    b.copy(into, 0)
+    return into.subarray(0, b.length)
+  }
+  return b
+}

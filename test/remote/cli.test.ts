@@ -1,0 +1,264 @@
+/**
+ * Remote images (docs/remote.md) through the real CLI against a real nginx this suite starts and stops
+ * (test/remote/nginx.ts): info, verify and extract over http:// and https:// give exactly what they give
+ * for the local file; a throwaway CA is trusted through NODE_EXTRA_CA_CERTS and only then; --header;
+ * 404, 401, a non-VDIMG object and an unreachable server are one line and a documented exit code; the
+ * server stopped in the middle of an extract fails it within --remote-timeout and leaves nothing. As root,
+ * an attach with the FUSE backend (the real kernel's FUSE client and loop driver) reads the local image's
+ * bytes, EIO at unreadable sectors; with the server stopped, reads fail with EIO within the timeout and
+ * work again once it is back; with the object replaced, reads fail with EIO (and a log line), never
+ * serving the new object's bytes.
+ */
+import * as assert from 'node:assert/strict'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {prng, runCli, sha256, textish, writeTruthMap} from '../helpers'
+import {IS_ROOT, Sandbox, readDirect} from '../sandbox'
+import {NGINX, Nginx} from './nginx'
+
+const MiB = 1 << 20
+const SIZE = 40 * MiB
+/** Unreadable areas of the original medium: one bad sector, and 64 KiB never tried. */
+const BAD = [
+  {offset: MiB + 512, length: 512},
+  {offset: 20 * MiB, length: 64 << 10},
+]
+
+/** The medium: compressible text (zstd chunks), random bytes (raw chunks), zeros, text. */
+function medium(seed: number): Buffer {
+  const b = Buffer.alloc(SIZE)
+  textish(seed, 10 * MiB).copy(b, 0)
+  prng(seed + 1, 10 * MiB).copy(b, 10 * MiB)
+  textish(seed + 2, 10 * MiB).copy(b, 30 * MiB)
+  return b
+}
+
+/** What the image reads as: the medium with its unreadable areas as zeros. */
+function logical(data: Buffer): Buffer {
+  const b = Buffer.from(data)
+  for (const r of BAD) b.fill(0, r.offset, r.offset + r.length)
+  return b
+}
+
+const lines = (s: string) => s.trim().split('\n').filter(Boolean)
+
+describe('remote images: the CLI against a real nginx (http, https)', function () {
+  this.timeout(180_000)
+  let sb: Sandbox
+  let nginx: Nginx
+  let data: Buffer
+  let local: string
+  let url: string
+
+  before(async function () {
+    if (!NGINX) this.skip()
+    sb = new Sandbox('vdev-remote-')
+    data = medium(11)
+    fs.writeFileSync(sb.p('medium.raw'), data)
+    writeTruthMap(sb.p('medium.map'), SIZE, BAD)
+    nginx = await Nginx.create(sb.p('nginx'))
+    local = path.join(nginx.www, 'disk.vdimg')
+    const c = await runCli(['create', sb.p('medium.raw'), local, '--mapfile', sb.p('medium.map'), '--meta', 'case=remote'])
+    assert.equal(c.code, 0, c.stderr)
+    fs.copyFileSync(local, path.join(nginx.www, 'private', 'disk.vdimg'))
+    fs.copyFileSync(local, sb.p('disk.vdimg.orig'))
+    fs.writeFileSync(path.join(nginx.www, 'notes.txt'), 'not an image\n'.repeat(100))
+    fs.writeFileSync(sb.p('other.raw'), medium(99))
+    const o = await runCli(['create', sb.p('other.raw'), sb.p('other.vdimg'), '--mapfile', sb.p('medium.map')])
+    assert.equal(o.code, 0, o.stderr)
+    await nginx.start()
+    url = `${nginx.url}/disk.vdimg`
+  })
+
+  after(async function () {
+    if (!sb) return
+    await nginx?.stop()
+    const left = await sb.teardown()
+    assert.deepEqual(left, [], 'left behind')
+  })
+
+  it('info --json over http:// is the local file\'s, but for the path', async () => {
+    const [r, l] = await Promise.all([runCli(['info', url, '--json']), runCli(['info', local, '--json'])])
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stderr, '')
+    const remote = JSON.parse(r.stdout)
+    const mine = JSON.parse(l.stdout)
+    assert.equal(remote.path, url)
+    delete remote.path
+    delete mine.path
+    assert.deepEqual(remote, mine)
+    assert.equal(remote.metadata.case, 'remote')
+    assert.ok(remote.chunks.zstd > 0 && remote.chunks.raw > 0 && remote.chunks.zero > 0, JSON.stringify(remote.chunks))
+    // Lazy opening: single-range GETs only, nothing like the whole object.
+    const gets = nginx.accessLog().filter((x) => x.includes('GET /disk.vdimg'))
+    assert.ok(gets.length > 0 && gets.every((x) => / 206 /.test(x)), gets.join('\n'))
+  })
+
+  it('verify over http:// checks every chunk and the media hash (exit 0); extract - gives the exact bytes', async () => {
+    const v = await runCli(['verify', url, '--json'])
+    assert.equal(v.code, 0, v.stderr)
+    const j = JSON.parse(v.stdout)
+    assert.equal(j.ok, true)
+    assert.equal(j.sha256.match, true)
+    const x = await runCli(['extract', url, '-'])
+    assert.equal(x.code, 0, x.stderr)
+    assert.ok(x.stdoutBuf.equals(logical(data)), 'extracted bytes differ from the medium')
+    assert.equal(sha256(x.stdoutBuf), j.sha256.recorded)
+  })
+
+  it('extract to a file with --mapfile-out: the same file and mapfile as from the local image, each stored byte fetched about once', async () => {
+    const mark = nginx.accessLog().length
+    const r = await runCli(['extract', url, sb.p('r.img'), '--mapfile-out', sb.p('r.map')])
+    assert.equal(r.code, 0, r.stderr)
+    const fetched = nginx
+      .accessLog()
+      .slice(mark)
+      .filter((x) => x.includes('GET /disk.vdimg'))
+      .reduce((n, x) => n + Number(x.split('" ')[1].split(' ')[1]), 0)
+    const stored = fs.statSync(local).size
+    assert.ok(fetched >= stored * 0.9 && fetched <= stored * 1.1 + (64 << 10), `${fetched} bytes fetched for ${stored} stored`)
+    const l = await runCli(['extract', local, sb.p('l.img'), '--mapfile-out', sb.p('l.map')])
+    assert.equal(l.code, 0, l.stderr)
+    assert.ok(fs.readFileSync(sb.p('r.img')).equals(fs.readFileSync(sb.p('l.img'))))
+    const body = (f: string) => lines(fs.readFileSync(f, 'utf8')).filter((x) => !x.startsWith('#'))
+    assert.deepEqual(body(sb.p('r.map')), body(sb.p('l.map')))
+  })
+
+  it('https:// with a throwaway CA: trusted through NODE_EXTRA_CA_CERTS, refused without it (exit 3, one line)', async () => {
+    const tls = `${nginx.tlsUrl}/disk.vdimg`
+    const ok = await runCli(['verify', tls, '--quick'], {env: {NODE_EXTRA_CA_CERTS: nginx.tls.ca}})
+    assert.equal(ok.code, 0, ok.stderr)
+    const no = await runCli(['info', tls], {env: {NODE_EXTRA_CA_CERTS: ''}})
+    assert.equal(no.code, 3)
+    assert.equal(lines(no.stderr).length, 1, no.stderr)
+    assert.match(no.stderr, /^vdev: https:\/\/127\.0\.0\.1:\d+\/disk\.vdimg: TLS: /)
+  })
+
+  it('--header adds a header: 401 without the token (exit 3), the image with it', async () => {
+    const priv = `${nginx.url}/private/disk.vdimg`
+    const no = await runCli(['info', priv])
+    assert.equal(no.code, 3)
+    assert.equal(lines(no.stderr).length, 1, no.stderr)
+    assert.match(no.stderr, /access denied \(HTTP 401\)/)
+    const yes = await runCli(['verify', priv, '--quick', '--header', `Authorization: Bearer ${nginx.token}`])
+    assert.equal(yes.code, 0, yes.stderr)
+    const bad = await runCli(['info', priv, '--header', 'no colon here'])
+    assert.equal(bad.code, 2)
+  })
+
+  it('a missing object (exit 3), a non-VDIMG object (exit 4), an unreachable server (exit 3 within --remote-timeout): one line each', async () => {
+    const missing = await runCli(['info', `${nginx.url}/nope.vdimg`])
+    assert.equal(missing.code, 3)
+    assert.deepEqual(lines(missing.stderr), [`vdev: ${nginx.url}/nope.vdimg: not found (HTTP 404)`])
+    const notImage = await runCli(['verify', `${nginx.url}/notes.txt`])
+    assert.equal(notImage.code, 4)
+    assert.equal(lines(notImage.stderr).length, 1, notImage.stderr)
+    assert.match(notImage.stderr, /notes\.txt: not a VDIMG image \(bad magic\)/)
+    const t0 = Date.now()
+    const down = await runCli(['extract', 'http://127.0.0.1:9/x.vdimg', '-', '--remote-timeout', '2'])
+    assert.equal(down.code, 3)
+    assert.equal(lines(down.stderr).length, 1, down.stderr)
+    assert.match(down.stderr, /no answer within 2 s \(ECONNREFUSED\)/)
+    assert.ok(Date.now() - t0 < 15_000, `took ${Date.now() - t0} ms`)
+  })
+
+  it('the server stopped in the middle of an extract: exit 3 within --remote-timeout, nothing left behind', async () => {
+    const out = sb.p('stopped')
+    fs.mkdirSync(out)
+    const x = runCli(['extract', `${nginx.url}/slow/disk.vdimg`, path.join(out, 'disk.img'), '--remote-timeout', '2'])
+    await new Promise((r) => setTimeout(r, 2500))
+    await nginx.stop()
+    const t0 = Date.now()
+    const r = await x
+    const ms = Date.now() - t0
+    await nginx.start()
+    assert.equal(r.code, 3, r.stderr)
+    assert.equal(lines(r.stderr).length, 1, r.stderr)
+    assert.match(r.stderr, /no answer within 2 s/)
+    assert.ok(ms < 12_000, `extract ended ${ms} ms after the server stopped`)
+    assert.deepEqual(fs.readdirSync(out), [])
+  })
+
+  describe('attached with the FUSE backend (the kernel\'s FUSE client and loop driver)', function () {
+    let dev = ''
+    let id = ''
+
+    before(async function () {
+      if (!IS_ROOT) this.skip()
+      const r = await sb.vdev(['attach', url, '--backend', 'fuse', '--json', '--remote-timeout', '2'])
+      assert.equal(r.code, 0, r.stderr)
+      const j = JSON.parse(r.stdout)
+      sb.trackPid(j.pid)
+      dev = j.device
+      id = j.id
+      assert.equal(j.image, url)
+    })
+
+    after(async function () {
+      if (!id) return
+      const r = await sb.vdev(['detach', id])
+      assert.equal(r.code, 0, r.stderr)
+    })
+
+    const log = () => fs.readFileSync(path.join(sb.stateDir, 'logs', `${id}.log`), 'utf8')
+    const touchesBad = (o: number, l: number) => BAD.some((b) => b.offset < o + l && o < b.offset + b.length)
+
+    it('reads the local image\'s bytes, every MiB of it; EIO at exactly the unreadable sectors', async () => {
+      for (let o = 0; o < SIZE; o += MiB) {
+        if (touchesBad(o, MiB)) continue
+        const r = await readDirect(dev, o, MiB)
+        assert.equal(r.code, 0, `read at ${o}: ${r.stderr}`)
+        assert.ok(r.stdout.equals(data.subarray(o, o + MiB)), `bytes at ${o}`)
+      }
+      for (const b of BAD) {
+        const bad = await readDirect(dev, b.offset, 512)
+        assert.notEqual(bad.code, 0, `bad sector at ${b.offset} read`)
+        assert.match(bad.stderr, /Input\/output error/)
+        const before = await readDirect(dev, b.offset - 512, 512)
+        assert.equal(before.code, 0, before.stderr)
+        assert.ok(before.stdout.equals(data.subarray(b.offset - 512, b.offset)))
+      }
+      // The entry the registry keeps names the URL; list shows it.
+      const l = await sb.vdev(['list', '--json'])
+      assert.equal(l.code, 0, l.stderr)
+      assert.equal(JSON.parse(l.stdout)[0].image, url)
+    })
+
+    it('the server stopped: reads fail with EIO within --remote-timeout; once it is back, the same device reads again', async () => {
+      await nginx.stop()
+      const t0 = Date.now()
+      // Far from anything read lately (no read-ahead window covers it), chunks no thread has cached.
+      const r = await readDirect(dev, 12 * MiB + 4096, 4096)
+      const ms = Date.now() - t0
+      assert.notEqual(r.code, 0, 'read with the server stopped succeeded')
+      assert.match(r.stderr, /Input\/output error/)
+      assert.ok(ms < 15_000, `the failed read took ${ms} ms`)
+      await nginx.start()
+      const again = await readDirect(dev, 12 * MiB + 4096, 4096)
+      assert.equal(again.code, 0, again.stderr)
+      assert.ok(again.stdout.equals(data.subarray(12 * MiB + 4096, 12 * MiB + 8192)))
+      assert.match(log(), /no answer within 2 s/)
+    })
+
+    it('the object replaced while attached: EIO and a log line, never the new object\'s bytes', async () => {
+      const www = path.join(nginx.www, 'disk.vdimg')
+      fs.copyFileSync(sb.p('other.vdimg'), www + '.new')
+      const later = new Date(fs.statSync(www).mtimeMs + 100_000)
+      fs.utimesSync(www + '.new', later, later)
+      fs.renameSync(www + '.new', www)
+      const other = fs.readFileSync(sb.p('other.raw'))
+      for (const o of [2 * MiB, 6 * MiB, 33 * MiB]) {
+        const r = await readDirect(dev, o, 65536)
+        if (r.code === 0) {
+          // Only what a thread still had cached from before may be served: the old object's bytes.
+          assert.ok(r.stdout.equals(data.subarray(o, o + 65536)), `read at ${o} served bytes of neither version`)
+          assert.ok(!r.stdout.equals(other.subarray(o, o + 65536)), `read at ${o} served the new object`)
+        } else assert.match(r.stderr, /Input\/output error/)
+      }
+      const r = await readDirect(dev, 8 * MiB, 65536)
+      assert.notEqual(r.code, 0, 'a read after the replacement succeeded')
+      assert.match(log(), /the object changed since it was opened/)
+      fs.copyFileSync(sb.p('disk.vdimg.orig'), www)
+    })
+  })
+})

@@ -1,0 +1,181 @@
+/**
+ * The HTTP layer of remote images (src/remote) in process, against a real nginx (test/remote/nginx.ts),
+ * counting the GETs nginx logs: concurrent reads of one range share one GET; a sequential stream grows
+ * its read-ahead window from 1 MiB up to 8 MiB and a seek starts it again; random reads fetch just what
+ * they need; the object is pinned (a replaced object fails every later read, even one of the same size);
+ * a server that accepts and never answers, or answers 503, fails a read within the timeout; serving
+ * threads read through the link exactly what the owner reads. And the two header parsers.
+ */
+import * as assert from 'node:assert/strict'
+import * as fs from 'node:fs'
+import * as net from 'node:net'
+import * as path from 'node:path'
+import {Worker} from 'node:worker_threads'
+import {VdevError} from '../../src/core/errors'
+import {HttpObject} from '../../src/remote/http'
+import {parseContentRange, parseEntityTag} from '../../src/remote/content-range'
+import {INITIAL_WINDOW, MAX_WINDOW} from '../../src/remote/readahead'
+import {prng, tmpDir} from '../helpers'
+import {NGINX, Nginx} from './nginx'
+
+const MiB = 1 << 20
+
+describe('remote: Content-Range and ETag parsing', () => {
+  it('accepts what RFC 9110 allows and nothing else', () => {
+    assert.deepEqual(parseContentRange('bytes 0-255/1000'), {first: 0, last: 255, complete: 1000})
+    assert.deepEqual(parseContentRange('bytes 10-19/*'), {first: 10, last: 19, complete: undefined})
+    assert.deepEqual(parseContentRange('bytes */0'), {complete: 0})
+    for (const bad of [undefined, '', 'bytes 5-4/10', 'bytes 0-10/10', 'bytes */*', 'items 0-1/2', 'bytes 0-1/2 x', 'bytes -1-2/3', 'bytes 0-99999999999999999/1', `bytes 0-1/${'9'.repeat(20)}`])
+      assert.equal(parseContentRange(bad), undefined, String(bad))
+    assert.deepEqual(parseEntityTag('"abc-12"'), {value: '"abc-12"', weak: false})
+    assert.deepEqual(parseEntityTag('W/"x"'), {value: 'W/"x"', weak: true})
+    for (const bad of [undefined, 'abc', '"a"b"', '"unterminated', 'W/x']) assert.equal(parseEntityTag(bad), undefined, String(bad))
+  })
+})
+
+describe('remote: the HTTP layer against a real nginx', function () {
+  this.timeout(120_000)
+  let t: {dir: string; cleanup: () => void}
+  let nginx: Nginx
+  let data: Buffer
+  const SIZE = 24 * MiB
+
+  before(async function () {
+    if (!NGINX) this.skip()
+    t = tmpDir('vdev-remote-http-')
+    nginx = await Nginx.create(path.join(t.dir, 'nginx'))
+    data = prng(5, SIZE)
+    fs.writeFileSync(path.join(nginx.www, 'blob'), data)
+    await nginx.start()
+  })
+
+  after(async function () {
+    await nginx?.stop()
+    t?.cleanup()
+  })
+
+  /** GETs nginx logged for `name` since `from` (a count of log lines), with the bytes each sent. */
+  const gets = (name: string, from: number) =>
+    nginx
+      .accessLog()
+      .slice(from)
+      .filter((l) => l.includes(`"GET /${name} `))
+      .map((l) => ({status: Number(l.split('" ')[1].split(' ')[0]), bytes: Number(l.split('" ')[1].split(' ')[1])}))
+
+  it('opening is one GET of the first 64 KiB; concurrent reads of one range share one GET', async () => {
+    const mark = nginx.accessLog().length
+    const o = await HttpObject.open(`${nginx.url}/blob`, {readAhead: false})
+    try {
+      assert.equal(o.size, SIZE)
+      assert.deepEqual(gets('blob', mark), [{status: 206, bytes: 64 << 10}])
+      const all = await Promise.all(Array.from({length: 8}, () => o.read(300_000, 5 * MiB)))
+      for (const b of all) assert.ok(b.equals(data.subarray(5 * MiB, 5 * MiB + 300_000)))
+      assert.equal(gets('blob', mark).length, 2, 'eight concurrent reads of one range: one GET')
+    } finally {
+      await o.close()
+    }
+  })
+
+  it('read-ahead: a sequential stream fetches windows growing from 1 MiB to 8 MiB; a seek fetches just what it reads and restarts at 1 MiB', async () => {
+    const o = await HttpObject.open(`${nginx.url}/blob`)
+    const mark = nginx.accessLog().length
+    try {
+      const piece = 64 << 10
+      for (let at = MiB; at < 21 * MiB; at += piece) {
+        const b = await o.read(piece, at)
+        assert.ok(b.equals(data.subarray(at, at + piece)), `bytes at ${at}`)
+      }
+      const seq = gets('blob', mark)
+      // 320 reads: the first alone, then windows of 1, 2, 4, 8, 8 MiB (the last ahead of the stream).
+      assert.ok(seq.length <= 8, `${seq.length} GETs for a 20 MiB sequential stream: ${JSON.stringify(seq)}`)
+      assert.equal(seq[0].bytes, piece)
+      assert.equal(seq[1].bytes, INITIAL_WINDOW)
+      assert.equal(Math.max(...seq.map((g) => g.bytes)), MAX_WINDOW)
+      // A seek: only what it reads; the stream that follows starts at 1 MiB again.
+      const m2 = nginx.accessLog().length
+      const b = await o.read(4096, 2 * MiB + 12345)
+      assert.ok(b.equals(data.subarray(2 * MiB + 12345, 2 * MiB + 12345 + 4096)))
+      await o.read(4096, 2 * MiB + 12345 + 4096)
+      assert.deepEqual(gets('blob', m2).map((g) => g.bytes), [4096, INITIAL_WINDOW])
+    } finally {
+      await o.close()
+    }
+  })
+
+  it('the object is pinned: replaced by one of the same size, every later read fails (EIO), none returns its bytes', async () => {
+    const file = path.join(nginx.www, 'pinned')
+    fs.writeFileSync(file, data.subarray(0, 4 * MiB))
+    const o = await HttpObject.open(`${nginx.url}/pinned`, {readAhead: false})
+    try {
+      assert.ok((await o.read(4096, MiB)).equals(data.subarray(MiB, MiB + 4096)))
+      fs.writeFileSync(file + '.new', prng(77, 4 * MiB))
+      const later = new Date(fs.statSync(file).mtimeMs + 10_000)
+      fs.utimesSync(file + '.new', later, later)
+      fs.renameSync(file + '.new', file)
+      for (const at of [2 * MiB, MiB]) {
+        await assert.rejects(o.read(4096, at), (e: unknown) => e instanceof VdevError && e.code === 'io' && /the object changed since it was opened/.test(e.message))
+      }
+    } finally {
+      await o.close()
+    }
+  })
+
+  it('a server that accepts and never answers, or answers 503: the read fails within its timeout, after retries', async () => {
+    const held: net.Socket[] = []
+    const mute = net.createServer((s) => held.push(s))
+    await new Promise<void>((r) => mute.listen(0, '127.0.0.1', () => r()))
+    const port = (mute.address() as net.AddressInfo).port
+    try {
+      const t0 = Date.now()
+      await assert.rejects(HttpObject.open(`http://127.0.0.1:${port}/x`, {timeoutMs: 1500}), /no answer within 1\.5 s \(no data for/)
+      const ms = Date.now() - t0
+      assert.ok(ms >= 1400 && ms < 5000, `${ms} ms`)
+    } finally {
+      for (const s of held) s.destroy()
+      mute.close()
+    }
+  })
+
+  it('serving threads read through the link: the same bytes, one GET per range for all of them', async () => {
+    // Through /slow/ (512 KiB/s) a GET lasts long enough for the three threads' reads to meet.
+    const o = await HttpObject.open(`${nginx.url}/slow/blob`, {readAhead: false})
+    const mark = nginx.accessLog().length
+    const workers: Worker[] = []
+    const barrier = new Int32Array(new SharedArrayBuffer(4))
+    try {
+      const results = await Promise.all(
+        [0, 1, 2].map((i) => {
+          const link = o.offerLink()
+          const code = `
+            const {workerData, parentPort} = require('node:worker_threads')
+            const {LinkedRanges} = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'remote', 'link.js'))})
+            const r = new LinkedRanges(workerData.link)
+            Atomics.add(workerData.barrier, 0, 1)
+            while (Atomics.load(workerData.barrier, 0) < 3) Atomics.wait(workerData.barrier, 0, Atomics.load(workerData.barrier, 0), 10)
+            const a = r.readSync(100000, ${7 * MiB})
+            const b = r.readSync(5000, ${9 * MiB + i})
+            let err = ''
+            try { r.readSync(10, r.size) } catch (e) { err = e.code + ': ' + e.message }
+            parentPort.postMessage({a, b, err, size: r.size})`
+          const w = new Worker(code, {eval: true, workerData: {link: link.value, barrier}, transferList: link.transfer})
+          workers.push(w)
+          return new Promise<{a: Uint8Array; b: Uint8Array; err: string; size: number}>((resolve, reject) => {
+            w.once('message', resolve)
+            w.once('error', reject)
+          })
+        }),
+      )
+      results.forEach((r, i) => {
+        assert.equal(r.size, SIZE)
+        assert.ok(Buffer.from(r.a).equals(data.subarray(7 * MiB, 7 * MiB + 100000)))
+        assert.ok(Buffer.from(r.b).equals(data.subarray(9 * MiB + i, 9 * MiB + i + 5000)))
+        assert.match(r.err, /^format: .*unexpected end of file/)
+      })
+      const g = gets('slow/blob', mark)
+      assert.equal(g.filter((x) => x.bytes === 100000).length, 1, `three threads, one range: ${JSON.stringify(g)}`)
+    } finally {
+      await Promise.all(workers.map((w) => w.terminate()))
+      await o.close()
+    }
+  })
+})
