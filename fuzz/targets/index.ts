@@ -1,5 +1,6 @@
 /** Every fuzz target, by name (the order `npm run fuzz` runs them in). */
 import type {Target} from '../harness'
+import {httpTarget} from './http'
 import {imageTarget} from './image'
 import {iscsiTarget} from './iscsi'
 import {mapfileTarget} from './mapfile'
@@ -14,4 +15,5 @@ export const TARGETS: Record<string, Target> = {
   nfs: nfsTarget,
   iscsi: iscsiTarget,
   overlay: overlayTarget,
+  http: httpTarget,
 }

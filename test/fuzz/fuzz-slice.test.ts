@@ -6,6 +6,7 @@
  */
 import {strict as assert} from 'node:assert'
 import {runTarget} from '../../fuzz/harness'
+import {httpTarget} from '../../fuzz/targets/http'
 import {imageTarget} from '../../fuzz/targets/image'
 import {mapfileTarget} from '../../fuzz/targets/mapfile'
 import {nbdTarget} from '../../fuzz/targets/nbd'
@@ -25,6 +26,7 @@ const SLICE = [
   {target: nbdTarget, iterations: 500},
   // Two in five nfs cases start a read-write server over a fresh overlay (slower): 250 take what 400 read-only ones did.
   {target: nfsTarget, iterations: 250},
+  {target: httpTarget, iterations: 150},
 ]
 
 describe('fuzz slice (fixed seed)', function () {
