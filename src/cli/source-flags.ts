@@ -5,7 +5,8 @@
  */
 import {Flags} from '@oclif/core'
 import {VdevError} from '../core/errors'
-import type {ImageFormat, SourceArgs} from '../sources'
+import {defaultCacheDir} from '../remote/cache'
+import type {ImageFormat, RemoteArgs, SourceArgs} from '../sources'
 
 /** How a remote image (http:// or https://) is read: every command that takes an image has them. */
 export const remoteFlags = {
@@ -19,6 +20,19 @@ export const remoteFlags = {
     min: 1,
     max: 60,
   }),
+  cache: Flags.string({
+    description: 'a remote image: keep fetched bytes in this directory, shared by every vdev process (default: $XDG_CACHE_HOME/vdev or ~/.cache/vdev); "none": no cache',
+  }),
+  'cache-size': Flags.string({description: 'a remote image: most bytes the cache directory holds (e.g. 512M, 10G; default 10G)'}),
+}
+
+/** "10G", "512M", "4096": bytes; a malformed size is a usage error. */
+export function parseSize(v: string, flag: string): number {
+  const m = /^([0-9]+)([KMGT]?)(?:i?B)?$/i.exec(v.trim())
+  if (!m) throw new VdevError('usage', `${flag} ${JSON.stringify(v)}: expected a size such as 512M or 10G`)
+  const n = Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase())
+  if (!Number.isSafeInteger(n) || n < 1 << 20) throw new VdevError('usage', `${flag} ${v}: at least 1M`)
+  return n
 }
 
 export const sourceFlags = {
@@ -49,10 +63,18 @@ export function parseHeaders(values: string[] | undefined): Record<string, strin
   return out
 }
 
-export function remoteArgs(flags: {header?: string[]; 'remote-timeout'?: number}): Pick<SourceArgs, 'headers' | 'timeoutMs'> {
-  return {headers: parseHeaders(flags.header), timeoutMs: flags['remote-timeout'] !== undefined ? flags['remote-timeout'] * 1000 : undefined}
+type RemoteFlagValues = {header?: string[]; 'remote-timeout'?: number; cache?: string; 'cache-size'?: string}
+
+export function remoteArgs(flags: RemoteFlagValues): RemoteArgs {
+  const cache = flags.cache ?? defaultCacheDir()
+  return {
+    headers: parseHeaders(flags.header),
+    timeoutMs: flags['remote-timeout'] !== undefined ? flags['remote-timeout'] * 1000 : undefined,
+    cacheDir: cache === 'none' ? undefined : cache,
+    cacheBytes: flags['cache-size'] !== undefined ? parseSize(flags['cache-size'], '--cache-size') : undefined,
+  }
 }
 
-export function sourceArgs(flags: {mapfile?: string; format?: string; 'sector-size'?: number; header?: string[]; 'remote-timeout'?: number}): SourceArgs {
+export function sourceArgs(flags: {mapfile?: string; format?: string; 'sector-size'?: number} & RemoteFlagValues): SourceArgs {
   return {format: (flags.format ?? 'auto') as ImageFormat, mapfile: flags.mapfile, sectorSize: flags['sector-size'], ...remoteArgs(flags)}
 }

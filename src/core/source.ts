@@ -61,6 +61,16 @@ export interface WriteOptions {
   fua?: boolean
 }
 
+/** What a source whose bytes are remote fetched: GETs sent (retries included), bytes received, retries. */
+export interface FetchStats {
+  requests: number
+  bytes: number
+  retries: number
+  /** With a local cache of the remote bytes: reads it answered, and reads it did not. */
+  cacheHits?: number
+  cacheMisses?: number
+}
+
 export interface CacheStats {
   hits: number
   misses: number
@@ -91,6 +101,8 @@ export interface BlockSource {
   extents?(offset: number, length: number): Promise<Extent[]>
   /** Cache hits and misses of a source that caches decoded data. */
   cacheStats?(): CacheStats
+  /** What a remote source fetched so far (on the instance that does the fetching); undefined for local ones. */
+  fetchStats?(): FetchStats | undefined
   /**
    * True for a source that takes writes (the overlay, src/layers/overlay.ts; docs/OVERLAY.md). The overlay
    * has one owner, the instance that opened it; serving threads open a view that calls the owner

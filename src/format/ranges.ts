@@ -7,6 +7,7 @@
 import * as fs from 'node:fs'
 import type {TransferListItem} from 'node:worker_threads'
 import {VdevError, ioError} from '../core/errors'
+import type {FetchStats} from '../core/source'
 import {blockDeviceSize} from '../sys/blockdev'
 import {preadExact, preadExactSync} from './pread'
 
@@ -34,6 +35,8 @@ export interface ByteRanges {
    * serving thread needs to read them through this instance (src/remote/link.ts), and what to transfer.
    */
   offerLink?(): {value: unknown; transfer: TransferListItem[]}
+  /** What was fetched so far (remote bytes). */
+  readonly stats?: FetchStats
   close(): Promise<void>
 }
 

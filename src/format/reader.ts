@@ -7,7 +7,7 @@
  */
 import * as path from 'node:path'
 import {VdevError} from '../core/errors'
-import type {BlockSource, Extent, ReadResult, SourceDescriptor, ThreadLink} from '../core/source'
+import type {BlockSource, Extent, FetchStats, ReadResult, SourceDescriptor, ThreadLink} from '../core/source'
 import {WorkerPool} from '../core/workerpool'
 import {BadAreaMap} from './badmap'
 import {ChunkCache} from './chunk-cache'
@@ -348,6 +348,12 @@ export class VdimgImage implements BlockSource {
     const bad = this.badAreas.intersect(offset, length)
     for (const r of bad) out.fill(0, r.offset - offset, r.offset - offset + r.length)
     return bad
+  }
+
+  /** What a remote image's bytes cost so far (GETs, bytes, retries); undefined for a local file. */
+  fetchStats(): FetchStats | undefined {
+    const s = this.ranges.stats
+    return s ? {...s} : undefined
   }
 
   /** Cache hits and misses, bytes held, and how many misses decoded only a prefix of their chunk. */

@@ -190,6 +190,8 @@ export function sourceFlags(d: SourceDescriptor): string[] {
   if (typeof o.mapfile === 'string') out.push('--mapfile', o.mapfile)
   if (typeof o.sectorSize === 'number') out.push('--sector-size', String(o.sectorSize))
   if (typeof o.timeoutMs === 'number') out.push('--remote-timeout', String(Math.round(o.timeoutMs / 1000)))
+  if (isRemote(d.path)) out.push('--cache', typeof o.cacheDir === 'string' ? o.cacheDir : 'none')
+  if (typeof o.cacheBytes === 'number') out.push('--cache-size', String(o.cacheBytes))
   return out
 }
 

@@ -15,7 +15,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {BlockServer, type BadPolicy, type BlockStats, type WriteStats} from '../core/blockserver'
 import {VdevError} from '../core/errors'
-import type {BlockSource, SourceDescriptor} from '../core/source'
+import type {BlockSource, FetchStats, SourceDescriptor} from '../core/source'
 import {isRemote} from '../remote/http'
 import type {AttachedDevice, Backend} from '../core/backend'
 import {backendNames, loadBackend} from '../core/backends'
@@ -56,6 +56,8 @@ export interface DeviceStats {
   writeBytes?: number
   flushes?: number
   writeErrors?: number
+  /** A remote image: GETs sent (retries included), bytes received and retries (docs/remote.md). */
+  fetched?: FetchStats
   /** When these counters were read (ISO time). */
   at: string
 }
@@ -71,11 +73,11 @@ export function asVdevError(err: unknown): VdevError {
   return new VdevError('internal', (err as Error)?.message ?? String(err))
 }
 
-function writeStats(file: string, server: BlockServer): void {
+function writeStats(file: string, server: BlockServer, fetched: FetchStats | undefined): void {
   const st = server.stats
   const w = server.writeStats
   const writes = server.writable ? {writes: w.writes + w.zeroes + w.trims, writeBytes: w.writeBytes, flushes: w.flushes, writeErrors: w.writeErrors} : {}
-  const s: DeviceStats = {reads: st.reads, bytes: st.bytes, errors: st.errors, badReads: st.badReads, ...writes, at: new Date().toISOString()}
+  const s: DeviceStats = {reads: st.reads, bytes: st.bytes, errors: st.errors, badReads: st.badReads, ...writes, ...(fetched ? {fetched} : {}), at: new Date().toISOString()}
   const tmp = `${file}.${process.pid}.tmp`
   try {
     fs.writeFileSync(tmp, JSON.stringify(s) + '\n', {mode: 0o600})
@@ -189,6 +191,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
       },
     })
     const srv = server
+    const src = source
     log(
       `serving ${image} (${opts.source.kind}${typeof opts.source.options?.mapfile === 'string' ? `, map ${opts.source.options.mapfile}` : ''}): ` +
         `${source.size} bytes, sector size ${source.sectorSize}, bad areas → ${opts.badPolicy === 'zero' ? 'zeros' : 'EIO'}, ` +
@@ -210,16 +213,17 @@ export async function serve(opts: ServeOptions): Promise<number> {
     writeEntry(entry)
     const statsFile = statsFileOf(id)
     let last = ''
+    const fetched = (): FetchStats | undefined => src.fetchStats?.()
     publish = () => {
       const st = srv.stats
       const w = srv.writeStats
-      const key = `${st.reads}/${st.errors}/${w.writes}/${w.zeroes}/${w.trims}/${w.flushes}`
+      const key = `${st.reads}/${st.errors}/${w.writes}/${w.zeroes}/${w.trims}/${w.flushes}/${fetched()?.requests}`
       if (key === last) return
       last = key
-      writeStats(statsFile, srv)
+      writeStats(statsFile, srv, fetched())
     }
-    writeStats(statsFile, srv)
-    onStatsRequest = () => writeStats(statsFile, srv)
+    writeStats(statsFile, srv, fetched())
+    onStatsRequest = () => writeStats(statsFile, srv, fetched())
     timer = setInterval(publish, STATS_PERIOD_MS)
     timer.unref()
     log(`ready: ${attached.device}${attached.partitions.length ? ` (partitions ${attached.partitions.join(' ')})` : ''}`)
@@ -230,7 +234,8 @@ export async function serve(opts: ServeOptions): Promise<number> {
     const t0 = Date.now()
     await attached.detach()
     clearInterval(timer)
-    log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats, server.writable ? server.writeStats : undefined)}`)
+    const f = source.fetchStats?.()
+    log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats, server.writable ? server.writeStats : undefined)}${f ? `; fetched ${f.bytes} bytes in ${f.requests} GETs (${f.retries} retries)` : ''}`)
     // An overlay's close makes everything written durable (fdatasync) before the device is gone for good.
     await source.close()
     removeEntry(id)

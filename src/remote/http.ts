@@ -21,10 +21,12 @@ import * as http from 'node:http'
 import * as https from 'node:https'
 import type {TransferListItem} from 'node:worker_threads'
 import {VdevError, type ErrorCode} from '../core/errors'
+import type {FetchStats} from '../core/source'
 import type {ByteRanges} from '../format/ranges'
 import {parseContentRange, parseEntityTag} from './content-range'
 import {offerLink, type RangesLink} from './link'
 import {ReadAhead} from './readahead'
+import {DEFAULT_CACHE_BYTES, RangeCache} from './cache'
 
 export interface RemoteOptions {
   /** Extra request headers (a bearer token …), sent with every GET. */
@@ -37,6 +39,10 @@ export interface RemoteOptions {
   size?: number
   /** Read-ahead for sequential reads (default on). */
   readAhead?: boolean
+  /** Keep fetched ranges in this directory (cache.ts); absent: no cache. */
+  cacheDir?: string
+  /** Bound of the whole cache directory, in bytes (default 10 GiB). */
+  cacheBytes?: number
 }
 
 export const DEFAULT_TIMEOUT_MS = 30_000
@@ -65,16 +71,10 @@ class Attempt extends Error {
   }
 }
 
-export interface RemoteStats {
-  /** GETs sent (retries included) and body bytes received. */
-  requests: number
-  bytes: number
-  retries: number
-}
-
 export class HttpObject implements ByteRanges {
   readonly synchronous = false
-  readonly stats: RemoteStats = {requests: 0, bytes: 0, retries: 0}
+  private readonly fetched = {requests: 0, bytes: 0, retries: 0}
+  private cache: RangeCache | undefined
   private readonly agent: http.Agent
   private readonly client: typeof http | typeof https
   private readonly timeoutMs: number
@@ -113,6 +113,12 @@ export class HttpObject implements ByteRanges {
     if (opts.readAhead ?? true) this.ahead = new ReadAhead((len, pos) => this.fetch(len, pos), () => this.size)
   }
 
+  /** GETs, bytes and retries so far; with a cache, its hits and misses. */
+  get stats(): FetchStats {
+    const c = this.cache?.stats
+    return {...this.fetched, ...(c ? {cacheHits: c.hits, cacheMisses: c.misses} : {})}
+  }
+
   /** What a serving thread needs to read this same object (src/sources, link.ts). */
   get reopen(): Record<string, string | number | boolean> {
     const o: Record<string, string | number | boolean> = {size: this.size, timeoutMs: this.timeoutMs}
@@ -148,6 +154,8 @@ export class HttpObject implements ByteRanges {
     if (this.opts.size !== undefined && this.opts.size !== r.size)
       throw this.changedError(`its size is ${r.size} bytes, not the ${this.opts.size} it had when it was opened`)
     this.probe = {pos: 0, data: r.data}
+    if (this.opts.cacheDir)
+      this.cache = RangeCache.open(this.opts.cacheDir, {url: this.name, tag: this.etag ?? this.weakEtag ?? this.lastModified, size: this.size}, this.opts.cacheBytes ?? DEFAULT_CACHE_BYTES)
   }
 
   read(len: number, pos: number, into?: Buffer): Promise<Buffer> {
@@ -158,8 +166,13 @@ export class HttpObject implements ByteRanges {
       return Promise.reject(new VdevError('format', `${this.name}: unexpected end of file at byte ${this.size} (truncated?)`))
     const p = this.probe
     if (p && pos >= p.pos && pos + len <= p.pos + p.data.length) return Promise.resolve(copyOut(Buffer.from(p.data.subarray(pos - p.pos, pos - p.pos + len)), into))
-    if (this.ahead) return this.ahead.read(len, pos).then((b) => copyOut(b, into))
-    return this.fetch(len, pos).then((b) => copyOut(b, into))
+    const cache = this.cache
+    const hit = cache?.get(pos, len)
+    if (hit) return Promise.resolve(copyOut(hit, into))
+    return (this.ahead ? this.ahead.read(len, pos) : this.fetch(len, pos)).then((b) => {
+      cache?.put(pos, b)
+      return copyOut(b, into)
+    })
   }
 
   /** A serving thread's link: its reads are fetched here (link.ts). */
@@ -202,7 +215,7 @@ export class HttpObject implements ByteRanges {
         const wait = Math.random() * Math.min(2000, 100 * 2 ** n)
         if (Date.now() + wait >= deadline)
           throw new VdevError('io', `${this.name}: bytes ${first}-${last}: no answer within ${this.timeoutMs / 1000} s (${err.message})`)
-        this.stats.retries++
+        this.fetched.retries++
         await new Promise((resolve) => setTimeout(resolve, wait))
       }
     }
@@ -223,7 +236,7 @@ export class HttpObject implements ByteRanges {
     const headers: Record<string, string> = {...this.headers, range: `bytes=${first}-${last}`, 'accept-encoding': 'identity'}
     if (this.etag) headers['if-match'] = this.etag
     else if (this.lastModified) headers['if-unmodified-since'] = this.lastModified
-    this.stats.requests++
+    this.fetched.requests++
     return new Promise((resolve, reject) => {
       let settled = false
       const fail = (e: Attempt): void => {
@@ -290,7 +303,7 @@ export class HttpObject implements ByteRanges {
           if (at + d.length > len) return fail(new Attempt(`${this.name}: more bytes than the ${len} of bytes ${first}-${want}`, true))
           d.copy(data, at)
           at += d.length
-          this.stats.bytes += d.length
+          this.fetched.bytes += d.length
         })
         res.on('end', () => {
           if (settled) return

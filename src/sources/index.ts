@@ -62,6 +62,8 @@ export function remoteOptions(o: SourceDescriptor['options'] = {}): RemoteOption
   if (typeof o.etag === 'string') r.etag = o.etag
   if (typeof o.lastModified === 'string') r.lastModified = o.lastModified
   if (typeof o.size === 'number') r.size = o.size
+  if (typeof o.cacheDir === 'string') r.cacheDir = o.cacheDir
+  if (typeof o.cacheBytes === 'number') r.cacheBytes = o.cacheBytes
   return r
 }
 
@@ -69,9 +71,9 @@ export function remoteOptions(o: SourceDescriptor['options'] = {}): RemoteOption
  * Open a VDIMG image for a command (info, verify, extract): a local path, or an http(s):// URL with the
  * remote options of `a` (--header, --remote-timeout).
  */
-export async function openVdimg(location: string, a: Pick<SourceArgs, 'headers' | 'timeoutMs'> = {}, opts: OpenOptions = {}): Promise<VdimgImage> {
+export async function openVdimg(location: string, a: RemoteArgs = {}, opts: OpenOptions = {}): Promise<VdimgImage> {
   let from: string | ByteRanges = location
-  if (isRemote(location)) from = await HttpObject.open(location, {headers: a.headers, timeoutMs: a.timeoutMs})
+  if (isRemote(location)) from = await HttpObject.open(location, {headers: a.headers, timeoutMs: a.timeoutMs, cacheDir: a.cacheDir, cacheBytes: a.cacheBytes})
   return openImage(from, opts)
 }
 
@@ -87,7 +89,12 @@ export interface SourceArgs {
   /** A remote image: extra request headers (--header) and how long one read may take (--remote-timeout). */
   headers?: Record<string, string>
   timeoutMs?: number
+  /** A remote image: where to cache fetched bytes (--cache; undefined: none) and its bound (--cache-size). */
+  cacheDir?: string
+  cacheBytes?: number
 }
+
+export type RemoteArgs = Pick<SourceArgs, 'headers' | 'timeoutMs' | 'cacheDir' | 'cacheBytes'>
 
 /**
  * What the user named on the command line, as a descriptor. A VDIMG image is recognised by its magic;
@@ -101,6 +108,8 @@ export function describeSource(image: string, a: SourceArgs = {}): SourceDescrip
     const options: Record<string, string | number> = {}
     if (a.headers && Object.keys(a.headers).length) options.headers = JSON.stringify(a.headers)
     if (a.timeoutMs !== undefined) options.timeoutMs = a.timeoutMs
+    if (a.cacheDir !== undefined) options.cacheDir = path.resolve(a.cacheDir)
+    if (a.cacheBytes !== undefined) options.cacheBytes = a.cacheBytes
     return {kind: 'vdimg', path: image, options}
   }
   if (a.headers && Object.keys(a.headers).length) throw new VdevError('usage', '--header goes with an http:// or https:// image')

@@ -68,9 +68,12 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
     assert.equal(o.code, 0, o.stderr)
     await nginx.start()
     url = `${nginx.url}/disk.vdimg`
+    // The default cache directory ($XDG_CACHE_HOME/vdev) of every command run here is the sandbox's.
+    process.env.XDG_CACHE_HOME = sb.p('cache-home')
   })
 
   after(async function () {
+    delete process.env.XDG_CACHE_HOME
     if (!sb) return
     await nginx?.stop()
     const left = await sb.teardown()
@@ -108,7 +111,7 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
 
   it('extract to a file with --mapfile-out: the same file and mapfile as from the local image, each stored byte fetched about once', async () => {
     const mark = nginx.accessLog().length
-    const r = await runCli(['extract', url, sb.p('r.img'), '--mapfile-out', sb.p('r.map')])
+    const r = await runCli(['extract', url, sb.p('r.img'), '--mapfile-out', sb.p('r.map'), '--cache', 'none'])
     assert.equal(r.code, 0, r.stderr)
     const fetched = nginx
       .accessLog()
@@ -122,6 +125,39 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
     assert.ok(fs.readFileSync(sb.p('r.img')).equals(fs.readFileSync(sb.p('l.img'))))
     const body = (f: string) => lines(fs.readFileSync(f, 'utf8')).filter((x) => !x.startsWith('#'))
     assert.deepEqual(body(sb.p('r.map')), body(sb.p('l.map')))
+  })
+
+  it('--cache DIR: a second extract fetches only the first 64 KiB; a damaged cache file is fetched again; --cache-size bounds it', async () => {
+    const dir = sb.p('cache')
+    const since = (mark: number) => nginx.accessLog().slice(mark).filter((x) => x.includes('GET /disk.vdimg')).map((x) => Number(x.split('" ')[1].split(' ')[1]))
+    const want = logical(data)
+    const first = await runCli(['extract', url, '-', '--cache', dir])
+    assert.equal(first.code, 0, first.stderr)
+    assert.ok(first.stdoutBuf.equals(want))
+    let mark = nginx.accessLog().length
+    const second = await runCli(['extract', url, '-', '--cache', dir])
+    assert.equal(second.code, 0, second.stderr)
+    assert.ok(second.stdoutBuf.equals(want))
+    assert.deepEqual(since(mark), [64 << 10], 'the second extract fetched more than the first 64 KiB')
+    // Damage the largest cached range: it is checked, thrown away and fetched again.
+    const files = fs.readdirSync(dir).flatMap((d) => fs.readdirSync(path.join(dir, d)).map((f) => path.join(dir, d, f)))
+    const big = files.sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0]
+    const b = fs.readFileSync(big)
+    b[b.length >> 1] ^= 0x40
+    fs.writeFileSync(big, b)
+    mark = nginx.accessLog().length
+    const third = await runCli(['extract', url, '-', '--cache', dir])
+    assert.equal(third.code, 0, third.stderr)
+    assert.ok(third.stdoutBuf.equals(want))
+    const got = since(mark)
+    assert.equal(got.length, 2, `GETs after damaging one cached range: ${got}`)
+    assert.equal(got[1], b.length - 16)
+    // A bound of 1 MiB: what stays in the directory is at most that.
+    const small = sb.p('cache-small')
+    const r = await runCli(['verify', url, '--quick', '--cache', small, '--cache-size', '1M'])
+    assert.equal(r.code, 0, r.stderr)
+    const held = fs.readdirSync(small).flatMap((d) => fs.readdirSync(path.join(small, d)).map((f) => fs.statSync(path.join(small, d, f)).size))
+    assert.ok(held.length > 0 && held.reduce((x, y) => x + y, 0) <= MiB, `${held.length} files, ${held.reduce((x, y) => x + y, 0)} bytes`)
   })
 
   it('https:// with a throwaway CA: trusted through NODE_EXTRA_CA_CERTS, refused without it (exit 3, one line)', async () => {
@@ -185,7 +221,8 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
 
     before(async function () {
       if (!IS_ROOT) this.skip()
-      const r = await sb.vdev(['attach', url, '--backend', 'fuse', '--json', '--remote-timeout', '2'])
+      // No cache: the fault tests below need reads that reach the server.
+      const r = await sb.vdev(['attach', url, '--backend', 'fuse', '--json', '--remote-timeout', '2', '--cache', 'none'])
       assert.equal(r.code, 0, r.stderr)
       const j = JSON.parse(r.stdout)
       sb.trackPid(j.pid)
@@ -218,10 +255,13 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
         assert.equal(before.code, 0, before.stderr)
         assert.ok(before.stdout.equals(data.subarray(b.offset - 512, b.offset)))
       }
-      // The entry the registry keeps names the URL; list shows it.
+      // The entry the registry keeps names the URL; list shows it, and what was fetched.
       const l = await sb.vdev(['list', '--json'])
       assert.equal(l.code, 0, l.stderr)
-      assert.equal(JSON.parse(l.stdout)[0].image, url)
+      const e = JSON.parse(l.stdout)[0]
+      assert.equal(e.image, url)
+      const stored = fs.statSync(local).size
+      assert.ok(e.stats.fetched.requests > 0 && e.stats.fetched.bytes > 0 && e.stats.fetched.bytes <= 2 * stored, JSON.stringify(e.stats))
     })
 
     it('the server stopped: reads fail with EIO within --remote-timeout; once it is back, the same device reads again', async () => {

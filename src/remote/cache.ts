@@ -1,0 +1,175 @@
+/**
+ * The local cache of a remote image's bytes (`--cache DIR`, docs/remote.md "Cache"): every range the
+ * reader fetched (index tables, chunks' stored bytes, the sections read on opening) kept as one file,
+ * so that a range read again — by this process, a later one, or another vdev process on the machine — is
+ * not fetched again.
+ *
+ * - Keyed by the object's identity: a directory per (URL without its query, ETag or Last-Modified,
+ *   size); an object without either cannot be pinned and is not cached. A changed object has another
+ *   identity, so its old ranges are never used for it.
+ * - Each file holds a magic, the CRC-32C and length of its bytes, and the bytes; a file that fails the
+ *   check is deleted and the range fetched again (a cache never serves bytes it cannot vouch for).
+ * - Written to a temporary name and renamed into place: processes share the directory without locks,
+ *   and a crash leaves at most a temporary file (removed by the next eviction pass).
+ * - Bounded by `--cache-size`: when the files exceed it, the least recently used (mtime, touched on each
+ *   hit) are deleted down to 90 % of it, across every image in DIR.
+ */
+import * as crypto from 'node:crypto'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {crc32c} from '../format/crc'
+
+const MAGIC = Buffer.from('VDEVRNG1')
+const HEAD = MAGIC.length + 8
+
+/** The per-user default: $XDG_CACHE_HOME/vdev, else ~/.cache/vdev. */
+export function defaultCacheDir(): string {
+  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache')
+  return path.join(base, 'vdev')
+}
+
+export const DEFAULT_CACHE_BYTES = 10 * 2 ** 30
+
+export interface CacheStats {
+  hits: number
+  misses: number
+  /** Files found damaged and deleted. */
+  damaged: number
+}
+
+export class RangeCache {
+  readonly stats: CacheStats = {hits: 0, misses: 0, damaged: 0}
+  /** Bytes in the whole cache directory, as last counted plus what this process added since. */
+  private total: number
+
+  private constructor(
+    readonly root: string,
+    readonly dir: string,
+    readonly maxBytes: number,
+  ) {
+    this.total = usage(root)
+  }
+
+  /** The cache of one object, or undefined when it has no identity to key it by or DIR cannot be used. */
+  static open(root: string, id: {url: string; tag?: string; size: number}, maxBytes: number): RangeCache | undefined {
+    if (!id.tag) return undefined
+    const key = crypto.createHash('sha256').update(`${id.url}\0${id.tag}\0${id.size}`).digest('hex').slice(0, 32)
+    const dir = path.join(root, key)
+    try {
+      fs.mkdirSync(dir, {recursive: true, mode: 0o700})
+    } catch {
+      return undefined
+    }
+    return new RangeCache(root, dir, maxBytes)
+  }
+
+  private file(pos: number, len: number): string {
+    return path.join(this.dir, `${pos.toString(16)}-${len.toString(16)}`)
+  }
+
+  /** The cached bytes of exactly [pos, pos+len), checked; undefined on a miss. */
+  get(pos: number, len: number): Buffer | undefined {
+    const f = this.file(pos, len)
+    let b: Buffer
+    try {
+      b = fs.readFileSync(f)
+    } catch {
+      this.stats.misses++
+      return undefined
+    }
+    if (b.length !== HEAD + len || !b.subarray(0, MAGIC.length).equals(MAGIC) || b.readUInt32LE(MAGIC.length + 4) !== len || crc32c(b.subarray(HEAD)) !== b.readUInt32LE(MAGIC.length)) {
+      this.stats.damaged++
+      this.stats.misses++
+      try {
+        fs.rmSync(f, {force: true})
+      } catch {
+        // another process removed it
+      }
+      return undefined
+    }
+    this.stats.hits++
+    const now = new Date()
+    try {
+      fs.utimesSync(f, now, now)
+    } catch {
+      // evicted meanwhile: the bytes read are still good
+    }
+    return b.subarray(HEAD)
+  }
+
+  /** Keep [pos, pos+len); errors (a full disk, a removed directory) only mean it is not kept. */
+  put(pos: number, data: Buffer): void {
+    if (data.length === 0 || data.length + HEAD > this.maxBytes / 4) return
+    const f = this.file(pos, data.length)
+    const tmp = `${f}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`
+    const head = Buffer.alloc(HEAD)
+    MAGIC.copy(head, 0)
+    head.writeUInt32LE(crc32c(data), MAGIC.length)
+    head.writeUInt32LE(data.length, MAGIC.length + 4)
+    try {
+      fs.mkdirSync(this.dir, {recursive: true, mode: 0o700})
+      const fd = fs.openSync(tmp, 'wx', 0o600)
+      try {
+        fs.writevSync(fd, [head, data])
+      } finally {
+        fs.closeSync(fd)
+      }
+      fs.renameSync(tmp, f)
+    } catch {
+      fs.rmSync(tmp, {force: true})
+      return
+    }
+    this.total += HEAD + data.length
+    if (this.total > this.maxBytes) this.total = evict(this.root, Math.floor(this.maxBytes * 0.9))
+  }
+}
+
+/** Bytes of the cache files under `root`. */
+function usage(root: string): number {
+  return files(root).reduce((n, f) => n + f.size, 0)
+}
+
+function files(root: string): Array<{file: string; size: number; mtime: number}> {
+  const out: Array<{file: string; size: number; mtime: number}> = []
+  let dirs: string[]
+  try {
+    dirs = fs.readdirSync(root)
+  } catch {
+    return out
+  }
+  for (const d of dirs) {
+    const dir = path.join(root, d)
+    let names: string[]
+    try {
+      names = fs.readdirSync(dir)
+    } catch {
+      continue
+    }
+    for (const n of names) {
+      try {
+        const st = fs.statSync(path.join(dir, n))
+        if (st.isFile()) out.push({file: path.join(dir, n), size: st.size, mtime: st.mtimeMs})
+      } catch {
+        // removed meanwhile
+      }
+    }
+  }
+  return out
+}
+
+/** Delete the least recently used files until the cache holds at most `target` bytes; returns what it holds. */
+function evict(root: string, target: number): number {
+  const all = files(root).sort((a, b) => a.mtime - b.mtime)
+  let total = all.reduce((n, f) => n + f.size, 0)
+  for (const f of all) {
+    if (total <= target) break
+    try {
+      fs.rmSync(f.file, {force: true})
+      total -= f.size
+    } catch {
+      // another process has it
+    }
+  }
+  return total
+}
