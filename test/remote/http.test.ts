@@ -134,6 +134,11 @@ describe('remote: the HTTP layer against a real nginx', function () {
       for (const s of held) s.destroy()
       mute.close()
     }
+    const mark = nginx.accessLog().length
+    const t0 = Date.now()
+    await assert.rejects(HttpObject.open(`${nginx.url}/busy`, {timeoutMs: 1500}), /no answer within 1\.5 s \(HTTP 503\)/)
+    assert.ok(Date.now() - t0 < 5000)
+    assert.ok(gets('busy', mark).length >= 2, `503 retried: ${gets('busy', mark).length} GETs`)
   })
 
   it('serving threads read through the link: the same bytes, one GET per range for all of them', async () => {

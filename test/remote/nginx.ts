@@ -3,7 +3,8 @@
  * own prefix directory, config, logs and pid under a temporary directory, 127.0.0.1 on ephemeral ports,
  * plain HTTP and HTTPS with a throwaway CA made by openssl (the server certificate for 127.0.0.1 and
  * localhost, signed by that CA: clients trust it through NODE_EXTRA_CA_CERTS). `/private/` answers 401
- * without `Authorization: Bearer <token>`; `/slow/NAME` serves NAME at 512 KiB/s per connection.
+ * without `Authorization: Bearer <token>`; `/slow/NAME` serves NAME at 512 KiB/s per connection; `/busy`
+ * always answers 503.
  */
 import * as fs from 'node:fs'
 import * as net from 'node:net'
@@ -78,6 +79,9 @@ export class Nginx {
     const site = `    root ${this.www};
     location /private/ {
       if ($http_authorization != "Bearer ${this.token}") { return 401; }
+    }
+    location = /busy {
+      return 503;
     }
     location /slow/ {
       alias ${this.www}/;
