@@ -77,7 +77,8 @@ export async function startQemuNbd(qcow2: string, sock: string, opts: {writable?
 }
 
 export function stop(s: Server | undefined): Promise<void> {
-  if (!s || s.child.exitCode !== null) return Promise.resolve()
+  // A server that died of a signal has exitCode null but will never emit 'exit' again.
+  if (!s || s.child.exitCode !== null || s.child.signalCode !== null) return Promise.resolve()
   return new Promise((resolve) => {
     s.child.once('exit', () => resolve())
     s.child.kill('SIGTERM')

@@ -1,0 +1,227 @@
+/**
+ * npm run bench:remote — images read over HTTP (docs/remote.md), in one run, from one nginx on 127.0.0.1
+ * (test/remote/nginx.ts) serving the benchmark corpus three ways:
+ *   - `vdev serve URL` of the VDIMG image (cold: no cache, a fresh server per measurement),
+ *   - nbdkit's curl plugin on the raw image (what you would use without vdev),
+ *   - qemu-nbd with qemu's curl (http) driver on a qcow2 (zstd) copy,
+ * each read through NBD on a Unix socket: the whole device sequentially (`nbdcopy --no-extents` to null:)
+ * and random 4 KiB reads at QD1 and QD32 (python3-libnbd, the same offsets for every server), with the
+ * bytes nginx sent beside each time (from its access log). Then a warm re-read: `vdev serve URL --cache
+ * DIR` read whole twice (the second from the cache) against `vdev serve` of the local file.
+ * Targets (issue 13): sequential ≤ 0.5× nbdkit-curl's time (vdev moves compressed bytes); random QD1 at
+ * least nbdkit-curl's rate; a warm-cache re-read as fast as a local image.
+ */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {spawn, type ChildProcess} from 'node:child_process'
+import {ensureCorpus, CACHE} from './corpus'
+import {fmt, markImage, MiB, staleImage, table, timed} from './lib'
+import {freshSocket, startVdev, stop, type Server} from './nbd-servers'
+import {Nginx} from '../test/remote/nginx'
+
+const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
+const PYTHON = '/usr/bin/python3'
+const OUT = path.join(CACHE, 'remote')
+/** Most seconds one measurement may take. */
+const LIMIT_S = Number(process.env.BENCH_LIMIT_S ?? 300)
+
+const RANDOM_PY = String.raw`
+import json, random, sys, time, nbd
+uri, n, qd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+h = nbd.NBD()
+h.connect_uri(uri)
+blocks = h.get_size() // 4096
+rnd = random.Random(20261201)
+offs = [rnd.randrange(blocks) * 4096 for _ in range(n)]
+t0 = time.perf_counter()
+if qd == 1:
+    for o in offs:
+        h.pread(4096, o)
+else:
+    bufs = [nbd.Buffer(4096) for _ in range(qd)]
+    free = list(range(qd))
+    def done(idx, err):
+        free.append(idx)
+        return 1
+    i = 0
+    while i < n or h.aio_in_flight() > 0:
+        while free and i < n:
+            k = free.pop()
+            h.aio_pread(bufs[k], offs[i], completion=lambda err, k=k: done(k, err))
+            i += 1
+        h.poll(-1)
+print(json.dumps({'seconds': time.perf_counter() - t0, 'reads': n}))
+`
+
+function randomRate(uri: string, n: number, qd: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(PYTHON, ['-c', RANDOM_PY, uri, String(n), String(qd)], {stdio: ['ignore', 'pipe', 'pipe']})
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    child.on('exit', (c) => {
+      if (c !== 0) return reject(new Error(`random reads on ${uri} failed: ${err}`))
+      const r = JSON.parse(out) as {seconds: number; reads: number}
+      resolve(r.reads / r.seconds)
+    })
+  })
+}
+
+function waitForSocket(sock: string, child: ChildProcess, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now()
+    const tick = () => {
+      if (fs.existsSync(sock)) return resolve()
+      if (child.exitCode !== null) return reject(new Error(`${what} exited (${child.exitCode})`))
+      if (Date.now() - t0 > 30_000) return reject(new Error(`${what} did not create ${sock}`))
+      setTimeout(tick, 50)
+    }
+    tick()
+  })
+}
+
+async function startNbdkitCurl(url: string, sock: string): Promise<Server> {
+  const child = spawn('nbdkit', ['-f', '-r', '-U', sock, 'curl', `url=${url}`], {stdio: ['ignore', 'ignore', 'inherit']})
+  await waitForSocket(sock, child, 'nbdkit curl')
+  return {name: 'nbdkit curl (raw)', uri: `nbd+unix:///?socket=${sock}`, child, file: ''}
+}
+
+async function startQemuCurl(url: string, sock: string): Promise<Server> {
+  const child = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=16', `--socket=${sock}`, '--image-opts', `driver=qcow2,file.driver=http,file.url=${url}`], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
+  await waitForSocket(sock, child, 'qemu-nbd (curl)')
+  return {name: 'qemu-nbd curl (qcow2, zstd)', uri: `nbd+unix:///?socket=${sock}`, child, file: ''}
+}
+
+/** Bytes nginx sent for `name` since log line `mark`. */
+function sent(nginx: Nginx, name: string, mark: number): number {
+  return nginx
+    .accessLog()
+    .slice(mark)
+    .filter((l) => l.includes(`"GET /${name} `) || l.includes(`"HEAD /${name} `))
+    .reduce((n, l) => n + Number(l.split('" ')[1].split(' ')[1] || 0), 0)
+}
+
+interface Row {
+  name: string
+  seq: number
+  seqBytes: number
+  qd1: number
+  qd1Bytes: number
+  qd32: number
+  qd32Bytes: number
+}
+
+async function main(): Promise<void> {
+  const {raw} = await ensureCorpus()
+  const size = fs.statSync(raw).size
+  fs.mkdirSync(OUT, {recursive: true})
+  // bench:serve makes the same two files from the same corpus: use them when they are current.
+  const shared = path.join(CACHE, 'serve')
+  const vdimg = staleImage(path.join(shared, 'corpus.vdimg'), raw) ? path.join(OUT, 'corpus.vdimg') : path.join(shared, 'corpus.vdimg')
+  const qcow2 = fs.existsSync(path.join(shared, 'corpus.qcow2')) ? path.join(shared, 'corpus.qcow2') : path.join(OUT, 'corpus.qcow2')
+  if (staleImage(vdimg, raw)) await timed([process.execPath, VDEV, 'create', '--force', raw, vdimg]).then(() => markImage(vdimg))
+  if (!fs.existsSync(qcow2)) await timed(['qemu-img', 'convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', raw, qcow2])
+  const nQd1 = Number(process.env.BENCH_RANDOM_QD1 ?? 2000)
+  const nQd32 = Number(process.env.BENCH_RANDOM_QD32 ?? 10000)
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-bench-remote-'))
+  const nginx = await Nginx.create(path.join(dir, 'nginx'))
+  for (const [name, file] of [['corpus.vdimg', vdimg], ['corpus.raw', raw], ['corpus.qcow2', qcow2]]) fs.symlinkSync(file, path.join(nginx.www, name))
+  await nginx.start()
+  const rows: Row[] = []
+  const servers: Array<Server | undefined> = []
+  // A fresh server for each measurement: every one starts cold (no decoded chunk, no read-ahead, no cache).
+  const kinds: Array<{name: string; object: string; start: (sock: string) => Promise<Server>}> = [
+    {name: 'vdev serve URL (VDIMG)', object: 'corpus.vdimg', start: (sock) => startVdev(`${nginx.url}/corpus.vdimg`, sock, 'vdev serve URL (VDIMG)', ['--cache', 'none'])},
+    {name: 'nbdkit curl (raw)', object: 'corpus.raw', start: (sock) => startNbdkitCurl(`${nginx.url}/corpus.raw`, sock)},
+    {name: 'qemu-nbd curl (qcow2, zstd)', object: 'corpus.qcow2', start: (sock) => startQemuCurl(`${nginx.url}/corpus.qcow2`, sock)},
+  ]
+  try {
+    for (const k of kinds) {
+      const measure = async <T>(f: (s: Server) => Promise<T>): Promise<{v: T; bytes: number}> => {
+        const s = await k.start(freshSocket(path.join(OUT, 'remote.sock')))
+        servers.push(s)
+        const mark = nginx.accessLog().length
+        try {
+          const v = await f(s)
+          return {v, bytes: sent(nginx, k.object, mark)}
+        } finally {
+          await stop(s)
+        }
+      }
+      // A client that stalls (qemu's curl driver under nbdcopy's parallel requests did, here) is cut off at
+      // LIMIT_S and its row says so, rather than stopping the whole run.
+      const limited = <T>(what: string, p: (s: Server) => Promise<T>, fail: T) => async (s: Server): Promise<T> => {
+        const timer = setTimeout(() => {
+          process.stderr.write(`${k.name}: ${what} did not finish within ${LIMIT_S} s; stopping it\n`)
+          void stop(s)
+        }, LIMIT_S * 1000)
+        try {
+          return await p(s)
+        } catch {
+          return fail
+        } finally {
+          clearTimeout(timer)
+        }
+      }
+      const seq = await measure(limited('sequential', (s) => timed(['nbdcopy', '--no-extents', s.uri, 'null:']).then((r) => r.seconds), NaN))
+      const qd1 = await measure(limited('QD1', (s) => randomRate(s.uri, nQd1, 1), NaN))
+      const qd32 = await measure(limited('QD32', (s) => randomRate(s.uri, nQd32, 32), NaN))
+      rows.push({name: k.name, seq: seq.v, seqBytes: seq.bytes, qd1: qd1.v, qd1Bytes: qd1.bytes, qd32: qd32.v, qd32Bytes: qd32.bytes})
+      process.stderr.write(`${k.name}: ${JSON.stringify(rows[rows.length - 1])}\n`)
+    }
+    // Warm: the same URL through a cache filled by a first whole read, against the local file.
+    const cacheDir = path.join(dir, 'cache')
+    const warmRun = async (image: string, extra: string[]): Promise<{first: number; second: number; bytes: number}> => {
+      const s = await startVdev(image, freshSocket(path.join(OUT, 'warm.sock')), 'warm', extra)
+      await stop(s)
+      const s1 = await startVdev(image, freshSocket(path.join(OUT, 'warm.sock')), 'warm', extra)
+      const first = (await timed(['nbdcopy', '--no-extents', s1.uri, 'null:'])).seconds
+      await stop(s1)
+      const mark = nginx.accessLog().length
+      const s2 = await startVdev(image, freshSocket(path.join(OUT, 'warm.sock')), 'warm', extra)
+      const second = (await timed(['nbdcopy', '--no-extents', s2.uri, 'null:'])).seconds
+      await stop(s2)
+      return {first, second, bytes: sent(nginx, 'corpus.vdimg', mark)}
+    }
+    const remoteWarm = await warmRun(`${nginx.url}/corpus.vdimg`, ['--cache', cacheDir, '--cache-size', '4G'])
+    const local = await warmRun(vdimg, [])
+
+    const curl = rows.find((r) => r.name.startsWith('nbdkit'))!
+    const mb = (b: number) => fmt(b / MiB, 1)
+    console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 (VDIMG ${mb(fs.statSync(vdimg).size)} MiB, qcow2 ${mb(fs.statSync(qcow2).size)} MiB); ${os.availableParallelism()} cores; nginx on 127.0.0.1 (files from the page cache); NBD on Unix sockets; a fresh server per measurement (cold)`)
+    console.log(`sequential: nbdcopy --no-extents to null:; random: 4 KiB reads via python3-libnbd, ${nQd1} at QD1, ${nQd32} at QD32; MiB: what nginx sent\n`)
+    console.log(
+      table(
+        ['server', 'seq s', 'vs nbdkit-curl', 'seq MiB sent', 'QD1 IOPS', 'vs nbdkit-curl', 'QD1 MiB sent', 'QD32 IOPS', 'vs nbdkit-curl', 'QD32 MiB sent'],
+        rows.map((r) => [
+          r.name,
+          isNaN(r.seq) ? `> ${LIMIT_S} (cut off)` : fmt(r.seq, 1), `${fmt(r.seq / curl.seq)}x`, mb(r.seqBytes),
+          isNaN(r.qd1) ? 'cut off' : fmt(r.qd1, 0), `${fmt(r.qd1 / curl.qd1)}x`, mb(r.qd1Bytes),
+          isNaN(r.qd32) ? 'cut off' : fmt(r.qd32, 0), `${fmt(r.qd32 / curl.qd32)}x`, mb(r.qd32Bytes),
+        ]),
+      ),
+    )
+    console.log(
+      `\nwarm re-read (whole device): vdev serve URL --cache: first ${fmt(remoteWarm.first, 1)} s, second ${fmt(remoteWarm.second, 1)} s (${mb(remoteWarm.bytes)} MiB fetched); ` +
+        `vdev serve of the local file: ${fmt(local.second, 1)} s → ${fmt(remoteWarm.second / local.second)}x the local time`,
+    )
+    const v = rows[0]
+    console.log(`target: sequential ≤ 0.5x nbdkit-curl's time: ${fmt(v.seq / curl.seq)}x — ${v.seq / curl.seq <= 0.5 ? 'met' : 'NOT met'}`)
+    console.log(`target: random QD1 ≥ nbdkit-curl's rate: ${fmt(v.qd1 / curl.qd1)}x — ${v.qd1 >= curl.qd1 ? 'met' : 'NOT met'}`)
+    console.log(`target: warm re-read as fast as local: ${fmt(remoteWarm.second / local.second)}x the local time — ${remoteWarm.second <= local.second * 1.1 ? 'met' : 'NOT met'}`)
+    console.log(`load average during the run: ${os.loadavg().map((l) => fmt(l)).join(' ')} (other work on this machine skews the numbers)`)
+  } finally {
+    for (const s of servers) await stop(s)
+    await nginx.stop()
+    fs.rmSync(dir, {recursive: true, force: true})
+  }
+}
+
+main().catch((err) => {
+  console.error(`bench:remote: ${(err as Error).message}`)
+  process.exit(1)
+})
