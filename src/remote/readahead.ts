@@ -1,18 +1,29 @@
 /**
  * Read-ahead for sequential streams over a remote object, after mountpoint-s3's prefetcher and nbdkit's
- * readahead filter: a read that continues the previous one (within SLACK, since serving threads' reads
- * arrive slightly out of order) fetches a window from where it starts; the window starts at 1 MiB and
- * doubles with each window the stream uses, up to MAX_WINDOW; the next window is fetched while the
- * stream is half way through the current one; a read elsewhere (a seek) goes straight to the server and
- * the next sequential run starts again at 1 MiB. A read of 1 MiB or more is its own read-ahead (verify and
- * extract read ~4 MiB batches, several at once) and goes straight to the server. Memory: at most two
- * windows (the current one and the one being fetched), 2 × MAX_WINDOW, whatever the access pattern.
+ * readahead filter, for several streams at once (nbdcopy reads a device as four sequential streams 128 MiB
+ * apart; the serving threads' reads of one stream arrive slightly out of order).
+ *
+ * A stream is where reads have been going: a read within SLACK of a stream's last read continues it. A
+ * read that continues a stream and lies past everything the stream fetched ahead starts a window there;
+ * the window starts at 1 MiB and doubles with each window the stream starts, up to MAX_WINDOW; the next
+ * window is fetched while the stream is half way through the current one. A read that a window holds is
+ * answered from it. Anything else — a read behind the stream's windows (out of order), one that straddles
+ * a window's end, one of 1 MiB or more (verify and extract read ~4 MiB batches: their own read-ahead) —
+ * goes straight to the server for exactly its bytes. A read near no stream (a seek) goes straight to the
+ * server and becomes a new stream, replacing the least recently used of MAX_STREAMS; its windows start at
+ * 1 MiB again.
+ *
+ * Memory: windows held (each stream's current and next) stay within BUDGET bytes in all, whatever the
+ * access pattern: a window that would exceed it is not started (the read goes straight to the server).
  */
 
 export const INITIAL_WINDOW = 1 << 20
 export const MAX_WINDOW = 8 << 20
-/** How far from the previous read's end a read still counts as continuing it. */
+/** How far from a stream's last read a read still continues it. */
 const SLACK = 1 << 20
+export const MAX_STREAMS = 8
+/** Bytes of windows held at once, over every stream. */
+export const BUDGET = 32 << 20
 
 type Fetch = (len: number, pos: number) => Promise<Buffer>
 
@@ -22,11 +33,17 @@ interface Span {
   data: Promise<Buffer>
 }
 
+interface Stream {
+  lastEnd: number
+  window: number
+  current?: Span
+  next?: Span
+  used: number
+}
+
 export class ReadAhead {
-  private window = INITIAL_WINDOW
-  private current: Span | undefined
-  private next: Span | undefined
-  private lastEnd = -1
+  private streams: Stream[] = []
+  private tick = 0
   /** Reads answered from a window, and windows fetched (for tests and stats). */
   hits = 0
   windows = 0
@@ -36,54 +53,65 @@ export class ReadAhead {
     private readonly size: () => number,
   ) {}
 
+  /** Bytes of windows held now. */
+  get held(): number {
+    let n = 0
+    for (const s of this.streams) n += (s.current?.len ?? 0) + (s.next?.len ?? 0)
+    return n
+  }
+
   read(len: number, pos: number): Promise<Buffer> {
     const end = pos + len
-    const continues = this.lastEnd >= 0 && pos >= this.lastEnd - SLACK && pos <= this.lastEnd + SLACK
-    this.lastEnd = Math.max(end, continues ? this.lastEnd : 0)
-    if (this.next && inside(this.next, pos, end)) {
-      // The stream reached the window fetched ahead: it becomes the current one.
-      this.current = this.next
-      this.next = undefined
-    }
-    const c = this.current
-    // A read of a window or more (verify and extract read ~4 MiB batches, several at once) does its own
-    // read-ahead: it goes straight to the server, and a window fetched beside it would be wasted.
-    if (len >= INITIAL_WINDOW && !(c && inside(c, pos, end))) return this.fetch(len, pos)
-    if (c && inside(c, pos, end)) {
-      this.hits++
-      if (!this.next && end > c.pos + c.len / 2 && c.pos + c.len < this.size()) this.next = this.start(c.pos + c.len)
-      return c.data.then((d) => Buffer.from(d.subarray(pos - c.pos, end - c.pos)))
-    }
-    if (!continues) {
-      // A seek: straight to the server, and the next run starts small.
-      this.window = INITIAL_WINDOW
+    let s = this.streams.find((x) => (x.current && inside(x.current, pos, end)) || (x.next && inside(x.next, pos, end)))
+    s ??= this.streams.find((x) => pos >= x.lastEnd - SLACK && pos <= x.lastEnd + SLACK)
+    if (!s) {
+      // A seek: a new stream, straight to the server.
+      if (this.streams.length >= MAX_STREAMS) this.streams.splice(this.streams.indexOf(this.streams.reduce((a, b) => (a.used <= b.used ? a : b))), 1)
+      this.streams.push({lastEnd: end, window: INITIAL_WINDOW, used: ++this.tick})
       return this.fetch(len, pos)
     }
-    const span = this.start(pos, len)
-    this.current = span
-    this.next = undefined
+    s.used = ++this.tick
+    s.lastEnd = Math.max(s.lastEnd, end)
+    if (s.next && inside(s.next, pos, end)) {
+      // The stream reached the window fetched ahead: it becomes the current one.
+      s.current = s.next
+      s.next = undefined
+    }
+    const c = s.current
+    if (c && inside(c, pos, end)) {
+      this.hits++
+      if (!s.next && end > c.pos + c.len / 2 && c.pos + c.len < this.size()) s.next = this.start(s, c.pos + c.len)
+      return c.data.then((d) => Buffer.from(d.subarray(pos - c.pos, end - c.pos)))
+    }
+    // Behind or across what the stream fetched ahead, or a large read: exactly its bytes.
+    const frontier = Math.max(c ? c.pos + c.len : 0, s.next ? s.next.pos + s.next.len : 0)
+    if (len >= INITIAL_WINDOW || pos < frontier) return this.fetch(len, pos)
+    const span = this.start(s, pos, len)
+    if (!span) return this.fetch(len, pos)
+    s.current = span
+    s.next = undefined
     return span.data.then((d) => Buffer.from(d.subarray(0, len)))
   }
 
-  /** Fetch a window from `pos` (at least `min` bytes), and double the next one's size. */
-  private start(pos: number, min = 0): Span {
-    const len = Math.min(this.size() - pos, Math.max(min, this.window))
-    this.window = Math.min(MAX_WINDOW, this.window * 2)
+  /** Fetch a window for stream `s` from `pos` (at least `min` bytes) within the budget, and double its next one. */
+  private start(s: Stream, pos: number, min = 0): Span | undefined {
+    const len = Math.min(this.size() - pos, Math.max(min, s.window))
+    // What this window replaces (the stream's current one, when it starts afresh) is freed with it.
+    const freed = min > 0 ? (s.current?.len ?? 0) + (s.next?.len ?? 0) : 0
+    if (this.held - freed + len > BUDGET) return undefined
+    s.window = Math.min(MAX_WINDOW, s.window * 2)
     this.windows++
     const span: Span = {pos, len, data: this.fetch(len, pos)}
     // A failed window is dropped: the reads that wanted it get the error, later reads fetch again.
     span.data.catch(() => {
-      if (this.current === span) this.current = undefined
-      if (this.next === span) this.next = undefined
+      if (s.current === span) s.current = undefined
+      if (s.next === span) s.next = undefined
     })
     return span
   }
 
   clear(): void {
-    this.current = undefined
-    this.next = undefined
-    this.lastEnd = -1
-    this.window = INITIAL_WINDOW
+    this.streams = []
   }
 }
 

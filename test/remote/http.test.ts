@@ -14,7 +14,7 @@ import {Worker} from 'node:worker_threads'
 import {VdevError} from '../../src/core/errors'
 import {HttpObject} from '../../src/remote/http'
 import {parseContentRange, parseEntityTag} from '../../src/remote/content-range'
-import {INITIAL_WINDOW, MAX_WINDOW} from '../../src/remote/readahead'
+import {BUDGET, INITIAL_WINDOW, MAX_WINDOW} from '../../src/remote/readahead'
 import {prng, tmpDir} from '../helpers'
 import {NGINX, Nginx} from './nginx'
 
@@ -97,6 +97,32 @@ describe('remote: the HTTP layer against a real nginx', function () {
       assert.ok(b.equals(data.subarray(2 * MiB + 12345, 2 * MiB + 12345 + 4096)))
       await o.read(4096, 2 * MiB + 12345 + 4096)
       assert.deepEqual(gets('blob', m2).map((g) => g.bytes), [4096, INITIAL_WINDOW])
+    } finally {
+      await o.close()
+    }
+  })
+
+  it('read-ahead follows interleaved streams (as nbdcopy\'s four connections read): few GETs, little fetched beyond what is read', async () => {
+    const o = await HttpObject.open(`${nginx.url}/blob`)
+    const mark = nginx.accessLog().length
+    try {
+      const piece = 64 << 10
+      const starts = [2 * MiB, 8 * MiB, 14 * MiB, 20 * MiB]
+      let read = 0
+      for (let k = 0; k < 64; k++)
+        await Promise.all(
+          starts.map(async (st, i) => {
+            // Slightly out of order within a stream, as serving threads deliver them.
+            const at = st + (k ^ (i & 1)) * piece
+            const b = await o.read(piece, at)
+            assert.ok(b.equals(data.subarray(at, at + piece)), `bytes at ${at}`)
+            read += piece
+          }),
+        )
+      const g = gets('blob', mark)
+      const fetched = g.reduce((n, x) => n + x.bytes, 0)
+      assert.ok(g.length <= 40, `${g.length} GETs for 4 streams of 64 reads`)
+      assert.ok(fetched <= read + BUDGET, `${fetched} bytes fetched for ${read} read`)
     } finally {
       await o.close()
     }
