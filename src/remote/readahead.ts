@@ -3,8 +3,10 @@
  * readahead filter, for several streams at once (nbdcopy reads a device as four sequential streams 128 MiB
  * apart; the serving threads' reads of one stream arrive slightly out of order).
  *
- * A stream is where reads have been going: a read within SLACK of a stream's last read continues it. A
- * read that continues a stream and lies past everything the stream fetched ahead starts a window there;
+ * A stream is where reads have been going: a read within SLACK (256 KiB) of a stream's last read continues
+ * it. A read that continues a stream for the second time running (within RECENT reads of the last: random
+ * reads land near a stream now and then, rarely twice in a row) and lies past everything the stream
+ * fetched ahead starts a window there;
  * the window starts at 1 MiB and doubles with each window the stream starts, up to MAX_WINDOW; the next
  * window is fetched while the stream is half way through the current one. A read that a window holds is
  * answered from it. Anything else — a read behind the stream's windows (out of order), one that straddles
@@ -19,8 +21,10 @@
 
 export const INITIAL_WINDOW = 1 << 20
 export const MAX_WINDOW = 8 << 20
-/** How far from a stream's last read a read still continues it. */
-const SLACK = 1 << 20
+/** How far from a stream's last read a read still continues it (serving threads reorder a few chunks). */
+const SLACK = 256 << 10
+/** A continuation counts towards starting windows only if the stream was used within this many reads. */
+const RECENT = 8
 export const MAX_STREAMS = 8
 /** Bytes of windows held at once, over every stream. */
 export const BUDGET = 32 << 20
@@ -35,6 +39,8 @@ interface Span {
 
 interface Stream {
   lastEnd: number
+  /** Recent reads that continued it: windows start from the second (random reads rarely continue one twice). */
+  runs: number
   window: number
   current?: Span
   next?: Span
@@ -67,9 +73,11 @@ export class ReadAhead {
     if (!s) {
       // A seek: a new stream, straight to the server.
       if (this.streams.length >= MAX_STREAMS) this.streams.splice(this.streams.indexOf(this.streams.reduce((a, b) => (a.used <= b.used ? a : b))), 1)
-      this.streams.push({lastEnd: end, window: INITIAL_WINDOW, used: ++this.tick})
+      this.streams.push({lastEnd: end, runs: 0, window: INITIAL_WINDOW, used: ++this.tick})
       return this.fetch(len, pos)
     }
+    // Random reads land near a stream now and then; a stream read again and again is a stream.
+    s.runs = this.tick - s.used <= RECENT ? s.runs + 1 : 0
     s.used = ++this.tick
     s.lastEnd = Math.max(s.lastEnd, end)
     if (s.next && inside(s.next, pos, end)) {
@@ -85,7 +93,7 @@ export class ReadAhead {
     }
     // Behind or across what the stream fetched ahead, or a large read: exactly its bytes.
     const frontier = Math.max(c ? c.pos + c.len : 0, s.next ? s.next.pos + s.next.len : 0)
-    if (len >= INITIAL_WINDOW || pos < frontier) return this.fetch(len, pos)
+    if (len >= INITIAL_WINDOW || pos < frontier || s.runs < 2) return this.fetch(len, pos)
     const span = this.start(s, pos, len)
     if (!span) return this.fetch(len, pos)
     s.current = span
