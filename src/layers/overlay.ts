@@ -286,6 +286,8 @@ export interface OverlayLink {
   link: import('../threads/sync-call').SyncLink
   coverage: SharedArrayBuffer
   granuleShift: number
+  /** What the base offered the thread's instance of it (BlockSource.threadLink), if anything. */
+  base?: unknown
 }
 
 export interface OverlayOpenOptions {
@@ -399,7 +401,12 @@ export class Overlay implements BlockSource {
         throw err instanceof BlockError ? Object.assign(new Error(err.message), {code: err.errno}) : err
       }
     })
-    return {value: {link, coverage: this.coverage, granuleShift: this.granuleShift} satisfies OverlayLink, transfer: [link.port]}
+    // The base may need a link of its own (a remote image reads through its owner's fetching link).
+    const base = this.base.threadLink?.()
+    return {
+      value: {link, coverage: this.coverage, granuleShift: this.granuleShift, base: base?.value} satisfies OverlayLink,
+      transfer: [link.port, ...(base?.transfer ?? [])],
+    }
   }
 
   /**

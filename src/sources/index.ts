@@ -40,7 +40,7 @@ const OPENERS: Record<string, Opener> = {
   overlay: async (d, how) => {
     // The overlay itself has one owner (the instance that offered the link); a thread only gets a view.
     if (!how.link || typeof d.options?.base !== 'string') throw new VdevError('internal', `${d.path}: an overlay is opened on a serving thread only through its owner's link`)
-    const base = await openSource(JSON.parse(d.options.base) as SourceDescriptor, {...how, link: undefined})
+    const base = await openSource(JSON.parse(d.options.base) as SourceDescriptor, {...how, link: (how.link as OverlayLink).base})
     return new OverlayView(base, how.link as OverlayLink, d)
   },
 }

@@ -256,6 +256,36 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
     assert.match(err, /served \d+ reads/)
   })
 
+  it('vdev serve URL --scratch (writable, over the remote image, on serving threads): a write reads back, every other byte is the image\'s', async function () {
+    if (!have('nbdcopy') || !have('qemu-io')) this.skip()
+    const sock = sb.p('scratch.sock')
+    const child = spawn(process.execPath, [BIN, 'serve', url, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', 'none', '--threads', '2', '--scratch'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    sb.trackPid(child.pid)
+    let err = ''
+    child.stderr.on('data', (d) => (err += d))
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.once('data', () => resolve())
+        child.once('close', () => reject(new Error(`serve exited: ${err}`)))
+      })
+      const uri = `nbd+unix:///?socket=${sock}`
+      const w = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x41 ${3 * MiB} 65536`, uri])
+      assert.equal(w.code, 0, w.stderr + w.stdout.toString())
+      const r = await run('nbdcopy', [uri, '-'], {timeoutMs: 120_000})
+      assert.equal(r.code, 0, r.stderr)
+      const want = logical(data)
+      want.fill(0x41, 3 * MiB, 3 * MiB + 65536)
+      assert.ok(r.stdout.equals(want), 'bytes differ')
+    } finally {
+      const closed = new Promise((resolve) => child.once('close', resolve))
+      child.kill('SIGTERM')
+      await closed
+    }
+    assert.doesNotMatch(err, /internal error|could not start|thread .* failed/, err)
+  })
+
   describe('attached with the FUSE backend (the kernel\'s FUSE client and loop driver)', function () {
     let dev = ''
     let id = ''
