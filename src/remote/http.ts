@@ -314,6 +314,7 @@ export class HttpObject implements ByteRanges {
         res.on('error', (err) => fail(new Attempt(`${this.name}: ${netWhy(err)}`, true)))
         res.on('aborted', () => fail(new Attempt(`${this.name}: the connection closed mid-answer`, true)))
       })
+      req.setNoDelay(true)
       req.setTimeout(idleMs, () => fail(new Attempt(`no data for ${(idleMs / 1000).toFixed(1)} s`, true)))
       req.on('error', (err) => {
         const code = (err as NodeJS.ErrnoException).code ?? ''
