@@ -24,7 +24,7 @@ interface NfsModule {
 
 export default class Serve extends VdevCommand {
   static override summary = 'Serve an image over NBD (or NFS v3, or iSCSI) until interrupted: read-only, or read-write into an overlay'
-  static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3, or with --protocol iscsi as an iSCSI target with one read-only LUN (0) whose unreadable sectors fail with MEDIUM ERROR (Windows' built-in initiator, open-iscsi, qemu, libiscsi). The export is read-only unless --overlay FILE or --scratch is given (NBD and NFS: then writes, write-zeroes, discards and flushes — NFS WRITE and COMMIT — go to a copy-on-write overlay file and the image is never written; docs/OVERLAY.md); reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
+  static override description = `Serves the decoded image to network block device clients (qemu, nbd-client, nbdcopy, nbdinfo, nbdfuse …) or, with --protocol nfs, as one file over NFS v3, or with --protocol iscsi as an iSCSI target with one LUN (0) whose unreadable sectors fail with MEDIUM ERROR (Windows' built-in initiator, open-iscsi, qemu, libiscsi). The export is read-only unless --overlay FILE or --scratch is given (then writes, write-zeroes, discards and flushes — NFS WRITE and COMMIT, SCSI WRITE, WRITE SAME, UNMAP and SYNCHRONIZE CACHE — go to a copy-on-write overlay file and the image is never written; docs/OVERLAY.md); reads of unreadable areas fail with EIO (or read as zeros with --bad-policy zero).
 
 It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCSI_DEFAULT_PORT} for iSCSI) unless told otherwise; a non-loopback address also needs --allow-remote, because anyone who can reach it can read the image. With --json it prints one line once it accepts connections and nothing else on stdout. SIGINT or SIGTERM stops it: the listener closes, requests in flight finish, and it exits 0.`
   static override examples = [
@@ -54,9 +54,9 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     'no-auth': Flags.boolean({description: 'iSCSI with --allow-remote: serve without CHAP (anyone who can reach the address can read the image)'}),
     overlay: Flags.string({
       description:
-        'NBD and NFS: serve read-write, every write going to this copy-on-write overlay file (created if missing; docs/OVERLAY.md); the image is never written',
+        'NBD, NFS and iSCSI: serve read-write, every write going to this copy-on-write overlay file (created if missing; docs/OVERLAY.md); the image is never written',
     }),
-    scratch: Flags.boolean({description: 'NBD and NFS: serve read-write into a temporary overlay that is deleted when serve exits'}),
+    scratch: Flags.boolean({description: 'NBD, NFS and iSCSI: serve read-write into a temporary overlay that is deleted when serve exits'}),
     'export-name': Flags.string({description: 'NBD export name (default: the image file name; "" always works too)'}),
     threads: Flags.integer({
       description: `NBD: serving threads per connection, each reading, decoding and answering requests; iSCSI: serving threads, each serving one connection after its login (default: the number of cores, at most 8; 0 serves on the main thread)`,
@@ -91,7 +91,6 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     })
     if (flags.overlay !== undefined && flags.scratch) throw new VdevError('usage', '--overlay and --scratch exclude each other')
     const writable = flags.overlay !== undefined || flags.scratch
-    if (writable && protocol === 'iscsi') throw new VdevError('usage', '--overlay and --scratch work with --protocol nbd and nfs only in this version (not iscsi; docs/OVERLAY.md)')
     let scratchDir: string | undefined
     const removeScratch = () => {
       if (scratchDir) fs.rmSync(scratchDir, {recursive: true, force: true})
@@ -134,11 +133,13 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         stop = () => h.close()
       } else if (protocol === 'iscsi') {
         if (address.kind !== 'tcp') throw new VdevError('usage', '--protocol iscsi needs a HOST:PORT address (iSCSI runs over TCP)')
-        const running = await startIscsiServer(server, {listen: address, image: args.image, chap, log, threads: flags.threads ?? defaultThreadsPerConnection()})
+        if (writable && flags.threads) log('--threads: a writable LUN is served on the main thread (docs/OVERLAY.md)')
+        const threads = writable ? 0 : (flags.threads ?? defaultThreadsPerConnection())
+        const running = await startIscsiServer(server, {listen: address, image: args.image, chap, log, threads})
         const listen = formatListen(running.address)
         this.ready(
-          {protocol, listen, target: running.iqn, lun: running.lun, uri: running.uri},
-          `serving ${args.image} over iSCSI at ${listen}, target ${running.iqn}, LUN ${running.lun} (${running.uri})${chap ? ', CHAP required' : ''}`,
+          {protocol, listen, target: running.iqn, lun: running.lun, uri: running.uri, ...overlay},
+          `serving ${args.image} over iSCSI at ${listen}, target ${running.iqn}, LUN ${running.lun} (${running.uri})${chap ? ', CHAP required' : ''}${how ? `,${how}` : ''}`,
         )
         stop = () => running.close()
       } else {

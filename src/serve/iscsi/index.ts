@@ -1,8 +1,9 @@
 /**
- * `vdev serve --protocol iscsi`: an iSCSI target (server.ts) on a TCP listener, one read-only LUN (0) per
- * image. The target's IQN is stable for an image: derived from its media hash when the source has one (a
- * VDIMG image), else from its path, size and modification time (a raw image and its mapfile), so an
- * initiator that saved the target finds it again after a restart.
+ * `vdev serve --protocol iscsi`: an iSCSI target (server.ts) on a TCP listener, one LUN (0) per image,
+ * read-only, or read-write over a writable BlockServer (`--overlay`, served on the main thread). The
+ * target's IQN is stable for an image: derived from its media hash when the source has one (a VDIMG image),
+ * else from its path, size and modification time (a raw image and its mapfile), and from the overlay's id
+ * when there is one, so an initiator that saved the target finds it again after a restart.
  */
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
@@ -40,8 +41,12 @@ export interface ImageIdentity {
  * how it is read (mapfile, sector size).
  */
 export function imageIdentity(server: BlockServer, imagePath: string): ImageIdentity {
-  const src = server.source as {sha256?: unknown; descriptor?: {kind: string; path: string; options?: unknown}}
+  // An overlay (docs/OVERLAY.md) is another disk over the same image: its base names the image, its id the disk.
+  const top = server.source as {base?: unknown; header?: {id?: unknown}}
+  const overlayId = server.writable && Buffer.isBuffer(top.header?.id) ? top.header.id : undefined
+  const src = (overlayId ? top.base : server.source) as {sha256?: unknown; descriptor?: {kind: string; path: string; options?: unknown}}
   const h = crypto.createHash('sha256')
+  if (overlayId) h.update(`overlay:${overlayId.toString('hex')}\0`)
   if (typeof src.sha256 === 'string' && src.sha256) h.update(`media:${src.sha256}`)
   else {
     const abs = src.descriptor?.path ?? path.resolve(imagePath)
@@ -101,7 +106,9 @@ export async function startIscsiServer(
   const identity = {naa: id.naa, serial: id.serial, iqn: id.iqn}
   const log = opts.log ?? (() => {})
   let threads: IscsiThreads | undefined
-  if (opts.threads && opts.threads > 0) {
+  // A writable source (an overlay) is served on the main thread, its owner (docs/iscsi.md "Writable LUN"; NBD
+  // serves one on threads through views of the overlay, the iSCSI target does not yet).
+  if (opts.threads && opts.threads > 0 && !server.writable) {
     try {
       threads = await IscsiThreads.start(server, {count: opts.threads, cacheBytes: THREAD_CACHE_BYTES, config: {iqn: id.iqn, identity}, log})
     } catch (err) {

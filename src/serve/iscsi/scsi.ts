@@ -1,11 +1,15 @@
 /**
- * The SCSI logical unit behind the iSCSI target: a read-only direct-access block device (SBC-3) over a
- * BlockServer, apart from the transport (server.ts), in tgt's and LIO's shape: ONE command table
+ * The SCSI logical unit behind the iSCSI target: a direct-access block device (SBC-3) over a BlockServer,
+ * read-only, or read-write when the server is writable (an overlay, docs/OVERLAY.md), apart from the transport (server.ts), in tgt's and LIO's shape: ONE command table
  * (opcode [+ service action] → handler, CDB usage data and flags) and every error built by sense.ts.
  *
  * Rules every handler follows, as libiscsi's conformance suite expects:
  *  - the LBA range is checked before anything else about the medium, so a write past the end is
- *    ILLEGAL REQUEST / LBA OUT OF RANGE (05/21/00) and only a write inside it DATA PROTECT (07/27/00);
+ *    ILLEGAL REQUEST / LBA OUT OF RANGE (05/21/00) and only a write inside it DATA PROTECT (07/27/00) on a
+ *    read-only LU;
+ *  - on a writable LU a write that finds no space (ENOSPC) is DATA PROTECT / SPACE ALLOCATION FAILED WRITE
+ *    PROTECT (07/27/07, SBC-3's answer of a thin-provisioned device out of space, which Linux reports as
+ *    ENOSPC); any other write or flush failure MEDIUM ERROR / WRITE ERROR (03/0C/00);
  *  - an unreadable sector under the `error` bad-area policy is MEDIUM ERROR / UNRECOVERED READ ERROR
  *    (03/11/00) with INFORMATION = its LBA, and the good blocks before it are transferred;
  *  - unknown opcodes are ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE (05/20/00).
@@ -26,6 +30,14 @@ export interface LunIdentity {
 
 /** Largest transfer one command may ask for (Block Limits VPD "MAXIMUM TRANSFER LENGTH", in bytes here). */
 export const MAX_TRANSFER_BYTES = 8 * 1024 * 1024
+/** Writable LU: COMPARE AND WRITE at most this many blocks (Block Limits VPD byte 5). */
+export const MAX_COMPARE_AND_WRITE_BLOCKS = 255
+/** Writable LU: WRITE SAME at most this many blocks (Block Limits VPD "MAXIMUM WRITE SAME LENGTH"). */
+export const MAX_WRITE_SAME_BLOCKS = 1 << 22
+/** Writable LU: UNMAP block descriptors in one command (Block Limits VPD "MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT"). */
+export const MAX_UNMAP_DESCRIPTORS = 256
+/** A WRITE SAME of a non-zero pattern is written in pieces of at most this many bytes. */
+const WRITE_SAME_PIECE = 1024 * 1024
 
 /** One command as the transport hands it over. */
 export interface ScsiTask {
@@ -36,6 +48,12 @@ export interface ScsiTask {
   expectedLength: number
   /** Data-Out collected for a command whose table entry asks for it. */
   dataOut?: Buffer
+  /**
+   * The EDTL was shorter than the CDB's transfer (a whole number of blocks): only the Data-Out given is
+   * written (FCP-4's "process the command normally except that data beyond [the expected length] shall not
+   * be requested or transferred"; the transport reports the overflow residual).
+   */
+  truncated?: boolean
 }
 
 export interface ScsiResult {
@@ -70,12 +88,24 @@ export interface CommandSpec {
   handler: Handler
   /** Answered with a pending unit attention still pending (SAM-5: INQUIRY, REPORT LUNS, REQUEST SENSE). */
   noUnitAttention?: boolean
-  /** Bytes of Data-Out this command needs before it runs (VERIFY with BYTCHK); the transport asks with R2T. */
+  /**
+   * Bytes of Data-Out this command needs before it runs (VERIFY with BYTCHK, the writes on a writable LU,
+   * UNMAP's parameter list); the transport asks for them with R2T. 0 when the command will fail its checks
+   * anyway (out of range, read-only, too long): it then runs at once and fails without data.
+   */
   dataOut?: (cdb: Buffer, lu: LogicalUnit) => number
+  /**
+   * The Data-Out must be exactly that long (WRITE SAME's one block, COMPARE AND WRITE's two halves): another
+   * expected data transfer length fails the command, INVALID FIELD IN COMMAND INFORMATION UNIT.
+   */
+  exactDataOut?: boolean
+  /** An EDTL short of the CDB's transfer by whole blocks writes those blocks only (WRITE, WRITE AND VERIFY). */
+  truncatable?: boolean
 }
 
-/** Supported VPD pages, in ascending order (SPC-4 §7.8.13). */
+/** Supported VPD pages, in ascending order (SPC-4 §7.8.13); a writable LU adds Logical Block Provisioning (B2h). */
 const VPD_PAGES = [0x00, 0x80, 0x83, 0xb0, 0xb1]
+const VPD_PAGES_WRITABLE = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
 
 /** Mode page codes served (SPC-4 §7.5; SBC-3 §6.4): caching, control. */
 const PAGE_CACHING = 0x08
@@ -106,10 +136,67 @@ export class LogicalUnit {
     return byOp
   }
 
-  /** Bytes of Data-Out the command needs before execute() (0: none). */
+  /** True when the LU takes writes (the server is an overlay). */
+  get writable(): boolean {
+    return this.server.writable
+  }
+
+  /** Bytes of Data-Out the command needs before execute() (0: none), and whether exactly that many must come. */
   dataOutLength(cdb: Buffer): number {
     const spec = this.lookup(cdb)
-    return spec?.dataOut ? spec.dataOut(cdb, this) : 0
+    if (!spec?.dataOut) return 0
+    try {
+      return spec.dataOut(cdb, this)
+    } catch {
+      // A CDB the handler refuses (out of range, bad field): it runs at once and says so.
+      return 0
+    }
+  }
+
+  exactDataOut(cdb: Buffer): boolean {
+    return this.lookup(cdb)?.exactDataOut === true
+  }
+
+  truncatable(cdb: Buffer): boolean {
+    return this.lookup(cdb)?.truncatable === true
+  }
+
+  private chain: Promise<unknown> = Promise.resolve()
+
+  /**
+   * Run `f` after every mutation started before it: COMPARE AND WRITE and ORWRITE read and write as one step,
+   * and no other write of this LU comes in between (the overlay serializes its records anyway).
+   */
+  exclusive<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(f, f)
+    this.chain = run.catch(() => undefined)
+    return run
+  }
+
+  /**
+   * A write, write-zeroes or discard of whole blocks at `offset`; the part of a last, partial block past the
+   * image's size is dropped (it reads as zeros whatever is written there). Failures become their sense.
+   */
+  async mutate(kind: 'write' | 'zero' | 'trim', offset: number, length: number, opts: {data?: Buffer; fua?: boolean} = {}): Promise<void> {
+    const n = Math.max(0, Math.min(length, this.server.size - offset))
+    if (n === 0) return
+    try {
+      if (kind === 'write') await this.server.write(offset, opts.data!.subarray(0, n), {fua: opts.fua})
+      else if (kind === 'zero') await this.server.zero(offset, n, {fua: opts.fua})
+      else await this.server.trim(offset, n, {fua: opts.fua})
+    } catch (err) {
+      throw writeFailure(err, Math.floor(offset / this.blockSize))
+    }
+  }
+
+  /** SYNCHRONIZE CACHE: every write answered so far on stable storage. */
+  async flush(): Promise<void> {
+    if (!this.writable) return
+    try {
+      await this.server.flush()
+    } catch (err) {
+      throw writeFailure(err)
+    }
   }
 
   /** Run one command to its result; never throws. */
@@ -184,6 +271,13 @@ export class LogicalUnit {
     }
     return e
   }
+}
+
+/** ENOSPC: DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT (07/27/07); anything else MEDIUM ERROR / WRITE ERROR (03/0C/00). */
+function writeFailure(err: unknown, lba?: number): ScsiError {
+  const e = err instanceof BlockError ? err : new BlockError('EIO', (err as Error)?.message ?? String(err))
+  if (e.errno === 'ENOSPC') return new ScsiError({key: SENSE_KEY.dataProtect, asc: ASC.spaceAllocationFailedWriteProtect}, `no space for the write: ${e.message}`)
+  return new ScsiError({key: SENSE_KEY.mediumError, asc: ASC.writeError, information: lba}, `write failed: ${e.message}`)
 }
 
 function good(data: Buffer | undefined): ScsiResult {
@@ -261,7 +355,7 @@ function vpdPage(page: number, lu: LogicalUnit): Buffer {
 function vpdBody(page: number, lu: LogicalUnit): Buffer {
   switch (page) {
     case 0x00:
-      return Buffer.from(VPD_PAGES)
+      return Buffer.from(lu.writable ? VPD_PAGES_WRITABLE : VPD_PAGES)
     case 0x80:
       return Buffer.from(lu.identity.serial, 'ascii')
     case 0x83: {
@@ -284,6 +378,24 @@ function vpdBody(page: number, lu: LogicalUnit): Buffer {
       b.writeUInt32BE(MAX_TRANSFER_BYTES / lu.blockSize, 4) // maximum transfer length
       b.writeUInt32BE(Math.min(MAX_TRANSFER_BYTES, 128 * 1024) / lu.blockSize, 8) // optimal transfer length
       b.writeUInt32BE(MAX_TRANSFER_BYTES / lu.blockSize, 12) // maximum prefetch length
+      if (lu.writable) {
+        b[0] = 0x01 // WSNZ: WRITE SAME of 0 blocks ("to the end") is refused
+        b[1] = MAX_COMPARE_AND_WRITE_BLOCKS
+        b.writeUInt32BE(0xffffffff, 16) // maximum unmap LBA count: no limit
+        b.writeUInt32BE(MAX_UNMAP_DESCRIPTORS, 20) // maximum unmap block descriptor count
+        b.writeUInt32BE(1, 24) // optimal unmap granularity: one block
+        b.writeBigUInt64BE(BigInt(MAX_WRITE_SAME_BLOCKS), 32) // maximum write same length
+      }
+      return b
+    }
+    case 0xb2: {
+      // Logical Block Provisioning (SBC-3 §6.5.4), writable LU only: UNMAP and WRITE SAME (10/16) with UNMAP
+      // deallocate (LBPU, LBPWS, LBPWS10); a deallocated block reads as zeros (LBPRZ); thin provisioned (the
+      // overlay's file grows as it is written, and can run out of space).
+      if (!lu.writable) throw invalidField(2, 'VPD page 0xb2 is not supported')
+      const b = Buffer.alloc(4)
+      b[1] = 0x80 | 0x40 | 0x20 | 0x04
+      b[2] = 0x02
       return b
     }
     case 0xb1: {
@@ -299,15 +411,17 @@ function vpdBody(page: number, lu: LogicalUnit): Buffer {
 
 // ---- SPC: MODE SENSE ----
 
-function modePage(code: number, pc: number): Buffer | undefined {
+function modePage(code: number, pc: number, writable: boolean): Buffer | undefined {
   const changeable = pc === 1
   switch (code) {
     case PAGE_CACHING: {
       const p = Buffer.alloc(20)
       p[0] = PAGE_CACHING
       p[1] = 18
-      // WCE 0 (nothing is written), RCD 0 (reads may be cached); nothing changeable.
-      if (changeable) p.fill(0, 2)
+      // WCE: a writable LU answers a write once it is in the overlay's page cache, durable at SYNCHRONIZE CACHE
+      // (or with FUA), so it says it has a write cache (initiators then send SYNCHRONIZE CACHE); a read-only
+      // one writes nothing. RCD 0 (reads may be cached); nothing changeable.
+      if (writable && !changeable) p[2] = 0x04
       return p
     }
     case PAGE_CONTROL: {
@@ -326,30 +440,30 @@ function modePage(code: number, pc: number): Buffer | undefined {
   }
 }
 
-function modePages(cdb: Buffer, pageByte: number, subpageByte: number): Buffer {
+function modePages(cdb: Buffer, pageByte: number, subpageByte: number, writable: boolean): Buffer {
   const pc = cdb[pageByte] >> 6
   const code = cdb[pageByte] & 0x3f
   const subpage = cdb[subpageByte]
   if (code === PAGE_ALL) {
     if (subpage !== 0 && subpage !== 0xff) throw invalidField(subpageByte, `subpage 0x${subpage.toString(16)} is not supported`)
-    return Buffer.concat([modePage(PAGE_CACHING, pc)!, modePage(PAGE_CONTROL, pc)!])
+    return Buffer.concat([modePage(PAGE_CACHING, pc, writable)!, modePage(PAGE_CONTROL, pc, writable)!])
   }
-  const p = subpage === 0 ? modePage(code, pc) : undefined
+  const p = subpage === 0 ? modePage(code, pc, writable) : undefined
   if (!p) throw invalidField(pageByte, `mode page 0x${code.toString(16)}/${subpage} is not supported`)
   return p
 }
 
-/** Device-specific parameter (SBC-3 §6.4.1): WP (the medium is write-protected) and DPOFUA. */
-const DEVICE_SPECIFIC = 0x80 | 0x10
+/** Device-specific parameter (SBC-3 §6.4.1): WP (the medium is write-protected) unless writable, and DPOFUA. */
+const deviceSpecific = (lu: LogicalUnit) => (lu.writable ? 0 : 0x80) | 0x10
 
 function modeSense6(t: ScsiTask, lu: LogicalUnit): Buffer {
   const cdb = t.cdb
   const dbd = (cdb[1] & 0x08) !== 0
-  const pages = modePages(cdb, 2, 3)
+  const pages = modePages(cdb, 2, 3, lu.writable)
   const desc = dbd ? Buffer.alloc(0) : shortBlockDescriptor(lu)
   const h = Buffer.alloc(4)
   h[0] = 3 + desc.length + pages.length
-  h[2] = DEVICE_SPECIFIC
+  h[2] = deviceSpecific(lu)
   h[3] = desc.length
   return clip(Buffer.concat([h, desc, pages]), cdb[4])
 }
@@ -358,11 +472,11 @@ function modeSense10(t: ScsiTask, lu: LogicalUnit): Buffer {
   const cdb = t.cdb
   const dbd = (cdb[1] & 0x08) !== 0
   const llbaa = (cdb[1] & 0x10) !== 0
-  const pages = modePages(cdb, 2, 3)
+  const pages = modePages(cdb, 2, 3, lu.writable)
   const desc = dbd ? Buffer.alloc(0) : llbaa ? longBlockDescriptor(lu) : shortBlockDescriptor(lu)
   const h = Buffer.alloc(8)
   h.writeUInt16BE(6 + desc.length + pages.length, 0)
-  h[3] = DEVICE_SPECIFIC
+  h[3] = deviceSpecific(lu)
   h[4] = llbaa && !dbd ? 0x01 : 0
   h.writeUInt16BE(desc.length, 6)
   return clip(Buffer.concat([h, desc, pages]), u16(cdb, 7))
@@ -470,7 +584,9 @@ function readCapacity16(t: ScsiTask, lu: LogicalUnit): Buffer {
   const b = Buffer.alloc(32)
   b.writeBigUInt64BE(BigInt(lu.blocks - 1), 0)
   b.writeUInt32BE(lu.blockSize, 8)
-  // P_TYPE/PROT_EN 0, one logical block per physical block, LBPME 0 (fully provisioned), lowest aligned LBA 0.
+  // P_TYPE/PROT_EN 0, one logical block per physical block, lowest aligned LBA 0; LBPME 0 (fully provisioned)
+  // when read-only, else LBPME and LBPRZ (UNMAP works, an unmapped block reads as zeros; VPD B2h).
+  if (lu.writable) b[14] = 0x80 | 0x40
   return clip(b, u32(t.cdb, 10))
 }
 
@@ -547,10 +663,12 @@ function prefetch(lbaAt: number, lbaBytes: 4 | 8, countAt: number, countBytes: 2
   }
 }
 
+/** SYNCHRONIZE CACHE 10/16 (SBC-3 §5.22): after the range check, every write answered so far made durable (all of them, whatever the range). */
 function syncCache(lbaAt: number, lbaBytes: 4 | 8, countAt: number, countBytes: 2 | 4): Handler {
-  return (t, lu) => {
+  return async (t, lu) => {
     const cdb = t.cdb
     lu.range(lbaBytes === 8 ? u64(cdb, lbaAt) : BigInt(u32(cdb, lbaAt)), countBytes === 2 ? u16(cdb, countAt) : u32(cdb, countAt))
+    await lu.flush()
     return undefined
   }
 }
@@ -569,20 +687,187 @@ function getLbaStatus(t: ScsiTask, lu: LogicalUnit): Buffer {
   return clip(b, alloc)
 }
 
-/** Every write-class command: the range first (05/21/00), then DATA PROTECT / WRITE PROTECTED (07/27/00). */
-function writeClass(lbaAt: number, lbaBytes: 0 | 3 | 4 | 8, countAt: number, countBytes: 0 | 1 | 2 | 4): Handler {
-  return (t, lu) => {
-    const cdb = t.cdb
-    if (lbaBytes > 0) {
-      const lba = lbaBytes === 8 ? u64(cdb, lbaAt) : lbaBytes === 4 ? BigInt(u32(cdb, lbaAt)) : BigInt(cdb.readUIntBE(lbaAt, 3) & 0x1fffff)
-      let count = countBytes === 4 ? u32(cdb, countAt) : countBytes === 2 ? u16(cdb, countAt) : countBytes === 1 ? cdb[countAt] : 0
-      if (countBytes === 1 && count === 0) count = 256 // WRITE(6): 0 means 256 blocks
-      lu.range(lba, count)
-      // WRPROTECT (byte 1, bits 7-5) asks for protection information this LU does not have (not WRITE(6)).
-      if (lbaBytes !== 3) noProtect(cdb)
-    }
-    throw writeProtected()
+/** The LBA and block count of a CDB (WRITE(6): 21-bit LBA, 0 blocks meaning 256). */
+function lbaCount(cdb: Buffer, lbaAt: number, lbaBytes: 0 | 3 | 4 | 8, countAt: number, countBytes: 0 | 1 | 2 | 4): {lba: bigint; count: number} {
+  const lba = lbaBytes === 8 ? u64(cdb, lbaAt) : lbaBytes === 4 ? BigInt(u32(cdb, lbaAt)) : lbaBytes === 3 ? BigInt(cdb.readUIntBE(lbaAt, 3) & 0x1fffff) : 0n
+  let count = countBytes === 4 ? u32(cdb, countAt) : countBytes === 2 ? u16(cdb, countAt) : countBytes === 1 ? cdb[countAt] : 0
+  if (lbaBytes === 3 && count === 0) count = 256
+  return {lba, count}
+}
+
+/**
+ * The checks every write-class command makes first, in libiscsi's expected order: the range (05/21/00),
+ * WRPROTECT (05/24/00, not WRITE(6)), then, on a read-only LU, DATA PROTECT / WRITE PROTECTED (07/27/00).
+ */
+function writeChecks(t: ScsiTask, lu: LogicalUnit, lbaAt: number, lbaBytes: 0 | 3 | 4 | 8, countAt: number, countBytes: 0 | 1 | 2 | 4): {lba: bigint; count: number} {
+  const cdb = t.cdb
+  const {lba, count} = lbaCount(cdb, lbaAt, lbaBytes, countAt, countBytes)
+  if (lbaBytes > 0) {
+    lu.range(lba, count)
+    if (lbaBytes !== 3) noProtect(cdb)
   }
+  if (!lu.writable) throw writeProtected()
+  return {lba, count}
+}
+
+/** The Data-Out of a command that writes `factor` × its blocks: 0 when its checks fail (it then runs without data). */
+function blocksDataOut(lbaAt: number, lbaBytes: 3 | 4 | 8, countAt: number, countBytes: 1 | 2 | 4, factor = 1, maxBlocks = Infinity) {
+  return (cdb: Buffer, lu: LogicalUnit): number => {
+    if (!lu.writable) return 0
+    const {lba, count} = lbaCount(cdb, lbaAt, lbaBytes, countAt, countBytes)
+    lu.range(lba, count)
+    if (lbaBytes !== 3 && cdb[1] & 0xe0) return 0
+    if (count > maxBlocks || count * lu.blockSize > MAX_TRANSFER_BYTES) return 0
+    return count * lu.blockSize * factor
+  }
+}
+
+/** The Data-Out a handler was given, which the transport collected whole (or did not run the command). */
+function dataOut(t: ScsiTask, length: number): Buffer {
+  if (!t.dataOut || t.dataOut.length < length) throw illegalRequest(ASC.invalidFieldInIu, `${length} bytes of Data-Out expected, ${t.dataOut?.length ?? 0} received`)
+  return t.dataOut.subarray(0, length)
+}
+
+/**
+ * WRITE 6/10/12/16 and WRITE AND VERIFY 10/12/16 (SBC-3 §5.32-5.40): the Data-Out written to the overlay;
+ * FUA (byte 1 bit 3; not in WRITE(6)) makes it durable before GOOD. WRITE AND VERIFY writes what it was given
+ * (BYTCHK: the data compared is the data written).
+ */
+function write(lbaAt: number, lbaBytes: 3 | 4 | 8, countAt: number, countBytes: 1 | 2 | 4): Handler {
+  return async (t, lu) => {
+    const {lba, count} = writeChecks(t, lu, lbaAt, lbaBytes, countAt, countBytes)
+    if (count === 0) return undefined
+    const {offset, length: full} = lu.range(lba, count)
+    if (full > MAX_TRANSFER_BYTES) throw invalidField(countAt, `transfer of ${full} bytes is larger than the ${MAX_TRANSFER_BYTES}-byte maximum`)
+    const length = t.truncated ? Math.min(full, t.dataOut?.length ?? 0) : full
+    if (length === 0) return undefined
+    const data = dataOut(t, length)
+    const fua = lbaBytes !== 3 && (t.cdb[1] & 0x08) !== 0
+    await lu.exclusive(() => lu.mutate('write', offset, length, {data, fua}))
+    return undefined
+  }
+}
+
+/** ORWRITE(16) (SBC-3 §5.8, no ORPROTECT): each block becomes the OR of itself and the Data-Out, read and written as one step. */
+function orWrite(t: ScsiTask, lu: LogicalUnit): Promise<undefined> | undefined {
+  const {lba, count} = writeChecks(t, lu, 2, 8, 10, 4)
+  if (count === 0) return undefined
+  const {offset, length} = lu.range(lba, count)
+  if (length > MAX_TRANSFER_BYTES) throw invalidField(10, `transfer of ${length} bytes is larger than the ${MAX_TRANSFER_BYTES}-byte maximum`)
+  const data = dataOut(t, length)
+  const fua = (t.cdb[1] & 0x08) !== 0
+  return lu.exclusive(async () => {
+    const old = await lu.readBlocks(lba, count)
+    const out = Buffer.allocUnsafe(length)
+    for (let i = 0; i < length; i++) out[i] = old[i] | data[i]
+    await lu.mutate('write', offset, length, {data: out, fua})
+    return undefined
+  })
+}
+
+/**
+ * COMPARE AND WRITE (SBC-3 §5.2): the first half of the Data-Out is compared with the blocks, and only if
+ * every byte matches the second half is written, as one step (no other write of this LU in between);
+ * otherwise MISCOMPARE 0E/1D/00 with INFORMATION = the offset of the first byte that differs.
+ */
+function compareAndWrite(t: ScsiTask, lu: LogicalUnit): Promise<undefined> | undefined {
+  const {lba, count} = writeChecks(t, lu, 2, 8, 13, 1)
+  // 0 blocks compares and writes nothing (SBC-3), but not with Data-Out on its way: the count is then wrong.
+  if (count === 0 && t.expectedLength > 0) throw invalidField(13, `COMPARE AND WRITE of 0 blocks with ${t.expectedLength} bytes of Data-Out`)
+  if (count === 0) return undefined
+  if (count > MAX_COMPARE_AND_WRITE_BLOCKS) throw invalidField(13, `COMPARE AND WRITE of ${count} blocks (at most ${MAX_COMPARE_AND_WRITE_BLOCKS})`)
+  const {offset, length} = lu.range(lba, count)
+  const data = dataOut(t, 2 * length)
+  const fua = (t.cdb[1] & 0x08) !== 0
+  return lu.exclusive(async () => {
+    const old = await lu.readBlocks(lba, count)
+    for (let i = 0; i < length; i++)
+      if (old[i] !== data[i]) throw new ScsiError({key: SENSE_KEY.miscompare, asc: ASC.miscompareDuringVerify, information: i}, `COMPARE AND WRITE: miscompare at byte ${i}`)
+    await lu.mutate('write', offset, length, {data: data.subarray(length), fua})
+    return undefined
+  })
+}
+
+/**
+ * WRITE SAME 10/16 (SBC-3 §5.41-5.42): one block of Data-Out (or none with NDOB, WRITE SAME(16): zeros)
+ * repeated over the range. An all-zero block becomes one write-zeroes of the range, or with UNMAP one
+ * discard (a discarded block reads as zeros, LBPRZ, so both read the same); any other pattern is written
+ * block by block, UNMAP or not (a deallocated block could not read as the pattern). ANCHOR is refused
+ * (ANC_SUP 0), and so is 0 blocks ("to the end": WSNZ 1) and more than MAXIMUM WRITE SAME LENGTH.
+ */
+function writeSame(lbaAt: number, lbaBytes: 4 | 8, countAt: number, countBytes: 2 | 4): Handler {
+  return async (t, lu) => {
+    const cdb = t.cdb
+    const {lba, count} = writeChecks(t, lu, lbaAt, lbaBytes, countAt, countBytes)
+    if (cdb[1] & 0x10) throw invalidField(1, 'ANCHOR is not supported', 4)
+    if (count === 0) throw invalidField(countAt, 'WRITE SAME of 0 blocks (WSNZ)')
+    if (count > MAX_WRITE_SAME_BLOCKS) throw invalidField(countAt, `WRITE SAME of ${count} blocks (at most ${MAX_WRITE_SAME_BLOCKS})`)
+    const ndob = lbaBytes === 8 && (cdb[1] & 0x01) !== 0
+    const block = ndob ? Buffer.alloc(lu.blockSize) : dataOut(t, lu.blockSize)
+    const unmap = (cdb[1] & 0x08) !== 0
+    const {offset, length} = lu.range(lba, count)
+    await lu.exclusive(async () => {
+      if (block.every((b) => b === 0)) return lu.mutate(unmap ? 'trim' : 'zero', offset, length)
+      const per = Math.max(1, Math.floor(WRITE_SAME_PIECE / lu.blockSize))
+      const piece = Buffer.alloc(Math.min(count, per) * lu.blockSize)
+      for (let at = 0; at < piece.length; at += lu.blockSize) block.copy(piece, at)
+      for (let done = 0; done < length; done += piece.length) {
+        const n = Math.min(piece.length, length - done)
+        await lu.mutate('write', offset + done, n, {data: piece.subarray(0, n)})
+      }
+    })
+    return undefined
+  }
+}
+
+function writeSameDataOut(lbaAt: number, lbaBytes: 4 | 8, countAt: number, countBytes: 2 | 4) {
+  return (cdb: Buffer, lu: LogicalUnit): number => {
+    if (!lu.writable) return 0
+    const {lba, count} = lbaCount(cdb, lbaAt, lbaBytes, countAt, countBytes)
+    lu.range(lba, count)
+    if (cdb[1] & 0xf0 || count === 0 || count > MAX_WRITE_SAME_BLOCKS) return 0
+    if (lbaBytes === 8 && cdb[1] & 0x01) return 0 // NDOB
+    return lu.blockSize
+  }
+}
+
+/**
+ * UNMAP (SBC-3 §5.28): the parameter list's block descriptors (LBA, count) discarded. Every descriptor is
+ * checked before any is applied: more than MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT → INVALID FIELD IN
+ * PARAMETER LIST (05/26/00), a range past the end → 05/21/00. A parameter list of 1-7 bytes → PARAMETER
+ * LIST LENGTH ERROR (05/1A/00); a descriptor data length that is not a multiple of 16 drops the partial
+ * last one; ANCHOR → INVALID FIELD IN CDB.
+ */
+async function unmap(t: ScsiTask, lu: LogicalUnit): Promise<undefined> {
+  const cdb = t.cdb
+  if (!lu.writable) throw writeProtected()
+  if (cdb[1] & 0x01) throw invalidField(1, 'ANCHOR is not supported', 0)
+  const paramLength = u16(cdb, 7)
+  if (paramLength === 0) return undefined
+  if (paramLength < 8) throw illegalRequest(ASC.parameterListLengthError, `UNMAP parameter list of ${paramLength} bytes`)
+  const p = dataOut(t, paramLength)
+  const descBytes = Math.min(u16(p, 2), paramLength - 8)
+  const n = Math.floor(descBytes / 16)
+  if (n > MAX_UNMAP_DESCRIPTORS) throw illegalRequest(ASC.invalidFieldInParameterList, `${n} UNMAP block descriptors (at most ${MAX_UNMAP_DESCRIPTORS})`)
+  const ranges: Array<{offset: number; length: number}> = []
+  for (let i = 0; i < n; i++) {
+    const at = 8 + 16 * i
+    const lba = p.readBigUInt64BE(at)
+    const count = p.readUInt32BE(at + 8)
+    const r = lu.range(lba, count)
+    if (count > 0) ranges.push(r)
+  }
+  await lu.exclusive(async () => {
+    for (const r of ranges) await lu.mutate('trim', r.offset, r.length)
+  })
+  return undefined
+}
+
+/** UNMAP's parameter list (at most 64 KiB, the 16-bit length's limit) on a writable LU. */
+function unmapDataOut(cdb: Buffer, lu: LogicalUnit): number {
+  if (!lu.writable || cdb[1] & 0x01) return 0
+  const n = u16(cdb, 7)
+  return n < 8 ? 0 : n
 }
 
 function testUnitReady(): undefined {
@@ -604,14 +889,22 @@ export const COMMANDS: CommandSpec[] = [
   {opcode: 0x00, name: 'TEST UNIT READY', usage: [0x00, 0, 0, 0, 0, C], handler: testUnitReady},
   {opcode: 0x03, name: 'REQUEST SENSE', usage: [0x03, 0x01, 0, 0, 0xff, C], handler: requestSense, noUnitAttention: true},
   {opcode: 0x08, name: 'READ(6)', usage: [0x08, 0x1f, 0xff, 0xff, 0xff, C], handler: read6},
-  {opcode: 0x0a, name: 'WRITE(6)', usage: [0x0a, 0x1f, 0xff, 0xff, 0xff, C], handler: writeClass(1, 3, 4, 1)},
+  {opcode: 0x0a, name: 'WRITE(6)', usage: [0x0a, 0x1f, 0xff, 0xff, 0xff, C], handler: write(1, 3, 4, 1), dataOut: blocksDataOut(1, 3, 4, 1), truncatable: true},
   {opcode: 0x12, name: 'INQUIRY', usage: [0x12, 0x01, 0xff, 0xff, 0xff, C], handler: inquiry, noUnitAttention: true},
   {opcode: 0x1a, name: 'MODE SENSE(6)', usage: [0x1a, 0x08, 0xff, 0xff, 0xff, C], handler: modeSense6},
   {opcode: 0x1b, name: 'START STOP UNIT', usage: [0x1b, 0x01, 0, 0x0f, 0xf7, C], handler: startStopUnit},
   {opcode: 0x25, name: 'READ CAPACITY(10)', usage: [0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, C], handler: readCapacity10},
   {opcode: 0x28, name: 'READ(10)', usage: [0x28, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: read10},
-  {opcode: 0x2a, name: 'WRITE(10)', usage: [0x2a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: writeClass(2, 4, 7, 2)},
-  {opcode: 0x2e, name: 'WRITE AND VERIFY(10)', usage: [0x2e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: writeClass(2, 4, 7, 2)},
+  {opcode: 0x2a, name: 'WRITE(10)', usage: [0x2a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: write(2, 4, 7, 2), dataOut: blocksDataOut(2, 4, 7, 2), truncatable: true},
+  {
+    opcode: 0x2e,
+    name: 'WRITE AND VERIFY(10)',
+    usage: [0x2e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C],
+    handler: write(2, 4, 7, 2),
+    dataOut: blocksDataOut(2, 4, 7, 2),
+
+    truncatable: true,
+  },
   {
     opcode: 0x2f,
     name: 'VERIFY(10)',
@@ -621,14 +914,36 @@ export const COMMANDS: CommandSpec[] = [
   },
   {opcode: 0x34, name: 'PRE-FETCH(10)', usage: [0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: prefetch(2, 4, 7, 2)},
   {opcode: 0x35, name: 'SYNCHRONIZE CACHE(10)', usage: [0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: syncCache(2, 4, 7, 2)},
-  {opcode: 0x41, name: 'WRITE SAME(10)', usage: [0x41, 0xfa, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C], handler: writeClass(2, 4, 7, 2)},
-  {opcode: 0x42, name: 'UNMAP', usage: [0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, C], handler: writeClass(0, 0, 0, 0)},
+  {
+    opcode: 0x41,
+    name: 'WRITE SAME(10)',
+    usage: [0x41, 0xfa, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, C],
+    handler: writeSame(2, 4, 7, 2),
+    dataOut: writeSameDataOut(2, 4, 7, 2),
+    exactDataOut: true,
+  },
+  {opcode: 0x42, name: 'UNMAP', usage: [0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, C], handler: unmap, dataOut: unmapDataOut},
   {opcode: 0x5a, name: 'MODE SENSE(10)', usage: [0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, C], handler: modeSense10},
   {opcode: 0x88, name: 'READ(16)', usage: [0x88, 0xf8, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: read16},
-  {opcode: 0x89, name: 'COMPARE AND WRITE', usage: [0x89, 0xf8, ...Array(8).fill(0xff), 0, 0, 0, 0xff, 0x1f, C], handler: writeClass(2, 8, 13, 1)},
-  {opcode: 0x8a, name: 'WRITE(16)', usage: [0x8a, 0xf8, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 8, 10, 4)},
-  {opcode: 0x8b, name: 'ORWRITE(16)', usage: [0x8b, 0xf8, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 8, 10, 4)},
-  {opcode: 0x8e, name: 'WRITE AND VERIFY(16)', usage: [0x8e, 0xf2, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 8, 10, 4)},
+  {
+    opcode: 0x89,
+    name: 'COMPARE AND WRITE',
+    usage: [0x89, 0xf8, ...Array(8).fill(0xff), 0, 0, 0, 0xff, 0x1f, C],
+    handler: compareAndWrite,
+    dataOut: blocksDataOut(2, 8, 13, 1, 2, MAX_COMPARE_AND_WRITE_BLOCKS),
+    exactDataOut: true,
+  },
+  {opcode: 0x8a, name: 'WRITE(16)', usage: [0x8a, 0xf8, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: write(2, 8, 10, 4), dataOut: blocksDataOut(2, 8, 10, 4), truncatable: true},
+  {opcode: 0x8b, name: 'ORWRITE(16)', usage: [0x8b, 0xf8, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: orWrite, dataOut: blocksDataOut(2, 8, 10, 4)},
+  {
+    opcode: 0x8e,
+    name: 'WRITE AND VERIFY(16)',
+    usage: [0x8e, 0xf2, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C],
+    handler: write(2, 8, 10, 4),
+    dataOut: blocksDataOut(2, 8, 10, 4),
+
+    truncatable: true,
+  },
   {
     opcode: 0x8f,
     name: 'VERIFY(16)',
@@ -638,7 +953,14 @@ export const COMMANDS: CommandSpec[] = [
   },
   {opcode: 0x90, name: 'PRE-FETCH(16)', usage: [0x90, 0x02, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: prefetch(2, 8, 10, 4)},
   {opcode: 0x91, name: 'SYNCHRONIZE CACHE(16)', usage: [0x91, 0x02, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: syncCache(2, 8, 10, 4)},
-  {opcode: 0x93, name: 'WRITE SAME(16)', usage: [0x93, 0xf9, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 8, 10, 4)},
+  {
+    opcode: 0x93,
+    name: 'WRITE SAME(16)',
+    usage: [0x93, 0xf9, ...Array(8).fill(0xff), 0xff, 0xff, 0xff, 0xff, 0x1f, C],
+    handler: writeSame(2, 8, 10, 4),
+    dataOut: writeSameDataOut(2, 8, 10, 4),
+    exactDataOut: true,
+  },
   {
     opcode: 0x9e,
     serviceAction: 0x10,
@@ -662,8 +984,16 @@ export const COMMANDS: CommandSpec[] = [
     handler: reportSupportedOpcodes,
   },
   {opcode: 0xa8, name: 'READ(12)', usage: [0xa8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: read12},
-  {opcode: 0xaa, name: 'WRITE(12)', usage: [0xaa, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 4, 6, 4)},
-  {opcode: 0xae, name: 'WRITE AND VERIFY(12)', usage: [0xae, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: writeClass(2, 4, 6, 4)},
+  {opcode: 0xaa, name: 'WRITE(12)', usage: [0xaa, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C], handler: write(2, 4, 6, 4), dataOut: blocksDataOut(2, 4, 6, 4), truncatable: true},
+  {
+    opcode: 0xae,
+    name: 'WRITE AND VERIFY(12)',
+    usage: [0xae, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, C],
+    handler: write(2, 4, 6, 4),
+    dataOut: blocksDataOut(2, 4, 6, 4),
+
+    truncatable: true,
+  },
   {
     opcode: 0xaf,
     name: 'VERIFY(12)',

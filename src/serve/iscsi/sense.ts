@@ -19,12 +19,19 @@ export const SENSE_KEY = {
   unitAttention: 0x6,
   dataProtect: 0x7,
   abortedCommand: 0xb,
+  miscompare: 0xe,
 } as const
 
 /** SPC-4 Table 30: additional sense code and qualifier, as (ASC << 8) | ASCQ. */
 export const ASC = {
   none: 0x0000,
+  writeError: 0x0c00,
+  /** RFC 7143 §11.4.7.2: Data-Out that does not add up (ABORTED COMMAND). */
+  incorrectAmountOfData: 0x0c0d,
+  /** SPC-4: INVALID FIELD IN COMMAND INFORMATION UNIT (an expected data transfer length the CDB does not match). */
+  invalidFieldInIu: 0x0e03,
   unrecoveredReadError: 0x1100,
+  miscompareDuringVerify: 0x1d00,
   parameterListLengthError: 0x1a00,
   invalidOpcode: 0x2000,
   lbaOutOfRange: 0x2100,
@@ -32,8 +39,14 @@ export const ASC = {
   lunNotSupported: 0x2500,
   invalidFieldInParameterList: 0x2600,
   writeProtected: 0x2700,
+  /** SBC-3 §4.7.3 (thin provisioning): a write the device has no space for; Linux completes it as BLK_STS_NOSPC (ENOSPC). */
+  spaceAllocationFailedWriteProtect: 0x2707,
   powerOnReset: 0x2900,
   internalTargetFailure: 0x4400,
+  /** RFC 7143 §11.4.7.2: PROTOCOL SERVICE CRC ERROR (ABORTED COMMAND), also for Data-Out out of sequence (§7.9, an implied digest error). */
+  protocolServiceCrcError: 0x4705,
+  /** SPC-4: DATA OFFSET ERROR (ABORTED COMMAND). */
+  dataOffsetError: 0x4b05,
   reportedLunsChanged: 0x3f0e,
 } as const
 

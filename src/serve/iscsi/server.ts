@@ -1,9 +1,10 @@
 /**
- * A read-only iSCSI target over one logical unit (scsi.ts), RFC 7143 at ErrorRecoveryLevel 0, one
- * connection per session: the login phase (login.ts), then the full-feature phase — SCSI commands
- * answered with Data-In PDUs cut to the initiator's MaxRecvDataSegmentLength and MaxBurstLength, status
- * in the last one when the command succeeded (else a SCSI Response with sense), residuals; R2T and
- * Data-Out for the commands that need data (VERIFY with BYTCHK); NOP-Out/NOP-In; Text (SendTargets);
+ * An iSCSI target over one logical unit (scsi.ts; read-write when the BlockServer is writable), RFC 7143 at
+ * ErrorRecoveryLevel 0, one connection per session: the login phase (login.ts), then the full-feature
+ * phase — SCSI commands answered with Data-In PDUs cut to the initiator's MaxRecvDataSegmentLength and
+ * MaxBurstLength, status in the last one when the command succeeded (else a SCSI Response with sense),
+ * residuals; R2T and Data-Out for the commands that need data (writes, UNMAP's parameter list, VERIFY with
+ * BYTCHK: one R2T outstanding per task, each for at most MaxBurstLength); NOP-Out/NOP-In; Text (SendTargets);
  * Task Management; Logout; Reject for what it does not take. Commands run concurrently on the main
  * thread's event loop (BlockServer.read) and are answered as they finish; each PDU sequence is written in
  * one synchronous step, so sequences never interleave.
@@ -17,6 +18,7 @@ import {EndOfStream, SocketReader} from '../nbd/reader'
 import {LoginFailure, LoginNegotiation, TARGET_MAX_RECV_DATA_SEGMENT, PORTAL_GROUP_TAG, type Negotiated, type TargetConfig} from './login'
 import * as P from './pdu'
 import {LogicalUnit, newNexus, type LunIdentity, type Nexus, type ScsiResult} from './scsi'
+import {ASC, SENSE_KEY, STATUS, buildSense, type SenseSpec} from './sense'
 import type {HandedConnection, HandoffState, IscsiThreads} from './threads'
 import {drained} from '../drained'
 import {printable} from '../printable'
@@ -29,6 +31,14 @@ const MAX_LOGIN_DATA = 64 * 1024
 const MAX_TEXT_TOTAL = 256 * 1024
 /** Stop reading while this much reply data waits in the socket. */
 const OUTPUT_HIGH_WATER = 64 * 1024 * 1024
+/**
+ * Data-Out buffers of one connection (collecting or being written) are at most this large together: a
+ * command whose data would pass it waits for its first R2T until others finish. One command alone may
+ * always go (its own length is bounded by the LU: MAX_TRANSFER_BYTES, 64 KiB for UNMAP).
+ */
+export const MAX_DATA_OUT_BYTES = 32 * 1024 * 1024
+/** Tasks ended while waiting for Data-Out (aborted, failed) whose late Data-Out is dropped without a Reject. */
+const ENDED_TASKS_REMEMBERED = 64
 
 class ProtocolViolation extends Error {}
 
@@ -162,8 +172,21 @@ interface Task {
   aborted: boolean
   /** Handed to the logical unit (until then it waits for Data-Out). */
   executing?: boolean
-  /** Data-Out being gathered (R2T): the buffer, bytes received, the target transfer tag, the next R2TSN. */
-  out?: {data: Buffer; received: number; ttt: number; r2tsn: number; burstEnd: number}
+  /** Bytes of Data-Out the command needs (the CDB's, checked against the EDTL before anything is allocated). */
+  need?: number
+  /** Immediate data sent with the command (ImmediateData=No, so only from a non-conforming initiator). */
+  immediate?: Buffer
+  /**
+   * Data-Out being gathered (R2T): the buffer, bytes received, the current R2T's target transfer tag, the
+   * next R2TSN, the end of the current burst and the DataSN expected next in it.
+   */
+  out?: {data: Buffer; received: number; ttt: number; r2tsn: number; burstEnd: number; dataSN: number}
+  /** Its Data-Out buffer was given back (MAX_DATA_OUT_BYTES accounting). */
+  released?: boolean
+  /** A residual the transport decided (a command refused or cut for its EDTL), instead of the one computed from the data moved. */
+  residual?: {flags: number; count: number}
+  /** Only the EDTL's whole blocks of a longer WRITE are asked for and written. */
+  truncated?: boolean
 }
 
 export class IscsiConnection {
@@ -178,6 +201,10 @@ export class IscsiConnection {
   private stopping = false
   private loggedOut = false
   private nextTtt = 1
+  /** Bytes of Data-Out buffers allocated for this connection's tasks, and the tasks waiting for room. */
+  private outBytes = 0
+  private outWaiting: Task[] = []
+  private readonly ended = new Set<number>()
   private textBuffer: Buffer[] = []
   private textBytes = 0
   private readonly stopped: Promise<void>
@@ -569,29 +596,86 @@ export class IscsiConnection {
       this.reject(bhs, P.REJECT.taskInProgress)
       return
     }
-    const need = task.write ? Math.min(this.target.lu.dataOutLength(task.cdb), task.edtl) : 0
+    this.ended.delete(task.itt)
+    const lu = this.target.lu
+    // What the CDB says it will send (its transfer length × block size, already bounded by the LU), never
+    // what the header says: EDTL only limits it.
+    let need = lu.dataOutLength(task.cdb)
+    const edtl = task.write ? task.edtl : 0
     this.tasks.set(task.itt, task)
     this.inFlight++
-    if (need > 0) {
-      // Immediate data (if the initiator sent any) starts the buffer; the rest is asked for with R2T.
-      const out = {data: Buffer.alloc(need), received: 0, ttt: 0, r2tsn: 0, burstEnd: 0}
-      task.out = out
-      const imm = data.subarray(0, need)
-      imm.copy(out.data, 0)
-      out.received = imm.length
-      if (out.received >= need) void this.execute(task)
-      else this.r2t(task)
+    if (need > 0 && edtl < need && lu.truncatable(task.cdb) && edtl % lu.blockSize === 0) {
+      // A WRITE whose EDTL is short of the CDB's length by whole blocks: only EDTL is asked for and written,
+      // GOOD with the overflow residual (FCP-4 choice (a), what libiscsi 1.19's residual tests expect).
+      task.residual = {flags: P.RSP_OVERFLOW, count: need - edtl}
+      task.truncated = true
+      need = edtl
+    }
+    if (need === 0) {
+      void this.execute(task)
       return
     }
-    void this.execute(task)
+    if (edtl < need || (edtl !== need && lu.exactDataOut(task.cdb))) {
+      // EDTL short of the CDB's length by a part of a block (or, for WRITE SAME, COMPARE AND WRITE, any other
+      // length): no data is asked for and nothing written (FCP-4 choice (b)): CHECK CONDITION, INVALID FIELD IN
+      // COMMAND INFORMATION UNIT, and the residual of the difference.
+      task.residual = edtl < need ? {flags: P.RSP_OVERFLOW, count: need - edtl} : {flags: P.RSP_UNDERFLOW, count: edtl - need}
+      this.complete(task, failure({key: SENSE_KEY.illegalRequest, asc: ASC.invalidFieldInIu}))
+      return
+    }
+    task.need = need
+    if (data.length > 0) task.immediate = Buffer.from(data.subarray(0, need))
+    this.outWaiting.push(task)
+    this.pumpDataOut()
   }
 
+  /** Start collecting Data-Out for waiting tasks while their buffers fit in MAX_DATA_OUT_BYTES (one always may). */
+  private pumpDataOut(): void {
+    while (this.outWaiting.length > 0) {
+      const task = this.outWaiting[0]
+      if (this.tasks.get(task.itt) !== task || task.aborted) {
+        this.outWaiting.shift()
+        continue
+      }
+      const need = task.need!
+      if (this.outBytes > 0 && this.outBytes + need > MAX_DATA_OUT_BYTES) return
+      this.outWaiting.shift()
+      this.outBytes += need
+      const out = {data: Buffer.alloc(need), received: 0, ttt: 0, r2tsn: 0, burstEnd: 0, dataSN: 0}
+      task.out = out
+      if (task.immediate) {
+        task.immediate.copy(out.data, 0)
+        out.received = task.immediate.length
+        task.immediate = undefined
+      }
+      if (out.received >= need) void this.execute(task)
+      else this.r2t(task)
+    }
+  }
+
+  /** Give a task's Data-Out buffer back (once) and let waiting tasks start. */
+  private releaseDataOut(task: Task): void {
+    if (!task.out || task.released) return
+    task.released = true
+    this.outBytes -= task.out.data.length
+    task.out = {...task.out, data: Buffer.alloc(0)}
+    this.pumpDataOut()
+  }
+
+  /** Remember a task that ended while Data-Out may still be on its way (bounded). */
+  private forget(itt: number): void {
+    this.ended.add(itt)
+    if (this.ended.size > ENDED_TASKS_REMEMBERED) this.ended.delete(this.ended.values().next().value!)
+  }
+
+  /** One R2T for the next burst (MaxOutstandingR2T=1: the next one only when this burst is complete). */
   private r2t(task: Task): void {
     const out = task.out!
     const len = Math.min(out.data.length - out.received, this.params!.maxBurstLength)
     out.ttt = this.nextTtt
     this.nextTtt = this.nextTtt >= 0xfffffffe ? 1 : this.nextTtt + 1
     out.burstEnd = out.received + len
+    out.dataSN = 0 // DataSN counts the Data-Out PDUs of each R2T's sequence from 0 (§11.7.5)
     const b = P.newBhs(P.OP_R2T, P.F_FINAL, 0, task.itt)
     task.lun.copy(b, 8)
     b.writeUInt32BE(out.ttt, 20)
@@ -603,33 +687,61 @@ export class IscsiConnection {
     this.write(this.pdu(b))
   }
 
+  /**
+   * A Data-Out PDU. For a task waiting for it, under the current R2T's TTT, in order (DataSN from 0 in each
+   * R2T's sequence, offset = the bytes received, within the burst; DataPDUInOrder=Yes): copied into the
+   * task's buffer; the F bit ends the burst, then the next R2T or the command runs. A Data-Out for no task
+   * (an unknown ITT) or another TTT, or unsolicited (InitialR2T=Yes), gets a Reject (invalid PDU field) and
+   * changes nothing; one for a task that just ended (aborted or failed) is dropped. One out of sequence (a
+   * wrong DataSN — an implied digest error, §7.9 —, offset or amount) gets a Reject and ends its task with
+   * CHECK CONDITION, ABORTED COMMAND (§7.3: a Reject never ends a task by itself). The connection goes on.
+   */
   private dataOut(bhs: P.Bhs, data: Buffer): void {
     const task = this.tasks.get(bhs.itt)
     const out = task?.out
     const ttt = bhs.raw.readUInt32BE(20)
-    if (!task || !out || out.received >= out.data.length) return // unsolicited or for a finished task: dropped
-    if (ttt !== out.ttt) return
-    const offset = bhs.raw.readUInt32BE(40)
-    if (offset !== out.received || offset + data.length > out.burstEnd) {
-      this.reject(bhs, P.REJECT.protocolError)
+    if (!task && this.ended.has(bhs.itt)) return
+    if (!task || !out || task.executing || out.received >= out.data.length || ttt !== out.ttt) {
+      this.target.log(`iscsi ${this.peer}: Data-Out for ${task ? `task ${bhs.itt}, which is not waiting for it under TTT ${ttt}` : `no task (ITT ${bhs.itt})`}: rejected`)
+      this.reject(bhs, P.REJECT.invalidField)
       return
     }
+    const dataSN = bhs.raw.readUInt32BE(36)
+    const offset = bhs.raw.readUInt32BE(40)
+    if (dataSN !== out.dataSN) return this.dataOutFailed(task, bhs, ASC.protocolServiceCrcError, `DataSN ${dataSN}, expected ${out.dataSN}`)
+    if (offset !== out.received) return this.dataOutFailed(task, bhs, ASC.dataOffsetError, `buffer offset ${offset}, expected ${out.received}`)
+    if (offset + data.length > out.burstEnd) return this.dataOutFailed(task, bhs, ASC.incorrectAmountOfData, `${data.length} bytes at ${offset}: past the burst's end (${out.burstEnd})`)
     data.copy(out.data, offset)
     out.received += data.length
+    out.dataSN++
     if ((bhs.flags & P.F_FINAL) === 0) return
-    if (out.received < out.burstEnd) {
-      this.reject(bhs, P.REJECT.protocolError)
-      return
-    }
+    if (out.received < out.burstEnd) return this.dataOutFailed(task, bhs, ASC.incorrectAmountOfData, `the burst ended at ${out.received} of ${out.burstEnd} bytes`)
     if (out.received >= out.data.length) void this.execute(task)
     else this.r2t(task)
   }
 
+  private dataOutFailed(task: Task, bhs: P.Bhs, asc: number, why: string): void {
+    this.target.log(`iscsi ${this.peer}: Data-Out of task ${task.itt} out of sequence (${why}): rejected, the command ends with ABORTED COMMAND`)
+    this.reject(bhs, P.REJECT.invalidField)
+    this.forget(task.itt)
+    this.complete(task, failure({key: SENSE_KEY.abortedCommand, asc}))
+  }
+
+  /** Answer a task that does not run (or ran) and forget it. */
+  private complete(task: Task, result: ScsiResult): void {
+    if (!task.aborted && this.tasks.get(task.itt) === task) this.respond(task, result)
+    if (this.tasks.get(task.itt) === task) this.tasks.delete(task.itt)
+    this.releaseDataOut(task)
+    this.finish()
+  }
+
   /** Commands still waiting for Data-Out will not get it: they end unanswered. */
   private dropWaiting(): void {
+    this.outWaiting = []
     for (const t of [...this.tasks.values()]) {
       if (t.executing) continue
       this.tasks.delete(t.itt)
+      this.releaseDataOut(t)
       this.finish()
     }
   }
@@ -638,14 +750,12 @@ export class IscsiConnection {
     task.executing = true
     let result: ScsiResult
     try {
-      result = await this.target.lu.execute({cdb: task.cdb, lun: flatLun(task.lun), expectedLength: task.edtl, dataOut: task.out?.data}, this.session!.nexus)
+      result = await this.target.lu.execute({cdb: task.cdb, lun: flatLun(task.lun), expectedLength: task.edtl, dataOut: task.out?.data, truncated: task.truncated}, this.session!.nexus)
     } catch (err) {
       this.target.log(`iscsi ${this.peer}: command 0x${task.cdb[0].toString(16)} failed: ${(err as Error).message}`)
-      result = {status: 0x02, data: Buffer.alloc(0), sense: Buffer.from([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0, 0, 0, 0, 0])}
+      result = failure({key: SENSE_KEY.hardwareError, asc: ASC.internalTargetFailure})
     }
-    if (!task.aborted && this.tasks.get(task.itt) === task) this.respond(task, result)
-    if (this.tasks.get(task.itt) === task) this.tasks.delete(task.itt)
-    this.finish()
+    this.complete(task, result)
   }
 
   /** Data-In PDUs within the initiator's segment and burst sizes, then status (in the last Data-In or a SCSI Response). */
@@ -656,7 +766,10 @@ export class IscsiConnection {
     const transferred = task.write ? (task.out?.received ?? 0) : send
     let residualFlags = 0
     let residual = 0
-    if (task.read && full > task.edtl) {
+    if (task.residual) {
+      residualFlags = task.residual.flags
+      residual = task.residual.count
+    } else if (task.read && full > task.edtl) {
       residualFlags = P.RSP_OVERFLOW
       residual = full - task.edtl
     } else if (transferred < task.edtl) {
@@ -694,7 +807,7 @@ export class IscsiConnection {
       b[3] = r.status
       b.writeUInt32BE(this.nextStatSN(), 24)
       this.numbers(b)
-      b.writeUInt32BE(dataSN, 36) // ExpDataSN: the Data-In PDUs sent
+      b.writeUInt32BE(dataSN + (task.out?.r2tsn ?? 0), 36) // ExpDataSN: the R2T and Data-In PDUs sent (§11.4.6)
       b.writeUInt32BE(residual, 44)
       parts.push(...this.pdu(b, senseData))
     }
@@ -768,8 +881,13 @@ export class IscsiConnection {
     const abort = (t: Task) => {
       t.aborted = true
       this.tasks.delete(t.itt)
-      // One still waiting for Data-Out never runs: it ends here (one running ends when its read does).
-      if (!t.executing) this.finish()
+      // One still waiting for Data-Out never runs: it ends here, its buffer given back, and Data-Out still
+      // on its way for it is dropped (one running ends when its read or write does).
+      if (!t.executing) {
+        this.forget(t.itt)
+        this.releaseDataOut(t)
+        this.finish()
+      }
     }
     switch (fn) {
       case P.TMF.abortTask: {
@@ -838,6 +956,11 @@ export class IscsiConnection {
   private drained(): Promise<void> {
     return drained(this.socket)
   }
+}
+
+/** CHECK CONDITION with this sense, no data. */
+function failure(s: SenseSpec): ScsiResult {
+  return {status: STATUS.checkCondition, data: Buffer.alloc(0), sense: buildSense(s), senseSpec: s}
 }
 
 function u16(n: number): Buffer {
