@@ -155,6 +155,66 @@ export class IscsiRawClient {
     }
   }
 
+  /** A SCSI Command PDU for a write (W bit), without waiting for anything. Returns its ITT. */
+  sendWrite(cdb: number[] | Buffer, edtl: number): number {
+    const itt = this.itt++
+    const c = Buffer.alloc(16)
+    Buffer.from(cdb).copy(c)
+    this.send(
+      pdu(0x01, 0x80 | 0x20 | 0x01, Buffer.alloc(0), (b) => {
+        b.writeUInt32BE(itt, 16)
+        b.writeUInt32BE(edtl, 20)
+        b.writeUInt32BE(this.cmdSN++, 24)
+        b.writeUInt32BE(this.expStatSN, 28)
+        c.copy(b, 32)
+      }),
+    )
+    return itt
+  }
+
+  /** One Data-Out PDU (fields as given, so tests can send wrong ones). */
+  dataOut(f: {itt: number; ttt: number; dataSN: number; offset: number; data: Buffer; final: boolean}): void {
+    this.send(
+      pdu(0x05, f.final ? 0x80 : 0, f.data, (b) => {
+        b.writeUInt32BE(f.itt, 16)
+        b.writeUInt32BE(f.ttt, 20)
+        b.writeUInt32BE(this.expStatSN, 28)
+        b.writeUInt32BE(f.dataSN, 36)
+        b.writeUInt32BE(f.offset, 40)
+      }),
+    )
+  }
+
+  /**
+   * A write command answered the way an initiator does: for each R2T, Data-Out PDUs of at most `segment`
+   * bytes (DataSN from 0, F on the last) covering exactly what it asks. Returns the R2Ts seen and the reply.
+   */
+  async write(cdb: number[] | Buffer, data: Buffer, opts: {edtl?: number; segment?: number} = {}): Promise<ScsiReply & {r2ts: Pdu[]}> {
+    const itt = this.sendWrite(cdb, opts.edtl ?? data.length)
+    const segment = opts.segment ?? 8192
+    const r2ts: Pdu[] = []
+    for (;;) {
+      const p = await this.read()
+      if (p.itt !== itt) throw new Error(`PDU 0x${p.opcode.toString(16)} for task ${p.itt}, waiting for ${itt}`)
+      if (p.opcode === 0x31) {
+        r2ts.push(p)
+        const ttt = p.bhs.readUInt32BE(20)
+        const offset = p.bhs.readUInt32BE(40)
+        const length = p.bhs.readUInt32BE(44)
+        let sn = 0
+        for (let at = offset; at < offset + length; at += segment) {
+          const n = Math.min(segment, offset + length - at)
+          this.dataOut({itt, ttt, dataSN: sn++, offset: at, data: data.subarray(at, at + n), final: at + n >= offset + length})
+        }
+        continue
+      }
+      if (p.opcode !== 0x21) throw new Error(`unexpected PDU 0x${p.opcode.toString(16)}`)
+      this.expStatSN = p.bhs.readUInt32BE(24) + 1
+      const sense = p.data.length >= 2 ? p.data.subarray(2, 2 + p.data.readUInt16BE(0)) : undefined
+      return {dataIns: [], data: Buffer.alloc(0), status: p.bhs[3], sense, flags: p.flags, residual: p.bhs.readUInt32BE(44), response: p, r2ts}
+    }
+  }
+
   /** NOP-Out with ping data; resolves with the NOP-In. */
   async nop(data: Buffer): Promise<Pdu> {
     const itt = this.itt++
