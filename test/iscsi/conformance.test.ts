@@ -2,6 +2,7 @@
  * libiscsi's own conformance suite, `iscsi-test-cu` (Debian libiscsi-bin), against `vdev serve --protocol
  * iscsi` run as a user runs it. Every test that applies to a read-only LUN must pass (or skip itself, as
  * libiscsi's tests do for features a target does not claim); the whole run must finish without a hang.
+ * Then the same suite against a writable LUN (`--overlay`): every test passes, the image is unchanged.
  *
  * It runs with --dataloss: without it libiscsi skips the write tests, but also fails its persistent-
  * reservation tests on every target (prout_register_and_ignore returns -1 instead of "not implemented"),
@@ -145,5 +146,50 @@ describe('iscsi conformance: libiscsi iscsi-test-cu', function () {
     served!.child.kill('SIGTERM')
     assert.equal(await served!.exited, 0, served!.stderr())
     assert.match(served!.stderr(), /stopped; served \d+ reads, \d+ bytes, 0 errors \(0 touching bad areas\)/)
+  })
+})
+
+describe('iscsi conformance: libiscsi iscsi-test-cu against a writable LUN (--overlay)', function () {
+  this.timeout(600_000)
+  let dir: string
+  let served: Served | undefined
+  let sha: string
+
+  before(async function () {
+    if (!hasTool('iscsi-test-cu')) this.skip()
+    // The suite writes ~600 MiB (the overlay is a log: every write appends); on tmpfs when there is one, so
+    // the run is not bound by a shared disk.
+    dir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'vdev-iscsi-cu-rw-'))
+    const image = crypto.randomBytes(16 * 1024 * 1024)
+    sha = crypto.createHash('sha256').update(image).digest('hex')
+    fs.writeFileSync(path.join(dir, 'disk.raw'), image)
+    served = await serveIscsi([path.join(dir, 'disk.raw'), '--format', 'raw', '--listen', '127.0.0.1:0', '--overlay', path.join(dir, 'disk.vdovl')])
+  })
+
+  after(async () => {
+    if (served && served.child.exitCode === null) {
+      served.child.kill('SIGKILL')
+      await served.exited
+    }
+    if (dir) fs.rmSync(dir, {recursive: true, force: true})
+  })
+
+  it('every test passes, the write tests included; the image is unchanged', async () => {
+    assert.equal((served!.ready as {overlay?: string}).overlay, path.join(dir, 'disk.vdovl'))
+    const t0 = Date.now()
+    const r = await run('iscsi-test-cu', ['--dataloss', '-n', '-t', 'ALL', served!.ready.uri], {timeout: 540_000, allowFail: true})
+    const res = parseSuite(r.stdout + r.stderr)
+    const summary = `${res.ran}/${res.total} ran, ${res.passed} passed, ${res.failed} failed in ${Date.now() - t0} ms; skips: ${[...res.skipped].map(([k, n]) => `${k} ×${n}`).join('; ')}`
+    console.log(`      iscsi-test-cu (writable): ${summary}`)
+    assert.deepEqual(res.failures, [], summary)
+    assert.equal(res.ran, res.total)
+    assert.ok(res.total >= 200, `only ${res.total} tests ran`)
+    assert.equal(res.passed, res.total)
+    // The write tests did run (none skipped as write-protected), and the image file never changed.
+    assert.ok(!res.skipped.has('Logical unit is write-protected'))
+    served!.child.kill('SIGTERM')
+    assert.equal(await served!.exited, 0, served!.stderr())
+    assert.match(served!.stderr(), /stopped; .*; \d+ writes \(\d+ bytes\), \d+ write-zeroes, \d+ trims, \d+ flushes, 0 failed/)
+    assert.equal(crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, 'disk.raw'))).digest('hex'), sha)
   })
 })
