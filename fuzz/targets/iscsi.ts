@@ -11,6 +11,13 @@
  * segments larger than declared, garbage; ended by Logout, a half-close or a disconnect. One case in five
  * flips random bytes of such a session ("chaos") and checks only what holds for any input.
  *
+ * A fourth server is writable (an overlay over the same image, on the main thread). Its sessions write:
+ * WRITE 6/10/12/16 with the Data-Out an initiator sends for each R2T (the model predicts every R2T's TTT,
+ * offset and length from the negotiated MaxBurstLength, segments of various sizes), and Data-Out sequences
+ * gone wrong — a wrong DataSN, buffer offset or TTT, data past the burst, a burst ended early, a Data-Out
+ * for no task. Chaos there flips bits of Data-Out PDUs only (never a CDB: the model must know what each
+ * command may write), and no garbage or write-class random CDBs are sent.
+ *
  * The contract checked:
  *  - every PDU the target sends parses: a target opcode, a data segment no larger than the initiator
  *    declared, Data-In of a task in order (DataSN from 0, offsets contiguous), status once per task;
@@ -18,9 +25,18 @@
  *    CHECK CONDITION under `error` is MEDIUM ERROR naming the first bad LBA, with the good blocks before it,
  *    or ILLEGAL REQUEST for a range past the end; a read that touches no bad area never fails with a
  *    medium error; a write-class command never succeeds;
+ *  - writable server: every R2T has the TTT, buffer offset and length the model predicts (≤ MaxBurstLength);
+ *    a write sent right is GOOD whenever it gets a status, one whose Data-Out went wrong never is (ABORTED
+ *    COMMAND, or no status while it waits for data); a Data-Out for no task or another TTT gets a Reject;
+ *    a read that overlaps no write of its session returns the model's bytes (the image with every write
+ *    answered GOOD applied; sectors whose fate is unknown — written without a status, or by a damaged
+ *    Data-Out — are left out of every later check), and the witness reads the model's bytes;
  *  - the target never crashes, logs no internal error, keeps serving a witness session that was open all
  *    along, and a fresh session afterwards reads correct bytes.
  */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {Overlay} from '../../src/layers/overlay'
 import * as net from 'node:net'
 import {BlockServer, type BadPolicy} from '../../src/core/blockserver'
 import {openImage, type VdimgImage} from '../../src/format/reader'
@@ -39,6 +55,17 @@ interface Server {
   logs: string[]
   witness?: IscsiRawClient
   isid: number
+  /** Writable server: what every sector holds now, and the sectors whose content is not known. */
+  writable?: {model: Buffer; unknown: Uint8Array}
+}
+
+/** A write of the writable server's session as the model sent it. */
+interface WriteExpect {
+  lba: number
+  blocks: number
+  data: Buffer
+  /** right: its Data-Out is all correct; abort: it went wrong (never GOOD); wait: it waits for data (no status). */
+  kind: 'right' | 'abort' | 'wait'
 }
 
 interface ReadExpect {
@@ -52,6 +79,8 @@ interface Session {
   steps: string[]
   reads: Map<number, ReadExpect>
   writes: Set<number>
+  /** Writable server: its writes by ITT, the R2Ts the model predicts (in order), the PDUs that must be rejected, and the Data-Out PDUs (chaos flips only those). */
+  w?: {writes: Map<number, WriteExpect>; r2ts: Array<{itt: number; ttt: number; offset: number; length: number}>; rejects: number; dataOutAt: number[]}
   /** Past this the model cannot predict answers (a lie about a length, chaos). */
   lenient: boolean
   maxRecv: number
@@ -108,8 +137,20 @@ function scsiPdu(c: {itt: number; cmdSN: number}, cdb: Buffer, edtl: number, wri
   })
 }
 
-function generate(rng: Rng, iqn: string, size: number, isid: string): Session {
+function dataOutPdu(f: {itt: number; ttt: number; dataSN: number; offset: number; data: Buffer; final: boolean}): Buffer {
+  return pdu(0x05, f.final ? 0x80 : 0, f.data, (b) => {
+    b.writeUInt32BE(f.itt, 16)
+    b.writeUInt32BE(f.ttt, 20)
+    b.writeUInt32BE(f.dataSN, 36)
+    b.writeUInt32BE(f.offset, 40)
+  })
+}
+
+function generate(rng: Rng, iqn: string, size: number, isid: string, writable = false): Session {
   const s: Session = {bytes: [], steps: [], reads: new Map(), writes: new Set(), lenient: false, maxRecv: rng.pick([512, 4096, 8192, 65536, 262144])}
+  if (writable) s.w = {writes: new Map(), r2ts: [], rejects: 0, dataOutAt: []}
+  let maxBurst = 262144 // the default until negotiated (RFC 7143 §13.13)
+  let nextTtt = 1
   const push = (b: Buffer, step: string) => {
     s.bytes.push(b)
     s.steps.push(step)
@@ -125,11 +166,13 @@ function generate(rng: Rng, iqn: string, size: number, isid: string): Session {
   }
   const names = {InitiatorName: INITIATOR, TargetName: rng.chance(0.05) ? 'iqn.2000-01.com.example:nope' : iqn}
   const op = {MaxRecvDataSegmentLength: String(s.maxRecv), MaxBurstLength: String(rng.pick([512, 8192, 262144, 16776192]))}
+  const burstIfNegotiated = Number(op.MaxBurstLength)
   const extra: Record<string, string> = rng.chance(0.2) ? {[rng.pick(['X-vdev.fuzz', 'HeaderDigest', 'MaxConnections', 'Bogus'])]: rng.pick(['', 'Yes', '0', 'x'.repeat(rng.int(200)), 'None,Foo'])} : {}
   switch (rng.int(6)) {
     case 0:
       login(0, 1, true, {...names, SessionType: 'Normal', AuthMethod: rng.pick(['None', 'CHAP,None', 'CHAP'])})
       login(1, 3, true, {...op, ...extra})
+      maxBurst = burstIfNegotiated
       break
     case 1:
       login(rng.int(4), rng.int(4), rng.chance(0.5), {...names, ...extra}, (b) => rng.chance(0.3) && (b[3] = rng.int(3)))
@@ -140,9 +183,62 @@ function generate(rng: Rng, iqn: string, size: number, isid: string): Session {
       // Continued login text.
       login(1, 0, false, names, (b) => (b[1] |= 0x40))
       login(1, 3, true, op)
+      maxBurst = burstIfNegotiated
       break
     default:
       login(1, 3, true, {...names, ...op, HeaderDigest: 'None', DataDigest: 'None', ...extra})
+      maxBurst = burstIfNegotiated
+  }
+  // An extra key (a second MaxBurstLength, a malformed one) makes the prediction unsure: such a session is lenient.
+  if (writable && Object.keys(extra).length > 0) s.lenient = true
+  /**
+   * The Data-Out of a WRITE the target will ask for: for each predicted R2T (one burst of at most
+   * MaxBurstLength, TTT counted from 1 on this connection), PDUs of a random segment size, DataSN from 0,
+   * F on the last; sometimes one of them goes wrong, and the rest of that write is not sent.
+   */
+  const writeDataOut = (id: number, r: {lba: number; blocks: number}) => {
+    const w = s.w!
+    const length = r.blocks * SECTOR
+    // No R2T for a write refused on its CDB (past the end, over 8 MiB) or of 0 blocks.
+    if (r.blocks === 0 || r.lba + r.blocks > size / SECTOR || length > 8 * 1024 * 1024) return
+    const data = rng.bytes(length)
+    const seg = Math.min(262144, rng.pick([512, 1536, 4096, 65536, 262144]))
+    const mangle = rng.chance(0.25) ? rng.pick(['datasn', 'offset', 'ttt', 'past', 'early', 'no-task'] as const) : undefined
+    let pdus = 0
+    for (let burst = 0; burst < length; burst += maxBurst) pdus += Math.ceil((Math.min(length, burst + maxBurst) - burst) / seg)
+    const mangleAt = rng.int(pdus)
+    let kind: WriteExpect['kind'] = 'right'
+    let pduIndex = 0
+    out: for (let burst = 0; burst < length; burst += maxBurst) {
+      const end = Math.min(length, burst + maxBurst)
+      const ttt = nextTtt++
+      w.r2ts.push({itt: id, ttt, offset: burst, length: end - burst})
+      let sn = 0
+      for (let at = burst; at < end; at += seg) {
+        const n = Math.min(seg, end - at)
+        let f = {itt: id, ttt, dataSN: sn++, offset: at, data: data.subarray(at, at + n), final: at + n >= end}
+        let step = `data-out ${id} ttt ${ttt} sn ${f.dataSN} @${at}+${n}`
+        if (mangle && pduIndex++ === mangleAt) {
+          if (mangle === 'datasn') f = {...f, dataSN: f.dataSN + 1 + rng.int(5)}
+          else if (mangle === 'offset') f = {...f, offset: f.offset + SECTOR * (1 + rng.int(4))}
+          else if (mangle === 'ttt') f = {...f, ttt: ttt + 1 + rng.int(1000)}
+          // Past the burst's end (a longer last PDU; the segment stays within the target's 262144 bytes).
+          else if (mangle === 'past') f = {...f, offset: end - Math.min(n, 262144 - SECTOR), data: Buffer.concat([f.data.subarray(0, Math.min(n, 262144 - SECTOR)), rng.bytes(SECTOR)])}
+          // A burst ended early: F on a PDU that is not its last (or, on its last, a DataSN gone wrong).
+          else if (mangle === 'early') f = f.final ? {...f, dataSN: f.dataSN + 1} : {...f, final: true}
+          else f = {...f, itt: 0x7f000000 + rng.int(1000)}
+          step += ` mangled: ${mangle}`
+          if (mangle === 'ttt' || mangle === 'no-task') w.rejects++
+          kind = mangle === 'ttt' || mangle === 'no-task' ? 'wait' : 'abort'
+          w.dataOutAt.push(s.bytes.length)
+          push(dataOutPdu(f), step)
+          break out
+        }
+        w.dataOutAt.push(s.bytes.length)
+        push(dataOutPdu(f), step)
+      }
+    }
+    w.writes.set(id, {lba: r.lba, blocks: r.blocks, data, kind})
   }
   let cmdSN = 1
   let itt = 100
@@ -151,7 +247,7 @@ function generate(rng: Rng, iqn: string, size: number, isid: string): Session {
     const kind = rng.weighted([
       [10, 'read'],
       [3, 'random-cdb'],
-      [2, 'write'],
+      [writable ? 8 : 2, 'write'],
       [2, 'nop'],
       [1, 'tmf'],
       [1, 'text'],
@@ -182,6 +278,11 @@ function generate(rng: Rng, iqn: string, size: number, isid: string): Session {
           cdb[0] = spec.opcode
           if (spec.serviceAction !== undefined) cdb[1] = spec.serviceAction
         }
+        // The writable server's model must know every write: no write-class command from random bytes there.
+        if (writable && (!spec || /WRITE|UNMAP|COMPARE/.test(spec.name))) {
+          itt--
+          continue
+        }
         const write = spec ? /WRITE|UNMAP|VERIFY|COMPARE/.test(spec.name) && rng.chance(0.5) : false
         push(scsiPdu({itt: id, cmdSN: cmdSN++}, cdb, rng.int(70000), write), `cdb ${cdb.toString('hex')}${write ? ' W' : ''}`)
         if (spec && /^(WRITE|UNMAP|COMPARE AND WRITE|ORWRITE)/.test(spec.name)) s.writes.add(id)
@@ -192,6 +293,7 @@ function generate(rng: Rng, iqn: string, size: number, isid: string): Session {
         r.cdb[0] = {0x08: 0x0a, 0x28: 0x2a, 0xa8: 0xaa, 0x88: 0x8a}[r.cdb[0]]!
         push(scsiPdu({itt: id, cmdSN: cmdSN++}, r.cdb, r.blocks * SECTOR, true), `write ${r.cdb[0].toString(16)} lba ${r.lba}`)
         s.writes.add(id)
+        if (s.w) writeDataOut(id, r)
         break
       }
       case 'nop': {
@@ -248,6 +350,11 @@ function generate(rng: Rng, iqn: string, size: number, isid: string): Session {
         i = n
         break
       case 'garbage':
+        if (writable) {
+          // Bytes that may frame as commands with any CDB: not for the writable server's model.
+          itt--
+          continue
+        }
         push(rng.bytes(rng.int(4096)), 'garbage')
         s.lenient = true
         break
@@ -267,10 +374,28 @@ function generate(rng: Rng, iqn: string, size: number, isid: string): Session {
 /** Send the session, read what the target says until it closes or goes quiet; check every PDU. */
 async function runSession(srv: Server, fx: ServedImage, ctx: CaseContext, isid: string): Promise<{failures: string[]; outcome: string; input: Buffer; steps: string[]}> {
   const rng = ctx.rng
-  const s = generate(rng, srv.running.iqn, fx.size, isid)
+  const s = generate(rng, srv.running.iqn, fx.size, isid, srv.writable !== undefined)
   let input = Buffer.concat(s.bytes)
-  const chaos = rng.chance(0.2)
-  if (chaos) {
+  const chaos = rng.chance(0.2) && (!s.w || s.w.dataOutAt.length > 0)
+  if (chaos && s.w) {
+    // Writable server: bits of Data-Out PDUs only — ITT, TTT, DataSN, offset and data, never the framing
+    // (a lost frame could turn data into commands the model does not know).
+    input = Buffer.from(input)
+    const starts: number[] = []
+    let at = 0
+    for (const b of s.bytes) starts.push((at += b.length) - b.length)
+    for (let k = 1 + rng.int(8); k > 0; k--) {
+      const i = rng.pick(s.w.dataOutAt)
+      const field = rng.weighted([
+        [1, [16, 8]],
+        [1, [36, 8]],
+        [4, [48, s.bytes[i].length - 48]],
+      ] as const)
+      if (field[1] <= 0) continue
+      input[starts[i] + field[0] + rng.int(field[1])] ^= 1 << rng.int(8)
+    }
+    s.lenient = true
+  } else if (chaos) {
     input = Buffer.from(input)
     for (let k = 1 + rng.int(8); k > 0 && input.length; k--) input[rng.int(input.length)] ^= 1 << rng.int(8)
     s.lenient = true
@@ -299,6 +424,7 @@ async function runSession(srv: Server, fx: ServedImage, ctx: CaseContext, isid: 
   sock.destroy()
   // Parse what came back.
   const tasks = new Map<number, {data: Buffer[]; nextSN: number; status?: number; sense?: Buffer; ended: boolean}>()
+  const r2ts: Array<{itt: number; ttt: number; offset: number; length: number}> = []
   let off = 0
   let pdus = 0
   let loggedIn = false
@@ -319,6 +445,7 @@ async function runSession(srv: Server, fx: ServedImage, ctx: CaseContext, isid: 
     const limit = loggedIn && opcode !== 0x23 ? s.maxRecv : 8192
     if (len > limit && opcode !== 0x3f && !chaos) failures.push(`a data segment of ${len} bytes (opcode 0x${opcode.toString(16)}), the initiator declared ${limit}`)
     const itt = h.readUInt32BE(16)
+    if (opcode === 0x31) r2ts.push({itt, ttt: h.readUInt32BE(20), offset: h.readUInt32BE(40), length: h.readUInt32BE(44)})
     if (opcode === 0x25 || opcode === 0x21) {
       let t = tasks.get(itt)
       if (!t) tasks.set(itt, (t = {data: [], nextSN: 0, ended: false}))
@@ -340,13 +467,59 @@ async function runSession(srv: Server, fx: ServedImage, ctx: CaseContext, isid: 
       }
     }
   }
+  const w = srv.writable
+  if (w && s.w) {
+    // The R2Ts the model predicted, in order (a session cut short sees a prefix of them).
+    if (!s.lenient) {
+      if (r2ts.length > s.w.r2ts.length) failures.push(`${r2ts.length} R2Ts, the model predicted ${s.w.r2ts.length}`)
+      for (let i = 0; i < Math.min(r2ts.length, s.w.r2ts.length); i++) {
+        const a = r2ts[i]
+        const e = s.w.r2ts[i]
+        if (a.itt !== e.itt || a.ttt !== e.ttt || a.offset !== e.offset || a.length !== e.length) {
+          failures.push(`R2T ${i} is (ITT ${a.itt}, TTT ${a.ttt}, ${a.offset}+${a.length}), the model predicted (ITT ${e.itt}, TTT ${e.ttt}, ${e.offset}+${e.length})`)
+          break
+        }
+      }
+    }
+    for (const [itt, e] of s.w.writes) {
+      const t = tasks.get(itt)
+      const status = t?.ended ? t.status : undefined
+      if (!s.lenient && status !== undefined) {
+        const key = t!.sense ? (t!.sense[0] === 0x72 ? t!.sense[1] & 0xf : t!.sense[2] & 0xf) : -1
+        // (The first command of a session may get the power-on UNIT ATTENTION instead of running.)
+        if (e.kind === 'right' && status !== 0 && key !== 6) failures.push(`write ${itt} (lba ${e.lba} x${e.blocks}) sent right ended with status ${status}, sense key ${key}`)
+        if (e.kind === 'abort') {
+          if (status !== 2 || key !== 0x0b) failures.push(`write ${itt} whose Data-Out went wrong ended with status ${status}, sense key ${key} (ABORTED COMMAND expected)`)
+        }
+        if (e.kind === 'wait') failures.push(`write ${itt} still waiting for its Data-Out got status ${status}`)
+      }
+      // The model: a GOOD write of a model session is applied; a write whose fate is not known makes its sectors unknown.
+      const sectors = [e.lba, e.lba + e.blocks] as const
+      if (!chaos && status === 0) {
+        e.data.copy(w.model, e.lba * SECTOR)
+        w.unknown.fill(0, ...sectors)
+      } else if (chaos || !(status === 2 || (status === undefined && e.kind === 'wait' && !s.lenient))) w.unknown.fill(1, ...sectors)
+    }
+  }
+  const writtenInSession = (lba: number, blocks: number) => [...(s.w?.writes.values() ?? [])].some((e) => e.lba < lba + blocks && lba < e.lba + e.blocks)
   // Check reads and writes against the model (whatever the session, an answer must be right).
   for (const [itt, t] of tasks) {
     if (!t.ended) continue
     // Under chaos the target may have received another opcode under this ITT than the one sent.
-    if (s.writes.has(itt) && t.status === 0 && !chaos) failures.push(`write-class task ${itt} succeeded`)
+    if (s.writes.has(itt) && t.status === 0 && !chaos && !w) failures.push(`write-class task ${itt} succeeded`)
     const r = s.reads.get(itt)
     if (!r || chaos) continue
+    if (w) {
+      // Writable server: reads run concurrently with the session's writes; only a read that overlaps none of
+      // them, no sector of unknown content and no bad area is compared (with the model).
+      const past = r.lba + r.blocks > fx.size / SECTOR
+      if (t.status === 0 && past) failures.push(`read of task ${itt} past the end succeeded`)
+      if (t.status !== 0 || past || writtenInSession(r.lba, r.blocks) || touchesBad(r.lba * SECTOR, r.blocks * SECTOR, fx.bad)) continue
+      if (w.unknown.subarray(r.lba, r.lba + r.blocks).some((u) => u !== 0)) continue
+      const want = w.model.subarray(r.lba * SECTOR, r.lba * SECTOR + Math.min(r.blocks * SECTOR, r.edtl))
+      if (!Buffer.concat(t.data).equals(want)) failures.push(`read of task ${itt} (lba ${r.lba} x${r.blocks}) on the writable LUN returned bytes the model does not have`)
+      continue
+    }
     const data = Buffer.concat(t.data)
     const offset = r.lba * SECTOR
     const length = r.blocks * SECTOR
@@ -381,17 +554,21 @@ async function witness(srv: Server, fx: ServedImage, rng: Rng): Promise<string |
   const c = srv.witness
   if (!c || c.socket.destroyed) return 'the witness session is gone'
   let lba = 0
-  for (let k = 0; k < 20; k++) {
+  const w = srv.writable
+  let found = false
+  for (let k = 0; k < 50 && !found; k++) {
     lba = rng.int(fx.size / SECTOR - 128)
-    if (!touchesBad(lba * SECTOR, 64 * SECTOR, fx.bad)) break
+    found = !touchesBad(lba * SECTOR, 64 * SECTOR, fx.bad) && !(w && w.unknown.subarray(lba, lba + 64).some((u) => u !== 0))
   }
+  if (!found) return undefined // (a writable LUN whose content is mostly unknown: nothing to compare)
+  const truth = w ? w.model : fx.data
   const cdb = Buffer.alloc(10)
   cdb[0] = 0x28
   cdb.writeUInt32BE(lba, 2)
   cdb.writeUInt16BE(64, 7)
   try {
     const r = await Promise.race([c.scsi(cdb, 64 * SECTOR), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5000))])
-    if (r.status !== 0 || !r.data.equals(fx.data.subarray(lba * SECTOR, (lba + 64) * SECTOR))) return `the witness session read wrong bytes at LBA ${lba} (status ${r.status})`
+    if (r.status !== 0 || !r.data.equals(truth.subarray(lba * SECTOR, (lba + 64) * SECTOR))) return `the witness session read wrong bytes at LBA ${lba} (status ${r.status})`
   } catch (err) {
     return `the witness session got no answer: ${(err as Error).message}`
   }
@@ -411,6 +588,7 @@ export const iscsiTarget: Target = {
     const fx = await makeServedImage('vdev-fuzz-iscsi-')
     const images: VdimgImage[] = []
     const servers: Server[] = []
+    let overlay: Overlay | undefined
     try {
       for (const [policy, threads] of [
         ['error', 0],
@@ -431,11 +609,23 @@ export const iscsiTarget: Target = {
         servers.push(srv)
         srv.witness = await newWitness(srv)
       }
+      // The writable server: an overlay over the image (in the fixture's directory, removed with it).
+      const img = await openImage(fx.image)
+      images.push(img)
+      overlay = await Overlay.open(img, path.join(fx.dir, `fuzz-${process.pid}.vdovl`))
+      const logs: string[] = []
+      const running = await startIscsiServer(new BlockServer(overlay, {badPolicy: 'error'}), {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, image: fx.image, log: (l) => logs.push(l), threads: 2})
+      if (running.threads !== 0) throw new Error('a writable server started serving threads')
+      const srv: Server = {policy: 'error', running, logs, isid: 1, writable: {model: Buffer.from(fx.data), unknown: new Uint8Array(fx.size / SECTOR)}}
+      // The bad areas read as zeros in fx.data; the model keeps them out of every comparison (touchesBad).
+      servers.push(srv)
+      srv.witness = await newWitness(srv)
     } catch (err) {
       for (const s of servers) {
         s.witness?.destroy()
         await s.running.close()
       }
+      await overlay?.close()
       for (const i of images) await i.close()
       fx.cleanup()
       throw err
@@ -482,7 +672,9 @@ export const iscsiTarget: Target = {
           s.witness?.destroy()
           await s.running.close()
         }
+        await overlay?.close()
         for (const i of images) await i.close()
+        fs.rmSync(path.join(fx.dir, `fuzz-${process.pid}.vdovl`), {force: true})
         fx.cleanup()
       },
     }
