@@ -155,6 +155,9 @@ export class IscsiTarget {
   /** Stop reading new commands on every connection, answer those in flight, close the sockets. */
   async close(): Promise<void> {
     this.closing = true
+    // A connection on a serving thread is stopped by message, answered by an unref'd worker: hold the threads
+    // meanwhile, or the process could end (exit 0, no closing line) while it waits for the answer.
+    this.opts.threads?.hold()
     await Promise.all([...this.connections].map((c) => c.shutdown()))
     await this.opts.threads?.close()
   }

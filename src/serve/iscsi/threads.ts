@@ -154,6 +154,14 @@ export class IscsiThreads {
   }
 
   /** Stop every thread (connections must have been stopped). */
+  /**
+   * Keep the process alive for the threads (their workers are unref'd while serving): shutting down waits for
+   * their answers, and with the listener and the sockets closed nothing else would keep the event loop going.
+   */
+  hold(): void {
+    for (const t of this.pool.threads) t.worker.ref()
+  }
+
   async close(): Promise<void> {
     this.closed = true
     this.idle.length = 0
