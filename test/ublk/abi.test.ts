@@ -11,6 +11,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import * as abi from '../../backends/linux/ublk/abi'
 import * as uring from '../../backends/linux/ublk/io_uring'
+import {deviceParams, MAX_DISCARD_SECTORS} from '../../backends/linux/ublk/params'
 import type {CStruct} from '../../src/sys/cstruct'
 
 const EXPECTED: Array<[CStruct, number, Record<string, number>]> = [
@@ -145,6 +146,49 @@ describe('io_uring and ublk ABI (io_uring.h, ublk_cmd.h)', () => {
     assert.equal(b.readBigUInt64LE(24), 1n << 40n)
   })
 
+  it('the write-path flags and ops have the values of ublk_cmd.h (torvalds/linux master)', () => {
+    // Literal values from the header, for machines without it; the compiled check below confirms them.
+    assert.equal(abi.UBLK_ATTR_READ_ONLY, 1)
+    assert.equal(abi.UBLK_ATTR_VOLATILE_CACHE, 4)
+    assert.equal(abi.UBLK_ATTR_FUA, 8)
+    assert.equal(abi.UBLK_PARAM_TYPE_DISCARD, 2)
+    assert.deepEqual(
+      [abi.UBLK_IO_OP_READ, abi.UBLK_IO_OP_WRITE, abi.UBLK_IO_OP_FLUSH, abi.UBLK_IO_OP_DISCARD, abi.UBLK_IO_OP_WRITE_SAME, abi.UBLK_IO_OP_WRITE_ZEROES],
+      [0, 1, 2, 3, 4, 5],
+    )
+    // Flags sit above the op's byte, already shifted: op_flags & UBLK_IO_F_FUA.
+    assert.equal(abi.UBLK_IO_F_FUA, 0x2000)
+    assert.equal(abi.UBLK_IO_F_NOUNMAP, 0x8000)
+    assert.equal((abi.UBLK_IO_OP_WRITE | abi.UBLK_IO_F_FUA) & 0xff, abi.UBLK_IO_OP_WRITE)
+  })
+
+  it('a read-only server gets a read-only disk; a writable one a volatile cache, FUA, discard and write-zeroes', () => {
+    const encode = (writable: boolean, sectorSize: number): Buffer =>
+      abi.ublk_params.encode({len: abi.ublk_params.size, ...deviceParams({size: 8 << 20, sectorSize, writable}, 1 << 20)})
+    const ro = encode(false, 512)
+    const o = abi.ublk_params.offsets
+    const b = abi.ublk_param_basic.offsets
+    const d = abi.ublk_param_discard.offsets
+    assert.equal(ro.readUInt32LE(o.types), abi.UBLK_PARAM_TYPE_BASIC)
+    assert.equal(ro.readUInt32LE(o.basic + b.attrs), abi.UBLK_ATTR_READ_ONLY)
+    assert.equal(ro.readUInt32LE(o.basic + b.max_sectors), 2048)
+    assert.equal(ro.readBigUInt64LE(o.basic + b.dev_sectors), 16384n)
+    // No discard part at all: the driver leaves discard and write-zeroes off.
+    assert.ok(ro.subarray(o.discard, o.discard + abi.ublk_param_discard.size).equals(Buffer.alloc(abi.ublk_param_discard.size)))
+
+    const rw = encode(true, 4096)
+    assert.equal(rw.readUInt32LE(o.types), abi.UBLK_PARAM_TYPE_BASIC | abi.UBLK_PARAM_TYPE_DISCARD)
+    assert.equal(rw.readUInt32LE(o.basic + b.attrs), abi.UBLK_ATTR_VOLATILE_CACHE | abi.UBLK_ATTR_FUA)
+    assert.equal(rw[o.basic + b.logical_bs_shift], 12)
+    // ublk_validate_params: a discard granularity, and exactly one segment when discards are allowed.
+    assert.equal(rw.readUInt32LE(o.discard + d.discard_granularity), 4096)
+    assert.equal(rw.readUInt32LE(o.discard + d.discard_alignment), 0)
+    assert.equal(rw.readUInt16LE(o.discard + d.max_discard_segments), 1)
+    assert.equal(rw.readUInt32LE(o.discard + d.max_discard_sectors), MAX_DISCARD_SECTORS)
+    assert.equal(rw.readUInt32LE(o.discard + d.max_write_zeroes_sectors), MAX_DISCARD_SECTORS)
+    assert.equal(MAX_DISCARD_SECTORS, 0x7fffff) // UINT_MAX >> SECTOR_SHIFT, as the kernel's nbd driver
+  })
+
   const cc = ['/usr/bin/cc', '/usr/bin/gcc'].find((p) => fs.existsSync(p))
   const headers = fs.existsSync('/usr/include/linux/io_uring.h') && fs.existsSync('/usr/include/linux/ublk_cmd.h')
   it('matches a C program compiled against the installed <linux/io_uring.h> and <linux/ublk_cmd.h>', function () {
@@ -185,9 +229,24 @@ describe('io_uring and ublk ABI (io_uring.h, ublk_cmd.h)', () => {
         UBLKSRV_IO_BUF_OFFSET: abi.UBLKSRV_IO_BUF_OFFSET,
         UBLK_MAX_QUEUE_DEPTH: abi.UBLK_MAX_QUEUE_DEPTH,
         UBLK_ATTR_READ_ONLY: abi.UBLK_ATTR_READ_ONLY,
+        UBLK_ATTR_ROTATIONAL: abi.UBLK_ATTR_ROTATIONAL,
+        UBLK_ATTR_VOLATILE_CACHE: abi.UBLK_ATTR_VOLATILE_CACHE,
+        UBLK_ATTR_FUA: abi.UBLK_ATTR_FUA,
         UBLK_PARAM_TYPE_BASIC: abi.UBLK_PARAM_TYPE_BASIC,
+        UBLK_PARAM_TYPE_DISCARD: abi.UBLK_PARAM_TYPE_DISCARD,
         UBLK_IO_OP_READ: abi.UBLK_IO_OP_READ,
+        UBLK_IO_OP_WRITE: abi.UBLK_IO_OP_WRITE,
         UBLK_IO_OP_FLUSH: abi.UBLK_IO_OP_FLUSH,
+        UBLK_IO_OP_DISCARD: abi.UBLK_IO_OP_DISCARD,
+        UBLK_IO_OP_WRITE_SAME: abi.UBLK_IO_OP_WRITE_SAME,
+        UBLK_IO_OP_WRITE_ZEROES: abi.UBLK_IO_OP_WRITE_ZEROES,
+        UBLK_IO_F_FAILFAST_DEV: abi.UBLK_IO_F_FAILFAST_DEV,
+        UBLK_IO_F_FAILFAST_TRANSPORT: abi.UBLK_IO_F_FAILFAST_TRANSPORT,
+        UBLK_IO_F_FAILFAST_DRIVER: abi.UBLK_IO_F_FAILFAST_DRIVER,
+        UBLK_IO_F_META: abi.UBLK_IO_F_META,
+        UBLK_IO_F_FUA: abi.UBLK_IO_F_FUA,
+        UBLK_IO_F_NOUNMAP: abi.UBLK_IO_F_NOUNMAP,
+        UBLK_IO_F_SWAP: abi.UBLK_IO_F_SWAP,
       }
       for (const [name, v] of Object.entries(consts)) {
         lines.push(`printf("%s %lld\\n", "${name}", (long long)(${name}));`)

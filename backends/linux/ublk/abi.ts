@@ -161,6 +161,10 @@ export const UBLK_PARAM_TYPE_DEVT = 1 << 2
 /** ublk_param_basic.attrs */
 export const UBLK_ATTR_READ_ONLY = 1 << 0
 export const UBLK_ATTR_ROTATIONAL = 1 << 1
+/** A volatile write cache: the block layer sends FLUSH requests (REQ_PREFLUSH becomes UBLK_IO_OP_FLUSH). */
+export const UBLK_ATTR_VOLATILE_CACHE = 1 << 2
+/** With VOLATILE_CACHE: FUA writes arrive as writes flagged UBLK_IO_F_FUA instead of a write + flush. */
+export const UBLK_ATTR_FUA = 1 << 3
 
 /** Ioctl-encoded control commands (UBLK_U_CMD_*): _IOR/_IOWR('u', nr, struct ublksrv_ctrl_cmd). */
 const U = 'u'.charCodeAt(0)
@@ -196,6 +200,17 @@ export const UBLK_IO_OP_FLUSH = 2
 export const UBLK_IO_OP_DISCARD = 3
 export const UBLK_IO_OP_WRITE_SAME = 4
 export const UBLK_IO_OP_WRITE_ZEROES = 5
+
+/** Request flags (ublksrv_io_desc.op_flags, bits 8-31; the values are already shifted) */
+export const UBLK_IO_F_FAILFAST_DEV = 1 << 8
+export const UBLK_IO_F_FAILFAST_TRANSPORT = 1 << 9
+export const UBLK_IO_F_FAILFAST_DRIVER = 1 << 10
+export const UBLK_IO_F_META = 1 << 11
+/** REQ_FUA: the write must be on stable storage before it completes. */
+export const UBLK_IO_F_FUA = 1 << 13
+/** REQ_NOUNMAP: a write-zeroes that must not deallocate (the overlay records zeros the same way either way). */
+export const UBLK_IO_F_NOUNMAP = 1 << 15
+export const UBLK_IO_F_SWAP = 1 << 16
 
 /** FETCH completion results (cqe.res); only ABORT means "do not fetch again". */
 export const UBLK_IO_RES_OK = 0

@@ -9,6 +9,7 @@ import {DEVICE_CACHE_BYTES} from '../../../src/threads/config'
 import {ServingThreads} from '../../../src/threads/pool'
 import * as abi from './abi'
 import {UblkControl} from './ctrl'
+import {deviceParams} from './params'
 import {UblkQueue} from './queue'
 import type {UblkThreadConfig} from './thread'
 
@@ -24,8 +25,9 @@ export interface UblkDeviceOptions {
   /** Use the legacy plain-number opcodes (as on kernels without the ioctl encoding); for tests. */
   legacyOpcodes?: boolean
   /**
-   * Serving threads, one queue each (thread.ts; then `queues` is ignored). 0 (default), or a source that
-   * cannot be opened again on a thread (no descriptor): the queues are served on the main thread.
+   * Serving threads, one queue each (thread.ts; then `queues` is ignored). 0 (default), a source that
+   * cannot be opened again on a thread (no descriptor), or a writable server: the queues are served on the
+   * main thread.
    */
   threads?: number
   log?: (line: string) => void
@@ -113,7 +115,8 @@ export class UblkDevice {
     if (!Number.isInteger(bsShift) || bsShift < 9 || bsShift > 12)
       throw new Error(`ublk: sector size ${sectorSize} is not a power of two between 512 and 4096`)
     if (server.size % sectorSize !== 0) throw new Error(`ublk: image size ${server.size} is not a multiple of its sector size ${sectorSize}`)
-    const threads = opts.threads && ServingThreads.canServe(server) ? opts.threads : 0
+    // A writable server (an overlay) has one owner: its queues are served on this thread.
+    const threads = opts.threads && ServingThreads.canServe(server) && !server.writable ? opts.threads : 0
     const nrQueues = threads > 0 ? threads : (opts.queues ?? 1)
     const depth = opts.depth ?? 64
     const maxIoBytes = opts.maxIoBytes ?? 1 << 20
@@ -139,20 +142,10 @@ export class UblkDevice {
       log(
         `ublk: added device ${devId} (features 0x${features.toString(16)}, flags 0x${added.flags.toString(16)}, ` +
           `${added.nrHwQueues} queue(s) x ${added.queueDepth}, max I/O ${maxIo}, ${userCopy ? 'user copy' : 'tag buffers'}, ` +
+          `${server.writable ? 'read-write (volatile cache, FUA, discard, write-zeroes)' : 'read-only'}, ` +
           `${ctrl.usesIoctlEncoding === false ? 'legacy' : 'ioctl-encoded'} opcodes)`,
       )
-      await ctrl.setParams(devId, {
-        types: abi.UBLK_PARAM_TYPE_BASIC,
-        basic: {
-          attrs: abi.UBLK_ATTR_READ_ONLY,
-          logical_bs_shift: bsShift,
-          physical_bs_shift: bsShift,
-          io_opt_shift: bsShift,
-          io_min_shift: bsShift,
-          max_sectors: maxIo / 512,
-          dev_sectors: BigInt(server.size / 512),
-        },
-      })
+      await ctrl.setParams(devId, deviceParams(server, maxIo))
       const charDevice = `/dev/ublkc${devId}`
       // devtmpfs creates the node as the driver registers it; udev may still be adjusting it.
       if (!(await waitFor(() => fs.existsSync(charDevice), 5000))) throw new Error(`ublk: ${charDevice} did not appear`)

@@ -1,6 +1,8 @@
 /**
  * The ublk backend: the image as /dev/ublkbN, served by this process through io_uring (ublk_drv, Linux 6.0+;
  * USER_COPY and GET_FEATURES from 6.5). One hop: the kernel hands block requests straight to us.
+ * Read-only (UBLK_ATTR_READ_ONLY); over a writable server (`attach --overlay`) read-write with a volatile
+ * write cache, FUA, discard and write-zeroes, served on the main thread (docs/ublk.md, "Writable").
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -57,6 +59,7 @@ export const backend: Backend = {
   preference: 0,
   // A queue per serving thread (thread.ts), as ublksrv does; 0 threads: one queue on the main thread.
   threadModel: {kind: 'serving-threads', defaultThreads: 2, maxThreads: 16, pollMicroseconds: 0},
+  writable: true,
 
   async probe(): Promise<Probe> {
     return probeUblk()
@@ -64,7 +67,7 @@ export const backend: Backend = {
 
   async attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice> {
     const dev = await device().UblkDevice.create(server, {log: ctx.log, threads: ctx.threads})
-    ctx.log(`ublk: ${dev.info.queues} queue(s), ${dev.info.threads ? 'each served on a thread of its own' : 'served on the main thread'}`)
+    ctx.log(`ublk: ${dev.info.queues} queue(s), ${dev.info.threads ? 'each served on a thread of its own' : 'served on the main thread'}${server.writable ? ', read-write' : ''}`)
     const state: UblkState = {devId: dev.info.devId, pid: process.pid}
     let detached: Promise<void> | undefined
     return {

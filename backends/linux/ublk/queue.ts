@@ -14,8 +14,12 @@
  * failure to its errno.
  *
  * Data moves with UBLK_F_USER_COPY when the kernel has it: the read's bytes are pwrite()n to /dev/ublkcN at the
- * request's position, from the queue's thread (the driver does not care which thread copies). Without it, each tag
- * owns a buffer whose address goes in the FETCH/COMMIT command, and the driver copies from it on commit.
+ * request's position, from the queue's thread (the driver does not care which thread copies), and a write's
+ * bytes pread() from there. Without it, each tag owns a buffer whose address goes in the FETCH/COMMIT command:
+ * the driver copies a read's data from it on commit, and a write's data into it before the fetch completes.
+ *
+ * A writable server (an overlay, `attach --overlay`) is served on the main thread: writes, flushes, discards
+ * and write-zeroes become the BlockServer's async write/flush/trim/zero, answered when they settle.
  */
 import * as fs from 'node:fs'
 import {errnoOf, type BlockServer} from '../../../src/core/blockserver'
@@ -167,16 +171,64 @@ export class UblkQueue {
         )
         return
       case abi.UBLK_IO_OP_FLUSH:
-        return this.commit(tag, 0)
+        // A read-only server has nothing to flush; a writable one makes every answered write durable.
+        if (!this.o.server.writable) return this.commit(tag, 0)
+        return this.settle(tag, this.o.server.flush(), 0)
       case abi.UBLK_IO_OP_WRITE:
       case abi.UBLK_IO_OP_DISCARD:
       case abi.UBLK_IO_OP_WRITE_ZEROES:
-      case abi.UBLK_IO_OP_WRITE_SAME:
-        // The disk is read-only (UBLK_ATTR_READ_ONLY); the block layer should not send these.
-        return this.commit(tag, -EIO)
+        // A read-only disk (UBLK_ATTR_READ_ONLY): the block layer does not send these. A writable server is
+        // served on the main thread only (its source has one owner), never by a blocking queue.
+        if (!this.o.server.writable || this.o.blocking) return this.commit(tag, -EIO)
+        return this.mutate(tag, op, opFlags, offset, length)
       default:
+        // WRITE_SAME (no block layer operation maps to it since Linux 5.18), zone operations, anything newer.
         return this.commit(tag, -EOPNOTSUPP)
     }
+  }
+
+  /**
+   * A write, discard or write-zeroes on a writable server (an overlay). The write's data is the request's:
+   * pread(2) from /dev/ublkcN with USER_COPY, else the tag's buffer, which the driver filled before the
+   * fetch completed. UBLK_IO_F_FUA (UBLK_ATTR_FUA is set) makes it durable before the answer.
+   */
+  private mutate(tag: number, op: number, opFlags: number, offset: number, length: number): void {
+    const server = this.o.server
+    const fua = (opFlags & abi.UBLK_IO_F_FUA) !== 0
+    if (op !== abi.UBLK_IO_OP_WRITE)
+      // The result of a discard or write-zeroes is not a byte count (the driver ends them as they are);
+      // 0, since theirs can exceed the s32 result field (up to 4 GiB each).
+      return this.settle(tag, op === abi.UBLK_IO_OP_DISCARD ? server.trim(offset, length, {fua}) : server.zero(offset, length, {fua}), 0)
+    if (length > this.o.maxIoBytes) return this.commit(tag, -EIO)
+    let data: Buffer
+    try {
+      data = this.o.userCopy ? this.copyFromRequest(tag, length) : this.buffers[tag].subarray(0, length)
+    } catch (err) {
+      this.o.log(`ublk queue ${this.o.qid} tag ${tag}: copy from the request failed: ${(err as Error).message}`)
+      return this.commit(tag, -EIO)
+    }
+    // A write's result is the bytes written: a shorter one would make the driver requeue the rest.
+    this.settle(tag, server.write(offset, data, {fua}), length)
+  }
+
+  /** USER_COPY: the write's data, read from the request's position in /dev/ublkcN. */
+  private copyFromRequest(tag: number, length: number): Buffer {
+    const data = Buffer.allocUnsafe(length)
+    let done = 0
+    while (done < length) {
+      const n = fs.readSync(this.o.cdevFd, data, done, length - done, abi.userCopyOffset(this.o.qid, tag) + done)
+      if (n === 0) throw new Error(`the request ended after ${done} of ${length} bytes`)
+      done += n
+    }
+    return data
+  }
+
+  /** Answer `tag` with `result` once `p` resolves, or with its errno. */
+  private settle(tag: number, p: Promise<void>, result: number): void {
+    p.then(
+      () => this.commit(tag, result),
+      (err: unknown) => this.commit(tag, -errnoOf(err)),
+    )
   }
 
   private completeRead(tag: number, data: Buffer, length: number): void {
