@@ -35,6 +35,11 @@ describe('kernel NBD abi (include/uapi/linux/nbd.h)', () => {
       assert.equal(U[name], 1 << Number(m[1]), name)
     }
     assert.equal(U.NBD_CMD_FLAG_FUA, 1 << Number(/#define\s+NBD_CMD_FLAG_FUA\s+\(1 << (\d+)\)/.exec(h)![1]))
+    // Newer than Debian 12's 6.1 headers (Linux 6.12): compared when the installed header has them.
+    for (const name of ['NBD_FLAG_SEND_WRITE_ZEROES', 'NBD_CMD_FLAG_NO_HOLE'] as const) {
+      const m = new RegExp(`#define\\s+${name}\\s+\\(1 << (\\d+)\\)`).exec(h)
+      if (m) assert.equal(U[name], 1 << Number(m[1]), name)
+    }
     assert.equal(U.NBD_REQUEST_MAGIC, parseInt(/#define NBD_REQUEST_MAGIC 0x([0-9a-f]+)/.exec(h)![1], 16))
     assert.equal(U.NBD_REPLY_MAGIC, parseInt(/#define NBD_REPLY_MAGIC 0x([0-9a-f]+)/.exec(h)![1], 16))
   })
@@ -78,6 +83,21 @@ describe('kernel NBD abi (include/uapi/linux/nbd.h)', () => {
     assert.equal(U.VDEV_NBD_FLAGS, U.NBD_FLAG_HAS_FLAGS | U.NBD_FLAG_READ_ONLY)
   })
 
+  it('a writable server: no READ_ONLY; flush, FUA, trim and write-zeroes, with the values of nbd.h and the protocol', () => {
+    // torvalds/linux include/uapi/linux/nbd.h (6.12+): "#define NBD_FLAG_SEND_WRITE_ZEROES (1 << 6)",
+    // "#define NBD_CMD_FLAG_NO_HOLE (1 << 17)"; the protocol's flags are the same bits (doc/proto.md).
+    assert.equal(U.NBD_FLAG_SEND_WRITE_ZEROES, 1 << 6)
+    assert.equal(U.NBD_FLAG_SEND_WRITE_ZEROES, P.NBD_FLAG_SEND_WRITE_ZEROES)
+    assert.equal(U.NBD_CMD_FLAG_NO_HOLE, P.NBD_CMD_FLAG_NO_HOLE << 16)
+    for (const n of ['NBD_FLAG_HAS_FLAGS', 'NBD_FLAG_READ_ONLY', 'NBD_FLAG_SEND_FLUSH', 'NBD_FLAG_SEND_FUA', 'NBD_FLAG_SEND_TRIM'] as const) assert.equal(U[n], P[n], n)
+    assert.equal(U.kernelNbdFlags(false), U.NBD_FLAG_HAS_FLAGS | U.NBD_FLAG_READ_ONLY)
+    const rw = U.kernelNbdFlags(true)
+    assert.equal(rw & U.NBD_FLAG_READ_ONLY, 0)
+    assert.equal(rw, U.NBD_FLAG_HAS_FLAGS | U.NBD_FLAG_SEND_FLUSH | U.NBD_FLAG_SEND_FUA | U.NBD_FLAG_SEND_TRIM | U.NBD_FLAG_SEND_WRITE_ZEROES)
+    // Every command those flags make the kernel send is one the NBD server takes on a writable export.
+    assert.deepEqual([P.NBD_CMD_WRITE, P.NBD_CMD_FLUSH, P.NBD_CMD_TRIM, P.NBD_CMD_WRITE_ZEROES], [1, 3, 4, 6])
+  })
+
   it('reads NBD devices and partitions from a sysfs tree', () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-sysblock-'))
     try {
@@ -111,6 +131,8 @@ describe('kernel NBD abi (include/uapi/linux/nbd.h)', () => {
     assert.ok(!('error' in b), 'error' in b ? b.error : '')
     assert.equal(b.name, 'nbd')
     assert.equal(b.preference, 1)
+    // Takes `attach --overlay` (read-write, served on the main thread).
+    assert.equal(b.writable, true)
     // Served by the shared serving threads: 2-3 of them, polling 20 µs (docs/nbd.md).
     assert.equal(b.threadModel.kind, 'serving-threads')
     if (b.threadModel.kind === 'serving-threads') {

@@ -28,10 +28,14 @@ export const NBD_FLAG_READ_ONLY = 1 << 1
 export const NBD_FLAG_SEND_FLUSH = 1 << 2
 export const NBD_FLAG_SEND_FUA = 1 << 3
 export const NBD_FLAG_SEND_TRIM = 1 << 5
+/** Since Linux 6.12 (nbd.h "supports WRITE_ZEROES"); an older kernel ignores the bit and zeroes with plain writes. */
+export const NBD_FLAG_SEND_WRITE_ZEROES = 1 << 6
 export const NBD_FLAG_CAN_MULTI_CONN = 1 << 8
 
 /** nbd.h: "values for cmd flags in the upper 16 bits of request type" */
 export const NBD_CMD_FLAG_FUA = 1 << 16
+/** Since Linux 6.12: a WRITE_ZEROES that must not punch a hole (REQ_NOUNMAP). */
+export const NBD_CMD_FLAG_NO_HOLE = 1 << 17
 
 /** nbd.h: "sent over the network in the request/reply magic fields" */
 export const NBD_REQUEST_MAGIC = 0x25609513
@@ -47,6 +51,18 @@ export const nbd_reply = {size: 16, magic: 0, error: 4, handle: 8} as const
 
 /** What vdev hands the kernel: a read-only export; no flush (nothing is ever written), no trim. */
 export const VDEV_NBD_FLAGS = NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY
+
+/**
+ * Over a writable server (an overlay): not read-only, a write cache the kernel flushes (SEND_FLUSH), FUA
+ * writes (SEND_FUA), discards (SEND_TRIM) and write-zeroes (SEND_WRITE_ZEROES) — every command
+ * src/serve/nbd/respond.ts takes on a writable export. No CAN_MULTI_CONN: the kernel gets one socket.
+ */
+export const VDEV_NBD_WRITABLE_FLAGS = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES
+
+/** The NBD_SET_FLAGS value for a server. */
+export function kernelNbdFlags(writable: boolean): number {
+  return writable ? VDEV_NBD_WRITABLE_FLAGS : VDEV_NBD_FLAGS
+}
 
 /** Seconds before the kernel fails a request the server has not answered (and drops the connection). */
 export const DEFAULT_TIMEOUT_SECONDS = 60

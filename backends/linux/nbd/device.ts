@@ -70,7 +70,7 @@ export class NbdKernelDevice {
       sockFd: theirs,
       blockSize: server.sectorSize,
       size: server.size,
-      flags: U.VDEV_NBD_FLAGS,
+      flags: U.kernelNbdFlags(server.writable),
       timeout: opts.timeoutSeconds ?? U.DEFAULT_TIMEOUT_SECONDS,
     }
     const worker = new Worker(path.join(__dirname, 'do-it-worker.js'), {workerData: data})
@@ -104,7 +104,7 @@ export class NbdKernelDevice {
       await dev.detach()
       throw err
     }
-    opts.log(`nbd: ${first.device} connected (${server.size} bytes, block size ${server.sectorSize}, read-only)`)
+    opts.log(`nbd: ${first.device} connected (${server.size} bytes, block size ${server.sectorSize}, ${server.writable ? 'read-write: flush, FUA, trim, write-zeroes' : 'read-only'})`)
     return dev
   }
 

@@ -1,7 +1,9 @@
 /**
  * The kernel NBD backend: /dev/nbdN served by vdev's own NBD server on one end of a socketpair, handed to
  * the kernel through the nbd ioctl interface (include/uapi/linux/nbd.h) — no nbd-client, no network.
- * Read-only (NBD_FLAG_READ_ONLY, so `blockdev --getro` is 1); partitions appear as /dev/nbdNpK.
+ * Read-only (NBD_FLAG_READ_ONLY, so `blockdev --getro` is 1); over a writable server (`attach --overlay`)
+ * read-write with flush, FUA, trim and write-zeroes, served on the main thread (docs/nbd.md, "Writable").
+ * Partitions appear as /dev/nbdNpK.
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -40,6 +42,7 @@ export const backend: Backend = {
    * "Memory" — and a core is left for the kernel and the reader of the device).
    */
   threadModel: {kind: 'serving-threads', defaultThreads: Math.max(2, Math.min(3, os.availableParallelism())), pollMicroseconds: DEFAULT_POLL_MICROSECONDS},
+  writable: true,
 
   async probe(): Promise<Probe> {
     return probeSync()
