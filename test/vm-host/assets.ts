@@ -38,7 +38,7 @@ export const WANTED_MODULES = [
   'crc32c_generic', // the iSCSI initiator's digests: without it the login fails with ENOMEM
   'sd_mod',
   'iscsi_tcp', // the kernel iSCSI initiator (test/vm/iscsi.test.ts)
-  'ext4', // a file system written through a writable LUN (test/vm/iscsi-overlay.test.ts)
+  'ext4', // file systems written through an overlay (test/vm/overlay.test.ts, test/vm/iscsi-overlay.test.ts)
 ]
 
 /** Kernel package name pattern: the bookworm backport of 6.12, generic amd64 flavour, unsigned image. */
