@@ -249,6 +249,9 @@ describe('vdev attach --overlay on the kernel backends (ublk, kernel NBD; real k
     const [writes, , zeroes, discards, flushes, failed] = s.slice(1).map(Number)
     assert.ok(writes > 0 && zeroes > 0 && discards > 0 && flushes > 0, s[0])
     assert.equal(failed, 0, s[0])
+    // ublk serves a writable device from the overlay's owner thread; NBD on its serving threads, through views.
+    if (backend === 'ublk') assert.match(log, /ublk: 1 queue\(s\), served on the main thread, read-write/)
+    else assert.match(log, /nbd: \/dev\/nbd\d+: \d+ serving threads/)
     // Discards and write-zeroes are records without data, not zero-filled writes.
     checkRecords(backend)
     assert.equal(sha256(fs.readFileSync(image)), imageSha, 'the image file changed')

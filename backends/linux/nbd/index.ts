@@ -2,7 +2,8 @@
  * The kernel NBD backend: /dev/nbdN served by vdev's own NBD server on one end of a socketpair, handed to
  * the kernel through the nbd ioctl interface (include/uapi/linux/nbd.h) — no nbd-client, no network.
  * Read-only (NBD_FLAG_READ_ONLY, so `blockdev --getro` is 1); over a writable server (`attach --overlay`)
- * read-write with flush, FUA, trim and write-zeroes, served on the main thread (docs/nbd.md, "Writable").
+ * read-write with flush, FUA, trim and write-zeroes, on the serving threads through overlay views
+ * (docs/nbd.md, "Writable").
  * Partitions appear as /dev/nbdNpK.
  */
 import * as fs from 'node:fs'
@@ -43,6 +44,10 @@ export const backend: Backend = {
    */
   threadModel: {kind: 'serving-threads', defaultThreads: Math.max(2, Math.min(3, os.availableParallelism())), pollMicroseconds: DEFAULT_POLL_MICROSECONDS},
   writable: true,
+  // A writable device is served on the same threads, through views of the overlay that call its owner (the
+  // daemon's main thread) for writes and covered reads (src/layers/overlay-view.ts; src/serve/nbd/thread.ts
+  // takes the write payloads).
+  writableThreads: true,
 
   async probe(): Promise<Probe> {
     return probeSync()
