@@ -1,5 +1,5 @@
 /**
- * npm run bench:damage — format 1.1's measure, the long way (issue 12 §2, FORMAT.md §11):
+ * npm run bench:damage — format 1.1's measure, the long way (issue 12 §2, FORMAT.md §12):
  *  1. the sweep of test/format/block-damage.test.ts over a larger image (one raw chunk in 11: ~100+
  *     blocks), every block, with extract: every chunk not stored in the damaged block reads exactly, verify
  *     names exactly the lost ones;

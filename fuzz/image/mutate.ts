@@ -514,7 +514,7 @@ const MUTATIONS: ReadonlyArray<readonly [number, (w: Work) => void]> = [
   [4, overlap],
   [2, truncate],
   [1, extend],
-  // 1.1 (FORMAT.md §11): the copies, mutated on their own, and whole 4 KiB blocks overwritten (unfixed).
+  // 1.1 (FORMAT.md §12): the copies, mutated on their own, and whole 4 KiB blocks overwritten (unfixed).
   [3, (w) => setField(w, 'trailer')],
   [2, (w) => setField(w, 'section-copy')],
   [2, (w) => setField(w, 'l1-copy')],

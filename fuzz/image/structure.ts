@@ -21,7 +21,7 @@ import {
 } from '../../src/format/layout'
 import * as zstd from 'zstd-napi/binding'
 
-/** The structures, and (1.1, FORMAT.md §11) their copies. */
+/** The structures, and (1.1, FORMAT.md §12) their copies. */
 export type Struct = 'header' | 'section' | 'l1' | 'l2' | 'bad' | 'trailer' | 'section-copy' | 'l1-copy' | 'l2-copy' | 'bad-copy'
 export const COPY_STRUCTS: ReadonlySet<Struct> = new Set(['trailer', 'section-copy', 'l1-copy', 'l2-copy', 'bad-copy'])
 export type Width = 1 | 2 | 4 | 8
@@ -195,7 +195,7 @@ export interface FixLevels {
   table: boolean
   header: boolean
   /**
-   * 1.1 (FORMAT.md §11): make the copies follow their originals again (index tables into section 4,
+   * 1.1 (FORMAT.md §12): make the copies follow their originals again (index tables into section 4,
    * sections 1–3 into 5–7, the section table and the header into their copies), so that a mutation is seen
    * the same in both copies and the reader cannot read around it — the code behind the checksums is reached.
    */

@@ -1,5 +1,5 @@
 /**
- * Format 1.1, no single point of failure (issue 12 §2, FORMAT.md §11): overwrite each aligned 4 KiB block
+ * Format 1.1, no single point of failure (issue 12 §2, FORMAT.md §12): overwrite each aligned 4 KiB block
  * of a test image in turn — every block of the file, header, tables, chunk data, copies and trailer alike —
  * and every chunk whose stored bytes do not touch that block still reads exactly (reader, serving path,
  * extract), and verify names exactly the chunks that do. A 1.0 image (golden) shows what 1.1 changes: the
@@ -40,7 +40,7 @@ describe('format 1.1: any one damaged 4 KiB block loses only the chunks stored i
     }
     const blocks = Math.ceil(good.length / BLOCK)
     assert.ok(blocks >= 40 && blocks <= 100, `${blocks} blocks`)
-    // No aligned block holds a structure and its copy (FORMAT.md §11).
+    // No aligned block holds a structure and its copy (FORMAT.md §12).
     const blockOf = (s: {offset: number; length: number}) => [Math.floor(s.offset / BLOCK), Math.floor((s.offset + s.length - 1) / BLOCK)]
     const byName = new Map(map.structures.map((s) => [s.what, s]))
     const pairs: Array<[string, string]> = [

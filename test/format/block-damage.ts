@@ -35,7 +35,7 @@ export interface StoredMap {
   structures: Array<Range & {what: string}>
 }
 
-/** Map a valid image, from its header, section table and index (the copies' places by FORMAT.md §11's rule). */
+/** Map a valid image, from its header, section table and index (the copies' places by FORMAT.md §12's rule). */
 export async function storedMap(file: string): Promise<StoredMap> {
   const img = await openImage(file)
   try {

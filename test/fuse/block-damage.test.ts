@@ -1,5 +1,5 @@
 /**
- * Format 1.1's measure through a real attached device (issue 12 §2, FORMAT.md §11): a few aligned 4 KiB
+ * Format 1.1's measure through a real attached device (issue 12 §2, FORMAT.md §12): a few aligned 4 KiB
  * blocks of a 1.1 image overwritten in turn — the header, the primary tail (chunk index, bad-area map,
  * metadata, section table), a primary index table, a block of the copies, the trailer — and the image
  * attached with `vdev attach` (FUSE + loop, the real kernel). Every chunk not stored in the damaged block
