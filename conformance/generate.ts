@@ -343,7 +343,9 @@ function build(s: ImageSpec): Built {
   header.writeUInt32LE(h.sectionCount ?? list.length, 56)
   header.writeUInt32LE(h.sectionTableCrc ?? tableCrc, 60)
   ;(h.hash ?? ((h.flags ?? 1) & 1 ? Buffer.from(mediaSha256, 'hex') : Buffer.alloc(32))).copy(header, 64)
-  if (h.reserved !== undefined) header.fill(h.reserved, 96, 252)
+  // Version 1.1 gives header bytes 96–111 a meaning (FORMAT.md §12.1: the copies' offsets, 0 = none); from
+  // minor 1 on only bytes 112–251 are reserved.
+  if (h.reserved !== undefined) header.fill(h.reserved, (h.minor ?? 0) >= 1 ? 112 : 96, 252)
   header.writeUInt32LE(h.headerCrc ?? crc32c(header.subarray(0, 252)), 252)
   let file: Buffer = Buffer.concat([header, ...parts])
   if (s.post) file = s.post(file, layout)
@@ -580,7 +582,7 @@ export const CASES: Case[] = [
   },
   {
     name: 'valid-newer-minor',
-    rule: '§2 Versioning: minor 9 with reserved bytes set (header, section, index and bad-area entries) and trailing bytes reads as 1.0',
+    rule: '§2 Versioning: minor 9 with reserved bytes set (header bytes 112–251, since 1.1 (§12.1) gives 96–111 a meaning whose zero is "no copies"; section, index and bad-area entries) and trailing bytes reads as 1.0',
     build: () =>
       basic({
         header: {minor: 9, reserved: 0x5a},

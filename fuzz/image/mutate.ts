@@ -4,13 +4,14 @@
  * another structure's offset …), entries swapped or copied, a new metadata object, bad-area map, section
  * table, index table or zstd frame written at the end of the file and pointed at, the image resized,
  * chunk bytes changed, the file truncated or extended. The checksums are then recomputed (all, or all but
- * one level), so the checks behind them are reached. One case in six is plain byte flips, unfixed.
+ * one level), so the checks behind them are reached; in a 1.1 image the copies are made to follow their
+ * originals too, unless a copy itself was mutated. One case in six is plain byte flips, unfixed.
  */
 import * as zstd from 'zstd-napi/binding'
 import {BAD_ENTRY_SIZE, ChunkKind, HEADER_SIZE, L1_ENTRY_SIZE, L2_ENTRY_SIZE, SECTION_ENTRY_SIZE, SectionType} from '../../src/format/layout'
 import type {Rng} from '../rng'
 import type {BaseImage} from './bases'
-import {FIX_ALL, FIX_NONE, fixChecksums, parseLayout, type Field, type FixLevels, type Layout} from './structure'
+import {COPY_STRUCTS, FIX_ALL, FIX_NONE, fixChecksums, parseLayout, type Field, type FixLevels, type Layout} from './structure'
 
 export interface Mutated {
   bytes: Buffer
@@ -26,6 +27,8 @@ class Work {
   readonly steps: string[] = []
   /** Second-level entries whose chunk checksums the fix-up recomputes. */
   readonly dirty = new Set<number>()
+  /** A copy (1.1) was mutated, or a block overwritten: the fix-up must not make the copies follow the originals. */
+  copiesTouched = false
 
   constructor(
     readonly base: BaseImage,
@@ -122,6 +125,7 @@ function setField(w: Work, struct?: Field['struct']): void {
   const fields = struct ? w.layout.fields.filter((f) => f.struct === struct) : w.layout.fields
   if (!fields.length) return setField(w)
   const f = w.rng.pick(fields)
+  if (COPY_STRUCTS.has(f.struct)) w.copiesTouched = true
   const v = interesting(w, f)
   w.set(f.at, f.width, v)
   w.note(`${f.struct}.${f.name} @${f.at} = ${v}`)
@@ -510,7 +514,25 @@ const MUTATIONS: ReadonlyArray<readonly [number, (w: Work) => void]> = [
   [4, overlap],
   [2, truncate],
   [1, extend],
+  // 1.1 (FORMAT.md §12): the copies, mutated on their own, and whole 4 KiB blocks overwritten (unfixed).
+  [3, (w) => setField(w, 'trailer')],
+  [2, (w) => setField(w, 'section-copy')],
+  [2, (w) => setField(w, 'l1-copy')],
+  [3, (w) => setField(w, 'l2-copy')],
+  [1, (w) => setField(w, 'bad-copy')],
+  [4, overwriteBlock],
 ]
+
+/** An aligned 4 KiB block (one holding a structure, most of the time) overwritten with random bytes. */
+function overwriteBlock(w: Work): void {
+  const rng = w.rng
+  const at = rng.chance(0.7) ? rng.pick(w.layout.landmarks) : rng.int(w.buf.length)
+  const from = Math.floor(Math.min(at, w.buf.length - 1) / 4096) * 4096
+  const to = Math.min(w.buf.length, from + 4096)
+  rng.bytes(to - from).copy(w.buf, from)
+  w.copiesTouched = true // the point is the damage: copies must not be made to follow it
+  w.note(`block ${from / 4096} (bytes ${from}-${to - 1}) overwritten`)
+}
 
 /** One mutated image from `base`; deterministic in `rng`. */
 export function mutateImage(base: BaseImage, rng: Rng): Mutated {
@@ -537,10 +559,14 @@ export function mutateImage(base: BaseImage, rng: Rng): Mutated {
   const r = rng.float()
   if (r < 0.08) levels = FIX_NONE
   else if (r < 0.25) {
-    const skip = rng.pick(['chunks', 'l2', 'sections', 'table', 'header'] as const)
+    const skip = rng.pick(['chunks', 'l2', 'sections', 'table', 'header', 'mirror'] as const)
     levels = {...FIX_ALL, [skip]: false}
   }
+  // Copies follow their originals (so the checks behind both are reached) unless a copy was the target, or
+  // one case in eight: then the reader has a good copy of what was mutated, or a damaged one to report.
+  if (w.copiesTouched || rng.chance(1 / 8)) levels = {...levels, mirror: false}
   fixChecksums(w.buf, levels, w.dirty)
+  if (!levels.mirror && levels !== FIX_NONE) w.note('copies left as they were')
   const skipped = (Object.keys(levels) as Array<keyof FixLevels>).filter((k) => !levels[k])
   w.note(skipped.length ? `checksums fixed except: ${skipped.join(', ')}` : 'all checksums fixed')
   return {bytes: w.buf, steps: w.steps}

@@ -21,7 +21,9 @@ import {
 } from '../../src/format/layout'
 import * as zstd from 'zstd-napi/binding'
 
-export type Struct = 'header' | 'section' | 'l1' | 'l2' | 'bad'
+/** The structures, and (1.1, FORMAT.md §12) their copies. */
+export type Struct = 'header' | 'section' | 'l1' | 'l2' | 'bad' | 'trailer' | 'section-copy' | 'l1-copy' | 'l2-copy' | 'bad-copy'
+export const COPY_STRUCTS: ReadonlySet<Struct> = new Set(['trailer', 'section-copy', 'l1-copy', 'l2-copy', 'bad-copy'])
 export type Width = 1 | 2 | 4 | 8
 
 export interface Field {
@@ -49,8 +51,10 @@ export const HEADER_FIELDS: Array<[string, number, Width]> = [
   ['section_count', 56, 4],
   ['section_table_crc', 60, 4],
   ['media_sha256', 64, 4],
-  ['reserved', 96, 4],
-  ['reserved+152', 248, 4],
+  ['copy_table_offset', 96, 8],
+  ['trailer_offset', 104, 8],
+  ['reserved', 112, 4],
+  ['reserved+136', 248, 4],
   ['header_crc', 252, 4],
 ]
 export const SECTION_FIELDS: Array<[string, number, Width]> = [
@@ -163,6 +167,22 @@ export function parseLayout(b: Buffer): Layout {
       badEntries.push(at)
       add('bad', at, BAD_FIELDS)
     }
+  // 1.1: the copies — the trailer, the section table copy, and copy sections 4 (tables), 5 (index), 6 (bad areas).
+  if (header.trailerOffset && header.trailerOffset + HEADER_SIZE <= b.length) {
+    add('trailer', header.trailerOffset, HEADER_FIELDS)
+    landmarks.push(header.trailerOffset)
+  }
+  if (header.copyTableOffset && header.copyTableOffset + header.sectionCount * SECTION_ENTRY_SIZE <= b.length) {
+    for (let i = 0; i < header.sectionCount; i++) add('section-copy', header.copyTableOffset + i * SECTION_ENTRY_SIZE, SECTION_FIELDS)
+    landmarks.push(header.copyTableOffset)
+  }
+  const inside = (s: Section | undefined) => s && s.offset + s.length <= b.length
+  const l1Copy = sections.find((s) => s.type === SectionType.ChunkIndexCopy)
+  if (inside(l1Copy)) for (let at = l1Copy!.offset; at + L1_ENTRY_SIZE <= l1Copy!.offset + l1Copy!.length; at += L1_ENTRY_SIZE) add('l1-copy', at, L1_FIELDS)
+  const badCopy = sections.find((s) => s.type === SectionType.BadAreaMapCopy)
+  if (inside(badCopy)) for (let at = badCopy!.offset; at + BAD_ENTRY_SIZE <= badCopy!.offset + badCopy!.length; at += BAD_ENTRY_SIZE) add('bad-copy', at, BAD_FIELDS)
+  const tablesCopy = sections.find((s) => s.type === SectionType.IndexTablesCopy)
+  if (inside(tablesCopy)) for (let at = tablesCopy!.offset; at + L2_ENTRY_SIZE <= tablesCopy!.offset + tablesCopy!.length; at += L2_ENTRY_SIZE) add('l2-copy', at, L2_FIELDS)
   return {fileSize: b.length, header, sections, l1Entries, l2Tables, l2Entries, badEntries, chunks, fields, landmarks: [...new Set(landmarks)].sort((x, y) => x - y)}
 }
 
@@ -174,9 +194,15 @@ export interface FixLevels {
   sections: boolean
   table: boolean
   header: boolean
+  /**
+   * 1.1 (FORMAT.md §12): make the copies follow their originals again (index tables into section 4,
+   * sections 1–3 into 5–7, the section table and the header into their copies), so that a mutation is seen
+   * the same in both copies and the reader cannot read around it — the code behind the checksums is reached.
+   */
+  mirror: boolean
 }
-export const FIX_ALL: FixLevels = {chunks: true, l2: true, sections: true, table: true, header: true}
-export const FIX_NONE: FixLevels = {chunks: false, l2: false, sections: false, table: false, header: false}
+export const FIX_ALL: FixLevels = {chunks: true, l2: true, sections: true, table: true, header: true, mirror: true}
+export const FIX_NONE: FixLevels = {chunks: false, l2: false, sections: false, table: false, header: false, mirror: false}
 
 function safeU64(b: Buffer, at: number): number | undefined {
   if (at + 8 > b.length) return undefined
@@ -219,10 +245,41 @@ export function fixChecksums(b: Buffer, levels: FixLevels, dirty: ReadonlySet<nu
           if (off && inFile(b, off, len)) b.writeUInt32LE(crc32c(b.subarray(off, off + len)), at + 12)
         }
       }
+    if (levels.mirror) mirrorSections(b, entries)
     if (levels.sections) for (const s of entries) b.writeUInt32LE(crc32c(b.subarray(s.offset, s.offset + s.length)), s.at + 24)
     if (levels.table) b.writeUInt32LE(crc32c(b.subarray(tableAt!, tableAt! + count * SECTION_ENTRY_SIZE)), 60)
+    if (levels.mirror) {
+      const copyAt = safeU64(b, 96)
+      if (copyAt && inFile(b, copyAt, count * SECTION_ENTRY_SIZE)) b.copy(b, copyAt, tableAt!, tableAt! + count * SECTION_ENTRY_SIZE)
+    }
   } else if (levels.chunks && dirty.size) fixChunks(b, dirty)
   if (levels.header) b.writeUInt32LE(crc32c(b.subarray(0, 252)), 252)
+  if (levels.mirror) {
+    const trailer = safeU64(b, 104)
+    if (trailer && inFile(b, trailer, HEADER_SIZE)) b.copy(b, trailer, 0, HEADER_SIZE)
+  }
+}
+
+/** Copy sections 1–3 over 5–7 and the index tables over section 4, wherever the (mutated) pointers allow. */
+function mirrorSections(b: Buffer, entries: Array<{type: number; offset: number; length: number}>): void {
+  const of = (t: number) => entries.find((s) => s.type === t)
+  for (const t of [SectionType.ChunkIndex, SectionType.BadAreaMap, SectionType.Metadata]) {
+    const o = of(t)
+    const c = of(t + 4)
+    if (o && c && o.length === c.length) b.copy(b, c.offset, o.offset, o.offset + o.length)
+  }
+  const l1 = of(SectionType.ChunkIndex)
+  const copies = of(SectionType.IndexTablesCopy)
+  if (!l1 || !copies) return
+  let at = copies.offset
+  for (let e = l1.offset; e + L1_ENTRY_SIZE <= l1.offset + l1.length; e += L1_ENTRY_SIZE) {
+    const off = safeU64(b, e)
+    const len = b.readUInt32LE(e + 8)
+    if (!off) continue
+    if (!inFile(b, off, len) || at + len > copies.offset + copies.length) return
+    b.copy(b, at, off, off + len)
+    at += len
+  }
 }
 
 /** stored_crc from the stored bytes; data_crc from them too (raw) or from what they decode to (zstd). */

@@ -34,7 +34,7 @@ A damaged chunk (its checksums fail, its zstd frame does not decode, or its inde
 
   async run(): Promise<ExtractResult & {image: string; out: string}> {
     const {args, flags} = await this.parse(Extract)
-    const img = await openVdimg(args.image, remoteArgs(flags))
+    const img = await openVdimg(args.image, remoteArgs(flags), {onWarning: (l) => this.warnAll([l])})
     this.warnAll(img.warnings)
     const progress = Progress.for('extract', this.jsonEnabled() || args.out === '-')
     const stop = interruptible(args.image)

@@ -37,7 +37,7 @@ export default class Info extends VdevCommand {
         await raw.close()
       }
     }
-    const img = await openVdimg(desc.path, remoteOptions(desc.options))
+    const img = await openVdimg(desc.path, remoteOptions(desc.options), {onWarning: (l) => this.warnAll([l])})
     this.warnAll(img.warnings)
     try {
       const info = await describeImage(img, {maxRanges})

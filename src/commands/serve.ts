@@ -96,7 +96,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
       if (scratchDir) fs.rmSync(scratchDir, {recursive: true, force: true})
       scratchDir = undefined
     }
-    const base = await openSourceArg(args.image, sourceArgs(flags))
+    const base = await openSourceArg(args.image, sourceArgs(flags), {onWarning: (l) => this.warnAll([l])})
     this.warnAll((base as {warnings?: string[]}).warnings ?? [])
     let image: BlockSource = base
     if (writable) {

@@ -48,6 +48,8 @@ export interface OpenSourceOptions {
   decompressThreads?: number
   /** What the instance on the main thread offered serving threads (BlockSource.threadLink), if anything. */
   link?: unknown
+  /** Hears damage the source reads around that it finds on use (a structure read from its copy). */
+  onWarning?: (line: string) => void
 }
 
 /** What a source offers each serving thread besides its descriptor, and the objects to transfer with it. */

@@ -3,7 +3,7 @@
  * second-level table is (or that all its chunks are zero or unread); tables load on first use, checked
  * against their CRC, into a small LRU; every chunk entry is validated before it is used.
  */
-import type {VdevError} from '../core/errors'
+import {VdevError} from '../core/errors'
 import type {ByteRanges} from './ranges'
 import {crc32c} from './crc'
 import {ChunkKind, HEADER_SIZE, L1_ENTRY_SIZE, L2_ENTRY_SIZE, LayoutError, decodeL1Entry, readL2Entry, type ChunkEntry} from './layout'
@@ -29,6 +29,18 @@ export interface IndexTablesOptions {
   sync: boolean
   /** An error about the image file at a byte offset. */
   fail: (message: string, offset?: number) => VdevError
+  /**
+   * 1.1 (FORMAT.md §12): where each group's table copy is (0 for a group without a table), when the image
+   * has copies; and who hears that a damaged table was read from its copy (once per group).
+   */
+  copies?: Float64Array
+  onCopyUsed?: (g: number, damage: VdevError, copyOffset: number) => void
+}
+
+interface Where {
+  offset: number
+  length: number
+  crc: number
 }
 
 export class IndexTables {
@@ -52,7 +64,7 @@ export class IndexTables {
    * Where group `g`'s second-level table is (checked), or the one kind of all its chunks; or the table
    * itself when it is cached.
    */
-  private locate(g: number): ChunkKind | Buffer | {offset: number; length: number; crc: number} {
+  private locate(g: number): ChunkKind | Buffer | Where {
     const e = decodeL1Entry(this.o.l1, g, this.o.l1Offset)
     const where = this.o.l1Offset + g * L1_ENTRY_SIZE
     if (e.offset === 0) {
@@ -69,23 +81,103 @@ export class IndexTables {
     const entries = Math.min(this.o.l2Entries, this.o.chunkCount - g * this.o.l2Entries)
     if (e.length !== entries * L2_ENTRY_SIZE)
       throw this.o.fail(`index table ${g} is ${e.length} bytes, expected ${entries * L2_ENTRY_SIZE}`, where + 8)
-    if (e.offset < HEADER_SIZE || e.offset + e.length > this.o.fileSize)
-      throw this.o.fail(`index table ${g} (${e.length} bytes at byte ${e.offset}) lies outside the file: truncated?`, where)
     return {offset: e.offset, length: e.length, crc: e.crc}
   }
 
-  private accept(g: number, at: {offset: number; crc: number}, table: Buffer): Buffer {
-    if (crc32c(table) !== at.crc) throw this.o.fail(`index table ${g} checksum mismatch`, at.offset)
+  /** Why the table copy of `length` bytes at `offset` cannot be read, or undefined. */
+  private outside(g: number, offset: number, length: number, what: string): VdevError | undefined {
+    if (offset < HEADER_SIZE || offset + length > this.o.fileSize)
+      return this.o.fail(`${what} ${g} (${length} bytes at byte ${offset}) lies outside the file: truncated?`, offset)
+    return undefined
+  }
+
+  private check(g: number, at: Where, offset: number, table: Buffer, what: string): Buffer {
+    if (crc32c(table) !== at.crc) throw this.o.fail(`${what} ${g} checksum mismatch`, offset)
+    return table
+  }
+
+  private accept(g: number, table: Buffer): Buffer {
     this.l2Cache.set(g, table)
     if (this.l2Cache.size > this.maxL2Tables) this.l2Cache.delete(this.l2Cache.keys().next().value!)
     return table
+  }
+
+  /** Where group `g`'s table copy is (1.1), or undefined. */
+  copyOffset(g: number): number | undefined {
+    const c = this.o.copies?.[g]
+    return c ? c : undefined
+  }
+
+  /**
+   * The table, read by `read` from its place or, when that is damaged (outside the file, unreadable, its
+   * checksum fails), from its copy (FORMAT.md §12). Both damaged: the original's error, naming the copy's.
+   */
+  private load(g: number, at: Where, read: (offset: number) => Buffer | Promise<Buffer>): Buffer | Promise<Buffer> {
+    const attempt = (offset: number, what: string): Buffer | Promise<Buffer> => {
+      const out = this.outside(g, offset, at.length, what)
+      if (out) throw out
+      const r = read(offset)
+      return Buffer.isBuffer(r) ? this.check(g, at, offset, r, what) : r.then((t) => this.check(g, at, offset, t, what))
+    }
+    const fallback = (damage: unknown): Buffer | Promise<Buffer> => {
+      const copy = this.copyOffset(g)
+      if (!(damage instanceof VdevError) || copy === undefined) throw damage
+      const both = (err: unknown): never => {
+        if (!(err instanceof VdevError)) throw err
+        throw new VdevError(damage.code, `${damage.message}; its copy too: ${err.message.replace(`${this.o.ranges.name}: `, '')}`)
+      }
+      const used = (t: Buffer): Buffer => {
+        this.o.onCopyUsed?.(g, damage, copy)
+        return t
+      }
+      try {
+        const r = attempt(copy, 'index table copy')
+        return Buffer.isBuffer(r) ? used(r) : r.then(used, both)
+      } catch (err) {
+        return both(err)
+      }
+    }
+    try {
+      const r = attempt(at.offset, 'index table')
+      return Buffer.isBuffer(r) ? r : r.catch(fallback)
+    } catch (err) {
+      return fallback(err)
+    }
   }
 
   /** The second-level table of group `g`, loaded and checked on first use; or the one kind of all its chunks. */
   async table(g: number): Promise<Buffer | ChunkKind> {
     const at = this.locate(g)
     if (typeof at === 'number' || Buffer.isBuffer(at)) return at
-    return this.accept(g, at, await this.o.ranges.read(at.length, at.offset))
+    return this.accept(g, await this.load(g, at, (offset) => this.o.ranges.read(at.length, offset)))
+  }
+
+  /**
+   * For verify: each place group `g`'s table is kept (the original, then the copy when the image has
+   * copies), and what is wrong with it (undefined: it reads and its checksum holds). Nothing is cached.
+   */
+  async tablePlaces(g: number): Promise<Array<{what: 'original' | 'copy'; offset: number; damage?: VdevError}>> {
+    const at = this.locate(g)
+    if (typeof at === 'number') return []
+    const e = decodeL1Entry(this.o.l1, g, this.o.l1Offset)
+    const where: Where = Buffer.isBuffer(at) ? {offset: e.offset, length: e.length, crc: e.crc} : at
+    const places: Array<{what: 'original' | 'copy'; offset: number}> = [{what: 'original', offset: where.offset}]
+    const copy = this.copyOffset(g)
+    if (copy !== undefined) places.push({what: 'copy', offset: copy})
+    const out = []
+    for (const p of places) {
+      const what = p.what === 'copy' ? 'index table copy' : 'index table'
+      let damage: VdevError | undefined = this.outside(g, p.offset, where.length, what)
+      if (!damage)
+        try {
+          this.check(g, where, p.offset, await this.o.ranges.read(where.length, p.offset), what)
+        } catch (err) {
+          if (!(err instanceof VdevError)) throw err
+          damage = err
+        }
+      out.push({...p, damage})
+    }
+    return out
   }
 
   tableSync(g: number): Buffer | ChunkKind {
@@ -98,7 +190,7 @@ export class IndexTables {
     this.spareL2 = undefined
     const oldest = this.o.sync && this.l2Cache.size >= this.maxL2Tables ? this.l2Cache.keys().next().value : undefined
     const evicted = oldest !== undefined ? this.l2Cache.get(oldest) : undefined
-    const table = this.accept(g, at, this.o.ranges.readSync(at.length, at.offset, into))
+    const table = this.accept(g, this.load(g, at, (offset) => this.o.ranges.readSync(at.length, offset, into)) as Buffer)
     if (evicted && !this.l2Cache.has(oldest!)) this.spareL2 = evicted
     return table
   }

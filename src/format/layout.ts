@@ -1,5 +1,6 @@
 /**
- * VDIMG on-disk structures, exactly as docs/FORMAT.md (version 1.0) defines them. Every structure is
+ * VDIMG on-disk structures, exactly as docs/FORMAT.md (version 1.1; 1.0 is 1.1 without the copies of §12)
+ * defines them. Every structure is
  * defined once, here; the rest of the code uses these encoders and decoders, never raw offsets.
  * All integers are little-endian. 64-bit fields are decoded as bigint and range-checked before use.
  */
@@ -8,7 +9,10 @@ import {crc32c} from './crc'
 /** FORMAT.md §2: "\x89VDIMG\r\n" — the high byte and CR LF catch 7-bit and newline-mangling transfers. */
 export const MAGIC = Buffer.from([0x89, 0x56, 0x44, 0x49, 0x4d, 0x47, 0x0d, 0x0a])
 export const VERSION_MAJOR = 1
-export const VERSION_MINOR = 0
+/** The minor version this writer writes (FORMAT.md §12: 1.1 adds a second copy of every critical structure). */
+export const VERSION_MINOR = 1
+/** FORMAT.md §12: where the copies start, and how far apart a structure and its copy must be. */
+export const COPY_ALIGN = 4096
 
 export const HEADER_SIZE = 256
 /** Chunk data follows the header directly, so every byte of a file vdev writes is under a checksum. */
@@ -41,7 +45,21 @@ export enum SectionType {
   ChunkIndex = 1,
   BadAreaMap = 2,
   Metadata = 3,
+  /** 1.1 (§12): a copy of every second-level index table, concatenated in group order. */
+  IndexTablesCopy = 4,
+  /** 1.1 (§12): byte-identical copies of sections 1, 2 and 3. */
+  ChunkIndexCopy = 5,
+  BadAreaMapCopy = 6,
+  MetadataCopy = 7,
 }
+/** FORMAT.md §12: the section each copy section duplicates, byte for byte. */
+export const COPY_OF: Partial<Record<number, SectionType>> = {
+  [SectionType.ChunkIndexCopy]: SectionType.ChunkIndex,
+  [SectionType.BadAreaMapCopy]: SectionType.BadAreaMap,
+  [SectionType.MetadataCopy]: SectionType.Metadata,
+}
+/** Section types a reader of this version knows; each may appear at most once. */
+export const LAST_KNOWN_SECTION = SectionType.MetadataCopy
 export const SECTION_FLAG_CRITICAL = 1
 
 /** FORMAT.md §6: bad-area statuses, numbered after ddrescue's characters. */
@@ -91,6 +109,12 @@ export interface Header {
   sectionTableCrc: number
   /** 32 bytes; all zero when `flags & HEADER_FLAG_HASH` is clear. */
   sha256: Buffer
+  /**
+   * 1.1 (FORMAT.md §12): offset of the section table's copy, and of the header's copy (the trailer, the
+   * file's last 256 bytes as written); both 0 when the image has no copies (always, in a 1.0 header).
+   */
+  copyTableOffset: number
+  trailerOffset: number
 }
 /** Header flag bit 0: the media SHA-256 field is set. */
 export const HEADER_FLAG_HASH = 1
@@ -106,7 +130,10 @@ export function isPowerOfTwo(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0
 }
 
-export function encodeHeader(h: Header): Buffer {
+/** A header to encode; the 1.1 copy fields default to 0 (no copies). */
+export type HeaderFields = Omit<Header, 'copyTableOffset' | 'trailerOffset'> & Partial<Pick<Header, 'copyTableOffset' | 'trailerOffset'>>
+
+export function encodeHeader(h: HeaderFields): Buffer {
   const b = Buffer.alloc(HEADER_SIZE)
   MAGIC.copy(b, 0)
   b.writeUInt16LE(h.major, 8)
@@ -122,6 +149,8 @@ export function encodeHeader(h: Header): Buffer {
   b.writeUInt32LE(h.sectionCount, 56)
   b.writeUInt32LE(h.sectionTableCrc, 60)
   h.sha256.copy(b, 64, 0, 32)
+  b.writeBigUInt64LE(BigInt(h.copyTableOffset ?? 0), 96)
+  b.writeBigUInt64LE(BigInt(h.trailerOffset ?? 0), 104)
   b.writeUInt32LE(crc32c(b.subarray(0, 252)), 252)
   return b
 }
@@ -169,6 +198,17 @@ export function decodeHeader(b: Buffer, fileSize: number): Header {
       48,
     )
   const sha256 = Buffer.from(b.subarray(64, 96))
+  // 1.1 fields live in bytes 1.0 reserved: a 1.0 header's are ignored, whatever they hold.
+  let copyTableOffset = 0
+  let trailerOffset = 0
+  if (minor >= 1) {
+    copyTableOffset = u64(b, 96, 'section table copy offset', 0)
+    trailerOffset = u64(b, 104, 'header copy offset', 0)
+    if ((copyTableOffset === 0) !== (trailerOffset === 0))
+      throw new LayoutError('the section table copy and header copy offsets must both be set or both be 0', 96)
+    if (copyTableOffset !== 0 && (copyTableOffset < HEADER_SIZE || trailerOffset < copyTableOffset + sectionCount * SECTION_ENTRY_SIZE))
+      throw new LayoutError(`section table copy at byte ${copyTableOffset} and header copy at byte ${trailerOffset} are out of place`, 96)
+  }
   return {
     major,
     minor,
@@ -183,6 +223,8 @@ export function decodeHeader(b: Buffer, fileSize: number): Header {
     sectionCount,
     sectionTableCrc: b.readUInt32LE(60),
     sha256,
+    copyTableOffset,
+    trailerOffset,
   }
 }
 
@@ -219,7 +261,9 @@ export function decodeSections(b: Buffer, base: number, fileSize: number): Secti
     }
     if (s.offset < HEADER_SIZE)
       throw new LayoutError(`section type ${s.type} (${s.length} bytes at byte ${s.offset}) overlaps the header`, base + at + 8)
-    if (s.offset + s.length > fileSize)
+    // A copy (1.1, §12) outside the file is a damaged copy, not a damaged image: the reader decides.
+    const copy = s.type >= SectionType.IndexTablesCopy && s.type <= SectionType.MetadataCopy
+    if (!copy && s.offset + s.length > fileSize)
       throw new LayoutError(
         `section type ${s.type} (${s.length} bytes at byte ${s.offset}) lies outside the file (${fileSize} bytes): truncated?`,
         base + at + 8,

@@ -22,7 +22,9 @@ import {
   MAX_BAD_AREAS,
   HEADER_SIZE,
   L1_ENTRY_SIZE,
+  LAST_KNOWN_SECTION,
   LayoutError,
+  MAGIC,
   SECTION_ENTRY_SIZE,
   SECTION_FLAG_CRITICAL,
   SectionType,
@@ -59,6 +61,11 @@ export interface OpenOptions {
    * decompression is deterministic; `verify` and `extract` check the data CRCs end to end.
    */
   checkDataCrc?: boolean
+  /**
+   * Hears, once per table, that a damaged index table was read from its copy (1.1, FORMAT.md §12) — damage
+   * found on use rather than at open (open's own findings are in `warnings`). Default: added to `warnings`.
+   */
+  onWarning?: (line: string) => void
 }
 
 const MAX_METADATA = 16 << 20
@@ -82,6 +89,8 @@ export class VdimgImage implements BlockSource {
   readonly warnings: string[] = []
 
   private readonly index: IndexTables
+  /** Groups whose damaged table was read from its copy (each reported once). */
+  private readonly copiesUsed = new Set<number>()
   private readonly cache: ChunkCache
   private readonly loading = new Map<number, Promise<Buffer | null>>()
   /** For each load under way: the most bytes from the chunk's start that a read waiting on it needs. */
@@ -121,6 +130,7 @@ export class VdimgImage implements BlockSource {
     metadata: Record<string, unknown>,
     sections: Section[],
     opts: OpenOptions,
+    copies?: Float64Array,
   ) {
     this.size = header.size
     this.sectorSize = header.sectorSize
@@ -146,6 +156,14 @@ export class VdimgImage implements BlockSource {
       l1Offset,
       sync: this.sync,
       fail: (message, offset) => this.fail(message, offset),
+      copies,
+      onCopyUsed: (g, damage, copyOffset) => {
+        if (this.copiesUsed.has(g)) return
+        this.copiesUsed.add(g)
+        const line = `${damage.message.replace(/\)$/, '')}; read from its copy at byte ${copyOffset})`
+        if (opts.onWarning) opts.onWarning(line)
+        else this.warnings.push(line)
+      },
     })
     this.checkData = opts.checkDataCrc ?? false
     const threads = this.sync ? 0 : (opts.decompressThreads ?? 0)
@@ -179,6 +197,30 @@ export class VdimgImage implements BlockSource {
       if (err instanceof VdevError && err.code !== 'io') return err
       throw err
     }
+  }
+
+  /**
+   * For verify: the damaged places of group `g`'s index table, original or copy (1.1, FORMAT.md §12), one
+   * line each; the chunks are lost only when every place is damaged (then decoding reports them).
+   */
+  async tableDamage(g: number): Promise<{lines: string[]; lost: boolean}> {
+    let places
+    try {
+      places = await this.index.tablePlaces(g)
+    } catch (err) {
+      if (err instanceof VdevError) return {lines: [], lost: true}
+      throw err
+    }
+    const damaged = places.filter((p) => p.damage)
+    const lost = damaged.length === places.length && places.length > 0
+    if (lost || places.length < 2) return {lines: [], lost}
+    const other = (w: string) => (w === 'copy' ? 'the original serves' : 'its copy serves')
+    return {lines: damaged.map((p) => `${p.damage!.message.replace(/\)$/, '')}; ${other(p.what)})`), lost}
+  }
+
+  /** Whether the image keeps copies of its critical structures (format 1.1, FORMAT.md §12). */
+  get hasCopies(): boolean {
+    return this.header.copyTableOffset !== 0
   }
 
   /** The index entry of chunk `i`, validated. */
@@ -463,17 +505,44 @@ export class VdimgImage implements BlockSource {
     try {
       const fail = (m: string, at: number, code: 'format' | 'unsupported' = 'format') =>
         new VdevError(code, `${file}: ${m} (at byte ${at})`)
+      const isFormat = (err: unknown): err is VdevError => err instanceof VdevError && err.code === 'format'
+      // Damage the image is read around (a damaged copy, or an original read from its copy): one line each.
+      const warnings: string[] = []
       const head = await read(Math.min(HEADER_SIZE, fileSize), 0)
       let header: Header
       try {
         header = decodeHeader(head, fileSize)
       } catch (err) {
-        if (err instanceof LayoutError)
-          throw fail(err.message, err.offset, /not supported/.test(err.message) ? 'unsupported' : 'format')
-        throw err
+        if (!(err instanceof LayoutError)) throw err
+        const unsupported = /not supported/.test(err.message)
+        const damage = fail(err.message, err.offset, unsupported ? 'unsupported' : 'format')
+        // A newer major version whose checksum holds is not damage; anything else may be (FORMAT.md §12).
+        const crcHolds = head.length === HEADER_SIZE && crc32c(head.subarray(0, 252)) === head.readUInt32LE(252)
+        if (unsupported && crcHolds) throw damage
+        const trailer = await headerCopy(read, fileSize)
+        if (!trailer) throw damage
+        header = trailer
+        const why = !crcHolds && head.subarray(0, 8).equals(MAGIC) ? fail('header checksum mismatch', 252) : damage
+        warnings.push(`${why.message.replace(/\)$/, '')}; read from its copy at byte ${fileSize - HEADER_SIZE})`)
+      }
+      if (header.trailerOffset && warnings.length === 0) {
+        // The header is good: is its copy? (Byte-identical, FORMAT.md §12.)
+        const t = header.trailerOffset + HEADER_SIZE <= fileSize ? await read(HEADER_SIZE, header.trailerOffset) : undefined
+        if (!t || !t.equals(head))
+          warnings.push(`${file}: header copy ${t ? 'damaged' : 'lies outside the file: truncated?'} (at byte ${header.trailerOffset}; the original serves)`)
       }
       const tableBytes = header.sectionCount * SECTION_ENTRY_SIZE
-      const table = await read(tableBytes, header.sectionTableOffset)
+      let table = await read(tableBytes, header.sectionTableOffset)
+      const copyAt = header.copyTableOffset
+      if (copyAt) {
+        const copy = copyAt + tableBytes <= fileSize ? await read(tableBytes, copyAt) : undefined
+        if (crc32c(table) !== header.sectionTableCrc) {
+          if (!copy || crc32c(copy) !== header.sectionTableCrc) throw fail('section table checksum mismatch, and its copy too', header.sectionTableOffset)
+          warnings.push(`${file}: section table checksum mismatch (at byte ${header.sectionTableOffset}; read from its copy at byte ${copyAt})`)
+          table = copy
+        } else if (!copy || !copy.equals(table))
+          warnings.push(`${file}: section table copy ${copy ? 'damaged' : 'lies outside the file: truncated?'} (at byte ${copyAt}; the original serves)`)
+      }
       if (crc32c(table) !== header.sectionTableCrc) throw fail('section table checksum mismatch', header.sectionTableOffset)
       let sections: Section[]
       try {
@@ -482,32 +551,72 @@ export class VdimgImage implements BlockSource {
         if (err instanceof LayoutError) throw fail(err.message, err.offset)
         throw err
       }
-      const seen = new Set<number>()
+      const byType = new Map<number, Section>()
+      for (const s of sections) {
+        if (byType.has(s.type) && s.type <= LAST_KNOWN_SECTION) throw fail(`duplicate section of type ${s.type}`, s.offset)
+        if (!byType.has(s.type)) byType.set(s.type, s)
+      }
       let l1: Buffer | undefined
       let l1Offset = 0
       let bad = BadAreaMap.EMPTY
       let metadata: Record<string, unknown> = {}
-      const warnings: string[] = []
-      const load = async (s: Section, cap: number, what: string) => {
+      let copies: Float64Array | undefined
+      const load = async (s: Section, cap: number, what: string, crc = s.crc) => {
         if (s.length > cap) throw fail(`${what} is ${s.length} bytes, more than the ${cap} a valid image can need`, s.offset)
+        if (s.offset < HEADER_SIZE || s.offset + s.length > fileSize) throw fail(`${what} lies outside the file: truncated?`, s.offset)
         const b = await read(s.length, s.offset)
-        if (crc32c(b) !== s.crc) throw fail(`${what} checksum mismatch`, s.offset)
+        if (crc32c(b) !== crc) throw fail(`${what} checksum mismatch`, s.offset)
         return b
       }
+      /**
+       * A section with a byte-identical copy (1.1, FORMAT.md §12): the original when its checksum holds, else
+       * the copy when its bytes match the original's checksum. A damaged copy is a warning.
+       */
+      const loadWithCopy = async (s: Section, copyType: SectionType, cap: number, what: string): Promise<Buffer> => {
+        const c = byType.get(copyType)
+        let damage: VdevError | undefined
+        let b: Buffer | undefined
+        try {
+          b = await load(s, cap, what)
+        } catch (err) {
+          if (!isFormat(err)) throw err
+          damage = err
+        }
+        if (!c) {
+          if (damage) throw damage
+          return b!
+        }
+        let copyDamage: VdevError | undefined
+        let copy: Buffer | undefined
+        if (c.length !== s.length || c.crc !== s.crc) copyDamage = fail(`${what} copy does not match the original's length and checksum`, c.offset)
+        else
+          try {
+            copy = await load(c, cap, `${what} copy`)
+          } catch (err) {
+            if (!isFormat(err)) throw err
+            copyDamage = err
+          }
+        if (b) {
+          if (copyDamage) warnings.push(`${copyDamage.message.replace(/\)$/, '')}; the original serves)`)
+          return b
+        }
+        if (!copy) throw new VdevError('format', `${damage!.message}, and its copy too: ${copyDamage!.message.replace(`${file}: `, '')}`)
+        warnings.push(`${damage!.message.replace(/\)$/, '')}; read from its copy at byte ${c.offset})`)
+        return copy
+      }
       for (const s of sections) {
-        if (seen.has(s.type) && s.type <= SectionType.Metadata) throw fail(`duplicate section of type ${s.type}`, s.offset)
-        seen.add(s.type)
+        if (byType.get(s.type) !== s) continue
         if (s.type === SectionType.ChunkIndex) {
           const want = Math.ceil(header.chunkCount / header.l2Entries) * L1_ENTRY_SIZE
           if (s.length !== want) throw fail(`chunk index is ${s.length} bytes, expected ${want}`, s.offset)
-          l1 = await load(s, want, 'chunk index')
+          l1 = await loadWithCopy(s, SectionType.ChunkIndexCopy, want, 'chunk index')
           l1Offset = s.offset
           // Every table offset is range-checked here (its high 32 bits, one read a group), so the lazy lookups
           // on the serving path never meet one past 2^53.
           for (let at = 0; at < l1.length; at += L1_ENTRY_SIZE)
             if (l1.readUInt32LE(at + 4) > 0x1fffff) throw fail(`index table offset ${l1.readBigUInt64LE(at)} is out of range`, s.offset + at)
         } else if (s.type === SectionType.BadAreaMap) {
-          const b = await load(s, MAX_BAD_AREAS * BAD_ENTRY_SIZE, 'bad-area map')
+          const b = await loadWithCopy(s, SectionType.BadAreaMapCopy, MAX_BAD_AREAS * BAD_ENTRY_SIZE, 'bad-area map')
           try {
             bad = BadAreaMap.decode(b, s.offset, header.size)
           } catch (err) {
@@ -517,11 +626,13 @@ export class VdimgImage implements BlockSource {
         } else if (s.type === SectionType.Metadata) {
           // Non-critical (FORMAT.md §3): damaged metadata is a warning, and the image opens without it.
           try {
-            metadata = parseMetadataSection(await load(s, MAX_METADATA, 'metadata'), s.offset, fail)
+            metadata = parseMetadataSection(await loadWithCopy(s, SectionType.MetadataCopy, MAX_METADATA, 'metadata'), s.offset, fail)
           } catch (err) {
-            if (!(err instanceof VdevError) || err.code !== 'format') throw err
+            if (!isFormat(err)) throw err
             warnings.push(`${err.message}; ignored`)
           }
+        } else if (s.type >= SectionType.IndexTablesCopy && s.type <= LAST_KNOWN_SECTION) {
+          // Copies: read with their originals (above) and, for index tables, when one is damaged.
         } else if (s.flags & SECTION_FLAG_CRITICAL) {
           throw fail(`unknown critical section type ${s.type}: this image needs a newer vdev`, s.offset, 'unsupported')
         } else if (s.length <= MAX_METADATA && crc32c(await read(s.length, s.offset)) !== s.crc) {
@@ -533,13 +644,44 @@ export class VdimgImage implements BlockSource {
         if (header.chunkCount > 0) throw fail('no chunk index section', header.sectionTableOffset)
         l1 = Buffer.alloc(0)
       }
-      const img = new VdimgImage(file, ranges, fileSize, header, l1, l1Offset, bad, metadata, sections, opts)
+      const tablesCopy = byType.get(SectionType.IndexTablesCopy)
+      if (tablesCopy) {
+        // Table copies lie end to end in group order (FORMAT.md §12): each one's place follows from the index.
+        const groups = l1.length / L1_ENTRY_SIZE
+        const places = new Float64Array(groups)
+        let at = tablesCopy.offset
+        for (let g = 0; g < groups; g++) {
+          if (l1.readBigUInt64LE(g * L1_ENTRY_SIZE) === 0n) continue
+          places[g] = at
+          at += l1.readUInt32LE(g * L1_ENTRY_SIZE + 8)
+        }
+        if (at - tablesCopy.offset !== tablesCopy.length)
+          warnings.push(`${file}: index table copies are ${tablesCopy.length} bytes, the chunk index needs ${at - tablesCopy.offset} (at byte ${tablesCopy.offset}); ignored`)
+        else if (tablesCopy.length) copies = places
+      }
+      const img = new VdimgImage(file, ranges, fileSize, header, l1, l1Offset, bad, metadata, sections, opts, copies)
       img.warnings.push(...warnings)
       return img
     } catch (err) {
       await ranges.close()
       throw err
     }
+  }
+}
+
+/**
+ * The header's copy, the file's last 256 bytes (1.1, FORMAT.md §12), when it holds a valid 1.1 header that
+ * says it is there; else undefined.
+ */
+async function headerCopy(read: (len: number, pos: number) => Promise<Buffer>, fileSize: number): Promise<Header | undefined> {
+  if (fileSize < 2 * HEADER_SIZE) return undefined
+  const t = await read(HEADER_SIZE, fileSize - HEADER_SIZE)
+  try {
+    const h = decodeHeader(t, fileSize)
+    return h.minor >= 1 && h.trailerOffset === fileSize - HEADER_SIZE ? h : undefined
+  } catch (err) {
+    if (err instanceof LayoutError) return undefined
+    throw err
   }
 }
 

@@ -1,6 +1,6 @@
 /**
- * `verify`: every critical structure was checked when the image was opened; this checks every index
- * table and both checksums of every chunk, lists everything damaged (not only the first), and recomputes
+ * `verify`: every critical structure (and, in 1.1, its copy) was checked when the image was opened; this
+ * checks every index table (and its copy) and both checksums of every chunk, lists everything damaged (not only the first), and recomputes
  * the media SHA-256 (bad areas as zeros, FORMAT.md §7) unless `quick`.
  */
 import * as crypto from 'node:crypto'
@@ -83,6 +83,12 @@ export async function verifyImage(
   const hash = opts.quick ? undefined : crypto.createHash('sha256')
   const damage = new DamageList(MAX_LISTED)
   for (const w of img.warnings) damage.list.push({chunk: -1, chunks: 0, offset: 0, length: 0, why: w})
+  // 1.1 (FORMAT.md §12): both places of every index table; one damaged place loses nothing but is listed.
+  if (img.hasCopies)
+    for (let g = 0; g < Math.ceil(img.chunkCount / img.l2Entries); g++) {
+      if (opts.signal?.aborted) break
+      for (const why of (await img.tableDamage(g)).lines) damage.list.push({chunk: -1, chunks: 0, offset: 0, length: 0, why})
+    }
   const problems: VerifyResult['problems'] = []
   let done = 0
   await decodeAll(img, {

@@ -12,10 +12,12 @@ import {VdevError, ioError, type BadRange, type BadStatus} from '../core/errors'
 import {WorkerPool} from '../core/workerpool'
 import {BadAreaMap} from './badmap'
 import {crc32c} from './crc'
+import {preadExact} from './pread'
 import type {InputSource} from './input'
 import type {Mapfile} from './mapfile'
 import type {EncodeResult, EncodeTask} from './codec-worker'
 import {
+  COPY_ALIGN,
   ChunkKind,
   DATA_START,
   DEFAULT_CHUNK_SIZE,
@@ -27,6 +29,7 @@ import {
   MAX_L2_ENTRIES,
   MIN_CHUNK_SIZE,
   MIN_L2_ENTRIES,
+  SECTION_ENTRY_SIZE,
   SECTION_FLAG_CRITICAL,
   SECTOR_SIZES,
   SectionType,
@@ -145,7 +148,7 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
   const tmp = path.join(dir, `.${path.basename(outPath)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`)
   let fd: number
   try {
-    fd = fs.openSync(tmp, 'wx', 0o644)
+    fd = fs.openSync(tmp, 'wx+', 0o644) // read back too: the index tables' copies
   } catch (err) {
     throw ioError(outPath, err, 'cannot create')
   }
@@ -314,19 +317,45 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     metadata.size ??= size
     metadata.sectorSize ??= sectorSize
 
+    // The originals, then the section table (FORMAT.md §10), then the copies (§12): every copy after every
+    // original, the first at a multiple of 4096, so that no aligned 4 KiB block holds a structure and its copy.
+    const l1Bytes = encodeL1(l1)
+    const badBytes = badMap.encode()
+    const metaBytes = Buffer.from(JSON.stringify(metadata), 'utf8')
     const sections: Section[] = []
     const addSection = async (type: SectionType, flags: number, data: Buffer) => {
       await writeAt(fd, data, filePos, tmp)
       sections.push({type, flags, offset: filePos, length: data.length, crc: crc32c(data)})
       filePos += data.length
     }
-    await addSection(SectionType.ChunkIndex, SECTION_FLAG_CRITICAL, encodeL1(l1))
-    await addSection(SectionType.BadAreaMap, SECTION_FLAG_CRITICAL, badMap.encode())
-    await addSection(SectionType.Metadata, 0, Buffer.from(JSON.stringify(metadata), 'utf8'))
-    const table = encodeSections(sections)
+    await addSection(SectionType.ChunkIndex, SECTION_FLAG_CRITICAL, l1Bytes)
+    await addSection(SectionType.BadAreaMap, SECTION_FLAG_CRITICAL, badBytes)
+    await addSection(SectionType.Metadata, 0, metaBytes)
     const tableOffset = filePos
+    const tableLength = 7 * SECTION_ENTRY_SIZE
+    filePos = Math.ceil((filePos + tableLength) / COPY_ALIGN) * COPY_ALIGN
+    // Every second-level table again, read back from the file and checked against the CRC it was written with.
+    const tablesCopyOffset = filePos
+    let tablesCrc = 0
+    for (const e of l1) {
+      if (e.offset === 0) continue
+      const t = await preadExact(fd, e.length, e.offset, tmp)
+      if (crc32c(t) !== e.crc) throw new VdevError('io', `${tmp}: index table at byte ${e.offset} reads back differently than it was written`)
+      await writeAt(fd, t, filePos, tmp)
+      tablesCrc = crc32c(t, tablesCrc)
+      filePos += t.length
+    }
+    sections.push({type: SectionType.IndexTablesCopy, flags: 0, offset: tablesCopyOffset, length: filePos - tablesCopyOffset, crc: tablesCrc})
+    await addSection(SectionType.ChunkIndexCopy, 0, l1Bytes)
+    await addSection(SectionType.BadAreaMapCopy, 0, badBytes)
+    await addSection(SectionType.MetadataCopy, 0, metaBytes)
+    const table = encodeSections(sections)
+    if (table.length !== tableLength) throw new VdevError('internal', `section table of ${table.length} bytes, expected ${tableLength}`)
+    await writeAt(fd, table, tableOffset, tmp)
+    const copyTableOffset = filePos
     await writeAt(fd, table, filePos, tmp)
     filePos += table.length
+    const trailerOffset = filePos
     const header = encodeHeader({
       major: VERSION_MAJOR,
       minor: VERSION_MINOR,
@@ -341,7 +370,11 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
       sectionCount: sections.length,
       sectionTableCrc: crc32c(table),
       sha256: sha ?? Buffer.alloc(32),
+      copyTableOffset,
+      trailerOffset,
     })
+    await writeAt(fd, header, trailerOffset, tmp)
+    filePos += header.length
     await writeAt(fd, header, 0, tmp)
     fs.fsyncSync(fd)
     fs.closeSync(fd)

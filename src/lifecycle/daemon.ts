@@ -165,7 +165,10 @@ export async function serve(opts: ServeOptions): Promise<number> {
     const threads = opts.overlay && !b.writableThreads ? 0 : threadCount(b.name, b.threadModel)
     // Serving threads open the source themselves: the instance here only answers what they do not
     // (size, extents), so it starts no decompression workers (an idle one still holds a V8 isolate).
-    source = await openSource(opts.source, {decompressThreads: threads > 0 ? 0 : Math.min(4, os.availableParallelism())})
+    source = await openSource(opts.source, {
+      decompressThreads: threads > 0 ? 0 : Math.min(4, os.availableParallelism()),
+      onWarning: (w) => log(`warning: ${w}`),
+    })
     if (opts.overlay) {
       let file: string
       if ('scratch' in opts.overlay) {

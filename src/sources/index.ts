@@ -12,7 +12,7 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {VdevError, ioError} from '../core/errors'
 import type {BlockSource, OpenSourceOptions, SourceDescriptor} from '../core/source'
-import {MAGIC} from '../format/layout'
+import {HEADER_SIZE, MAGIC} from '../format/layout'
 import {openImage, type ByteRanges, type OpenOptions, type VdimgImage} from '../format/reader'
 import {HttpObject, isRemote, type RemoteOptions} from '../remote/http'
 import {LinkedRanges, type RangesLink} from '../remote/link'
@@ -24,7 +24,7 @@ type Opener = (d: SourceDescriptor, how: OpenSourceOptions) => Promise<BlockSour
 
 const OPENERS: Record<string, Opener> = {
   vdimg: async (d, how) => {
-    const opts = {sync: how.sync, cacheBytes: how.cacheBytes, decompressThreads: how.decompressThreads}
+    const opts = {sync: how.sync, cacheBytes: how.cacheBytes, decompressThreads: how.decompressThreads, onWarning: how.onWarning}
     if (!isRemote(d.path)) return openImage(d.path, opts)
     // A serving thread reads a remote image through the link its process's instance offered (src/remote/link.ts).
     if (how.sync) {
@@ -133,12 +133,16 @@ export function describeSource(image: string, a: SourceArgs = {}): SourceDescrip
   }
   if (st.isDirectory()) throw new VdevError('io', `${image}: is a directory`)
   if (a.sectorSize !== undefined) return raw()
-  if (startsWithMagic(abs, image)) return {kind: 'vdimg', path: abs}
+  if (hasMagic(abs, image, st)) return {kind: 'vdimg', path: abs}
   if (st.isBlockDevice()) return raw()
   throw new VdevError('format', `${image}: not a VDIMG image (bad magic) (at byte 0); a raw image is served with --format raw, or --mapfile MAP`)
 }
 
-function startsWithMagic(abs: string, name: string): boolean {
+/**
+ * The VDIMG magic at byte 0, or — a 1.1 image whose first block is damaged (FORMAT.md §12) — at the start
+ * of its header copy, the last 256 bytes of a regular file.
+ */
+function hasMagic(abs: string, name: string, st: fs.Stats): boolean {
   let fd: number
   try {
     fd = fs.openSync(abs, 'r')
@@ -147,8 +151,8 @@ function startsWithMagic(abs: string, name: string): boolean {
   }
   try {
     const b = Buffer.alloc(MAGIC.length)
-    const n = fs.readSync(fd, b, 0, b.length, 0)
-    return n === b.length && b.equals(MAGIC)
+    const at = (pos: number) => fs.readSync(fd, b, 0, b.length, pos) === b.length && b.equals(MAGIC)
+    return at(0) || (st.isFile() && st.size >= 512 && at(st.size - HEADER_SIZE))
   } finally {
     fs.closeSync(fd)
   }

@@ -9,17 +9,11 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {spawn} from 'node:child_process'
 import {crc32c} from '../../src/format/crc'
-import {
-  ChunkKind,
-  SECTION_ENTRY_SIZE,
-  SectionType,
-  decodeHeader,
-  decodeSections,
-  encodeSections,
-  type Section,
-} from '../../src/format/layout'
+import {ChunkKind, SectionType, decodeHeader, encodeSections} from '../../src/format/layout'
 import {BIN, have, prng, runCli, textish, tmpDir, type CliResult} from '../helpers'
 import {writeUnreadImage} from '../format/unread-image'
+// Re-seals as a malicious writer would: every checksum, and the 1.1 copies made to follow (FORMAT.md §12).
+import {reseal, sectionsOf} from '../format/reseal'
 
 const U64_MAX = 2n ** 64n - 1n
 
@@ -30,23 +24,6 @@ function oneLineError(r: CliResult, code: number, re: RegExp): void {
   assert.match(lines[0], /^vdev: /)
   assert.match(lines[0], re)
   assert.doesNotMatch(r.stderr, /\n\s+at |internal error/)
-}
-
-/** The sections of an image file (header fields read as they are: its checksum may be stale). */
-function sectionsOf(b: Buffer): Section[] {
-  const at = Number(b.readBigUInt64LE(48))
-  return decodeSections(b.subarray(at, at + b.readUInt32LE(56) * SECTION_ENTRY_SIZE), at, b.length)
-}
-
-/** Re-seal every section's CRC, the section table and the header, as a malicious writer would. */
-function reseal(b: Buffer): Buffer {
-  const secs = sectionsOf(b)
-  for (const s of secs) s.crc = crc32c(b.subarray(s.offset, s.offset + s.length))
-  const table = encodeSections(secs)
-  table.copy(b, Number(b.readBigUInt64LE(48)))
-  b.writeUInt32LE(crc32c(table), 60)
-  b.writeUInt32LE(crc32c(b.subarray(0, 252)), 252)
-  return b
 }
 
 /** Where group 0's first-level entry and second-level table are. */
@@ -108,11 +85,13 @@ describe('hostile images (issue 12 §4)', function () {
     const h = decodeHeader(good, good.length)
     const payload = Buffer.from(json)
     const body = good.subarray(0, h.sectionTableOffset)
-    const secs = sectionsOf(good).filter((s) => s.type !== SectionType.Metadata)
+    // Everything after the section table goes, the 1.1 copies with it: a 1.1 image without copies.
+    const secs = sectionsOf(good).filter((s) => s.type !== SectionType.Metadata && (s.type < 4 || s.type > 7))
     secs.push({type: SectionType.Metadata, flags: 0, offset: body.length, length: payload.length, crc: 0})
     const out = Buffer.concat([body, payload, encodeSections(secs)])
     out.writeBigUInt64LE(BigInt(body.length + payload.length), 48)
     out.writeUInt32LE(secs.length, 56)
+    out.fill(0, 96, 112) // no section table copy, no header copy
     return {image: reseal(out), at: body.length}
   }
 

@@ -13,7 +13,7 @@ import {verifyImage} from '../../src/format/verify'
 import {crc32c} from '../../src/format/crc'
 import {HEADER_SIZE, SECTION_ENTRY_SIZE, decodeHeader, decodeSections, encodeSections} from '../../src/format/layout'
 import {VdevError} from '../../src/core/errors'
-import {prng, textish, tmpDir} from '../helpers'
+import {ROOT, prng, textish, tmpDir} from '../helpers'
 
 /** Open and verify; returns the error message, or undefined when the image passes. */
 async function check(file: string): Promise<string | undefined> {
@@ -28,7 +28,8 @@ async function check(file: string): Promise<string | undefined> {
   }
   try {
     const v = await verifyImage(im, {threads: 1})
-    if (!v.ok) return v.problems[0]?.message ?? 'hash mismatch'
+    // A damaged structure that loses no chunk (a copy, or an original read from its copy) is listed too.
+    if (!v.ok) return v.problems[0]?.message ?? v.damaged[0]?.why ?? 'hash mismatch'
     return undefined
   } catch (err) {
     assert.ok(err instanceof VdevError, `not a VdevError: ${err}`)
@@ -66,8 +67,10 @@ describe('corruption is detected', function () {
     const sections = decodeSections(good.subarray(h.sectionTableOffset, h.sectionTableOffset + h.sectionCount * SECTION_ENTRY_SIZE), h.sectionTableOffset, good.length)
     const offsets = new Set<number>()
     for (let i = 0; i < HEADER_SIZE; i++) offsets.add(i)
-    for (let i = 0; i < h.sectionCount * SECTION_ENTRY_SIZE; i++) offsets.add(h.sectionTableOffset + i)
-    for (const s of sections) for (let i = 0; i < s.length; i += Math.max(1, Math.floor(s.length / 64))) offsets.add(s.offset + i)
+    // Every byte of the entries of sections 1–3; every 4th of the 1.1 copies' entries (4–7), to keep the count.
+    for (let i = 0; i < h.sectionCount * SECTION_ENTRY_SIZE; i += i < 3 * SECTION_ENTRY_SIZE ? 1 : 4) offsets.add(h.sectionTableOffset + i)
+    // Sections 1–3 densely; the 1.1 copies (types 4–7, FORMAT.md §12: a flip there is a damaged copy) at 8 points.
+    for (const s of sections) for (let i = 0; i < s.length; i += Math.max(1, Math.floor(s.length / (s.type >= 4 && s.type <= 7 ? 8 : 64)))) offsets.add(s.offset + i)
     for (const s of sections) offsets.add(s.offset + s.length - 1)
     // Index tables sit between chunk data; sample the whole data area densely.
     const r = prng(7, 4 * 400)
@@ -100,7 +103,8 @@ describe('corruption is detected', function () {
   function withExtraSection(type: number, flags: number): Buffer {
     const h = decodeHeader(good, good.length)
     const table = good.subarray(h.sectionTableOffset, h.sectionTableOffset + h.sectionCount * SECTION_ENTRY_SIZE)
-    const sections = decodeSections(table, h.sectionTableOffset, good.length)
+    // Everything after the section table goes, the 1.1 copies with it (FORMAT.md §12): a 1.1 image without copies.
+    const sections = decodeSections(table, h.sectionTableOffset, good.length).filter((s) => s.type < 4 || s.type > 7)
     const payload = Buffer.from('future data')
     const body = good.subarray(0, h.sectionTableOffset)
     sections.push({type, flags, offset: body.length, length: payload.length, crc: crc32c(payload)})
@@ -109,6 +113,7 @@ describe('corruption is detected', function () {
     out.writeBigUInt64LE(BigInt(body.length + payload.length), 48)
     out.writeUInt32LE(sections.length, 56)
     out.writeUInt32LE(crc32c(newTable), 60)
+    out.fill(0, 96, 112) // the table moved: no section table copy, no header copy (FORMAT.md §12)
     out.writeUInt32LE(crc32c(out.subarray(0, 252)), 252)
     return out
   }
@@ -123,7 +128,20 @@ describe('corruption is detected', function () {
   it('a newer major version is reported as unsupported, not as damage', async () => {
     const b = Buffer.from(good)
     b.writeUInt16LE(2, 8)
+    b.writeUInt32LE(crc32c(b.subarray(0, 252)), 252)
     fs.writeFileSync(work(), b)
+    await assert.rejects(openImage(work()), (e: VdevError) => e.code === 'unsupported' && /format version 2\.1 is not supported/.test(e.message))
+    // Its checksum failing, the same field is damage: a 1.1 image reads its header copy (FORMAT.md §12)…
+    const d = Buffer.from(good)
+    d.writeUInt16LE(2, 8)
+    fs.writeFileSync(work(), d)
+    const im = await openImage(work())
+    await im.close()
+    assert.match(im.warnings[0], /header checksum mismatch \(at byte 252; read from its copy at byte \d+\)$/)
+    // …and a 1.0 image, without one, says what it said before.
+    const golden = fs.readFileSync(path.join(ROOT, 'test', 'golden', '1.0', 'mixed-4k.vdimg'))
+    golden.writeUInt16LE(2, 8)
+    fs.writeFileSync(work(), golden)
     await assert.rejects(openImage(work()), (e: VdevError) => e.code === 'unsupported' && /format version 2\.0 is not supported/.test(e.message))
   })
 

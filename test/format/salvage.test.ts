@@ -12,39 +12,17 @@ import {spawn} from 'node:child_process'
 import {crc32c} from '../../src/format/crc'
 import {BAD_PATTERN} from '../../src/format/extract'
 import {openInput} from '../../src/format/input'
-import {
-  ChunkKind,
-  SECTION_ENTRY_SIZE,
-  SectionType,
-  decodeSections,
-  encodeSections,
-  type Section,
-} from '../../src/format/layout'
+import {ChunkKind, SectionType} from '../../src/format/layout'
 import {parseMapfile} from '../../src/format/mapfile'
 import {openImage} from '../../src/format/reader'
 import {verifyImage} from '../../src/format/verify'
 import {createImage} from '../../src/format/writer'
 import {BIN, runCli, textish, tmpDir, type CliResult} from '../helpers'
 import {writeUnreadImage} from './unread-image'
+import {reseal, sectionCopy, sectionsOf, tableCopyOffset} from './reseal'
 
 const CS = 128 << 10
 const L2 = 256
-
-function sectionsOf(b: Buffer): Section[] {
-  const at = Number(b.readBigUInt64LE(48))
-  return decodeSections(b.subarray(at, at + b.readUInt32LE(56) * SECTION_ENTRY_SIZE), at, b.length)
-}
-
-/** Re-seal every section's CRC, the section table and the header, as a writer would. */
-function reseal(b: Buffer): Buffer {
-  const secs = sectionsOf(b)
-  for (const s of secs) s.crc = crc32c(b.subarray(s.offset, s.offset + s.length))
-  const table = encodeSections(secs)
-  table.copy(b, Number(b.readBigUInt64LE(48)))
-  b.writeUInt32LE(crc32c(table), 60)
-  b.writeUInt32LE(crc32c(b.subarray(0, 252)), 252)
-  return b
-}
 
 /** Where chunk i's first-level entry, second-level table and entry, and stored bytes are. */
 function locate(b: Buffer, i: number): {l1e: number; table: number; tableLength: number; entry: number; offset: number; storedLength: number; kind: number} {
@@ -148,7 +126,8 @@ describe('salvage: damaged images are extracted around, verified in full, and in
     resealTable(b, 600)
     reseal(b)
     const g3 = locate(b, 800)
-    b[g3.table + 7] ^= 0x80 // group 3's table, its checksum left stale
+    b[g3.table + 7] ^= 0x80 // group 3's table, its checksum left stale…
+    b[tableCopyOffset(b, 3)! + 7] ^= 0x80 // …and its copy (FORMAT.md §12), or the copy would serve
     return b
   }
 
@@ -232,8 +211,9 @@ describe('salvage: damaged images are extracted around, verified in full, and in
   /** good.vdimg with its metadata section's bytes replaced (same length), its checksum recomputed or not. */
   function damagedMetadata(bytes: (old: Buffer) => Buffer, resealed: boolean): Buffer {
     const b = Buffer.from(good)
-    const s = sectionsOf(b).find((x) => x.type === SectionType.Metadata)!
-    bytes(b.subarray(s.offset, s.offset + s.length)).copy(b, s.offset)
+    // The original and its copy (FORMAT.md §12) alike, or the copy would serve.
+    for (const s of [sectionsOf(b).find((x) => x.type === SectionType.Metadata)!, sectionCopy(b, SectionType.Metadata)!])
+      bytes(b.subarray(s.offset, s.offset + s.length)).copy(b, s.offset)
     return resealed ? reseal(b) : b
   }
 
