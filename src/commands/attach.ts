@@ -114,7 +114,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
   private async runForeground(imageArg: string, sourceArg: SourceArgs, backendArg: string, badPolicy: BadPolicy, overlay: OverlayRequest | undefined): Promise<undefined> {
     const {path: image, stat} = resolveImage(imageArg)
     const source = describeSource(image, sourceArg)
-    const backend = await resolveBackend(backendArg)
+    const backend = await resolveBackend(backendArg, {writable: overlay !== undefined})
     refuseIfAttached(image, stat)
     const id = reserveId()
     const logFd = fs.openSync(logOf(id), 'a', 0o600)

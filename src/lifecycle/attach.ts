@@ -56,13 +56,14 @@ export function resolveImage(image: string): {path: string; stat: fs.Stats | und
 }
 
 /** "auto" → the available backend with the lowest preference; a name → that backend, if available. */
-export async function resolveBackend(name: string): Promise<string> {
+export async function resolveBackend(name: string, opts: {writable?: boolean} = {}): Promise<string> {
   const all = await probeBackends()
   if (name === 'auto') {
-    const best = all.find((s) => s.probe.available)
+    // Read-write (--overlay, --scratch): the best available backend that can serve a writable device.
+    const best = all.find((s) => s.probe.available && (!opts.writable || s.backend?.writable === true))
     if (!best) {
-      const why = all.map((s) => `${s.name}: ${s.probe.available ? 'available' : s.probe.reason}`).join('; ')
-      throw new VdevError('unavailable', `no backend can attach here (${why})`)
+      const why = all.map((s) => `${s.name}: ${!s.probe.available ? s.probe.reason : opts.writable && !s.backend?.writable ? 'read-only' : 'available'}`).join('; ')
+      throw new VdevError('unavailable', `no backend can attach here${opts.writable ? ' read-write' : ''} (${why})`)
     }
     return best.name
   }
@@ -70,6 +71,10 @@ export async function resolveBackend(name: string): Promise<string> {
   if (!s) {
     const b = loadBackend(name)
     throw new VdevError('usage', 'error' in b ? b.error : `unknown backend "${name}"`)
+  }
+  if (opts.writable && !s.backend?.writable) {
+    const can = all.filter((x) => x.backend?.writable).map((x) => x.name)
+    throw new VdevError('usage', `the ${name} backend cannot attach read-write: --overlay and --scratch work with ${can.join(', ')}`)
   }
   if (!s.probe.available) throw new VdevError('unavailable', `backend ${name} is not available: ${s.probe.reason}`)
   return name
@@ -99,7 +104,7 @@ function binRun(): string {
 export async function attachInBackground(req: AttachRequest): Promise<DeviceEntry> {
   const {path: image, stat} = resolveImage(req.image)
   const desc = describeSource(image, req.source)
-  const backend = await resolveBackend(req.backend)
+  const backend = await resolveBackend(req.backend, {writable: req.overlay !== undefined})
   refuseIfAttached(image, stat)
   const id = reserveId()
   const logFile = logOf(id)

@@ -177,8 +177,7 @@ export class HttpObject implements ByteRanges {
 
   /** A serving thread's link: its reads are fetched here (link.ts). */
   offerLink(): {value: RangesLink; transfer: TransferListItem[]} {
-    const link = offerLink(this, this.timeoutMs)
-    return {value: link, transfer: [link.port]}
+    return offerLink(this, this.timeoutMs)
   }
 
   readSync(): Buffer {

@@ -4,8 +4,9 @@
  * shared flag; the owner's handler runs on its event loop, posts the answer (buffers transferred, not
  * copied) and sets the flag; the thread wakes and takes the answer with receiveMessageOnPort. The pattern
  * of synckit and of Node's synchronous module hooks. Serving threads answer one request at a time, so one
- * call is outstanding per link. Used by the overlay (src/layers/overlay-view.ts): its owner takes every
- * write and the reads of what was written.
+ * call is outstanding per link. Used by the overlay (src/layers/overlay-view.ts: its owner takes every
+ * write and the reads of what was written) and by remote images (src/remote/link.ts: the owner does every
+ * GET).
  */
 import {MessageChannel, receiveMessageOnPort, type MessagePort, type TransferListItem} from 'node:worker_threads'
 
@@ -56,10 +57,15 @@ export class SyncCaller<Q, A> {
     this.word = new Int32Array(link.flag)
   }
 
-  call(call: Q, transfer: TransferListItem[] = []): A {
+  /**
+   * Call the owner and wait for its answer. With `timeoutMs`, give up after that long with an error whose
+   * code is ETIMEDOUT (a late answer is then skipped by the next call).
+   */
+  call(call: Q, transfer: TransferListItem[] = [], timeoutMs?: number): A {
     const id = this.nextId++
     Atomics.store(this.word, 0, 0)
     this.link.port.postMessage({id, call}, transfer)
+    const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs
     for (;;) {
       const got = receiveMessageOnPort(this.link.port)
       if (got) {
@@ -68,8 +74,10 @@ export class SyncCaller<Q, A> {
         if (a.error) throw Object.assign(new Error(a.error.message), {code: a.error.code})
         return a.value as A
       }
+      const left = deadline - Date.now()
+      if (left <= 0) throw Object.assign(new Error(`no answer within ${Math.round(timeoutMs! / 1000)} s`), {code: 'ETIMEDOUT'})
       // The owner answers every call (its work has its own failure paths); wake now and then regardless.
-      Atomics.wait(this.word, 0, 0, 1000)
+      Atomics.wait(this.word, 0, 0, Math.min(1000, left))
       Atomics.store(this.word, 0, 0)
     }
   }
