@@ -292,6 +292,8 @@ describe('vdev attach | list | detach | backends', function () {
     const corrupt = S().p('corrupt.vdimg')
     const bytes = fs.readFileSync(a.image)
     bytes[20] ^= 0xff // inside the header: its checksum no longer matches
+    // ... and inside its copy, the file's last 256 bytes (format 1.1, FORMAT.md §12): no good header is left.
+    bytes[bytes.length - 256 + 20] ^= 0xff
     fs.writeFileSync(corrupt, bytes)
     const cases: Array<[string[], number, RegExp]> = [
       [['attach', corrupt], 4, new RegExp(`${corrupt.replace(/[.]/g, '\\.')}: `)],
