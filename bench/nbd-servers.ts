@@ -9,6 +9,42 @@ import {spawn, type ChildProcess} from 'node:child_process'
 import {createInterface} from 'node:readline'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
+const PYTHON = '/usr/bin/python3'
+
+/** Random 4 KiB reads through libnbd; prints {seconds, reads}. Same seed, same offsets for every server. */
+const RANDOM_PY = String.raw`
+import json, random, sys, time, nbd
+uri, n, qd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+h = nbd.NBD()
+h.connect_uri(uri)
+blocks = h.get_size() // 4096
+rnd = random.Random(20260101)
+offs = [rnd.randrange(blocks) * 4096 for _ in range(n)]
+t0 = time.perf_counter()
+if qd == 1:
+    for o in offs:
+        h.pread(4096, o)
+else:
+    bufs = [nbd.Buffer(4096) for _ in range(qd)]
+    free = list(range(qd))
+    errors = []
+    def done(idx, err):
+        if err.value if hasattr(err, 'value') else err:
+            errors.append(err)
+        free.append(idx)
+        return 1
+    i = 0
+    while i < n or h.aio_in_flight() > 0:
+        while free and i < n:
+            k = free.pop()
+            h.aio_pread(bufs[k], offs[i], completion=lambda err, k=k: done(k, err))
+            i += 1
+        h.poll(-1)
+    if errors:
+        raise SystemExit('read errors: %d' % len(errors))
+print(json.dumps({'seconds': time.perf_counter() - t0, 'reads': n}))
+`
+
 
 export interface Server {
   name: string
@@ -33,7 +69,7 @@ export function freshSocket(sock: string): string {
   return sock
 }
 
-function waitForSocket(sock: string, child: ChildProcess, what: string): Promise<void> {
+export function waitForSocket(sock: string, child: ChildProcess, what: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now()
     const tick = () => {
@@ -84,4 +120,18 @@ export function stop(s: Server | undefined): Promise<void> {
     s.child.kill('SIGTERM')
     setTimeout(() => s.child.kill('SIGKILL'), 5000).unref()
   })
+}
+
+/** Random 4 KiB reads per second through python3-libnbd at queue depth `qd` (the same offsets for every server). */
+export async function randomReadRate(uri: string, n: number, qd: number): Promise<number> {
+  const r = await new Promise<string>((resolve, reject) => {
+    const child = spawn(PYTHON, ['-c', RANDOM_PY, uri, String(n), String(qd)], {stdio: ['ignore', 'pipe', 'pipe']})
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    child.on('exit', (c) => (c === 0 ? resolve(out) : reject(new Error(`random reads on ${uri} failed: ${err}`))))
+  })
+  const {seconds, reads} = JSON.parse(r) as {seconds: number; reads: number}
+  return reads / seconds
 }

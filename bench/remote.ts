@@ -17,70 +17,13 @@ import * as path from 'node:path'
 import {spawn, type ChildProcess} from 'node:child_process'
 import {ensureCorpus, CACHE} from './corpus'
 import {fmt, markImage, MiB, staleImage, table, timed} from './lib'
-import {freshSocket, startVdev, stop, type Server} from './nbd-servers'
+import {freshSocket, randomReadRate as randomRate, startVdev, stop, waitForSocket, type Server} from './nbd-servers'
 import {Nginx} from '../test/remote/nginx'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
-const PYTHON = '/usr/bin/python3'
 const OUT = path.join(CACHE, 'remote')
 /** Most seconds one measurement may take. */
 const LIMIT_S = Number(process.env.BENCH_LIMIT_S ?? 300)
-
-const RANDOM_PY = String.raw`
-import json, random, sys, time, nbd
-uri, n, qd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-h = nbd.NBD()
-h.connect_uri(uri)
-blocks = h.get_size() // 4096
-rnd = random.Random(20261201)
-offs = [rnd.randrange(blocks) * 4096 for _ in range(n)]
-t0 = time.perf_counter()
-if qd == 1:
-    for o in offs:
-        h.pread(4096, o)
-else:
-    bufs = [nbd.Buffer(4096) for _ in range(qd)]
-    free = list(range(qd))
-    def done(idx, err):
-        free.append(idx)
-        return 1
-    i = 0
-    while i < n or h.aio_in_flight() > 0:
-        while free and i < n:
-            k = free.pop()
-            h.aio_pread(bufs[k], offs[i], completion=lambda err, k=k: done(k, err))
-            i += 1
-        h.poll(-1)
-print(json.dumps({'seconds': time.perf_counter() - t0, 'reads': n}))
-`
-
-function randomRate(uri: string, n: number, qd: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(PYTHON, ['-c', RANDOM_PY, uri, String(n), String(qd)], {stdio: ['ignore', 'pipe', 'pipe']})
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (err += d))
-    child.on('exit', (c) => {
-      if (c !== 0) return reject(new Error(`random reads on ${uri} failed: ${err}`))
-      const r = JSON.parse(out) as {seconds: number; reads: number}
-      resolve(r.reads / r.seconds)
-    })
-  })
-}
-
-function waitForSocket(sock: string, child: ChildProcess, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now()
-    const tick = () => {
-      if (fs.existsSync(sock)) return resolve()
-      if (child.exitCode !== null) return reject(new Error(`${what} exited (${child.exitCode})`))
-      if (Date.now() - t0 > 30_000) return reject(new Error(`${what} did not create ${sock}`))
-      setTimeout(tick, 50)
-    }
-    tick()
-  })
-}
 
 async function startNbdkitCurl(url: string, sock: string): Promise<Server> {
   const child = spawn('nbdkit', ['-f', '-r', '-U', sock, 'curl', `url=${url}`], {stdio: ['ignore', 'ignore', 'inherit']})

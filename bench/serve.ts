@@ -18,45 +18,11 @@ import * as path from 'node:path'
 import {spawn} from 'node:child_process'
 import {ensureCorpus, CACHE} from './corpus'
 import {best, fmt, markImage, MiB, staleImage, table, timed, warm} from './lib'
-import {cpuSeconds, freshSocket, startNbdkit, startQemuNbd, startVdev, stop, type Server} from './nbd-servers'
+import {cpuSeconds, freshSocket, randomReadRate, startNbdkit, startQemuNbd, startVdev, stop, type Server} from './nbd-servers'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
-const PYTHON = '/usr/bin/python3'
 const OUT = path.join(CACHE, 'serve')
 
-/** Random 4 KiB reads through libnbd; prints {seconds, reads}. Same seed, same offsets for every server. */
-const RANDOM_PY = String.raw`
-import json, random, sys, time, nbd
-uri, n, qd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-h = nbd.NBD()
-h.connect_uri(uri)
-blocks = h.get_size() // 4096
-rnd = random.Random(20260101)
-offs = [rnd.randrange(blocks) * 4096 for _ in range(n)]
-t0 = time.perf_counter()
-if qd == 1:
-    for o in offs:
-        h.pread(4096, o)
-else:
-    bufs = [nbd.Buffer(4096) for _ in range(qd)]
-    free = list(range(qd))
-    errors = []
-    def done(idx, err):
-        if err.value if hasattr(err, 'value') else err:
-            errors.append(err)
-        free.append(idx)
-        return 1
-    i = 0
-    while i < n or h.aio_in_flight() > 0:
-        while free and i < n:
-            k = free.pop()
-            h.aio_pread(bufs[k], offs[i], completion=lambda err, k=k: done(k, err))
-            i += 1
-        h.poll(-1)
-    if errors:
-        raise SystemExit('read errors: %d' % len(errors))
-print(json.dumps({'seconds': time.perf_counter() - t0, 'reads': n}))
-`
 
 /** Random reads per second, and the server's CPU microseconds per read. */
 async function randomReads(s: Server, n: number, qd: number): Promise<{iops: number; cpuUs: number}> {
@@ -73,18 +39,6 @@ async function bestOfTwo(f: () => Promise<{iops: number; cpuUs: number}>): Promi
   return a.iops >= b.iops ? a : b
 }
 
-async function randomReadRate(uri: string, n: number, qd: number): Promise<number> {
-  const r = await new Promise<string>((resolve, reject) => {
-    const child = spawn(PYTHON, ['-c', RANDOM_PY, uri, String(n), String(qd)], {stdio: ['ignore', 'pipe', 'pipe']})
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (err += d))
-    child.on('exit', (c) => (c === 0 ? resolve(out) : reject(new Error(`random reads on ${uri} failed: ${err}`))))
-  })
-  const {seconds, reads} = JSON.parse(r) as {seconds: number; reads: number}
-  return reads / seconds
-}
 
 async function main(): Promise<void> {
   const {raw} = await ensureCorpus()
