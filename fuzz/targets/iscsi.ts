@@ -278,8 +278,9 @@ function generate(rng: Rng, iqn: string, size: number, isid: string, writable = 
           cdb[0] = spec.opcode
           if (spec.serviceAction !== undefined) cdb[1] = spec.serviceAction
         }
-        // The writable server's model must know every write: no write-class command from random bytes there.
-        if (writable && (!spec || /WRITE|UNMAP|COMPARE/.test(spec.name))) {
+        // The writable server's model must know every write and every R2T: no command from random bytes that
+        // takes Data-Out there (write-class, and VERIFY, whose BYTCHK asks for the data to compare).
+        if (writable && (!spec || /WRITE|UNMAP|COMPARE|VERIFY/.test(spec.name))) {
           itt--
           continue
         }
