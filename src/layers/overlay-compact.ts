@@ -16,7 +16,7 @@ import * as path from 'node:path'
 import {VdevError, ioError} from '../core/errors'
 import {crc32c} from '../format/crc'
 import {lockExclusive} from '../sys/file-lock'
-import {HEADER_SIZE, MAX_RECORD_DATA, RECORD_HEADER_SIZE, REC_TRIM, REC_WRITE, REC_ZERO, decodeHeader, encodeHeader, encodeRecordHeader, replay} from './overlay'
+import {HEADER_SIZE, MAX_RECORD_DATA, RECORD_HEADER_SIZE, REC_TRIM, REC_WRITE, REC_ZERO, decodeHeader, encodeHeader, encodeRecordHeader, readAt, replay} from './overlay'
 
 export interface CompactResult {
   path: string
@@ -28,14 +28,10 @@ export interface CompactResult {
   discardedBytes: number
 }
 
+/** Exactly `len` bytes at `pos`: a record the replay kept lies wholly inside the file. */
 function preadExact(fd: number, len: number, pos: number): Buffer {
-  const b = Buffer.allocUnsafe(len)
-  let got = 0
-  while (got < len) {
-    const n = fs.readSync(fd, b, got, len - got, pos + got)
-    if (n === 0) throw new Error(`the overlay ends at ${pos + got}, inside a record it holds`)
-    got += n
-  }
+  const b = readAt(fd, len, pos)
+  if (b.length < len) throw new Error(`the overlay ends at ${pos + b.length}, inside a record it holds`)
   return b
 }
 
@@ -57,7 +53,7 @@ export function compactOverlay(file: string, onProgress?: (done: number, total: 
     const st = fs.fstatSync(fd)
     if (!st.isFile()) throw new VdevError('usage', `${file}: an overlay must be a regular file`)
     if (lockExclusive(fd) === 'busy') throw new VdevError('exists', `${file}: the overlay is in use by another vdev process`)
-    const header = decodeHeader(preadExact(fd, Math.min(HEADER_SIZE, st.size), 0), file)
+    const header = decodeHeader(readAt(fd, HEADER_SIZE, 0), file)
     const r = replay(fd, header, st.size)
     const total = r.map.entries.reduce((n, e) => n + (e.kind === 'data' ? e.end - e.start : 0), 0)
     const dir = path.dirname(path.resolve(file))

@@ -214,7 +214,8 @@ export interface ReplayResult {
   discarded: number
 }
 
-function readAt(fd: number, len: number, pos: number): Buffer {
+/** Up to `len` bytes at `pos` (fewer at the end of the file). */
+export function readAt(fd: number, len: number, pos: number): Buffer {
   const b = Buffer.alloc(len)
   let got = 0
   while (got < len) {
