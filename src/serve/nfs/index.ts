@@ -84,6 +84,15 @@ class Dispatcher {
     for (const p of programs) this.programs.set(p.prog, p)
   }
 
+  /** Procedures being served (in the source, or waiting for it). */
+  private inFlight = 0
+  private readonly idle: (() => void)[] = []
+
+  /** Resolves once no procedure is being served: what close waits for before the source may be closed. */
+  async drain(): Promise<void> {
+    while (this.inFlight > 0) await new Promise<void>((resolve) => this.idle.push(resolve))
+  }
+
   /** One record in, the reply parts out (null: close the connection). */
   async handle(record: Buffer, ctx: CallContext): Promise<Buffer[] | null> {
     let header
@@ -118,6 +127,7 @@ class Dispatcher {
     if (call.vers < program.low || call.vers > program.high)
       return acceptErrorReply(call.xid, AcceptStat.PROG_MISMATCH, {low: program.low, high: program.high})
     let outcome: ProcOutcome
+    this.inFlight++
     try {
       outcome = await program.dispatch(call, ctx)
     } catch (err) {
@@ -127,6 +137,8 @@ class Dispatcher {
       }
       this.log(`nfs: ${program.name} procedure ${call.proc} failed: ${(err as Error)?.message ?? err}`)
       return acceptErrorReply(call.xid, AcceptStat.SYSTEM_ERR)
+    } finally {
+      if (--this.inFlight === 0) for (const f of this.idle.splice(0)) f()
     }
     if ('accept' in outcome) return acceptErrorReply(call.xid, outcome.accept)
     return acceptedReply(call.xid, outcome)
@@ -265,10 +277,12 @@ export async function startNfsServer(server: BlockServer, opts: NfsServerOptions
     host: addr.address,
     port: addr.port,
     close(): Promise<void> {
+      // Calls already dispatched finish (their replies go nowhere) before the caller closes the source
+      // under them: otherwise a READ in flight fails with "image is closed" and logs it.
       closing ??= new Promise<void>((resolve) => {
         tcp.close(() => resolve())
         for (const c of connections) c.close()
-      })
+      }).then(() => dispatcher.drain())
       return closing
     },
   }
