@@ -189,6 +189,17 @@ describe('io_uring and ublk ABI (io_uring.h, ublk_cmd.h)', () => {
     assert.equal(MAX_DISCARD_SECTORS, 0x7fffff) // UINT_MAX >> SECTOR_SHIFT, as the kernel's nbd driver
   })
 
+  it('an image that ends in a partial sector gives a disk of its whole logical blocks (in 512-byte units)', () => {
+    const sectors = (size: number, sectorSize: number): bigint =>
+      abi.ublk_params
+        .encode({len: abi.ublk_params.size, ...deviceParams({size, sectorSize, writable: false}, 1 << 20)})
+        .readBigUInt64LE(abi.ublk_params.offsets.basic + abi.ublk_param_basic.offsets.dev_sectors)
+    assert.equal(sectors((8 << 20) + 100, 512), 16384n)
+    assert.equal(sectors((8 << 20) + 4095, 4096), 16384n)
+    assert.equal(sectors((8 << 20) + 4096 + 512, 4096), 16392n) // 2049 blocks of 4096, never 2049.125
+    assert.equal(sectors(100, 512), 0n)
+  })
+
   const cc = ['/usr/bin/cc', '/usr/bin/gcc'].find((p) => fs.existsSync(p))
   const headers = fs.existsSync('/usr/include/linux/io_uring.h') && fs.existsSync('/usr/include/linux/ublk_cmd.h')
   it('matches a C program compiled against the installed <linux/io_uring.h> and <linux/ublk_cmd.h>', function () {

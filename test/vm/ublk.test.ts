@@ -119,6 +119,26 @@ describe('ublk backend (real kernel)', function () {
     }
   })
 
+  it('an image that ends in a partial sector: a disk of its whole sectors, the last of them exact', async () => {
+    const raw = path.join(fx.dir, 'odd.raw')
+    const size = (1 << 20) + 3 * SECTOR + 100
+    fs.writeFileSync(raw, fx.data.subarray(0, size))
+    const source = RawImage.open(raw, {sectorSize: SECTOR})
+    const log: string[] = []
+    const dev = await UblkDevice.create(new BlockServer(source), {log: (l) => log.push(l)})
+    try {
+      const node = dev.info.blockDevice
+      const whole = Math.floor(size / SECTOR)
+      assert.equal((await run('blockdev', ['--getsize64', node])).stdout.toString().trim(), String(whole * SECTOR))
+      const r = await ddSectors(node, whole - 1, 1)
+      assert.ok(r.data?.equals(fx.data.subarray((whole - 1) * SECTOR, whole * SECTOR)), r.stderr)
+      assert.ok(log.some((l) => l.includes(`its last 100 bytes are not on it`)), log.join('\n'))
+    } finally {
+      await dev.stop()
+      await source.close()
+    }
+  })
+
   it('gives GNU ddrescue the image back, and the same bad areas as the mapfile', async () => {
     const out = path.join(fx.dir, 'rescued.raw')
     const map = path.join(fx.dir, 'rescued.map')

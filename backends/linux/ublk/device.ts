@@ -114,7 +114,8 @@ export class UblkDevice {
     const bsShift = Math.log2(sectorSize)
     if (!Number.isInteger(bsShift) || bsShift < 9 || bsShift > 12)
       throw new Error(`ublk: sector size ${sectorSize} is not a power of two between 512 and 4096`)
-    if (server.size % sectorSize !== 0) throw new Error(`ublk: image size ${server.size} is not a multiple of its sector size ${sectorSize}`)
+    const tail = server.size % sectorSize
+    if (tail !== 0) log(`ublk: the image ends in a partial sector: the device has ${Math.floor(server.size / sectorSize)} whole sectors; its last ${tail} bytes are not on it`)
     // A writable server (an overlay) has one owner: its queues are served on this thread.
     const threads = opts.threads && ServingThreads.canServe(server) && !server.writable ? opts.threads : 0
     const nrQueues = threads > 0 ? threads : (opts.queues ?? 1)

@@ -27,7 +27,9 @@ export function deviceParams(server: Pick<BlockServer, 'size' | 'sectorSize' | '
     io_opt_shift: bsShift,
     io_min_shift: bsShift,
     max_sectors: maxIoBytes / 512,
-    dev_sectors: BigInt(server.size / 512),
+    // Whole logical blocks: an image that ends in a partial sector (docs/FORMAT.md) ends at the last whole
+    // one, as the kernel's loop and nbd drivers size it.
+    dev_sectors: BigInt((Math.floor(server.size / server.sectorSize) * server.sectorSize) / 512),
   }
   if (!server.writable) return {types: abi.UBLK_PARAM_TYPE_BASIC, basic}
   return {
