@@ -16,7 +16,9 @@ import {loadBackend} from '../../src/core/backends'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {createBackend, servedFileName, type RunResult, type Runner} from '../../backends/macos/nfs'
 import {hdiutilAttachArgv, diskutilImageAttachArgv} from '../../backends/macos/nfs/commands'
+import {Overlay} from '../../src/layers/overlay'
 import {IMAGE_SIZE, makeImages, run as runTool, type Images} from '../nfs/fixture'
+import {RpcClient, opaque, str, u32, u64} from '../nfs/rpcclient'
 
 const FIXTURES = path.resolve(__dirname, '..', '..', '..', 'test', 'fixtures', 'macos')
 const ATTACH_APM = fs.readFileSync(path.join(FIXTURES, 'hdiutil-attach-apm.plist'), 'utf8')
@@ -30,6 +32,7 @@ class MacTools {
   constructor(
     private script: Script,
     private expectFile: string,
+    private readWrite = false,
   ) {}
 
   private next(k: keyof Script, dflt: RunResult): RunResult {
@@ -52,11 +55,11 @@ class MacTools {
         return r.code === 0 ? ok() : {code: 1, stdout: '', stderr: `mount_nfs: can't mount ${argv[3]}: ${r.stderr}`}
       }
       case '/usr/sbin/diskutil':
-        assert.deepEqual(argv, diskutilImageAttachArgv(this.expectFile))
+        assert.deepEqual(argv, diskutilImageAttachArgv(this.expectFile, {readWrite: this.readWrite}))
         return this.next('diskutil', {code: 1, stdout: '', stderr: 'constructed: not expected'})
       case '/usr/bin/hdiutil':
         if (argv[1] === 'attach') {
-          assert.deepEqual(argv, hdiutilAttachArgv(this.expectFile))
+          assert.deepEqual(argv, hdiutilAttachArgv(this.expectFile, {readWrite: this.readWrite}))
           return this.next('hdiutil-attach', ok(ATTACH_APM))
         }
         if (argv[1] === 'detach') return this.next('hdiutil-detach', ok('"disk3" ejected.\n'))
@@ -151,6 +154,63 @@ describe('macOS backend: attach, detach and cleanup flow (macOS tools played)', 
     assert.equal(await refuses(st.nfsPort), true, 'the NFS server still listens after detach')
     await dev.detach() // idempotent
     assert.equal(tools.calls.length, 5)
+  })
+
+  it('over an overlay: the export is mounted rw and attached -readwrite; writes land in the overlay, the image is untouched', async () => {
+    const overlayFile = path.join(runDir, 'disk.overlay')
+    const rw = await Overlay.open(await openImage(img.goodImage), overlayFile)
+    const rwServer = new BlockServer(rw)
+    const before = fs.readFileSync(img.goodImage)
+    try {
+      const tools = new MacTools({}, fileIn(), true)
+      const dev = await createBackend({run: tools.runner}).attach(rwServer, ctx())
+      detachers.push(() => dev.detach())
+      assert.equal(tools.calls[0][0], '/sbin/mount_nfs')
+      assert.match(tools.calls[0][2], /^rw,nolocks,vers=3,tcp,/)
+      assert.deepEqual(tools.calls[2].slice(0, 3), ['/usr/bin/hdiutil', 'attach', '-readwrite'])
+      // mount_nfs (played by nfs-ls) saw a file it may write.
+      assert.match(tools.served, new RegExp(`-rw-r--r--\\s+1\\s+0\\s+0\\s+${IMAGE_SIZE}\\s+good\\.img`))
+      // DiskImages' writes, played over NFS as the macOS client sends them: WRITE (UNSTABLE) then COMMIT.
+      const port = (dev.state as {nfsPort: number}).nfsPort
+      const c = await RpcClient.connect(port)
+      try {
+        const mnt = (await c.call(100005, 3, 1, str('/'))).body
+        const root = mnt.subarray(8, 8 + mnt.readUInt32BE(4))
+        const look = (await c.call(100003, 3, 3, Buffer.concat([opaque(root), str('good.img')]))).body
+        assert.equal(look.readUInt32BE(0), 0)
+        const fh = look.subarray(8, 8 + look.readUInt32BE(4))
+        const data = Buffer.alloc(8192, 0xa5)
+        const w = (await c.call(100003, 3, 7, Buffer.concat([opaque(fh), u64(1 << 20), u32(data.length, 0), opaque(data)]))).body
+        assert.equal(w.readUInt32BE(0), 0, 'WRITE status')
+        const commit = (await c.call(100003, 3, 21, Buffer.concat([opaque(fh), u64(0), u32(0)]))).body
+        assert.equal(commit.readUInt32BE(0), 0, 'COMMIT status')
+      } finally {
+        c.close()
+      }
+      const cat = await runTool('nfs-cat', [`nfs://127.0.0.1//good.img?nfsport=${port}&mountport=${port}&version=3`])
+      const expected = Buffer.from(img.data)
+      expected.fill(0xa5, 1 << 20, (1 << 20) + 8192)
+      assert.ok(cat.stdout.equals(expected), 'the served file has the write')
+      await dev.detach()
+      assert.ok(fs.readFileSync(img.goodImage).equals(before), 'the image file changed')
+      assert.ok(fs.statSync(overlayFile).size > 8192, 'the overlay holds the write')
+    } finally {
+      await rw.close()
+    }
+  })
+
+  it('macOS 26 over an overlay: diskutil image attach without --readOnly', async () => {
+    const rw = await Overlay.open(await openImage(img.goodImage), path.join(runDir, 'disk.overlay'))
+    try {
+      const tools = new MacTools({sw_vers: [{code: 0, stdout: '26.0\n', stderr: ''}], diskutil: [{code: 1, stdout: '', stderr: 'constructed: Could not attach'}]}, fileIn(), true)
+      const dev = await createBackend({run: tools.runner}).attach(new BlockServer(rw), ctx())
+      detachers.push(() => dev.detach())
+      assert.deepEqual(tools.calls[2], ['/usr/sbin/diskutil', 'image', 'attach', '--noMount', '--plist', fileIn()])
+      assert.deepEqual(tools.calls[3].slice(0, 3), ['/usr/bin/hdiutil', 'attach', '-readwrite'])
+      await dev.detach()
+    } finally {
+      await rw.close()
+    }
   })
 
   it('macOS 26: diskutil image attach first; when it fails, hdiutil attach', async () => {

@@ -25,6 +25,8 @@ describe('macOS backend: command lines', () => {
       '127.0.0.1:/',
       '/var/run/vdev/vdev3/nfs',
     ])
+    // Over an overlay: read-write, nothing else changes.
+    assert.deepEqual(mountNfsArgv(49152, '/m', '/', {readWrite: true})[2], 'rw,nolocks,vers=3,tcp,port=49152,mountport=49152,soft,intr')
     assert.throws(() => mountNfsArgv(0, '/x'), RangeError)
     assert.throws(() => mountNfsArgv(65536, '/x'), RangeError)
   })
@@ -42,6 +44,14 @@ describe('macOS backend: command lines', () => {
       '-plist',
       '/var/run/vdev/vdev3/nfs/disk with space.img',
     ])
+  })
+
+  it('hdiutil attach over an overlay: -readwrite in place of -readonly, the rest the same', () => {
+    const ro = hdiutilAttachArgv('/r/nfs/disk.img')
+    const rw = hdiutilAttachArgv('/r/nfs/disk.img', {readWrite: true})
+    assert.equal(rw[2], '-readwrite')
+    assert.deepEqual([...rw.slice(0, 2), ...rw.slice(3)], [...ro.slice(0, 2), ...ro.slice(3)])
+    assert.deepEqual(diskutilImageAttachArgv('/r/nfs/disk.img', {readWrite: true}), ['/usr/sbin/diskutil', 'image', 'attach', '--noMount', '--plist', '/r/nfs/disk.img'])
   })
 
   it('diskutil image attach (macOS 26+): read-only, nothing mounted, plist output', () => {

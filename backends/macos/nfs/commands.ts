@@ -14,16 +14,17 @@ export const SW_VERS = '/usr/bin/sw_vers'
 export const DISKUTIL_IMAGE_SINCE = 26
 
 /**
- * mount_nfs(8): NFS v3 over TCP to our loopback server, read-only, no NLM locking (the server offers
- * none), MOUNT and NFS both on the one port we listen on. `soft,intr` make I/O fail instead of hanging
- * forever if the server dies, so `hdiutil detach -force` and `umount -f` can still clean up.
+ * mount_nfs(8): NFS v3 over TCP to our loopback server, read-only (read-write over an overlay:
+ * `readWrite`), no NLM locking (the server offers none), MOUNT and NFS both on the one port we listen on.
+ * `soft,intr` make I/O fail instead of hanging forever if the server dies, so `hdiutil detach -force` and
+ * `umount -f` can still clean up.
  */
-export function mountNfsArgv(port: number, mountPoint: string, exportPath = '/'): string[] {
+export function mountNfsArgv(port: number, mountPoint: string, exportPath = '/', opts: {readWrite?: boolean} = {}): string[] {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`bad port ${port}`)
   return [
     MOUNT_NFS,
     '-o',
-    `ro,nolocks,vers=3,tcp,port=${port},mountport=${port},soft,intr`,
+    `${opts.readWrite ? 'rw' : 'ro'},nolocks,vers=3,tcp,port=${port},mountport=${port},soft,intr`,
     `127.0.0.1:${exportPath}`,
     mountPoint,
   ]
@@ -35,14 +36,16 @@ export function umountArgv(mountPoint: string, force: boolean): string[] {
 }
 
 /**
- * hdiutil(1) attach of the served file as a raw disk: read-only, no volume mounted, no verification, no
- * fsck, the raw-image class forced (the file has no UDIF header to recognise), plist output.
+ * hdiutil(1) attach of the served file as a raw disk: read-only (`-readonly`; over an overlay,
+ * `readWrite`, `-readwrite`: the served file is writable and the disk takes writes), no volume mounted,
+ * no verification, no fsck, the raw-image class forced (the file has no UDIF header to recognise), plist
+ * output.
  */
-export function hdiutilAttachArgv(file: string): string[] {
+export function hdiutilAttachArgv(file: string, opts: {readWrite?: boolean} = {}): string[] {
   return [
     HDIUTIL,
     'attach',
-    '-readonly',
+    opts.readWrite ? '-readwrite' : '-readonly',
     '-nomount',
     '-noverify',
     '-noautofsck',
@@ -53,9 +56,12 @@ export function hdiutilAttachArgv(file: string): string[] {
   ]
 }
 
-/** diskutil(8) `image attach` (macOS 26+): read-only, nothing mounted, plist output. Raw files attach as raw. */
-export function diskutilImageAttachArgv(file: string): string[] {
-  return [DISKUTIL, 'image', 'attach', '--readOnly', '--noMount', '--plist', file]
+/**
+ * diskutil(8) `image attach` (macOS 26+): read-only (without `--readOnly` over an overlay: the writable
+ * file attaches read-write), nothing mounted, plist output. Raw files attach as raw.
+ */
+export function diskutilImageAttachArgv(file: string, opts: {readWrite?: boolean} = {}): string[] {
+  return [DISKUTIL, 'image', 'attach', ...(opts.readWrite ? [] : ['--readOnly']), '--noMount', '--plist', file]
 }
 
 /** hdiutil(1) detach of the disk (works for disks attached by either tool); -force for --force. */

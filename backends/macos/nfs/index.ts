@@ -107,9 +107,9 @@ export function createBackend(deps: Partial<MacNfsDeps> = {}): Backend {
   }
 
   /** Attach the served file; on macOS 26+ with diskutil, falling back to hdiutil if diskutil fails. */
-  async function attachFile(file: string, log: (l: string) => void): Promise<{disk: AttachedDisk; tool: 'diskutil' | 'hdiutil'}> {
+  async function attachFile(file: string, readWrite: boolean, log: (l: string) => void): Promise<{disk: AttachedDisk; tool: 'diskutil' | 'hdiutil'}> {
     if (attachToolFor(await macosMajor()) === 'diskutil') {
-      const r = await run(diskutilImageAttachArgv(file))
+      const r = await run(diskutilImageAttachArgv(file, {readWrite}))
       if (r.code === 0) {
         try {
           return {disk: parseAttachOutput(r.stdout), tool: 'diskutil'}
@@ -122,7 +122,7 @@ export function createBackend(deps: Partial<MacNfsDeps> = {}): Backend {
       }
       log(`diskutil image attach failed (exit ${r.code}: ${firstLine(r.stderr)}); trying hdiutil attach`)
     }
-    const r = await mustRun(run, hdiutilAttachArgv(file), 'hdiutil attach')
+    const r = await mustRun(run, hdiutilAttachArgv(file, {readWrite}), 'hdiutil attach')
     return {disk: parseAttachOutput(r.stdout), tool: 'hdiutil'}
   }
 
@@ -157,6 +157,9 @@ export function createBackend(deps: Partial<MacNfsDeps> = {}): Backend {
     description: 'loopback NFSv3 server + mount_nfs + DiskImages (hdiutil/diskutil): /dev/diskN without a kext',
     preference: 0,
     threadModel: {kind: 'event-loop'},
+    // Over an overlay the NFS server serves the file read-write (WRITE/COMMIT on the main thread), the mount
+    // is read-write and DiskImages attaches the disk read-write.
+    writable: true,
 
     /** For `vdev list`: the disk is gone when `hdiutil info -plist` no longer shows our file attached. */
     async deviceGone(state: Record<string, unknown>): Promise<boolean> {
@@ -186,10 +189,11 @@ export function createBackend(deps: Partial<MacNfsDeps> = {}): Backend {
       let mounted = false
       try {
         fs.mkdirSync(mountPoint, {recursive: true, mode: 0o700})
-        await mustRun(run, mountNfsArgv(nfs.port, mountPoint), `mount_nfs 127.0.0.1:/ on ${mountPoint}`)
+        const readWrite = server.writable
+        await mustRun(run, mountNfsArgv(nfs.port, mountPoint, '/', {readWrite}), `mount_nfs 127.0.0.1:/ on ${mountPoint}`)
         mounted = true
-        ctx.log(`NFS export mounted on ${mountPoint} (server on 127.0.0.1:${nfs.port})`)
-        const {disk, tool} = await attachFile(state.file, ctx.log)
+        ctx.log(`NFS export mounted ${readWrite ? 'read-write' : 'read-only'} on ${mountPoint} (server on 127.0.0.1:${nfs.port})`)
+        const {disk, tool} = await attachFile(state.file, readWrite, ctx.log)
         state.device = disk.device
         state.attachTool = tool
         ctx.log(`${tool} attached ${state.file} as ${disk.device}`)
