@@ -228,6 +228,29 @@ describe('vdev serve --overlay', function () {
     assert.equal(ro.stderr.trim().split('\n').length, 1)
   })
 
+  it('an image that ends in a partial sector: minimum block 1, its last bytes written and read back (qemu-io, nbdcopy)', async () => {
+    const odd = path.join(t.dir, 'odd.img')
+    const size = (1 << 20) + 1000
+    fs.writeFileSync(odd, prng(22, size))
+    const s = await startServe([odd, '--format', 'raw', '--scratch', '--listen', `unix:${sock}`])
+    try {
+      const e = JSON.parse((await run('nbdinfo', ['--json', uri(sock)])).stdout).exports[0]
+      assert.equal(e['export-size'], size)
+      assert.equal(e.block_size_minimum, 1)
+      assert.equal(e.is_read_only, false)
+      // The last 1000 bytes (a partial sector) and an unaligned run across the last whole sector.
+      await run('qemu-io', ['-f', 'raw', uri(sock), '-c', `write -P 0x3c ${1 << 20} 1000`, '-c', `write -P 0x77 ${(1 << 20) - 300} 200`, '-c', 'flush'])
+      const out = path.join(t.dir, 'odd-out.img')
+      await run('nbdcopy', [uri(sock), out])
+      const want = prng(22, size)
+      want.fill(0x3c, 1 << 20, size)
+      want.fill(0x77, (1 << 20) - 300, (1 << 20) - 100)
+      assert.ok(fs.readFileSync(out).equals(want))
+    } finally {
+      assert.equal(await stop(s), 0)
+    }
+  })
+
   it('--scratch serves read-write and deletes its overlay at exit; writes past the end fail with ENOSPC', async () => {
     const s = await startServe([base, '--format', 'raw', '--scratch', '--listen', `unix:${sock}`])
     const ov = s.ready.overlay as string

@@ -253,8 +253,9 @@ export class NbdConnection {
           const sector = nbd.server.sectorSize
           // The export size SHOULD be a multiple of the minimum block size, "since otherwise, the client would
           // be unable to access the final few bytes" (proto.md, block size constraints; qemu 7.2 aborts on
-          // the last extent). A read-only image of any other size advertises 1: every byte is addressable.
-          const minimum = nbd.server.size % sector === 0 || nbd.server.writable ? sector : 1
+          // the last extent). An image of any other size advertises 1: every byte is addressable (and
+          // writable over an overlay, which takes writes at any alignment).
+          const minimum = nbd.server.size % sector === 0 ? sector : 1
           reply(P.NBD_REP_INFO, P.encodeInfoBlockSize(minimum, Math.max(sector, 4096), P.MAX_PAYLOAD))
           reply(P.NBD_REP_ACK)
           if (h.option === P.NBD_OPT_GO) return true
