@@ -10,7 +10,8 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {openImage} from '../../src/format/reader'
 import {VdevError} from '../../src/core/errors'
-import {ROOT, runCli, sha256, tmpDir} from '../helpers'
+import {spawn, spawnSync} from 'node:child_process'
+import {BIN, ROOT, have, runCli, sha256, tmpDir} from '../helpers'
 import {BLOCK, checkDamaged, chunksIn, damageBlock, makeSweepImage, storedMap, type StoredMap} from './block-damage'
 
 describe('format 1.1: any one damaged 4 KiB block loses only the chunks stored in it', function () {
@@ -105,6 +106,34 @@ describe('format 1.1: any one damaged 4 KiB block loses only the chunks stored i
     assert.equal(sha256(ex2.stdoutBuf), sha256(want2))
     for (const what of ['section table', 'chunk index', 'bad-area map', 'metadata'])
       assert.match(ex2.stderr, new RegExp(`^vdev: warning: .*tail\\.vdimg: ${what} checksum mismatch \\(at byte \\d+; read from its copy at byte \\d+\\)$`, 'm'))
+  })
+
+  it('serving threads that read an index table from its copy say so in the server\'s log, as the main thread does', async function () {
+    if (!have('nbdcopy')) this.skip()
+    // One index table's bytes overwritten (nothing else: every chunk is still stored intact).
+    const t0 = map.structures.find((x) => /^index table \d+$/.test(x.what))!
+    const damaged = Buffer.from(good)
+    for (let k = t0.offset; k < t0.offset + t0.length; k++) damaged[k] ^= 0x5a
+    const file = path.join(t.dir, 'table.vdimg')
+    fs.writeFileSync(file, damaged)
+    const sock = path.join(t.dir, 'threads.sock')
+    const child = spawn(process.execPath, [BIN, 'serve', file, '--threads', '2', '--bad-policy', 'zero', '--listen', `unix:${sock}`], {stdio: ['ignore', 'ignore', 'pipe']})
+    let err = ''
+    child.stderr!.on('data', (d) => (err += d))
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+    try {
+      const end = Date.now() + 20_000
+      while (!fs.existsSync(sock) && Date.now() < end) await new Promise((r) => setTimeout(r, 50))
+      const out = path.join(t.dir, 'threads.raw')
+      const r = spawnSync('nbdcopy', [`nbd+unix:///?socket=${sock}`, out], {encoding: 'utf8', timeout: 60_000})
+      assert.equal(r.status, 0, r.stderr + err)
+      assert.equal(sha256(fs.readFileSync(out)), sha256(expected), 'every chunk reads through the table copy')
+    } finally {
+      child.kill('SIGTERM')
+      assert.equal(await exited, 0, err)
+    }
+    const g = t0.what.split(' ')[2]
+    assert.match(err, new RegExp(`^vdev serve: warning: nbd: thread \\d: .*table\\.vdimg: .*index table ${g}\\b.*read from its copy at byte \\d+\\)$`, 'm'))
   })
 
   it('a 1.0 image has a single point of failure: its header block', async () => {
