@@ -6,6 +6,7 @@
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type {BadRange} from '../../src/core/errors'
+import type {BlockSource} from '../../src/core/source'
 import {openInput} from '../../src/format/input'
 import {formatMapfile, parseMapfile} from '../../src/format/mapfile'
 import {createImage} from '../../src/format/writer'
@@ -70,4 +71,47 @@ export async function until(cond: () => boolean, ms: number, step = 2): Promise<
     await new Promise((r) => setTimeout(r, step))
   }
   return true
+}
+
+/**
+ * What the served file holds: its bytes where readable, and which sectors are unreadable. The read-only
+ * server's never changes; the writable server's is the model the writes are applied to.
+ */
+export interface Content {
+  data: Buffer
+  size: number
+  /** One byte per sector: 1 = unreadable. */
+  badSector: Uint8Array
+}
+
+export function contentOf(fx: ServedImage): Content {
+  const badSector = new Uint8Array(Math.ceil(fx.size / SECTOR))
+  for (const b of fx.bad) for (let s = Math.floor(b.offset / SECTOR); s * SECTOR < b.offset + b.length; s++) badSector[s] = 1
+  return {data: Buffer.from(fx.data), size: fx.size, badSector}
+}
+
+export function firstBad(c: Content, off: number, end: number): number | undefined {
+  for (let s = Math.floor(off / SECTOR); s * SECTOR < end; s++) if (c.badSector[s]) return Math.max(s * SECTOR, off)
+  return undefined
+}
+
+/** A write the server acknowledged: applied to the model (the bytes, and the sectors it covered become readable). */
+export function applyWrite(c: Content, offset: number, data: Buffer): void {
+  data.copy(c.data, offset)
+  for (let s = Math.floor(offset / SECTOR); s * SECTOR < offset + data.length; s++) c.badSector[s] = 0
+}
+
+/** The overlay holds exactly the model: the same bad sectors, the same bytes everywhere else. */
+export async function compareOverlay(ovl: Pick<BlockSource, 'read'>, model: Content): Promise<string | undefined> {
+  const r = await ovl.read(0, model.size)
+  const bad = new Uint8Array(model.badSector.length)
+  for (const b of r.bad) for (let s = Math.floor(b.offset / SECTOR); s * SECTOR < b.offset + b.length; s++) bad[s] = 1
+  for (let s = 0; s < bad.length; s++) {
+    if (bad[s] !== model.badSector[s]) return `sector ${s} is ${bad[s] ? 'unreadable' : 'readable'} in the overlay, ${model.badSector[s] ? 'unreadable' : 'readable'} in the model`
+    if (bad[s]) continue
+    const a = r.data.subarray(s * SECTOR, (s + 1) * SECTOR)
+    const b = model.data.subarray(s * SECTOR, (s + 1) * SECTOR)
+    if (!a.equals(b)) return `sector ${s} holds bytes that are neither the image's nor an acknowledged write's`
+  }
+  return undefined
 }

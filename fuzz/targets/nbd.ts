@@ -1,6 +1,7 @@
 /**
  * Target "nbd": malformed NBD sessions against the real server (startNbdServer on Unix sockets), served
- * on the main thread (with the default bad-area policy, and with --bad-policy zero) and by serving threads.
+ * on the main thread (with the default bad-area policy, and with --bad-policy zero) and by serving threads;
+ * and, in one case of five, a writable server over a fresh overlay (main thread, or one time in four serving threads).
  *
  * A session is generated from a model of the protocol (doc/proto.md): client flags (some with unknown
  * bits), options well formed or not (bad magic, lengths past the 64 KiB limit or past the data sent,
@@ -18,18 +19,23 @@
  *    a range zero that is not zero (or is unreadable);
  *  - after NBD_CMD_DISC or a protocol violation every earlier request is answered and the server closes the
  *    connection by itself; after a half-close it closes too; it forgets the connection in every case;
+ *  - writable server: WRITE, TRIM and WRITE_ZEROES in range succeed and past the end are ENOSPC; the
+ *    export is not read-only; after a session whose every reply arrived, the overlay holds exactly the
+ *    image with the acknowledged writes applied (their sectors readable), and it opens again after any session;
  *  - the server never crashes (no uncaught exception or rejection), logs no internal error, keeps serving
  *    a witness connection that was open all along, and a well-formed client afterwards reads correct bytes.
  */
+import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as path from 'node:path'
 import {BlockServer, type BadPolicy} from '../../src/core/blockserver'
 import {openImage, type VdimgImage} from '../../src/format/reader'
+import {Overlay} from '../../src/layers/overlay'
 import {startNbdServer, type RunningNbdServer} from '../../src/serve/nbd'
 import * as P from '../../src/serve/nbd/protocol'
 import {RawClient} from '../../test/nbd/rawclient'
 import {normalize, type CaseContext, type CaseResult, type Target, type TargetInstance} from '../harness'
-import {INTERNAL_LOG, makeServedImage, touchesBad, until, type ServedImage} from '../net/fixture'
+import {INTERNAL_LOG, applyWrite, compareOverlay, contentOf, makeServedImage, touchesBad, until, type ServedImage} from '../net/fixture'
 import type {Rng} from '../rng'
 
 const EXPORT = 'disk.vdimg'
@@ -40,7 +46,21 @@ type OptionExpect =
   | {kind: 'export-name'}
   | {kind: 'abort'}
 
-type RequestExpect = {cookie: bigint; type: number; flags: number; offset: bigint; length: number; want: 'read' | 'ok' | 'status' | 'errno'; errno?: number}
+/**
+ * What one request must get. On a writable server: `data` is a WRITE's payload (zeros for TRIM and
+ * WRITE_ZEROES), applied to the model once acknowledged; a READ or BLOCK_STATUS whose sectors a write of the
+ * same session touches may see either side of it ('read-any', 'status-any': only the reply's shape is checked).
+ */
+type RequestExpect = {
+  cookie: bigint
+  type: number
+  flags: number
+  offset: bigint
+  length: number
+  want: 'read' | 'read-any' | 'ok' | 'status' | 'status-any' | 'errno'
+  errno?: number
+  data?: Buffer
+}
 
 type Ending = 'disc' | 'abort' | 'violation' | 'eof' | 'destroy'
 
@@ -86,7 +106,7 @@ function exportName(rng: Rng, ours: boolean): string {
 }
 
 /** The session generator: a model of what the server must do with each message. */
-function generate(rng: Rng, size: number): Session {
+function generate(rng: Rng, size: number, rw = false): Session {
   const s: Session = {bytes: [], steps: [], flags: 0, options: [], requests: [], transmission: false, structured: false, meta: false, ending: 'eof', lenient: false}
   const send = (b: Buffer, step: string) => {
     s.bytes.push(b)
@@ -259,6 +279,16 @@ function generate(rng: Rng, size: number): Session {
   let cookie = rng.u64()
   const nRequests = rng.pick([0, 1, 2, 4, 8, 16, 32])
   const big = BigInt(size)
+  // Writable server: the sectors (as [start, end) bytes) reads and writes of this session touch. Replies come
+  // in any order, so a write never overlaps another request of the session (it is dropped instead), and a
+  // read or block status over a written sector may see either side of the write.
+  const readSpans: Array<[number, number]> = []
+  const writeSpans: Array<[number, number]> = []
+  const span = (offset: bigint, length: number): [number, number] => {
+    const o = Number(offset < big ? offset : big)
+    return [Math.floor(o / 512) * 512, Math.ceil(Math.min(size, o + length) / 512) * 512]
+  }
+  const overlaps = (a: [number, number], list: Array<[number, number]>) => list.some((b) => a[0] < b[1] && b[0] < a[1])
   for (let i = 0; i < nRequests; i++) {
     cookie = (cookie + 1n) & 0xffffffffffffffffn
     const flags = rng.chance(0.85) ? 0 : rng.pick([P.NBD_CMD_FLAG_FUA, P.NBD_CMD_FLAG_DF, P.NBD_CMD_FLAG_REQ_ONE, P.NBD_CMD_FLAG_NO_HOLE, 0xffff, rng.u32() & 0xffff])
@@ -288,7 +318,9 @@ function generate(rng: Rng, size: number): Session {
         const offset = rng.chance(0.5) ? BigInt(rng.int(size / 512) * 512) : BigInt(rng.int(size))
         const max = size - Number(offset)
         const length = Math.min(max, rng.pick([0, 1, 512, 4096, 65536, 65536 + 512, 1 << 20, rng.int(200000)]))
-        add(P.NBD_CMD_READ, offset, length, 'read', undefined, `READ ${length} at ${offset}`)
+        const sp = span(offset, length)
+        add(P.NBD_CMD_READ, offset, length, rw && overlaps(sp, writeSpans) ? 'read-any' : 'read', undefined, `READ ${length} at ${offset}`)
+        if (rw) readSpans.push(sp)
         break
       }
       case 'read-out': {
@@ -305,8 +337,30 @@ function generate(rng: Rng, size: number): Session {
       }
       case 'write': {
         const length = rng.pick([0, 1, 512, 4096, 70000])
-        add(P.NBD_CMD_WRITE, BigInt(rng.int(size)), length, 'errno', P.NBD_EPERM, `WRITE ${length} bytes (with its payload)`)
-        send(rng.bytes(length), `  payload of ${length} bytes`)
+        if (!rw) {
+          add(P.NBD_CMD_WRITE, BigInt(rng.int(size)), length, 'errno', P.NBD_EPERM, `WRITE ${length} bytes (with its payload)`)
+          send(rng.bytes(length), `  payload of ${length} bytes`)
+          break
+        }
+        // Past the end (by a byte or by 2^53 and more): ENOSPC, as a disk that is full.
+        if (length > 0 && rng.chance(0.1)) {
+          const offset = rng.pick([big - BigInt(rng.range(0, length - 1)), big, big + 512n, 1n << 53n, 0xfffffffffffffe00n])
+          add(P.NBD_CMD_WRITE, offset, length, 'errno', P.NBD_ENOSPC, `WRITE ${length} bytes at ${offset} (past the end)`)
+          send(rng.bytes(length), `  payload of ${length} bytes`)
+          break
+        }
+        const offset = BigInt(rng.chance(0.5) ? rng.int(size / 512) * 512 : rng.int(size))
+        const n = Math.min(length, size - Number(offset))
+        const sp = span(offset, n)
+        if (overlaps(sp, writeSpans) || overlaps(sp, readSpans)) {
+          add(P.NBD_CMD_FLUSH, 0n, 0, 'ok', undefined, 'FLUSH (in place of a WRITE over a sector this session already uses)')
+          break
+        }
+        const data = rng.bytes(n)
+        send(request(P.NBD_CMD_WRITE, flags, cookie, offset, n), `WRITE ${n} bytes at ${offset} [cookie ${cookie}${flags ? `, flags 0x${flags.toString(16)}` : ''}]`)
+        s.requests.push({cookie, type: P.NBD_CMD_WRITE, flags, offset, length: n, want: 'ok', data})
+        send(data, `  payload of ${n} bytes`)
+        writeSpans.push(sp)
         break
       }
       case 'write-huge': {
@@ -321,9 +375,30 @@ function generate(rng: Rng, size: number): Session {
         s.ending = 'eof'
         return s
       }
-      case 'trim':
-        add(rng.pick([P.NBD_CMD_TRIM, P.NBD_CMD_WRITE_ZEROES]), BigInt(rng.int(size)), rng.int(65536), 'errno', P.NBD_EPERM, 'TRIM / WRITE_ZEROES')
+      case 'trim': {
+        const type = rng.pick([P.NBD_CMD_TRIM, P.NBD_CMD_WRITE_ZEROES])
+        if (!rw) {
+          add(type, BigInt(rng.int(size)), rng.int(65536), 'errno', P.NBD_EPERM, 'TRIM / WRITE_ZEROES')
+          break
+        }
+        const length = rng.int(129) * 512
+        if (length > 0 && rng.chance(0.1)) {
+          add(type, big - 512n, length + 512, 'errno', P.NBD_ENOSPC, `${type === P.NBD_CMD_TRIM ? 'TRIM' : 'WRITE_ZEROES'} ${length + 512} past the end`)
+          break
+        }
+        // Whole sectors: they read as zeros afterwards, unreadable ones included.
+        const offset = BigInt(rng.int(size / 512) * 512)
+        const n = Math.min(length, size - Number(offset))
+        const sp = span(offset, n)
+        if (overlaps(sp, writeSpans) || overlaps(sp, readSpans)) {
+          add(P.NBD_CMD_FLUSH, 0n, 0, 'ok', undefined, 'FLUSH (in place of a TRIM over a sector this session already uses)')
+          break
+        }
+        add(type, offset, n, 'ok', undefined, `${type === P.NBD_CMD_TRIM ? 'TRIM' : 'WRITE_ZEROES'} ${n} at ${offset}`)
+        s.requests[s.requests.length - 1].data = Buffer.alloc(n)
+        writeSpans.push(sp)
         break
+      }
       case 'flush':
         add(P.NBD_CMD_FLUSH, 0n, 0, 'ok', undefined, 'FLUSH')
         break
@@ -339,7 +414,9 @@ function generate(rng: Rng, size: number): Session {
         const length = rng.pick([0, 1, 512, 65536, 1 << 20, size, 0xffffffff])
         let errno: number | undefined
         if (!s.meta || length === 0 || outside(offset, length)) errno = P.NBD_EINVAL
-        add(P.NBD_CMD_BLOCK_STATUS, offset, length, errno ? 'errno' : 'status', errno, `BLOCK_STATUS ${length} at ${offset}`)
+        const any = rw && !errno && overlaps(span(offset, length), writeSpans)
+        add(P.NBD_CMD_BLOCK_STATUS, offset, length, errno ? 'errno' : any ? 'status-any' : 'status', errno, `BLOCK_STATUS ${length} at ${offset}`)
+        if (rw && !errno) readSpans.push(span(offset, length))
         break
       }
       case 'unknown':
@@ -399,11 +476,13 @@ interface Server {
   logs: string[]
   witness?: RawClient
   witnessStructured: boolean
+  /** Served read-write over a fresh overlay (one per case). */
+  rw?: boolean
 }
 
 /** Check what the server sent against the model; returns the problems found. */
 /** `seen` collects what the server answered (reply kinds, errnos), for the case's outcome. */
-function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, closedByServer: boolean, seen: Set<string>): string[] {
+function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, closedByServer: boolean, seen: Set<string>, answers = new Map<bigint, number>()): string[] {
   const problems: string[] = []
   const st = new Stream(out)
   const g = st.take(18)
@@ -422,7 +501,7 @@ function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, clos
         return problems
       }
       if (Number(r.readBigUInt64BE(0)) !== fx.size) problems.push(`NBD_OPT_EXPORT_NAME: size ${r.readBigUInt64BE(0)}`)
-      if (!(r.readUInt16BE(8) & P.NBD_FLAG_READ_ONLY)) problems.push('NBD_OPT_EXPORT_NAME: not read-only')
+      if (!(r.readUInt16BE(8) & P.NBD_FLAG_READ_ONLY) !== !!srv.rw) problems.push(`NBD_OPT_EXPORT_NAME: ${srv.rw ? 'read-only' : 'not read-only'}`)
       if (n === 134 && r.subarray(10).some((x) => x !== 0)) problems.push('NBD_OPT_EXPORT_NAME: the 124 reserved bytes are not zero')
       transmission = true
       seen.add('export-name')
@@ -453,7 +532,7 @@ function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, clos
       }
       if (type === P.NBD_REP_INFO && data.length >= 2 && data.readUInt16BE(0) === P.NBD_INFO_EXPORT) {
         if (data.length !== 12 || Number(data.readBigUInt64BE(2)) !== fx.size) problems.push('NBD_INFO_EXPORT: wrong size')
-        else if (!(data.readUInt16BE(10) & P.NBD_FLAG_READ_ONLY)) problems.push('NBD_INFO_EXPORT: not read-only')
+        else if (!(data.readUInt16BE(10) & P.NBD_FLAG_READ_ONLY) !== !!srv.rw) problems.push(`NBD_INFO_EXPORT: ${srv.rw ? 'read-only' : 'not read-only'}`)
       }
       if (type === P.NBD_REP_META_CONTEXT) {
         if (data.length < 4 || data.subarray(4).toString() !== P.BASE_ALLOCATION) problems.push(`NBD_REP_META_CONTEXT for ${JSON.stringify(data.subarray(4).toString())}`)
@@ -506,6 +585,7 @@ function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, clos
       }
       pending.delete(cookie)
       done.add(cookie)
+      answers.set(cookie, errno)
       seen.add(errno ? `errno${errno}` : r.type === P.NBD_CMD_READ ? 'read' : 'ok')
       if (r.type === P.NBD_CMD_READ && errno === 0 && !structured) {
         const data = st.take(r.length)
@@ -539,6 +619,7 @@ function checkOutput(out: Buffer, s: Session, srv: Server, fx: ServedImage, clos
       if (!(flags & P.NBD_REPLY_FLAG_DONE)) problems.push('a multi-chunk reply (every reply here should be one chunk)')
       pending.delete(cookie)
       done.add(cookie)
+      answers.set(cookie, type & 0x8000 ? (payload.length >= 4 ? payload.readUInt32BE(0) : -1) : 0)
       seen.add(type & 0x8000 && payload.length >= 4 ? `errno${payload.readUInt32BE(0)}` : `chunk${type}`)
       if (type === P.NBD_REPLY_TYPE_OFFSET_DATA) {
         if (r.type !== P.NBD_CMD_READ || payload.length < 8 || payload.readBigUInt64BE(0) !== r.offset) problems.push(`OFFSET_DATA for a ${r.type} request at ${r.offset}`)
@@ -573,6 +654,7 @@ function describe(r: RequestExpect): string {
 }
 
 function checkRead(r: RequestExpect, data: Buffer, srv: Server, fx: ServedImage): string[] {
+  if (r.want === 'read-any') return data.length === r.length ? [] : [`READ ${r.length} at ${r.offset} returned ${data.length} bytes`]
   if (r.want !== 'read') return [`data for ${describe(r)}, which should have failed with ${r.errno}`]
   const off = Number(r.offset)
   if (srv.policy === 'error' && touchesBad(off, r.length)) return [`READ ${r.length} at ${off} touches a bad area but returned data`]
@@ -585,6 +667,8 @@ function checkStatus(r: RequestExpect, errno: number, structured: boolean, srv: 
   const off = Number(r.offset)
   if (r.want === 'ok') return errno === 0 ? [] : [`${describe(r)}: errno ${errno} where success was due`]
   if (r.want === 'errno') return errno === r.errno ? [] : [`${describe(r)}: errno ${errno} where ${r.errno} was due (${how} reply)`]
+  if (r.want === 'read-any') return errno === 0 || errno === P.NBD_EIO ? [] : [`READ ${r.length} at ${off}: errno ${errno}`]
+  if (r.want === 'status-any') return [`BLOCK_STATUS ${r.length} at ${off}: errno ${errno} where a status was due`]
   if (r.want === 'read') {
     if (errno === 0 && structured) return [`${describe(r)}: a success reply without data`]
     if (errno === 0) return []
@@ -596,7 +680,7 @@ function checkStatus(r: RequestExpect, errno: number, structured: boolean, srv: 
 }
 
 function checkBlockStatus(r: RequestExpect, payload: Buffer, srv: Server, fx: ServedImage): string[] {
-  if (r.want !== 'status') return [`a block status for ${describe(r)}`]
+  if (r.want !== 'status' && r.want !== 'status-any') return [`a block status for ${describe(r)}`]
   if (payload.length < 12 || (payload.length - 4) % 8 !== 0) return [`a block status payload of ${payload.length} bytes`]
   if (payload.readUInt32BE(0) !== 1) return [`block status for context ${payload.readUInt32BE(0)}`]
   const problems: string[] = []
@@ -611,7 +695,7 @@ function checkBlockStatus(r: RequestExpect, payload: Buffer, srv: Server, fx: Se
       problems.push('block status descriptors run past the request')
       break
     }
-    if (flags & P.NBD_STATE_ZERO) {
+    if (flags & P.NBD_STATE_ZERO && r.want === 'status') {
       if (fx.data.subarray(at, at + len).some((x) => x !== 0)) problems.push(`block status calls [${at}, +${len}) zero, but it holds data`)
       if (srv.policy === 'error' && touchesBad(at, len)) problems.push(`block status calls [${at}, +${len}) zero, but it is unreadable`)
     }
@@ -687,9 +771,19 @@ async function freshRead(srv: Server, fx: ServedImage, rng: Rng): Promise<string
   }
 }
 
-async function runSession(srv: Server, fx: ServedImage, ctx: CaseContext): Promise<{failures: string[]; steps: string[]; input: Buffer; outcome: string}> {
+interface SessionResult {
+  failures: string[]
+  steps: string[]
+  input: Buffer
+  outcome: string
+  /** The writes (with their bytes) the server acknowledged; `clean`: every request's fate is known. */
+  acked: Array<{offset: number; data: Buffer}>
+  clean: boolean
+}
+
+async function runSession(srv: Server, fx: ServedImage, ctx: CaseContext): Promise<SessionResult> {
   const rng = ctx.rng
-  const s = generate(rng, fx.size)
+  const s = generate(rng, fx.size, srv.rw)
   let bytes: Buffer = Buffer.concat(s.bytes)
   const steps = [`server: ${srv.name}`, ...s.steps, `ending: ${s.ending}`]
   const isChaos = rng.chance(0.2)
@@ -747,10 +841,62 @@ async function runSession(srv: Server, fx: ServedImage, ctx: CaseContext): Promi
     failures.push(`the server still tracks the connection 5 s after it closed (${srv.running.nbd.connectionCount} connections, ${baseline} before)`)
   const output = Buffer.concat(out)
   const seen = new Set<string>()
-  if (!isChaos && ending !== 'destroy') failures.push(...checkOutput(output, s, srv, fx, closedByServer, seen))
+  const answers = new Map<bigint, number>()
+  if (!isChaos && ending !== 'destroy') failures.push(...checkOutput(output, s, srv, fx, closedByServer, seen, answers))
   else if (output.length >= 18 && output.readBigUInt64BE(0) !== P.NBDMAGIC) failures.push('bad greeting')
   const outcome = `${srv.name}:${isChaos ? 'chaos' : s.lenient ? 'lenient' : 'model'}:${ending}:${s.transmission ? 'tx' : 'hs'}:${[...seen].sort().join(',')}`
-  return {failures, steps, input: bytes, outcome}
+  const writes = s.requests.filter((r) => r.data)
+  const acked = writes.filter((r) => answers.get(r.cookie) === 0).map((r) => ({offset: Number(r.offset), data: r.data!}))
+  // A write whose reply was lost (a destroyed socket, chaos, a lie about a length) may or may not be in the overlay.
+  const clean = !isChaos && ending !== 'destroy' && !s.lenient && writes.every((r) => answers.has(r.cookie))
+  return {failures, steps, input: bytes, outcome, acked, clean}
+}
+
+/**
+ * A writable case: one session against a server over a fresh overlay (on the main thread, or on serving
+ * threads through the overlay's views), then the overlay compared with the model — the image's bytes and
+ * bad sectors with every acknowledged write applied — and opened again.
+ */
+async function runWritableCase(fx: ServedImage, ctx: CaseContext, threads: boolean): Promise<SessionResult> {
+  const file = path.join(fx.dir, 'rw.vdovl')
+  const socket = path.join(fx.dir, 'rw.sock')
+  fs.rmSync(file, {force: true})
+  fs.rmSync(socket, {force: true})
+  const ovl = await Overlay.open(await openImage(fx.image), file)
+  const logs: string[] = []
+  let r: SessionResult
+  try {
+    const running = await startNbdServer(new BlockServer(ovl), {
+      listen: {kind: 'unix', path: socket},
+      exportName: EXPORT,
+      log: (l) => logs.push(l),
+      threads: threads ? {perConnection: 2, maxThreads: 2, pollMicroseconds: 0} : undefined,
+    })
+    const srv: Server = {name: threads ? 'rw-threads' : 'rw', policy: 'error', running, socket, logs, witnessStructured: true, rw: true}
+    try {
+      r = await runSession(srv, fx, ctx)
+    } finally {
+      await running.close()
+    }
+    if (r.clean) {
+      const model = contentOf(fx)
+      for (const w of r.acked) applyWrite(model, w.offset, w.data)
+      const diff = await compareOverlay(ovl, model)
+      if (diff) r.failures.push(`after the session: ${diff}`)
+    }
+    // Past the end and read-only refusals are logged as failed commands by design; anything else is not.
+    for (const l of logs) if (INTERNAL_LOG.test(l) && !/failed: .*(past the end|ENOSPC|no space)/i.test(l)) r.failures.push(`the server logged an internal error: ${l.slice(0, 300)}`)
+  } finally {
+    await ovl.close()
+  }
+  try {
+    const again = await Overlay.open(await openImage(fx.image), file)
+    await again.close()
+  } catch (err) {
+    r.failures.push(`the overlay does not open after the session: ${(err as Error).message}`)
+  }
+  fs.rmSync(file, {force: true})
+  return r
 }
 
 export const nbdTarget: Target = {
@@ -792,6 +938,11 @@ export const nbdTarget: Target = {
     }
     return {
       async runCase(ctx: CaseContext): Promise<CaseResult> {
+        // Serving threads take a few hundred ms to start, and each writable case starts its own server.
+        if (ctx.rng.chance(0.2)) {
+          const r = await runWritableCase(fx, ctx, ctx.rng.chance(0.25))
+          return {outcome: `rw:${r.outcome}` + (r.failures.length ? `:fail:${normalize(r.failures[0], 60)}` : ''), failures: r.failures, input: {ext: 'bin', data: r.input}, steps: r.steps}
+        }
         const srv = ctx.rng.pick(servers)
         const logStart = srv.logs.length
         const r = await runSession(srv, fx, ctx)

@@ -36,7 +36,7 @@ import {openImage, type VdimgImage} from '../../src/format/reader'
 import {startNfsServer, type NfsServerHandle} from '../../src/serve/nfs'
 import {Body, RpcClient, authSysCred, callMessage, opaque, parseReply, str, u32, u64, type Reply} from '../../test/nfs/rpcclient'
 import {normalize, type CaseContext, type CaseResult, type Target, type TargetInstance} from '../harness'
-import {INTERNAL_LOG, SECTOR, makeServedImage, type ServedImage} from '../net/fixture'
+import {INTERNAL_LOG, SECTOR, applyWrite, compareOverlay, contentOf, firstBad, makeServedImage, type Content, type ServedImage} from '../net/fixture'
 import type {Rng} from '../rng'
 
 const PMAP = 100000
@@ -54,34 +54,6 @@ const NFS3ERR_FBIG = 27
 const NFS3ERR_ROFS = 30
 const GARBAGE_ARGS = 4
 const WTMAX = 1 << 20
-
-/**
- * What the served file holds: its bytes where readable, and which sectors are unreadable. The read-only
- * server's never changes; the writable server's is the model the writes are applied to.
- */
-interface Content {
-  data: Buffer
-  size: number
-  /** One byte per sector: 1 = unreadable. */
-  badSector: Uint8Array
-}
-
-function contentOf(fx: ServedImage): Content {
-  const badSector = new Uint8Array(Math.ceil(fx.size / SECTOR))
-  for (const b of fx.bad) for (let s = Math.floor(b.offset / SECTOR); s * SECTOR < b.offset + b.length; s++) badSector[s] = 1
-  return {data: Buffer.from(fx.data), size: fx.size, badSector}
-}
-
-function firstBad(c: Content, off: number, end: number): number | undefined {
-  for (let s = Math.floor(off / SECTOR); s * SECTOR < end; s++) if (c.badSector[s]) return Math.max(s * SECTOR, off)
-  return undefined
-}
-
-/** A write the server acknowledged: applied to the model (the bytes, and the sectors it covered become readable). */
-function applyWrite(c: Content, offset: number, data: Buffer): void {
-  data.copy(c.data, offset)
-  for (let s = Math.floor(offset / SECTOR); s * SECTOR < offset + data.length; s++) c.badSector[s] = 0
-}
 
 /** The writable server's state the generator needs. */
 interface WritableCtx {
@@ -767,21 +739,6 @@ async function handles(port: number): Promise<{client: RpcClient; h: Handles}> {
   const look = new Body((await client.call(NFS, 3, 3, Buffer.concat([opaque(root), str('disk.img')]))).body)
   if (look.u32() !== 0) throw new Error('LOOKUP disk.img failed')
   return {client, h: {root, file: Buffer.from(look.opaque())}}
-}
-
-/** The overlay holds exactly the model: the same bad sectors, the same bytes everywhere else. */
-async function compareOverlay(ovl: Overlay, model: Content): Promise<string | undefined> {
-  const r = await ovl.read(0, model.size)
-  const bad = new Uint8Array(model.badSector.length)
-  for (const b of r.bad) for (let s = Math.floor(b.offset / SECTOR); s * SECTOR < b.offset + b.length; s++) bad[s] = 1
-  for (let s = 0; s < bad.length; s++) {
-    if (bad[s] !== model.badSector[s]) return `sector ${s} is ${bad[s] ? 'unreadable' : 'readable'} in the overlay, ${model.badSector[s] ? 'unreadable' : 'readable'} in the model`
-    if (bad[s]) continue
-    const a = r.data.subarray(s * SECTOR, (s + 1) * SECTOR)
-    const b = model.data.subarray(s * SECTOR, (s + 1) * SECTOR)
-    if (!a.equals(b)) return `sector ${s} holds bytes that are neither the image's nor an acknowledged write's`
-  }
-  return undefined
 }
 
 /** A writable server over a fresh overlay for one case, so that every case replays alone. */
