@@ -2,7 +2,8 @@
  * Minimal reproducers of what `npm run fuzz` found (docs/fuzzing.md, "What it found"), each fixed where
  * it was: a mapfile's current_pass past 2^53 taken inexactly; an empty range taken to intersect the bad
  * area around it, which made an NBD read of zero bytes inside a bad area fail with EIO (and name an error
- * offset outside the request); extract --mapfile-out writing an image's recorded ddrescue status line as
+ * offset outside the request); a zero-length NBD WRITE on a writable export, whose empty payload the main
+thread's reader failed to take; extract --mapfile-out writing an image's recorded ddrescue status line as
  * it was, into a mapfile neither ddrescue nor vdev reads.
  */
 import {strict as assert} from 'node:assert'
@@ -16,6 +17,8 @@ import {formatMapfile, parseMapfile} from '../../src/format/mapfile'
 import {openImage} from '../../src/format/reader'
 import {createImage} from '../../src/format/writer'
 import {extractImage} from '../../src/format/extract'
+import {Overlay} from '../../src/layers/overlay'
+import {RawImage} from '../../src/sources/raw'
 import {startNbdServer} from '../../src/serve/nbd'
 import * as P from '../../src/serve/nbd/protocol'
 import {RawClient} from '../nbd/rawclient'
@@ -113,6 +116,42 @@ describe('fuzz regressions', function () {
     } finally {
       await srv.close()
       await img.close()
+      t.cleanup()
+    }
+  })
+
+  it('nbd: a WRITE of zero bytes on a writable export is answered, on the main thread and on serving threads (nbd seed 1117112294, iteration 516)', async () => {
+    const t = tmpDir()
+    const raw = path.join(t.dir, 'disk.raw')
+    fs.writeFileSync(raw, textish(4, 256 * 1024))
+    try {
+      for (const threads of [false, true]) {
+        const ovl = await Overlay.open(RawImage.open(raw), path.join(t.dir, `disk-${threads}.vdovl`))
+        const sock = path.join(t.dir, `rw-${threads}.sock`)
+        const srv = await startNbdServer(new BlockServer(ovl), {
+          listen: {kind: 'unix', path: sock},
+          exportName: 'disk.raw',
+          threads: threads ? {perConnection: 1, maxThreads: 1, pollMicroseconds: 0} : undefined,
+        })
+        try {
+          const c = await RawClient.connect(sock)
+          try {
+            await c.go()
+            // Nothing buffered after the header: the server waited for a payload of no bytes and failed.
+            c.request(P.NBD_CMD_WRITE, 4096, 0, 1n, P.NBD_CMD_FLAG_FUA)
+            assert.equal((await c.reply()).error, 0, `threads ${threads}`)
+            c.request(P.NBD_CMD_WRITE, 8192, 512, 2n)
+            c.send(Buffer.alloc(512, 9))
+            assert.equal((await c.reply()).error, 0)
+          } finally {
+            c.destroy()
+          }
+        } finally {
+          await srv.close()
+          await ovl.close()
+        }
+      }
+    } finally {
       t.cleanup()
     }
   })

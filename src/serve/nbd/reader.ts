@@ -71,6 +71,8 @@ export class SocketReader {
   }
 
   private take(n: number): Buffer {
+    // A zero-length WRITE has a payload of no bytes, and nothing need be buffered for it.
+    if (n === 0) return Buffer.alloc(0)
     let out: Buffer
     const first = this.chunks[0]
     if (first.length >= n) {
