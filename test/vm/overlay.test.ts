@@ -249,8 +249,9 @@ describe('vdev attach --overlay on the kernel backends (ublk, kernel NBD; real k
     const [writes, , zeroes, discards, flushes, failed] = s.slice(1).map(Number)
     assert.ok(writes > 0 && zeroes > 0 && discards > 0 && flushes > 0, s[0])
     assert.equal(failed, 0, s[0])
-    // ublk serves a writable device from the overlay's owner thread; NBD on its serving threads, through views.
-    if (backend === 'ublk') assert.match(log, /ublk: 1 queue\(s\), served on the main thread, read-write/)
+    // Both serve a writable device on their serving threads, through views of the overlay (the tag-buffer
+    // session below serves ublk from the owner's thread).
+    if (backend === 'ublk') assert.match(log, /ublk: 2 queue\(s\), each served on a thread of its own, read-write/)
     else assert.match(log, /nbd: \/dev\/nbd\d+: \d+ serving threads/)
     // Discards and write-zeroes are records without data, not zero-filled writes.
     checkRecords(backend)
@@ -269,7 +270,8 @@ describe('vdev attach --overlay on the kernel backends (ublk, kernel NBD; real k
   it('ublk with tag buffers (no USER_COPY) and legacy opcodes, the same overlay: both sessions there; its writes land too', async function () {
     if (sessions.length !== 2) this.skip()
     // In this process (a CLI start costs much here), through the other data path of UBLK_IO_OP_WRITE: the
-    // driver copies the bio into the tag's buffer. Only async I/O and tools touch the device from here.
+    // driver copies the bio into the tag's buffer; and on this thread, the overlay's owner (the CLI sessions
+    // serve ublk on serving threads). Only async I/O and tools touch the device from here.
     const server = new BlockServer(await Overlay.open(await openImage(image), overlay))
     const dev = await UblkDevice.create(server, {userCopy: false, legacyOpcodes: true})
     try {

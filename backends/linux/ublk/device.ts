@@ -116,8 +116,8 @@ export class UblkDevice {
       throw new Error(`ublk: sector size ${sectorSize} is not a power of two between 512 and 4096`)
     const tail = server.size % sectorSize
     if (tail !== 0) log(`ublk: the image ends in a partial sector: the device has ${Math.floor(server.size / sectorSize)} whole sectors; its last ${tail} bytes are not on it`)
-    // A writable server (an overlay) has one owner: its queues are served on this thread.
-    const threads = opts.threads && ServingThreads.canServe(server) && !server.writable ? opts.threads : 0
+    // A writable server (an overlay) is served on threads too, through views that call its owner.
+    const threads = opts.threads && ServingThreads.canServe(server) ? opts.threads : 0
     const nrQueues = threads > 0 ? threads : (opts.queues ?? 1)
     const depth = opts.depth ?? 64
     const maxIoBytes = opts.maxIoBytes ?? 1 << 20

@@ -60,6 +60,9 @@ export const backend: Backend = {
   // A queue per serving thread (thread.ts), as ublksrv does; 0 threads: one queue on the main thread.
   threadModel: {kind: 'serving-threads', defaultThreads: 2, maxThreads: 16, pollMicroseconds: 0},
   writable: true,
+  // Over an overlay each queue's thread serves through a view of it (reads of unwritten ranges from its own
+  // base; writes, flushes and written ranges through the overlay's owner on the main thread).
+  writableThreads: true,
 
   async probe(): Promise<Probe> {
     return probeUblk()

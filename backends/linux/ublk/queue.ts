@@ -18,8 +18,11 @@
  * bytes pread() from there. Without it, each tag owns a buffer whose address goes in the FETCH/COMMIT command:
  * the driver copies a read's data from it on commit, and a write's data into it before the fetch completes.
  *
- * A writable server (an overlay, `attach --overlay`) is served on the main thread: writes, flushes, discards
- * and write-zeroes become the BlockServer's async write/flush/trim/zero, answered when they settle.
+ * A writable server (an overlay, `attach --overlay`): writes, flushes, discards and write-zeroes become the
+ * BlockServer's write/flush/trim/zero, answered when they settle. On a serving thread the source is a view of
+ * the overlay (src/layers/overlay-view.ts) whose calls to the owner complete before they return, so their
+ * promises are already settled: runBlocking() lets them run out (one microtask checkpoint) before it sends
+ * the turn's answers.
  */
 import * as fs from 'node:fs'
 import {errnoOf, type BlockServer} from '../../../src/core/blockserver'
@@ -63,6 +66,8 @@ export class UblkQueue {
   private readonly commitOp: number
   private readonly fetchOp: number
   private readonly commits: Array<[tag: number, result: number]> = []
+  /** Blocking mode: answers to writes, flushes, discards and write-zeroes of this turn, not yet committed. */
+  private readonly settling: Promise<void>[] = []
   private flushScheduled = false
   private abortedCount = 0
   private closed = false
@@ -177,9 +182,8 @@ export class UblkQueue {
       case abi.UBLK_IO_OP_WRITE:
       case abi.UBLK_IO_OP_DISCARD:
       case abi.UBLK_IO_OP_WRITE_ZEROES:
-        // A read-only disk (UBLK_ATTR_READ_ONLY): the block layer does not send these. A writable server is
-        // served on the main thread only (its source has one owner), never by a blocking queue.
-        if (!this.o.server.writable || this.o.blocking) return this.commit(tag, -EIO)
+        // A read-only disk (UBLK_ATTR_READ_ONLY): the block layer does not send these.
+        if (!this.o.server.writable) return this.commit(tag, -EIO)
         return this.mutate(tag, op, opFlags, offset, length)
       default:
         // WRITE_SAME (no block layer operation maps to it since Linux 5.18), zone operations, anything newer.
@@ -225,10 +229,11 @@ export class UblkQueue {
 
   /** Answer `tag` with `result` once `p` resolves, or with its errno. */
   private settle(tag: number, p: Promise<void>, result: number): void {
-    p.then(
+    const answered = p.then(
       () => this.commit(tag, result),
       (err: unknown) => this.commit(tag, -errnoOf(err)),
     )
+    if (this.o.blocking) this.settling.push(answered)
   }
 
   private completeRead(tag: number, data: Buffer, length: number): void {
@@ -279,7 +284,7 @@ export class UblkQueue {
    * COMMIT_AND_FETCH_REQs and waits for at least one request — as ublksrv's queue loop does. Returns why
    * it ended.
    */
-  runBlocking(): string {
+  async runBlocking(): Promise<string> {
     if (!this.o.blocking) throw new Error('ublk queue: runBlocking needs blocking mode')
     this.fetchAll()
     while (!this.closed && this.abortedCount < this.o.depth) {
@@ -290,6 +295,8 @@ export class UblkQueue {
         throw err
       }
       this.ring.reap((cqe) => this.onCompletion(cqe))
+      // Reads answered above; writes (a writable server) once their settled promises have run.
+      if (this.settling.length > 0) await Promise.all(this.settling.splice(0))
       this.prepCommits()
     }
     return this.closed ? `queue ${this.o.qid} closed` : `queue ${this.o.qid}: the driver aborted every fetch (device stopped or gone)`

@@ -16,13 +16,13 @@ export interface UblkThreadConfig extends Omit<UblkQueueOptions, 'server' | 'log
   legacyOpcodes: boolean
 }
 
-export function run(ctx: ServingThreadContext): string {
+export async function run(ctx: ServingThreadContext): Promise<string> {
   const {legacyOpcodes, ...queue} = ctx.config as UblkThreadConfig
   const q = new UblkQueue({...queue, server: ctx.server, log: ctx.log, blocking: true}, legacyOpcodes)
   try {
     // The FETCH_REQs go out at the start of runBlocking; START_DEV (on the main thread) waits for them.
     ctx.ready()
-    return q.runBlocking()
+    return await q.runBlocking()
   } finally {
     q.close()
   }
