@@ -139,6 +139,8 @@ interface GroupSpec {
   fillKind?: number
   /** Change the table's bytes after its CRC is computed. */
   damageTable?: (t: Buffer) => void
+  /** Version 1.1: change the bytes of the table's copy in section 4 (§12.2). */
+  damageCopy?: (t: Buffer) => void
 }
 
 interface SectionSpec {
@@ -147,6 +149,8 @@ interface SectionSpec {
   data: Buffer
   /** Place the section at another section's bytes (its index in the list) rather than at new bytes. */
   at?: number
+  /** Version 1.1: placed with the copies, after the padding that follows the section table (§12.3). */
+  copy?: boolean
   /** Entry fields written instead of the right ones. */
   offset?: bigint
   length?: bigint
@@ -172,8 +176,16 @@ interface ImageSpec {
   badBytes?: Buffer
   /** Metadata bytes; null: no metadata section. */
   metadata?: Buffer | null
-  /** The sections in table order (default: chunk index, bad-area map, metadata; built from the above). */
-  sections?: (defaults: {index: SectionSpec; bad: SectionSpec; metadata: SectionSpec | undefined}) => SectionSpec[]
+  /**
+   * The sections in table order (default: chunk index, bad-area map, metadata; built from the above; with
+   * `copies`, then their copies, types 4–7).
+   */
+  sections?: (defaults: Defaults) => SectionSpec[]
+  /**
+   * Version 1.1 (§12): minor 1, the copy sections, the section table's copy and the header's copy (the
+   * trailer), laid out as §12.3 says.
+   */
+  copies?: boolean
   header?: {
     major?: number
     minor?: number
@@ -190,18 +202,34 @@ interface ImageSpec {
     /** Media hash field (default: the image's, with flag HASH). */
     hash?: Buffer
     reserved?: number
+    /** Version 1.1 (§12.1). */
+    copyTableOffset?: bigint
+    trailerOffset?: bigint
     headerCrc?: number
   }
   /** Change the section table's bytes after its CRC is computed. */
   damageSectionTable?: (t: Buffer) => void
+  /** Version 1.1: change the bytes of the section table's copy. */
+  damageSectionTableCopy?: (t: Buffer) => void
   /** Bytes appended after the section table (ignored by readers). */
   trailer?: Buffer
   /** Final edit of the whole file (truncate, overwrite). */
   post?: (file: Buffer, at: Layout) => Buffer
 }
 
+interface Defaults {
+  index: SectionSpec
+  bad: SectionSpec
+  metadata: SectionSpec | undefined
+  /** Version 1.1: sections 4–7 (7 only with metadata). */
+  copies: SectionSpec[]
+}
+
 interface Layout {
   sectionTable: number
+  /** Version 1.1: the section table's copy and the trailer (0 in 1.0). */
+  copyTable: number
+  trailer: number
   sections: Array<{type: number; offset: number; length: number}>
   /** Offset of each group's second-level table (0 when none). */
   tables: number[]
@@ -216,6 +244,8 @@ interface Built {
   /** The logical image: chunk contents, bad areas as zeros. */
   image: Buffer
   mediaSha256: string
+  /** The bad-area map as meant (damage done to the file afterwards, e.g. to one copy, does not change it). */
+  badMap: Buffer
 }
 
 function encodeBad(bad: BadSpec[]): Buffer {
@@ -243,7 +273,9 @@ function build(s: ImageSpec): Built {
     pos += b.length
     return at
   }
-  const layout: Layout = {sectionTable: 0, sections: [], tables: [], stored: new Array(chunkCount).fill(0), headerEnd: 256}
+  const layout: Layout = {sectionTable: 0, copyTable: 0, trailer: 0, sections: [], tables: [], stored: new Array(chunkCount).fill(0), headerEnd: 256}
+  /** Version 1.1: each table as it should be, for section 4 (after damageCopy). */
+  const tableCopies: Buffer[] = []
   const l1 = Buffer.alloc(groupCount * 24)
   let prevStored: {offset: number; length: number} | undefined
   for (let g = 0; g < groupCount; g++) {
@@ -282,6 +314,9 @@ function build(s: ImageSpec): Built {
         table.writeUInt32LE(e.storedCrc ?? (stored.length ? crc32c(stored) : 0), at + 20)
       }
       tableCrc = crc32c(table)
+      const copy = Buffer.from(table)
+      gs.damageCopy?.(copy)
+      tableCopies.push(copy)
       gs.damageTable?.(table)
       tableAt = put(table)
       tableLen = table.length
@@ -300,18 +335,43 @@ function build(s: ImageSpec): Built {
   }
   const mediaSha256 = sha256(image)
 
-  const defaults: {index: SectionSpec; bad: SectionSpec; metadata: SectionSpec | undefined} = {
-    index: {type: 1, flags: 1, data: l1},
-    bad: {type: 2, flags: 1, data: s.badBytes ?? encodeBad(bad)},
-    metadata: s.metadata === null ? undefined : {type: 3, flags: 0, data: s.metadata ?? Buffer.from('{"model":"conformance"}')},
+  const index: SectionSpec = {type: 1, flags: 1, data: l1}
+  const badMap: SectionSpec = {type: 2, flags: 1, data: s.badBytes ?? encodeBad(bad)}
+  const metadata: SectionSpec | undefined = s.metadata === null ? undefined : {type: 3, flags: 0, data: s.metadata ?? Buffer.from('{"model":"conformance"}')}
+  const defaults: Defaults = {
+    index,
+    bad: badMap,
+    metadata,
+    copies: [
+      {type: 4, flags: 0, data: Buffer.concat(tableCopies), copy: true},
+      {type: 5, flags: 0, data: l1, copy: true},
+      {type: 6, flags: 0, data: badMap.data, copy: true},
+      ...(metadata ? [{type: 7, flags: 0, data: metadata.data, copy: true}] : []),
+    ],
   }
-  const list = s.sections ? s.sections(defaults) : [defaults.index, defaults.bad, ...(defaults.metadata ? [defaults.metadata] : [])]
+  const list = s.sections
+    ? s.sections(defaults)
+    : [defaults.index, defaults.bad, ...(defaults.metadata ? [defaults.metadata] : []), ...(s.copies ? defaults.copies : [])]
+  // Originals first; in 1.1 the copies follow the section table after zero padding to a multiple of 4096
+  // (§12.3), so their offsets are known before the table is written.
   const placed: Array<{offset: number; length: number}> = []
   for (const sec of list) {
+    if (sec.copy) {
+      placed.push({offset: -1, length: sec.data.length})
+      continue
+    }
     const offset = sec.at !== undefined ? placed[sec.at].offset : put(sec.data)
     placed.push({offset, length: sec.data.length})
-    layout.sections.push({type: sec.type, offset, length: sec.data.length})
   }
+  const tableAt = pos
+  const padding = s.copies ? (4096 - ((tableAt + list.length * 32) % 4096)) % 4096 : 0
+  let copyAt = tableAt + list.length * 32 + padding
+  for (const [k, sec] of list.entries()) {
+    if (!sec.copy) continue
+    placed[k].offset = sec.at !== undefined ? placed[sec.at].offset : copyAt
+    if (sec.at === undefined) copyAt += sec.data.length
+  }
+  for (const [k, sec] of list.entries()) layout.sections.push({type: sec.type, offset: placed[k].offset, length: sec.data.length})
   const table = Buffer.alloc(list.length * 32)
   list.forEach((sec, k) => {
     const at = k * 32
@@ -323,15 +383,25 @@ function build(s: ImageSpec): Built {
     table.writeUInt32LE(sec.reserved ?? 0, at + 28)
   })
   const tableCrc = crc32c(table)
+  const tableCopy = Buffer.from(table)
   s.damageSectionTable?.(table)
   layout.sectionTable = put(table)
+  let trailerPart: Buffer | undefined
+  if (s.copies) {
+    put(Buffer.alloc(padding))
+    for (const sec of list) if (sec.copy && sec.at === undefined) put(sec.data)
+    s.damageSectionTableCopy?.(tableCopy)
+    layout.copyTable = put(tableCopy)
+    trailerPart = Buffer.alloc(256) // the header's copy, filled in below
+    layout.trailer = put(trailerPart)
+  }
   if (s.trailer) put(s.trailer)
 
   const h = s.header ?? {}
   const header = Buffer.alloc(256)
   MAGIC.copy(header, 0)
   header.writeUInt16LE(h.major ?? 1, 8)
-  header.writeUInt16LE(h.minor ?? 0, 10)
+  header.writeUInt16LE(h.minor ?? (s.copies ? 1 : 0), 10)
   header.writeUInt32LE(h.headerSize ?? 256, 12)
   header.writeUInt32LE(h.flags ?? 1, 16)
   header.writeUInt32LE(h.sectorSize ?? sectorSize, 20)
@@ -345,11 +415,14 @@ function build(s: ImageSpec): Built {
   ;(h.hash ?? ((h.flags ?? 1) & 1 ? Buffer.from(mediaSha256, 'hex') : Buffer.alloc(32))).copy(header, 64)
   // Version 1.1 gives header bytes 96–111 a meaning (FORMAT.md §12.1: the copies' offsets, 0 = none); from
   // minor 1 on only bytes 112–251 are reserved.
-  if (h.reserved !== undefined) header.fill(h.reserved, (h.minor ?? 0) >= 1 ? 112 : 96, 252)
+  header.writeBigUInt64LE(h.copyTableOffset ?? BigInt(layout.copyTable), 96)
+  header.writeBigUInt64LE(h.trailerOffset ?? BigInt(layout.trailer), 104)
+  if (h.reserved !== undefined) header.fill(h.reserved, (h.minor ?? (s.copies ? 1 : 0)) >= 1 ? 112 : 96, 252)
   header.writeUInt32LE(h.headerCrc ?? crc32c(header.subarray(0, 252)), 252)
+  trailerPart && header.copy(trailerPart)
   let file: Buffer = Buffer.concat([header, ...parts])
   if (s.post) file = s.post(file, layout)
-  return {file, layout, image, mediaSha256}
+  return {file, layout, image, mediaSha256, badMap: badMap.data}
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -421,11 +494,10 @@ function expected(c: Case, b: Built): Expected {
   const chunkSize = f.readUInt32LE(24)
   const badAreas: Expected['badAreas'] = []
   const sections = b.layout.sections
-  const badSec = sections.find((s) => s.type === 2)
-  if (badSec)
-    for (let at = badSec.offset; at < badSec.offset + badSec.length; at += 24) {
-      const status = Object.keys(STATUS).find((k) => STATUS[k as StatusName] === f[at + 16]) as StatusName
-      badAreas.push({offset: Number(f.readBigUInt64LE(at)), length: Number(f.readBigUInt64LE(at + 8)), status})
+  if (sections.some((s) => s.type === 2))
+    for (let at = 0; at < b.badMap.length; at += 24) {
+      const status = Object.keys(STATUS).find((k) => STATUS[k as StatusName] === b.badMap[at + 16]) as StatusName
+      badAreas.push({offset: Number(b.badMap.readBigUInt64LE(at)), length: Number(b.badMap.readBigUInt64LE(at + 8)), status})
     }
   const damaged: Array<{offset: number; length: number}> = []
   const read = Buffer.from(b.image)
@@ -494,6 +566,19 @@ const nested = (depth: number) => '{"a":'.repeat(1) + '['.repeat(depth - 1) + ']
 const sectionOffset = (type: number) => (b: Built) => b.layout.sections.find((s) => s.type === type)!.offset
 const tableEntry = (k: number, field: number) => (b: Built) => b.layout.sectionTable + k * 32 + field
 const l2Entry = (g: number, k: number, field: number) => (b: Built) => b.layout.tables[g] + k * 24 + field
+/** The basic image in version 1.1 (§12). */
+const v11 = (over: Partial<ImageSpec> = {}): Built => basic({copies: true, ...over})
+/** A section's offset in a layout. */
+const section = (type: number) => (l: Layout) => l.sections.find((s) => s.type === type)!.offset
+/** A post edit flipping one bit at `at(layout) + plus`, and then whatever `more` does. */
+const flip =
+  (at: (l: Layout) => number, plus = 0, more?: (f: Buffer, l: Layout) => void) =>
+  (f: Buffer, l: Layout): Buffer => {
+    const out = Buffer.from(f)
+    out[at(l) + plus] ^= 1
+    more?.(out, l)
+    return out
+  }
 
 export const CASES: Case[] = [
   // --- valid images
@@ -760,6 +845,66 @@ export const CASES: Case[] = [
   {name: 'invalid-bad-area-past-end', rule: '§6: an area past the image end', build: () => basic({bad: [{offset: BASIC_SIZE - 10, length: 11, status: 1}]}), invalid: {error: 'format', offset: sectionOffset(2), reason: 'bad-area range 0 (11 bytes at 13278) extends past the image end 13288'}},
   {name: 'invalid-bad-area-status', rule: '§6: an unknown status', build: () => basic({bad: [{offset: 0, length: 10, status: 5}]}), invalid: {error: 'format', offset: (b) => sectionOffset(2)(b) + 16, reason: 'bad-area range 0 has unknown status 5'}},
   {name: 'invalid-bad-area-length', rule: '§6: a map length not a multiple of 24', build: () => basic({badBytes: Buffer.alloc(25)}), invalid: {error: 'format', offset: sectionOffset(2), reason: 'bad-area map length 25 is not a multiple of 24'}},
+
+  // --- version 1.1: every critical structure twice (§12)
+  {name: 'valid-1.1', rule: '§12: minor 1, sections 4–7 after zero padding to a multiple of 4096, the section table copy, the header copy last', build: () => v11()},
+  {
+    name: 'valid-1.1-tableless-group',
+    rule: '§12.2: section 4 holds the tables of the groups that have one, in group order (group 0 has none)',
+    build: () => twoGroups({fill: 0}, {copies: true}),
+  },
+  {name: 'damaged-1.1-header', rule: '§12.4: a header whose CRC fails is read from the trailer (the file\'s last 256 bytes)', build: () => v11({post: flip(() => 252)}), warnings: 1},
+  {name: 'damaged-1.1-trailer', rule: '§12.4: a trailer that differs from a good header is a damaged copy', build: () => v11({post: flip((l) => l.trailer + 20)}), warnings: 1},
+  {name: 'damaged-1.1-trailer-outside', rule: '§12.1, §12.4: a file cut inside its trailer: the copy lies outside the file (damaged), the rest reads', build: () => v11({post: (f) => f.subarray(0, f.length - 100)}), warnings: 1},
+  {name: 'damaged-1.1-section-table', rule: '§12.4: a section table whose CRC fails is read from its copy', build: () => v11({damageSectionTable: (t) => (t[40] ^= 1)}), warnings: 1},
+  {name: 'damaged-1.1-section-table-copy', rule: '§12.4: a section table copy that differs from a good original is damaged', build: () => v11({damageSectionTableCopy: (t) => (t[40] ^= 1)}), warnings: 1},
+  {name: 'damaged-1.1-chunk-index', rule: '§12.4: a chunk index whose bytes fail its CRC is read from section 5', build: () => v11({post: flip(section(1))}), warnings: 1},
+  {name: 'damaged-1.1-chunk-index-copy', rule: '§12.4: a section 5 whose bytes fail the CRC is a damaged copy', build: () => v11({post: flip(section(5))}), warnings: 1},
+  {
+    name: 'damaged-1.1-bad-area-map',
+    rule: '§12.4: a bad-area map whose bytes fail its CRC is read from section 6',
+    build: () => v11({bad: [{offset: 100, length: 3, status: 4}, {offset: 2 * CS, length: 512, status: 1}], post: flip(section(2), 8)}),
+    warnings: 1,
+  },
+  {name: 'damaged-1.1-metadata', rule: '§12.4: metadata whose bytes fail its CRC is read from section 7', build: () => v11({post: flip(section(3), 3)}), warnings: 1},
+  {name: 'damaged-1.1-index-table', rule: '§12.4: a second-level table whose CRC fails is read from its copy in section 4: no chunk is lost', build: () => v11({groups: {0: {damageTable: (t) => (t[30] ^= 1)}}}), warnings: 1},
+  {
+    name: 'damaged-1.1-index-table-both',
+    rule: '§12.4, §9: a second-level table and its copy both failing the CRC: every chunk of the group is lost',
+    build: () => v11({groups: {0: {damageTable: (t) => (t[30] ^= 1), damageCopy: (t) => (t[30] ^= 1)}}}),
+    damagedChunks: [0, 1, 2, 3],
+  },
+  {
+    name: 'damaged-1.1-table-copies-length',
+    rule: '§12.2: section 4 whose length is not the sum of the tables\' lengths is ignored (a warning)',
+    build: () => v11({sections: (d) => [d.index, d.bad, d.metadata!, {...d.copies[0], data: Buffer.concat([d.copies[0].data, Buffer.alloc(24)])}, ...d.copies.slice(1)]}),
+    warnings: 1,
+  },
+  {name: 'invalid-1.1-header-and-trailer', rule: '§12.4: the header and its copy both failing: the header\'s own error', build: () => v11({post: flip((l) => l.trailer + 252, 0, (f) => (f[252] ^= 1))}), invalid: {error: 'format', offset: 252, reason: 'header checksum mismatch'}},
+  {
+    name: 'invalid-1.1-section-table-both',
+    rule: '§12.4: the section table and its copy both failing the CRC',
+    build: () => v11({damageSectionTable: (t) => (t[40] ^= 1), damageSectionTableCopy: (t) => (t[72] ^= 1)}),
+    invalid: {error: 'format', offset: (b) => b.layout.sectionTable, reason: 'section table checksum mismatch'},
+  },
+  {
+    name: 'invalid-1.1-chunk-index-both',
+    rule: '§12.4, §9: the chunk index and section 5 both failing the CRC',
+    build: () => v11({post: flip(section(1), 0, (f, l) => (f[l.sections.find((s) => s.type === 5)!.offset] ^= 1))}),
+    invalid: {error: 'format', offset: sectionOffset(1), reason: 'chunk index checksum mismatch, and its copy too'},
+  },
+  {
+    name: 'invalid-1.1-duplicate-copy',
+    rule: '§12.2: each of types 1–7 at most once',
+    build: () => v11({sections: (d) => [d.index, d.bad, d.metadata!, ...d.copies, {...d.copies[1], at: 4}]}),
+    invalid: {error: 'format', offset: sectionOffset(5), reason: 'duplicate section of type 5'},
+  },
+  {
+    name: 'invalid-1.1-trailer-offset-zero',
+    rule: '§12.1: copy_table_offset set and trailer_offset 0',
+    build: () => v11({header: {trailerOffset: 0n}}),
+    invalid: {error: 'format', offset: 96, reason: 'the section table copy and header copy offsets must both be set or both be 0'},
+  },
 ]
 
 /** Build one case: its image and its expected result. */

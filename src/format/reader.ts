@@ -600,7 +600,12 @@ export class VdimgImage implements BlockSource {
           if (copyDamage) warnings.push(`${copyDamage.message.replace(/\)$/, '')}; the original serves)`)
           return b
         }
-        if (!copy) throw new VdevError('format', `${damage!.message}, and its copy too: ${copyDamage!.message.replace(`${file}: `, '')}`)
+        if (!copy) {
+          // The original's offset, as for a 1.0 image (FORMAT.md §9); the copy's failure is named in the text.
+          const reason = (e: VdevError) => e.message.replace(`${file}: `, '').replace(/ \(at byte \d+\)$/, '')
+          const at = Number(/\(at byte (\d+)\)$/.exec(damage!.message)?.[1] ?? s.offset)
+          throw fail(`${reason(damage!)}, and its copy too: ${reason(copyDamage!)} at byte ${c.offset}`, at)
+        }
         warnings.push(`${damage!.message.replace(/\)$/, '')}; read from its copy at byte ${c.offset})`)
         return copy
       }

@@ -55,7 +55,6 @@ function checkOpened(img: VdimgImage, e: Expected): void {
   assert.equal(img.sha256 ?? null, e.mediaSha256)
   assert.deepEqual([...img.badAreas], e.badAreas)
   assert.deepEqual(img.metadata, e.metadata)
-  assert.equal(img.warnings.length, e.warnings, img.warnings.join('; '))
 }
 
 /** The one stderr line of a refused image: what, and at which byte. */
@@ -112,6 +111,8 @@ describe('conformance corpus', function () {
             const r = await readAll(img, sync)
             assert.deepEqual(r.damaged, e.damaged, `damaged ranges (sync ${sync})`)
             assert.equal(r.sha256, e.sha256, `bytes read (sync ${sync})`)
+            // After every byte was read: a 1.1 index table read from its copy is found when first loaded.
+            assert.equal(img.warnings.length, e.warnings, img.warnings.join('; '))
           } finally {
             await img.close()
           }
@@ -168,8 +169,11 @@ describe('conformance corpus', function () {
           const chunks = (v.damaged as Array<{chunk: number; offset: number; length: number}>).filter((d) => d.chunk >= 0)
           assert.deepEqual(merge(chunks.map((d) => ({offset: d.offset, length: d.length}))), e.damaged)
           assert.equal(v.damaged.length - chunks.length, e.warnings)
-          const warnings = info.stderr.split('\n').filter((l) => l.startsWith('vdev: warning: '))
-          assert.equal(warnings.length, e.warnings, info.stderr)
+          // extract reads every chunk, so it also warns about an index table it had to read from its copy
+          // (info reads none; the rest it warns about at open, as info does).
+          const warnings = extract.stderr.split('\n').filter((l) => l.startsWith('vdev: warning: '))
+          assert.equal(warnings.length, e.warnings, extract.stderr)
+          assert.ok(info.stderr.split('\n').filter((l) => l.startsWith('vdev: warning: ')).length <= (e.warnings ?? 0), info.stderr)
           assert.equal(sha256(fs.readFileSync(out)), e.sha256, 'extracted bytes')
         } finally {
           t.cleanup()
