@@ -356,7 +356,7 @@ export class HttpObject implements ByteRanges {
       return new Attempt(`${this.name}: ${code === 'NoSuchBucket' ? 'no such bucket' : 'not found'} (${what})`, false)
     if (status === 401 || status === 403) return new Attempt(`${this.name}: access denied (${what}): ${this.s3!.credentialsFrom}`, false)
     if (status === 301 || (status === 400 && code === 'AuthorizationHeaderMalformed'))
-      return new Attempt(`${this.name}: the bucket is in another region (${what}${bucketRegion ? `, it is in ${bucketRegion}` : ''}): set AWS_REGION`, false)
+      return new Attempt(`${this.name}: the bucket is in another region (${what}${bucketRegion && /^[a-z0-9-]{1,40}$/.test(bucketRegion) ? `, it is in ${bucketRegion}` : ''}): set AWS_REGION`, false)
     return new Attempt(`${this.name}: ${what}`, false)
   }
 
