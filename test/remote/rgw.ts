@@ -40,6 +40,7 @@ export class Rgw {
     readonly dir: string,
     readonly monPort: number,
     readonly port: number,
+    private readonly deviceBytes: number,
   ) {
     this.conf = path.join(dir, 'ceph.conf')
   }
@@ -53,11 +54,12 @@ export class Rgw {
     return {AWS_ACCESS_KEY_ID: this.accessKey, AWS_SECRET_ACCESS_KEY: this.secretKey, AWS_ENDPOINT_URL: this.endpoint, AWS_REGION: 'us-east-1'}
   }
 
-  static async start(): Promise<Rgw> {
+  /** `deviceBytes`: the OSD's memstore size (RAM), 1 GiB unless a benchmark needs more. */
+  static async start(opts: {deviceBytes?: number} = {}): Promise<Rgw> {
     const t0 = Date.now()
     const base = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir()
     const dir = fs.mkdtempSync(path.join(base, 'vdev-rgw-'))
-    const rgw = new Rgw(dir, await freePort(), await freePort())
+    const rgw = new Rgw(dir, await freePort(), await freePort(), opts.deviceBytes ?? 1 << 30)
     try {
       await rgw.up()
     } catch (err) {
@@ -87,7 +89,7 @@ mon warn on pool no redundancy = false
 mon max pg per osd = 1000
 osd crush chooseleaf type = 0
 osd objectstore = memstore
-memstore device bytes = 1073741824
+memstore device bytes = ${this.deviceBytes}
 run dir = ${d}/run
 admin socket =
 pid file =
