@@ -3,7 +3,8 @@
  * starts once and stops itself: Ceph's RADOS Gateway on a one-node cluster (test/remote/rgw.ts), with
  * AWS_ENDPOINT_URL (path-style) and SigV4 on every request. info, verify and extract give exactly what they
  * give for the local file; wrong keys (403), a missing object or bucket (404) and a non-VDIMG object are
- * one line and exit 3, 3 and 4; AWS_PROFILE picks keys and endpoint from the shared files. As root, with
+ * one line and exit 3, 3 and 4; AWS_PROFILE picks keys and endpoint from the shared files; `vdev serve
+ * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). As root, with
  * the FUSE backend (the kernel's FUSE client and loop driver): every MiB of the device against the medium,
  * EIO at exactly the unreadable sectors; two attaches of the object at once (two state directories: two
  * "machines", each its own daemon and cache) read the same bytes; the object replaced while attached: EIO
@@ -12,8 +13,9 @@
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import {have, prng, runCli, sha256, textish, writeTruthMap} from '../helpers'
-import {IS_ROOT, Sandbox, readDirect} from '../sandbox'
+import {spawn} from 'node:child_process'
+import {BIN, have, prng, runCli, sha256, textish, writeTruthMap} from '../helpers'
+import {IS_ROOT, Sandbox, readDirect, run} from '../sandbox'
 import {HAVE_RGW, Rgw} from './rgw'
 
 const MiB = 1 << 20
@@ -159,6 +161,37 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     const missing = await vdev(['info', url], {...clean, AWS_PROFILE: 'nope'})
     assert.equal(missing.code, 2)
     assert.match(missing.stderr, /AWS_PROFILE nope: no such profile in /)
+  })
+
+  it('vdev serve s3:// --scratch (a writable overlay over the S3 base, NBD on two serving threads): a write reads back, every other byte is the image\'s', async function () {
+    if (!have('nbdcopy') || !have('qemu-io')) this.skip()
+    const sock = sb.p('scratch.sock')
+    const child = spawn(process.execPath, [BIN, 'serve', url, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', 'none', '--threads', '2', '--scratch'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {...process.env, ...env},
+    })
+    sb.trackPid(child.pid)
+    let err = ''
+    child.stderr.on('data', (d) => (err += d))
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.once('data', () => resolve())
+        child.once('close', () => reject(new Error(`serve exited: ${err}`)))
+      })
+      const uri = `nbd+unix:///?socket=${sock}`
+      const w = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x41 ${3 * MiB} 65536`, uri])
+      assert.equal(w.code, 0, w.stderr + w.stdout.toString())
+      const r = await run('nbdcopy', [uri, '-'], {timeoutMs: 120_000})
+      assert.equal(r.code, 0, r.stderr)
+      const want = logical(data)
+      want.fill(0x41, 3 * MiB, 3 * MiB + 65536)
+      assert.ok(r.stdout.equals(want), 'bytes differ')
+    } finally {
+      const closed = new Promise((resolve) => child.once('close', resolve))
+      child.kill('SIGTERM')
+      await closed
+    }
+    assert.doesNotMatch(err, /internal error|could not start|thread .* failed/, err)
   })
 
   describe("attached with the FUSE backend (the kernel's FUSE client and loop driver)", function () {
