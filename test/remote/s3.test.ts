@@ -8,7 +8,7 @@
  * the FUSE backend (the kernel's FUSE client and loop driver): every MiB of the device against the medium,
  * EIO at exactly the unreadable sectors; two attaches of the object at once (two state directories: two
  * "machines", each its own daemon and cache) read the same bytes; the object replaced while attached: EIO
- * and a log line, never the new object's bytes. After the suite, no Ceph daemon is left (ps).
+ * and a log line, never the new object's bytes. After the suite, no Ceph daemon is left (ps), nor its directory.
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
@@ -81,6 +81,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     if (rgw) {
       await rgw.stop()
       assert.deepEqual(rgw.leftovers(), [], 'Ceph daemons left running')
+      assert.ok(!fs.existsSync(rgw.dir), `${rgw.dir} left behind`)
     }
     assert.deepEqual(left, [], `left behind: ${left.join(', ')}`)
   })
@@ -100,19 +101,17 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     assert.deepEqual(strip(ri.stdout), strip(li.stdout))
     const v = await vdev(['verify', url, '--cache', 'none'])
     assert.equal(v.code, 0, v.stderr)
+    // Through the default cache: a second extract is answered from it, with the same bytes.
     const out = sb.p('extracted.raw')
-    const e = await vdev(['extract', url, out, '--cache', 'none', '--mapfile-out', sb.p('extracted.map')])
+    const e = await vdev(['extract', url, out, '--mapfile-out', sb.p('extracted.map')])
     assert.equal(e.code, 0, e.stderr)
     assert.equal(sha256(fs.readFileSync(out)), sha256(logical(data)))
     const le = await runCli(['extract', sb.p('disk.vdimg'), sb.p('local.raw'), '--mapfile-out', sb.p('local.map')])
     assert.equal(le.code, 0, le.stderr)
     assert.equal(fs.readFileSync(sb.p('extracted.map'), 'utf8').replace(/^#.*\n/gm, ''), fs.readFileSync(sb.p('local.map'), 'utf8').replace(/^#.*\n/gm, ''))
-    // Through the default cache: a second extract is answered from it.
-    for (let i = 0; i < 2; i++) {
-      const x = await vdev(['extract', url, '-'])
-      assert.equal(x.code, 0, x.stderr)
-      assert.ok(x.stdoutBuf.equals(logical(data)), `extract ${i} through the cache`)
-    }
+    const x = await vdev(['extract', url, '-'])
+    assert.equal(x.code, 0, x.stderr)
+    assert.ok(x.stdoutBuf.equals(logical(data)), 'extract through the cache')
   })
 
   it('wrong keys: exit 3 and one line naming the S3 error; the gateway really checks the signature', async () => {
