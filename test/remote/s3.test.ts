@@ -7,7 +7,8 @@
  * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). As root, with
  * the FUSE backend (the kernel's FUSE client and loop driver): every MiB of the device against the medium,
  * EIO at exactly the unreadable sectors; two attaches of the object at once (two state directories: two
- * "machines", each its own daemon and cache) read the same bytes; the object replaced while attached: EIO
+ * "machines", each its own daemon and cache) read the same bytes; the gateway stopped: EIO within the
+ * timeout, and the same device reads again once it is back; the object replaced while attached: EIO
  * and a log line, never the new object's bytes. After the suite, no Ceph daemon is left (ps), nor its directory.
  */
 import * as assert from 'node:assert/strict'
@@ -260,6 +261,26 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
       const e = JSON.parse(l.stdout)[0]
       assert.equal(e.image, url)
       assert.ok(e.stats.fetched.requests > 0 && e.stats.fetched.bytes > 0 && e.stats.fetched.bytes <= 2 * image.length, JSON.stringify(e.stats))
+    })
+
+    it('the gateway stopped: reads fail with EIO within --remote-timeout; once it is back, the same device reads again', async () => {
+      const {dev, id} = attached[1]
+      await rgw.stopGateway()
+      const o = 10 * MiB + 4096
+      try {
+        const t0 = Date.now()
+        const r = await readDirect(dev, o, 4096)
+        const ms = Date.now() - t0
+        assert.notEqual(r.code, 0, 'read with the gateway stopped succeeded')
+        assert.match(r.stderr, /Input\/output error/)
+        assert.ok(ms < 15_000, `the failed read took ${ms} ms`)
+      } finally {
+        await rgw.startGateway()
+      }
+      const again = await readDirect(dev, o, 4096)
+      assert.equal(again.code, 0, again.stderr)
+      assert.ok(again.stdout.equals(data.subarray(o, o + 4096)))
+      assert.match(fs.readFileSync(path.join(second!.stateDir, 'logs', `${id}.log`), 'utf8'), /no answer within 2 s/)
     })
 
     it("the object replaced while attached: EIO and a log line, never the new object's bytes", async () => {
