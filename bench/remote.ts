@@ -8,6 +8,8 @@
  * and random 4 KiB reads at QD1 and QD32 (python3-libnbd, the same offsets for every server), with the
  * bytes nginx sent beside each time (from its access log). Then a warm re-read: `vdev serve URL --cache
  * DIR` read whole twice (the second from the cache) against `vdev serve` of the local file.
+ * With Ceph installed (test/remote/rgw.ts; BENCH_S3=0 skips it), the same image from a RADOS Gateway:
+ * `vdev serve s3://` (SigV4 on every GET), and the CPU cost of signing one request (bench/sigv4.ts).
  * Targets (issue 13): sequential ≤ 0.5× nbdkit-curl's time (vdev moves compressed bytes); random QD1 at
  * least nbdkit-curl's rate; a warm-cache re-read as fast as a local image.
  */
@@ -19,6 +21,8 @@ import {ensureCorpus, CACHE} from './corpus'
 import {fmt, markImage, MiB, staleImage, table, timed} from './lib'
 import {freshSocket, randomReadRate as randomRate, startVdev, stop, waitForSocket, type Server} from './nbd-servers'
 import {Nginx} from '../test/remote/nginx'
+import {HAVE_RGW, Rgw} from '../test/remote/rgw'
+import {signingCost} from './sigv4'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
 const OUT = path.join(CACHE, 'remote')
@@ -74,6 +78,14 @@ async function main(): Promise<void> {
   const nginx = await Nginx.create(path.join(dir, 'nginx'))
   for (const [name, file] of [['corpus.vdimg', vdimg], ['corpus.raw', raw], ['corpus.qcow2', qcow2]]) fs.symlinkSync(file, path.join(nginx.www, name))
   await nginx.start()
+  // S3: the same VDIMG image in a Ceph RADOS Gateway (test/remote/rgw.ts), read by `vdev serve s3://`.
+  let rgw: Rgw | undefined
+  if (HAVE_RGW && process.env.BENCH_S3 !== '0') {
+    rgw = await Rgw.start({deviceBytes: Math.max(1 << 30, 2 * fs.statSync(vdimg).size)})
+    await rgw.createBucket('bench')
+    await rgw.put('bench', 'corpus.vdimg', fs.readFileSync(vdimg))
+    Object.assign(process.env, rgw.env())
+  }
   const rows: Row[] = []
   const servers: Array<Server | undefined> = []
   // A fresh server for each measurement: every one starts cold (no decoded chunk, no read-ahead, no cache).
@@ -82,6 +94,7 @@ async function main(): Promise<void> {
     {name: 'nbdkit curl (raw)', object: 'corpus.raw', start: (sock) => startNbdkitCurl(`${nginx.url}/corpus.raw`, sock)},
     {name: 'qemu-nbd curl (qcow2, zstd)', object: 'corpus.qcow2', start: (sock) => startQemuCurl(`${nginx.url}/corpus.qcow2`, sock)},
   ]
+  if (rgw) kinds.push({name: 'vdev serve s3:// (VDIMG, RGW)', object: '', start: (sock) => startVdev('s3://bench/corpus.vdimg', sock, 'vdev serve s3:// (VDIMG, RGW)', ['--cache', 'none'])})
   try {
     for (const k of kinds) {
       const measure = async <T>(f: (s: Server) => Promise<T>): Promise<{v: T; bytes: number}> => {
@@ -90,7 +103,7 @@ async function main(): Promise<void> {
         const mark = nginx.accessLog().length
         try {
           const v = await f(s)
-          return {v, bytes: sent(nginx, k.object, mark)}
+          return {v, bytes: k.object ? sent(nginx, k.object, mark) : NaN}
         } finally {
           await stop(s)
         }
@@ -135,6 +148,8 @@ async function main(): Promise<void> {
 
     const curl = rows.find((r) => r.name.startsWith('nbdkit'))!
     const mb = (b: number) => fmt(b / MiB, 1)
+    // The gateway logs no bytes sent: the s3:// row fetches the same ranges of the same object as the URL row.
+    const sentMb = (b: number) => (isNaN(b) ? '(RGW: n/a)' : mb(b))
     console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 (VDIMG ${mb(fs.statSync(vdimg).size)} MiB, qcow2 ${mb(fs.statSync(qcow2).size)} MiB); ${os.availableParallelism()} cores; nginx on 127.0.0.1 (files from the page cache); NBD on Unix sockets; a fresh server per measurement (cold)`)
     console.log(`sequential: nbdcopy --no-extents to null:; random: 4 KiB reads via python3-libnbd, ${nQd1} at QD1, ${nQd32} at QD32; MiB: what nginx sent\n`)
     console.log(
@@ -142,9 +157,9 @@ async function main(): Promise<void> {
         ['server', 'seq s', 'vs nbdkit-curl', 'seq MiB sent', 'QD1 IOPS', 'vs nbdkit-curl', 'QD1 MiB sent', 'QD32 IOPS', 'vs nbdkit-curl', 'QD32 MiB sent'],
         rows.map((r) => [
           r.name,
-          isNaN(r.seq) ? `> ${LIMIT_S} (cut off)` : fmt(r.seq, 1), `${fmt(r.seq / curl.seq)}x`, mb(r.seqBytes),
-          isNaN(r.qd1) ? 'cut off' : fmt(r.qd1, 0), `${fmt(r.qd1 / curl.qd1)}x`, mb(r.qd1Bytes),
-          isNaN(r.qd32) ? 'cut off' : fmt(r.qd32, 0), `${fmt(r.qd32 / curl.qd32)}x`, mb(r.qd32Bytes),
+          isNaN(r.seq) ? `> ${LIMIT_S} (cut off)` : fmt(r.seq, 1), `${fmt(r.seq / curl.seq)}x`, sentMb(r.seqBytes),
+          isNaN(r.qd1) ? 'cut off' : fmt(r.qd1, 0), `${fmt(r.qd1 / curl.qd1)}x`, sentMb(r.qd1Bytes),
+          isNaN(r.qd32) ? 'cut off' : fmt(r.qd32, 0), `${fmt(r.qd32 / curl.qd32)}x`, sentMb(r.qd32Bytes),
         ]),
       ),
     )
@@ -156,10 +171,21 @@ async function main(): Promise<void> {
     console.log(`target: sequential ≤ 0.5x nbdkit-curl's time: ${fmt(v.seq / curl.seq)}x — ${v.seq / curl.seq <= 0.5 ? 'met' : 'NOT met'}`)
     console.log(`target: random QD1 ≥ nbdkit-curl's rate: ${fmt(v.qd1 / curl.qd1)}x — ${v.qd1 >= curl.qd1 ? 'met' : 'NOT met'}`)
     console.log(`target: warm re-read as fast as local: ${fmt(remoteWarm.second / local.second)}x the local time — ${remoteWarm.second <= local.second * 1.1 ? 'met' : 'NOT met'}`)
+    if (rgw) {
+      const s3 = rows.find((r) => r.name.startsWith('vdev serve s3'))!
+      const u = rows[0]
+      console.log(`s3:// (RGW) against the same image over http:// (nginx): sequential ${fmt(s3.seq / u.seq)}x the time, QD1 ${fmt(s3.qd1 / u.qd1)}x the rate, QD32 ${fmt(s3.qd32 / u.qd32)}x the rate`)
+    }
+    const sig = signingCost()
+    console.log(
+      `SigV4 signing, CPU per request: ${fmt(sig.signUs, 1)} µs (a fresh signing key each time: ${fmt(sig.freshKeyUs, 1)} µs; a SHA-256 of 4 KiB: ${fmt(sig.sha4kUs, 1)} µs)` +
+        ` — at the QD1 rate of vdev serve URL above (${fmt(1e6 / rows[0].qd1, 0)} µs a read) ${fmt((100 * sig.signUs * rows[0].qd1) / 1e6, 2)} % of a random read`,
+    )
     console.log(`load average during the run: ${os.loadavg().map((l) => fmt(l)).join(' ')} (other work on this machine skews the numbers)`)
   } finally {
     for (const s of servers) await stop(s)
     await nginx.stop()
+    await rgw?.stop()
     fs.rmSync(dir, {recursive: true, force: true})
   }
 }

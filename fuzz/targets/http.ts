@@ -7,6 +7,9 @@
  * Each case serves one random object (0–200 KiB) and answers requests in the order the case's script
  * says (then correctly), opening the object and reading random ranges, some concurrently.
  *
+ * A third of the cases read `s3://fuzz-bucket/objN` through AWS_ENDPOINT_URL (path-style, the same server,
+ * which checks each request carries a well-formed SigV4 Authorization header) and S3 error documents.
+ *
  * The contract: every read resolves with exactly the object's bytes for that range, or rejects with a
  * VdevError ('io', 'format' or 'unsupported') whose message is one line naming the URL; once a read saw a
  * changed object, no later read in turn succeeds; nothing takes longer than the timeout allows (no hang).
@@ -32,11 +35,14 @@ type Answer =
   | 'garbage'
   | 'no-etag'
   | 'whole'
+  | 's3-error'
 
 const ANSWERS: ReadonlyArray<readonly [number, Answer]> = [
   [6, 'ok'], [2, 'status'], [3, 'content-range'], [2, 'content-length'], [2, 'short'], [1, 'long'], [1, 'chunked'],
-  [1, 'changed'], [1, 'reset'], [1, 'close'], [1, 'silent'], [1, 'garbage'], [1, 'no-etag'], [1, 'whole'],
+  [1, 'changed'], [1, 'reset'], [1, 'close'], [1, 'silent'], [1, 'garbage'], [1, 'no-etag'], [1, 'whole'], [1, 's3-error'],
 ]
+/** S3 error codes, real and not: a client must show only a short well-formed one. */
+const S3_CODES = ['NoSuchKey', 'NoSuchBucket', 'AccessDenied', 'SignatureDoesNotMatch', 'InvalidAccessKeyId', 'PermanentRedirect', 'AuthorizationHeaderMalformed', '', 'A\nB', 'x'.repeat(5000), '<Code>', '\u00e9t\u00e9']
 const STATUSES = [204, 206, 301, 302, 304, 400, 401, 403, 404, 408, 410, 412, 416, 429, 500, 502, 503, 504, 999, 100]
 const RANGES = ['', 'bytes', 'bytes */*', 'bytes 0-0/0', 'bytes 1-0/5', 'bytes -1-5/10', 'bytes 0-9007199254740993/9007199254740994', 'bytes=0-1/2', 'BYTES 0-0/1', 'bytes 0-0/1, bytes 1-1/2', 'bytes \u00a00-1/2']
 
@@ -57,6 +63,8 @@ class Hostile {
   next = 0
   sockets = new Set<net.Socket>()
   log: string[] = []
+  /** s3:// requests that came without a well-formed SigV4 Authorization header. */
+  unsigned = 0
 
   constructor() {
     this.server = net.createServer((s) => this.connection(s))
@@ -88,6 +96,8 @@ class Hostile {
     if (!sc || s.destroyed) return
     const range = /\r\nrange: bytes=(\d+)-(\d+)/i.exec(head)
     const ifMatch = /\r\nif-match: (.*)/i.exec(head)?.[1]
+    if (/^GET \/fuzz-bucket\//.test(head) && !/\r\nauthorization: AWS4-HMAC-SHA256 Credential=FUZZKEY\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=host;(if-match;)?range;x-amz-content-sha256;x-amz-date, Signature=[0-9a-f]{64}\r\n/i.test(head + '\r\n'))
+      this.unsigned++
     let a = sc.answers[this.next++] ?? 'ok'
     // The object is what the open's answer was; another version can only be told from it by a client
     // that pinned it (If-Match): an object served without an ETag cannot be pinned (docs/remote.md).
@@ -146,6 +156,15 @@ class Hostile {
         return send(206, {'content-range': good['content-range'], 'content-length': body.length}, body)
       case 'whole':
         return send(200, {'content-length': size, etag: sc.etag}, sc.object)
+      case 's3-error': {
+        // An S3 error document (docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html), sometimes cut short.
+        const xml = Buffer.from(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${rng.pick(S3_CODES)}</Code><Message>m</Message></Error>`.repeat(rng.pick([1, 1, 3])))
+        const region = rng.pick(['', 'eu-west-1', 'bad region\u00ff', 'x'.repeat(300)])
+        const cut = rng.chance(0.2) ? rng.int(xml.length) : xml.length
+        send(rng.pick([301, 400, 403, 404, 409, 307]), {'content-length': xml.length, ...(region ? {'x-amz-bucket-region': region} : {})}, xml.subarray(0, cut))
+        if (cut < xml.length) s.end()
+        return
+      }
     }
   }
 
@@ -161,6 +180,10 @@ export const httpTarget: Target = {
   async setup() {
     const srv = new Hostile()
     const port = await srv.listen()
+    // s3:// cases reach the same server: path-style through AWS_ENDPOINT_URL, signed with these keys.
+    const saved = {...process.env}
+    Object.assign(process.env, {AWS_ENDPOINT_URL: `http://127.0.0.1:${port}`, AWS_ACCESS_KEY_ID: 'FUZZKEY', AWS_SECRET_ACCESS_KEY: 'fuzz', AWS_REGION: 'us-east-1'})
+    for (const k of ['AWS_PROFILE', 'AWS_ENDPOINT_URL_S3', 'AWS_SESSION_TOKEN']) delete process.env[k]
     return {
       progress: () => srv.log.slice(-3).join(', '),
       async runCase(ctx: CaseContext): Promise<CaseResult> {
@@ -179,7 +202,8 @@ export const httpTarget: Target = {
         srv.script = script
         srv.next = 0
         srv.log = []
-        const url = `http://127.0.0.1:${port}/obj${ctx.iteration}`
+        srv.unsigned = 0
+        const url = rng.chance(0.3) ? `s3://fuzz-bucket/obj${ctx.iteration}` : `http://127.0.0.1:${port}/obj${ctx.iteration}`
         const failures: string[] = []
         const outcomes: string[] = []
         const check = (what: string, err: unknown): void => {
@@ -229,6 +253,7 @@ export const httpTarget: Target = {
         const ms = Date.now() - t0
         // Open and each read: TIMEOUT_MS each (plus a last idle wait and the machine's load).
         if (ms > 8000) failures.push(`the case took ${ms} ms`)
+        if (srv.unsigned) failures.push(`${srv.unsigned} s3:// request(s) without a well-formed SigV4 Authorization header`)
         return {
           outcome: [...new Set(outcomes)].sort().join(' '),
           failures,
@@ -236,6 +261,9 @@ export const httpTarget: Target = {
         }
       },
       async close() {
+        for (const k of ['AWS_ENDPOINT_URL', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_REGION', 'AWS_PROFILE', 'AWS_ENDPOINT_URL_S3', 'AWS_SESSION_TOKEN'])
+          if (saved[k] === undefined) delete process.env[k]
+          else process.env[k] = saved[k]
         await srv.close()
       },
     }

@@ -1,14 +1,14 @@
 /**
  * The flags that say how an image is read, shared by attach, serve and info: a VDIMG image is recognised
  * by itself; a raw image (a ddrescue output file, a plain disk image, a block device) is served as it is,
- * with its ddrescue mapfile when there is one. A VDIMG image may also be an http(s):// URL (remoteFlags).
+ * with its ddrescue mapfile when there is one. A VDIMG image may also be an http(s):// or s3:// URL (remoteFlags).
  */
 import {Flags} from '@oclif/core'
 import {VdevError} from '../core/errors'
 import {defaultCacheDir} from '../remote/cache'
 import type {ImageFormat, RemoteArgs, SourceArgs} from '../sources'
 
-/** How a remote image (http:// or https://) is read: every command that takes an image has them. */
+/** How a remote image (http://, https:// or s3://) is read: every command that takes an image has them. */
 export const remoteFlags = {
   header: Flags.string({
     description: 'a remote image: add this request header to every GET ("Name: value", e.g. "Authorization: Bearer …"); repeatable',

@@ -57,7 +57,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     'sudo fsck -y "$(<%= config.bin %> attach disk.vdimg --scratch)p1"   # repair a throwaway copy',
     '<%= config.bin %> attach https://images.example.org/disk.vdimg --header "Authorization: Bearer $TOKEN"',
   ]
-  static override args = {image: Args.string({description: 'the image (.vdimg; a local file or an http(s):// URL), or a raw image or block device (see --format, --mapfile)', required: true})}
+  static override args = {image: Args.string({description: 'the image (.vdimg; a local file or an http(s):// or s3:// URL), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
     ...sourceFlags,
     backend: Flags.string({description: 'how to make the device ("auto": the best available, see "vdev backends")', options: ['auto', ...backendNames()], default: 'auto'}),

@@ -21,7 +21,7 @@ A damaged chunk (its checksums fail, its zstd frame does not decode, or its inde
     '<%= config.bin %> extract disk.vdimg - | sha256sum',
   ]
   static override args = {
-    image: Args.string({description: 'the image (.vdimg), a local file or an http(s):// URL', required: true}),
+    image: Args.string({description: 'the image (.vdimg), a local file or an http(s):// or s3:// URL', required: true}),
     out: Args.string({description: 'output file or block device, or - for stdout', required: true}),
   }
   static override flags = {

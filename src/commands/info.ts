@@ -13,7 +13,7 @@ export default class Info extends VdevCommand {
     '<%= config.bin %> info disk.vdimg --json | jq .badAreas',
     '<%= config.bin %> info rescued.img --mapfile rescued.map',
   ]
-  static override args = {image: Args.string({description: 'the image (.vdimg; a local file or an http(s):// URL), or a raw image or block device (see --format, --mapfile)', required: true})}
+  static override args = {image: Args.string({description: 'the image (.vdimg; a local file or an http(s):// or s3:// URL), or a raw image or block device (see --format, --mapfile)', required: true})}
   static override flags = {
     ...sourceFlags,
     all: Flags.boolean({description: 'list every bad range, not just the first 20'}),

@@ -11,7 +11,7 @@ export default class Verify extends VdevCommand {
   static override summary = 'Check every structure, every chunk checksum and the media hash of an image'
   static override description = `Lists everything damaged — every chunk whose checksums fail or whose zstd frame does not decode, every damaged index table (with the chunks it loses), a damaged metadata or other non-critical section — not only the first. Exits 0 when the image is intact, 5 when anything is damaged or the media hash does not match, 4 when a structure the image cannot be opened without is damaged, 130 when interrupted (SIGINT, SIGTERM). --quick checks the structures and both checksums of every chunk but not the media hash.`
   static override examples = ['<%= config.bin %> verify disk.vdimg', '<%= config.bin %> verify disk.vdimg --quick', '<%= config.bin %> verify disk.vdimg --json']
-  static override args = {image: Args.string({description: 'the image (.vdimg), a local file or an http(s):// URL', required: true})}
+  static override args = {image: Args.string({description: 'the image (.vdimg), a local file or an http(s):// or s3:// URL', required: true})}
   static override flags = {
     ...remoteFlags,
     quick: Flags.boolean({description: 'check structures and chunk checksums; skip the media hash'}),

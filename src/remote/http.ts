@@ -26,6 +26,7 @@ import type {ByteRanges} from '../format/ranges'
 import {parseContentRange, parseEntityTag} from './content-range'
 import {offerLink, type RangesLink} from './link'
 import {ReadAhead} from './readahead'
+import {isS3, s3Target, type S3Target} from './s3'
 import {DEFAULT_CACHE_BYTES, RangeCache} from './cache'
 
 export interface RemoteOptions {
@@ -51,8 +52,9 @@ const PROBE_BYTES = 64 << 10
 /** Idle time allowed to one GET (no byte received) before it is abandoned and retried. */
 const MAX_ATTEMPT_IDLE_MS = 10_000
 
+/** An http://, https:// or s3:// location (s3.ts). */
 export function isRemote(location: string): boolean {
-  return /^https?:\/\//i.test(location)
+  return /^(https?|s3):\/\//i.test(location)
 }
 
 /** The URL as messages show it: no user name, password or query string (a presigned URL's signature). */
@@ -94,6 +96,8 @@ export class HttpObject implements ByteRanges {
     readonly url: URL,
     readonly name: string,
     private readonly opts: RemoteOptions,
+    /** An S3 object: the path its requests go to, and their signer. */
+    private readonly s3?: S3Target,
   ) {
     this.client = url.protocol === 'https:' ? https : http
     this.agent = new this.client.Agent({keepAlive: true, maxSockets: 16})
@@ -131,14 +135,20 @@ export class HttpObject implements ByteRanges {
 
   /** Open `location`: one GET of its first bytes gives its size and identity. */
   static async open(location: string, opts: RemoteOptions = {}): Promise<HttpObject> {
-    let url: URL
-    try {
-      url = new URL(location)
-    } catch {
-      throw new VdevError('usage', `${location}: not a valid URL`)
+    let obj: HttpObject
+    if (isS3(location)) {
+      const t = s3Target(location)
+      obj = new HttpObject(t.url, t.name, opts, t)
+    } else {
+      let url: URL
+      try {
+        url = new URL(location)
+      } catch {
+        throw new VdevError('usage', `${location}: not a valid URL`)
+      }
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new VdevError('usage', `${location}: only http://, https:// and s3:// URLs are read`)
+      obj = new HttpObject(url, displayUrl(url), opts)
     }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new VdevError('usage', `${location}: only http:// and https:// URLs are read`)
-    const obj = new HttpObject(url, displayUrl(url), opts)
     try {
       await obj.open()
     } catch (err) {
@@ -155,7 +165,7 @@ export class HttpObject implements ByteRanges {
       throw this.changedError(`its size is ${r.size} bytes, not the ${this.opts.size} it had when it was opened`)
     this.probe = {pos: 0, data: r.data}
     if (this.opts.cacheDir)
-      this.cache = RangeCache.open(this.opts.cacheDir, {url: this.name, tag: this.etag ?? this.weakEtag ?? this.lastModified, size: this.size}, this.opts.cacheBytes ?? DEFAULT_CACHE_BYTES)
+      this.cache = RangeCache.open(this.opts.cacheDir, {url: this.s3 ? displayUrl(this.url) + this.s3.path : this.name, tag: this.etag ?? this.weakEtag ?? this.lastModified, size: this.size}, this.opts.cacheBytes ?? DEFAULT_CACHE_BYTES)
   }
 
   read(len: number, pos: number, into?: Buffer): Promise<Buffer> {
@@ -235,6 +245,7 @@ export class HttpObject implements ByteRanges {
     const headers: Record<string, string> = {...this.headers, range: `bytes=${first}-${last}`, 'accept-encoding': 'identity'}
     if (this.etag) headers['if-match'] = this.etag
     else if (this.lastModified) headers['if-unmodified-since'] = this.lastModified
+    this.s3?.sign('GET', headers)
     this.fetched.requests++
     return new Promise((resolve, reject) => {
       let settled = false
@@ -244,13 +255,26 @@ export class HttpObject implements ByteRanges {
         req.destroy()
         reject(e)
       }
-      const req = this.client.request(this.url, {method: 'GET', headers, agent: this.agent}, (res) => {
+      const opts: http.RequestOptions = {method: 'GET', headers, agent: this.agent}
+      if (this.s3) opts.path = this.s3.path
+      const req = this.client.request(this.url, opts, (res) => {
         const status = res.statusCode ?? 0
         const drop = (e: Attempt): void => {
           res.resume()
           fail(e)
         }
         if (status === 412) return drop(this.markChanged('HTTP 412: its ETag no longer matches'))
+        if (this.s3 && status >= 300 && status < 500 && status !== 408 && status !== 416 && status !== 429) {
+          // S3 says why in an XML body (<Code>NoSuchKey</Code>): read a little of it for the message.
+          let body = ''
+          res.setEncoding('utf8')
+          res.on('data', (d: string) => {
+            if (body.length < 4096) body += d
+          })
+          res.on('error', () => fail(new Attempt(`${this.name}: HTTP ${status}`, true)))
+          res.on('end', () => fail(this.s3Error(status, body, header(res.headers['x-amz-bucket-region']))))
+          return
+        }
         if (status === 404 || status === 410) return drop(new Attempt(`${this.name}: not found (HTTP ${status})`, false))
         if (status === 401 || status === 403)
           return drop(new Attempt(`${this.name}: access denied (HTTP ${status})${status === 401 ? ': the server wants credentials (--header)' : ''}`, false))
@@ -322,6 +346,18 @@ export class HttpObject implements ByteRanges {
       })
       req.end()
     })
+  }
+
+  /** An S3 error answer as one line (no retry): the S3 code, and what to check. */
+  private s3Error(status: number, body: string, bucketRegion: string | undefined): Attempt {
+    const code = /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1]
+    const what = `HTTP ${status}${code ? ' ' + code : ''}`
+    if (status === 404)
+      return new Attempt(`${this.name}: ${code === 'NoSuchBucket' ? 'no such bucket' : 'not found'} (${what})`, false)
+    if (status === 401 || status === 403) return new Attempt(`${this.name}: access denied (${what}): ${this.s3!.credentialsFrom}`, false)
+    if (status === 301 || (status === 400 && code === 'AuthorizationHeaderMalformed'))
+      return new Attempt(`${this.name}: the bucket is in another region (${what}${bucketRegion && /^[a-z0-9-]{1,40}$/.test(bucketRegion) ? `, it is in ${bucketRegion}` : ''}): set AWS_REGION`, false)
+    return new Attempt(`${this.name}: ${what}`, false)
   }
 
   /** Remember the identity the first answer gave (unless pinned already). */

@@ -3,7 +3,7 @@
  * an opener taking a SourceDescriptor (kind + absolute path + options) — so any thread can open the same
  * source again — and this is the only module that names them (adding a kind edits nothing else).
  *
- *   vdimg  a VDIMG image (src/format/reader.ts): a local file, or an http(s):// URL (src/remote)
+ *   vdimg  a VDIMG image (src/format/reader.ts): a local file, or an http(s):// or s3:// URL (src/remote)
  *   raw    a raw file or block device, with an optional GNU ddrescue mapfile (raw.ts)
  *   overlay  a serving thread's view of a copy-on-write overlay over one of those (src/layers/overlay-view.ts):
  *            opened only with the link its owner offered (BlockSource.threadLink), never on its own
@@ -68,7 +68,7 @@ export function remoteOptions(o: SourceDescriptor['options'] = {}): RemoteOption
 }
 
 /**
- * Open a VDIMG image for a command (info, verify, extract): a local path, or an http(s):// URL with the
+ * Open a VDIMG image for a command (info, verify, extract): a local path, or an http(s):// or s3:// URL with the
  * remote options of `a` (--header, --remote-timeout).
  */
 export async function openVdimg(location: string, a: RemoteArgs = {}, opts: OpenOptions = {}): Promise<VdimgImage> {
@@ -112,7 +112,7 @@ export function describeSource(image: string, a: SourceArgs = {}): SourceDescrip
     if (a.cacheBytes !== undefined) options.cacheBytes = a.cacheBytes
     return {kind: 'vdimg', path: image, options}
   }
-  if (a.headers && Object.keys(a.headers).length) throw new VdevError('usage', '--header goes with an http:// or https:// image')
+  if (a.headers && Object.keys(a.headers).length) throw new VdevError('usage', '--header goes with an http://, https:// or s3:// image')
   const abs = path.resolve(image)
   const format = a.format ?? 'auto'
   if (a.mapfile !== undefined && format === 'vdimg') throw new VdevError('usage', '--mapfile goes with a raw image, not a VDIMG image (its bad areas are inside it)')

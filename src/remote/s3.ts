@@ -1,0 +1,178 @@
+/**
+ * `s3://BUCKET/KEY`: where the object is and how each request to it is signed, from the standard AWS
+ * configuration — what the AWS SDK for JavaScript v3 and the AWS CLI read (docs/remote.md, "S3"):
+ *
+ *   credentials  AWS_PROFILE set: that profile. Otherwise AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY
+ *                (+ AWS_SESSION_TOKEN), else the "default" profile. A profile is read from the shared
+ *                credentials file (AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials: `[NAME]`) and then the
+ *                config file (AWS_CONFIG_FILE, ~/.aws/config: `[profile NAME]`, `[default]`).
+ *                None at all: requests go unsigned (a public object).
+ *   region       AWS_REGION, AWS_DEFAULT_REGION, the profile's `region`, else us-east-1.
+ *   endpoint     AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's `endpoint_url`: an S3-compatible
+ *                store (Ceph RGW, MinIO …), addressed path-style (ENDPOINT/BUCKET/KEY). Without one,
+ *                AWS itself: https://BUCKET.s3.REGION.amazonaws.com/KEY (path-style for a bucket name
+ *                with dots, which the wildcard certificate does not cover).
+ *
+ * Every request is signed with SigV4 (sigv4.ts); the HTTP behaviour (ranges, If-Match pinning, retries,
+ * read-ahead, cache) is http.ts's, unchanged. The credentials are read once, when the image is opened:
+ * temporary credentials that expire while a device is attached make later reads fail (403 → EIO).
+ */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {VdevError} from '../core/errors'
+import {EMPTY_SHA256, amzDate, sign, uriEncode, type AwsCredentials} from './sigv4'
+
+export function isS3(location: string): boolean {
+  return /^s3:\/\//i.test(location)
+}
+
+/** `s3://BUCKET/KEY` → its parts; anything else is a usage error. */
+export function parseS3Url(location: string): {bucket: string; key: string} {
+  const m = /^s3:\/\/([^/?#]+)\/(.+)$/is.exec(location)
+  if (!m) throw new VdevError('usage', `${location}: expected s3://BUCKET/KEY`)
+  const bucket = m[1]
+  // S3's bucket naming rules, loosely (older buckets may have upper case and underscores).
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$/.test(bucket)) throw new VdevError('usage', `${location}: "${bucket}" is not an S3 bucket name`)
+  return {bucket, key: m[2]}
+}
+
+export interface AwsConfig {
+  credentials: AwsCredentials | undefined
+  /** Where the credentials came from, for messages: "environment", `profile "NAME"` or "none". */
+  from: string
+  region: string
+  endpoint: string | undefined
+}
+
+type Env = Record<string, string | undefined>
+
+/** An AWS shared file (INI): section → key → value. Indented lines (a nested `s3 =` block) are skipped. */
+export function parseIni(text: string): Map<string, Map<string, string>> {
+  const out = new Map<string, Map<string, string>>()
+  let cur: Map<string, string> | undefined
+  for (const line of text.split(/\r?\n/)) {
+    if (/^\s*([#;]|$)/.test(line)) continue
+    const sec = /^\[\s*([^\]]*?)\s*\]/.exec(line)
+    if (sec) {
+      cur = out.get(sec[1]) ?? new Map()
+      out.set(sec[1], cur)
+      continue
+    }
+    if (/^\s/.test(line) || !cur) continue
+    const kv = /^([^=]+?)\s*=\s*(.*?)\s*$/.exec(line)
+    if (kv) cur.set(kv[1].toLowerCase(), kv[2])
+  }
+  return out
+}
+
+function readIni(file: string): Map<string, Map<string, string>> | undefined {
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw new VdevError('usage', `${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  return parseIni(text)
+}
+
+function expandHome(p: string, home: string): string {
+  return p.startsWith('~/') ? path.join(home, p.slice(2)) : p
+}
+
+/** The AWS configuration as the environment and the shared files give it. */
+export function resolveAwsConfig(env: Env = process.env, home: string = os.homedir()): AwsConfig {
+  const credFile = expandHome(env.AWS_SHARED_CREDENTIALS_FILE || path.join(home, '.aws', 'credentials'), home)
+  const confFile = expandHome(env.AWS_CONFIG_FILE || path.join(home, '.aws', 'config'), home)
+  const named = env.AWS_PROFILE || env.AWS_DEFAULT_PROFILE
+  const name = named || 'default'
+  const creds = readIni(credFile)?.get(name)
+  const conf = readIni(confFile)?.get(name === 'default' ? 'default' : `profile ${name}`)
+  if (named && !creds && !conf) throw new VdevError('usage', `AWS_PROFILE ${name}: no such profile in ${credFile} or ${confFile}`)
+  const setting = (k: string): string | undefined => creds?.get(k) || conf?.get(k) || undefined
+
+  let credentials: AwsCredentials | undefined
+  let from = 'none'
+  const fromProfile = (): void => {
+    const id = setting('aws_access_key_id')
+    const secret = setting('aws_secret_access_key')
+    if (id && secret) {
+      credentials = {accessKeyId: id, secretAccessKey: secret, sessionToken: setting('aws_session_token')}
+      from = `profile "${name}"`
+      return
+    }
+    const other = ['role_arn', 'credential_process', 'sso_session', 'sso_start_url', 'web_identity_token_file'].find((k) => setting(k))
+    if (other)
+      throw new VdevError('usage', `AWS profile "${name}" uses ${other}, which vdev does not run: give it keys, or export them (eval "$(aws configure export-credentials --profile ${name} --format env)")`)
+    if (named) throw new VdevError('usage', `AWS profile "${name}" has no aws_access_key_id and aws_secret_access_key`)
+  }
+  if (named) fromProfile()
+  else if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
+    credentials = {accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, sessionToken: env.AWS_SESSION_TOKEN || undefined}
+    from = 'environment'
+  } else if (env.AWS_ACCESS_KEY_ID || env.AWS_SECRET_ACCESS_KEY)
+    throw new VdevError('usage', `${env.AWS_ACCESS_KEY_ID ? 'AWS_ACCESS_KEY_ID' : 'AWS_SECRET_ACCESS_KEY'} is set without ${env.AWS_ACCESS_KEY_ID ? 'AWS_SECRET_ACCESS_KEY' : 'AWS_ACCESS_KEY_ID'}`)
+  else fromProfile()
+
+  const region = env.AWS_REGION || env.AWS_DEFAULT_REGION || setting('region') || 'us-east-1'
+  if (!/^[a-z0-9-]{1,64}$/i.test(region)) throw new VdevError('usage', `AWS region ${JSON.stringify(region.slice(0, 40))}: not a region name`)
+  const endpoint = env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || setting('endpoint_url') || undefined
+  return {credentials, from, region, endpoint}
+}
+
+/** What http.ts needs to reach and sign for one S3 object. */
+export interface S3Target {
+  /** The endpoint (protocol, host, port) the requests go to. */
+  url: URL
+  /** The request path as sent and signed: the bucket (path-style) and the key, URI-encoded once. */
+  path: string
+  /** `s3://BUCKET/KEY`, for messages. */
+  name: string
+  /** Add x-amz-date, x-amz-content-sha256, the session token and Authorization to a request's headers. */
+  sign(method: string, headers: Record<string, string>): void
+  /** What a 403 should say about the credentials. */
+  credentialsFrom: string
+}
+
+export function s3Target(location: string, env: Env = process.env, home?: string): S3Target {
+  const {bucket, key} = parseS3Url(location)
+  const cfg = resolveAwsConfig(env, home)
+  let url: URL
+  let reqPath: string
+  const keyPath = uriEncode(key, false)
+  if (cfg.endpoint) {
+    try {
+      url = new URL(cfg.endpoint)
+    } catch {
+      throw new VdevError('usage', `AWS_ENDPOINT_URL ${JSON.stringify(cfg.endpoint.slice(0, 80))}: not a URL`)
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new VdevError('usage', `AWS_ENDPOINT_URL ${cfg.endpoint}: expected http:// or https://`)
+    reqPath = `${url.pathname.replace(/\/+$/, '')}/${uriEncode(bucket)}/${keyPath}`
+  } else if (/^[a-z0-9][a-z0-9-]*[a-z0-9]$/.test(bucket)) {
+    url = new URL(`https://${bucket}.s3.${cfg.region}.amazonaws.com/`)
+    reqPath = `/${keyPath}`
+  } else {
+    url = new URL(`https://s3.${cfg.region}.amazonaws.com/`)
+    reqPath = `/${uriEncode(bucket)}/${keyPath}`
+  }
+  const cred = cfg.credentials
+  const host = url.host
+  return {
+    url,
+    path: reqPath,
+    name: `s3://${bucket}/${key}`,
+    credentialsFrom: cfg.from === 'none' ? 'no AWS credentials were found, so the request was unsigned' : `the AWS credentials from ${cfg.from}`,
+    sign(method, headers) {
+      if (!cred) return
+      headers.host = host
+      headers['x-amz-date'] = amzDate(new Date())
+      headers['x-amz-content-sha256'] = EMPTY_SHA256
+      if (cred.sessionToken) headers['x-amz-security-token'] = cred.sessionToken
+      // Sign what S3 and proxies leave alone: not accept-encoding, user-agent or connection.
+      const signed: Record<string, string> = {}
+      for (const [n, v] of Object.entries(headers)) if (n === 'host' || n === 'range' || n.startsWith('if-') || n.startsWith('x-amz-')) signed[n] = v
+      headers.authorization = sign({method, path: reqPath, headers: signed, payloadHash: EMPTY_SHA256, region: cfg.region, service: 's3', amzDate: headers['x-amz-date']}, cred).authorization
+    },
+  }
+}

@@ -1,0 +1,306 @@
+/**
+ * S3 (`s3://BUCKET/KEY`, docs/remote.md "S3") through the real CLI against a real S3 server this file
+ * starts once and stops itself: Ceph's RADOS Gateway on a one-node cluster (test/remote/rgw.ts), with
+ * AWS_ENDPOINT_URL (path-style) and SigV4 on every request. info, verify and extract give exactly what they
+ * give for the local file; wrong keys (403), a missing object or bucket (404) and a non-VDIMG object are
+ * one line and exit 3, 3 and 4; AWS_PROFILE picks keys and endpoint from the shared files; `vdev serve
+ * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). As root, with
+ * the FUSE backend (the kernel's FUSE client and loop driver): every MiB of the device against the medium,
+ * EIO at exactly the unreadable sectors; two attaches of the object at once (two state directories: two
+ * "machines", each its own daemon and cache) read the same bytes; the gateway stopped: EIO within the
+ * timeout, and the same device reads again once it is back; the object replaced while attached: EIO
+ * and a log line, never the new object's bytes. After the suite, no Ceph daemon is left (ps), nor its directory.
+ */
+import * as assert from 'node:assert/strict'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {spawn} from 'node:child_process'
+import {BIN, have, prng, runCli, sha256, textish, writeTruthMap} from '../helpers'
+import {IS_ROOT, Sandbox, readDirect, run} from '../sandbox'
+import {HAVE_RGW, Rgw} from './rgw'
+
+const MiB = 1 << 20
+const SIZE = 24 * MiB
+const BAD = [
+  {offset: MiB + 512, length: 512},
+  {offset: 13 * MiB, length: 64 << 10},
+]
+const BUCKET = 'images'
+/** A key that needs encoding (a space, a non-ASCII letter) and has a "directory". */
+const KEY = 'case 42/disk-é.vdimg'
+
+function medium(seed: number): Buffer {
+  const b = Buffer.alloc(SIZE)
+  textish(seed, 8 * MiB).copy(b, 0)
+  prng(seed + 1, 6 * MiB).copy(b, 8 * MiB)
+  textish(seed + 2, 6 * MiB).copy(b, 18 * MiB)
+  return b
+}
+
+function logical(data: Buffer): Buffer {
+  const b = Buffer.from(data)
+  for (const r of BAD) b.fill(0, r.offset, r.offset + r.length)
+  return b
+}
+
+const lines = (s: string) => s.trim().split('\n').filter(Boolean)
+
+describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
+  this.timeout(240_000)
+  let sb: Sandbox
+  let rgw: Rgw
+  let data: Buffer
+  let url: string
+  let image: Buffer
+  let env: Record<string, string>
+
+  before(async function () {
+    if (!HAVE_RGW) this.skip()
+    sb = new Sandbox('vdev-s3-')
+    data = medium(21)
+    fs.writeFileSync(sb.p('medium.raw'), data)
+    writeTruthMap(sb.p('medium.map'), SIZE, BAD)
+    const c = await runCli(['create', sb.p('medium.raw'), sb.p('disk.vdimg'), '--mapfile', sb.p('medium.map'), '--meta', 'case=s3'])
+    assert.equal(c.code, 0, c.stderr)
+    fs.writeFileSync(sb.p('other.raw'), medium(77))
+    const o = await runCli(['create', sb.p('other.raw'), sb.p('other.vdimg'), '--mapfile', sb.p('medium.map')])
+    assert.equal(o.code, 0, o.stderr)
+    image = fs.readFileSync(sb.p('disk.vdimg'))
+    rgw = await Rgw.start()
+    console.log(`      (the Ceph cluster and radosgw came up in ${(rgw.startMs / 1000).toFixed(1)} s)`)
+    await rgw.createBucket(BUCKET)
+    await rgw.put(BUCKET, KEY, image)
+    await rgw.put(BUCKET, 'notes.txt', Buffer.from('not an image\n'.repeat(100)))
+    url = `s3://${BUCKET}/${KEY}`
+    // Every command here reads the AWS configuration from this environment only: no ~/.aws of the host.
+    env = {...rgw.env(), HOME: sb.p('home'), XDG_CACHE_HOME: sb.p('cache-home')}
+  })
+
+  after(async function () {
+    if (!sb) return
+    const left = await sb.teardown()
+    if (rgw) {
+      await rgw.stop()
+      assert.deepEqual(rgw.leftovers(), [], 'Ceph daemons left running')
+      assert.ok(!fs.existsSync(rgw.dir), `${rgw.dir} left behind`)
+    }
+    assert.deepEqual(left, [], `left behind: ${left.join(', ')}`)
+  })
+
+  const vdev = (args: string[], extra: Record<string, string | undefined> = {}) => runCli(args, {env: {...env, ...extra}})
+
+  it('info, verify and extract of s3://BUCKET/KEY give exactly what the local file gives', async () => {
+    const li = await runCli(['info', sb.p('disk.vdimg'), '--json'])
+    const ri = await vdev(['info', url, '--json', '--cache', 'none'])
+    assert.equal(ri.code, 0, ri.stderr)
+    const strip = (s: string) => {
+      const j = JSON.parse(s)
+      delete j.path
+      delete j.file
+      return j
+    }
+    assert.deepEqual(strip(ri.stdout), strip(li.stdout))
+    const v = await vdev(['verify', url, '--cache', 'none'])
+    assert.equal(v.code, 0, v.stderr)
+    // Through the default cache: a second extract is answered from it, with the same bytes.
+    const out = sb.p('extracted.raw')
+    const e = await vdev(['extract', url, out, '--mapfile-out', sb.p('extracted.map')])
+    assert.equal(e.code, 0, e.stderr)
+    assert.equal(sha256(fs.readFileSync(out)), sha256(logical(data)))
+    const le = await runCli(['extract', sb.p('disk.vdimg'), sb.p('local.raw'), '--mapfile-out', sb.p('local.map')])
+    assert.equal(le.code, 0, le.stderr)
+    assert.equal(fs.readFileSync(sb.p('extracted.map'), 'utf8').replace(/^#.*\n/gm, ''), fs.readFileSync(sb.p('local.map'), 'utf8').replace(/^#.*\n/gm, ''))
+    const x = await vdev(['extract', url, '-'])
+    assert.equal(x.code, 0, x.stderr)
+    assert.ok(x.stdoutBuf.equals(logical(data)), 'extract through the cache')
+  })
+
+  it('wrong keys: exit 3 and one line naming the S3 error; the gateway really checks the signature', async () => {
+    const secret = await vdev(['info', url, '--cache', 'none'], {AWS_SECRET_ACCESS_KEY: 'not-the-secret'})
+    assert.equal(secret.code, 3, secret.stderr)
+    assert.deepEqual(lines(secret.stderr), [`vdev: ${url}: access denied (HTTP 403 SignatureDoesNotMatch): the AWS credentials from environment`])
+    const key = await vdev(['info', url, '--cache', 'none'], {AWS_ACCESS_KEY_ID: 'NOSUCHKEY'})
+    assert.equal(key.code, 3, key.stderr)
+    assert.match(key.stderr, /^vdev: s3:\/\/images\/case 42\/disk-é\.vdimg: access denied \(HTTP 403 InvalidAccessKeyId\)/)
+    assert.equal(lines(key.stderr).length, 1)
+    const none = await vdev(['info', url, '--cache', 'none'], {AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined})
+    assert.equal(none.code, 3, none.stderr)
+    assert.match(none.stderr, /access denied \(HTTP 403 AccessDenied\): no AWS credentials were found, so the request was unsigned/)
+  })
+
+  it('a missing object or bucket: exit 3, one line; a non-VDIMG object: exit 4', async () => {
+    const key = await vdev(['info', `s3://${BUCKET}/no/such.vdimg`, '--cache', 'none'])
+    assert.equal(key.code, 3, key.stderr)
+    assert.deepEqual(lines(key.stderr), [`vdev: s3://${BUCKET}/no/such.vdimg: not found (HTTP 404 NoSuchKey)`])
+    const bucket = await vdev(['verify', 's3://nosuchbucket/disk.vdimg', '--cache', 'none'])
+    assert.equal(bucket.code, 3, bucket.stderr)
+    assert.deepEqual(lines(bucket.stderr), ['vdev: s3://nosuchbucket/disk.vdimg: no such bucket (HTTP 404 NoSuchBucket)'])
+    const notes = await vdev(['extract', `s3://${BUCKET}/notes.txt`, sb.p('notes.raw'), '--cache', 'none'])
+    assert.equal(notes.code, 4, notes.stderr)
+    assert.equal(lines(notes.stderr).length, 1, notes.stderr)
+    assert.match(notes.stderr, /not a VDIMG image/)
+    assert.ok(!fs.existsSync(sb.p('notes.raw')))
+    const bad = await vdev(['info', 's3://bucket-only'])
+    assert.equal(bad.code, 2, bad.stderr)
+    assert.match(bad.stderr, /expected s3:\/\/BUCKET\/KEY/)
+  })
+
+  it('AWS_PROFILE: keys from the shared credentials file, endpoint and region from the config file', async () => {
+    const home = sb.p('profile-home')
+    fs.mkdirSync(path.join(home, '.aws'), {recursive: true})
+    fs.writeFileSync(path.join(home, '.aws', 'credentials'), `[default]\naws_access_key_id = WRONG\naws_secret_access_key = wrong\n\n[lab]\naws_access_key_id = ${rgw.accessKey}\naws_secret_access_key = ${rgw.secretKey}\n`)
+    fs.writeFileSync(path.join(home, '.aws', 'config'), `[default]\nregion = us-east-1\n\n[profile lab]\nregion = us-east-1\nendpoint_url = ${rgw.endpoint}\n`)
+    const clean = {HOME: home, AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_ENDPOINT_URL: undefined, AWS_REGION: undefined}
+    const r = await vdev(['extract', url, '-', '--cache', 'none'], {...clean, AWS_PROFILE: 'lab'})
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(r.stdoutBuf.equals(logical(data)))
+    // The default profile's keys are wrong, and its config names no endpoint: AWS itself would be asked.
+    const d = await vdev(['info', url, '--cache', 'none'], {...clean, AWS_ENDPOINT_URL: rgw.endpoint})
+    assert.equal(d.code, 3)
+    assert.match(d.stderr, /access denied \(HTTP 403 InvalidAccessKeyId\): the AWS credentials from profile "default"/)
+    const missing = await vdev(['info', url], {...clean, AWS_PROFILE: 'nope'})
+    assert.equal(missing.code, 2)
+    assert.match(missing.stderr, /AWS_PROFILE nope: no such profile in /)
+  })
+
+  it('vdev serve s3:// --scratch (a writable overlay over the S3 base, NBD on two serving threads): a write reads back, every other byte is the image\'s', async function () {
+    if (!have('nbdcopy') || !have('qemu-io')) this.skip()
+    const sock = sb.p('scratch.sock')
+    const child = spawn(process.execPath, [BIN, 'serve', url, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', 'none', '--threads', '2', '--scratch'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {...process.env, ...env},
+    })
+    sb.trackPid(child.pid)
+    let err = ''
+    child.stderr.on('data', (d) => (err += d))
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.once('data', () => resolve())
+        child.once('close', () => reject(new Error(`serve exited: ${err}`)))
+      })
+      const uri = `nbd+unix:///?socket=${sock}`
+      const w = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x41 ${3 * MiB} 65536`, uri])
+      assert.equal(w.code, 0, w.stderr + w.stdout.toString())
+      const r = await run('nbdcopy', [uri, '-'], {timeoutMs: 120_000})
+      assert.equal(r.code, 0, r.stderr)
+      const want = logical(data)
+      want.fill(0x41, 3 * MiB, 3 * MiB + 65536)
+      assert.ok(r.stdout.equals(want), 'bytes differ')
+    } finally {
+      const closed = new Promise((resolve) => child.once('close', resolve))
+      child.kill('SIGTERM')
+      await closed
+    }
+    assert.doesNotMatch(err, /internal error|could not start|thread .* failed/, err)
+  })
+
+  describe("attached with the FUSE backend (the kernel's FUSE client and loop driver)", function () {
+    let second: Sandbox | undefined
+    const attached: Array<{sb: Sandbox; id: string; dev: string}> = []
+
+    before(async function () {
+      if (!IS_ROOT || !have('fusermount3')) this.skip()
+      second = new Sandbox('vdev-s3-second-')
+      // Two "machines": two state directories, two daemons, each its own cache; both at once.
+      const rs = await Promise.all(
+        [sb, second].map((s, i) => runCli(['attach', url, '--backend', 'fuse', '--json', '--remote-timeout', '2', '--cache', i ? 'none' : s.p('attach-cache')], {env: {...env, ...s.env()}})),
+      )
+      for (const [i, r] of rs.entries()) {
+        const s = i ? second : sb
+        assert.equal(r.code, 0, r.stderr)
+        const j = JSON.parse(r.stdout)
+        s.trackPid(j.pid)
+        attached.push({sb: s, id: j.id, dev: j.device})
+        assert.equal(j.image, url)
+      }
+    })
+
+    after(async function () {
+      for (const a of attached) {
+        const r = await runCli(['detach', a.id], {env: a.sb.env()})
+        assert.equal(r.code, 0, r.stderr)
+      }
+      if (second) {
+        const left = await second.teardown()
+        assert.deepEqual(left, [], `left behind: ${left.join(', ')}`)
+      }
+    })
+
+    const touchesBad = (o: number, l: number) => BAD.some((b) => b.offset < o + l && o < b.offset + b.length)
+
+    it('two attaches at once: one device read whole, every MiB, EIO at exactly the unreadable sectors; the other at random places', async () => {
+      const whole = async (dev: string) => {
+        for (let o = 0; o < SIZE; o += MiB) {
+          if (touchesBad(o, MiB)) continue
+          const r = await readDirect(dev, o, MiB)
+          assert.equal(r.code, 0, `${dev} read at ${o}: ${r.stderr}`)
+          assert.ok(r.stdout.equals(data.subarray(o, o + MiB)), `${dev}: bytes at ${o}`)
+        }
+        for (const b of BAD) {
+          const bad = await readDirect(dev, b.offset, 512)
+          assert.notEqual(bad.code, 0, `${dev}: bad sector at ${b.offset} read`)
+          assert.match(bad.stderr, /Input\/output error/)
+          const before = await readDirect(dev, b.offset - 512, 512)
+          assert.equal(before.code, 0, before.stderr)
+          assert.ok(before.stdout.equals(data.subarray(b.offset - 512, b.offset)))
+        }
+      }
+      // Random places (no read-ahead window starts), never in MiB 10-12: the next test reads there.
+      const spots = async (dev: string) => {
+        const rnd = prng(5, 64)
+        for (let i = 0; i < 16; i++) {
+          let o = (rnd.readUInt32LE(i * 4) % (SIZE / 65536)) * 65536
+          if (touchesBad(o, 65536) || (o >= 10 * MiB && o < 12 * MiB)) o = 16 * MiB + i * 65536
+          const r = await readDirect(dev, o, 65536)
+          assert.equal(r.code, 0, `${dev} read at ${o}: ${r.stderr}`)
+          assert.ok(r.stdout.equals(data.subarray(o, o + 65536)), `${dev}: bytes at ${o}`)
+        }
+      }
+      await Promise.all([whole(attached[0].dev), spots(attached[1].dev)])
+      const l = await runCli(['list', '--json'], {env: sb.env()})
+      const e = JSON.parse(l.stdout)[0]
+      assert.equal(e.image, url)
+      assert.ok(e.stats.fetched.requests > 0 && e.stats.fetched.bytes > 0 && e.stats.fetched.bytes <= 2 * image.length, JSON.stringify(e.stats))
+    })
+
+    it('the gateway stopped: reads fail with EIO within --remote-timeout; once it is back, the same device reads again', async () => {
+      const {dev, id} = attached[1]
+      await rgw.stopGateway()
+      const o = 10 * MiB + 4096
+      try {
+        const t0 = Date.now()
+        const r = await readDirect(dev, o, 4096)
+        const ms = Date.now() - t0
+        assert.notEqual(r.code, 0, 'read with the gateway stopped succeeded')
+        assert.match(r.stderr, /Input\/output error/)
+        assert.ok(ms < 15_000, `the failed read took ${ms} ms`)
+      } finally {
+        await rgw.startGateway()
+      }
+      const again = await readDirect(dev, o, 4096)
+      assert.equal(again.code, 0, again.stderr)
+      assert.ok(again.stdout.equals(data.subarray(o, o + 4096)))
+      assert.match(fs.readFileSync(path.join(second!.stateDir, 'logs', `${id}.log`), 'utf8'), /no answer within 2 s/)
+    })
+
+    it("the object replaced while attached: EIO and a log line, never the new object's bytes", async () => {
+      await rgw.put(BUCKET, KEY, fs.readFileSync(sb.p('other.vdimg')))
+      const other = fs.readFileSync(sb.p('other.raw'))
+      for (const {dev} of attached)
+        for (const o of [2 * MiB + 8192, 5 * MiB + 8192, 20 * MiB + 8192]) {
+          const r = await readDirect(dev, o, 65536)
+          if (r.code === 0) {
+            // Only what a serving thread still had decoded from before may be served: the old object's bytes.
+            assert.ok(r.stdout.equals(data.subarray(o, o + 65536)), `${dev}: read at ${o} served bytes of neither version`)
+            assert.ok(!r.stdout.equals(other.subarray(o, o + 65536)), `${dev}: read at ${o} served the new object`)
+          } else assert.match(r.stderr, /Input\/output error/)
+        }
+      // The second machine has no cache and never read near here: the read must reach the gateway, and fail.
+      const {dev, id} = attached[1]
+      const r = await readDirect(dev, 11 * MiB, 65536)
+      assert.notEqual(r.code, 0, 'a read after the replacement succeeded')
+      assert.match(fs.readFileSync(path.join(second!.stateDir, 'logs', `${id}.log`), 'utf8'), /the object changed since it was opened/)
+      await rgw.put(BUCKET, KEY, image)
+    })
+  })
+})
