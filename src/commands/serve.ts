@@ -133,8 +133,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         stop = () => h.close()
       } else if (protocol === 'iscsi') {
         if (address.kind !== 'tcp') throw new VdevError('usage', '--protocol iscsi needs a HOST:PORT address (iSCSI runs over TCP)')
-        if (writable && flags.threads) log('--threads: a writable LUN is served on the main thread (docs/OVERLAY.md)')
-        const threads = writable ? 0 : (flags.threads ?? defaultThreadsPerConnection())
+        const threads = flags.threads ?? defaultThreadsPerConnection()
         const running = await startIscsiServer(server, {listen: address, image: args.image, chap, log, threads})
         const listen = formatListen(running.address)
         this.ready(

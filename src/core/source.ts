@@ -119,5 +119,11 @@ export interface BlockSource {
   trim?(offset: number, length: number, opts?: WriteOptions): Promise<void>
   /** Every write resolved before this call is on stable storage when it resolves. */
   flush?(): Promise<void>
+  /**
+   * Run `f` (a read-then-write, such as SCSI COMPARE AND WRITE) with no other exclusive section in between,
+   * whichever thread runs it: the overlay orders them on its owner (serving threads' views ask the owner
+   * for the turn and give it back, src/layers/overlay-view.ts).
+   */
+  exclusive?<T>(f: () => Promise<T>): Promise<T>
   close(): Promise<void>
 }

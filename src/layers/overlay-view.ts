@@ -93,6 +93,16 @@ export class OverlayView implements BlockSource {
     return settle(() => void this.call({op: 'flush'}))
   }
 
+  /** The owner's exclusive turn, waited for here (this thread blocks until it is granted), then given back. */
+  async exclusive<T>(f: () => Promise<T>): Promise<T> {
+    this.call({op: 'lock'})
+    try {
+      return await f()
+    } finally {
+      this.call({op: 'unlock'})
+    }
+  }
+
   extents(offset: number, length: number): Promise<Extent[]> {
     return settle(() => this.call({op: 'extents', offset, length}).extents ?? [])
   }

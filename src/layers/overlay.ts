@@ -275,6 +275,8 @@ export type OverlayCall =
   | {op: 'zero' | 'trim'; offset: number; length: number; fua?: boolean}
   | {op: 'flush'}
   | {op: 'extents'; offset: number; length: number}
+  /** The exclusive turn (BlockSource.exclusive): granted once every earlier turn was given back. */
+  | {op: 'lock' | 'unlock'}
 
 export interface OverlayAnswer {
   data?: ArrayBuffer
@@ -369,14 +371,35 @@ export class Overlay implements BlockSource {
     }
   }
 
+  private turns: Promise<unknown> = Promise.resolve()
+
+  /** BlockSource.exclusive: `f` after every exclusive section begun before it, on any thread, has ended. */
+  exclusive<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.turns.then(f, f)
+    this.turns = run.catch(() => undefined)
+    return run
+  }
+
   /**
    * For a serving thread's view: the coverage bitmap and a link on which this instance answers the thread's
    * writes, flushes and reads of covered ranges (src/threads/sync-call.ts).
    */
   threadLink(): ThreadLink {
+    // This thread's exclusive turn while it holds it: given back by 'unlock', or when the thread is gone.
+    let release: (() => void) | undefined
     const link = offerSyncLink<OverlayCall, OverlayAnswer>(async (c) => {
       try {
         switch (c.op) {
+          case 'lock':
+            if (release) throw new BlockError('EINVAL', 'the exclusive turn is already held by this thread')
+            await new Promise<void>((granted) => {
+              void this.exclusive(() => new Promise<void>((given) => ((release = given), granted())))
+            })
+            return {value: {}}
+          case 'unlock':
+            release?.()
+            release = undefined
+            return {value: {}}
           case 'read': {
             const r = await this.read(c.offset, c.length)
             const data = new Uint8Array(r.data).buffer as ArrayBuffer
@@ -401,7 +424,7 @@ export class Overlay implements BlockSource {
         // A BlockError's errno crosses as the code (sync-call.ts); anything else is EIO on the other side.
         throw err instanceof BlockError ? Object.assign(new Error(err.message), {code: err.errno}) : err
       }
-    })
+    }, () => release?.())
     // The base may need a link of its own (a remote image reads through its owner's fetching link).
     const base = this.base.threadLink?.()
     return {

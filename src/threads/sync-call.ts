@@ -24,9 +24,13 @@ export interface SyncAnswer<T> {
   error?: {message: string; code?: string}
 }
 
-/** On the owner's thread: a link whose calls `handler` answers. The caller transfers `link.port`. */
-export function offerSyncLink<Q, A>(handler: (call: Q) => Promise<{value: A; transfer?: TransferListItem[]}>): SyncLink {
+/**
+ * On the owner's thread: a link whose calls `handler` answers. The caller transfers `link.port`. `onClose`
+ * runs once the other side is gone (its thread ended, or it closed the port).
+ */
+export function offerSyncLink<Q, A>(handler: (call: Q) => Promise<{value: A; transfer?: TransferListItem[]}>, onClose?: () => void): SyncLink {
   const {port1, port2} = new MessageChannel()
+  if (onClose) port1.once('close', onClose)
   const flag = new SharedArrayBuffer(4)
   const word = new Int32Array(flag)
   port1.on('message', (m: {id: number; call: Q}) => {

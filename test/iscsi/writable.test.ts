@@ -45,7 +45,7 @@ const senseOf = (s: Buffer | undefined) => (s ? [s[2] & 0xf, s[12], s[13]] : und
 async function serveOverlay(base: string, file: string, logs: string[]): Promise<{t: RunningIscsiTarget; server: BlockServer; close: () => Promise<void>}> {
   const overlay = await Overlay.open(RawImage.open(base, {}), file)
   const server = new BlockServer(overlay)
-  // Threads asked for: a writable server declines them (one owner) and serves on the main thread.
+  // Two serving threads: each connection's LU writes through its thread's view of the overlay.
   const t = await startIscsiServer(server, {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, image: base, log: (l) => logs.push(l), threads: 2})
   return {
     t,
@@ -67,10 +67,10 @@ describe('iscsi target: a writable LUN over an overlay (raw client)', function (
   let model: Buffer
   const logs: string[] = []
   const clients: IscsiRawClient[] = []
-  const session = async (extra: Record<string, string> = {}) => {
+  const session = async (extra: Record<string, string> = {}, isid?: string) => {
     const c = await IscsiRawClient.connect(served.t.address.port)
     clients.push(c)
-    await c.login(served.t.iqn, extra)
+    await c.login(served.t.iqn, extra, isid)
     return c
   }
   const readBack = async (c: IscsiRawClient, lba: number, blocks: number) => {
@@ -97,8 +97,8 @@ describe('iscsi target: a writable LUN over an overlay (raw client)', function (
     dir?.cleanup()
   })
 
-  it('is served on the main thread (threads declined), with WP clear, WCE, VPD B2 and LBPME', async () => {
-    assert.equal(served.t.threads, 0)
+  it('is served on serving threads (through views of the overlay), with WP clear, WCE, VPD B2 and LBPME', async () => {
+    assert.equal(served.t.threads, 2)
     const c = await session()
     const ms = await c.scsi([0x5a, 0x08, 0x08, 0, 0, 0, 0, 0x01, 0x00, 0], 256)
     assert.equal(ms.status, 0)
@@ -312,6 +312,38 @@ describe('iscsi target: a writable LUN over an overlay (raw client)', function (
     assert.equal(r.status, 0)
     next.copy(model, 900 * SECTOR)
     assert.ok((await readBack(c, 900, 2)).equals(next))
+  })
+
+  it('COMPARE AND WRITE from two sessions on two serving threads at once: each one atomic, no update lost', async () => {
+    // Each session counts up a number in block 3000: read it, COMPARE AND WRITE it with the number + 1.
+    // Two that compared the same number cannot both succeed: the overlay's owner gives one thread at a time
+    // the exclusive turn. Without it, both would write the same number and the count would fall short.
+    const LBA = 3000
+    const block = (n: number) => {
+      const b = Buffer.alloc(SECTOR)
+      b.writeUInt32BE(n, 0)
+      return b
+    }
+    const c0 = await session()
+    assert.equal((await c0.write(cdb10(0x2a, LBA, 1), block(0))).status, 0)
+    // Another ISID: a second session, not a reinstatement of the first.
+    const racers = [c0, await session({}, '400001370001')]
+    const won = await Promise.all(
+      racers.map(async (c) => {
+        let wins = 0
+        for (let k = 0; k < 150; k++) {
+          const cur = (await readBack(c, LBA, 1)).readUInt32BE(0)
+          const r = await c.write([0x89, 0, 0, 0, 0, 0, 0, 0, 0x0b, 0xb8, 0, 0, 0, 1, 0, 0], Buffer.concat([block(cur), block(cur + 1)]))
+          if (r.status === 0) wins++
+          else assert.deepEqual(senseOf(r.sense), [0x0e, 0x1d, 0])
+        }
+        return wins
+      }),
+    )
+    const final = (await readBack(c0, LBA, 1)).readUInt32BE(0)
+    assert.ok(won[0] > 0 && won[1] > 0, `wins ${won}`)
+    assert.equal(final, won[0] + won[1], `the count is ${final} after ${won[0]} + ${won[1]} successful COMPARE AND WRITEs`)
+    block(final).copy(model, LBA * SECTOR)
   })
 
   it('commands whose Data-Out would pass the per-connection budget (32 MiB) wait for their R2T', async () => {

@@ -1,6 +1,6 @@
 /**
  * `vdev serve --protocol iscsi`: an iSCSI target (server.ts) on a TCP listener, one LUN (0) per image,
- * read-only, or read-write over a writable BlockServer (`--overlay`, served on the main thread). The
+ * read-only, or read-write over a writable BlockServer (`--overlay`, on serving threads through views). The
  * target's IQN is stable for an image: derived from its media hash when the source has one (a VDIMG image),
  * else from its path, size and modification time (a raw image and its mapfile), and from the overlay's id
  * when there is one, so an initiator that saved the target finds it again after a restart.
@@ -106,9 +106,9 @@ export async function startIscsiServer(
   const identity = {naa: id.naa, serial: id.serial, iqn: id.iqn}
   const log = opts.log ?? (() => {})
   let threads: IscsiThreads | undefined
-  // A writable source (an overlay) is served on the main thread, its owner (docs/iscsi.md "Writable LUN"; NBD
-  // serves one on threads through views of the overlay, the iSCSI target does not yet).
-  if (opts.threads && opts.threads > 0 && !server.writable) {
+  // A writable source (an overlay) too: each thread's LU writes through a view of it, and the overlay's owner
+  // orders the exclusive sections of every thread (docs/iscsi.md "Writable LUN").
+  if (opts.threads && opts.threads > 0) {
     try {
       threads = await IscsiThreads.start(server, {count: opts.threads, cacheBytes: THREAD_CACHE_BYTES, config: {iqn: id.iqn, identity}, log})
     } catch (err) {

@@ -165,10 +165,14 @@ export class LogicalUnit {
 
   /**
    * Run `f` after every mutation started before it: COMPARE AND WRITE and ORWRITE read and write as one step,
-   * and no other write of this LU comes in between (the overlay serializes its records anyway).
+   * and no other write of this LU comes in between (the overlay serializes its records anyway). The source's
+   * own exclusive turn (the overlay's, BlockSource.exclusive) extends that to the LUs of the other serving
+   * threads, each serving its own connections through a view of the one overlay.
    */
   exclusive<T>(f: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(f, f)
+    const source = this.server.source
+    const inner = source.exclusive ? () => source.exclusive!(f) : f
+    const run = this.chain.then(inner, inner)
     this.chain = run.catch(() => undefined)
     return run
   }
