@@ -297,9 +297,9 @@ describe('vdev attach --overlay: a writable device, the image untouched (FUSE + 
     assert.equal(wrong.stderr.trim().split('\n').length, 1)
     assert.equal(sb.entries().length, 0, 'nothing stays registered')
     // A backend that cannot write: refused before anything starts, naming those that can.
-    const cannot = await sb.vdev(['attach', image, '--backend', 'macos-nfs', '--scratch'])
+    const cannot = await sb.vdev(['attach', image, '--backend', 'iscsi', '--scratch'])
     assert.equal(cannot.code, 2, cannot.stderr)
-    assert.match(cannot.stderr.trim(), /macos-nfs backend cannot attach read-write: .*fuse/)
+    assert.match(cannot.stderr.trim(), /iscsi backend cannot attach read-write: .*fuse/)
     assert.equal(cannot.stderr.trim().split('\n').length, 1)
 
     // A full file system under the overlay: the kernel sees write errors, nothing is corrupted.
