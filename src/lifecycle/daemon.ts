@@ -21,6 +21,7 @@ import type {AttachedDevice, Backend} from '../core/backend'
 import {backendNames, loadBackend} from '../core/backends'
 import {openSource} from '../sources'
 import {Overlay} from '../layers/overlay'
+import {setReadAheadKiB} from '../sys/blockdev'
 import {pollMicroseconds, threadCount} from '../threads/config'
 import {logOf, processStartTime, removeEntry, runDirOf, writeEntry, type DeviceEntry} from './registry'
 import {cleanupEntry} from './cleanup'
@@ -40,6 +41,8 @@ export interface ServeOptions {
    * or with `scratch` to a new overlay in a temporary directory removed at detach. The image stays read-only.
    */
   overlay?: {file: string} | {scratch: true}
+  /** The device's read-ahead in KiB (`--read-ahead`); undefined: the backend's default (Backend.readAheadKiB). */
+  readAheadKiB?: number
 }
 
 /** Where a running daemon publishes its counters. */
@@ -60,6 +63,20 @@ export interface DeviceStats {
   fetched?: FetchStats
   /** When these counters were read (ISO time). */
   at: string
+}
+
+/**
+ * Set the device's read-ahead (Linux block devices): what buffered sequential reads of the device, and of
+ * file systems on it, ask of the server ahead of the reader. A device that has no such setting keeps going
+ * (one log line).
+ */
+function applyReadAhead(device: string, kib: number | undefined, log: (line: string) => void): void {
+  if (kib === undefined || process.platform !== 'linux') return
+  try {
+    log(`read-ahead: ${setReadAheadKiB(device, kib)} KiB`)
+  } catch (err) {
+    log(`warning: read-ahead of ${kib} KiB not set: ${(err as Error).message}`)
+  }
 }
 
 /** Failed writes logged before the rest are only counted. */
@@ -209,6 +226,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
       threads: threaded ? threads : 0,
       pollMicroseconds: pollMicroseconds(b.name, b.threadModel),
     })
+    applyReadAhead(attached.device, opts.readAheadKiB ?? b.readAheadKiB, log)
     entry.status = 'ready'
     entry.device = attached.device
     entry.partitions = attached.partitions
