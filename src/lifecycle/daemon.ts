@@ -22,6 +22,7 @@ import {backendNames, loadBackend} from '../core/backends'
 import {openSource} from '../sources'
 import {Overlay} from '../layers/overlay'
 import {setReadAheadKiB} from '../sys/blockdev'
+import type {ReadAheadStats} from '../format/read-ahead'
 import {pollMicroseconds, threadCount} from '../threads/config'
 import {logOf, processStartTime, removeEntry, runDirOf, writeEntry, type DeviceEntry} from './registry'
 import {cleanupEntry} from './cleanup'
@@ -257,6 +258,8 @@ export async function serve(opts: ServeOptions): Promise<number> {
     clearInterval(timer)
     const f = source.fetchStats?.()
     log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats, server.writable ? server.writeStats : undefined)}${f ? `; fetched ${f.bytes} bytes in ${f.requests} GETs (${f.retries} retries)` : ''}`)
+    const ra = (source as {readAheadStats?: () => ReadAheadStats | undefined}).readAheadStats?.()
+    if (ra) log(`decode-ahead: ${ra.prefetched} chunks decoded ahead, ${ra.used} read from there (${ra.waited} waited for one)`)
     // An overlay's close makes everything written durable (fdatasync) before the device is gone for good.
     await source.close()
     removeEntry(id)
