@@ -15,6 +15,9 @@
  *     it a seqlock read: a copy is used only if the version was even and the same before and after it, and
  *     the slot held the wanted chunk. So no reader ever takes bytes of another chunk or of a half-written one.
  *
+ *   - requests: the chunks of each read being served; a thread with nothing to do decodes the last ones while
+ *     the reader works from the first (the chunks of one large request decoded on several threads at once).
+ *
  * Memory: `slots` chunks (4 MiB of 128 KiB chunks; at least 4 chunks, at most 16 MiB), once per device.
  * Only whole chunks are decoded ahead; bad areas are zeroed by the reader after it copies (FORMAT.md §6), as
  * for any chunk, so the errors a reader sees are exactly those it would see without read-ahead.
@@ -39,14 +42,19 @@ const EMPTY = 0
 const DECODING = 1
 const READY = 2
 
-/** Int32 fields: per slot [state, version, length]; then the counters. */
+/** Requests being served at once that idle threads may help with (one per serving thread, at most). */
+const REQUESTS = 16
+
+/** Int32 fields: per slot [state, version, length]; the counters; per request [in use]. */
 const I_SLOT = 3
 const C_PREFETCHED = 0
 const C_USED = 1
 const C_WAITED = 2
-const COUNTERS = 3
-/** Float64 fields: per slot [chunk]; per stream [end, hits, last use (ms since the epoch)]. */
+const C_HELPED = 3
+const COUNTERS = 4
+/** Float64 fields: per slot [chunk]; per stream [end, hits, last use (ms since the epoch)]; per request [first chunk, last chunk, chunk now being read]. */
 const F_STREAM = 3
+const F_REQUEST = 3
 
 export interface ReadAheadStats {
   /** Chunks decoded ahead. */
@@ -55,13 +63,15 @@ export interface ReadAheadStats {
   used: number
   /** Reads that waited for a chunk another thread was decoding ahead. */
   waited: number
+  /** Chunks of a request being served that another, idle, thread decoded for it (counted in `prefetched` too). */
+  helped: number
 }
 
 /** Layout of the shared buffer for an image of `chunkSize` chunks. */
 function geometry(chunkSize: number): {slots: number; ints: number; floats: number; dataAt: number; bytes: number} {
   const slots = Math.max(MIN_SLOTS, Math.min(MAX_SLOTS, Math.floor(READ_AHEAD_BYTES / chunkSize)))
-  const ints = slots * I_SLOT + COUNTERS
-  const floats = slots + STREAMS * F_STREAM
+  const ints = slots * I_SLOT + COUNTERS + REQUESTS
+  const floats = slots + STREAMS * F_STREAM + REQUESTS * F_REQUEST
   const floatsAt = Math.ceil((ints * 4) / 8) * 8
   const dataAt = Math.ceil((floatsAt + floats * 8) / 64) * 64
   return {slots, ints, floats, dataAt, bytes: dataAt + slots * chunkSize}
@@ -96,7 +106,12 @@ export class SharedReadAhead {
 
   stats(): ReadAheadStats {
     const c = this.slots * I_SLOT
-    return {prefetched: Atomics.load(this.i32, c + C_PREFETCHED), used: Atomics.load(this.i32, c + C_USED), waited: Atomics.load(this.i32, c + C_WAITED)}
+    return {
+      prefetched: Atomics.load(this.i32, c + C_PREFETCHED),
+      used: Atomics.load(this.i32, c + C_USED),
+      waited: Atomics.load(this.i32, c + C_WAITED),
+      helped: Atomics.load(this.i32, c + C_HELPED),
+    }
   }
 
   private count(which: number): void {
@@ -127,28 +142,81 @@ export class SharedReadAhead {
   }
 
   /**
+   * A read of chunks first..last begins (only worth it for two chunks or more): idle threads may decode its
+   * later chunks while the reader works through the first ones (help). Returns a handle for `reading` and
+   * `end`, or -1 (no free entry: the read goes alone).
+   */
+  begin(first: number, last: number): number {
+    if (last <= first) return -1
+    const base = this.slots * I_SLOT + COUNTERS
+    for (let r = 0; r < REQUESTS; r++) {
+      if (Atomics.compareExchange(this.i32, base + r, 0, 2) !== 0) continue // 2: being set up
+      const at = this.slots + STREAMS * F_STREAM + r * F_REQUEST
+      this.f64[at] = first
+      this.f64[at + 1] = last
+      this.f64[at + 2] = first
+      Atomics.store(this.i32, base + r, 1)
+      return r
+    }
+    return -1
+  }
+
+  /** The read of handle `r` now decodes chunk i itself: helpers take only chunks after it. */
+  reading(r: number, i: number): void {
+    if (r >= 0) this.f64[this.slots + STREAMS * F_STREAM + r * F_REQUEST + 2] = i
+  }
+
+  /** The read of handle `r` is done. */
+  end(r: number): void {
+    if (r >= 0) Atomics.store(this.i32, this.slots * I_SLOT + COUNTERS + r, 0)
+  }
+
+  /** Claim chunk i's slot for decoding, unless a slot holds it or is being written. */
+  private tryClaim(i: number): number {
+    const slot = i % this.slots
+    const st = Atomics.load(this.i32, slot * I_SLOT)
+    if (st !== EMPTY && this.f64[slot] === i) return -1 // there, or on its way
+    if (st === DECODING) return -1 // another chunk is being written there
+    if (Atomics.compareExchange(this.i32, slot * I_SLOT, st, DECODING) !== st) return -1
+    Atomics.add(this.i32, slot * I_SLOT + 1, 1) // odd: being written
+    this.f64[slot] = i
+    return slot
+  }
+
+  /**
    * The next chunk worth decoding ahead — the first of a live sequential stream's next `slots / 2` chunks
    * that no slot holds or is decoding — claimed for the caller (slot state: decoding), or undefined.
    * `skip(i)` says chunks with nothing to decode (zero, unread, past the end).
    */
   claim(skip: (i: number) => boolean): {chunk: number; slot: number} | undefined {
     const f = this.f64
-    const now = Date.now()
+    // First, help a read under way: its last chunks, from the end back towards the one its reader is on.
+    const base = this.slots * I_SLOT + COUNTERS
+    for (let r = 0; r < REQUESTS; r++) {
+      if (Atomics.load(this.i32, base + r) !== 1) continue
+      const at = this.slots + STREAMS * F_STREAM + r * F_REQUEST
+      const now = f[at + 2]
+      for (let i = Math.min(f[at + 1], now + (this.slots >> 1)); i > now; i--) {
+        if (Atomics.load(this.i32, base + r) !== 1) break
+        if (skip(i)) continue
+        const slot = this.tryClaim(i)
+        if (slot >= 0) {
+          this.count(C_HELPED)
+          return {chunk: i, slot}
+        }
+      }
+    }
+    // Then the next chunks of a live sequential stream.
+    const ms = Date.now()
     const ahead = this.slots >> 1
     for (let s = 0; s < STREAMS; s++) {
       const at = this.slots + s * F_STREAM
-      if (f[at + 1] < SEQUENTIAL_AFTER || now - f[at + 2] >= STREAM_IDLE_MS) continue
+      if (f[at + 1] < SEQUENTIAL_AFTER || ms - f[at + 2] >= STREAM_IDLE_MS) continue
       const first = Math.floor(f[at] / this.chunkSize)
       for (let i = first; i < first + ahead; i++) {
         if (skip(i)) continue
-        const slot = i % this.slots
-        const st = Atomics.load(this.i32, slot * I_SLOT)
-        if (st !== EMPTY && this.f64[slot] === i) continue // there, or on its way
-        if (st === DECODING) continue // another chunk is being written there
-        if (Atomics.compareExchange(this.i32, slot * I_SLOT, st, DECODING) !== st) continue
-        Atomics.add(this.i32, slot * I_SLOT + 1, 1) // odd: being written
-        this.f64[slot] = i
-        return {chunk: i, slot}
+        const slot = this.tryClaim(i)
+        if (slot >= 0) return {chunk: i, slot}
       }
     }
     return undefined

@@ -389,20 +389,29 @@ export class VdimgImage implements BlockSource {
     let at = offset
     const end = offset + length
     const ahead = this.readAhead
-    ahead?.note(offset, length)
-    while (at < end) {
-      const i = Math.floor(at / this.chunkSize)
-      const cStart = i * this.chunkSize
-      const e = Math.min(end, cStart + this.chunkSize)
-      // Decoded ahead by an idle thread (not when a cached prefix already answers: that costs one copy too).
-      if (ahead && ahead.copyOut(i, out, at - offset, at - cStart, e - cStart)) {
+    // Idle threads may decode this read's later chunks while this thread decodes its first ones.
+    const handle = ahead && length > 0 ? ahead.begin(Math.floor(offset / this.chunkSize), Math.floor((end - 1) / this.chunkSize)) : -1
+    try {
+      ahead?.note(offset, length)
+      while (at < end) {
+        const i = Math.floor(at / this.chunkSize)
+        const cStart = i * this.chunkSize
+        const e = Math.min(end, cStart + this.chunkSize)
+        if (ahead) {
+          ahead.reading(handle, i)
+          // Decoded ahead, or for this read, by another thread.
+          if (ahead.copyOut(i, out, at - offset, at - cStart, e - cStart)) {
+            at = e
+            continue
+          }
+        }
+        const data = this.chunkSync(i, e - cStart)
+        if (data) data.copy(out, at - offset, at - cStart, e - cStart)
+        else out.fill(0, at - offset, e - offset)
         at = e
-        continue
       }
-      const data = this.chunkSync(i, e - cStart)
-      if (data) data.copy(out, at - offset, at - cStart, e - cStart)
-      else out.fill(0, at - offset, e - offset)
-      at = e
+    } finally {
+      ahead?.end(handle)
     }
     return {data: out, bad: this.zeroBad(out, offset, length)}
   }

@@ -62,6 +62,8 @@ export interface DeviceStats {
   writeErrors?: number
   /** A remote image: GETs sent (retries included), bytes received and retries (docs/remote.md). */
   fetched?: FetchStats
+  /** A VDIMG image on serving threads: what they decoded ahead of readers (src/format/read-ahead.ts). */
+  decodeAhead?: ReadAheadStats
   /** When these counters were read (ISO time). */
   at: string
 }
@@ -91,11 +93,26 @@ export function asVdevError(err: unknown): VdevError {
   return new VdevError('internal', (err as Error)?.message ?? String(err))
 }
 
+/** Decode-ahead counters of a source that keeps them (a local VDIMG image served on threads). */
+function readAheadOf(source: BlockSource): ReadAheadStats | undefined {
+  return (source as {readAheadStats?: () => ReadAheadStats | undefined}).readAheadStats?.()
+}
+
 function writeStats(file: string, server: BlockServer, fetched: FetchStats | undefined): void {
   const st = server.stats
   const w = server.writeStats
   const writes = server.writable ? {writes: w.writes + w.zeroes + w.trims, writeBytes: w.writeBytes, flushes: w.flushes, writeErrors: w.writeErrors} : {}
-  const s: DeviceStats = {reads: st.reads, bytes: st.bytes, errors: st.errors, badReads: st.badReads, ...writes, ...(fetched ? {fetched} : {}), at: new Date().toISOString()}
+  const ra = readAheadOf(server.source)
+  const s: DeviceStats = {
+    reads: st.reads,
+    bytes: st.bytes,
+    errors: st.errors,
+    badReads: st.badReads,
+    ...writes,
+    ...(fetched ? {fetched} : {}),
+    ...(ra ? {decodeAhead: ra} : {}),
+    at: new Date().toISOString(),
+  }
   const tmp = `${file}.${process.pid}.tmp`
   try {
     fs.writeFileSync(tmp, JSON.stringify(s) + '\n', {mode: 0o600})
@@ -239,7 +256,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
     publish = () => {
       const st = srv.stats
       const w = srv.writeStats
-      const key = `${st.reads}/${st.errors}/${w.writes}/${w.zeroes}/${w.trims}/${w.flushes}/${fetched()?.requests}`
+      const key = `${st.reads}/${st.errors}/${w.writes}/${w.zeroes}/${w.trims}/${w.flushes}/${fetched()?.requests}/${readAheadOf(src)?.prefetched}`
       if (key === last) return
       last = key
       writeStats(statsFile, srv, fetched())
@@ -258,8 +275,8 @@ export async function serve(opts: ServeOptions): Promise<number> {
     clearInterval(timer)
     const f = source.fetchStats?.()
     log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats, server.writable ? server.writeStats : undefined)}${f ? `; fetched ${f.bytes} bytes in ${f.requests} GETs (${f.retries} retries)` : ''}`)
-    const ra = (source as {readAheadStats?: () => ReadAheadStats | undefined}).readAheadStats?.()
-    if (ra) log(`decode-ahead: ${ra.prefetched} chunks decoded ahead, ${ra.used} read from there (${ra.waited} waited for one)`)
+    const ra = readAheadOf(source)
+    if (ra) log(`decode-ahead: ${ra.prefetched} chunks decoded ahead (${ra.helped} for a read under way), ${ra.used} read from there (${ra.waited} waited for one)`)
     // An overlay's close makes everything written durable (fdatasync) before the device is gone for good.
     await source.close()
     removeEntry(id)
