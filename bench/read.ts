@@ -1,33 +1,37 @@
 /**
  * npm run bench:read — reading an attached image, in one run against its peers, on the same ~1.5 GiB ext4
  * corpus (bench/corpus.ts):
- *   - vdev attach (FUSE + loop) of the VDIMG image,
- *   - ewfmount + loop and xmount + loop of the same data as E01 (ewfacquire, deflate fast),
+ *   - vdev attach (FUSE + loop) of the VDIMG image, and of a copy of it with decode-ahead off
+ *     (VDEV_DECODE_AHEAD=0: what reading ahead on the serving threads is worth),
+ *   - ewfmount + loop and xmount + loop of the same data as E01 (ewfacquire, deflate fast; BENCH_EWF=0 skips them),
  *   - qemu-nbd serving the same data as qcow2 with zstd clusters (sequential: nbdcopy; random: fio's nbd engine),
  *   - zstd -d of the single stream (sequential only: no random access),
  *   - the raw file on a loop device (the limit).
+ * BENCH_QUICK=1 measures the 64 KiB-chunk image with random reads only.
  * vdev runs twice: the default image (128 KiB chunks) and one with 64 KiB chunks, qcow2's cluster size.
- * Measured: cold-cache (drop_caches) sequential read of the whole device, O_DIRECT, 1 MiB requests (dd);
- * random 4 KiB reads at queue depth 1 and 32 (fio, libaio, O_DIRECT, cold cache, fixed time); the vdev
- * servers' peak resident memory, also for a large image (64 GiB, data in each of its 128 index groups, a
- * bad sector every 640 KiB: what grows with the image) under random reads (BENCH_LARGE=0 skips it).
- * Targets (issue 3): sequential no slower than zstd -d and at least 3x ewfmount + loop; random QD1 no
- * slower than qemu-nbd; server memory under 150 MB whatever the image size.
- * Nothing here asserts: it prints a table and the targets with their measured ratios.
+ * Each measurement runs cold (every cache dropped) and warm (the reader's input files read into the page
+ * cache right before; the device's own cache dropped): the whole device sequentially with O_DIRECT 1 MiB
+ * reads one at a time (dd) and with buffered reads (cat: the device's read-ahead), best of BENCH_SEQ_REPS (3);
+ * random 4 KiB reads at queue depth 1 and 32 (fio, libaio, O_DIRECT, fixed time); the vdev servers' peak
+ * resident memory, also for a large image (64 GiB, data in each of its 128 index groups, a bad sector every
+ * 640 KiB: what grows with the image) under random reads and a 4 GiB sequential pass (BENCH_LARGE=0 skips it).
+ * Targets (issue 14): sequential ≤ 0.6x the time of zstd -d, both ways, cold and warm; random QD1 and QD32
+ * ≥ 1.5x qemu-nbd's IOPS; server memory under 150 MB whatever the image size.
+ * Nothing here asserts: it prints a table and the targets with their measured ratios, and the load.
  */
 import {spawn, spawnSync} from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {ensureCorpus, CACHE} from './corpus'
-import {best, dropCaches, fmt, MiB, markImage, stale, staleImage, table, timed} from './lib'
+import {best, dropCaches, fmt, MiB, markImage, stale, staleImage, table, timed, warm} from './lib'
 
 const VDEV = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
 const OUT = path.join(CACHE, 'read')
 const STATE = path.join(OUT, 'state')
 
-function sh(argv: string[], what = argv.join(' ')): string {
-  const r = spawnSync(argv[0], argv.slice(1), {encoding: 'utf8', env: {...process.env, VDEV_STATE_DIR: STATE}})
+function sh(argv: string[], what = argv.join(' '), env: NodeJS.ProcessEnv = {}): string {
+  const r = spawnSync(argv[0], argv.slice(1), {encoding: 'utf8', env: {...process.env, ...env, VDEV_STATE_DIR: STATE}})
   if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${(r.stderr || r.stdout).trim().slice(-500)}`)
   return r.stdout
 }
@@ -60,7 +64,16 @@ interface Target {
   uri?: string
   /** How direct I/O to the backing file ended up (loop devices). */
   note?: string
+  /** The files the reader reads (read into the page cache for warm runs). */
+  files: string[]
+  /** Measured sequentially only. */
+  seqOnly?: boolean
 }
+
+const VDEV_NAME = 'vdev attach (FUSE + loop)'
+const NO_AHEAD = 'vdev attach, decode-ahead off'
+const QEMU = 'qemu-nbd (qcow2 zstd)'
+const ZSTD = 'zstd -d (one stream)'
 
 /** Put a read-only loop device with direct I/O over `file`; the kernel decides if direct I/O holds. */
 function loopOver(file: string): {device: string; note: string} {
@@ -72,18 +85,8 @@ function loopOver(file: string): {device: string; note: string} {
 /** Sequential runs per reader, best kept: cold reads hit this machine's virtual disk, whose speed wanders. */
 const SEQ_REPS = Number(process.env.BENCH_SEQ_REPS ?? 3)
 
-async function seqDevice(device: string): Promise<number> {
-  return (
-    await best(SEQ_REPS, async () => {
-      dropCaches()
-      return timed(['dd', `if=${device}`, 'of=/dev/null', 'bs=1M', 'iflag=direct'])
-    })
-  ).seconds
-}
-
 /** fio random 4 KiB reads for a fixed time; IOPS. `target` is a block device or an NBD URI. */
 function fioRandom(t: Target, qd: number, seconds: number, extra: string[] = []): number {
-  dropCaches()
   const where = t.device ? [`--filename=${t.device}`, '--ioengine=libaio', '--direct=1'] : ['--ioengine=nbd', `--uri=${t.uri}`]
   const out = sh([
     'fio', '--name=rand', ...where, '--rw=randread', '--bs=4k', `--iodepth=${qd}`, '--time_based', `--runtime=${seconds}`,
@@ -149,9 +152,10 @@ async function main(): Promise<void> {
   await artifact(f('corpus.vdimg'), raw, [process.execPath, VDEV, 'create', raw, f('corpus.vdimg')])
   // Chunks as large as qcow2's clusters (64 KiB): a 4 KiB random read decompresses as much as qemu-nbd's.
   await artifact(f('corpus-64k.vdimg'), raw, [process.execPath, VDEV, 'create', '--chunk-size', '64K', raw, f('corpus-64k.vdimg')])
-  await artifact(f('corpus.E01'), raw, ['ewfacquire', '-u', '-q', '-c', 'deflate:fast', '-S', '7GiB', '-t', f('corpus'), raw])
+  if (process.env.BENCH_EWF !== '0') await artifact(f('corpus.E01'), raw, ['ewfacquire', '-u', '-q', '-c', 'deflate:fast', '-S', '7GiB', '-t', f('corpus'), raw])
   await artifact(f('corpus.qcow2'), raw, ['qemu-img', 'convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', raw, f('corpus.qcow2')])
   await artifact(f('corpus.zst'), raw, ['zstd', '-q', '-3', '-T0', raw, '-o', f('corpus.zst')])
+  const startLoad = os.loadavg().map((l) => fmt(l)).join(' ')
   const randomSeconds = Number(process.env.BENCH_RANDOM_SECONDS ?? 10)
 
   const targets: Target[] = []
@@ -163,31 +167,33 @@ async function main(): Promise<void> {
     cleanups.push(() => quiet([process.execPath, VDEV, 'detach', '--all', '--force']))
     vdevPid = a.pid
     const dio = fs.readFileSync(`/sys/block/${path.basename(a.device)}/loop/dio`, 'utf8').trim() === '1'
-    targets.push({name: 'vdev attach (FUSE + loop)', device: a.device, note: dio ? 'loop dio' : 'loop buffered'})
+    targets.push({name: VDEV_NAME, device: a.device, note: dio ? 'loop dio' : 'loop buffered', files: [f('corpus.vdimg')]})
     const a64 = JSON.parse(sh([process.execPath, VDEV, 'attach', f('corpus-64k.vdimg'), '--backend', 'fuse', '--json'], 'vdev attach')) as {device: string; pid: number}
-    targets.push({name: 'vdev attach, 64 KiB chunks', device: a64.device, note: 'loop dio'})
+    targets.push({name: 'vdev attach, 64 KiB chunks', device: a64.device, note: 'loop dio', files: [f('corpus-64k.vdimg')]})
 
-    // ewfmount (libewf's FUSE) + loop.
-    const ewfMnt = f('mnt-ewf')
-    fs.mkdirSync(ewfMnt, {recursive: true})
-    quiet(['fusermount', '-u', ewfMnt])
-    sh(['ewfmount', f('corpus.E01'), ewfMnt])
-    cleanups.push(() => quiet(['fusermount', '-u', ewfMnt]))
-    await waitFor(() => fs.existsSync(path.join(ewfMnt, 'ewf1')), 10_000, 'ewfmount')
-    const ewf = loopOver(path.join(ewfMnt, 'ewf1'))
-    cleanups.push(() => quiet(['losetup', '-d', ewf.device]))
-    targets.push({name: 'ewfmount + loop (E01)', device: ewf.device, note: ewf.note})
+    if (process.env.BENCH_EWF !== '0') {
+      // ewfmount (libewf's FUSE) + loop.
+      const ewfMnt = f('mnt-ewf')
+      fs.mkdirSync(ewfMnt, {recursive: true})
+      quiet(['fusermount', '-u', ewfMnt])
+      sh(['ewfmount', f('corpus.E01'), ewfMnt])
+      cleanups.push(() => quiet(['fusermount', '-u', ewfMnt]))
+      await waitFor(() => fs.existsSync(path.join(ewfMnt, 'ewf1')), 10_000, 'ewfmount')
+      const ewf = loopOver(path.join(ewfMnt, 'ewf1'))
+      cleanups.push(() => quiet(['losetup', '-d', ewf.device]))
+      targets.push({name: 'ewfmount + loop (E01)', device: ewf.device, note: ewf.note, files: [f('corpus.E01')]})
 
-    // xmount (ewf in, raw out) + loop.
-    const xMnt = f('mnt-xmount')
-    fs.mkdirSync(xMnt, {recursive: true})
-    quiet(['fusermount', '-u', xMnt])
-    sh(['xmount', '--in', 'ewf', f('corpus.E01'), '--out', 'raw', xMnt])
-    cleanups.push(() => quiet(['fusermount', '-u', xMnt]))
-    await waitFor(() => fs.readdirSync(xMnt).some((n) => n.endsWith('.dd')), 10_000, 'xmount')
-    const xm = loopOver(path.join(xMnt, fs.readdirSync(xMnt).find((n) => n.endsWith('.dd'))!))
-    cleanups.push(() => quiet(['losetup', '-d', xm.device]))
-    targets.push({name: 'xmount + loop (E01)', device: xm.device, note: xm.note})
+      // xmount (ewf in, raw out) + loop.
+      const xMnt = f('mnt-xmount')
+      fs.mkdirSync(xMnt, {recursive: true})
+      quiet(['fusermount', '-u', xMnt])
+      sh(['xmount', '--in', 'ewf', f('corpus.E01'), '--out', 'raw', xMnt])
+      cleanups.push(() => quiet(['fusermount', '-u', xMnt]))
+      await waitFor(() => fs.readdirSync(xMnt).some((n) => n.endsWith('.dd')), 10_000, 'xmount')
+      const xm = loopOver(path.join(xMnt, fs.readdirSync(xMnt).find((n) => n.endsWith('.dd'))!))
+      cleanups.push(() => quiet(['losetup', '-d', xm.device]))
+      targets.push({name: 'xmount + loop (E01)', device: xm.device, note: xm.note, files: [f('corpus.E01')]})
+    }
 
     // qemu-nbd on qcow2 (zstd clusters), read over a Unix socket.
     const sock = f('qemu.sock')
@@ -195,68 +201,98 @@ async function main(): Promise<void> {
     const qemu = spawn('qemu-nbd', ['-r', '-f', 'qcow2', '--persistent', '--shared=8', '--socket', sock, f('corpus.qcow2')], {stdio: 'ignore'})
     cleanups.push(() => qemu.kill('SIGKILL'))
     await waitFor(() => fs.existsSync(sock), 10_000, 'qemu-nbd')
-    targets.push({name: 'qemu-nbd (qcow2 zstd)', uri: `nbd+unix:///?socket=${sock}`, note: 'nbdcopy / fio nbd'})
+    targets.push({name: QEMU, uri: `nbd+unix:///?socket=${sock}`, note: 'nbdcopy / fio nbd', files: [f('corpus.qcow2')]})
 
     // The raw file on loop: the limit.
     const rawLoop = loopOver(raw)
     cleanups.push(() => quiet(['losetup', '-d', rawLoop.device]))
-    targets.push({name: 'raw file + loop (limit)', device: rawLoop.device, note: rawLoop.note})
+    targets.push({name: 'raw file + loop (limit)', device: rawLoop.device, note: rawLoop.note, files: [raw]})
 
-    const seq = new Map<string, number>()
-    for (const t of targets) {
-      const secs = t.device
-        ? await seqDevice(t.device)
-        : (await best(SEQ_REPS, async () => {
-            dropCaches()
-            return timed(['nbdcopy', '--no-extents', '--connections=1', t.uri!, 'null:'])
-          })).seconds
-      seq.set(t.name, size / MiB / secs)
-      process.stderr.write(`${t.name}: sequential ${fmt(size / MiB / secs, 0)} MiB/s\n`)
+    // The same image under another name, attached with decode-ahead off: what decode-ahead is worth.
+    const copy = f('corpus-copy.vdimg')
+    if (stale(copy, f('corpus.vdimg'))) fs.copyFileSync(f('corpus.vdimg'), copy)
+    const off = JSON.parse(sh([process.execPath, VDEV, 'attach', copy, '--backend', 'fuse', '--json'], 'vdev attach', {VDEV_DECODE_AHEAD: '0'})) as {device: string; pid: number}
+    targets.splice(2, 0, {name: NO_AHEAD, device: off.device, note: 'loop dio', files: [copy], seqOnly: true})
+
+    const states = ['cold', 'warm'] as const
+    type State = (typeof states)[number]
+    /** Before each measurement: every cache dropped; warm: then the reader's input files read into the page cache. */
+    const prepare = (files: string[], state: State): void => {
+      dropCaches()
+      if (state === 'warm') for (const file of files) warm(file)
     }
-    const zstdSecs = (
-      await best(SEQ_REPS, async () => {
-        dropCaches()
-        return timed(['zstd', '-d', '-q', '-c', f('corpus.zst')], {pipeTo: (fifo) => ['dd', `if=${fifo}`, 'of=/dev/null', 'bs=1M', 'status=none']})
+    const key = (name: string, what: string, state: State) => `${name}|${what}|${state}`
+    const secs = new Map<string, number>()
+    const measure = async (name: string, what: string, state: State, files: string[], argv: string[], pipeTo?: (fifo: string) => string[]) => {
+      const r = await best(SEQ_REPS, async () => {
+        prepare(files, state)
+        return timed(argv, {pipeTo})
       })
-    ).seconds
-    seq.set('zstd -d (one stream)', size / MiB / zstdSecs)
-
-    const rand = new Map<string, {qd1: number; qd32: number}>()
+      secs.set(key(name, what, state), r.seconds)
+      process.stderr.write(`${name}: ${what} ${state} ${fmt(r.seconds)} s (${fmt(size / MiB / r.seconds, 0)} MiB/s)\n`)
+    }
+    // Cold and warm alternate per reader, so load that comes and goes hits both alike.
+    for (const state of states) {
+      await measure(ZSTD, 'direct', state, [f('corpus.zst')], ['zstd', '-d', '-q', '-c', f('corpus.zst')], (fifo) => ['dd', `if=${fifo}`, 'of=/dev/null', 'bs=1M', 'status=none'])
+      for (const t of targets) {
+        // BENCH_QUICK=1: the 64 KiB-chunk image only for random reads (what it is here for).
+        if (process.env.BENCH_QUICK === '1' && t.name === 'vdev attach, 64 KiB chunks') continue
+        if (t.device) {
+          await measure(t.name, 'direct', state, t.files, ['dd', `if=${t.device}`, 'of=/dev/null', 'bs=1M', 'iflag=direct'])
+          await measure(t.name, 'cat', state, t.files, ['cat', t.device])
+        } else await measure(t.name, 'direct', state, t.files, ['nbdcopy', '--no-extents', '--connections=1', t.uri!, 'null:'])
+      }
+    }
+    const rand = new Map<string, number>()
     for (const t of targets) {
-      rand.set(t.name, {qd1: fioRandom(t, 1, randomSeconds), qd32: fioRandom(t, 32, randomSeconds)})
-      process.stderr.write(`${t.name}: random ${fmt(rand.get(t.name)!.qd1, 0)} / ${fmt(rand.get(t.name)!.qd32, 0)} IOPS\n`)
+      if (t.seqOnly) continue
+      // Warm random reads only for vdev and qemu-nbd (the targets); the others cold, to keep the run short.
+      for (const state of t.name === VDEV_NAME || t.name === QEMU ? states : (['cold'] as const))
+        for (const qd of [1, 32]) {
+          prepare(t.files, state)
+          rand.set(key(t.name, `qd${qd}`, state), fioRandom(t, qd, randomSeconds))
+        }
+      process.stderr.write(`${t.name}: random ${fmt(rand.get(key(t.name, 'qd1', 'cold'))!, 0)} / ${fmt(rand.get(key(t.name, 'qd32', 'cold'))!, 0)} IOPS cold\n`)
     }
     const hwm = vmHwmMiB(vdevPid)
     const hwm64 = vmHwmMiB(a64.pid)
 
-    const v = seq.get('vdev attach (FUSE + loop)')!
-    const vr = rand.get('vdev attach (FUSE + loop)')!
-    const rows = [...seq.keys()].map((name) => {
-      const s = seq.get(name)!
-      const r = rand.get(name)
-      const t = targets.find((x) => x.name === name)
-      return [
-        name,
-        fmt(s, 0),
-        `${fmt(v / s)}x`,
-        r ? fmt(r.qd1, 0) : '-',
-        r ? `${fmt(vr.qd1 / r.qd1)}x` : '-',
-        r ? fmt(r.qd32, 0) : '-',
-        r ? `${fmt(vr.qd32 / r.qd32)}x` : '-',
-        t?.note ?? 'pipe to dd',
-      ]
-    })
-    console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 from /usr/share and /usr/bin; ${os.availableParallelism()} cores; ${os.release()}`)
-    console.log(`sequential: whole device, cold cache, O_DIRECT 1 MiB reads (dd), best of ${SEQ_REPS}; random: fio 4 KiB randread, cold cache, ${randomSeconds} s each\n`)
-    console.log(table(['reader', 'seq MiB/s', 'vdev vs it', 'rand QD1 IOPS', 'vdev vs it', 'rand QD32 IOPS', 'vdev vs it', 'path'], rows))
-    const check = (what: string, ratio: number, want: number) =>
-      console.log(`target: ${what}: ${fmt(ratio)} (want >= ${fmt(want)}) — ${ratio >= want ? 'met' : 'NOT met'}`)
-    console.log('')
-    check('sequential vs zstd -d of the single stream', v / seq.get('zstd -d (one stream)')!, 1)
-    check('sequential vs ewfmount + loop', v / seq.get('ewfmount + loop (E01)')!, 3)
-    check('random 4 KiB QD1 vs qemu-nbd', vr.qd1 / rand.get('qemu-nbd (qcow2 zstd)')!.qd1, 1)
+    const cell = (m: Map<string, number>, name: string, what: string, state: State, d = 2) => (m.has(key(name, what, state)) ? fmt(m.get(key(name, what, state))!, d) : '-')
+    const rows = [{name: ZSTD}, ...targets].map((t) => [
+      t.name,
+      ...states.flatMap((st) => [cell(secs, t.name, 'direct', st), cell(secs, t.name, 'cat', st)]),
+      ...states.flatMap((st) => [cell(rand, t.name, 'qd1', st, 0), cell(rand, t.name, 'qd32', st, 0)]),
+      'note' in t ? (t.note ?? '') : 'pipe to dd',
+    ])
+    console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 from /usr/share and /usr/bin; ${os.availableParallelism()} cores; ${os.release()}; ${new Date().toISOString()}`)
     console.log(
-      `  (with 64 KiB chunks, qcow2's cluster size, so both decompress as much per 4 KiB read: ${fmt(rand.get('vdev attach, 64 KiB chunks')!.qd1 / rand.get('qemu-nbd (qcow2 zstd)')!.qd1)})`,
+      `sequential: seconds for the whole device, best of ${SEQ_REPS}: "direct" = O_DIRECT 1 MiB reads one at a time (dd; qemu-nbd: nbdcopy, one connection), ` +
+        `"cat" = buffered reads (the device's read-ahead); random: fio 4 KiB randread IOPS, ${randomSeconds} s each. ` +
+        'cold = every cache dropped first; warm = the reader\'s input file(s) (the .vdimg, .zst, .qcow2, .E01, raw file) read into the page cache first, the device\'s cache dropped\n',
+    )
+    console.log(
+      table(
+        ['reader', 'direct s cold', 'cat s cold', 'direct s warm', 'cat s warm', 'QD1 cold', 'QD32 cold', 'QD1 warm', 'QD32 warm', 'path'],
+        rows,
+      ),
+    )
+    const check = (what: string, ratio: number, want: number, atMost: boolean) =>
+      console.log(`target: ${what}: ${fmt(ratio)} (want ${atMost ? '<=' : '>='} ${fmt(want)}) — ${(atMost ? ratio <= want : ratio >= want) ? 'met' : 'NOT met'}`)
+    console.log('')
+    for (const st of states) {
+      const z = secs.get(key(ZSTD, 'direct', st))!
+      check(`sequential O_DIRECT 1 MiB, ${st}: vdev time / zstd -d time`, secs.get(key(VDEV_NAME, 'direct', st))! / z, 0.6, true)
+      check(`sequential cat DEV, ${st}: vdev time / zstd -d time`, secs.get(key(VDEV_NAME, 'cat', st))! / z, 0.6, true)
+      console.log(
+        `  (decode-ahead off, same run: O_DIRECT ${fmt(secs.get(key(NO_AHEAD, 'direct', st))! / z)}, cat ${fmt(secs.get(key(NO_AHEAD, 'cat', st))! / z)}; ` +
+          `raw file + loop, the limit: ${fmt(secs.get(key('raw file + loop (limit)', 'direct', st))! / z)}, ${fmt(secs.get(key('raw file + loop (limit)', 'cat', st))! / z)})`,
+      )
+    }
+    for (const st of states)
+      for (const qd of [1, 32]) check(`random 4 KiB QD${qd}, ${st}: vdev IOPS / qemu-nbd IOPS`, rand.get(key(VDEV_NAME, `qd${qd}`, st))! / rand.get(key(QEMU, `qd${qd}`, st))!, 1.5, false)
+    console.log(
+      `  (with 64 KiB chunks, qcow2's cluster size, cold: QD1 ${fmt(rand.get(key('vdev attach, 64 KiB chunks', 'qd1', 'cold'))! / rand.get(key(QEMU, 'qd1', 'cold'))!)}, ` +
+        `QD32 ${fmt(rand.get(key('vdev attach, 64 KiB chunks', 'qd32', 'cold'))! / rand.get(key(QEMU, 'qd32', 'cold'))!)})`,
     )
     const memory = (what: string, mib: number) =>
       console.log(`target: vdev server peak memory (VmHWM), ${what}: ${fmt(mib, 0)} MiB (want < 143 MiB = 150 MB) — ${mib < 150e6 / MiB ? 'met' : 'NOT met'}`)
@@ -266,10 +302,14 @@ async function main(): Promise<void> {
       const large = await largeImage(OUT)
       const l = JSON.parse(sh([process.execPath, VDEV, 'attach', large.image, '--backend', 'fuse', '--json'], 'vdev attach')) as {device: string; pid: number}
       // Reads of the bad sectors fail (EIO), as they should; fio counts them and goes on.
-      const t: Target = {name: 'vdev attach, 64 GiB image', device: l.device}
+      const t: Target = {name: 'vdev attach, 64 GiB image', device: l.device, files: []}
       const iops = [32, 1].map((qd) => fioRandom(t, qd, randomSeconds, ['--continue_on_error=read']))
-      memory(`64 GiB image, 128 index groups, ${large.badRanges} bad ranges, random reads (${iops.map((x) => fmt(x, 0)).join(' / ')} IOPS at QD32 / QD1)`, vmHwmMiB(l.pid))
+      // And a sequential pass over its first 4 GiB: decode-ahead's buffer is per device, whatever the image size.
+      dropCaches()
+      await timed(['dd', `if=${l.device}`, 'of=/dev/null', 'bs=1M', 'count=4096', 'iflag=direct'])
+      memory(`64 GiB image, 128 index groups, ${large.badRanges} bad ranges, random reads (${iops.map((x) => fmt(x, 0)).join(' / ')} IOPS at QD32 / QD1) and 4 GiB sequential`, vmHwmMiB(l.pid))
     }
+    console.log(`load average at the start: ${startLoad}`)
     console.log(`load average during the run: ${os.loadavg().map((l) => fmt(l)).join(' ')} (other work on this machine skews the numbers)`)
   } finally {
     for (const c of cleanups.reverse()) {

@@ -11,6 +11,9 @@ import {serve, type ServeOptions} from '../lifecycle/daemon'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
 import {describeSource, type SourceArgs} from '../sources'
 
+/** Largest --read-ahead: 64 MiB, far past where reading ahead stops paying (docs/performance.md). */
+const MAX_READ_AHEAD_KIB = 65536
+
 export interface AttachOutput {
   id: string
   device: string
@@ -69,6 +72,11 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     }),
     scratch: Flags.boolean({description: 'attach read-write into a temporary overlay that is deleted at detach', exclusive: ['overlay']}),
     timeout: Flags.integer({description: 'seconds to wait for the device to be ready', default: 60, min: 1}),
+    'read-ahead': Flags.integer({
+      description: "the device's read-ahead in KiB (Linux: /sys/block/DEV/queue/read_ahead_kb): how far the kernel reads ahead of buffered sequential reads; default: the backend's (fuse 8192; docs/performance.md), 0 turns it off",
+      min: 0,
+      max: MAX_READ_AHEAD_KIB,
+    }),
     'server-id': Flags.string({hidden: true, description: 'internal: run as the background server for this id'}),
   }
 
@@ -77,15 +85,16 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     const badPolicy = flags['bad-policy'] as BadPolicy
     const source = sourceArgs(flags)
     const overlay: OverlayRequest | undefined = flags.scratch ? {scratch: true} : flags.overlay !== undefined ? {file: path.resolve(flags.overlay)} : undefined
-    if (flags['server-id']) return this.runServer(args.image, {...source, headers: takeHeadersFromEnv()}, flags.backend, badPolicy, flags['server-id'], overlay)
-    if (flags.foreground) return this.runForeground(args.image, source, flags.backend, badPolicy, overlay)
-    const entry = await attachInBackground({image: args.image, source, backend: flags.backend, badPolicy, overlay, timeoutMs: flags.timeout * 1000})
+    const readAheadKiB = flags['read-ahead']
+    if (flags['server-id']) return this.runServer(args.image, {...source, headers: takeHeadersFromEnv()}, flags.backend, badPolicy, flags['server-id'], overlay, readAheadKiB)
+    if (flags.foreground) return this.runForeground(args.image, source, flags.backend, badPolicy, overlay, readAheadKiB)
+    const entry = await attachInBackground({image: args.image, source, backend: flags.backend, badPolicy, overlay, timeoutMs: flags.timeout * 1000, readAheadKiB})
     this.say(entry.device)
     return output(entry)
   }
 
   /** The hidden background server: report readiness on fd 3, log to stdout (the log file). */
-  private async runServer(image: string, source: SourceArgs, backend: string, badPolicy: BadPolicy, id: string, overlay: OverlayRequest | undefined): Promise<undefined> {
+  private async runServer(image: string, source: SourceArgs, backend: string, badPolicy: BadPolicy, id: string, overlay: OverlayRequest | undefined, readAheadKiB: number | undefined): Promise<undefined> {
     let reported = false
     const report = (m: ReadyMessage): void => {
       if (reported) return
@@ -103,6 +112,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
       backend,
       badPolicy,
       overlay,
+      readAheadKiB,
       log: fileLog(1),
       onReady: (r) => report('entry' in r ? {ok: true, entry: r.entry} : {ok: false, error: {code: r.error.code, message: r.error.message}}),
     }
@@ -111,7 +121,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     process.exit(code)
   }
 
-  private async runForeground(imageArg: string, sourceArg: SourceArgs, backendArg: string, badPolicy: BadPolicy, overlay: OverlayRequest | undefined): Promise<undefined> {
+  private async runForeground(imageArg: string, sourceArg: SourceArgs, backendArg: string, badPolicy: BadPolicy, overlay: OverlayRequest | undefined, readAheadKiB: number | undefined): Promise<undefined> {
     const {path: image, stat} = resolveImage(imageArg)
     const source = describeSource(image, sourceArg)
     const backend = await resolveBackend(backendArg, {writable: overlay !== undefined})
@@ -125,6 +135,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
       backend,
       badPolicy,
       overlay,
+      readAheadKiB,
       log: fileLog(logFd),
       onReady: (r) => {
         if ('error' in r) {

@@ -58,6 +58,11 @@ export interface Backend {
    * owner, src/layers/overlay-view.ts); otherwise a writable device is served on the main thread.
    */
   readonly writableThreads?: boolean
+  /**
+   * The device's read-ahead in KiB, set at attach unless `--read-ahead` says otherwise (Linux:
+   * /sys/block/X/queue/read_ahead_kb); undefined leaves the kernel's. docs/performance.md has the measurements.
+   */
+  readonly readAheadKiB?: number
   probe(): Promise<Probe>
   attach(server: BlockServer, ctx: AttachContext): Promise<AttachedDevice>
   /** Clean up what a dead server left behind, from the registry state. Must be idempotent. */

@@ -105,6 +105,12 @@ export class BlockServer {
     }
   }
 
+  /** For a serving thread with no request: one unit of the source's read-ahead work (BlockSource.prefetch); false when none. */
+  prefetch(): boolean {
+    if (this.closed) return false
+    return this.source.prefetch?.() ?? false
+  }
+
   /**
    * Serve one read synchronously into `dst` (or a new buffer), for serving threads over a synchronous
    * source (see BlockSource.readSync). Same checks, policy and counters as read(); throws BlockError.

@@ -91,6 +91,12 @@ export interface BlockSource {
   readSync?(offset: number, length: number, dst?: Buffer): ReadResult
   /** True when readSync may be called. */
   readonly synchronous?: boolean
+  /**
+   * For a serving thread with no request to serve: one unit of work ahead of the sequential readers (a VDIMG
+   * image decodes one chunk into the device's shared decode-ahead buffer, src/format/read-ahead.ts). False
+   * when there is nothing to do; never throws.
+   */
+  prefetch?(): boolean
   /** How to open this same source on another thread; absent when it cannot be opened again. */
   readonly descriptor?: SourceDescriptor
   /**

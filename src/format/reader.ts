@@ -39,6 +39,7 @@ import {FileRanges, type ByteRanges} from './ranges'
 
 export {maxStored} from './index-tables'
 export {preadExact, preadExactSync} from './pread'
+import {SharedReadAhead, type ReadAheadStats} from './read-ahead'
 export {FileRanges, type ByteRanges} from './ranges'
 
 export interface OpenOptions {
@@ -66,6 +67,12 @@ export interface OpenOptions {
    * found on use rather than at open (open's own findings are in `warnings`). Default: added to `warnings`.
    */
   onWarning?: (line: string) => void
+  /**
+   * Sync mode: the decode-ahead buffer shared by a device's serving threads (read-ahead.ts; the process's
+   * instance makes it, threadLink hands it over). Reads then follow sequential streams and `prefetch`
+   * decodes ahead of them.
+   */
+  readAhead?: SharedArrayBuffer
 }
 
 const MAX_METADATA = 16 << 20
@@ -111,8 +118,18 @@ export class VdimgImage implements BlockSource {
   }
   /** What each serving thread's instance needs from this one (a remote image's fetching link). */
   threadLink(): ThreadLink | undefined {
-    return this.ranges.offerLink?.()
+    const remote = this.ranges.offerLink?.()
+    if (remote) return remote
+    // A local file: the threads share one decode-ahead buffer (a remote image's bytes come through one
+    // link already, with its own read-ahead: src/remote/readahead.ts).
+    // VDEV_DECODE_AHEAD=0 turns it off (for measuring it: docs/performance.md).
+    if (process.env.VDEV_DECODE_AHEAD === '0') return undefined
+    this.readAheadBuffer ??= SharedReadAhead.create(this.chunkSize)
+    return {value: {readAhead: this.readAheadBuffer}, transfer: []}
   }
+  private readAheadBuffer: SharedArrayBuffer | undefined
+  /** Sync mode with a shared decode-ahead buffer (OpenOptions.readAhead). */
+  private readonly readAhead: SharedReadAhead | undefined
   /** Sync mode: the stored bytes of the chunk being decoded. */
   private storedScratch: Buffer | undefined
   private closed = false
@@ -166,6 +183,7 @@ export class VdimgImage implements BlockSource {
       },
     })
     this.checkData = opts.checkDataCrc ?? false
+    if (this.sync && opts.readAhead) this.readAhead = new SharedReadAhead(opts.readAhead, this.chunkSize)
     const threads = this.sync ? 0 : (opts.decompressThreads ?? 0)
     if (threads > 0) this.pool = new WorkerPool(path_join(__dirname, 'codec-worker.js'), threads)
   }
@@ -370,14 +388,30 @@ export class VdimgImage implements BlockSource {
     if (dst && dst.length < length) throw new VdevError('internal', `readSync: destination of ${dst.length} bytes for ${length}`)
     let at = offset
     const end = offset + length
-    while (at < end) {
-      const i = Math.floor(at / this.chunkSize)
-      const cStart = i * this.chunkSize
-      const e = Math.min(end, cStart + this.chunkSize)
-      const data = this.chunkSync(i, e - cStart)
-      if (data) data.copy(out, at - offset, at - cStart, e - cStart)
-      else out.fill(0, at - offset, e - offset)
-      at = e
+    const ahead = this.readAhead
+    // Idle threads may decode this read's later chunks while this thread decodes its first ones.
+    const handle = ahead && length > 0 ? ahead.begin(Math.floor(offset / this.chunkSize), Math.floor((end - 1) / this.chunkSize)) : -1
+    try {
+      ahead?.note(offset, length)
+      while (at < end) {
+        const i = Math.floor(at / this.chunkSize)
+        const cStart = i * this.chunkSize
+        const e = Math.min(end, cStart + this.chunkSize)
+        if (ahead) {
+          ahead.reading(handle, i)
+          // Decoded ahead, or for this read, by another thread.
+          if (ahead.copyOut(i, out, at - offset, at - cStart, e - cStart)) {
+            at = e
+            continue
+          }
+        }
+        const data = this.chunkSync(i, e - cStart)
+        if (data) data.copy(out, at - offset, at - cStart, e - cStart)
+        else out.fill(0, at - offset, e - offset)
+        at = e
+      }
+    } finally {
+      ahead?.end(handle)
     }
     return {data: out, bad: this.zeroBad(out, offset, length)}
   }
@@ -390,6 +424,48 @@ export class VdimgImage implements BlockSource {
     const bad = this.badAreas.intersect(offset, length)
     for (const r of bad) out.fill(0, r.offset - offset, r.offset - offset + r.length)
     return bad
+  }
+
+  /**
+   * Sync mode with a shared decode-ahead buffer: decode one chunk ahead of a sequential stream into it, for
+   * a serving thread with no request to serve. False when there is nothing to do (no stream, or every chunk
+   * of the window there already). A chunk that fails to decode is left for the read that needs it to report.
+   */
+  prefetch(): boolean {
+    const ahead = this.readAhead
+    if (!ahead || this.closed) return false
+    const claimed = ahead.claim((i) => {
+      if (i >= this.chunkCount) return true
+      try {
+        const k = this.entrySync(i).kind
+        return k === ChunkKind.Zero || k === ChunkKind.Unread
+      } catch {
+        return true // a damaged index table: the read that needs it reports it
+      }
+    })
+    if (!claimed) return false
+    const {chunk: i, slot} = claimed
+    const len = this.chunkLength(i)
+    let done: number | undefined
+    try {
+      const e = this.entrySync(i)
+      this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
+      const stored = this.ranges.readSync(e.storedLength, e.offset, this.storedScratch)
+      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, ahead.slotBuffer(slot, len), this.checkData)
+      done = len
+    } catch {
+      // damaged or unreadable: the read of this chunk decodes it again and fails as it should
+    } finally {
+      ahead.release(slot, done)
+    }
+    return true
+  }
+
+  /** Decode-ahead counters shared by the device's threads (sync mode with OpenOptions.readAhead). */
+  readAheadStats(): ReadAheadStats | undefined {
+    if (this.readAhead) return this.readAhead.stats()
+    // The process's instance: the buffer it handed its serving threads.
+    return this.readAheadBuffer ? new SharedReadAhead(this.readAheadBuffer, this.chunkSize).stats() : undefined
   }
 
   /** What a remote image's bytes cost so far (GETs, bytes, retries); undefined for a local file. */

@@ -28,6 +28,8 @@ export interface AttachRequest {
   overlay?: OverlayRequest
   /** How long to wait for the server to be ready. */
   timeoutMs?: number
+  /** The device's read-ahead in KiB; undefined: the backend's default. */
+  readAheadKiB?: number
 }
 
 /** `--overlay FILE` (absolute) or `--scratch`. */
@@ -111,6 +113,7 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
   const logFd = fs.openSync(logFile, 'a', 0o600)
   const overlay = req.overlay ? ('scratch' in req.overlay ? ['--scratch'] : ['--overlay', req.overlay.file]) : []
   const argv = [binRun(), 'attach', image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id, ...sourceFlags(desc), ...overlay]
+  if (req.readAheadKiB !== undefined) argv.push('--read-ahead', String(req.readAheadKiB))
   // A remote image's request headers (a bearer token) go through the environment, not the command line
   // that every user can read in /proc/PID/cmdline.
   const env: NodeJS.ProcessEnv = {...process.env, VDEV_SERVER: '1'}

@@ -21,6 +21,8 @@ import type {AttachedDevice, Backend} from '../core/backend'
 import {backendNames, loadBackend} from '../core/backends'
 import {openSource} from '../sources'
 import {Overlay} from '../layers/overlay'
+import {setReadAheadKiB} from '../sys/blockdev'
+import type {ReadAheadStats} from '../format/read-ahead'
 import {pollMicroseconds, threadCount} from '../threads/config'
 import {logOf, processStartTime, removeEntry, runDirOf, writeEntry, type DeviceEntry} from './registry'
 import {cleanupEntry} from './cleanup'
@@ -40,6 +42,8 @@ export interface ServeOptions {
    * or with `scratch` to a new overlay in a temporary directory removed at detach. The image stays read-only.
    */
   overlay?: {file: string} | {scratch: true}
+  /** The device's read-ahead in KiB (`--read-ahead`); undefined: the backend's default (Backend.readAheadKiB). */
+  readAheadKiB?: number
 }
 
 /** Where a running daemon publishes its counters. */
@@ -58,8 +62,24 @@ export interface DeviceStats {
   writeErrors?: number
   /** A remote image: GETs sent (retries included), bytes received and retries (docs/remote.md). */
   fetched?: FetchStats
+  /** A VDIMG image on serving threads: what they decoded ahead of readers (src/format/read-ahead.ts). */
+  decodeAhead?: ReadAheadStats
   /** When these counters were read (ISO time). */
   at: string
+}
+
+/**
+ * Set the device's read-ahead (Linux block devices): what buffered sequential reads of the device, and of
+ * file systems on it, ask of the server ahead of the reader. A device that has no such setting keeps going
+ * (one log line).
+ */
+function applyReadAhead(device: string, kib: number | undefined, log: (line: string) => void): void {
+  if (kib === undefined || process.platform !== 'linux') return
+  try {
+    log(`read-ahead: ${setReadAheadKiB(device, kib)} KiB`)
+  } catch (err) {
+    log(`warning: read-ahead of ${kib} KiB not set: ${(err as Error).message}`)
+  }
 }
 
 /** Failed writes logged before the rest are only counted. */
@@ -73,11 +93,26 @@ export function asVdevError(err: unknown): VdevError {
   return new VdevError('internal', (err as Error)?.message ?? String(err))
 }
 
+/** Decode-ahead counters of a source that keeps them (a local VDIMG image served on threads). */
+function readAheadOf(source: BlockSource): ReadAheadStats | undefined {
+  return (source as {readAheadStats?: () => ReadAheadStats | undefined}).readAheadStats?.()
+}
+
 function writeStats(file: string, server: BlockServer, fetched: FetchStats | undefined): void {
   const st = server.stats
   const w = server.writeStats
   const writes = server.writable ? {writes: w.writes + w.zeroes + w.trims, writeBytes: w.writeBytes, flushes: w.flushes, writeErrors: w.writeErrors} : {}
-  const s: DeviceStats = {reads: st.reads, bytes: st.bytes, errors: st.errors, badReads: st.badReads, ...writes, ...(fetched ? {fetched} : {}), at: new Date().toISOString()}
+  const ra = readAheadOf(server.source)
+  const s: DeviceStats = {
+    reads: st.reads,
+    bytes: st.bytes,
+    errors: st.errors,
+    badReads: st.badReads,
+    ...writes,
+    ...(fetched ? {fetched} : {}),
+    ...(ra ? {decodeAhead: ra} : {}),
+    at: new Date().toISOString(),
+  }
   const tmp = `${file}.${process.pid}.tmp`
   try {
     fs.writeFileSync(tmp, JSON.stringify(s) + '\n', {mode: 0o600})
@@ -209,6 +244,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
       threads: threaded ? threads : 0,
       pollMicroseconds: pollMicroseconds(b.name, b.threadModel),
     })
+    applyReadAhead(attached.device, opts.readAheadKiB ?? b.readAheadKiB, log)
     entry.status = 'ready'
     entry.device = attached.device
     entry.partitions = attached.partitions
@@ -220,7 +256,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
     publish = () => {
       const st = srv.stats
       const w = srv.writeStats
-      const key = `${st.reads}/${st.errors}/${w.writes}/${w.zeroes}/${w.trims}/${w.flushes}/${fetched()?.requests}`
+      const key = `${st.reads}/${st.errors}/${w.writes}/${w.zeroes}/${w.trims}/${w.flushes}/${fetched()?.requests}/${readAheadOf(src)?.prefetched}`
       if (key === last) return
       last = key
       writeStats(statsFile, srv, fetched())
@@ -239,6 +275,8 @@ export async function serve(opts: ServeOptions): Promise<number> {
     clearInterval(timer)
     const f = source.fetchStats?.()
     log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats, server.writable ? server.writeStats : undefined)}${f ? `; fetched ${f.bytes} bytes in ${f.requests} GETs (${f.retries} retries)` : ''}`)
+    const ra = readAheadOf(source)
+    if (ra) log(`decode-ahead: ${ra.prefetched} chunks decoded ahead (${ra.helped} for a read under way), ${ra.used} read from there (${ra.waited} waited for one)`)
     // An overlay's close makes everything written durable (fdatasync) before the device is gone for good.
     await source.close()
     removeEntry(id)

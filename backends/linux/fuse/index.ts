@@ -67,6 +67,9 @@ export const backend: Backend = {
   writable: true,
   // A writable device is served on the same threads, through views of the overlay (src/layers/overlay-view.ts).
   writableThreads: true,
+  // The loop device's own default (2560 KiB here) leaves the two serving threads waiting between the
+  // kernel's read-ahead batches under `cat DEV`; 8 MiB keeps both decoding (docs/performance.md).
+  readAheadKiB: 8192,
 
   async probe(): Promise<Probe> {
     return probeSync()

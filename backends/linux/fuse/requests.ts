@@ -42,14 +42,27 @@ export class FuseRequestReader {
     return this.replyFd !== this.sessionFd
   }
 
-  /** Read the next request into `buf`; returns its length. Throws the blocking read's error (ENODEV …). */
-  next(buf: Buffer): number {
+  /**
+   * Read the next request into `buf`; returns its length. Throws the blocking read's error (ENODEV …).
+   * `idle`, when given, is called while no request is waiting, one unit of work at a time (true: it did
+   * one, look again; false: nothing to do), before the thread sleeps: decoding ahead of a sequential reader.
+   */
+  next(buf: Buffer, idle?: () => boolean): number {
     if (this.poller.active) {
       const n = this.poller.poll(() => this.tryRead(buf))
       if (n > 0) {
         this.replyFd = this.clone
         return n
       }
+    }
+    // Work ahead while no request waits, looking for one between units (needs the non-blocking clone).
+    while (idle && this.clone >= 0 && idle()) {
+      const n = this.tryRead(buf)
+      if (n > 0) {
+        this.replyFd = this.clone
+        return n
+      }
+      if (n < 0) break
     }
     this.replyFd = this.sessionFd
     this.poller.sleeping()
