@@ -127,6 +127,35 @@ export function dropCaches(): void {
 }
 
 /**
+ * Take one file out of the page cache (posix_fadvise DONTNEED; its pages are clean, so the kernel drops
+ * them): a cold-input measurement that leaves the rest of the machine's cache — other people's work on a
+ * shared machine — alone. Returns false where it cannot (not Linux, no libc).
+ */
+export function evict(file: string): boolean {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const libc = require('../src/sys/libc') as typeof import('../src/sys/libc')
+    const fd = fs.openSync(file, 'r')
+    try {
+      return libc.fadvise(fd, 0, 0, libc.POSIX_FADV_DONTNEED) === 0
+    } finally {
+      fs.closeSync(fd)
+    }
+  } catch {
+    return false
+  }
+}
+
+/** The machine's load averages (1, 5, 15 minutes) as `uptime` prints them: benchmarks say what they shared the cores with. */
+export function loadAverage(): string {
+  try {
+    return fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(', ')
+  } catch {
+    return 'unknown'
+  }
+}
+
+/**
  * Read a whole file so that it is in the page cache. Do it right before each measurement: this
  * machine's kernel (DAMON) reclaims cold page cache within seconds, so one warm-up at the start of a
  * benchmark leaves later runs reading from disk.

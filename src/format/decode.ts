@@ -150,7 +150,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
   const ahead: Array<Promise<Prepared>> = []
   let next = 0
   const feed = () => {
-    while (ahead.length < threads * 3 && next < batches) {
+    while (ahead.length < threads * 2 && next < batches) {
       const p = prepare(next++)
       p.catch(() => undefined)
       ahead.push(p)

@@ -165,12 +165,16 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
   let bytesRead = 0
   // Powers of two no larger than a group, so batches never straddle an index group.
   const batchChunks = Math.min(l2Entries, Math.max(1, Math.floor((4 << 20) / chunkSize)))
-  const maxInFlight = threads * 3
+  // Two batches a worker: one compressing, one waiting. Each batch holds 4 MiB of input and 4 MiB of output
+  // (a raw chunk stores all its bytes), so this and the read-ahead below bound the memory (< 150 MB on 2 cores).
+  const maxInFlight = threads * 2
   const inflight: Batch[] = []
   // Batch buffers go to a worker and come back: reusing them spares the kernel fresh zeroed pages.
   const batchBytes = batchChunks * chunkSize
   const spare: ArrayBuffer[] = []
   const take = (): ArrayBuffer => spare.pop() ?? new ArrayBuffer(batchBytes)
+  /** Batches read ahead of the one being handed to a worker (seekable inputs). */
+  const readAheadDepth = 3
   let cleanedUp = false
   const cleanup = () => {
     if (cleanedUp) return
@@ -234,10 +238,47 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
   }
 
   let size = input.size
+  // A seekable input is read ahead of the loop, READ_AHEAD batches at a time, so that reading a cold input
+  // overlaps compressing it instead of alternating with it (the kernel's own read-ahead stops at its window).
+  const readAhead: Array<{start: number; want: number; read: Promise<{buf: Buffer; got: number}>}> = []
+  let plannedTo = 0 // the chunk from which the next read ahead is planned
+  /** The next batch at or after chunk `ci` that the loop below will read (it skips unread groups and batches). */
+  const nextRead = (ci: number, total: number): {start: number; want: number; next: number} | undefined => {
+    for (;;) {
+      const start = ci * chunkSize
+      if (start >= total) return undefined
+      if (ci % l2Entries === 0) {
+        const groupLen = Math.min(l2Entries * chunkSize, total - start)
+        if (isUnread(start, groupLen)) {
+          ci += Math.ceil(groupLen / chunkSize)
+          continue
+        }
+      }
+      const want = Math.min(batchChunks * chunkSize, total - start)
+      const next = ci + Math.ceil(want / chunkSize)
+      let allUnread = true
+      for (let off = 0; off < want && allUnread; off += chunkSize) allUnread = isUnread(start + off, Math.min(chunkSize, want - off))
+      if (!allUnread) return {start, want, next}
+      ci = next
+    }
+  }
+  const planReads = () => {
+    if (!input.seekable || size === undefined) return
+    while (readAhead.length < readAheadDepth) {
+      const r = nextRead(plannedTo, size)
+      if (!r) return
+      plannedTo = r.next
+      const buf = Buffer.from(take(), 0, r.want)
+      const read = input.read(buf, r.start).then((got) => ({buf, got}))
+      read.catch(() => undefined) // observed when the loop reaches it
+      readAhead.push({start: r.start, want: r.want, read})
+    }
+  }
   try {
     for (;;) {
       const start = chunkIndex * chunkSize
       if (size !== undefined && start >= size) break
+      planReads()
       // A whole index group inside one bad area is recorded without reading it.
       if (input.seekable && size !== undefined && chunkIndex % l2Entries === 0) {
         const groupLen = Math.min(l2Entries * chunkSize, size - start)
@@ -262,13 +303,22 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
         lengths.push(len)
         unread.push(isUnread(start + off, len))
       }
-      const buf = Buffer.from(take(), 0, want)
+      let buf: Buffer
       let got: number
       if (input.seekable && unread.every((u) => u)) {
+        buf = Buffer.from(take(), 0, want)
         buf.fill(0)
         got = want
       } else {
-        got = await input.read(buf, start)
+        const ahead = readAhead[0]
+        if (ahead && ahead.start === start && ahead.want === want) {
+          readAhead.shift()
+          planReads()
+          ;({buf, got} = await ahead.read)
+        } else {
+          buf = Buffer.from(take(), 0, want)
+          got = await input.read(buf, start)
+        }
         if (got < want) {
           if (input.seekable) throw new VdevError('io', `${input.name}: source ended at byte ${start + got}, expected ${size} bytes`)
           size = start + got
@@ -405,6 +455,8 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
       badBytes: (Object.keys(totals) as BadStatus[]).reduce((s, k) => s + totals[k].bytes, 0),
     }
   } catch (err) {
+    // Reads still under way write into buffers nobody will look at; let them end before the input closes.
+    await Promise.allSettled(readAhead.map((r) => r.read))
     cleanup()
     throw err
   } finally {

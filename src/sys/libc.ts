@@ -24,6 +24,7 @@ const shutdownFn = lib.func('int shutdown(int sockfd, int how)')
 const recvFn = lib.func('long recv(int sockfd, void *buf, size_t len, int flags)')
 const readFn = lib.func('long read(int fd, void *buf, size_t count)')
 const flockFn = lib.func('int flock(int fd, int operation)')
+const fadviseFn = lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)')
 
 export class SysError extends Error {
   constructor(
@@ -127,6 +128,14 @@ export function flock(fd: number, operation: number): number {
 }
 export const LOCK_EX = 2 // include/uapi/asm-generic/fcntl.h
 export const LOCK_NB = 4
+
+/** posix_fadvise(2); returns the error number (0 on success): it is only advice, callers go on without it. */
+export function fadvise(fd: number, offset: number, length: number, advice: number): number {
+  return fadviseFn(fd, offset, length, advice) as number
+}
+export const POSIX_FADV_SEQUENTIAL = 2 // include/uapi/linux/fadvise.h
+export const POSIX_FADV_WILLNEED = 3
+export const POSIX_FADV_DONTNEED = 4
 
 export function getpid(): number {
   return getpidFn() as number
