@@ -9,6 +9,9 @@
  * Targets (issue 14): create ≤ 0.5× qemu-img's time at no larger output; `vdev extract IMG -` ≤ 0.6×
  * `zstd -d`'s time (both piped into dd); vdev's peak RSS < 150 MB. Each tool's best of BENCH_REPS (3) runs;
  * the tools take turns within each repetition, so a burst of load on a shared machine hits them alike.
+ * The CPU columns (user + system seconds of every thread of the tool, not of dd) change far less with the
+ * machine's load than wall time: with the cores to itself a tool's time is about its CPU seconds divided by
+ * the cores it keeps busy, with both cores taken by others it is closer to its CPU seconds.
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -31,6 +34,8 @@ interface Tool {
   pipe?: boolean
   modes?: Mode[]
   best: Partial<Record<Mode, Run>>
+  /** The fewest CPU seconds (user + system, every thread) of any of its runs. */
+  cpu?: number
 }
 
 async function measure(tools: Tool[], reps: number): Promise<void> {
@@ -44,6 +49,7 @@ async function measure(tools: Tool[], reps: number): Promise<void> {
         const sink = (fifo: string) => ['dd', `if=${fifo}`, 'of=/dev/null', 'bs=1M', 'status=none']
         const r = await timed(t.argv(), t.pipe ? {pipeTo: sink} : {})
         if (!t.best[mode] || r.seconds < t.best[mode]!.seconds) t.best[mode] = r
+        t.cpu = Math.min(t.cpu ?? Infinity, r.cpuSeconds)
       }
 }
 
@@ -70,13 +76,14 @@ async function main(): Promise<void> {
     const qemuSize = fileSize(qemu.outputs)
     const cell = (t: Tool, m: Mode, peer: Tool) => (t.best[m] ? [fmt(t.best[m]!.seconds), ratio(t.best[m]!.seconds, peer.best[m]!.seconds)] : ['—', '—'])
     const rss = (t: Tool) => String(Math.round(Math.max(...MODES.map((m) => t.best[m]?.maxRssKiB ?? 0)) / 1024))
+    const cpu = (t: Tool, peer: Tool) => [fmt(t.cpu!), ratio(t.cpu!, peer.cpu!)]
     console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 from /usr/share and /usr/bin; ${os.availableParallelism()} cores; best of ${reps}; load average ${loadBefore} (before)\n`)
     console.log(
       table(
-        ['create', 'cold s', 'cold vs qemu-img', 'warm s', 'warm vs qemu-img', 'output MiB', 'size vs qcow2', 'peak RSS MiB'],
+        ['create', 'cold s', 'cold vs qemu-img', 'warm s', 'warm vs qemu-img', 'CPU s', 'CPU vs qemu-img', 'output MiB', 'size vs qcow2', 'peak RSS MiB'],
         create.map((t) => {
           const s = fileSize(t.outputs)
-          return [t.name, ...cell(t, 'cold', qemu), ...cell(t, 'warm', qemu), fmt(s / MiB, 1), ratio(s, qemuSize), rss(t)]
+          return [t.name, ...cell(t, 'cold', qemu), ...cell(t, 'warm', qemu), ...cpu(t, qemu), fmt(s / MiB, 1), ratio(s, qemuSize), rss(t)]
         }),
       ),
     )
@@ -93,8 +100,8 @@ async function main(): Promise<void> {
     console.log()
     console.log(
       table(
-        ['decode the whole image', 'cold s', 'cold vs zstd -d', 'warm s', 'warm vs zstd -d', 'warm MiB/s', 'peak RSS MiB'],
-        extract.map((t) => [t.name, ...cell(t, 'cold', zstdD), ...cell(t, 'warm', zstdD), fmt(size / MiB / t.best.warm!.seconds, 0), rss(t)]),
+        ['decode the whole image', 'cold s', 'cold vs zstd -d', 'warm s', 'warm vs zstd -d', 'CPU s', 'CPU vs zstd -d', 'warm MiB/s', 'peak RSS MiB'],
+        extract.map((t) => [t.name, ...cell(t, 'cold', zstdD), ...cell(t, 'warm', zstdD), ...cpu(t, zstdD), fmt(size / MiB / t.best.warm!.seconds, 0), rss(t)]),
       ),
     )
     const r = (t: Tool, p: Tool, m: Mode) => ratio(t.best[m]!.seconds, p.best[m]!.seconds)

@@ -48,6 +48,8 @@ export interface Run {
   seconds: number
   /** Peak resident set size of the (first) command, in KiB. */
   maxRssKiB: number
+  /** User + system CPU seconds of the (first) command, all its threads: on a shared machine, less noisy than wall time. */
+  cpuSeconds: number
 }
 
 /**
@@ -71,7 +73,7 @@ export function timed(argv: string[], opts: {pipeTo?: (fifo: string) => string[]
       waits.push(new Promise((r) => second.on('exit', (c) => r(c ?? -1))))
       outFd = fs.openSync(fifo, 'w') // returns once the reader has opened its end
     } else if (opts.stdoutFile) outFd = fs.openSync(opts.stdoutFile, 'w')
-    const first = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, ...argv], {
+    const first = spawn('/usr/bin/time', ['-f', '%U %S %M', '-o', rssFile, ...argv], {
       stdio: ['ignore', outFd, 'pipe'],
       env: {...process.env, ...opts.env},
       cwd: opts.cwd,
@@ -84,14 +86,17 @@ export function timed(argv: string[], opts: {pipeTo?: (fifo: string) => string[]
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9
       if (fifoDir) fs.rmSync(fifoDir, {recursive: true, force: true})
       let maxRssKiB = 0
+      let cpuSeconds = 0
       try {
-        maxRssKiB = Number(fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop())
+        const [user, sys, rss] = fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number)
+        maxRssKiB = rss
+        cpuSeconds = user + sys
         fs.rmSync(rssFile)
       } catch {
         /* time did not write it */
       }
       if (codes.some((c) => c !== 0)) reject(new Error(`${argv.join(' ')} failed (${codes}): ${err.slice(-2000)}`))
-      else resolve({seconds, maxRssKiB})
+      else resolve({seconds, maxRssKiB, cpuSeconds})
     }, reject)
   })
 }
