@@ -310,6 +310,8 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
         buf.fill(0)
         got = want
       } else {
+        // Reads planned for batches the loop went past (never, while nextRead follows the loop) go back to the pool.
+        while (readAhead.length && readAhead[0].start < start) readAhead.shift()!.read.then((r) => spare.push(r.buf.buffer as ArrayBuffer), () => undefined)
         const ahead = readAhead[0]
         if (ahead && ahead.start === start && ahead.want === want) {
           readAhead.shift()
