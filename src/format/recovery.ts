@@ -60,19 +60,23 @@ export function layoutOf(p: RecoveryParams): RecoveryLayout {
 
 /**
  * The code for `percent`% of parity over a region: the largest stripes GF(2^8) allows with m/k ≈ percent/100
- * (m = ⌊256·N/(100+N)⌋, k = m·100/N, at most 256 − m), fewer data slices per stripe only when the region
- * has fewer slices, and always at least one parity slice.
+ * (m = ⌊256·N/(100+N)⌋, k = m·100/N, at most 256 − m); then T = ⌈D/k⌉ stripes for the region's D slices,
+ * and when they are not all full, k = ⌈D/T⌉ and m = round(k·N/100) (at least 1), so that the last stripe's
+ * missing slices do not cost parity.
  */
 export function chooseParams(percent: number, regionOffset: number, regionLength: number, sliceSize = DEFAULT_SLICE_SIZE): RecoveryParams {
   if (!(percent > 0 && percent <= 100)) throw new VdevError('usage', `recovery ${percent}% is not more than 0% and at most 100%`)
   let m = Math.max(1, Math.floor((MAX_STRIPE * percent) / (100 + percent)))
   let k = Math.min(MAX_STRIPE - m, Math.max(1, Math.round((m * 100) / percent)))
   const d = Math.ceil(regionLength / sliceSize)
-  if (d < k) {
-    k = Math.max(1, d)
+  const stripes = Math.max(1, Math.ceil(d / k))
+  // As many stripes as the largest k needs, each as full as the slices allow: the parity is m/k of the data.
+  const full = Math.max(1, Math.ceil(d / stripes))
+  if (full < k) {
+    k = full
     m = Math.min(MAX_STRIPE - k, Math.max(1, Math.round((k * percent) / 100)))
   }
-  return {sliceSize, k, m, stripes: Math.max(1, Math.ceil(d / k)), regionOffset, regionLength}
+  return {sliceSize, k, m, stripes, regionOffset, regionLength}
 }
 
 export function encodeRecoveryHeader(l: RecoveryLayout): Buffer {
