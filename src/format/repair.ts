@@ -371,24 +371,30 @@ export async function assessRepair(img: VdimgImage): Promise<RepairAssessment> {
  * is renamed into place when complete. Never writes when the image is intact.
  */
 export async function repairImage(image: string, opts: {out?: string; signal?: AbortSignal} = {}): Promise<RepairReport> {
+  // A first look, by checksums only (no decoding): is anything damaged at all?
   const img = await openImage(image)
-  const before = await verifyImage(img, {quick: true, signal: opts.signal})
-  await img.close()
+  let nothing: boolean
+  let hasRecovery = false
+  try {
+    const fd = fs.openSync(image, 'r')
+    try {
+      const size = fs.fstatSync(fd).size
+      const f = new FileBytes(fd, image, size, false)
+      const sc = scan(img, f, structuresOf(img, f))
+      const sec = img.sections.find((x) => x.type === SectionType.Recovery)
+      const recoveryIntact = !sec || sectionCrc(fd, sec, size) === sec.crc
+      hasRecovery = !!sec
+      nothing = sc.fixes.length === 0 && sc.lost.list.length === 0 && recoveryIntact && img.warnings.length === 0
+    } finally {
+      fs.closeSync(fd)
+    }
+  } finally {
+    await img.close()
+  }
   if (opts.signal?.aborted) throw new VdevError('interrupted', `${image}: interrupted`)
   const out = opts.out ?? image
-  const fresh = (): RepairReport => ({repaired: true, intact: true, fixed: [], rebuiltSlices: 0, rewrittenParity: 0, lostStripes: 0, remaining: [], recovery: 'none'})
-  // Verify sees everything but damaged recovery data, which it sees only as the section's checksum.
-  const quickFd = fs.openSync(image, 'r')
-  let recoveryIntact = true
-  try {
-    const probe = await openImage(image)
-    const sec = probe.sections.find((s) => s.type === SectionType.Recovery)
-    if (sec) recoveryIntact = sectionCrc(quickFd, sec, fs.fstatSync(quickFd).size) === sec.crc
-    await probe.close()
-  } finally {
-    fs.closeSync(quickFd)
-  }
-  if (before.ok && recoveryIntact) {
+  const fresh = (): RepairReport => ({repaired: true, intact: true, fixed: [], rebuiltSlices: 0, rewrittenParity: 0, lostStripes: 0, remaining: [], recovery: hasRecovery ? 'usable' : 'none'})
+  if (nothing) {
     const r = fresh()
     if (opts.out && path.resolve(opts.out) !== path.resolve(image)) copyAtomically(image, opts.out)
     return {...r, out: opts.out}
