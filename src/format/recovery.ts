@@ -7,6 +7,7 @@
 import {VdevError} from '../core/errors'
 import {crc32c} from './crc'
 import {cauchy, gfInvert, gfMul, mulAdd} from './gf256'
+import {simdKernel} from './gf256-simd'
 
 export const RECOVERY_MAGIC = Buffer.from('VDRECOV1', 'latin1')
 export const RECOVERY_HEADER_SIZE = 64
@@ -147,8 +148,13 @@ export async function encodeRecovery(l: RecoveryLayout, read: ReadAt, write: (bu
   const crcs = Buffer.alloc((T * m + D) * 4)
   for (let c0 = 0; c0 < rowBytes; c0 += width) {
     const w = Math.min(width, rowBytes - c0)
-    const parity = Array.from({length: m}, () => Buffer.alloc(w))
-    const row = Buffer.allocUnsafeSlow(w)
+    // With WebAssembly SIMD, the row and the parity live in the kernel's memory (one arena per pass).
+    const simd = simdKernel()
+    const views = simd ? simd.arena([w, ...Array.from({length: m}, () => w)]) : undefined
+    const asBuf = (v: Uint8Array) => Buffer.from(v.buffer, v.byteOffset, v.length)
+    const parity = views ? views.slice(1).map((v) => asBuf(v).fill(0)) : Array.from({length: m}, () => Buffer.alloc(w))
+    const row = views ? asBuf(views[0]) : Buffer.allocUnsafeSlow(w)
+    const mul = simd ? simd.mulAdd : mulAdd
     for (let j = 0; j < k; j++) {
       if (signal?.aborted) throw new VdevError('interrupted', 'interrupted')
       const from = j * rowBytes + c0
@@ -159,7 +165,7 @@ export async function encodeRecovery(l: RecoveryLayout, read: ReadAt, write: (bu
       row.fill(0, n)
       // Each data slice's CRC (zero-padded to S), so that repair knows which slices of a damaged chunk are lost.
       for (let t = 0; t * S < n; t++) crcs.writeUInt32LE(crc32c(row.subarray(t * S, (t + 1) * S)), (T * m + j * T + c0 / S + t) * 4)
-      for (let r = 0; r < m; r++) mulAdd(parity[r], row, cauchy(r, j, m))
+      for (let r = 0; r < m; r++) mul(parity[r], row, cauchy(r, j, m))
     }
     // Stripe-major: stripe s's m slices side by side, so this pass's stripes are one run of the section.
     const s0 = c0 / S
