@@ -100,6 +100,15 @@ describe('recovery: GF(2^8) and the Cauchy erasure code', () => {
     }
   })
 
+  it('gives the check values of FORMAT.md §13.2', () => {
+    assert.equal(cauchy(0, 0, 12), 0x3d)
+    assert.deepEqual([0, 1, 2].map((j) => cauchy(0, j, 2)), [0x8e, 0xf4, 0x47])
+    assert.deepEqual([0, 1, 2].map((j) => cauchy(1, j, 2)), [0xf4, 0x8e, 0xa7])
+    const l = {sliceSize: 1, k: 3, m: 2, stripes: 1, regionOffset: 256, regionLength: 3}
+    const data = [Buffer.from([1]), Buffer.from([2]), Buffer.from([3])]
+    assert.deepEqual([parityOf(l, data, 0)[0], parityOf(l, data, 1)[0]], [0xb2, 0x01])
+  })
+
   it('chooses k + m ≤ 256 with m/k close to the percentage asked for', () => {
     for (const [p, k, m] of [
       [1, 200, 2],
