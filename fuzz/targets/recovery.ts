@@ -229,7 +229,7 @@ export const recoveryTarget: Target = {
           const temps = fs.readdirSync(dir).filter((n) => n.endsWith('.tmp'))
           if (temps.length) failures.push(`temporary files left: ${temps.join(', ')}`)
           if (ctx.cli) {
-            const cli = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'repair', file, '--out', out], {encoding: 'utf8', timeout: 60_000})
+            const cli = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'repair', file, '--out', out, '--force'], {encoding: 'utf8', timeout: 60_000})
             if (![0, 4, 5].includes(cli.status ?? -1)) failures.push(`vdev repair exited ${cli.status}: ${cli.stderr.slice(0, 300)}`)
             if (cli.status !== 0 && cli.stderr.trim().split('\n').length !== 1) failures.push(`vdev repair printed ${cli.stderr.trim().split('\n').length} lines on stderr`)
             if (/\n\s+at /.test(cli.stderr)) failures.push('vdev repair printed a stack trace')

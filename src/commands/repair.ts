@@ -7,11 +7,12 @@ import {describeDamage} from '../format/verify'
 
 export default class Repair extends VdevCommand {
   static override summary = 'Rebuild damaged chunks, index tables and structures of an image from its recovery data and copies'
-  static override description = `Finds every damaged chunk and index table (by their checksums) and rebuilds them bit-exactly from the image's recovery data (\`vdev create --recovery N%\`, format 1.2), as long as no stripe lost more slices than it has good parity; rewrites damaged copies of the critical structures (format 1.1) from their originals and the reverse, and damaged recovery data from the repaired chunks. Writes OUT (default: IMAGE itself) under a temporary name beside it, renamed into place when complete. Exits 0 when everything was repaired (or nothing was damaged: then nothing is written), 5 when damage remains (OUT is still written, with everything that could be repaired), 4 when the image cannot be opened at all.`
+  static override description = `Finds every damaged chunk and index table (by their checksums) and rebuilds them bit-exactly from the image's recovery data (\`vdev create --recovery N%\`, format 1.2), as long as no stripe lost more slices than it has good parity; rewrites damaged copies of the critical structures (format 1.1) from their originals and the reverse, and damaged recovery data from the repaired chunks. Writes OUT (default: IMAGE itself) under a temporary name beside it, renamed into place when complete. An existing OUT is not replaced without --force. Exits 0 when everything was repaired (or nothing was damaged: then nothing is written), 5 when damage remains (OUT is still written, with everything that could be repaired), 4 when the image cannot be opened at all.`
   static override examples = ['<%= config.bin %> repair disk.vdimg', '<%= config.bin %> repair disk.vdimg --out fixed.vdimg', '<%= config.bin %> repair disk.vdimg --json']
   static override args = {image: Args.string({description: 'the image (.vdimg), a local file', required: true})}
   static override flags = {
     out: Flags.string({char: 'o', description: 'write the repaired image here (default: repair IMAGE in place)'}),
+    force: Flags.boolean({char: 'f', description: 'replace OUT if it exists'}),
   }
 
   async run(): Promise<RepairReport & {image: string}> {
@@ -20,7 +21,7 @@ export default class Repair extends VdevCommand {
     const stop = interruptible(args.image)
     let r: RepairReport
     try {
-      r = await repairImage(args.image, {out: flags.out, signal: stop.signal})
+      r = await repairImage(args.image, {out: flags.out, force: flags.force, signal: stop.signal})
     } finally {
       stop.dispose()
     }

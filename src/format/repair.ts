@@ -370,7 +370,9 @@ export async function assessRepair(img: VdimgImage): Promise<RepairAssessment> {
  * Repair `image` into `out` (default: the image itself), through a temporary file beside the output that
  * is renamed into place when complete. Never writes when the image is intact.
  */
-export async function repairImage(image: string, opts: {out?: string; signal?: AbortSignal} = {}): Promise<RepairReport> {
+export async function repairImage(image: string, opts: {out?: string; force?: boolean; signal?: AbortSignal} = {}): Promise<RepairReport> {
+  if (opts.out && !opts.force && path.resolve(opts.out) !== path.resolve(image) && fs.existsSync(opts.out))
+    throw new VdevError('exists', `${opts.out}: already exists (use --force to replace it)`)
   // A first look, by checksums only (no decoding): is anything damaged at all?
   const img = await openImage(image)
   let nothing: boolean
