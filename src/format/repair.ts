@@ -592,7 +592,7 @@ function fixRecovery(f: FileBytes, rec: RecoveryData, report: RepairReport): voi
   if (good && (!head.equals(good) || !tail.equals(good))) {
     f.write(good, rec.section.offset)
     f.write(good, rec.section.offset + l.length - RECOVERY_HEADER_SIZE)
-    report.fixed.push('recovery header rewritten from its copy')
+    report.fixed.push(head.equals(good) ? 'recovery header copy rewritten from the header' : 'recovery header rewritten from its copy')
   }
   const padFrom = rec.section.offset + RECOVERY_HEADER_SIZE + (l.stripes * l.m + dataSlices(l)) * 4
   const padTo = rec.section.offset + l.parityOffset
