@@ -196,7 +196,7 @@ export const recoveryTarget: Target = {
           try {
             const img = await openImage(file)
             try {
-              const v = await verifyImage(img, {quick: true})
+              const v = await verifyImage(img, {quick: true, threads: 1})
               if (!v.ok) repairable = (await assessRepair(img)).repairable
               outcome = v.ok ? 'verify:ok' : `verify:damaged:${repairable ? 'repairable' : 'not'}`
             } finally {
@@ -206,13 +206,13 @@ export const recoveryTarget: Target = {
             outcome = fail('verify', err)
           }
           try {
-            const r = await repairImage(file, {out})
+            const r = await repairImage(file, {out, threads: 1})
             outcome += r.repaired ? ' repair:ok' : ' repair:partial'
             if (!fs.readFileSync(file).equals(bytes)) failures.push('repair --out changed its input')
             if (r.repaired) {
               const img = await openImage(out)
               try {
-                const v = await verifyImage(img, {quick: true})
+                const v = await verifyImage(img, {quick: true, threads: 1})
                 if (!v.ok) failures.push(`repair said repaired, verify of its output finds: ${v.damaged[0]?.why}`)
               } finally {
                 await img.close()

@@ -370,7 +370,7 @@ export async function assessRepair(img: VdimgImage): Promise<RepairAssessment> {
  * Repair `image` into `out` (default: the image itself), through a temporary file beside the output that
  * is renamed into place when complete. Never writes when the image is intact.
  */
-export async function repairImage(image: string, opts: {out?: string; force?: boolean; signal?: AbortSignal} = {}): Promise<RepairReport> {
+export async function repairImage(image: string, opts: {out?: string; force?: boolean; signal?: AbortSignal; threads?: number} = {}): Promise<RepairReport> {
   if (opts.out && !opts.force && path.resolve(opts.out) !== path.resolve(image) && fs.existsSync(opts.out))
     throw new VdevError('exists', `${opts.out}: already exists (use --force to replace it)`)
   // A first look, by checksums only (no decoding): is anything damaged at all?
@@ -426,7 +426,7 @@ export async function repairImage(image: string, opts: {out?: string; force?: bo
     fd = undefined
     const check = await openImage(tmp)
     try {
-      const after = await verifyImage(check, {quick: true, signal: opts.signal})
+      const after = await verifyImage(check, {quick: true, signal: opts.signal, threads: opts.threads})
       report.remaining = after.damaged
       report.repaired = after.ok
     } finally {
