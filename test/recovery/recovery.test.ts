@@ -8,6 +8,7 @@ import {strict as assert} from 'node:assert'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {cauchy, gfInv, gfInvert, gfMul, mulAdd} from '../../src/format/gf256'
+import {simdKernel} from '../../src/format/gf256-simd'
 import {SectionType} from '../../src/format/layout'
 import {openImage} from '../../src/format/reader'
 import {chooseParams, dataSlices, decodeRecoveryHeader, layoutOf, parityOf, RECOVERY_HEADER_SIZE, solveStripe, type RecoveryLayout} from '../../src/format/recovery'
@@ -56,6 +57,20 @@ describe('recovery: GF(2^8) and the Cauchy erasure code', () => {
       mulAdd(dst, src.subarray(0, dst.length), c)
       assert.deepEqual(dst, want)
     }
+  })
+
+  it('the WebAssembly SIMD kernel gives the same bytes as the JavaScript loop, for every coefficient', () => {
+    const k = simdKernel()
+    assert.ok(k, 'WebAssembly SIMD is not available in this Node')
+    const src = prng(8, 4099)
+    const [d, s] = k.arena([4099, 4099])
+    s.set(src)
+    const js = Buffer.alloc(4099)
+    for (let c = 0; c < 256; c++) {
+      k.mulAdd(d, s, c)
+      mulAdd(js, src, c)
+    }
+    assert.ok(Buffer.from(d).equals(js))
   })
 
   it('every square submatrix of the Cauchy matrix is invertible (random picks over the largest stripe)', () => {
