@@ -213,7 +213,8 @@ function scan(img: VdimgImage, f: FileBytes, s: Structures): Scan {
   const same = (what: string, good: Buffer, places: number[]) => {
     for (const at of places) {
       const have = f.read(good.length, at)
-      if (!have.equals(good) || at + good.length > f.size) fixes.push({line: `${what} at byte ${at} rewritten from its ${at === places[0] ? 'copy' : 'original'}`, apply: () => f.write(good, at)})
+      if (!have.equals(good) || at + good.length > f.size)
+        fixes.push({line: at === places[0] ? `${what} at byte ${at} rewritten from its copy` : `${what} copy at byte ${at} rewritten from the original`, apply: () => f.write(good, at)})
     }
   }
   same('header', s.header, s.headerAt)

@@ -333,7 +333,7 @@ describe('recovery: vdev repair of real images', function () {
       [s.get(SectionType.ChunkIndexCopy)!.offset, 2],
     ])
     const rep2 = await repairsExactly(f2)
-    assert.ok(rep2.fixed.some((x) => /header at byte \d+ rewritten from its original/.test(x)), rep2.fixed.join('\n'))
+    assert.ok(rep2.fixed.some((x) => /header copy at byte \d+ rewritten from the original/.test(x)), rep2.fixed.join('\n'))
   })
 
   it('beyond the parity: repairs what it can, names exactly the chunks that stay lost, exit 5', async () => {
