@@ -86,13 +86,23 @@ async function main(): Promise<void> {
 
     // The same damage to both: spread 4 KiB blocks and one run, within what each can repair.
     const regionBlocks = Math.floor((l.regionOffset + l.regionLength) / 4096)
-    const spread = Math.floor(l.stripes * l.m * 0.25)
-    const run = Math.min(l.stripes * 2, 512) // 4 KiB blocks, 2 per stripe at most
+    // Slices are aligned to 4 KiB blocks of the file (FORMAT.md §13.1): one damaged block, one slice. The
+    // run costs each stripe at most 2 slices; the spread blocks fill stripes up to m − 2 at most, about half
+    // of vdev's parity in all — and of par2's (its blocks are S bytes, each damaged 4 KiB block one of them).
+    const run = Math.min(l.stripes * 2, 512)
     let seed = 12345
     const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n)
-    const blocks = new Set<number>()
-    while (blocks.size < spread) blocks.add(1 + rnd(regionBlocks - 2))
     const runAt = 1 + rnd(regionBlocks - run - 2)
+    const per = new Map<number, number>()
+    const blocks = new Set<number>()
+    const want = Math.floor(Math.min(l.stripes * l.m, Math.floor(plainSize / block) * (PERCENT / 100)) * 0.5) - run
+    for (let tries = 0; blocks.size < want && tries < want * 100; tries++) {
+      const b = 1 + rnd(regionBlocks - 2)
+      const st = b % l.stripes // the block's slice index is b (slices start at file offset 0)
+      if ((b >= runAt && b < runAt + run) || blocks.has(b) || (per.get(st) ?? 0) >= l.m - 2) continue
+      per.set(st, (per.get(st) ?? 0) + 1)
+      blocks.add(b)
+    }
     const damage = (file: string) => {
       const f = fs.openSync(file, 'r+')
       const junk = Buffer.alloc(4096, 0xe5)

@@ -22,7 +22,7 @@ import {crc32c} from '../../src/format/crc'
 import {openInput} from '../../src/format/input'
 import {SectionType} from '../../src/format/layout'
 import {openImage} from '../../src/format/reader'
-import {RECOVERY_HEADER_SIZE, decodeRecoveryHeader, type RecoveryLayout} from '../../src/format/recovery'
+import {RECOVERY_HEADER_SIZE, dataSlices, decodeRecoveryHeader, sliceOrigin, type RecoveryLayout} from '../../src/format/recovery'
 import {assessRepair, repairImage} from '../../src/format/repair'
 import {verifyImage} from '../../src/format/verify'
 import {createImage} from '../../src/format/writer'
@@ -112,11 +112,14 @@ export const recoveryTarget: Target = {
           const per = new Map<number, number>()
           const n = rng.range(1, l.stripes * l.m)
           for (let t = 0; t < n; t++) {
-            const i = rng.int(Math.ceil(l.regionLength / l.sliceSize))
+            const i = rng.int(dataSlices(l))
             const s = i % l.stripes
             if ((per.get(s) ?? 0) >= l.m) continue
             per.set(s, (per.get(s) ?? 0) + 1)
-            const at = l.regionOffset + i * l.sliceSize + rng.int(Math.min(l.sliceSize, l.regionLength - i * l.sliceSize))
+            // A byte of slice i that lies in the region.
+            const from = Math.max(l.regionOffset, sliceOrigin(l) + i * l.sliceSize)
+            const to = Math.min(l.regionOffset + l.regionLength, sliceOrigin(l) + (i + 1) * l.sliceSize)
+            const at = from + rng.int(to - from)
             b[at] ^= 1 + rng.int(255)
             steps.push(`flip byte ${at} (slice ${i}, stripe ${s})`)
           }

@@ -44,8 +44,17 @@ export class RecoveryFormatError extends Error {
   }
 }
 
-export function dataSlices(p: Pick<RecoveryParams, 'sliceSize' | 'regionLength'>): number {
-  return Math.ceil(p.regionLength / p.sliceSize)
+/**
+ * Slices are aligned to the file, not to the region: slice i is the file bytes [origin + i·S, origin + (i+1)·S)
+ * with origin = ⌊region_offset / S⌋·S, bytes outside the region read as zeros — so that one damaged aligned
+ * block of the file (a disk's sector or page) costs one slice, not two.
+ */
+export function sliceOrigin(p: Pick<RecoveryParams, 'sliceSize' | 'regionOffset'>): number {
+  return Math.floor(p.regionOffset / p.sliceSize) * p.sliceSize
+}
+
+export function dataSlices(p: Pick<RecoveryParams, 'sliceSize' | 'regionOffset' | 'regionLength'>): number {
+  return Math.ceil((p.regionOffset + p.regionLength - sliceOrigin(p)) / p.sliceSize)
 }
 
 /** Where the CRC of data slice i lies, from the section's start: after the parity slices' CRCs. */
@@ -69,7 +78,7 @@ export function chooseParams(percent: number, regionOffset: number, regionLength
   if (!(percent > 0 && percent <= 100)) throw new VdevError('usage', `recovery ${percent}% is not more than 0% and at most 100%`)
   let m = Math.max(1, Math.floor((MAX_STRIPE * percent) / (100 + percent)))
   let k = Math.min(MAX_STRIPE - m, Math.max(1, Math.round((m * 100) / percent)))
-  const d = Math.ceil(regionLength / sliceSize)
+  const d = dataSlices({sliceSize, regionOffset, regionLength})
   const stripes = Math.max(1, Math.ceil(d / k))
   // As many stripes as the largest k needs, each as full as the slices allow: the parity is m/k of the data.
   const full = Math.max(1, Math.ceil(d / stripes))
@@ -122,7 +131,7 @@ export function decodeRecoveryHeader(b: Buffer, at: number, sectionLength: numbe
   const parityOffset = u64(40, 'parity offset')
   for (let o = 48; o < 60; o++) if (b[o] !== 0) throw new RecoveryFormatError('recovery header reserved bytes are not zero', at + o)
   if (regionOffset < 256) throw new RecoveryFormatError(`recovery region starts at byte ${regionOffset}, inside the header`, at + 24)
-  const d = Math.ceil(regionLength / sliceSize)
+  const d = dataSlices({sliceSize, regionOffset, regionLength})
   if (regionLength < 1 || stripes !== Math.ceil(d / k)) throw new RecoveryFormatError(`recovery data has ${stripes} stripes; ${d} slices in stripes of ${k} need ${Math.ceil(d / k)}`, at + 20)
   // Bounded by the section before it is multiplied out: T·m·S ≤ the section's length ≤ the file's.
   if (stripes * m > sectionLength / sliceSize) throw new RecoveryFormatError(`recovery data needs more bytes than its section's ${sectionLength}`, at + 20)
@@ -145,6 +154,8 @@ export async function encodeRecovery(l: RecoveryLayout, read: ReadAt, write: (bu
   const rowBytes = T * S
   const width = Math.max(S, Math.floor(PASS_BYTES / (m + 1) / S) * S)
   const D = dataSlices(l)
+  const origin = sliceOrigin(l)
+  const end = regionOffset + L
   const crcs = Buffer.alloc((T * m + D) * 4)
   for (let c0 = 0; c0 < rowBytes; c0 += width) {
     const w = Math.min(width, rowBytes - c0)
@@ -157,14 +168,16 @@ export async function encodeRecovery(l: RecoveryLayout, read: ReadAt, write: (bu
     const mul = simd ? simd.mulAdd : mulAdd
     for (let j = 0; j < k; j++) {
       if (signal?.aborted) throw new VdevError('interrupted', 'interrupted')
-      const from = j * rowBytes + c0
-      if (from >= L) break
-      const n = Math.min(w, L - from)
-      const got = await read(n, regionOffset + from)
-      got.copy(row, 0, 0, n)
-      row.fill(0, n)
-      // Each data slice's CRC (zero-padded to S), so that repair knows which slices of a damaged chunk are lost.
-      for (let t = 0; t * S < n; t++) crcs.writeUInt32LE(crc32c(row.subarray(t * S, (t + 1) * S)), (T * m + j * T + c0 / S + t) * 4)
+      // This row's piece, in file offsets, clipped to the region; the rest of the row is zeros.
+      const from = origin + j * rowBytes + c0
+      if (from >= end) break
+      const a = Math.max(from, regionOffset)
+      const b = Math.min(from + w, end)
+      row.fill(0)
+      if (b > a) (await read(b - a, a)).copy(row, a - from, 0, b - a)
+      // Each data slice's CRC (its S bytes, zeros outside the region), so that repair knows which slices of a damaged chunk are lost.
+      const first = j * T + c0 / S
+      for (let t = 0; t < w / S && first + t < D; t++) crcs.writeUInt32LE(crc32c(row.subarray(t * S, (t + 1) * S)), (T * m + first + t) * 4)
       for (let r = 0; r < m; r++) mul(parity[r], row, cauchy(r, j, m))
     }
     // Stripe-major: stripe s's m slices side by side, so this pass's stripes are one run of the section.

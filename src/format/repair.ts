@@ -27,6 +27,7 @@ import {
   RECOVERY_HEADER_SIZE,
   RecoveryFormatError,
   dataSlices,
+  sliceOrigin,
   decodeRecoveryHeader,
   encodeRecovery,
   parityOf,
@@ -283,13 +284,15 @@ function loadRecovery(f: FileBytes, s: Structures): RecoveryData | 'none' | 'dam
   return {section: sec, layout, crcs, headerDamaged}
 }
 
-/** Slice `i` of the region (zeros past its end). */
+/** Slice `i`: file bytes [origin + i·S, origin + (i+1)·S), zeros outside the region (FORMAT.md §13.1). */
 function readSlice(f: FileBytes, l: RecoveryLayout, i: number): Buffer {
   const S = l.sliceSize
-  const from = i * S
-  if (from >= l.regionLength) return Buffer.alloc(S)
-  const b = f.read(Math.min(S, l.regionLength - from), l.regionOffset + from)
-  return b.length === S ? b : Buffer.concat([b, Buffer.alloc(S - b.length)])
+  const from = sliceOrigin(l) + i * S
+  const a = Math.max(from, l.regionOffset)
+  const b = Math.min(from + S, l.regionOffset + l.regionLength)
+  const out = Buffer.alloc(S)
+  if (b > a) f.read(b - a, a).copy(out, a - from)
+  return out
 }
 
 function parityAt(r: RecoveryData, s: number, p: number): number {
@@ -318,8 +321,9 @@ function lostByStripe(f: FileBytes, r: RecoveryData, lost: Ranges): Map<number, 
   const by = new Map<number, Set<number>>()
   const S = l.sliceSize
   for (const [a, b] of lost.list) {
-    const from = Math.max(a, l.regionOffset) - l.regionOffset
-    const to = Math.min(b, l.regionOffset + l.regionLength) - l.regionOffset
+    const origin = sliceOrigin(l)
+    const from = Math.max(a, l.regionOffset) - origin
+    const to = Math.min(b, l.regionOffset + l.regionLength) - origin
     for (let i = Math.floor(from / S); i * S < to; i++) {
       if (crc32c(readSlice(f, l, i)) === r.crcs.readUInt32LE((l.stripes * l.m + i) * 4)) continue
       const s = i % l.stripes
@@ -509,7 +513,7 @@ async function repairFile(image: string, tmp: string, fd: number, signal?: Abort
           missing.forEach((j, e) => {
             const i = j * l.stripes + st
             if (i >= D) return
-            const from = l.regionOffset + i * l.sliceSize
+            const from = sliceOrigin(l) + i * l.sliceSize
             const to = Math.min(from + l.sliceSize, l.regionOffset + l.regionLength)
             // Only the damaged bytes: a slice's other bytes were good, and stay as they were.
             for (const [a, b] of sc.lost.within(from, to)) f.write(rebuilt[e].subarray(a - from, b - from), a)

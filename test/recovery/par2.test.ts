@@ -10,7 +10,7 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {SectionType} from '../../src/format/layout'
 import {openImage} from '../../src/format/reader'
-import {decodeRecoveryHeader, RECOVERY_HEADER_SIZE, type RecoveryLayout} from '../../src/format/recovery'
+import {decodeRecoveryHeader, RECOVERY_HEADER_SIZE, sliceOrigin, type RecoveryLayout} from '../../src/format/recovery'
 import {openInput} from '../../src/format/input'
 import {createImage} from '../../src/format/writer'
 import {have, prng, runCli, textish, tmpDir} from '../helpers'
@@ -73,7 +73,7 @@ describe('recovery: vdev repair and par2 repair on the same damage', function ()
       out: `${vr.stderr}\n${pr.out}`,
     }
   }
-  const slice = (i: number) => l.regionOffset + i * l.sliceSize
+  const slice = (i: number) => sliceOrigin(l) + i * l.sliceSize
 
   it('spread damage within every stripe\'s parity: both repair, byte-identical', async () => {
     const ranges: Array<[number, number]> = []

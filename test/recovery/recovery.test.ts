@@ -11,7 +11,7 @@ import {cauchy, gfInv, gfInvert, gfMul, mulAdd} from '../../src/format/gf256'
 import {simdKernel} from '../../src/format/gf256-simd'
 import {SectionType} from '../../src/format/layout'
 import {openImage} from '../../src/format/reader'
-import {chooseParams, dataSlices, decodeRecoveryHeader, layoutOf, parityOf, RECOVERY_HEADER_SIZE, solveStripe, type RecoveryLayout} from '../../src/format/recovery'
+import {chooseParams, dataSlices, sliceOrigin, decodeRecoveryHeader, layoutOf, parityOf, RECOVERY_HEADER_SIZE, solveStripe, type RecoveryLayout} from '../../src/format/recovery'
 import {repairImage} from '../../src/format/repair'
 import {verifyImage} from '../../src/format/verify'
 import {createImage} from '../../src/format/writer'
@@ -135,7 +135,7 @@ describe('recovery: GF(2^8) and the Cauchy erasure code', () => {
       assert.deepEqual([c.k, c.m], [k, m], `${p}%`)
     }
     // A region of fewer slices than a stripe: one stripe of them all.
-    const small = chooseParams(5, 256, 10 * 4096)
+    const small = chooseParams(5, 4096, 10 * 4096)
     assert.deepEqual([small.k, small.m, small.stripes], [10, 1, 1])
   })
 })
@@ -207,7 +207,7 @@ function damaged(m: Made, dir: string, name: string, ranges: Array<[number, numb
 }
 
 /** File offset of region slice i. */
-const sliceAt = (m: Made, i: number) => m.layout.regionOffset + i * m.layout.sliceSize
+const sliceAt = (m: Made, i: number) => sliceOrigin(m.layout) + i * m.layout.sliceSize
 const parityAt = (m: Made, s: number, r: number) => m.at + m.layout.parityOffset + (s * m.layout.m + r) * m.layout.sliceSize
 
 describe('recovery: vdev repair of real images', function () {
@@ -261,13 +261,13 @@ describe('recovery: vdev repair of real images', function () {
     const perStripe = new Map<number, Set<number>>()
     // Random bytes, as many in each stripe as its parity rebuilds.
     for (let tries = 0; tries < 10_000 && hits.length < l.stripes * l.m; tries++) {
-      const at = r(l.regionLength)
-      const i = Math.floor(at / l.sliceSize)
+      const at = l.regionOffset + r(l.regionLength)
+      const i = Math.floor((at - sliceOrigin(l)) / l.sliceSize)
       const set = perStripe.get(i % l.stripes) ?? new Set()
       if (set.size >= l.m && !set.has(i)) continue
       set.add(i)
       perStripe.set(i % l.stripes, set)
-      hits.push([l.regionOffset + at, 1])
+      hits.push([at, 1])
     }
     const rep = await repairsExactly(damaged(m, t.dir, 'spread', hits))
     assert.ok(rep.rebuiltSlices >= hits.length / 2, `${rep.rebuiltSlices} of ${hits.length}`)
