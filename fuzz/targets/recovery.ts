@@ -192,8 +192,9 @@ export const recoveryTarget: Target = {
             }
             if (!['format', 'unsupported'].includes(err.code)) failures.push(`${where}: error code '${err.code}' for a damaged image: ${err.message}`)
             if (err.message.includes('\n')) failures.push(`${where}: the message is not one line`)
-            if (!err.message.includes(file)) failures.push(`${where}: the message does not name the file: ${err.message}`)
-            return `${where}:${err.code}:${normalize(err.message.split(file).join('FILE'), 80)}`
+            // Repair names its output for what it finds there after repairing (--out), its input otherwise.
+            if (!err.message.includes(file) && !(where === 'repair' && err.message.includes(out))) failures.push(`${where}: the message does not name the file: ${err.message}`)
+            return `${where}:${err.code}:${normalize(err.message.split(file).join('FILE').split(out).join('OUT'), 80)}`
           }
           let repairable: boolean | undefined
           try {

@@ -18,6 +18,7 @@ import {
   LayoutError,
   SECTION_ENTRY_SIZE,
   SectionType,
+  decodeHeader,
   decodeL1Entry,
   readL2Entry,
   type Section,
@@ -146,8 +147,18 @@ function structuresOf(img: VdimgImage, f: FileBytes): Structures {
   const h = img.header
   const tableLen = h.sectionCount * SECTION_ENTRY_SIZE
   const headerAt = [0, ...(h.trailerOffset ? [h.trailerOffset] : [])]
+  // The header the reader took: the one at 0 when it decodes (magic, CRC, every field), else the trailer.
   let header = f.read(HEADER_SIZE, 0)
-  if (crc32c(header.subarray(0, 252)) !== header.readUInt32LE(252) && h.trailerOffset) header = f.read(HEADER_SIZE, h.trailerOffset)
+  const decodes = (b: Buffer) => {
+    try {
+      decodeHeader(b, f.size)
+      return true
+    } catch (err) {
+      if (err instanceof LayoutError) return false
+      throw err
+    }
+  }
+  if (!decodes(header) && h.trailerOffset) header = f.read(HEADER_SIZE, h.trailerOffset)
   const tableAt = [h.sectionTableOffset, ...(h.copyTableOffset ? [h.copyTableOffset] : [])]
   let table = f.read(tableLen, h.sectionTableOffset)
   if (crc32c(table) !== h.sectionTableCrc && h.copyTableOffset) table = f.read(tableLen, h.copyTableOffset)
@@ -432,7 +443,8 @@ export async function repairImage(image: string, opts: {out?: string; force?: bo
     const check = await openImage(tmp)
     try {
       const after = await verifyImage(check, {quick: true, signal: opts.signal, threads: opts.threads})
-      report.remaining = after.damaged
+      // What remains, named by the file it will be in.
+      report.remaining = after.damaged.map((d) => ({...d, why: d.why.split(tmp).join(out)}))
       report.repaired = after.ok
     } finally {
       await check.close()
@@ -442,6 +454,7 @@ export async function repairImage(image: string, opts: {out?: string; force?: bo
   } catch (err) {
     if (fd !== undefined) fs.closeSync(fd)
     cleanup()
+    if (err instanceof VdevError && err.message.includes(tmp)) throw new VdevError(err.code, err.message.split(tmp).join(out))
     throw err
   } finally {
     process.removeListener('SIGINT', onSignal)
