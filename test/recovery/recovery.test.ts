@@ -9,6 +9,7 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {cauchy, gfInv, gfInvert, gfMul, mulAdd} from '../../src/format/gf256'
 import {simdKernel} from '../../src/format/gf256-simd'
+import {crc32c} from '../../src/format/crc'
 import {SectionType} from '../../src/format/layout'
 import {openImage} from '../../src/format/reader'
 import {chooseParams, dataSlices, sliceOrigin, decodeRecoveryHeader, layoutOf, parityOf, RECOVERY_HEADER_SIZE, solveStripe, type RecoveryLayout} from '../../src/format/recovery'
@@ -334,6 +335,16 @@ describe('recovery: vdev repair of real images', function () {
     ])
     const rep2 = await repairsExactly(f2)
     assert.ok(rep2.fixed.some((x) => /header copy at byte \d+ rewritten from the original/.test(x)), rep2.fixed.join('\n'))
+  })
+
+  it('a header at 0 whose CRC holds but which does not decode (no magic) is rewritten from the trailer, not copied over it', async () => {
+    // Fuzz seed 4242 iteration 87: repair took the header by its CRC alone and wrote it over the good trailer.
+    const b = Buffer.from(m.good)
+    b.fill(0xee, 0, 8)
+    b.writeUInt32LE(crc32c(b.subarray(0, 252)), 252)
+    const f = path.join(t.dir, 'bad-magic.vdimg')
+    fs.writeFileSync(f, b)
+    await repairsExactly(f)
   })
 
   it('beyond the parity: repairs what it can, names exactly the chunks that stay lost, exit 5', async () => {
