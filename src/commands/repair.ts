@@ -17,7 +17,7 @@ export default class Repair extends VdevCommand {
 
   async run(): Promise<RepairReport & {image: string}> {
     const {args, flags} = await this.parse(Repair)
-    if (/^https?:\/\//i.test(args.image)) throw new VdevError('usage', `${args.image}: repair needs a local file`)
+    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(args.image)) throw new VdevError('usage', `${args.image}: repair needs a local file`)
     const stop = interruptible(args.image)
     let r: RepairReport
     try {

@@ -30,7 +30,7 @@ export default class Verify extends VdevCommand {
     try {
       r = await verifyImage(img, {threads: flags.threads, quick: flags.quick, signal: stop.signal, onProgress: (d, t) => progress.update(d, t)})
       if (!r.ok && !stop.signal.aborted)
-        repair = /^https?:\/\//i.test(args.image)
+        repair = /^[a-z][a-z0-9+.-]*:\/\//i.test(args.image)
           ? null
           : r.damaged.length === 0
             ? {recovery: r.recovery.present ? 'usable' : 'none', lostSlices: 0, damagedParity: 0, unrepairableStripes: 0, repairable: false, why: 'the media hash does not match, yet every chunk and structure is intact'}

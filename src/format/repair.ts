@@ -348,7 +348,12 @@ function lostByStripe(f: FileBytes, r: RecoveryData, lost: Ranges): Map<number, 
 
 /** What repair could do, without writing: verify's "repairable" line. */
 export async function assessRepair(img: VdimgImage): Promise<RepairAssessment> {
-  const fd = fs.openSync(img.path, 'r')
+  let fd: number
+  try {
+    fd = fs.openSync(img.path, 'r')
+  } catch (err) {
+    throw ioError(img.path, err)
+  }
   try {
     const f = new FileBytes(fd, img.path, fs.fstatSync(fd).size, false)
     const s = structuresOf(img, f)
