@@ -17,6 +17,7 @@ PACKAGES=(
   nginx-light        # remote images: the HTTP(S) server test/remote starts and stops itself
   ceph-mon ceph-osd radosgw   # remote images: the S3 server (RADOS Gateway on a one-node cluster, no mgr needed) test/remote/rgw.ts starts and stops itself
   tgt                # bench:iscsi: Linux's userspace iSCSI target (tgtd, tgtadm)
+  par2               # recovery data: par2cmdline, the peer repair and bench:recovery compare with
   qemu-system-x86 busybox-static   # the real-kernel VM harness
   gcc libc6-dev linux-libc-dev     # ABI tests compile C against the kernel's UAPI headers
   wine64 gcc-mingw-w64-x86-64      # Windows code under Wine (test/windows): Windows Node, stand-in DLLs built with mingw-w64

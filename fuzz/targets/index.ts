@@ -7,6 +7,7 @@ import {mapfileTarget} from './mapfile'
 import {nbdTarget} from './nbd'
 import {nfsTarget} from './nfs'
 import {overlayTarget} from './overlay'
+import {recoveryTarget} from './recovery'
 
 export const TARGETS: Record<string, Target> = {
   image: imageTarget,
@@ -16,4 +17,5 @@ export const TARGETS: Record<string, Target> = {
   iscsi: iscsiTarget,
   overlay: overlayTarget,
   http: httpTarget,
+  recovery: recoveryTarget,
 }

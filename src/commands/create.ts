@@ -33,6 +33,7 @@ OUT is written under a temporary name beside it and renamed only when complete; 
     meta: Flags.string({description: 'metadata key=value (repeatable); well-known keys: model, serial, tool, date, notes', multiple: true}),
     'no-hash': Flags.boolean({description: 'do not compute the media SHA-256 (for huge sparse images)'}),
     force: Flags.boolean({char: 'f', description: 'replace OUT if it exists'}),
+    recovery: Flags.string({description: 'store Reed–Solomon recovery data of N% of the stored bytes (e.g. 5%), for `vdev repair` (format 1.2)'}),
   }
 
   async run(): Promise<CreateResult> {
@@ -52,6 +53,7 @@ OUT is written under a temporary name beside it and renamed only when complete; 
         mapfile: map,
         hash: !flags['no-hash'],
         force: flags.force,
+        recovery: flags.recovery === undefined ? undefined : parsePercent(flags.recovery),
         metadata: buildMetadata({source: args.source, meta: flags.meta ?? [], mapfile: map, version: this.config.version}),
         onProgress: (d, t) => progress.update(d, t),
       })
@@ -64,8 +66,18 @@ OUT is written under a temporary name beside it and renamed only when complete; 
     this.say(`chunks: ${Object.entries(result.chunks).map(([k, v]) => `${v} ${k}`).join(', ')}`)
     if (result.badAreas) this.say(`bad areas: ${result.badAreas} (${humanBytes(result.badBytes)})`)
     if (result.sha256) this.say(`sha256: ${result.sha256}`)
+    const rec = result.recovery
+    if (rec) this.say(`recovery: ${humanBytes(rec.bytes)}, stripes of ${rec.k} data + ${rec.m} parity slices of ${rec.sliceSize} bytes (${rec.stripes} stripes)`)
     return result
   }
+}
+
+/** "5%", "5", "0.5%" → 5, 5, 0.5. */
+export function parsePercent(text: string): number {
+  const m = /^([0-9]+(?:\.[0-9]+)?)\s*%?$/.exec(text.trim())
+  const n = m ? Number(m[1]) : NaN
+  if (!(n > 0 && n <= 100)) throw new VdevError('usage', `invalid recovery "${text}" (a percentage above 0 and at most 100, e.g. 5%)`)
+  return n
 }
 
 /** "128K", "1M", "4096" → bytes. */

@@ -47,6 +47,11 @@ export default class Info extends VdevCommand {
       this.say(`stored:       ${humanBytes(info.fileSize)} (${pct(info.ratio)} of the image)`)
       this.say(`chunks:       ${Object.entries(info.chunks).map(([k, v]) => `${v} ${k}`).join(', ')}`)
       this.say(`sha256:       ${info.sha256 ?? '(not recorded)'}`)
+      const rec = info.recovery
+      if (rec)
+        this.say(
+          `recovery:     ${humanBytes(rec.bytes)}, ${rec.usable ? `stripes of ${rec.k} data + ${rec.m} parity slices of ${rec.sliceSize} bytes (${rec.stripes} stripes)` : 'its header is damaged'}`,
+        )
       this.sayBadAreas(info)
       const md = Object.entries(info.metadata)
       if (md.length) {

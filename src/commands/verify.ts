@@ -6,6 +6,7 @@ import {interruptible} from '../cli/interrupt'
 import {Progress} from '../cli/progress'
 import {VdevError} from '../core/errors'
 import {describeDamage, verifyImage, type VerifyResult} from '../format/verify'
+import {assessRepair, type RepairAssessment} from '../format/repair'
 
 export default class Verify extends VdevCommand {
   static override summary = 'Check every structure, every chunk checksum and the media hash of an image'
@@ -18,22 +19,31 @@ export default class Verify extends VdevCommand {
     threads: Flags.integer({char: 't', description: 'decompression threads (default: every core)'}),
   }
 
-  async run(): Promise<Omit<VerifyResult, 'problems'> & {image: string}> {
+  async run(): Promise<Omit<VerifyResult, 'problems'> & {image: string; repair?: RepairAssessment | null}> {
     const {args, flags} = await this.parse(Verify)
     const img = await openVdimg(args.image, remoteArgs(flags))
     const progress = Progress.for('verify', this.jsonEnabled())
     const stop = interruptible(args.image)
     let r: VerifyResult
+    // Whether `vdev repair` can fix what is damaged (local images only: repair writes a file).
+    let repair: RepairAssessment | null | undefined
     try {
       r = await verifyImage(img, {threads: flags.threads, quick: flags.quick, signal: stop.signal, onProgress: (d, t) => progress.update(d, t)})
+      if (!r.ok && !stop.signal.aborted)
+        repair = /^[a-z][a-z0-9+.-]*:\/\//i.test(args.image)
+          ? null
+          : r.damaged.length === 0
+            ? {recovery: r.recovery.present ? 'usable' : 'none', lostSlices: 0, damagedParity: 0, unrepairableStripes: 0, repairable: false, why: 'the media hash does not match, yet every chunk and structure is intact'}
+            : await assessRepair(img)
     } finally {
       stop.dispose()
       progress.done()
       await img.close()
     }
     const {problems: _firstOnes, ...rest} = r
-    const out = {image: args.image, ...rest}
+    const out = {image: args.image, ...rest, ...(repair !== undefined ? {repair} : {})}
     if (!this.jsonEnabled()) for (const d of r.damaged) this.say(`damaged: ${describeDamage(args.image, d)}`)
+    if (repair) this.say(repair.repairable ? `repairable: \`vdev repair ${args.image}\` rebuilds every damaged byte` : `not repairable: ${repair.why}`)
     if (!r.ok) {
       // The result (with --json, the whole list) on stdout, one line on stderr, exit 5.
       const e = new VdevError('verify', failureLine(args.image, r))

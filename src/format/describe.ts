@@ -3,7 +3,8 @@
  */
 import * as fs from 'node:fs'
 import type {BadStatus} from '../core/errors'
-import {ChunkKind} from './layout'
+import {ChunkKind, SectionType} from './layout'
+import {RECOVERY_HEADER_SIZE, RecoveryFormatError, decodeRecoveryHeader} from './recovery'
 import type {VdimgImage} from './reader'
 
 export interface ImageInfo {
@@ -25,6 +26,23 @@ export interface ImageInfo {
   badAreaCount: number
   /** The first bad ranges (all of them with --all). */
   badAreas: Array<{offset: number; length: number; status: BadStatus}>
+  /** Recovery data (format 1.2, FORMAT.md §13): its code and size, only when present; `usable: false` when its header is damaged. */
+  recovery?: {bytes: number; usable: boolean; sliceSize?: number; k?: number; m?: number; stripes?: number} | null
+}
+
+/** The recovery section's code, from its header (the one at its start, else its copy at its end). */
+async function recoveryOf(img: VdimgImage): Promise<ImageInfo['recovery'] | null> {
+  const sec = img.sections.find((s) => s.type === SectionType.Recovery)
+  if (!sec) return null
+  for (const at of [sec.offset, sec.offset + sec.length - RECOVERY_HEADER_SIZE])
+    if (sec.length >= RECOVERY_HEADER_SIZE && at + RECOVERY_HEADER_SIZE <= img.fileSize)
+      try {
+        const l = decodeRecoveryHeader(await img.ranges.read(RECOVERY_HEADER_SIZE, at), at, sec.length)
+        return {bytes: sec.length, usable: true, sliceSize: l.sliceSize, k: l.k, m: l.m, stripes: l.stripes}
+      } catch (err) {
+        if (!(err instanceof RecoveryFormatError)) throw err
+      }
+  return {bytes: sec.length, usable: false}
 }
 
 export async function describeImage(img: VdimgImage, opts: {maxRanges?: number} = {}): Promise<ImageInfo> {
@@ -43,6 +61,7 @@ export async function describeImage(img: VdimgImage, opts: {maxRanges?: number} 
   const max = opts.maxRanges ?? 20
   const ranges = []
   for (let i = 0; i < Math.min(max, img.badAreas.count); i++) ranges.push(img.badAreas.get(i))
+  const recovery = await recoveryOf(img)
   return {
     path: img.path,
     format: 'vdimg',
@@ -60,5 +79,7 @@ export async function describeImage(img: VdimgImage, opts: {maxRanges?: number} 
     badBytes: Object.values(summary).reduce((s, v) => s + v.bytes, 0),
     badAreaCount: img.badAreas.count,
     badAreas: ranges,
+    // Only when present: the JSON of images without recovery data is as it was (the 1.0 golden files hold it).
+    ...(recovery ? {recovery} : {}),
   }
 }

@@ -11,6 +11,8 @@ export const MAGIC = Buffer.from([0x89, 0x56, 0x44, 0x49, 0x4d, 0x47, 0x0d, 0x0a
 export const VERSION_MAJOR = 1
 /** The minor version this writer writes (FORMAT.md §12: 1.1 adds a second copy of every critical structure). */
 export const VERSION_MINOR = 1
+/** The minor version of an image with recovery data (FORMAT.md §13: 1.2 adds section type 8). */
+export const VERSION_MINOR_RECOVERY = 2
 /** FORMAT.md §12: where the copies start, and how far apart a structure and its copy must be. */
 export const COPY_ALIGN = 4096
 
@@ -51,6 +53,8 @@ export enum SectionType {
   ChunkIndexCopy = 5,
   BadAreaMapCopy = 6,
   MetadataCopy = 7,
+  /** 1.2 (§13): Reed–Solomon parity over the chunk data and index tables. */
+  Recovery = 8,
 }
 /** FORMAT.md §12: the section each copy section duplicates, byte for byte. */
 export const COPY_OF: Partial<Record<number, SectionType>> = {
@@ -59,7 +63,7 @@ export const COPY_OF: Partial<Record<number, SectionType>> = {
   [SectionType.MetadataCopy]: SectionType.Metadata,
 }
 /** Section types a reader of this version knows; each may appear at most once. */
-export const LAST_KNOWN_SECTION = SectionType.MetadataCopy
+export const LAST_KNOWN_SECTION = SectionType.Recovery
 export const SECTION_FLAG_CRITICAL = 1
 
 /** FORMAT.md §6: bad-area statuses, numbered after ddrescue's characters. */
@@ -262,7 +266,8 @@ export function decodeSections(b: Buffer, base: number, fileSize: number): Secti
     if (s.offset < HEADER_SIZE)
       throw new LayoutError(`section type ${s.type} (${s.length} bytes at byte ${s.offset}) overlaps the header`, base + at + 8)
     // A copy (1.1, §12) outside the file is a damaged copy, not a damaged image: the reader decides.
-    const copy = s.type >= SectionType.IndexTablesCopy && s.type <= SectionType.MetadataCopy
+    // So is recovery data (1.2, §13) outside the file: nothing reads without it.
+    const copy = s.type >= SectionType.IndexTablesCopy && s.type <= SectionType.Recovery
     if (!copy && s.offset + s.length > fileSize)
       throw new LayoutError(
         `section type ${s.type} (${s.length} bytes at byte ${s.offset}) lies outside the file (${fileSize} bytes): truncated?`,

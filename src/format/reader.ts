@@ -713,7 +713,8 @@ export class VdimgImage implements BlockSource {
             warnings.push(`${err.message}; ignored`)
           }
         } else if (s.type >= SectionType.IndexTablesCopy && s.type <= LAST_KNOWN_SECTION) {
-          // Copies: read with their originals (above) and, for index tables, when one is damaged.
+          // Copies: read with their originals (above) and, for index tables, when one is damaged. Recovery
+          // data (type 8, §13) is read only by verify and repair.
         } else if (s.flags & SECTION_FLAG_CRITICAL) {
           throw fail(`unknown critical section type ${s.type}: this image needs a newer vdev`, s.offset, 'unsupported')
         } else if (s.length <= MAX_METADATA && crc32c(await read(s.length, s.offset)) !== s.crc) {

@@ -5,6 +5,8 @@
  */
 import * as crypto from 'node:crypto'
 import {decodeAll} from './decode'
+import {crc32c} from './crc'
+import {SectionType} from './layout'
 import type {VdimgImage} from './reader'
 
 /** One damaged range of chunks, or a damaged structure (chunk -1, chunks 0). */
@@ -32,6 +34,8 @@ export interface VerifyResult {
   /** False with --quick: the media hash was not computed. */
   hashed: boolean
   sha256: {recorded: string | null; computed: string | null; match: boolean | null}
+  /** Recovery data (format 1.2, FORMAT.md §13): absent, or whether its section's checksum holds. */
+  recovery: {present: boolean; intact: boolean | null}
 }
 
 /**
@@ -106,6 +110,18 @@ export async function verifyImage(
       opts.onProgress?.(done, img.size)
     },
   })
+  // Recovery data (§13) is read by nothing else: its checksum is checked here, over the whole section.
+  const rec = img.sections.find((s) => s.type === SectionType.Recovery)
+  let recoveryIntact: boolean | null = null
+  if (rec && !opts.signal?.aborted) {
+    let crc = 0
+    if (rec.offset + rec.length <= img.fileSize)
+      for (let off = 0; off < rec.length; off += 16 << 20) crc = crc32c(await img.ranges.read(Math.min(16 << 20, rec.length - off), rec.offset + off), crc)
+    recoveryIntact = rec.offset + rec.length <= img.fileSize && crc === rec.crc
+    const first = damage.list.findIndex((d) => d.chunk >= 0)
+    if (!recoveryIntact)
+      damage.list.splice(first < 0 ? damage.list.length : first, 0, {chunk: -1, chunks: 0, offset: 0, length: 0, why: `${img.path}: recovery data ${rec.offset + rec.length > img.fileSize ? 'lies outside the file: truncated?' : 'checksum mismatch'} (at byte ${rec.offset})`})
+  }
   // A hash over damaged chunks means nothing: report it only when every chunk decoded.
   const computed = hash && !damage.chunks ? hash.digest('hex') : null
   const recorded = img.sha256 ?? null
@@ -119,5 +135,6 @@ export async function verifyImage(
     problems,
     hashed: !!hash,
     sha256: {recorded, computed, match},
+    recovery: {present: !!rec, intact: recoveryIntact},
   }
 }

@@ -14,6 +14,7 @@ import {BadAreaMap} from './badmap'
 import {crc32c} from './crc'
 import {preadExact} from './pread'
 import type {InputSource} from './input'
+import {DEFAULT_SLICE_SIZE, MAX_SLICE_SIZE, MIN_SLICE_SIZE, chooseParams, encodeRecovery, layoutOf} from './recovery'
 import type {Mapfile} from './mapfile'
 import type {EncodeResult, EncodeTask} from './codec-worker'
 import {
@@ -35,6 +36,7 @@ import {
   SectionType,
   VERSION_MAJOR,
   VERSION_MINOR,
+  VERSION_MINOR_RECOVERY,
   encodeHeader,
   encodeL1,
   encodeSections,
@@ -57,6 +59,13 @@ export interface CreateOptions {
   hash?: boolean
   /** Replace an existing output. */
   force?: boolean
+  /**
+   * Store Reed–Solomon parity of this many percent of the chunk data and index tables (format 1.2,
+   * FORMAT.md §13), for `vdev repair`. Default: none.
+   */
+  recovery?: number
+  /** The recovery data's slice size (a power of two, 512 B – 1 MiB; default 4 KiB). */
+  recoverySliceSize?: number
   onProgress?: (bytesRead: number, total: number | undefined) => void
 }
 
@@ -70,6 +79,8 @@ export interface CreateResult {
   sha256?: string
   badAreas: number
   badBytes: number
+  /** The recovery data written (`--recovery`): its code and size. */
+  recovery?: {percent: number; sliceSize: number; k: number; m: number; stripes: number; bytes: number}
 }
 
 export const DEFAULT_LEVEL = 3
@@ -89,6 +100,11 @@ function validate(opts: CreateOptions, input: InputSource) {
     throw new VdevError('usage', `index table size ${l2Entries} is not a power of two from 256 to 65536`)
   const threads = opts.threads ?? os.availableParallelism()
   if (!Number.isInteger(threads) || threads < 1 || threads > 256) throw new VdevError('usage', `thread count ${threads} is not from 1 to 256`)
+  if (opts.recovery !== undefined && !(opts.recovery > 0 && opts.recovery <= 100))
+    throw new VdevError('usage', `recovery ${opts.recovery}% is not more than 0% and at most 100%`)
+  const slice = opts.recoverySliceSize ?? DEFAULT_SLICE_SIZE
+  if (!isPowerOfTwo(slice) || slice < MIN_SLICE_SIZE || slice > MAX_SLICE_SIZE)
+    throw new VdevError('usage', `recovery slice size ${slice} is not a power of two from 512 to 1 MiB`)
   return {chunkSize, sectorSize, level, l2Entries, threads}
 }
 
@@ -357,6 +373,12 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     while (inflight.length) await complete(inflight.shift()!)
     await flushL2()
     size ??= 0
+    // FORMAT.md §13: the protected region, the chunk data and second-level tables, ends here.
+    const regionEnd = filePos
+    const recovery =
+      opts.recovery !== undefined && regionEnd > DATA_START
+        ? layoutOf(chooseParams(opts.recovery, DATA_START, regionEnd - DATA_START, opts.recoverySliceSize ?? DEFAULT_SLICE_SIZE))
+        : undefined
 
     // The stored bad-area map: the mapfile's areas, plus non-tried from its end to the image end.
     const ranges: BadRange[] = [...bad]
@@ -384,8 +406,27 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     await addSection(SectionType.BadAreaMap, SECTION_FLAG_CRITICAL, badBytes)
     await addSection(SectionType.Metadata, 0, metaBytes)
     const tableOffset = filePos
-    const tableLength = 7 * SECTION_ENTRY_SIZE
+    const tableLength = (recovery ? 8 : 7) * SECTION_ENTRY_SIZE
     filePos = Math.ceil((filePos + tableLength) / COPY_ALIGN) * COPY_ALIGN
+    let recoverySection: Section | undefined
+    if (recovery) {
+      // After the padding, before the copies (§13): at least one 4 KiB boundary from the data it protects.
+      const at = filePos
+      let crc = 0
+      await encodeRecovery(
+        recovery,
+        (len, pos) => preadExact(fd, len, pos, tmp),
+        (buf, off) => writeAt(fd, buf, at + off, tmp),
+      )
+      // The section's CRC over its bytes in order, read back in 16 MiB steps (the parts arrive out of order).
+      for (let off = 0; off < recovery.length; off += 16 << 20) {
+        const n = Math.min(16 << 20, recovery.length - off)
+        crc = crc32c(await preadExact(fd, n, at + off, tmp), crc)
+      }
+      recoverySection = {type: SectionType.Recovery, flags: 0, offset: at, length: recovery.length, crc}
+      filePos += recovery.length
+      filePos = Math.ceil(filePos / COPY_ALIGN) * COPY_ALIGN
+    }
     // Every second-level table again, read back from the file and checked against the CRC it was written with.
     const tablesCopyOffset = filePos
     let tablesCrc = 0
@@ -401,6 +442,7 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     await addSection(SectionType.ChunkIndexCopy, 0, l1Bytes)
     await addSection(SectionType.BadAreaMapCopy, 0, badBytes)
     await addSection(SectionType.MetadataCopy, 0, metaBytes)
+    if (recoverySection) sections.push(recoverySection)
     const table = encodeSections(sections)
     if (table.length !== tableLength) throw new VdevError('internal', `section table of ${table.length} bytes, expected ${tableLength}`)
     await writeAt(fd, table, tableOffset, tmp)
@@ -410,7 +452,7 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     const trailerOffset = filePos
     const header = encodeHeader({
       major: VERSION_MAJOR,
-      minor: VERSION_MINOR,
+      minor: recoverySection ? VERSION_MINOR_RECOVERY : VERSION_MINOR,
       headerSize: 0,
       flags: sha ? HEADER_FLAG_HASH : 0,
       sectorSize,
@@ -455,6 +497,14 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
       sha256: sha?.toString('hex'),
       badAreas: badMap.count,
       badBytes: (Object.keys(totals) as BadStatus[]).reduce((s, k) => s + totals[k].bytes, 0),
+      recovery: recovery && {
+        percent: opts.recovery!,
+        sliceSize: recovery.sliceSize,
+        k: recovery.k,
+        m: recovery.m,
+        stripes: recovery.stripes,
+        bytes: recovery.length,
+      },
     }
   } catch (err) {
     // Reads still under way write into buffers nobody will look at; let them end before the input closes.

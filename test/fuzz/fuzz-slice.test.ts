@@ -11,6 +11,7 @@ import {imageTarget} from '../../fuzz/targets/image'
 import {mapfileTarget} from '../../fuzz/targets/mapfile'
 import {nbdTarget} from '../../fuzz/targets/nbd'
 import {nfsTarget} from '../../fuzz/targets/nfs'
+import {recoveryTarget} from '../../fuzz/targets/recovery'
 
 const SEED = 20261122
 
@@ -29,6 +30,8 @@ const SLICE = [
   // Two in five nfs cases start a read-write server over a fresh overlay (slower): 250 take what 400 read-only ones did.
   {target: nfsTarget, iterations: 250},
   {target: httpTarget, iterations: 150},
+  // Recovery data (format 1.2): its header parser, verify's assessment and repair; the CLI on one case in 10.
+  {target: recoveryTarget, iterations: 20, cliEvery: 10},
 ]
 
 describe('fuzz slice (fixed seed)', function () {
