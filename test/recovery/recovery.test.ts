@@ -65,6 +65,8 @@ describe('recovery: GF(2^8) and the Cauchy erasure code', () => {
     assert.ok(k, 'WebAssembly SIMD is not available in this Node')
     const src = prng(8, 4099)
     const [d, s] = k.arena([4099, 4099])
+    // The arena is the module's memory, shared by every user in the process: it holds what the last one left.
+    d.fill(0)
     s.set(src)
     const js = Buffer.alloc(4099)
     for (let c = 0; c < 256; c++) {
