@@ -1,7 +1,8 @@
 /**
  * Target "iscsi": malformed iSCSI sessions against the real target (startIscsiServer on loopback TCP),
  * with the `error` bad-area policy and with `zero` on the main thread, and with `error` on serving threads
- * (the witness holds one thread; cases get the other or, when it is busy, the main thread).
+ * (the witness holds one thread; cases get the other or, when it is busy, the main thread); the writable
+ * server (an overlay) on serving threads as well.
  *
  * A session is generated from a model of RFC 7143: a login (either start, CSG=0 or CSG=1; sometimes with
  * bad stages, unknown or malformed keys, a wrong target name, a bad version, continued text), then PDUs in
@@ -616,7 +617,8 @@ export const iscsiTarget: Target = {
       overlay = await Overlay.open(img, path.join(fx.dir, `fuzz-${process.pid}.vdovl`))
       const logs: string[] = []
       const running = await startIscsiServer(new BlockServer(overlay, {badPolicy: 'error'}), {listen: {kind: 'tcp', host: '127.0.0.1', port: 0}, image: fx.image, log: (l) => logs.push(l), threads: 2})
-      if (running.threads !== 0) throw new Error('a writable server started serving threads')
+      // On serving threads too: each connection's LU over its thread's view of the overlay.
+      if (running.threads !== 2) throw new Error(`the writable server's serving threads did not start: ${logs.join('; ')}`)
       const srv: Server = {policy: 'error', running, logs, isid: 1, writable: {model: Buffer.from(fx.data), unknown: new Uint8Array(fx.size / SECTOR)}}
       // The bad areas read as zeros in fx.data; the model keeps them out of every comparison (touchesBad).
       servers.push(srv)
