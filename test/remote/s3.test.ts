@@ -17,6 +17,7 @@ import * as path from 'node:path'
 import {spawn} from 'node:child_process'
 import {BIN, have, prng, runCli, sha256, textish, writeTruthMap} from '../helpers'
 import {IS_ROOT, Sandbox, readDirect, run} from '../sandbox'
+import {checkServeScratch} from './scratch'
 import {HAVE_RGW, Rgw} from './rgw'
 
 const MiB = 1 << 20
@@ -165,33 +166,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
 
   it('vdev serve s3:// --scratch (a writable overlay over the S3 base, NBD on two serving threads): a write reads back, every other byte is the image\'s', async function () {
     if (!have('nbdcopy') || !have('qemu-io')) this.skip()
-    const sock = sb.p('scratch.sock')
-    const child = spawn(process.execPath, [BIN, 'serve', url, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', 'none', '--threads', '2', '--scratch'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: {...process.env, ...env},
-    })
-    sb.trackPid(child.pid)
-    let err = ''
-    child.stderr.on('data', (d) => (err += d))
-    try {
-      await new Promise<void>((resolve, reject) => {
-        child.stdout.once('data', () => resolve())
-        child.once('close', () => reject(new Error(`serve exited: ${err}`)))
-      })
-      const uri = `nbd+unix:///?socket=${sock}`
-      const w = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x41 ${3 * MiB} 65536`, uri])
-      assert.equal(w.code, 0, w.stderr + w.stdout.toString())
-      const r = await run('nbdcopy', [uri, '-'], {timeoutMs: 120_000})
-      assert.equal(r.code, 0, r.stderr)
-      const want = logical(data)
-      want.fill(0x41, 3 * MiB, 3 * MiB + 65536)
-      assert.ok(r.stdout.equals(want), 'bytes differ')
-    } finally {
-      const closed = new Promise((resolve) => child.once('close', resolve))
-      child.kill('SIGTERM')
-      await closed
-    }
-    assert.doesNotMatch(err, /internal error|could not start|thread .* failed/, err)
+    await checkServeScratch(sb, url, logical(data), env)
   })
 
   describe("attached with the FUSE backend (the kernel's FUSE client and loop driver)", function () {
