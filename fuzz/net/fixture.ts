@@ -7,6 +7,8 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type {BadRange} from '../../src/core/errors'
 import type {BlockSource} from '../../src/core/source'
+import {openImage} from '../../src/format/reader'
+import {Overlay} from '../../src/layers/overlay'
 import {openInput} from '../../src/format/input'
 import {formatMapfile, parseMapfile} from '../../src/format/mapfile'
 import {createImage} from '../../src/format/writer'
@@ -114,4 +116,15 @@ export async function compareOverlay(ovl: Pick<BlockSource, 'read'>, model: Cont
     if (!a.equals(b)) return `sector ${s} holds bytes that are neither the image's nor an acknowledged write's`
   }
   return undefined
+}
+
+/** Whatever a session did, its overlay opens again over the image: undefined, or what is wrong. */
+export async function reopenOverlay(fx: ServedImage, file: string): Promise<string | undefined> {
+  try {
+    const again = await Overlay.open(await openImage(fx.image), file)
+    await again.close()
+    return undefined
+  } catch (err) {
+    return `the overlay does not open after the session: ${(err as Error).message}`
+  }
 }

@@ -35,7 +35,7 @@ import {startNbdServer, type RunningNbdServer} from '../../src/serve/nbd'
 import * as P from '../../src/serve/nbd/protocol'
 import {RawClient} from '../../test/nbd/rawclient'
 import {normalize, type CaseContext, type CaseResult, type Target, type TargetInstance} from '../harness'
-import {INTERNAL_LOG, applyWrite, compareOverlay, contentOf, makeServedImage, touchesBad, until, type ServedImage} from '../net/fixture'
+import {INTERNAL_LOG, applyWrite, reopenOverlay, compareOverlay, contentOf, makeServedImage, touchesBad, until, type ServedImage} from '../net/fixture'
 import type {Rng} from '../rng'
 
 const EXPORT = 'disk.vdimg'
@@ -889,12 +889,8 @@ async function runWritableCase(fx: ServedImage, ctx: CaseContext, threads: boole
   } finally {
     await ovl.close()
   }
-  try {
-    const again = await Overlay.open(await openImage(fx.image), file)
-    await again.close()
-  } catch (err) {
-    r.failures.push(`the overlay does not open after the session: ${(err as Error).message}`)
-  }
+  const reopened = await reopenOverlay(fx, file)
+  if (reopened) r.failures.push(reopened)
   fs.rmSync(file, {force: true})
   return r
 }

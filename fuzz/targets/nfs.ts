@@ -36,7 +36,7 @@ import {openImage, type VdimgImage} from '../../src/format/reader'
 import {startNfsServer, type NfsServerHandle} from '../../src/serve/nfs'
 import {Body, RpcClient, authSysCred, callMessage, opaque, parseReply, str, u32, u64, type Reply} from '../../test/nfs/rpcclient'
 import {normalize, type CaseContext, type CaseResult, type Target, type TargetInstance} from '../harness'
-import {INTERNAL_LOG, SECTOR, applyWrite, compareOverlay, contentOf, firstBad, makeServedImage, type Content, type ServedImage} from '../net/fixture'
+import {INTERNAL_LOG, SECTOR, applyWrite, compareOverlay, reopenOverlay, contentOf, firstBad, makeServedImage, type Content, type ServedImage} from '../net/fixture'
 import type {Rng} from '../rng'
 
 const PMAP = 100000
@@ -810,13 +810,8 @@ async function runWritableCase(fx: ServedImage, ctx: CaseContext, logs: string[]
   } finally {
     await ws.close()
   }
-  // Whatever the session did, the overlay opens again.
-  try {
-    const again = await Overlay.open(await openImage(fx.image), file)
-    await again.close()
-  } catch (err) {
-    r.failures.push(`the overlay does not open after the session: ${(err as Error).message}`)
-  }
+  const reopened = await reopenOverlay(fx, file)
+  if (reopened) r.failures.push(reopened)
   fs.rmSync(file, {force: true})
   return r
 }
