@@ -41,6 +41,8 @@ const WAIT_MS = 20
 const EMPTY = 0
 const DECODING = 1
 const READY = 2
+/** Decoding it ahead failed (damaged, unreadable): left for the read that needs it, never tried again ahead. */
+const FAILED = 3
 
 /** Requests being served at once that idle threads may help with (one per serving thread, at most). */
 const REQUESTS = 16
@@ -171,12 +173,17 @@ export class SharedReadAhead {
     if (r >= 0) Atomics.store(this.i32, this.slots * I_SLOT + COUNTERS + r, 0)
   }
 
-  /** Claim chunk i's slot for decoding, unless a slot holds it or is being written. */
-  private tryClaim(i: number): number {
+  /**
+   * Claim chunk i's slot for decoding, unless a slot holds it or is being written, or holds another chunk
+   * that is still `wanted` (ahead of a live stream or of a read under way): two streams whose windows meet in
+   * one slot would otherwise evict each other's chunk turn by turn, and idle threads decode for ever.
+   */
+  private tryClaim(i: number, wanted: (j: number) => boolean): number {
     const slot = i % this.slots
     const st = Atomics.load(this.i32, slot * I_SLOT)
     if (st !== EMPTY && this.f64[slot] === i) return -1 // there, or on its way
     if (st === DECODING) return -1 // another chunk is being written there
+    if (st !== EMPTY && wanted(this.f64[slot])) return -1 // another chunk someone will read soon
     if (Atomics.compareExchange(this.i32, slot * I_SLOT, st, DECODING) !== st) return -1
     Atomics.add(this.i32, slot * I_SLOT + 1, 1) // odd: being written
     this.f64[slot] = i
@@ -190,8 +197,27 @@ export class SharedReadAhead {
    */
   claim(skip: (i: number) => boolean): {chunk: number; slot: number} | undefined {
     const f = this.f64
-    // First, help a read under way: its last chunks, from the end back towards the one its reader is on.
     const base = this.slots * I_SLOT + COUNTERS
+    const ms = Date.now()
+    const ahead = this.slots >> 1
+    // The chunks someone will read soon: each read under way's rest, each live stream's next `ahead`.
+    const windows: number[] = []
+    for (let r = 0; r < REQUESTS; r++) {
+      if (Atomics.load(this.i32, base + r) !== 1) continue
+      const at = this.slots + STREAMS * F_STREAM + r * F_REQUEST
+      windows.push(f[at + 2], Math.min(f[at + 1], f[at + 2] + ahead))
+    }
+    for (let s = 0; s < STREAMS; s++) {
+      const at = this.slots + s * F_STREAM
+      if (f[at + 1] < SEQUENTIAL_AFTER || ms - f[at + 2] >= STREAM_IDLE_MS) continue
+      const first = Math.floor(f[at] / this.chunkSize)
+      windows.push(first, first + ahead - 1)
+    }
+    const wanted = (j: number): boolean => {
+      for (let w = 0; w < windows.length; w += 2) if (j >= windows[w] && j <= windows[w + 1]) return true
+      return false
+    }
+    // First, help a read under way: its last chunks, from the end back towards the one its reader is on.
     for (let r = 0; r < REQUESTS; r++) {
       if (Atomics.load(this.i32, base + r) !== 1) continue
       const at = this.slots + STREAMS * F_STREAM + r * F_REQUEST
@@ -199,7 +225,7 @@ export class SharedReadAhead {
       for (let i = Math.min(f[at + 1], now + (this.slots >> 1)); i > now; i--) {
         if (Atomics.load(this.i32, base + r) !== 1) break
         if (skip(i)) continue
-        const slot = this.tryClaim(i)
+        const slot = this.tryClaim(i, wanted)
         if (slot >= 0) {
           this.count(C_HELPED)
           return {chunk: i, slot}
@@ -207,15 +233,13 @@ export class SharedReadAhead {
       }
     }
     // Then the next chunks of a live sequential stream.
-    const ms = Date.now()
-    const ahead = this.slots >> 1
     for (let s = 0; s < STREAMS; s++) {
       const at = this.slots + s * F_STREAM
       if (f[at + 1] < SEQUENTIAL_AFTER || ms - f[at + 2] >= STREAM_IDLE_MS) continue
       const first = Math.floor(f[at] / this.chunkSize)
       for (let i = first; i < first + ahead; i++) {
         if (skip(i)) continue
-        const slot = this.tryClaim(i)
+        const slot = this.tryClaim(i, wanted)
         if (slot >= 0) return {chunk: i, slot}
       }
     }
@@ -227,12 +251,16 @@ export class SharedReadAhead {
     return this.data.subarray(slot * this.chunkSize, slot * this.chunkSize + length)
   }
 
-  /** Finish a claimed slot: its chunk decoded (`length` bytes), or failed (then it is empty again). */
+  /**
+   * Finish a claimed slot: its chunk decoded (`length` bytes), or failed — then the slot keeps the chunk's
+   * number with nothing in it, so that idle threads do not claim it again and again (a damaged chunk would
+   * keep them decoding it until its stream went idle); the read that needs it decodes it and fails itself.
+   */
   release(slot: number, length: number | undefined): void {
     const b = slot * I_SLOT
     Atomics.store(this.i32, b + 2, length ?? 0)
     Atomics.add(this.i32, b + 1, 1) // even: written
-    Atomics.store(this.i32, b, length === undefined ? EMPTY : READY)
+    Atomics.store(this.i32, b, length === undefined ? FAILED : READY)
     if (length !== undefined) this.count(C_PREFETCHED)
     Atomics.notify(this.i32, b)
   }
@@ -245,7 +273,7 @@ export class SharedReadAhead {
     const slot = i % this.slots
     const b = slot * I_SLOT
     let st = Atomics.load(this.i32, b)
-    if (st === EMPTY || this.f64[slot] !== i) return false
+    if ((st !== READY && st !== DECODING) || this.f64[slot] !== i) return false
     if (st === DECODING) {
       this.count(C_WAITED)
       const until = Date.now() + WAIT_MS
