@@ -15,8 +15,11 @@ import {HEADER_SIZE, SECTION_ENTRY_SIZE, decodeHeader, decodeSections, encodeSec
 import {VdevError} from '../../src/core/errors'
 import {ROOT, prng, textish, tmpDir} from '../helpers'
 
-/** Open and verify; returns the error message, or undefined when the image passes. */
-async function check(file: string): Promise<string | undefined> {
+/**
+ * Open and verify; returns the error message, or undefined when the image passes. `warned`: damage read
+ * around at open (a 1.1 structure taken from its copy) counts as found, without verifying every chunk.
+ */
+async function check(file: string, warned = false): Promise<string | undefined> {
   let im
   try {
     im = await openImage(file)
@@ -27,6 +30,7 @@ async function check(file: string): Promise<string | undefined> {
     return err.message
   }
   try {
+    if (warned && im.warnings.length) return im.warnings[0]
     const v = await verifyImage(im, {threads: 1})
     // A damaged structure that loses no chunk (a copy, or an original read from its copy) is listed too.
     if (!v.ok) return v.problems[0]?.message ?? v.damaged[0]?.why ?? 'hash mismatch'
@@ -73,18 +77,19 @@ describe('corruption is detected', function () {
     for (const s of sections) for (let i = 0; i < s.length; i += Math.max(1, Math.floor(s.length / (s.type >= 4 && s.type <= 7 ? 8 : 64)))) offsets.add(s.offset + i)
     for (const s of sections) offsets.add(s.offset + s.length - 1)
     // Index tables sit between chunk data; sample the whole data area densely.
-    const r = prng(7, 4 * 400)
-    for (let i = 0; i < 400; i++) offsets.add(HEADER_SIZE + (r.readUInt32LE(i * 4) % (h.sectionTableOffset - HEADER_SIZE)))
+    // (A flip there is found only by verifying the whole image, ~0.1 s a case: 250 of them.)
+    const r = prng(7, 4 * 250)
+    for (let i = 0; i < 250; i++) offsets.add(HEADER_SIZE + (r.readUInt32LE(i * 4) % (h.sectionTableOffset - HEADER_SIZE)))
     let n = 0
     for (const off of [...offsets].sort((a, b) => a - b)) {
       const bad = Buffer.from(good)
       bad[off] ^= 1 << (off % 8)
       fs.writeFileSync(work(), bad)
-      const msg = await check(work())
+      const msg = await check(work(), true)
       assert.ok(msg, `flip at byte ${off} went unnoticed`)
       n++
     }
-    assert.ok(n > 700)
+    assert.ok(n > 700, `${n} flips`)
   })
 
   it('truncation anywhere is caught', async () => {
