@@ -107,7 +107,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         file = path.join(scratchDir, 'overlay.vdovl')
       }
       try {
-        image = await Overlay.open(base, file)
+        image = await Overlay.open(base, file, {log: (line) => process.stderr.write(`vdev serve: ${line}\n`)})
       } catch (err) {
         await base.close()
         removeScratch()
