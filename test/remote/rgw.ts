@@ -8,6 +8,10 @@
  * sigv4.test.ts). `stop()` kills every daemon it started (and a process exit does too) and removes the
  * directory: `leftovers()` checks with ps.
  *
+ * `restartGateway({sts: true})` turns STS on (`rgw sts key`, `rgw s3 auth use sts`): AssumeRole on the
+ * same endpoint, roles made with `radosgw-admin role create`. Off by default: with it on, a bad signature
+ * is answered AccessDenied (the STS engine's verdict) rather than SignatureDoesNotMatch.
+ *
  * Under auth none, radosgw needs `ms mon client mode = crc` or it loops on EACCES. No ceph-mgr: the
  * gateway does not need one (pools are the mon's; PG statistics and the mgr modules go unused), and it
  * cost ~300 MB of memory and CPU at start-up (measured: the cluster comes up in ~15 s either way).
@@ -164,6 +168,11 @@ rgw enable usage log = false
     this.tool('radosgw-admin', ['-n', 'client.rgw', 'user', 'create', '--uid', 'vdev', '--display-name', 'vdev tests', '--access-key', this.accessKey, '--secret-key', this.secretKey])
   }
 
+  /** radosgw-admin (users, keys, roles): its stdout. */
+  admin(args: string[]): string {
+    return this.tool('radosgw-admin', ['-n', 'client.rgw', ...args])
+  }
+
   /** One S3 request, signed with the test user's keys (unsigned when `signed` is false). */
   request(method: string, p: string, body: Buffer = Buffer.alloc(0), signed = true): Promise<{status: number; body: string}> {
     const headers: Record<string, string> = {host: `127.0.0.1:${this.port}`}
@@ -210,9 +219,15 @@ rgw enable usage log = false
     await this.kill('rgw')
   }
 
-  async startGateway(): Promise<void> {
-    this.daemon('rgw', 'radosgw', ['-n', 'client.rgw'])
+  async startGateway(opts: {sts?: boolean} = {}): Promise<void> {
+    this.daemon('rgw', 'radosgw', ['-n', 'client.rgw', ...(opts.sts ? ['--rgw_sts_key', 'vdevstskey012345', '--rgw_s3_auth_use_sts', 'true'] : [])])
     await this.until('radosgw answering', 90_000, async () => (await this.request('GET', '/', undefined, false).catch(() => ({status: 0}))).status === 200)
+  }
+
+  /** The gateway again, with STS on or off. */
+  async restartGateway(opts: {sts?: boolean} = {}): Promise<void> {
+    await this.stopGateway()
+    await this.startGateway(opts)
   }
 
   private async kill(name: string): Promise<void> {

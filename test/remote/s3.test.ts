@@ -19,6 +19,7 @@ import {BIN, have, prng, runCli, sha256, textish, writeTruthMap} from '../helper
 import {IS_ROOT, Sandbox, readDirect, run} from '../sandbox'
 import {checkServeScratch} from './scratch'
 import {HAVE_RGW, Rgw} from './rgw'
+import {HttpObject} from '../../src/remote/http'
 
 const MiB = 1 << 20
 const SIZE = 24 * MiB
@@ -162,6 +163,104 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     const missing = await vdev(['info', url], {...clean, AWS_PROFILE: 'nope'})
     assert.equal(missing.code, 2)
     assert.match(missing.stderr, /AWS_PROFILE nope: no such profile in /)
+  })
+
+  /** A home with these shared files, and an environment that reads only them (no keys, no endpoint variables). */
+  const awsHome = (name: string, config: string, credentials = '') => {
+    const home = sb.p(name)
+    fs.mkdirSync(path.join(home, '.aws'), {recursive: true})
+    fs.writeFileSync(path.join(home, '.aws', 'config'), config)
+    fs.writeFileSync(path.join(home, '.aws', 'credentials'), credentials)
+    return {HOME: home, AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_ENDPOINT_URL: undefined, AWS_REGION: undefined}
+  }
+
+  it('a role profile (role_arn + source_profile): STS AssumeRole at the gateway, and the image read with the role\'s temporary keys', async () => {
+    // "analyst" owns nothing and has no access to the bucket by itself; the role it may assume can read it.
+    rgw.admin(['user', 'create', '--uid', 'analyst', '--display-name', 'analyst', '--access-key', 'ANALYSTKEY', '--secret-key', 'analyst-secret'])
+    const trust = {Version: '2012-10-17', Statement: [{Effect: 'Allow', Principal: {AWS: ['arn:aws:iam:::user/analyst']}, Action: ['sts:AssumeRole']}]}
+    rgw.admin(['role', 'create', '--role-name', 'ImageReader', '--assume-role-policy-doc', JSON.stringify(trust)])
+    const read = {Version: '2012-10-17', Statement: [{Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::images/*']}]}
+    rgw.admin(['role-policy', 'put', '--role-name', 'ImageReader', '--policy-name', 'read-images', '--policy-doc', JSON.stringify(read)])
+    const e = awsHome(
+      'role-home',
+      `[profile reader]\nrole_arn = arn:aws:iam:::role/ImageReader\nsource_profile = analyst\nrole_session_name = vdev-test\nduration_seconds = 900\nendpoint_url = ${rgw.endpoint}\nregion = us-east-1\n[profile analyst]\nendpoint_url = ${rgw.endpoint}\n[profile nobody]\nrole_arn = arn:aws:iam:::role/NoSuchRole\nsource_profile = analyst\nendpoint_url = ${rgw.endpoint}\n`,
+      '[analyst]\naws_access_key_id = ANALYSTKEY\naws_secret_access_key = analyst-secret\n',
+    )
+    const t0 = Date.now()
+    await rgw.restartGateway({sts: true})
+    console.log(`      (radosgw restarted with STS on in ${((Date.now() - t0) / 1000).toFixed(1)} s)`)
+    try {
+      await assumeRole(e)
+    } finally {
+      await rgw.restartGateway()
+    }
+  })
+
+  const assumeRole = async (e: Record<string, string | undefined>) => {
+    // The analyst's own keys are refused: only the role can read.
+    const own = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'analyst'})
+    assert.equal(own.code, 3, own.stderr)
+    assert.match(own.stderr, /access denied \(HTTP 403 AccessDenied\): the AWS credentials from profile "analyst"/)
+    const r = await vdev(['extract', url, '-', '--cache', 'none'], {...e, AWS_PROFILE: 'reader'})
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(r.stdoutBuf.equals(logical(data)), 'bytes read with the assumed role')
+    const bad = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'nobody'})
+    assert.equal(bad.code, 3, bad.stderr)
+    assert.equal(lines(bad.stderr).length, 1, bad.stderr)
+    assert.match(bad.stderr, /^vdev: AWS profile "nobody": AssumeRole arn:aws:iam:::role\/NoSuchRole: HTTP 404 NoSuchEntity/)
+  }
+
+  it('credential_process: a real program\'s JSON (Version 1) signs; its failure is one line, exit 3', async () => {
+    const ok = sb.p('bin dir/creds ok.sh')
+    fs.mkdirSync(path.dirname(ok), {recursive: true})
+    fs.writeFileSync(ok, `#!/bin/sh\n[ "$1" = "--user" ] && [ "$2" = "lab user" ] || { echo "bad argv: $*" >&2; exit 2; }\nprintf '{"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s"}' '${rgw.accessKey}' '${rgw.secretKey}'\n`, {mode: 0o755})
+    const fail = sb.p('creds-fail.sh')
+    fs.writeFileSync(fail, '#!/bin/sh\necho "token for lab expired" >&2\nexit 7\n', {mode: 0o755})
+    const e = awsHome('process-home', `[default]\ncredential_process = "${ok}" --user "lab user"\nendpoint_url = ${rgw.endpoint}\n[profile broken]\ncredential_process = ${fail}\nendpoint_url = ${rgw.endpoint}\n`)
+    const r = await vdev(['extract', url, '-', '--cache', 'none'], e)
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(r.stdoutBuf.equals(logical(data)))
+    const b = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'broken'})
+    assert.equal(b.code, 3, b.stderr)
+    assert.deepEqual(lines(b.stderr), [`vdev: AWS credential_process of profile "broken" (${fail}): exit status 7: token for lab expired`])
+  })
+
+  it('temporary keys are loaded again before they expire while the image is open: a second credential_process run, and reads signed with its keys', async () => {
+    // Two keys of the same user; the program gives the first, then the second; the first is then deleted.
+    rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE', '--secret-key', 'rotate-one'])
+    rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATETWO', '--secret-key', 'rotate-two'])
+    const count = sb.p('process-runs')
+    const script = sb.p('rotating.sh')
+    fs.writeFileSync(
+      script,
+      `#!/bin/sh\nn=$(( $(cat '${count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '${count}'\nif [ $n = 1 ]; then k=ROTATEONE s=rotate-one; else k=ROTATETWO s=rotate-two; fi\nexp=$(date -u -d '+6 seconds' +%Y-%m-%dT%H:%M:%SZ)\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $exp\n`,
+      {mode: 0o755},
+    )
+    const e = awsHome('rotating-home', `[default]\ncredential_process = ${script}\nendpoint_url = ${rgw.endpoint}\n`)
+    const saved = {...process.env}
+    Object.assign(process.env, e)
+    for (const [k, v] of Object.entries(e)) if (v === undefined) delete process.env[k]
+    let obj: HttpObject | undefined
+    try {
+      obj = await HttpObject.open(url, {readAhead: false})
+      assert.ok((await obj.read(4096, 4096)).equals(image.subarray(4096, 8192)))
+      assert.equal(fs.readFileSync(count, 'utf8').trim(), '1')
+      // Six seconds of life: loaded again after about three.
+      const t0 = Date.now()
+      while (fs.readFileSync(count, 'utf8').trim() === '1' && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 200))
+      assert.equal(fs.readFileSync(count, 'utf8').trim(), '2', 'credential_process was not run again before the expiration')
+      await new Promise((r) => setTimeout(r, 300))
+      rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE'])
+      assert.ok((await obj.read(4096, 3 * MiB)).equals(image.subarray(3 * MiB, 3 * MiB + 4096)), 'a read after the refresh')
+    } finally {
+      await obj?.close()
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k]
+      Object.assign(process.env, saved)
+    }
+    // Closed: no more runs.
+    const runs = fs.readFileSync(count, 'utf8').trim()
+    await new Promise((r) => setTimeout(r, 3500))
+    assert.equal(fs.readFileSync(count, 'utf8').trim(), runs, 'credential_process still run after close')
   })
 
   it('vdev serve s3:// --scratch (a writable overlay over the S3 base, NBD on two serving threads): a write reads back, every other byte is the image\'s', async function () {
