@@ -59,7 +59,8 @@ export class Rgw {
 
   /** The environment an AWS tool needs for this server (keys, endpoint, region). */
   env(): Record<string, string> {
-    return {AWS_ACCESS_KEY_ID: this.accessKey, AWS_SECRET_ACCESS_KEY: this.secretKey, AWS_ENDPOINT_URL: this.endpoint, AWS_REGION: 'us-east-1'}
+    // No instance metadata, even on an EC2 machine: a test without keys means "no credentials".
+    return {AWS_ACCESS_KEY_ID: this.accessKey, AWS_SECRET_ACCESS_KEY: this.secretKey, AWS_ENDPOINT_URL: this.endpoint, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true'}
   }
 
   /** `deviceBytes`: the OSD's memstore size (RAM), 1 GiB unless a benchmark needs more. */

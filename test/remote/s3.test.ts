@@ -13,6 +13,8 @@
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
+import * as http from 'node:http'
+import type {AddressInfo} from 'node:net'
 import * as path from 'node:path'
 import {spawn} from 'node:child_process'
 import {BIN, have, prng, runCli, sha256, textish, writeTruthMap} from '../helpers'
@@ -223,6 +225,28 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     const b = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'broken'})
     assert.equal(b.code, 3, b.stderr)
     assert.deepEqual(lines(b.stderr), [`vdev: AWS credential_process of profile "broken" (${fail}): exit status 7: token for lab expired`])
+  })
+
+  it('container credentials (a local server answering as ECS documents it: docs/remote.md) sign a real read', async () => {
+    let asked = 0
+    const ctr = http.createServer((req, res) => {
+      asked++
+      const ok = req.url === '/creds' && req.headers.authorization === 'Bearer task-token'
+      res.writeHead(ok ? 200 : 403, {'content-type': 'application/json'})
+      res.end(ok ? JSON.stringify({AccessKeyId: rgw.accessKey, SecretAccessKey: rgw.secretKey, Token: '', Expiration: new Date(Date.now() + 3600_000).toISOString(), RoleArn: 'arn:aws:iam::1:role/task'}) : '')
+    })
+    await new Promise<void>((r) => ctr.listen(0, '127.0.0.1', r))
+    try {
+      const e = awsHome('container-home', '')
+      const r = await vdev(['info', url, '--json', '--cache', 'none'], {...e, AWS_ENDPOINT_URL: rgw.endpoint, AWS_CONTAINER_CREDENTIALS_FULL_URI: `http://127.0.0.1:${(ctr.address() as AddressInfo).port}/creds`, AWS_CONTAINER_AUTHORIZATION_TOKEN: 'Bearer task-token'})
+      assert.equal(r.code, 0, r.stderr)
+      const j = JSON.parse(r.stdout)
+      assert.equal(j.metadata.case, 's3')
+      assert.equal(j.size, SIZE)
+      assert.ok(asked >= 1, 'the container endpoint was not asked')
+    } finally {
+      await new Promise((r) => ctr.close(r))
+    }
   })
 
   it('temporary keys are loaded again before they expire while the image is open: a second credential_process run, and reads signed with its keys', async () => {
