@@ -546,6 +546,13 @@ function request(url: URL, o: {method: string; headers: Record<string, string>; 
   })
 }
 
+/** A load whose keys have not expired already (as the SDK refuses a credential_process's expired keys). */
+async function loadFresh(p: CredentialProvider): Promise<Credentials> {
+  const c = await p.load()
+  if (c.expiration && c.expiration.getTime() <= Date.now()) throw new VdevError('io', `AWS ${p.from}: gave keys that expired at ${c.expiration.toISOString()}`)
+  return c
+}
+
 /**
  * The keys a signer uses now, loaded again before they expire: at the expiration less 5 minutes (the
  * SDK's window), or halfway through a lifetime under 10 minutes; a failed load is tried again every
@@ -555,6 +562,8 @@ function request(url: URL, o: {method: string; headers: Record<string, string>; 
 export class RefreshingCredentials {
   private timer: NodeJS.Timeout | undefined
   private closed = false
+  private loading = false
+  private lastTry = 0
   /** Loads so far (the first included), for tests. */
   loads = 1
   lastError: string | undefined
@@ -568,7 +577,15 @@ export class RefreshingCredentials {
   }
 
   static async start(provider: CredentialProvider, log: (line: string) => void = (l) => console.error(l)): Promise<RefreshingCredentials> {
-    return new RefreshingCredentials(provider, await provider.load(), log)
+    return new RefreshingCredentials(provider, await loadFresh(provider), log)
+  }
+
+  /** Keys that are past their expiration: load now (a signer calls this; at most once a second). */
+  kick(): void {
+    const exp = this.current.expiration?.getTime()
+    if (this.closed || this.loading || exp === undefined || exp > Date.now() || Date.now() - this.lastTry < 1000) return
+    clearTimeout(this.timer)
+    void this.refresh()
   }
 
   private schedule(loadedAt: number): void {
@@ -585,8 +602,10 @@ export class RefreshingCredentials {
   }
 
   private async refresh(): Promise<void> {
+    this.loading = true
+    this.lastTry = Date.now()
     try {
-      const c = await this.provider.load()
+      const c = await loadFresh(this.provider)
       if (this.closed) return
       this.loads++
       this.current = c
@@ -596,8 +615,11 @@ export class RefreshingCredentials {
       if (this.closed) return
       this.lastError = (err as Error).message
       this.log(`vdev: refreshing the AWS credentials failed, trying again: ${this.lastError}`)
+      // Sooner while the old keys still work; every 30 s once they have expired (and at the next request).
       const left = (this.current.expiration?.getTime() ?? Date.now()) - Date.now()
-      this.arm(Math.min(30_000, Math.max(1000, left / 4)))
+      this.arm(left > 0 ? Math.min(30_000, Math.max(1000, left / 4)) : 30_000)
+    } finally {
+      this.loading = false
     }
   }
 

@@ -196,6 +196,7 @@ export function s3Target(location: string, env: Env = process.env, home?: string
       refreshing?.close()
     },
     sign(method, headers) {
+      refreshing?.kick()
       const cred = refreshing?.current ?? cfg.credentials
       if (!cred) return
       headers.host = host

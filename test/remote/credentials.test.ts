@@ -113,6 +113,9 @@ describe('remote: AWS credential sources (credentials.ts)', function () {
     ]
     for (const [cmd, re] of cases) assert.match(await errorOf(() => processProvider(cmd, 'p').load()), re)
     assert.match(await errorOf(() => processProvider('  ', 'p')), /^usage: AWS credential_process of profile "p" is empty/)
+    // Keys already expired are refused, not used (nor loaded again in a loop).
+    const expired = script('expired.sh', 'echo \'{"Version":1,"AccessKeyId":"a","SecretAccessKey":"b","Expiration":"2020-01-01T00:00:00Z"}\'')
+    assert.match(await errorOf(() => RefreshingCredentials.start(processProvider(expired, 'p'))), /^io: AWS credential_process of profile "p": gave keys that expired at 2020-01-01T00:00:00.000Z$/)
   })
 
   it('the chain, in the SDK\'s order: AWS_PROFILE, the environment\'s keys, the default profile (SSO, role, keys, web identity, process), web identity, container, instance metadata', () => {
