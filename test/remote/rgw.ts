@@ -225,20 +225,26 @@ rgw enable usage log = false
     await this.until('radosgw answering', 90_000, async () => (await this.request('GET', '/', undefined, false).catch(() => ({status: 0}))).status === 200)
   }
 
-  /** The gateway again, with STS on or off. */
+  /**
+   * The gateway again, with STS on or off. Stopped with SIGTERM: a killed gateway's watches on its
+   * control objects stay registered for the OSD's watch timeout (30 s), and until then every
+   * radosgw-admin change that notifies the gateways (a key, a user) waits for them.
+   */
   async restartGateway(opts: {sts?: boolean} = {}): Promise<void> {
-    await this.stopGateway()
+    await this.kill('rgw', 'SIGTERM')
     await this.startGateway(opts)
   }
 
-  private async kill(name: string): Promise<void> {
+  private async kill(name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const c = this.daemons.get(name)
     this.daemons.delete(name)
     if (!c || c.exitCode !== null || c.signalCode !== null) return
     // SIGKILL: the data is in memory and thrown away anyway (an OSD takes seconds over SIGTERM).
     const gone = new Promise((r) => c.once('exit', r))
-    c.kill('SIGKILL')
+    c.kill(signal)
+    const late = signal === 'SIGKILL' ? undefined : setTimeout(() => c.kill('SIGKILL'), 10_000)
     await gone
+    clearTimeout(late)
   }
 
   /** Kill every daemon (gateway first) and remove the directory. */

@@ -4,7 +4,10 @@
  * AWS_ENDPOINT_URL (path-style) and SigV4 on every request. info, verify and extract give exactly what they
  * give for the local file; wrong keys (403), a missing object or bucket (404) and a non-VDIMG object are
  * one line and exit 3, 3 and 4; AWS_PROFILE picks keys and endpoint from the shared files; `vdev serve
- * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). As root, with
+ * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). Credential sources
+ * that run here for real: a role profile through the gateway's STS AssumeRole, a credential_process
+ * script, and refresh (keys that live 4 s, loaded again while the image is open and while attached);
+ * container credentials from a local server. As root, with
  * the FUSE backend (the kernel's FUSE client and loop driver): every MiB of the device against the medium,
  * EIO at exactly the unreadable sectors; two attaches of the object at once (two state directories: two
  * "machines", each its own daemon and cache) read the same bytes; the gateway stopped: EIO within the
@@ -176,6 +179,21 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     return {HOME: home, AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_ENDPOINT_URL: undefined, AWS_REGION: undefined}
   }
 
+  /** Run `f` in this process with the AWS environment `e` (as a daemon holding the image would have it). */
+  const withEnv = async <T>(e: Record<string, string | undefined>, f: () => Promise<T>): Promise<T> => {
+    const saved = {...process.env}
+    for (const [k, v] of Object.entries({...env, ...e})) {
+      if (v === undefined) delete process.env[k]
+      else process.env[k] = v
+    }
+    try {
+      return await f()
+    } finally {
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k]
+      Object.assign(process.env, saved)
+    }
+  }
+
   it('a role profile (role_arn + source_profile): STS AssumeRole at the gateway, and the image read with the role\'s temporary keys', async () => {
     // "analyst" owns nothing and has no access to the bucket by itself; the role it may assume can read it.
     rgw.admin(['user', 'create', '--uid', 'analyst', '--display-name', 'analyst', '--access-key', 'ANALYSTKEY', '--secret-key', 'analyst-secret'])
@@ -199,13 +217,20 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
   })
 
   const assumeRole = async (e: Record<string, string | undefined>) => {
-    // The analyst's own keys are refused: only the role can read.
-    const own = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'analyst'})
-    assert.equal(own.code, 3, own.stderr)
-    assert.match(own.stderr, /access denied \(HTTP 403 AccessDenied\): the AWS credentials from profile "analyst"/)
-    const r = await vdev(['extract', url, '-', '--cache', 'none'], {...e, AWS_PROFILE: 'reader'})
-    assert.equal(r.code, 0, r.stderr)
-    assert.ok(r.stdoutBuf.equals(logical(data)), 'bytes read with the assumed role')
+    // In this process (as the attach daemon or `vdev serve` opens it): the analyst's own keys are refused;
+    // the role's temporary keys read the whole object.
+    await withEnv({...e, AWS_PROFILE: 'analyst'}, async () => {
+      await assert.rejects(HttpObject.open(url, {readAhead: false}), /access denied \(HTTP 403 AccessDenied\): the AWS credentials from profile "analyst"$/)
+    })
+    await withEnv({...e, AWS_PROFILE: 'reader'}, async () => {
+      const obj = await HttpObject.open(url, {readAhead: false})
+      try {
+        assert.ok((await obj.read(image.length, 0)).equals(image), 'bytes read with the assumed role')
+      } finally {
+        await obj.close()
+      }
+    })
+    // Through the CLI: a role that does not exist is one line, exit 3.
     const bad = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'nobody'})
     assert.equal(bad.code, 3, bad.stderr)
     assert.equal(lines(bad.stderr).length, 1, bad.stderr)
@@ -219,9 +244,9 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     const fail = sb.p('creds-fail.sh')
     fs.writeFileSync(fail, '#!/bin/sh\necho "token for lab expired" >&2\nexit 7\n', {mode: 0o755})
     const e = awsHome('process-home', `[default]\ncredential_process = "${ok}" --user "lab user"\nendpoint_url = ${rgw.endpoint}\n[profile broken]\ncredential_process = ${fail}\nendpoint_url = ${rgw.endpoint}\n`)
-    const r = await vdev(['extract', url, '-', '--cache', 'none'], e)
+    const r = await vdev(['info', url, '--json', '--cache', 'none'], e)
     assert.equal(r.code, 0, r.stderr)
-    assert.ok(r.stdoutBuf.equals(logical(data)))
+    assert.equal(JSON.parse(r.stdout).metadata.case, 's3')
     const b = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'broken'})
     assert.equal(b.code, 3, b.stderr)
     assert.deepEqual(lines(b.stderr), [`vdev: AWS credential_process of profile "broken" (${fail}): exit status 7: token for lab expired`])
@@ -257,33 +282,33 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     const script = sb.p('rotating.sh')
     fs.writeFileSync(
       script,
-      `#!/bin/sh\nn=$(( $(cat '${count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '${count}'\nif [ $n = 1 ]; then k=ROTATEONE s=rotate-one; else k=ROTATETWO s=rotate-two; fi\nexp=$(date -u -d '+6 seconds' +%Y-%m-%dT%H:%M:%SZ)\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $exp\n`,
+      `#!/bin/sh\nn=$(( $(cat '${count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '${count}'\nif [ $n = 1 ]; then k=ROTATEONE s=rotate-one; else k=ROTATETWO s=rotate-two; fi\nexp=$(date -u -d '+4 seconds' +%Y-%m-%dT%H:%M:%SZ)\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $exp\n`,
       {mode: 0o755},
     )
     const e = awsHome('rotating-home', `[default]\ncredential_process = ${script}\nendpoint_url = ${rgw.endpoint}\n`)
-    const saved = {...process.env}
-    Object.assign(process.env, e)
-    for (const [k, v] of Object.entries(e)) if (v === undefined) delete process.env[k]
-    let obj: HttpObject | undefined
-    try {
-      obj = await HttpObject.open(url, {readAhead: false})
-      assert.ok((await obj.read(4096, 4096)).equals(image.subarray(4096, 8192)))
-      assert.equal(fs.readFileSync(count, 'utf8').trim(), '1')
-      // Six seconds of life: loaded again after about three.
-      const t0 = Date.now()
-      while (fs.readFileSync(count, 'utf8').trim() === '1' && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 200))
-      assert.equal(fs.readFileSync(count, 'utf8').trim(), '2', 'credential_process was not run again before the expiration')
-      await new Promise((r) => setTimeout(r, 300))
-      rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE'])
-      assert.ok((await obj.read(4096, 3 * MiB)).equals(image.subarray(3 * MiB, 3 * MiB + 4096)), 'a read after the refresh')
-    } finally {
-      await obj?.close()
-      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k]
-      Object.assign(process.env, saved)
-    }
-    // Closed: no more runs.
+    await withEnv(e, async () => {
+      const obj = await HttpObject.open(url, {readAhead: false})
+      try {
+        assert.ok((await obj.read(4096, 4096)).equals(image.subarray(4096, 8192)))
+        assert.equal(fs.readFileSync(count, 'utf8').trim(), '1')
+        // Four seconds of life: loaded again after about two, and again two later. A third run starts only
+        // once the second's keys are in use (the next load is scheduled from them).
+        const t0 = Date.now()
+        const runs = () => Number(fs.readFileSync(count, 'utf8'))
+        while (runs() < 2 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 100))
+        assert.ok(runs() >= 2 && Date.now() - t0 < 4000, `credential_process was not run again before the expiration (${runs()} runs in ${Date.now() - t0} ms)`)
+        while (runs() < 3 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 100))
+        assert.ok(runs() >= 3, `${runs()} runs`)
+        rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE'])
+        assert.ok((await obj.read(4096, 3 * MiB)).equals(image.subarray(3 * MiB, 3 * MiB + 4096)), 'a read after the refresh')
+      } finally {
+        await obj.close()
+      }
+    })
+    // Closed: no more runs (after one that may have been starting as it closed).
+    await new Promise((r) => setTimeout(r, 1000))
     const runs = fs.readFileSync(count, 'utf8').trim()
-    await new Promise((r) => setTimeout(r, 3500))
+    await new Promise((r) => setTimeout(r, 2500))
     assert.equal(fs.readFileSync(count, 'utf8').trim(), runs, 'credential_process still run after close')
   })
 
@@ -325,6 +350,50 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     })
 
     const touchesBad = (o: number, l: number) => BAD.some((b) => b.offset < o + l && o < b.offset + b.length)
+
+    // First: the next tests kill the gateway, whose watches then delay radosgw-admin's key changes (rgw.ts).
+    it('attached with keys from a credential_process that expire in 4 s: the attach daemon runs it again before then, and the device reads with the new keys', async () => {
+      rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ATTACHONE', '--secret-key', 'attach-one'])
+      rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ATTACHTWO', '--secret-key', 'attach-two'])
+      const third = new Sandbox('vdev-s3-third-')
+      // One count per calling process (the CLI may open the image before its daemon does): the first
+      // run in a process gives the first key, later runs the second.
+      const runs = third.p('runs')
+      fs.mkdirSync(runs)
+      const script = third.p('rotating.sh')
+      fs.writeFileSync(
+        script,
+        `#!/bin/sh\nf='${runs}/'$PPID\nn=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 ))\necho $n > "$f"\nif [ $n = 1 ]; then k=ATTACHONE s=attach-one; else k=ATTACHTWO s=attach-two; fi\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $(date -u -d '+4 seconds' +%Y-%m-%dT%H:%M:%SZ)\n`,
+        {mode: 0o755},
+      )
+      const e = awsHome('attach-rotating-home', `[default]\ncredential_process = ${script}\nendpoint_url = ${rgw.endpoint}\n`)
+      let id: string | undefined
+      try {
+        const r = await runCli(['attach', url, '--backend', 'fuse', '--json', '--cache', 'none'], {env: {...env, ...e, ...third.env()}})
+        assert.equal(r.code, 0, r.stderr)
+        const j = JSON.parse(r.stdout)
+        third.trackPid(j.pid)
+        id = j.id
+        const most = () => Math.max(0, ...fs.readdirSync(runs).map((f) => Number(fs.readFileSync(path.join(runs, f), 'utf8'))))
+        const t0 = Date.now()
+        // A third run starts only once the second's keys are in use.
+        while (most() < 3 && Date.now() - t0 < 15_000) await new Promise((res) => setTimeout(res, 100))
+        assert.ok(most() >= 3, `the attach daemon did not run credential_process again before the expiration (${most()} runs)`)
+        rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ATTACHONE'])
+        // A place this device never read, no cache: the read reaches the gateway, signed with the second key.
+        const o = 9 * MiB + 8192
+        const rd = await readDirect(j.device, o, 65536)
+        assert.equal(rd.code, 0, rd.stderr)
+        assert.ok(rd.stdout.equals(data.subarray(o, o + 65536)))
+      } finally {
+        if (id) {
+          const d = await runCli(['detach', id], {env: third.env()})
+          assert.equal(d.code, 0, d.stderr)
+        }
+        const left = await third.teardown()
+        assert.deepEqual(left, [], `left behind: ${left.join(', ')}`)
+      }
+    })
 
     it('two attaches at once: one device read whole, every MiB, EIO at exactly the unreadable sectors; the other at random places', async () => {
       const whole = async (dev: string) => {
