@@ -6,7 +6,7 @@
  * one line and exit 3, 3 and 4; AWS_PROFILE picks keys and endpoint from the shared files; `vdev serve
  * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). Credential sources
  * that run here for real: a role profile through the gateway's STS AssumeRole, a credential_process
- * script, and refresh (keys that live 4 s, loaded again while the image is open and while attached);
+ * script, and refresh (keys that live 2 s and 4 s, loaded again while the image is open and while attached);
  * container credentials from a local server. As root, with
  * the FUSE backend (the kernel's FUSE client and loop driver): every MiB of the device against the medium,
  * EIO at exactly the unreadable sectors; two attaches of the object at once (two state directories: two
@@ -282,7 +282,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     const script = sb.p('rotating.sh')
     fs.writeFileSync(
       script,
-      `#!/bin/sh\nn=$(( $(cat '${count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '${count}'\nif [ $n = 1 ]; then k=ROTATEONE s=rotate-one; else k=ROTATETWO s=rotate-two; fi\nexp=$(date -u -d '+4 seconds' +%Y-%m-%dT%H:%M:%SZ)\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $exp\n`,
+      `#!/bin/sh\nn=$(( $(cat '${count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '${count}'\nif [ $n = 1 ]; then k=ROTATEONE s=rotate-one; else k=ROTATETWO s=rotate-two; fi\nexp=$(date -u -d '+2 seconds' +%Y-%m-%dT%H:%M:%S.%3NZ)\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $exp\n`,
       {mode: 0o755},
     )
     const e = awsHome('rotating-home', `[default]\ncredential_process = ${script}\nendpoint_url = ${rgw.endpoint}\n`)
@@ -291,13 +291,13 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
       try {
         assert.ok((await obj.read(4096, 4096)).equals(image.subarray(4096, 8192)))
         assert.equal(fs.readFileSync(count, 'utf8').trim(), '1')
-        // Four seconds of life: loaded again after about two, and again two later. A third run starts only
-        // once the second's keys are in use (the next load is scheduled from them).
+        // Two seconds of life: loaded again after one, and again one later. A third run starts only once
+        // the second's keys are in use (the next load is scheduled from them).
         const t0 = Date.now()
         const runs = () => Number(fs.readFileSync(count, 'utf8'))
-        while (runs() < 2 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 100))
-        assert.ok(runs() >= 2 && Date.now() - t0 < 4000, `credential_process was not run again before the expiration (${runs()} runs in ${Date.now() - t0} ms)`)
-        while (runs() < 3 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 100))
+        while (runs() < 2 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 50))
+        assert.ok(runs() >= 2 && Date.now() - t0 < 2000, `credential_process was not run again before the expiration (${runs()} runs in ${Date.now() - t0} ms)`)
+        while (runs() < 3 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 50))
         assert.ok(runs() >= 3, `${runs()} runs`)
         rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE'])
         assert.ok((await obj.read(4096, 3 * MiB)).equals(image.subarray(3 * MiB, 3 * MiB + 4096)), 'a read after the refresh')
@@ -306,9 +306,9 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
       }
     })
     // Closed: no more runs (after one that may have been starting as it closed).
-    await new Promise((r) => setTimeout(r, 1000))
+    await new Promise((r) => setTimeout(r, 500))
     const runs = fs.readFileSync(count, 'utf8').trim()
-    await new Promise((r) => setTimeout(r, 2500))
+    await new Promise((r) => setTimeout(r, 1500))
     assert.equal(fs.readFileSync(count, 'utf8').trim(), runs, 'credential_process still run after close')
   })
 
