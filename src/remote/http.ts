@@ -26,7 +26,7 @@ import type {ByteRanges} from '../format/ranges'
 import {parseContentRange, parseEntityTag} from './content-range'
 import {offerLink, type RangesLink} from './link'
 import {ReadAhead} from './readahead'
-import {isS3, s3Target, type S3Target} from './s3'
+import {isS3, openS3Target, type S3Target} from './s3'
 import {DEFAULT_CACHE_BYTES, RangeCache} from './cache'
 
 export interface RemoteOptions {
@@ -137,7 +137,7 @@ export class HttpObject implements ByteRanges {
   static async open(location: string, opts: RemoteOptions = {}): Promise<HttpObject> {
     let obj: HttpObject
     if (isS3(location)) {
-      const t = s3Target(location)
+      const t = await openS3Target(location)
       obj = new HttpObject(t.url, t.name, opts, t)
     } else {
       let url: URL
@@ -373,6 +373,7 @@ export class HttpObject implements ByteRanges {
     if (this.closed) return
     this.closed = true
     this.ahead?.clear()
+    this.s3?.close()
     this.agent.destroy()
   }
 }
