@@ -18,8 +18,8 @@ import {Overlay} from '../layers/overlay'
 interface NfsModule {
   startNfsServer(
     server: BlockServer,
-    opts: {host: string; port: number; exportName: string; fileName: string; log: (l: string) => void},
-  ): Promise<{host: string; port: number; close(): Promise<void>}>
+    opts: {host: string; port: number; exportName: string; fileName: string; log: (l: string) => void; threads?: number},
+  ): Promise<{host: string; port: number; threads: number; close(): Promise<void>}>
 }
 
 export default class Serve extends VdevCommand {
@@ -59,7 +59,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     scratch: Flags.boolean({description: 'NBD, NFS and iSCSI: serve read-write into a temporary overlay that is deleted when serve exits'}),
     'export-name': Flags.string({description: 'NBD export name (default: the image file name; "" always works too)'}),
     threads: Flags.integer({
-      description: `NBD: serving threads per connection, each reading, decoding and answering requests; iSCSI: serving threads, each serving one connection after its login (default: the number of cores, at most 8; 0 serves on the main thread)`,
+      description: `NBD: serving threads per connection, each reading, decoding and answering requests; iSCSI: serving threads, each serving one connection after its login; NFS: serving threads, each serving one connection (default: the number of cores, at most 8; 0 serves on the main thread)`,
       min: 0,
       max: 64,
     }),
@@ -127,7 +127,8 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
       if (nfs) {
         // The one file in the export is the decoded image: disk.vdimg → disk.img.
         const fileName = imageName.replace(/\.(vdimg|img|raw)$/i, '') + '.img'
-        const h = await nfs.startNfsServer(server, {host: (address as {host: string}).host, port: (address as {port: number}).port, exportName: '/', fileName, log})
+        const threads = flags.threads ?? defaultThreadsPerConnection()
+        const h = await nfs.startNfsServer(server, {host: (address as {host: string}).host, port: (address as {port: number}).port, exportName: '/', fileName, log, threads})
         const listen = formatListen({kind: 'tcp', host: h.host, port: h.port})
         this.ready({protocol, listen, export: '/', file: fileName, ...overlay}, `serving ${args.image} over NFS v3 at ${listen}, export /, file ${fileName}${how}`)
         stop = () => h.close()
