@@ -4,6 +4,7 @@ import {VdevCommand} from '../cli/base'
 import {BlockServer, type BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
+import {COUNTER} from '../core/counters'
 import {describeStats} from '../lifecycle/daemon'
 import {openSourceArg} from '../sources'
 import {formatListen, isLoopback, parseListen, type ListenAddress} from '../serve/listen'
@@ -19,7 +20,7 @@ interface NfsModule {
   startNfsServer(
     server: BlockServer,
     opts: {host: string; port: number; exportName: string; fileName: string; log: (l: string) => void; threads?: number},
-  ): Promise<{host: string; port: number; threads: number; close(): Promise<void>}>
+  ): Promise<{host: string; port: number; threads: number; threadStats?: {connections: number}; mainConnections: number; close(): Promise<void>}>
 }
 
 export default class Serve extends VdevCommand {
@@ -123,6 +124,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     const overlay = image instanceof Overlay ? {overlay: image.path, scratch: flags.scratch} : {}
     const how = image instanceof Overlay ? ` read-write into ${flags.scratch ? 'a scratch overlay' : `the overlay ${image.path}`}` : ''
     let stop: () => Promise<void>
+    let served = (): string => ''
     try {
       if (nfs) {
         // The one file in the export is the decoded image: disk.vdimg → disk.img.
@@ -132,6 +134,9 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         const listen = formatListen({kind: 'tcp', host: h.host, port: h.port})
         this.ready({protocol, listen, export: '/', file: fileName, ...overlay}, `serving ${args.image} over NFS v3 at ${listen}, export /, file ${fileName}${how}`)
         stop = () => h.close()
+        // Where the connections were served, and what the main thread read itself (none when every client got a thread).
+        served = () =>
+          `; connections: ${h.threadStats?.connections ?? 0} on serving threads, ${h.mainConnections} on the main thread (which served ${server.counters[COUNTER.reads]} reads)`
       } else if (protocol === 'iscsi') {
         if (address.kind !== 'tcp') throw new VdevError('usage', '--protocol iscsi needs a HOST:PORT address (iSCSI runs over TCP)')
         const threads = flags.threads ?? defaultThreadsPerConnection()
@@ -163,7 +168,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     await stop()
     await server.drain()
     const w = server.writeStats
-    log(`stopped; ${describeStats(server.stats)}${server.writable ? `; ${w.writes} writes (${w.writeBytes} bytes), ${w.zeroes} write-zeroes, ${w.trims} trims, ${w.flushes} flushes, ${w.writeErrors} failed` : ''}`)
+    log(`stopped; ${describeStats(server.stats)}${server.writable ? `; ${w.writes} writes (${w.writeBytes} bytes), ${w.zeroes} write-zeroes, ${w.trims} trims, ${w.flushes} flushes, ${w.writeErrors} failed` : ''}${served()}`)
     await image.close()
     removeScratch()
   }

@@ -9,7 +9,8 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {COUNTER} from '../../src/core/counters'
-import {sha256} from '../helpers'
+import {spawn, spawnSync} from 'node:child_process'
+import {BIN, sha256} from '../helpers'
 import {IMAGE_SIZE, makeImages, nfsUrl, run, serve, type Images, type Served} from './fixture'
 import {Body, RpcClient, opaque, str, u32, u64, type Reply} from './rpcclient'
 
@@ -28,11 +29,11 @@ function ok(r: Reply): Body {
   return new Body(r.body)
 }
 
-async function fileHandle(c: RpcClient): Promise<Buffer> {
+async function fileHandle(c: RpcClient, name = 'disk.img'): Promise<Buffer> {
   const m = ok(await c.call(MOUNT, 3, 1, str('/')))
   assert.equal(m.u32(), 0)
   const root = Buffer.from(m.opaque())
-  const l = ok(await c.call(NFS, 3, LOOKUP, Buffer.concat([opaque(root), str('disk.img')])))
+  const l = ok(await c.call(NFS, 3, LOOKUP, Buffer.concat([opaque(root), str(name)])))
   assert.equal(l.u32(), 0)
   return Buffer.from(l.opaque())
 }
@@ -186,5 +187,60 @@ describe('nfs server on serving threads', function () {
     const r2 = await run('nfs-cat', [nfsUrl(s2.nfs.port)])
     assert.equal(r2.code, 0, r2.stderr)
     assert.ok(r2.stdout.equals(expected))
+  })
+
+  it('vdev serve --protocol nfs: SIGTERM while a client streams WRITEs on a serving thread exits 0, every answered write in the overlay', async () => {
+    const overlay = path.join(dir, 'w.vdovl')
+    const child = spawn(process.execPath, [BIN, 'serve', img.goodImage, '--protocol', 'nfs', '--overlay', overlay, '--threads', '2', '--json'], {stdio: ['ignore', 'pipe', 'pipe']})
+    let err = ''
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()))
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)))
+    try {
+      const line = await new Promise<string>((resolve, reject) => {
+        let out = ''
+        child.stdout!.on('data', (d: Buffer) => {
+          out += d.toString()
+          if (out.includes('\n')) resolve(out.split('\n')[0])
+        })
+        void exited.then((code) => reject(new Error(`vdev serve exited ${code}: ${err}`)))
+      })
+      const port = Number((JSON.parse(line) as {listen: string}).listen.split(':').pop())
+      const c = await connect({nfs: {port}} as Served)
+      const fh = await fileHandle(c, 'good.img')
+      // Eight WRITEs in flight at all times, each 64 KiB of its own pattern at its own offset, until the server goes.
+      const answered: number[] = []
+      let next = 0
+      let stopped = false
+      const one = async (): Promise<void> => {
+        while (!stopped) {
+          const i = next++ % 64
+          const data = Buffer.alloc(65536, i + 1)
+          try {
+            const r = await c.call(NFS, 3, WRITE, Buffer.concat([opaque(fh), u64(i * 65536), u32(data.length, 2), opaque(data)]))
+            if (r.acceptStat === 0 && r.body.readUInt32BE(0) === 0) answered.push(i)
+          } catch {
+            return // the connection closed
+          }
+        }
+      }
+      const writers = Array.from({length: 8}, () => one())
+      while (answered.length < 40) await new Promise((r) => setTimeout(r, 5))
+      child.kill('SIGTERM')
+      assert.equal(await exited, 0, err)
+      stopped = true
+      await Promise.all(writers)
+      assert.match(err, /stopped; .* 0 failed; connections: 1 on serving threads, 0 on the main thread/)
+      assert.doesNotMatch(err, /internal error|failed \(|is closed/)
+      // The overlay is whole and holds every FILE_SYNC write that was answered.
+      const info = spawnSync(process.execPath, [BIN, 'overlay', 'info', overlay, '--json'], {encoding: 'utf8'})
+      assert.equal(info.status, 0, info.stderr)
+      const s = await start({overlay, threads: 2})
+      const r = await run('nfs-cat', [nfsUrl(s.nfs.port)])
+      assert.equal(r.code, 0, r.stderr)
+      assert.ok(answered.length >= 40)
+      for (const i of new Set(answered)) assert.ok(r.stdout.subarray(i * 65536, (i + 1) * 65536).every((b) => b === i + 1), `write ${i} is missing`)
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL')
+    }
   })
 })

@@ -61,6 +61,8 @@ export interface NfsServerHandle {
   threads: number
   /** Connections handed to serving threads, and those served here for want of a free one. */
   readonly threadStats?: NfsThreadStats
+  /** Connections served on the main thread so far (strangers, none free, or no threads). */
+  readonly mainConnections: number
   close(): Promise<void>
 }
 
@@ -336,6 +338,7 @@ export async function startNfsServer(server: BlockServer, opts: NfsServerOptions
   const connections = new Set<Connection>()
   const handed = new Set<HandedConnection>()
   let closing: Promise<void> | undefined
+  let mainConnections = 0
   accept = (socket) => {
     if (closing) {
       socket.destroy()
@@ -352,6 +355,7 @@ export async function startNfsServer(server: BlockServer, opts: NfsServerOptions
       return
     }
     const c = new Connection(socket, dispatcher)
+    mainConnections++
     connections.add(c)
     socket.on('close', () => connections.delete(c))
     socket.resume()
@@ -363,6 +367,9 @@ export async function startNfsServer(server: BlockServer, opts: NfsServerOptions
     threads: threads?.threads ?? 0,
     get threadStats() {
       return threads?.stats
+    },
+    get mainConnections() {
+      return mainConnections
     },
     close(): Promise<void> {
       // Calls already dispatched finish (their replies go nowhere) before the caller closes the source
