@@ -149,7 +149,8 @@ export class ExportTree {
     return this.times.buffer
   }
 
-  private get fileTimes(): {atime: NfsTime; mtime: NfsTime; ctime: NfsTime} {
+  /** The file's times, read together (one consistent set while other threads write). */
+  get fileTimes(): {atime: NfsTime; mtime: NfsTime; ctime: NfsTime} {
     return this.times.update(() => undefined)
   }
 

@@ -406,7 +406,8 @@ export class Nfs3Program implements RpcProgram {
   }
 
   private fileTimes(): {mtime: NfsTime; ctime: NfsTime} {
-    return {mtime: this.tree.fileMtime, ctime: this.tree.fileCtime}
+    const t = this.tree.fileTimes
+    return {mtime: t.mtime, ctime: t.ctime}
   }
 
   /** A failed write or flush: NFS3ERR_NOSPC when the disk under the overlay is full, else NFS3ERR_IO; logged. */
