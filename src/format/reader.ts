@@ -118,14 +118,13 @@ export class VdimgImage implements BlockSource {
   }
   /** What each serving thread's instance needs from this one (a remote image's fetching link). */
   threadLink(): ThreadLink | undefined {
-    // The threads share one decode-ahead buffer; a remote image's threads also get the link they read
-    // through (its bytes are fetched ahead too: src/remote/readahead.ts).
-    // VDEV_DECODE_AHEAD=0 turns it off (for measuring it: docs/performance.md).
-    const decodeAhead = process.env.VDEV_DECODE_AHEAD !== '0'
-    if (decodeAhead) this.readAheadBuffer ??= SharedReadAhead.create(this.chunkSize)
     const remote = this.ranges.offerLink?.()
-    if (remote) return decodeAhead ? {value: {...(remote.value as object), readAhead: this.readAheadBuffer}, transfer: remote.transfer} : remote
-    if (!decodeAhead) return undefined
+    if (remote) return remote
+    // A local file: the threads share one decode-ahead buffer (a remote image's bytes come through one
+    // link already, with its own read-ahead: src/remote/readahead.ts).
+    // VDEV_DECODE_AHEAD=0 turns it off (for measuring it: docs/performance.md).
+    if (process.env.VDEV_DECODE_AHEAD === '0') return undefined
+    this.readAheadBuffer ??= SharedReadAhead.create(this.chunkSize)
     return {value: {readAhead: this.readAheadBuffer}, transfer: []}
   }
   private readAheadBuffer: SharedArrayBuffer | undefined

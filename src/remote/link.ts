@@ -95,13 +95,13 @@ export class LinkedRanges implements ByteRanges {
   readSync(len: number, pos: number, into?: Buffer): Buffer {
     if (this.closed) throw new VdevError('io', `${this.name}: closed`)
     if (len > 0 && Atomics.load(this.changed, 0) === 0) {
+      const c = this.cache?.get(pos, len)
+      if (c) return copyOut(c, into, false)
       const v = this.fromSlice(len, pos)
       if (v) {
         this.cache?.put(pos, v)
         return copyOut(v, into, true)
       }
-      const c = this.cache?.get(pos, len)
-      if (c) return copyOut(c, into, false)
     } else if (this.slices.length) this.slices = []
     this.calls++
     const a = this.call(len, pos)

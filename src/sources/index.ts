@@ -25,14 +25,15 @@ type Opener = (d: SourceDescriptor, how: OpenSourceOptions) => Promise<BlockSour
 const OPENERS: Record<string, Opener> = {
   vdimg: async (d, how) => {
     const opts = {sync: how.sync, cacheBytes: how.cacheBytes, decompressThreads: how.decompressThreads, onWarning: how.onWarning}
-    // A serving thread's instance: the device's shared decode-ahead buffer (reader.ts threadLink).
-    const readAhead = how.sync ? (how.link as {readAhead?: SharedArrayBuffer} | undefined)?.readAhead : undefined
-    const sync = {...opts, readAhead: readAhead instanceof SharedArrayBuffer ? readAhead : undefined}
-    if (!isRemote(d.path)) return openImage(d.path, sync)
+    if (!isRemote(d.path)) {
+      // A serving thread's instance of a local image: the device's shared decode-ahead buffer (reader.ts threadLink).
+      const readAhead = how.sync ? (how.link as {readAhead?: SharedArrayBuffer} | undefined)?.readAhead : undefined
+      return openImage(d.path, {...opts, readAhead: readAhead instanceof SharedArrayBuffer ? readAhead : undefined})
+    }
     // A serving thread reads a remote image through the link its process's instance offered (src/remote/link.ts).
     if (how.sync) {
       if (!how.link) throw new VdevError('internal', `${d.path}: a remote image is read synchronously only through a link`)
-      return openImage(new LinkedRanges(how.link as RangesLink, d.options), sync)
+      return openImage(new LinkedRanges(how.link as RangesLink, d.options), opts)
     }
     return openImage(await HttpObject.open(d.path, remoteOptions(d.options)), opts)
   },
