@@ -284,6 +284,11 @@ export class IoUring {
     if (rc > 0) this.unsubmitted -= rc
   }
 
+  /** True when completions are posted and not yet reaped. */
+  get completionsReady(): boolean {
+    return Atomics.load(this.cqHead, 0) !== Atomics.load(this.cqTail, 0)
+  }
+
   /** Read and consume every posted completion. */
   reap(onCqe: (cqe: Cqe) => void): number {
     let head = Atomics.load(this.cqHead, 0)

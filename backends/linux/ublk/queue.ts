@@ -49,6 +49,11 @@ export interface UblkQueueOptions {
    * and answers each request synchronously through BlockServer.readSync (a sync-mode source).
    */
   blocking?: boolean
+  /**
+   * Blocking mode: one unit of work ahead of the readers for a queue with no request (ServingThreadContext.
+   * workAhead): true when it did one. Called until no request waits, before the queue sleeps in io_uring_enter.
+   */
+  workAhead?: () => boolean
 }
 
 type TagState = 'idle' | 'fetching' | 'serving' | 'aborted'
@@ -289,6 +294,12 @@ export class UblkQueue {
     this.fetchAll()
     while (!this.closed && this.abortedCount < this.o.depth) {
       try {
+        if (this.o.workAhead) {
+          // Send this turn's answers, then decode ahead while no request has come (each flush runs the
+          // ring's task_work, which is where the driver's completions are posted).
+          this.ring.flush()
+          while (!this.ring.completionsReady && this.o.workAhead()) this.ring.flush()
+        }
         this.ring.submit(1)
       } catch (err) {
         if (err instanceof SysError && err.errno === EINTR) continue

@@ -58,6 +58,13 @@ export function lock(a: Int32Array, i: number): void {
   }
 }
 
+/** lock(), doing `work` (one unit at a time, while it has some) instead of sleeping while the lock is held. */
+export function lockWorking(a: Int32Array, i: number, work: () => boolean): void {
+  while (Atomics.compareExchange(a, i, 0, 1) !== 0) {
+    if (!work()) return lock(a, i)
+  }
+}
+
 export function unlock(a: Int32Array, i: number): void {
   if (Atomics.exchange(a, i, 0) === 2) Atomics.notify(a, i, 1)
 }
