@@ -19,7 +19,7 @@ import {createImage} from '../../src/format/writer'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {RawImage} from '../../src/sources/raw'
 import type {AttachServerInfo} from './attach-server'
-import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, run, type DiskFixture} from './disk-fixture'
+import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, readSequentially, run, type DiskFixture} from './disk-fixture'
 
 const ublkNodes = (): string[] => fs.readdirSync('/dev').filter((n) => /^ublk[bc]\d+/.test(n))
 
@@ -384,7 +384,7 @@ describe('ublk backend (real kernel)', function () {
     }
   })
 
-  it('vdev attach --backend ublk / vdev detach (once the lifecycle commands exist)', async function () {
+  it('vdev attach --backend ublk / vdev detach (once the lifecycle commands exist): read-ahead set, chunks decoded ahead', async function () {
     const bin = path.join(__dirname, '..', '..', '..', 'bin', 'run.js')
     if (!fs.existsSync(path.join(__dirname, '..', '..', 'src', 'commands', 'attach.js'))) this.skip()
     const a = await run(process.execPath, [bin, 'attach', fx.image, '--backend', 'ublk', '--json'], {timeoutMs: 180_000})
@@ -398,6 +398,10 @@ describe('ublk backend (real kernel)', function () {
       const r = await ddSectors(info.device, 2048, 8)
       assert.ok(r.data?.equals(fx.data.subarray(2048 * SECTOR, 2056 * SECTOR)), r.stderr)
       assert.equal((await ddSectors(info.device, BAD[0].offset / SECTOR, 1)).data, null)
+      // The backend's read-ahead, and decode-ahead on the queues' threads: the idle one decodes ahead.
+      assert.equal(Number(fs.readFileSync(`/sys/block/${path.basename(info.device)}/queue/read_ahead_kb`, 'utf8')), backend.readAheadKiB)
+      const ahead = await readSequentially(bin, info.device, fx.data)
+      assert.ok(ahead && ahead.prefetched > 0 && ahead.used > 0, `vdev list: decodeAhead ${JSON.stringify(ahead)}`)
     } finally {
       const d = await run(process.execPath, [bin, 'detach', info.device], {timeoutMs: 120_000})
       if (d.code !== 0) await run(process.execPath, [bin, 'detach', '--force', info.device], {timeoutMs: 120_000})
