@@ -101,33 +101,21 @@ export function isBadSector(sector: number): boolean {
   return BAD.some((b) => o < b.offset + b.length && o + SECTOR > b.offset)
 }
 
-/** A device's decode-ahead counters as `vdev list --json` shows them. */
-export interface DecodeAhead {
-  prefetched: number
-  used: number
-}
-
 /**
- * Read the stretch between the second and third bad areas of the device `vdev attach` serves with 128 KiB
- * O_DIRECT reads one at a time (dd's way), compare its bytes, and return what `vdev list --json` then shows of
- * decode-ahead — again, up to 3 passes, until it shows chunks decoded ahead and used (a loaded machine may
- * leave the idle threads no moment; the daemon republishes its counters every 2 s).
+ * Read the stretch between the second and third bad areas of `device` three times over with 128 KiB O_DIRECT
+ * reads one at a time (dd's way), checking its bytes: a sequential reader for decode-ahead to follow (the
+ * serving process's detach log then counts the chunks decoded ahead and used).
  */
-export async function readSequentially(bin: string, device: string, data: Buffer): Promise<DecodeAhead | undefined> {
+export async function readSequentially(device: string, data: Buffer): Promise<void> {
   const from = 2 * MiB + 256 * 1024
   const to = 5 * MiB
   const want = crypto.createHash('sha256').update(data.subarray(from, to)).digest('hex')
-  let ahead: DecodeAhead | undefined
-  for (let pass = 0; pass < 3 && !(ahead && ahead.prefetched > 0 && ahead.used > 0); pass++) {
+  for (let pass = 0; pass < 3; pass++) {
     const r = await run('dd', [`if=${device}`, 'bs=128k', `skip=${from}`, `count=${(to - from) / (128 * 1024)}`, 'iflag=direct,skip_bytes', 'status=none'])
     if (r.code !== 0) throw new Error(`dd of ${device}: ${r.stderr}`)
     if (crypto.createHash('sha256').update(r.stdout).digest('hex') !== want) throw new Error(`dd of ${device}: the bytes differ from the image's`)
-    for (let look = 0; look < 6 && !(ahead && ahead.prefetched > 0 && ahead.used > 0); look++) {
-      if (look > 0) await new Promise((resolve) => setTimeout(resolve, 500))
-      const l = await run(process.execPath, [bin, 'list', '--json'])
-      const entries = JSON.parse(l.stdout.toString()) as Array<{device?: string; stats?: {decodeAhead?: DecodeAhead}}>
-      ahead = entries.find((e) => e.device === device)?.stats?.decodeAhead
-    }
   }
-  return ahead
 }
+
+/** The detach log's decode-ahead line with chunks decoded ahead and read from there (src/lifecycle/daemon.ts). */
+export const DECODED_AHEAD = /decode-ahead: [1-9]\d* chunks decoded ahead \(\d+ for a read under way\), [1-9]\d* read from there/

@@ -3,7 +3,8 @@
  * connections the main thread assigns it, one at a time, with its own instance of the source. For each
  * request it takes the connection's read lock, reads the request (and a write's payload: an overlay view takes it, a read-only export drops it) with
  * blocking read(2), releases the lock, answers, and writes the reply whole with writev(2) under the write
- * lock — so replies never interleave, and come back in the order they finish.
+ * lock — so replies never interleave, and come back in the order they finish. A thread that would sleep (no
+ * request has come, or another thread holds the read lock) decodes ahead meanwhile (ctx.workAhead).
  */
 import * as fs from 'node:fs'
 import {COUNTER} from '../../core/counters'
