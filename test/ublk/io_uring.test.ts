@@ -16,7 +16,7 @@ describe('io_uring through koffi (this machine\'s kernel)', () => {
   before(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-uring-'))))
   after(() => fs.rmSync(dir, {recursive: true, force: true}))
 
-  it('sets up and maps the rings; a NOP completes with its user_data', () => {
+  it('sets up and maps the rings; a NOP completes with its user_data (completionsReady until reaped)', () => {
     const ring = new uring.IoUring({entries: 8})
     try {
       assert.equal(ring.sqEntries, 8)
@@ -25,10 +25,13 @@ describe('io_uring through koffi (this machine\'s kernel)', () => {
       const sqe = ring.getSqe()!
       sqe[uring.io_uring_sqe.offsets.opcode] = uring.IORING_OP_NOP
       uring.setUserData(sqe, 0xdeadbeef, 7)
+      assert.equal(ring.completionsReady, false)
       assert.equal(ring.submit(1), 1)
+      assert.equal(ring.completionsReady, true)
       const got: uring.Cqe[] = []
       assert.equal(ring.reap((c) => got.push(c)), 1)
       assert.deepEqual(got, [{userData: 0xdeadbeef, userDataHigh: 7, res: 0, flags: 0}])
+      assert.equal(ring.completionsReady, false)
       assert.equal(ring.reap(() => assert.fail('no more completions')), 0)
     } finally {
       ring.close()
