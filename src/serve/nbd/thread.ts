@@ -13,7 +13,13 @@ import {AdaptivePoll} from '../../threads/poll'
 import type {ServingThreadContext} from '../../threads/protocol'
 import * as P from './protocol'
 import {Responder, type Reply} from './respond'
-import {STATE, lock, lockWorking, unlock, type Assignment, type AssignmentDone} from './threads'
+import {STATE, lock, lockWorking, nudge, unlock, type Assignment, type AssignmentDone} from './threads'
+
+/**
+ * A read this large wakes a thread asleep at the connection's read lock to decode some of its chunks (and
+ * those after it) while this one serves it; smaller ones (a random 4 KiB read) do not pay for a wake-up.
+ */
+const NUDGE_BYTES = 128 * 1024
 
 /** The request stream ended or broke: nothing more can be read from this connection. */
 class StreamEnded extends Error {}
@@ -199,7 +205,7 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
       if (input.pending > 0) {
         holding = false
         unlock(state, STATE.readLock)
-      }
+      } else if (req.type === P.NBD_CMD_READ && req.length >= NUDGE_BYTES) nudge(state, STATE.readLock) // help wanted
       const r = responder.answer(req, payload)
       reply(r instanceof Promise ? await r : r)
     }
