@@ -399,9 +399,10 @@ describe('ublk backend (real kernel)', function () {
       const r = await ddSectors(info.device, 2048, 8)
       assert.ok(r.data?.equals(fx.data.subarray(2048 * SECTOR, 2056 * SECTOR)), r.stderr)
       assert.equal((await ddSectors(info.device, BAD[0].offset / SECTOR, 1)).data, null)
-      // The backend's read-ahead, and decode-ahead on the queues' threads: the idle one decodes ahead.
+      // The backend's read-ahead, and decode-ahead on the queues' threads. A reader on CPU 0 sends every
+      // request to one queue; the other queue's thread, woken by it, decodes chunks of its reads under way.
       assert.equal(Number(fs.readFileSync(`/sys/block/${path.basename(info.device)}/queue/read_ahead_kb`, 'utf8')), backend.readAheadKiB)
-      await readSequentially(info.device, fx.data)
+      await readSequentially(info.device, fx.data, {bs: 256, cpu: 0})
     } finally {
       const d = await run(process.execPath, [bin, 'detach', info.device], {timeoutMs: 120_000})
       if (d.code !== 0) await run(process.execPath, [bin, 'detach', '--force', info.device], {timeoutMs: 120_000})
@@ -409,7 +410,9 @@ describe('ublk backend (real kernel)', function () {
     }
     assert.ok(!fs.existsSync(info.device), `${info.device} still exists after vdev detach`)
     assert.ok(!fs.existsSync(info.device.replace('ublkb', 'ublkc')), 'char device still exists after vdev detach')
-    assert.match(fs.readFileSync(logOf(info.id), 'utf8'), DECODED_AHEAD)
+    const logged = fs.readFileSync(logOf(info.id), 'utf8')
+    assert.match(logged, DECODED_AHEAD)
+    assert.match(logged, /decode-ahead: .*\([1-9]\d* for a read under way\)/, 'the idle queue\'s thread helped the reads of the other')
   })
 
   it('vdev detach --force cleans up after a killed ublk server (once the lifecycle commands exist)', async function () {
