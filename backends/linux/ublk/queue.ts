@@ -315,7 +315,12 @@ export class UblkQueue {
       prepMsgRing(sqe, fd, WAKE_USER_DATA)
       sent++
     }
-    if (sent > 0) this.ring.submit(0)
+    if (sent === 0) return
+    try {
+      this.ring.submit(0)
+    } catch {
+      // A wake-up is only worth something now; if it cannot go now, it goes with the turn's answers.
+    }
   }
 
   /**
