@@ -4,7 +4,8 @@
  * (the file, and a loop device over it) serving one image — as .vdimg (decompression included) and as its raw
  * bytes (the transport alone) — plus a plain loop device over the raw bytes, all measured by fio in the same
  * VM run. The VM is TCG-emulated, so only the ratios between rows mean anything.
- *   npm run build && node dist/bench/vm-read.js [--size MiB]
+ *   npm run build && node dist/bench/vm-read.js [--size MiB] [--nfs-only]
+ * --nfs-only: only the NFS rows of the .vdimg, on the main thread and on serving threads, twice each alternating.
  * The image: the first --size MiB (default 192) of the benchmark corpus (bench/corpus.ts: an ext4 of
  * /usr/share and /usr/bin), as a .vdimg made by the real writer; cached in .cache/bench/.
  */
@@ -39,7 +40,8 @@ async function main(): Promise<void> {
     markImage(image)
   }
   const script = path.join(__dirname, 'vm', 'read-guest.js')
-  const r = await runInVm({script: [script, image, raw], timeoutMs: 40 * 60_000, log: (l) => process.stderr.write(`[vm] ${l}\n`)})
+  const nfsOnly = process.argv.includes('--nfs-only')
+  const r = await runInVm({script: [script, image, raw, ...(nfsOnly ? ['nfs-only'] : [])], timeoutMs: 40 * 60_000, log: (l) => process.stderr.write(`[vm] ${l}\n`)})
   if (r.status !== 0 || !r.out) throw new Error(`the in-VM benchmark failed (status ${r.status}); console: ${r.consoleLog}\n${r.consoleTail}`)
   const {kernel, rows} = JSON.parse(r.out) as {kernel: string; rows: VmReadRow[]}
   console.log(`\nRead benchmark in the test VM (kernel ${kernel}, qemu TCG, ${sizeMiB} MiB image; fio O_DIRECT, seq 1 MiB psync, rand 4 KiB QD16)`)

@@ -109,6 +109,85 @@ function skippableFrame(payload: Buffer): Buffer {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Recovery data (§13): GF(2^8) with x^8 + x^4 + x^3 + x^2 + 1, a Cauchy matrix, written from the text alone
+
+const GF_EXP = new Uint8Array(512)
+const GF_LOG = new Uint8Array(256)
+;(() => {
+  let x = 1
+  for (let i = 0; i < 255; i++) {
+    GF_EXP[i] = x
+    GF_LOG[x] = i
+    x <<= 1
+    if (x & 0x100) x ^= 0x11d
+  }
+  for (let i = 255; i < 512; i++) GF_EXP[i] = GF_EXP[i - 255]
+})()
+const gfMul = (a: number, b: number): number => (a === 0 || b === 0 ? 0 : GF_EXP[GF_LOG[a] + GF_LOG[b]])
+const gfInv = (a: number): number => GF_EXP[255 - GF_LOG[a]]
+// §13.2's check values.
+if (gfInv(0x0c) !== 0x3d || gfInv(2) !== 0x8e || gfInv(3) !== 0xf4 || gfInv(4) !== 0x47 || gfInv(5) !== 0xa7) throw new Error('GF(2^8) tables disagree with FORMAT.md §13.2')
+if ((gfMul(0x8e, 1) ^ gfMul(0xf4, 2) ^ gfMul(0x47, 3)) !== 0xb2 || (gfMul(0xf4, 1) ^ gfMul(0x8e, 2) ^ gfMul(0xa7, 3)) !== 0x01) throw new Error('GF(2^8) products disagree with FORMAT.md §13.2')
+
+export interface RecoverySpec {
+  /** Data slices per stripe and parity slices per stripe (§13.3). */
+  k: number
+  m: number
+  /** Slice size S (default 512: many slices in a small image). */
+  sliceSize?: number
+}
+
+/**
+ * Section 8 over the protected region `[256, regionEnd)` of the file whose bytes from 256 on are `region`
+ * (§13.1–§13.3): the recovery header, parity and data-slice CRCs, padding, parity slices, the header again.
+ */
+function recoverySection(region: Buffer, regionEnd: number, r: RecoverySpec): Buffer {
+  const S = r.sliceSize ?? 512
+  const regionOffset = 256
+  const origin = Math.floor(regionOffset / S) * S
+  const D = Math.ceil((regionEnd - origin) / S)
+  const T = Math.ceil(D / r.k)
+  const slice = (i: number): Buffer => {
+    const b = Buffer.alloc(S)
+    if (i >= D) return b
+    const from = origin + i * S
+    for (let a = Math.max(from, regionOffset); a < Math.min(from + S, regionEnd); a++) b[a - from] = region[a - regionOffset]
+    return b
+  }
+  const parity: Buffer[] = []
+  for (let st = 0; st < T; st++)
+    for (let row = 0; row < r.m; row++) {
+      const p = Buffer.alloc(S)
+      for (let j = 0; j < r.k; j++) {
+        const c = gfInv(row ^ (r.m + j))
+        const d = slice(j * T + st)
+        for (let b = 0; b < S; b++) p[b] ^= gfMul(c, d[b])
+      }
+      parity.push(p)
+    }
+  const crcs = 64 + 4 * T * r.m + 4 * D
+  const parityOffset = Math.ceil(crcs / S) * S
+  const out = Buffer.alloc(parityOffset + S * T * r.m + 64)
+  const h = Buffer.alloc(64)
+  Buffer.from('VDRECOV1', 'latin1').copy(h, 0)
+  h.writeUInt32LE(S, 8)
+  h.writeUInt16LE(8, 12)
+  h.writeUInt16LE(r.k, 14)
+  h.writeUInt16LE(r.m, 16)
+  h.writeUInt32LE(T, 20)
+  h.writeBigUInt64LE(BigInt(regionOffset), 24)
+  h.writeBigUInt64LE(BigInt(regionEnd - regionOffset), 32)
+  h.writeBigUInt64LE(BigInt(parityOffset), 40)
+  h.writeUInt32LE(crc32c(h.subarray(0, 60)), 60)
+  h.copy(out, 0)
+  parity.forEach((p, n) => out.writeUInt32LE(crc32c(p), 64 + 4 * n))
+  for (let i = 0; i < D; i++) out.writeUInt32LE(crc32c(slice(i)), 64 + 4 * T * r.m + 4 * i)
+  parity.forEach((p, n) => p.copy(out, parityOffset + n * S))
+  h.copy(out, out.length - 64)
+  return out
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Images
 
 const MAGIC = Buffer.from([0x89, 0x56, 0x44, 0x49, 0x4d, 0x47, 0x0d, 0x0a])
@@ -151,6 +230,8 @@ interface SectionSpec {
   at?: number
   /** Version 1.1: placed with the copies, after the padding that follows the section table (§12.3). */
   copy?: boolean
+  /** Version 1.2: section 8, placed before the copies and followed by zeros to a multiple of 4096 (§13.4). */
+  recovery?: boolean
   /** Entry fields written instead of the right ones. */
   offset?: bigint
   length?: bigint
@@ -186,6 +267,8 @@ interface ImageSpec {
    * trailer), laid out as §12.3 says.
    */
   copies?: boolean
+  /** Version 1.2 (§13): minor 2 and a recovery section (type 8, the last entry), with the copies of 1.1. */
+  recovery?: RecoverySpec
   header?: {
     major?: number
     minor?: number
@@ -223,6 +306,8 @@ interface Defaults {
   metadata: SectionSpec | undefined
   /** Version 1.1: sections 4–7 (7 only with metadata). */
   copies: SectionSpec[]
+  /** Version 1.2: section 8. */
+  recovery: SectionSpec | undefined
 }
 
 interface Layout {
@@ -231,6 +316,8 @@ interface Layout {
   copyTable: number
   trailer: number
   sections: Array<{type: number; offset: number; length: number}>
+  /** Version 1.2: where the protected region ends (the end of the chunk data and tables). */
+  regionEnd: number
   /** Offset of each group's second-level table (0 when none). */
   tables: number[]
   /** Offset of each chunk's stored bytes (0 when none). */
@@ -273,7 +360,7 @@ function build(s: ImageSpec): Built {
     pos += b.length
     return at
   }
-  const layout: Layout = {sectionTable: 0, copyTable: 0, trailer: 0, sections: [], tables: [], stored: new Array(chunkCount).fill(0), headerEnd: 256}
+  const layout: Layout = {sectionTable: 0, copyTable: 0, trailer: 0, sections: [], regionEnd: 0, tables: [], stored: new Array(chunkCount).fill(0), headerEnd: 256}
   /** Version 1.1: each table as it should be, for section 4 (after damageCopy). */
   const tableCopies: Buffer[] = []
   const l1 = Buffer.alloc(groupCount * 24)
@@ -327,6 +414,8 @@ function build(s: ImageSpec): Built {
     l1.writeUInt32LE(gs.crc ?? tableCrc, g * 24 + 12)
     l1[g * 24 + 16] = gs.fillKind ?? gs.fill ?? 0
   }
+  layout.regionEnd = pos
+  const recovery: SectionSpec | undefined = s.recovery ? {type: 8, flags: 0, data: recoverySection(Buffer.concat(parts), pos, s.recovery), copy: true, recovery: true} : undefined
   const bad = s.bad ?? []
   for (const r of bad) {
     const from = Number(r.offset)
@@ -348,10 +437,11 @@ function build(s: ImageSpec): Built {
       {type: 6, flags: 0, data: badMap.data, copy: true},
       ...(metadata ? [{type: 7, flags: 0, data: metadata.data, copy: true}] : []),
     ],
+    recovery,
   }
   const list = s.sections
     ? s.sections(defaults)
-    : [defaults.index, defaults.bad, ...(defaults.metadata ? [defaults.metadata] : []), ...(s.copies ? defaults.copies : [])]
+    : [defaults.index, defaults.bad, ...(defaults.metadata ? [defaults.metadata] : []), ...(s.copies || s.recovery ? defaults.copies : []), ...(recovery ? [recovery] : [])]
   // Originals first; in 1.1 the copies follow the section table after zero padding to a multiple of 4096
   // (§12.3), so their offsets are known before the table is written.
   const placed: Array<{offset: number; length: number}> = []
@@ -364,12 +454,21 @@ function build(s: ImageSpec): Built {
     placed.push({offset, length: sec.data.length})
   }
   const tableAt = pos
-  const padding = s.copies ? (4096 - ((tableAt + list.length * 32) % 4096)) % 4096 : 0
+  const laidOut = s.copies || s.recovery
+  const padding = laidOut ? (4096 - ((tableAt + list.length * 32) % 4096)) % 4096 : 0
   let copyAt = tableAt + list.length * 32 + padding
-  for (const [k, sec] of list.entries()) {
-    if (!sec.copy) continue
-    placed[k].offset = sec.at !== undefined ? placed[sec.at].offset : copyAt
-    if (sec.at === undefined) copyAt += sec.data.length
+  // 1.2: the recovery section first, then zeros to a multiple of 4096, then the copies (§13.4).
+  let recoveryPad = 0
+  for (const pass of [true, false]) {
+    for (const [k, sec] of list.entries()) {
+      if (!sec.copy || !!sec.recovery !== pass) continue
+      placed[k].offset = sec.at !== undefined ? placed[sec.at].offset : copyAt
+      if (sec.at === undefined) copyAt += sec.data.length
+    }
+    if (pass && list.some((x) => x.recovery)) {
+      recoveryPad = (4096 - (copyAt % 4096)) % 4096
+      copyAt += recoveryPad
+    }
   }
   for (const [k, sec] of list.entries()) layout.sections.push({type: sec.type, offset: placed[k].offset, length: sec.data.length})
   const table = Buffer.alloc(list.length * 32)
@@ -387,9 +486,11 @@ function build(s: ImageSpec): Built {
   s.damageSectionTable?.(table)
   layout.sectionTable = put(table)
   let trailerPart: Buffer | undefined
-  if (s.copies) {
+  if (laidOut) {
     put(Buffer.alloc(padding))
-    for (const sec of list) if (sec.copy && sec.at === undefined) put(sec.data)
+    for (const sec of list) if (sec.recovery && sec.at === undefined) put(sec.data)
+    if (list.some((x) => x.recovery)) put(Buffer.alloc(recoveryPad))
+    for (const sec of list) if (sec.copy && !sec.recovery && sec.at === undefined) put(sec.data)
     s.damageSectionTableCopy?.(tableCopy)
     layout.copyTable = put(tableCopy)
     trailerPart = Buffer.alloc(256) // the header's copy, filled in below
@@ -401,7 +502,7 @@ function build(s: ImageSpec): Built {
   const header = Buffer.alloc(256)
   MAGIC.copy(header, 0)
   header.writeUInt16LE(h.major ?? 1, 8)
-  header.writeUInt16LE(h.minor ?? (s.copies ? 1 : 0), 10)
+  header.writeUInt16LE(h.minor ?? (s.recovery ? 2 : s.copies ? 1 : 0), 10)
   header.writeUInt32LE(h.headerSize ?? 256, 12)
   header.writeUInt32LE(h.flags ?? 1, 16)
   header.writeUInt32LE(h.sectorSize ?? sectorSize, 20)
@@ -417,7 +518,7 @@ function build(s: ImageSpec): Built {
   // minor 1 on only bytes 112–251 are reserved.
   header.writeBigUInt64LE(h.copyTableOffset ?? BigInt(layout.copyTable), 96)
   header.writeBigUInt64LE(h.trailerOffset ?? BigInt(layout.trailer), 104)
-  if (h.reserved !== undefined) header.fill(h.reserved, (h.minor ?? (s.copies ? 1 : 0)) >= 1 ? 112 : 96, 252)
+  if (h.reserved !== undefined) header.fill(h.reserved, (h.minor ?? (s.recovery ? 2 : s.copies ? 1 : 0)) >= 1 ? 112 : 96, 252)
   header.writeUInt32LE(h.headerCrc ?? crc32c(header.subarray(0, 252)), 252)
   trailerPart && header.copy(trailerPart)
   let file: Buffer = Buffer.concat([header, ...parts])
@@ -466,6 +567,14 @@ export interface Expected {
   reason?: string
   /** vdev's exit codes (README, "Exit codes"). */
   vdevExit: Record<Tool, number>
+  /**
+   * Version 1.2 damaged images (§13.3, "Using it"): whether every damaged byte can be rebuilt — the
+   * structures from their copies, chunk data and tables from the recovery data — and, when it can, the
+   * SHA-256 of the file as written before the damage (what a byte-exact repair gives back).
+   * `recoveryDamaged`: section 8 fails its section CRC — a damaged section for a verifier, though a reader
+   * that only reads the image never reads section 8 (so no warning when opening or reading).
+   */
+  repair?: {repairable: boolean; fileSha256?: string; recoveryDamaged?: boolean}
 }
 
 interface Case {
@@ -480,6 +589,8 @@ interface Case {
   invalid?: {error: 'format' | 'unsupported'; offset: number | ((b: Built) => number); reason: string}
   /** The reader takes no media hash (flag clear). */
   noHash?: boolean
+  /** Version 1.2: whether the damage can be repaired, and the file before it (when it can). */
+  repair?: {repairable: boolean; intact?: () => Built; recoveryDamaged?: boolean}
 }
 
 function expected(c: Case, b: Built): Expected {
@@ -527,6 +638,7 @@ function expected(c: Case, b: Built): Expected {
     damaged,
     warnings,
     vdevExit: {info: 0, verify: result === 'valid' ? 0 : 5, extract: damaged.length ? 5 : 0},
+    ...(c.repair ? {repair: {repairable: c.repair.repairable, ...(c.repair.intact ? {fileSha256: sha256(c.repair.intact().file)} : {}), ...(c.repair.recoveryDamaged ? {recoveryDamaged: true} : {})}} : {}),
   }
 }
 
@@ -579,6 +691,25 @@ const flip =
     more?.(out, l)
     return out
   }
+
+/**
+ * Version 1.2 (§13): 4 raw chunks of noise (chunk i at file byte 256 + 4096·i, the table at 16640, the
+ * protected region [256, 16736)), 512-byte slices: D = 33 data slices, k = 8, m = 2, T = 5 stripes (slice a
+ * is in stripe a mod 5; its byte 100 is in chunk ⌊(512·a + 100 − 256) / 4096⌋).
+ */
+const v12 = (over: Partial<ImageSpec> = {}): Built => build({size: 4 * CS, chunks: (i) => ({kind: 'raw', content: noise(20 + i, CS)}), recovery: {k: 8, m: 2}, ...over})
+/** Flip one byte in each of these 512-byte slices of the file (at byte 100 of the slice). */
+const slices =
+  (list: number[], more?: (f: Buffer, l: Layout) => void) =>
+  (f: Buffer, l: Layout): Buffer => {
+    const out = Buffer.from(f)
+    for (const a of list) out[a * 512 + 100] ^= 0x5a
+    more?.(out, l)
+    return out
+  }
+/** Parity slice (stripe st, row r) of section 8 in a v12 image: 64 + 4·T·m + 4·D = 236 → parity at 512. */
+const paritySlice = (l: Layout, st: number, r: number) => l.sections.find((x) => x.type === 8)!.offset + 512 + (st * 2 + r) * 512
+const V12_INTACT = (): Built => v12()
 
 export const CASES: Case[] = [
   // --- valid images
@@ -904,6 +1035,66 @@ export const CASES: Case[] = [
     rule: '§12.1: copy_table_offset set and trailer_offset 0',
     build: () => v11({header: {trailerOffset: 0n}}),
     invalid: {error: 'format', offset: 96, reason: 'the section table copy and header copy offsets must both be set or both be 0'},
+  },
+
+  // --- version 1.2: recovery data (§13)
+  {name: 'valid-1.2-recovery', rule: '§13: minor 2, section 8 (k 8, m 2, 512-byte slices) last in the table, right after the padding, then zeros to 4096, then the copies', build: () => v12()},
+  {
+    name: 'damaged-1.2-one-slice',
+    rule: '§13.3: one lost data slice (slice 10: chunk 1) is rebuilt from the parity of its stripe',
+    build: () => v12({post: slices([10])}),
+    damagedChunks: [1],
+    repair: {repairable: true, intact: V12_INTACT},
+  },
+  {
+    name: 'damaged-1.2-two-slices-one-stripe',
+    rule: '§13.2: m = 2 lost slices of one stripe (slices 10 and 20: chunks 1 and 2) are rebuilt',
+    build: () => v12({post: slices([10, 20])}),
+    damagedChunks: [1, 2],
+    repair: {repairable: true, intact: V12_INTACT},
+  },
+  {
+    name: 'damaged-1.2-beyond-parity',
+    rule: '§13.3: m + 1 lost slices in one stripe (slices 10, 20, 25: chunks 1, 2, 3) cannot be rebuilt',
+    build: () => v12({post: slices([10, 20, 25])}),
+    damagedChunks: [1, 2, 3],
+    repair: {repairable: false},
+  },
+  {
+    name: 'damaged-1.2-spread',
+    rule: '§13.1: five lost slices of chunk 1, one in each stripe (slices 10–14), are each rebuilt',
+    build: () => v12({post: slices([10, 11, 12, 13, 14])}),
+    damagedChunks: [1],
+    repair: {repairable: true, intact: V12_INTACT},
+  },
+  {
+    name: 'damaged-1.2-parity-slice',
+    rule: '§13.3: a parity slice that fails its CRC is not used: one lost slice and one good parity slice in the stripe still rebuild it',
+    build: () => v12({post: slices([10], (f, l) => (f[paritySlice(l, 0, 0) + 7] ^= 1))}),
+    damagedChunks: [1],
+    repair: {repairable: true, intact: V12_INTACT, recoveryDamaged: true},
+  },
+  {
+    name: 'damaged-1.2-parity-too-few',
+    rule: '§13.3: two lost slices and one good parity slice in the stripe: not rebuilt',
+    build: () => v12({post: slices([10, 20], (f, l) => (f[paritySlice(l, 0, 1) + 7] ^= 1))}),
+    damagedChunks: [1, 2],
+    repair: {repairable: false, recoveryDamaged: true},
+  },
+  {
+    name: 'damaged-1.2-recovery-header',
+    rule: '§13.3: a recovery header that fails its checks is taken from the section\'s end',
+    build: () => v12({post: slices([10], (f, l) => (f[l.sections.find((x) => x.type === 8)!.offset + 20] ^= 1))}),
+    damagedChunks: [1],
+    repair: {repairable: true, intact: V12_INTACT, recoveryDamaged: true},
+  },
+  {
+    name: 'damaged-1.2-index-table-both',
+    rule: '§13.1, §12.4: a second-level table lost in both copies is rebuilt from the parity (it is in the protected region)',
+    // Damaged in the file after the parity was computed over the good table.
+    build: () => v12({post: slices([], (f, l) => ((f[l.tables[0] + 30] ^= 1), (f[l.sections.find((x) => x.type === 4)!.offset + 30] ^= 1)))}),
+    damagedChunks: [0, 1, 2, 3],
+    repair: {repairable: true, intact: V12_INTACT},
   },
 ]
 

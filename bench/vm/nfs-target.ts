@@ -20,10 +20,11 @@ export interface NfsBenchTarget {
 }
 
 /**
- * Serve `source` over NFS on 127.0.0.1, mount it in `workDir` with the kernel client (rsize 1 MiB), and
- * return the file — or, with `loop`, a read-only direct-I/O loop device over it.
+ * Serve `source` over NFS on 127.0.0.1 (on `threads` serving threads; 0 or absent: the main thread), mount
+ * it in `workDir` with the kernel client (rsize 1 MiB), and return the file — or, with `loop`, a read-only
+ * direct-I/O loop device over it.
  */
-export async function attachNfsForBench(source: BlockSource, workDir: string, opts: {loop?: boolean} = {}): Promise<NfsBenchTarget> {
+export async function attachNfsForBench(source: BlockSource, workDir: string, opts: {loop?: boolean; threads?: number} = {}): Promise<NfsBenchTarget> {
   const block = new BlockServer(source)
   const nfs = await startNfsServer(block, {
     host: '127.0.0.1',
@@ -31,6 +32,7 @@ export async function attachNfsForBench(source: BlockSource, workDir: string, op
     exportName: '/',
     fileName: 'bench.img',
     log: (l) => process.stderr.write(`${l}\n`),
+    threads: opts.threads,
   })
   const mnt = path.join(workDir, 'nfs-mnt')
   fs.mkdirSync(mnt, {recursive: true})

@@ -32,6 +32,8 @@ export interface VmReadRow {
 }
 
 const RAND_SECONDS = Number(process.env.VDEV_BENCH_RAND_SECONDS ?? 8)
+/** Serving threads of the NFS rows (as the macos-nfs backend's default). */
+const NFS_THREADS = 2
 
 /** fio on a device (spawned: the device may be served by this process, which must keep running). */
 async function fio(device: string): Promise<Pick<VmReadRow, 'seqMiBs' | 'randIops' | 'randP99us'>> {
@@ -55,7 +57,8 @@ async function fio(device: string): Promise<Pick<VmReadRow, 'seqMiBs' | 'randIop
 }
 
 async function main(): Promise<void> {
-  const [imageArg, rawArg] = process.argv.slice(2)
+  const [imageArg, rawArg, mode] = process.argv.slice(2)
+  const nfsOnly = mode === 'nfs-only'
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-read-'))
   // Copy into the guest's tmpfs: every backend then reads the same memory, not the host over 9p.
   const image = path.join(work, 'bench.vdimg')
@@ -64,8 +67,10 @@ async function main(): Promise<void> {
   fs.copyFileSync(rawArg, raw)
   const rows: VmReadRow[] = []
 
-  const losetup = await run('losetup', ['--find', '--show', '--read-only', raw])
-  if (losetup.code === 0) {
+  const losetup = nfsOnly ? undefined : await run('losetup', ['--find', '--show', '--read-only', raw])
+  if (!losetup) {
+    // --nfs-only: the NFS rows alone
+  } else if (losetup.code === 0) {
     const loop = losetup.stdout.trim()
     try {
       rows.push({name: 'loop (raw file, kernel only)', kind: 'raw', available: true, device: loop, ...(await fio(loop))})
@@ -79,8 +84,8 @@ async function main(): Promise<void> {
     ['vdimg', () => openImage(image)],
     ['raw', async () => RawImage.open(raw)],
   ]
-  for (const [kind, open] of sources) {
-    for (const name of ['ublk', 'nbd', 'fuse']) {
+  for (const [kind, open] of nfsOnly ? sources.slice(0, 1) : sources) {
+    for (const name of nfsOnly ? [] : ['ublk', 'nbd', 'fuse']) {
       const label = name
       const b = loadBackend(name)
       if ('error' in b) {
@@ -112,11 +117,14 @@ async function main(): Promise<void> {
       }
       process.stderr.write(`${JSON.stringify(rows[rows.length - 1])}\n`)
     }
-    for (const loop of [false, true]) {
-      const name = loop ? 'nfs + loop' : 'nfs (file)'
+    // The NFS server as `vdev serve` and the macos-nfs backend run it (2 serving threads), and on the main
+    // thread (--threads 0); with --nfs-only, twice each, alternating (an A/B on a loaded host).
+    const nfsRuns = nfsOnly ? [0, NFS_THREADS, 0, NFS_THREADS] : [NFS_THREADS, 0]
+    for (const [loop, threads] of [false, true].flatMap((l) => nfsRuns.map((t) => [l, t] as const))) {
+      const name = `${loop ? 'nfs + loop' : 'nfs (file)'}, ${threads ? `${threads} threads` : 'main thread'}`
       const source = await open()
       try {
-        const t = await attachNfsForBench(source, fs.mkdtempSync(path.join(work, 'nfs-')), {loop})
+        const t = await attachNfsForBench(source, fs.mkdtempSync(path.join(work, 'nfs-')), {loop, threads})
         try {
           rows.push({name, kind, available: true, device: t.target, ...(await fio(t.target))})
         } finally {

@@ -862,8 +862,10 @@ async function runWritableCase(fx: ServedImage, ctx: CaseContext, threads: boole
   const socket = path.join(fx.dir, 'rw.sock')
   fs.rmSync(file, {force: true})
   fs.rmSync(socket, {force: true})
-  const ovl = await Overlay.open(await openImage(fx.image), file)
   const logs: string[] = []
+  const ovl = await Overlay.open(await openImage(fx.image), file, {log: (l) => logs.push(l)})
+  // Compaction while serving, over and over: the session's reads and writes run across compactions.
+  const compacting = setInterval(() => void ovl.compact(), 5)
   let r: SessionResult
   try {
     const running = await startNbdServer(new BlockServer(ovl), {
@@ -886,7 +888,9 @@ async function runWritableCase(fx: ServedImage, ctx: CaseContext, threads: boole
     }
     // Past the end and read-only refusals are logged as failed commands by design; anything else is not.
     for (const l of logs) if (INTERNAL_LOG.test(l) && !/failed: .*(past the end|ENOSPC|no space)/i.test(l)) r.failures.push(`the server logged an internal error: ${l.slice(0, 300)}`)
+    for (const l of logs) if (/compaction while serving failed/.test(l)) r.failures.push(l.slice(0, 300))
   } finally {
+    clearInterval(compacting)
     await ovl.close()
   }
   const reopened = await reopenOverlay(fx, file)

@@ -3,8 +3,9 @@
  * split into fragments (some empty) or claiming more than the record limit, call headers with a wrong
  * message type, RPC version or credentials (unknown flavors, bodies over 400 bytes, AUTH_SYS with too many
  * groups), unknown programs, versions and procedures, and arguments cut short, padded, or with XDR lengths
- * of 2^32−1; mixed with well-formed calls to every procedure of portmap, MOUNT and NFS. Two in five sessions
- * go to a second server, read-write over a copy-on-write overlay, with WRITEs (every stability level, past
+ * of 2^32−1; mixed with well-formed calls to every procedure of portmap, MOUNT and NFS; half of the
+ * read-only sessions go to a server on the main thread, half to one on serving threads. Two in five sessions
+ * go to a second server, read-write over a copy-on-write overlay (one in four of them on serving threads), with WRITEs (every stability level, past
  * the end, up to wtmax + 1 bytes, and malformed: a count that is not the data's length, 2^32−1, a data
  * length of 2^32−1, a bad stable_how), COMMITs and SETATTRs of the size. A session ends with
  * the client closing after its replies, a record that must close the connection, a record cut short and a
@@ -752,13 +753,14 @@ interface WritableServer {
   close(): Promise<void>
 }
 
-async function startWritable(fx: ServedImage, file: string, log: (l: string) => void): Promise<WritableServer> {
+async function startWritable(fx: ServedImage, file: string, log: (l: string) => void, threads: number): Promise<WritableServer> {
   fs.rmSync(file, {force: true})
   const ovl = await Overlay.open(await openImage(fx.image), file)
   let nfs: NfsServerHandle | undefined
   let witness: RpcClient | undefined
   try {
-    nfs = await startNfsServer(new BlockServer(ovl), {host: '127.0.0.1', port: 0, exportName: '/', fileName: 'disk.img', log, wtmax: WTMAX})
+    nfs = await startNfsServer(new BlockServer(ovl), {host: '127.0.0.1', port: 0, exportName: '/', fileName: 'disk.img', log, wtmax: WTMAX, threads})
+    if (threads && nfs.threads === 0) throw new Error('serving threads did not start')
     const hs = await handles(nfs.port)
     witness = hs.client
     const c = new Body((await witness.call(NFS, 3, 21, Buffer.concat([opaque(hs.h.file), u64(0), u32(0)]))).body)
@@ -784,13 +786,14 @@ async function startWritable(fx: ServedImage, file: string, log: (l: string) => 
 }
 
 /** A writable case: one session against a server over a fresh overlay, then the overlay checked against the model. */
-async function runWritableCase(fx: ServedImage, ctx: CaseContext, logs: string[]): Promise<SessionResult> {
+async function runWritableCase(fx: ServedImage, ctx: CaseContext, logs: string[], threads: number): Promise<SessionResult> {
   const file = path.join(fx.dir, 'rw.vdovl')
-  const ws = await startWritable(fx, file, (l) => logs.push(l))
+  const ws = await startWritable(fx, file, (l) => logs.push(l), threads)
   const model = contentOf(fx)
   let r: SessionResult
   try {
     r = await runSession(ws.nfs.port, ws.h, model, ctx, {verf: ws.verf})
+    if (threads) r.outcome = `threads:${r.outcome}`
     // A COMMIT is a flush, queued behind every write of the session: once it is answered they are all done.
     const c = await ws.witness.call(NFS, 3, 21, Buffer.concat([opaque(ws.h.file), u64(0), u32(0)]))
     const cb = new Body(c.body)
@@ -816,56 +819,78 @@ async function runWritableCase(fx: ServedImage, ctx: CaseContext, logs: string[]
   return r
 }
 
+/** A long-lived read-only server: on the main thread, or on serving threads (the witness holds one of them). */
+interface ReadServer {
+  nfs: NfsServerHandle
+  witness?: RpcClient
+  h: Handles
+}
+
 export const nfsTarget: Target = {
   name: 'nfs',
   caseTimeoutMs: 30_000,
   async setup(): Promise<TargetInstance> {
     const fx = await makeServedImage('vdev-fuzz-nfs-', {tailBad: false})
     const content = contentOf(fx)
-    let img: VdimgImage | undefined
-    let nfs: NfsServerHandle | undefined
+    const images: VdimgImage[] = []
+    const servers: ReadServer[] = []
     const logs: string[] = []
-    let witness: RpcClient | undefined
-    let h: Handles
-    try {
-      img = await openImage(fx.image)
-      nfs = await startNfsServer(new BlockServer(img), {host: '127.0.0.1', port: 0, exportName: '/', fileName: 'disk.img', log: (l) => logs.push(l)})
-      ;({client: witness, h} = await handles(nfs.port))
-    } catch (err) {
-      witness?.close()
-      await nfs?.close()
-      await img?.close()
+    const mk = async (threads: number): Promise<ReadServer> => {
+      const img = await openImage(fx.image)
+      images.push(img)
+      const nfs = await startNfsServer(new BlockServer(img), {host: '127.0.0.1', port: 0, exportName: '/', fileName: 'disk.img', log: (l) => logs.push(l), threads})
+      if (threads && nfs.threads === 0) {
+        await nfs.close()
+        throw new Error(`serving threads did not start: ${logs.join('; ')}`)
+      }
+      const srv: ReadServer = {nfs, h: undefined as unknown as Handles}
+      servers.push(srv)
+      ;({client: srv.witness, h: srv.h} = await handles(nfs.port))
+      return srv
+    }
+    const closeAll = async (): Promise<void> => {
+      for (const s of servers) {
+        s.witness?.close()
+        await s.nfs.close()
+      }
+      for (const i of images) await i.close()
       fx.cleanup()
+    }
+    try {
+      await mk(0)
+      // Three threads: the witness's, the session's, and one for a session whose thread is still finishing.
+      await mk(3)
+    } catch (err) {
+      await closeAll()
       throw err
     }
     return {
       async runCase(ctx: CaseContext): Promise<CaseResult> {
         const logStart = logs.length
         let r: SessionResult
-        if (ctx.rng.chance(0.4)) r = await runWritableCase(fx, ctx, logs)
+        // Writable cases start a server each (serving threads take a few hundred ms to start).
+        if (ctx.rng.chance(0.4)) r = await runWritableCase(fx, ctx, logs, ctx.rng.chance(0.25) ? 2 : 0)
         else {
-          r = await runSession(nfs!.port, h, content, ctx)
-          const w = await witnessRead(witness!, h, content, ctx.rng)
+          const srv = ctx.rng.pick(servers)
+          r = await runSession(srv.nfs.port, srv.h, content, ctx)
+          const w = srv.witness ? await witnessRead(srv.witness, srv.h, content, ctx.rng) : 'no witness connection'
           if (w) {
             r.failures.push(w)
-            witness!.close()
+            srv.witness?.close()
+            srv.witness = undefined
             try {
-              witness = (await handles(nfs!.port)).client
+              srv.witness = (await handles(srv.nfs.port)).client
             } catch (err) {
               r.failures.push(`a fresh client could not mount: ${(err as Error).message}`)
             }
           }
+          if (srv.nfs.threads) r.outcome = `threads:${r.outcome}`
         }
         for (const l of logs.slice(logStart)) if (INTERNAL_LOG.test(l)) r.failures.push(`the server logged an internal error: ${l.slice(0, 300)}`)
         if (logs.length > 10000) logs.splice(0, logs.length)
         return {outcome: r.outcome + (r.failures.length ? `:fail:${normalize(r.failures[0], 60)}` : ''), failures: r.failures, input: {ext: 'bin', data: r.input}, steps: r.steps}
       },
-      async close() {
-        witness?.close()
-        await nfs?.close()
-        await img?.close()
-        fx.cleanup()
-      },
+      close: closeAll,
     }
   },
 }

@@ -4,6 +4,7 @@ import {VdevCommand} from '../cli/base'
 import {BlockServer, type BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
+import {COUNTER} from '../core/counters'
 import {describeDecodeAhead, describeStats} from '../lifecycle/daemon'
 import {openSourceArg} from '../sources'
 import {formatListen, isLoopback, parseListen, type ListenAddress} from '../serve/listen'
@@ -18,8 +19,8 @@ import {Overlay} from '../layers/overlay'
 interface NfsModule {
   startNfsServer(
     server: BlockServer,
-    opts: {host: string; port: number; exportName: string; fileName: string; log: (l: string) => void},
-  ): Promise<{host: string; port: number; close(): Promise<void>}>
+    opts: {host: string; port: number; exportName: string; fileName: string; log: (l: string) => void; threads?: number},
+  ): Promise<{host: string; port: number; threads: number; threadStats?: {connections: number}; mainConnections: number; close(): Promise<void>}>
 }
 
 export default class Serve extends VdevCommand {
@@ -59,7 +60,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     scratch: Flags.boolean({description: 'NBD, NFS and iSCSI: serve read-write into a temporary overlay that is deleted when serve exits'}),
     'export-name': Flags.string({description: 'NBD export name (default: the image file name; "" always works too)'}),
     threads: Flags.integer({
-      description: `NBD: serving threads per connection, each reading, decoding and answering requests; iSCSI: serving threads, each serving one connection after its login (default: the number of cores, at most 8; 0 serves on the main thread)`,
+      description: `NBD: serving threads per connection, each reading, decoding and answering requests; iSCSI: serving threads, each serving one connection after its login; NFS: serving threads, each serving one connection (default: the number of cores, at most 8; 0 serves on the main thread)`,
       min: 0,
       max: 64,
     }),
@@ -107,7 +108,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
         file = path.join(scratchDir, 'overlay.vdovl')
       }
       try {
-        image = await Overlay.open(base, file)
+        image = await Overlay.open(base, file, {log: (line) => process.stderr.write(`vdev serve: ${line}\n`)})
       } catch (err) {
         await base.close()
         removeScratch()
@@ -123,14 +124,19 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     const overlay = image instanceof Overlay ? {overlay: image.path, scratch: flags.scratch} : {}
     const how = image instanceof Overlay ? ` read-write into ${flags.scratch ? 'a scratch overlay' : `the overlay ${image.path}`}` : ''
     let stop: () => Promise<void>
+    let served = (): string => ''
     try {
       if (nfs) {
         // The one file in the export is the decoded image: disk.vdimg → disk.img.
         const fileName = imageName.replace(/\.(vdimg|img|raw)$/i, '') + '.img'
-        const h = await nfs.startNfsServer(server, {host: (address as {host: string}).host, port: (address as {port: number}).port, exportName: '/', fileName, log})
+        const threads = flags.threads ?? defaultThreadsPerConnection()
+        const h = await nfs.startNfsServer(server, {host: (address as {host: string}).host, port: (address as {port: number}).port, exportName: '/', fileName, log, threads})
         const listen = formatListen({kind: 'tcp', host: h.host, port: h.port})
         this.ready({protocol, listen, export: '/', file: fileName, ...overlay}, `serving ${args.image} over NFS v3 at ${listen}, export /, file ${fileName}${how}`)
         stop = () => h.close()
+        // Where the connections were served, and what the main thread read itself (none when every client got a thread).
+        served = () =>
+          `; connections: ${h.threadStats?.connections ?? 0} on serving threads, ${h.mainConnections} on the main thread (which served ${server.counters[COUNTER.reads]} reads)`
       } else if (protocol === 'iscsi') {
         if (address.kind !== 'tcp') throw new VdevError('usage', '--protocol iscsi needs a HOST:PORT address (iSCSI runs over TCP)')
         const threads = flags.threads ?? defaultThreadsPerConnection()
@@ -162,7 +168,7 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     await stop()
     await server.drain()
     const w = server.writeStats
-    log(`stopped; ${describeStats(server.stats)}${server.writable ? `; ${w.writes} writes (${w.writeBytes} bytes), ${w.zeroes} write-zeroes, ${w.trims} trims, ${w.flushes} flushes, ${w.writeErrors} failed` : ''}`)
+    log(`stopped; ${describeStats(server.stats)}${server.writable ? `; ${w.writes} writes (${w.writeBytes} bytes), ${w.zeroes} write-zeroes, ${w.trims} trims, ${w.flushes} flushes, ${w.writeErrors} failed` : ''}${served()}`)
     const ra = describeDecodeAhead(image)
     if (ra) log(ra)
     await image.close()

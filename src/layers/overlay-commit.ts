@@ -74,7 +74,7 @@ export async function commitOverlay(
   out: string,
   opts: Pick<CreateOptions, 'chunkSize' | 'level' | 'threads' | 'force' | 'onProgress'> & {baseName: string; version: string},
 ): Promise<CreateResult> {
-  const o = await Overlay.open(base, overlayFile, {create: false})
+  const o = await Overlay.open(base, overlayFile, {create: false, compactMinBytes: 0})
   try {
     const bad = await remainingBad(o)
     const mapfile = bad.length ? parseMapfile(formatMapfile(bad, o.size, {currentStatus: '+'}), 'remaining bad areas') : undefined

@@ -296,6 +296,47 @@ export interface OverlayLink {
 export interface OverlayOpenOptions {
   /** Create the file when it does not exist (default true). */
   create?: boolean
+  /**
+   * Compact the log while serving once its dead bytes (overwritten records) exceed both what it holds and
+   * this many bytes (docs/OVERLAY.md, "Compaction while serving"). Default: VDEV_OVERLAY_COMPACT_MIB MiB,
+   * else 256 MiB; 0 never compacts.
+   */
+  compactMinBytes?: number
+  /** Where compaction says what it did (a daemon's log). */
+  log?: (line: string) => void
+}
+
+const DEFAULT_COMPACT_MIN_BYTES = 256 * 1024 * 1024
+/** Records the compacted log is made of, at most: what compaction holds in memory at once. */
+const COMPACT_RECORD_BYTES = 4 * 1024 * 1024
+/** Left to copy while writes wait, at most (the rest is copied while they go on). */
+const COMPACT_FINAL_BYTES = 8 * 1024 * 1024
+
+function compactMinFromEnv(): number {
+  const v = process.env.VDEV_OVERLAY_COMPACT_MIB
+  if (v === undefined || v === '') return DEFAULT_COMPACT_MIN_BYTES
+  const n = Number(v)
+  if (!Number.isFinite(n) || n < 0) throw new VdevError('usage', `VDEV_OVERLAY_COMPACT_MIB=${v}: want a number of MiB (0: never compact while serving)`)
+  return Math.round(n * 1024 * 1024)
+}
+
+/** An open log file and the reads still using it: a log replaced by compaction is closed after them. */
+interface LogFile {
+  fd: number
+  users: number
+  retired: boolean
+}
+
+function release(f: LogFile): void {
+  if (--f.users === 0 && f.retired) fs.close(f.fd, () => {})
+}
+
+/** What one compaction while serving did. */
+export interface OnlineCompaction {
+  bytesBefore: number
+  bytesAfter: number
+  recordsAfter: number
+  ms: number
 }
 
 const fdatasync = promisify(fs.fdatasync)
@@ -338,8 +379,16 @@ export class Overlay implements BlockSource {
   readonly coverage: SharedArrayBuffer
   readonly granuleShift: number
   private readonly bits: Uint8Array
+  private file: LogFile
   private tail: number
   private seq: number
+  private readonly compactMin: number
+  private readonly log: (line: string) => void
+  /** The tail at which to look again whether the log is worth compacting. */
+  private nextCheck: number
+  private compacting: Promise<OnlineCompaction | undefined> | undefined
+  /** Compactions done while serving (tests and `overlay info` of a live file read the file itself). */
+  compactions = 0
   /** Mutations run one at a time, in the order of their records. */
   private chain: Promise<unknown> = Promise.resolve()
   private closed = false
@@ -347,11 +396,16 @@ export class Overlay implements BlockSource {
   private constructor(
     readonly base: BlockSource,
     readonly path: string,
-    private readonly fd: number,
+    fd: number,
     readonly header: OverlayHeader,
     readonly map: ExtentMap,
     r: ReplayResult,
+    opts: OverlayOpenOptions,
   ) {
+    this.file = {fd, users: 0, retired: false}
+    this.compactMin = opts.compactMinBytes ?? compactMinFromEnv()
+    this.log = opts.log ?? (() => {})
+    this.nextCheck = r.tail
     this.size = base.size
     this.sectorSize = base.sectorSize
     this.tail = r.tail
@@ -455,7 +509,8 @@ export class Overlay implements BlockSource {
       const st = fs.fstatSync(fd)
       if (!st.isFile()) throw new VdevError('usage', `${file}: an overlay must be a regular file`)
       // One writer at a time: two processes appending to one log would overwrite each other's records.
-      if (lockExclusive(fd) === 'busy') throw new VdevError('exists', `${file}: the overlay is in use by another vdev process`)
+      const lock = lockExclusive(fd)
+      if (lock === 'busy') throw new VdevError('exists', `${file}: the overlay is in use by another vdev process`)
       const header = decodeHeader(readAt(fd, HEADER_SIZE, 0), file)
       if (header.base.kind !== identity.kind || !header.base.hash.equals(identity.hash) || header.size !== base.size || header.sectorSize !== base.sectorSize)
         throw new VdevError(
@@ -468,7 +523,10 @@ export class Overlay implements BlockSource {
         fs.ftruncateSync(fd, r.tail)
         fs.fdatasyncSync(fd)
       }
-      return new Overlay(base, path.resolve(file), fd, header, r.map, r)
+      if (lock === 'locked') removeStaleCompactions(file)
+      const o = new Overlay(base, path.resolve(file), fd, header, r.map, r, opts)
+      o.maybeCompact()
+      return o
     } catch (err) {
       fs.closeSync(fd)
       throw err instanceof VdevError ? err : ioError(file, err, 'cannot open the overlay')
@@ -484,6 +542,17 @@ export class Overlay implements BlockSource {
     const end = offset + length
     const mine = this.map.overlapping(offset, end)
     if (mine.length === 0) return this.base.read(offset, length)
+    // The map's file offsets are this log's: compaction may swap in a new one meanwhile.
+    const f = this.file
+    f.users++
+    try {
+      return await this.readMapped(offset, length, mine, f.fd)
+    } finally {
+      release(f)
+    }
+  }
+
+  private async readMapped(offset: number, length: number, mine: MapEntry[], fd: number): Promise<ReadResult> {
     let covered = 0
     for (const e of mine) covered += e.end - e.start
     let data: Buffer
@@ -496,7 +565,7 @@ export class Overlay implements BlockSource {
     for (const e of mine) {
       const at = e.start - offset
       if (e.kind === 'zero') data.fill(0, at, at + e.end - e.start)
-      else await preadAll(this.fd, data, at, e.end - e.start, e.file)
+      else await preadAll(fd, data, at, e.end - e.start, e.file)
     }
     return {data, bad: subtract(bad, mine)}
   }
@@ -569,12 +638,15 @@ export class Overlay implements BlockSource {
     if (this.closed) return
     await this.chain.catch(() => {})
     this.closed = true
+    // A compaction under way gives up (its temporary file removed) once it sees the overlay closed.
+    await this.compacting
     try {
-      fs.fdatasyncSync(this.fd)
+      fs.fdatasyncSync(this.file.fd)
     } catch {
       // Nothing acknowledged depends on this: acknowledged writes were flushed already.
     }
-    fs.closeSync(this.fd)
+    this.file.retired = true
+    if (this.file.users === 0) fs.closeSync(this.file.fd)
     await this.base.close()
   }
 
@@ -622,21 +694,170 @@ export class Overlay implements BlockSource {
     // Serving threads send reads of these granules here from now on (a covered granule stays covered).
     this.cover(offset, offset + length)
     try {
-      pwritevAll(this.fd, rec, this.tail)
+      pwritevAll(this.file.fd, rec, this.tail)
     } catch (err) {
       // The tail is not advanced: the next record overwrites whatever part of this one reached the file.
-      await ftruncate(this.fd, this.tail).catch(() => {})
+      await ftruncate(this.file.fd, this.tail).catch(() => {})
       throw writeError(this.path, err)
     }
     if (data) this.map.set({start: offset, end: offset + length, kind: 'data', file: this.tail + RECORD_HEADER_SIZE, type})
     else this.map.set({start: offset, end: offset + length, kind: 'zero', file: 0, type})
     this.seq = seq
     this.tail += recLength
+    if (this.tail >= this.nextCheck) this.maybeCompact()
+  }
+
+  /**
+   * Start compacting (not awaited) when the log's dead bytes exceed both what it holds and the minimum;
+   * otherwise look again once the tail has grown by that much.
+   */
+  private maybeCompact(): void {
+    if (this.compactMin <= 0 || this.compacting || this.closed) return
+    let live = 0
+    for (const e of this.map.entries) live += RECORD_HEADER_SIZE + (e.kind === 'data' ? e.end - e.start : 0)
+    const dead = this.tail - HEADER_SIZE - live
+    if (dead <= Math.max(live, this.compactMin)) {
+      this.nextCheck = this.tail + Math.max(live, this.compactMin) - dead
+      return
+    }
+    void this.compact()
+  }
+
+  /**
+   * Compact now, whatever the log holds (maybeCompact decides when on its own), unless one is under way or the
+   * overlay is closed: resolves with what it did, or undefined (failed: logged; or not started).
+   */
+  compact(): Promise<OnlineCompaction | undefined> {
+    if (this.compacting) return this.compacting
+    if (this.closed) return Promise.resolve(undefined)
+    this.compacting = this.compactWhileServing().then(
+      (r) => {
+        this.log(`overlay ${this.path}: compacted while serving, ${r.bytesBefore} → ${r.bytesAfter} bytes (${r.recordsAfter} records) in ${r.ms} ms`)
+        this.compactions++
+        return r
+      },
+      (err) => {
+        if (!this.closed) this.log(`warning: overlay ${this.path}: compaction while serving failed, the log stays as it was: ${(err as Error).message}`)
+        return undefined
+      },
+    ).finally(() => {
+      this.compacting = undefined
+      // Not again before the log has grown by as much as it held (a failure, e.g. a full disk, is not retried at once).
+      let held = 0
+      for (const e of this.map.entries) held += RECORD_HEADER_SIZE + (e.kind === 'data' ? e.end - e.start : 0)
+      this.nextCheck = this.tail + Math.max(held, this.compactMin)
+    })
+    return this.compacting
+  }
+
+  /** Wait for a compaction under way, if any (tests; close waits for it too). */
+  async compacted(): Promise<OnlineCompaction | undefined> {
+    return this.compacting
+  }
+
+  /**
+   * Compaction while serving (docs/OVERLAY.md, "Compaction while serving"): a new log beside the file holds one
+   * record per extent the overlay held when it started, then a copy (renumbered) of every record appended
+   * since; reads and writes go on meanwhile against the old log, whose records are never rewritten. Only the
+   * last few MiB are copied with mutations held back; then the new log is made durable, locked, renamed over
+   * the file and the directory synced, and the overlay switches to it. Until the rename the file is the old
+   * log, after it the new one: each holds every write acknowledged so far.
+   */
+  private async compactWhileServing(): Promise<OnlineCompaction> {
+    const t0 = Date.now()
+    const old = this.file
+    old.users++
+    const bytesBefore = this.tail
+    const dir = path.dirname(this.path)
+    const tmp = path.join(dir, `.${path.basename(this.path)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.compact`)
+    let out: number | undefined
+    try {
+      out = await promisify(fs.open)(tmp, 'wx+', fs.fstatSync(old.fd).mode & 0o777)
+      const outFd = out
+      const map = new ExtentMap()
+      let at = HEADER_SIZE
+      let seq = 0
+      const abandon = () => {
+        if (this.closed) throw new Error('the overlay was closed')
+      }
+      const emit = async (type: number, offset: number, length: number, data?: Buffer, dataCrc?: number) => {
+        const hdr = encodeRecordHeader({type, seq: ++seq, offset, length, dataCrc: data ? (dataCrc ?? crc32c(data)) : 0}, this.header.id)
+        await writeAllAsync(outFd, data ? [hdr, data] : [hdr], at)
+        map.set(data ? {start: offset, end: offset + length, kind: 'data', file: at + RECORD_HEADER_SIZE, type} : {start: offset, end: offset + length, kind: 'zero', file: 0, type})
+        at += RECORD_HEADER_SIZE + (data ? length : 0)
+      }
+      await writeAllAsync(outFd, [encodeHeader(this.header)], 0)
+      // What the overlay holds now, and the point of the old log it reflects: taken together, synchronously.
+      const snapshot = this.map.entries.slice()
+      let copied = this.tail
+      for (const e of snapshot) {
+        abandon()
+        if (e.kind === 'zero') {
+          await emit(e.type === REC_TRIM ? REC_TRIM : REC_ZERO, e.start, e.end - e.start)
+          continue
+        }
+        for (let s0 = e.start; s0 < e.end; s0 += COMPACT_RECORD_BYTES) {
+          const len = Math.min(COMPACT_RECORD_BYTES, e.end - s0)
+          const data = Buffer.allocUnsafe(len)
+          await preadAll(old.fd, data, 0, len, e.file + (s0 - e.start))
+          await emit(REC_WRITE, s0, len, data)
+        }
+      }
+      // The records appended since, renumbered; the old log's records between `from` and `to` are whole and valid.
+      const copyRecords = async (from: number, to: number) => {
+        for (let p = from; p < to; ) {
+          abandon()
+          const h = Buffer.alloc(RECORD_HEADER_SIZE)
+          await preadAll(old.fd, h, 0, RECORD_HEADER_SIZE, p)
+          if (h.readUInt32LE(0) !== RECORD_MAGIC || h.readUInt32LE(60) !== crc32c(h.subarray(0, 60))) throw new Error(`the record at ${p} of the log does not read back`)
+          const type = h.readUInt16LE(4)
+          const offset = Number(h.readBigUInt64LE(16))
+          const length = Number(h.readBigUInt64LE(24))
+          if (type === REC_WRITE) {
+            if (length > MAX_RECORD_DATA) throw new Error(`the record at ${p} of the log does not read back`)
+            const data = Buffer.allocUnsafe(length)
+            await preadAll(old.fd, data, 0, length, p + RECORD_HEADER_SIZE)
+            await emit(type, offset, length, data, h.readUInt32LE(48))
+            p += RECORD_HEADER_SIZE + length
+          } else {
+            await emit(type, offset, length)
+            p += RECORD_HEADER_SIZE
+          }
+        }
+      }
+      while (this.tail - copied > COMPACT_FINAL_BYTES) {
+        const to = this.tail
+        await copyRecords(copied, to)
+        copied = to
+      }
+      await this.mutate(async () => {
+        await copyRecords(copied, this.tail)
+        await fdatasync(outFd)
+        // The new inode is locked before it takes the name: no other process can open it unlocked.
+        if (lockExclusive(outFd) === 'busy') throw new Error('the new log is locked by another process')
+        fs.renameSync(tmp, this.path)
+        out = undefined
+        syncDirectory(dir)
+        this.file = {fd: outFd, users: 0, retired: false}
+        old.retired = true
+        this.tail = at
+        this.seq = seq
+        this.map.entries.length = 0
+        for (const e of map.entries) this.map.entries.push(e)
+      })
+      return {bytesBefore, bytesAfter: at, recordsAfter: seq, ms: Date.now() - t0}
+    } finally {
+      if (out !== undefined) {
+        fs.closeSync(out)
+        fs.rmSync(tmp, {force: true})
+      }
+      release(old)
+    }
   }
 
   private async sync(): Promise<void> {
     try {
-      await fdatasync(this.fd)
+      await fdatasync(this.file.fd)
     } catch (err) {
       throw writeError(this.path, err)
     }
@@ -655,6 +876,46 @@ async function preadAll(fd: number, into: Buffer, at: number, len: number, pos: 
     if (n === 0) throw new Error('overlay file is shorter than its records')
     done += n
   }
+}
+
+async function writeAllAsync(fd: number, parts: Buffer[], pos: number): Promise<void> {
+  for (const b of parts) {
+    for (let done = 0; done < b.length; ) {
+      const n = await new Promise<number>((resolve, reject) => fs.write(fd, b, done, b.length - done, pos + done, (err, w) => (err ? reject(err) : resolve(w))))
+      done += n
+    }
+    pos += b.length
+  }
+}
+
+/** fsync a directory so a rename in it is durable (some file systems cannot: the files themselves are synced). */
+function syncDirectory(dir: string): void {
+  try {
+    const d = fs.openSync(dir, 'r')
+    try {
+      fs.fsyncSync(d)
+    } finally {
+      fs.closeSync(d)
+    }
+  } catch {
+    // See above.
+  }
+}
+
+/**
+ * Temporary logs of a compaction that never finished (the process was killed): whoever holds the overlay's
+ * lock is the only one that can be compacting it, so any left beside it are stale.
+ */
+function removeStaleCompactions(file: string): void {
+  const dir = path.dirname(path.resolve(file))
+  const prefix = `.${path.basename(file)}.`
+  let names: string[]
+  try {
+    names = fs.readdirSync(dir)
+  } catch {
+    return
+  }
+  for (const n of names) if (n.startsWith(prefix) && /^\.\d+\.[0-9a-f]{8}\.compact$/.test(n.slice(prefix.length - 1))) fs.rmSync(path.join(dir, n), {force: true})
 }
 
 /** `bad` minus the ranges the overlay covers. */

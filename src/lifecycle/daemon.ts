@@ -220,7 +220,7 @@ export async function serve(opts: ServeOptions): Promise<number> {
       } else file = path.resolve(opts.overlay.file)
       entry.overlay = file
       writeEntry(entry)
-      source = await Overlay.open(source, file)
+      source = await Overlay.open(source, file, {log})
     }
     const threaded = threads > 0 && source.descriptor !== undefined
     // A damaged non-critical section (metadata): served without it, said in the log.

@@ -21,6 +21,10 @@ import * as path from 'node:path'
 import {crc32c} from '../format/crc'
 
 const MAGIC = Buffer.from('VDEVRNG1')
+/** A file hit again within this long is not touched again. */
+const TOUCH_MS = 60_000
+/** Most file names remembered as touched (bounded memory). */
+const MAX_TOUCHED = 100_000
 const HEAD = MAGIC.length + 8
 
 /** The per-user default: $XDG_CACHE_HOME/vdev, else ~/.cache/vdev. */
@@ -38,17 +42,39 @@ export interface CacheStats {
   damaged: number
 }
 
+/** What a serving thread needs to use the same cache as its process's instance (link.ts). */
+export interface SharedCache {
+  root: string
+  dir: string
+  maxBytes: number
+  /** BigInt64Array over it: the counters below, shared by every instance of the process. */
+  shared: SharedArrayBuffer
+}
+
+/** Slots of the shared counters. */
+const TOTAL = 0
+const HITS = 1
+const MISSES = 2
+const DAMAGED = 3
+
 export class RangeCache {
-  readonly stats: CacheStats = {hits: 0, misses: 0, damaged: 0}
-  /** Bytes in the whole cache directory, as last counted plus what this process added since. */
-  private total: number
+  /**
+   * Bytes in the whole cache directory (as last counted plus what this process added since), hits, misses
+   * and damaged files: in shared memory, so that the serving threads' instances (which read and fill the
+   * cache themselves, link.ts) count into the same totals as the process's own.
+   */
+  private readonly counters: BigInt64Array
+  /** When this instance last touched a file (its mtime orders eviction): not again within TOUCH_MS. */
+  private readonly touched = new Map<string, number>()
 
   private constructor(
     readonly root: string,
     readonly dir: string,
     readonly maxBytes: number,
+    shared?: SharedArrayBuffer,
   ) {
-    this.total = usage(root)
+    this.counters = new BigInt64Array(shared ?? new SharedArrayBuffer(4 * 8))
+    if (!shared) this.counters[TOTAL] = BigInt(usage(root))
   }
 
   /** The cache of one object, or undefined when it has no identity to key it by or DIR cannot be used. */
@@ -64,6 +90,21 @@ export class RangeCache {
     return new RangeCache(root, dir, maxBytes)
   }
 
+  /** Another instance of the same cache, on a serving thread, sharing this one's counters. */
+  static attach(c: SharedCache): RangeCache {
+    return new RangeCache(c.root, c.dir, c.maxBytes, c.shared)
+  }
+
+  /** What attach() takes (structured-cloned to a serving thread). */
+  get sharing(): SharedCache {
+    return {root: this.root, dir: this.dir, maxBytes: this.maxBytes, shared: this.counters.buffer as SharedArrayBuffer}
+  }
+
+  get stats(): CacheStats {
+    const c = this.counters
+    return {hits: Number(Atomics.load(c, HITS)), misses: Number(Atomics.load(c, MISSES)), damaged: Number(Atomics.load(c, DAMAGED))}
+  }
+
   private file(pos: number, len: number): string {
     return path.join(this.dir, `${pos.toString(16)}-${len.toString(16)}`)
   }
@@ -75,12 +116,12 @@ export class RangeCache {
     try {
       b = fs.readFileSync(f)
     } catch {
-      this.stats.misses++
+      Atomics.add(this.counters, MISSES, 1n)
       return undefined
     }
     if (b.length !== HEAD + len || !b.subarray(0, MAGIC.length).equals(MAGIC) || b.readUInt32LE(MAGIC.length + 4) !== len || crc32c(b.subarray(HEAD)) !== b.readUInt32LE(MAGIC.length)) {
-      this.stats.damaged++
-      this.stats.misses++
+      Atomics.add(this.counters, DAMAGED, 1n)
+      Atomics.add(this.counters, MISSES, 1n)
       try {
         fs.rmSync(f, {force: true})
       } catch {
@@ -88,12 +129,18 @@ export class RangeCache {
       }
       return undefined
     }
-    this.stats.hits++
-    const now = new Date()
-    try {
-      fs.utimesSync(f, now, now)
-    } catch {
-      // evicted meanwhile: the bytes read are still good
+    Atomics.add(this.counters, HITS, 1n)
+    const ms = Date.now()
+    if (!(ms - (this.touched.get(f) ?? -Infinity) < TOUCH_MS)) {
+      // A syscall less for every hit after the first: eviction order to within TOUCH_MS is enough.
+      if (this.touched.size >= MAX_TOUCHED) this.touched.clear()
+      this.touched.set(f, ms)
+      const now = new Date(ms)
+      try {
+        fs.utimesSync(f, now, now)
+      } catch {
+        // evicted meanwhile: the bytes read are still good
+      }
     }
     return b.subarray(HEAD)
   }
@@ -120,8 +167,12 @@ export class RangeCache {
       fs.rmSync(tmp, {force: true})
       return
     }
-    this.total += HEAD + data.length
-    if (this.total > this.maxBytes) this.total = evict(this.root, Math.floor(this.maxBytes * 0.9))
+    const total = Atomics.add(this.counters, TOTAL, BigInt(HEAD + data.length)) + BigInt(HEAD + data.length)
+    if (total > BigInt(this.maxBytes)) {
+      const left = evict(this.root, Math.floor(this.maxBytes * 0.9))
+      // What the other instances added meanwhile stays counted.
+      Atomics.sub(this.counters, TOTAL, total - BigInt(left))
+    }
   }
 }
 

@@ -26,7 +26,7 @@ import type {ByteRanges} from '../format/ranges'
 import {parseContentRange, parseEntityTag} from './content-range'
 import {offerLink, type RangesLink} from './link'
 import {ReadAhead} from './readahead'
-import {isS3, s3Target, type S3Target} from './s3'
+import {isS3, openS3Target, type S3Target} from './s3'
 import {DEFAULT_CACHE_BYTES, RangeCache} from './cache'
 
 export interface RemoteOptions {
@@ -86,6 +86,8 @@ export class HttpObject implements ByteRanges {
   private lastModified: string | undefined
   /** Set once the object is seen to have changed: every read fails from then on. */
   private changed: string | undefined
+  /** [0] = 1 once it has: serving threads check it before answering from their slices or the cache (link.ts). */
+  private readonly changedFlag = new Int32Array(new SharedArrayBuffer(4))
   private readonly inflight = new Map<string, Promise<Buffer>>()
   private probe: {pos: number; data: Buffer} | undefined
   private readonly ahead: ReadAhead | undefined
@@ -114,7 +116,7 @@ export class HttpObject implements ByteRanges {
       else this.weakEtag = opts.etag
     }
     this.lastModified = opts.lastModified
-    if (opts.readAhead ?? true) this.ahead = new ReadAhead((len, pos) => this.fetch(len, pos), () => this.size)
+    if (opts.readAhead ?? true) this.ahead = new ReadAhead((len, pos, shared) => this.fetch(len, pos, shared), () => this.size)
   }
 
   /** GETs, bytes and retries so far; with a cache, its hits and misses. */
@@ -137,7 +139,7 @@ export class HttpObject implements ByteRanges {
   static async open(location: string, opts: RemoteOptions = {}): Promise<HttpObject> {
     let obj: HttpObject
     if (isS3(location)) {
-      const t = s3Target(location)
+      const t = await openS3Target(location)
       obj = new HttpObject(t.url, t.name, opts, t)
     } else {
       let url: URL
@@ -181,13 +183,29 @@ export class HttpObject implements ByteRanges {
     if (hit) return Promise.resolve(copyOut(hit, into))
     return (this.ahead ? this.ahead.read(len, pos) : this.fetch(len, pos)).then((b) => {
       cache?.put(pos, b)
-      return copyOut(b, into)
+      // A view of a read-ahead window (shared memory): the caller gets its own bytes.
+      return copyOut(b.buffer instanceof SharedArrayBuffer && !(into && into.length >= b.length) ? Buffer.from(b) : b, into)
     })
   }
 
-  /** A serving thread's link: its reads are fetched here (link.ts). */
+  /** A serving thread's link: its reads are fetched here (link.ts); it reads and fills the cache itself. */
   offerLink(): {value: RangesLink; transfer: TransferListItem[]} {
-    return offerLink(this, this.timeoutMs)
+    return offerLink({name: this.name, size: this.size, timeoutMs: this.timeoutMs, changed: this.changedFlag.buffer as SharedArrayBuffer, cache: this.cache?.sharing}, (len, pos, max) => this.readForLink(len, pos, max))
+  }
+
+  /**
+   * A serving thread's read (link.ts), which has looked in the cache already: [pos, pos+len), or up to
+   * `max` bytes from pos when a read-ahead window holds them.
+   */
+  private readForLink(len: number, pos: number, max: number): Promise<Buffer> {
+    if (this.closed) return Promise.reject(new VdevError('io', `${this.name}: closed`))
+    if (this.changed) return Promise.reject(this.changedError(this.changed))
+    if (len === 0) return Promise.resolve(Buffer.alloc(0))
+    if (pos + len > this.size)
+      return Promise.reject(new VdevError('format', `${this.name}: unexpected end of file at byte ${this.size} (truncated?)`))
+    const p = this.probe
+    if (p && pos >= p.pos && pos + len <= p.pos + p.data.length) return Promise.resolve(Buffer.from(p.data.subarray(pos - p.pos, pos - p.pos + len)))
+    return this.ahead ? this.ahead.read(len, pos, max) : this.fetch(len, pos)
   }
 
   readSync(): Buffer {
@@ -195,12 +213,12 @@ export class HttpObject implements ByteRanges {
   }
 
   /** One GET of exactly [pos, pos+len), shared by concurrent reads of the same range. */
-  fetch(len: number, pos: number): Promise<Buffer> {
-    const key = `${pos}:${len}`
+  fetch(len: number, pos: number, shared = false): Promise<Buffer> {
+    const key = `${pos}:${len}:${shared}`
     const pending = this.inflight.get(key)
     // Joiners get their own copy: a caller may hand its buffer to a worker (transfer detaches it).
     if (pending) return pending.then((b) => Buffer.from(b))
-    const p = this.retrying(pos, pos + len - 1, false).then((r) => r.data)
+    const p = this.retrying(pos, pos + len - 1, false, shared).then((r) => r.data)
     this.inflight.set(key, p)
     void p.then(
       () => this.inflight.delete(key),
@@ -210,13 +228,13 @@ export class HttpObject implements ByteRanges {
   }
 
   /** GET [first, last] until it works, a failure that retrying cannot mend, or the deadline. */
-  private async retrying(first: number, last: number, probing: boolean): Promise<{data: Buffer; size: number}> {
+  private async retrying(first: number, last: number, probing: boolean, shared = false): Promise<{data: Buffer; size: number}> {
     const deadline = Date.now() + this.timeoutMs
     for (let n = 0; ; n++) {
       if (this.closed) throw new VdevError('io', `${this.name}: closed`)
       const left = deadline - Date.now()
       try {
-        return await this.get(first, last, probing, Math.max(1, Math.min(MAX_ATTEMPT_IDLE_MS, left)))
+        return await this.get(first, last, probing, Math.max(1, Math.min(MAX_ATTEMPT_IDLE_MS, left)), shared)
       } catch (err) {
         if (!(err instanceof Attempt)) throw err
         if (!err.retry) throw new VdevError(err.code, err.message)
@@ -236,12 +254,13 @@ export class HttpObject implements ByteRanges {
 
   private markChanged(why: string): Attempt {
     this.changed ??= why
+    Atomics.store(this.changedFlag, 0, 1)
     this.ahead?.clear()
     return new Attempt(this.changedError(this.changed).message, false)
   }
 
   /** One GET. Resolves with exactly the bytes asked for (clipped to the object when probing). */
-  private get(first: number, last: number, probing: boolean, idleMs: number): Promise<{data: Buffer; size: number}> {
+  private get(first: number, last: number, probing: boolean, idleMs: number, shared = false): Promise<{data: Buffer; size: number}> {
     const headers: Record<string, string> = {...this.headers, range: `bytes=${first}-${last}`, 'accept-encoding': 'identity'}
     if (this.etag) headers['if-match'] = this.etag
     else if (this.lastModified) headers['if-unmodified-since'] = this.lastModified
@@ -319,7 +338,7 @@ export class HttpObject implements ByteRanges {
         const declared = header(res.headers['content-length'])
         if (declared !== undefined && declared !== String(len)) return drop(new Attempt(`${this.name}: Content-Length ${declared} for ${len} bytes`, true))
         if (probing) this.pin(tag, modified)
-        const data = Buffer.allocUnsafeSlow(len)
+        const data = shared ? Buffer.from(new SharedArrayBuffer(len)) : Buffer.allocUnsafeSlow(len)
         let at = 0
         res.on('data', (d: Buffer) => {
           if (settled) return
@@ -373,6 +392,7 @@ export class HttpObject implements ByteRanges {
     if (this.closed) return
     this.closed = true
     this.ahead?.clear()
+    this.s3?.close()
     this.agent.destroy()
   }
 }

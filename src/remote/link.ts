@@ -7,6 +7,13 @@
  * owner fetches (through its read-ahead, its shared in-flight GETs and its ETag pin — one of each for the
  * whole process, whatever the number of threads) and answers with the bytes, transferred, not copied.
  *
+ * Each hop to the owner costs two thread wake-ups, so a thread does what it can without one:
+ * - the cache (cache.ts) is files: the thread reads and fills it itself, sharing the owner's counters;
+ * - when the owner answers from a read-ahead window, it sends up to SLICE bytes from the read on, and the
+ *   thread answers the stream's next reads from that slice (MAX_SLICES per thread: bounded memory).
+ * Both stop once the owner has seen the object change (a shared flag): every read then goes to the owner,
+ * which fails it.
+ *
  * The owner's read has its own deadline (--remote-timeout); the thread waits that long plus a margin, so
  * a read never hangs even if the owner is stuck: it fails with EIO.
  */
@@ -14,28 +21,48 @@ import type {TransferListItem} from 'node:worker_threads'
 import {EXIT_CODES, VdevError, type ErrorCode} from '../core/errors'
 import type {ByteRanges} from '../format/ranges'
 import {SyncCaller, offerSyncLink, type SyncLink} from '../threads/sync-call'
+import {RangeCache, type SharedCache} from './cache'
 
-/** What travels to a serving thread (structured-cloned; the port inside `link` is transferred). */
-export interface RangesLink {
-  link: SyncLink
+/** Most bytes the owner sends a thread beyond its read, from a read-ahead window. */
+export const SLICE = 1 << 20
+/** Slices a thread keeps (nbdcopy reads four streams at once). */
+export const MAX_SLICES = 4
+
+/** What the owner shares with every thread besides the port. */
+export interface RangesInfo {
   name: string
   size: number
   /** How long the owner may take for one read (ms). */
   timeoutMs: number
+  /** Int32 [0] = 1 once the owner has seen the object change. */
+  changed: SharedArrayBuffer
+  /** The owner's cache, if it has one. */
+  cache?: SharedCache
 }
 
-type Request = {len: number; pos: number}
+/** What travels to a serving thread (structured-cloned; the port inside `link` is transferred). */
+export interface RangesLink extends RangesInfo {
+  link: SyncLink
+}
 
-/** On the owner's thread: a new link answering from `ranges`. The caller transfers `transfer`. */
-export function offerLink(ranges: ByteRanges, timeoutMs: number): {value: RangesLink; transfer: TransferListItem[]} {
-  const link = offerSyncLink<Request, ArrayBuffer>(async (m) => {
-    const b = await ranges.read(m.len, m.pos)
+type Request = {len: number; pos: number; max: number}
+/** Bytes the owner gave away (transferred), or a view of a read-ahead window's shared memory (not copied). */
+type Answer = ArrayBuffer | {shared: SharedArrayBuffer; offset: number; length: number}
+/** Owner side: [pos, pos+len), or up to `max` bytes from pos. */
+type Reader = (len: number, pos: number, max: number) => Promise<Buffer>
+
+/** On the owner's thread: a new link answering through `read`. The caller transfers `transfer`. */
+export function offerLink(info: RangesInfo, read: Reader): {value: RangesLink; transfer: TransferListItem[]} {
+  const link = offerSyncLink<Request, Answer>(async (m) => {
+    const b = await read(m.len, m.pos, m.max)
+    // A window's bytes are never written again: the thread reads them where they are.
+    if (b.buffer instanceof SharedArrayBuffer) return {value: {shared: b.buffer, offset: b.byteOffset, length: b.length}}
     // Transfer the bytes when they own their memory whole; copy otherwise.
-    const own = b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && !(b.buffer instanceof SharedArrayBuffer)
+    const own = b.byteOffset === 0 && b.byteLength === b.buffer.byteLength
     const data = own ? (b.buffer as ArrayBuffer) : (new Uint8Array(b).buffer as ArrayBuffer)
     return {value: data, transfer: [data]}
   })
-  return {value: {link, name: ranges.name, size: ranges.size, timeoutMs}, transfer: [link.port]}
+  return {value: {...info, link}, transfer: [link.port]}
 }
 
 const ERROR_CODES = new Set<string>(Object.keys(EXIT_CODES))
@@ -45,7 +72,13 @@ export class LinkedRanges implements ByteRanges {
   readonly synchronous = true
   readonly name: string
   readonly size: number
-  private readonly owner: SyncCaller<Request, ArrayBuffer>
+  private readonly owner: SyncCaller<Request, Answer>
+  private readonly changed: Int32Array
+  private readonly cache: RangeCache | undefined
+  /** Bytes the owner sent beyond a read, most recently used last. */
+  private slices: Array<{pos: number; data: Buffer}> = []
+  /** Reads that went to the owner (for tests). */
+  calls = 0
   private closed = false
 
   constructor(
@@ -55,27 +88,56 @@ export class LinkedRanges implements ByteRanges {
     this.name = link.name
     this.size = link.size
     this.owner = new SyncCaller(link.link)
+    this.changed = new Int32Array(link.changed)
+    this.cache = link.cache ? RangeCache.attach(link.cache) : undefined
   }
 
   readSync(len: number, pos: number, into?: Buffer): Buffer {
     if (this.closed) throw new VdevError('io', `${this.name}: closed`)
-    let data: ArrayBuffer
+    if (len > 0 && Atomics.load(this.changed, 0) === 0) {
+      const c = this.cache?.get(pos, len)
+      if (c) return copyOut(c, into, false)
+      const v = this.fromSlice(len, pos)
+      if (v) {
+        this.cache?.put(pos, v)
+        return copyOut(v, into, true)
+      }
+    } else if (this.slices.length) this.slices = []
+    this.calls++
+    const a = this.call(len, pos)
+    const b = a instanceof ArrayBuffer ? Buffer.from(a) : Buffer.from(a.shared, a.offset, a.length)
+    if (b.length < len || b.length > Math.max(len, SLICE)) throw new VdevError('io', `${this.name}: ${b.length} bytes for a read of ${len}`)
+    if (b.length > len) {
+      // Kept whole: the next reads of the stream are in it.
+      if (this.slices.length >= MAX_SLICES) this.slices.shift()
+      this.slices.push({pos, data: b})
+    }
+    const own = b.subarray(0, len)
+    this.cache?.put(pos, own)
+    return copyOut(own, into, own !== b || !(a instanceof ArrayBuffer))
+  }
+
+  /** A view of [pos, pos+len) in a slice the owner sent, or undefined. */
+  private fromSlice(len: number, pos: number): Buffer | undefined {
+    for (let i = this.slices.length - 1; i >= 0; i--) {
+      const s = this.slices[i]
+      if (pos < s.pos || pos + len > s.pos + s.data.length) continue
+      if (i !== this.slices.length - 1) this.slices.push(this.slices.splice(i, 1)[0])
+      return s.data.subarray(pos - s.pos, pos - s.pos + len)
+    }
+    return undefined
+  }
+
+  private call(len: number, pos: number): Answer {
     try {
       // The owner's read has its own deadline; wait that long plus a margin, never forever.
-      data = this.owner.call({len, pos}, [], this.link.timeoutMs + 5000)
+      return this.owner.call({len, pos, max: SLICE}, [], this.link.timeoutMs + 5000)
     } catch (err) {
       const code = (err as {code?: string}).code
       if (code === 'ETIMEDOUT')
         throw new VdevError('io', `${this.name}: bytes ${pos}-${pos + len - 1}: no answer from the fetching thread within ${Math.round((this.link.timeoutMs + 5000) / 1000)} s`)
       throw new VdevError(code && ERROR_CODES.has(code) ? (code as ErrorCode) : 'io', (err as Error).message)
     }
-    const b = Buffer.from(data)
-    if (b.length !== len) throw new VdevError('io', `${this.name}: ${b.length} bytes for a read of ${len}`)
-    if (into && into.length >= len) {
-      b.copy(into, 0)
-      return into.subarray(0, len)
-    }
-    return b
   }
 
   read(len: number, pos: number, into?: Buffer): Promise<Buffer> {
@@ -89,6 +151,16 @@ export class LinkedRanges implements ByteRanges {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
+    this.slices = []
     this.owner.close()
   }
+}
+
+/** `b` into `into` when it fits; else `b`, copied when it is a view (of a slice or a window) the caller must not keep. */
+function copyOut(b: Buffer, into: Buffer | undefined, view: boolean): Buffer {
+  if (into && into.length >= b.length) {
+    b.copy(into, 0)
+    return into.subarray(0, b.length)
+  }
+  return view ? Buffer.from(b) : b
 }

@@ -29,7 +29,8 @@ export const MAX_STREAMS = 8
 /** Bytes of windows held at once, over every stream. */
 export const BUDGET = 32 << 20
 
-type Fetch = (len: number, pos: number) => Promise<Buffer>
+/** `shared`: the bytes in a SharedArrayBuffer (a window: serving threads read it in place, link.ts). */
+type Fetch = (len: number, pos: number, shared?: boolean) => Promise<Buffer>
 
 interface Span {
   pos: number
@@ -66,7 +67,12 @@ export class ReadAhead {
     return n
   }
 
-  read(len: number, pos: number): Promise<Buffer> {
+  /**
+   * The bytes [pos, pos+len); when a window holds them, up to `max` bytes from `pos` (never past the
+   * window), so that a serving thread can answer the stream's next reads itself (link.ts). What a window
+   * answers is a view of its SharedArrayBuffer (never written again): copy it to keep or hand it on.
+   */
+  read(len: number, pos: number, max = len): Promise<Buffer> {
     const end = pos + len
     let s = this.streams.find((x) => (x.current && inside(x.current, pos, end)) || (x.next && inside(x.next, pos, end)))
     s ??= this.streams.find((x) => pos >= x.lastEnd - SLACK && pos <= x.lastEnd + SLACK)
@@ -88,8 +94,11 @@ export class ReadAhead {
     const c = s.current
     if (c && inside(c, pos, end)) {
       this.hits++
-      if (!s.next && end > c.pos + c.len / 2 && c.pos + c.len < this.size()) s.next = this.start(s, c.pos + c.len)
-      return c.data.then((d) => Buffer.from(d.subarray(pos - c.pos, end - c.pos)))
+      // What the caller takes: the stream has read that far (the window's half-way mark counts it).
+      const upto = Math.max(end, Math.min(c.pos + c.len, pos + max))
+      s.lastEnd = Math.max(s.lastEnd, upto)
+      if (!s.next && upto > c.pos + c.len / 2 && c.pos + c.len < this.size()) s.next = this.start(s, c.pos + c.len)
+      return c.data.then((d) => d.subarray(pos - c.pos, upto - c.pos))
     }
     // Behind or across what the stream fetched ahead, or a large read: exactly its bytes.
     const frontier = Math.max(c ? c.pos + c.len : 0, s.next ? s.next.pos + s.next.len : 0)
@@ -98,7 +107,9 @@ export class ReadAhead {
     if (!span) return this.fetch(len, pos)
     s.current = span
     s.next = undefined
-    return span.data.then((d) => Buffer.from(d.subarray(0, len)))
+    const upto = Math.max(end, Math.min(span.pos + span.len, pos + max))
+    s.lastEnd = Math.max(s.lastEnd, upto)
+    return span.data.then((d) => d.subarray(0, upto - pos))
   }
 
   /** Fetch a window for stream `s` from `pos` (at least `min` bytes) within the budget, and double its next one. */
@@ -109,7 +120,7 @@ export class ReadAhead {
     if (this.held - freed + len > BUDGET) return undefined
     s.window = Math.min(MAX_WINDOW, s.window * 2)
     this.windows++
-    const span: Span = {pos, len, data: this.fetch(len, pos)}
+    const span: Span = {pos, len, data: this.fetch(len, pos, true)}
     // A failed window is dropped: the reads that wanted it get the error, later reads fetch again.
     span.data.catch(() => {
       if (s.current === span) s.current = undefined

@@ -2,11 +2,13 @@
  * `s3://BUCKET/KEY`: where the object is and how each request to it is signed, from the standard AWS
  * configuration — what the AWS SDK for JavaScript v3 and the AWS CLI read (docs/remote.md, "S3"):
  *
- *   credentials  AWS_PROFILE set: that profile. Otherwise AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY
- *                (+ AWS_SESSION_TOKEN), else the "default" profile. A profile is read from the shared
- *                credentials file (AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials: `[NAME]`) and then the
- *                config file (AWS_CONFIG_FILE, ~/.aws/config: `[profile NAME]`, `[default]`).
- *                None at all: requests go unsigned (a public object).
+ *   credentials  The SDK's default chain: AWS_PROFILE set: that profile. Otherwise AWS_ACCESS_KEY_ID +
+ *                AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), else the "default" profile, else web
+ *                identity (AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN), the container endpoint, the EC2
+ *                instance metadata (credentials.ts). A profile is read from the shared credentials file
+ *                (AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials: `[NAME]`) and then the config file
+ *                (AWS_CONFIG_FILE, ~/.aws/config: `[profile NAME]`, `[default]`): keys, role_arn,
+ *                web_identity_token_file, credential_process, SSO. None at all: requests go unsigned.
  *   region       AWS_REGION, AWS_DEFAULT_REGION, the profile's `region`, else us-east-1.
  *   endpoint     AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's `endpoint_url`: an S3-compatible
  *                store (Ceph RGW, MinIO …), addressed path-style (ENDPOINT/BUCKET/KEY). Without one,
@@ -14,14 +16,15 @@
  *                with dots, which the wildcard certificate does not cover).
  *
  * Every request is signed with SigV4 (sigv4.ts); the HTTP behaviour (ranges, If-Match pinning, retries,
- * read-ahead, cache) is http.ts's, unchanged. The credentials are read once, when the image is opened:
- * temporary credentials that expire while a device is attached make later reads fail (403 → EIO).
+ * read-ahead, cache) is http.ts's, unchanged. Temporary credentials are loaded again before they
+ * expire, for as long as the image is open (RefreshingCredentials).
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {VdevError} from '../core/errors'
 import {EMPTY_SHA256, amzDate, sign, uriEncode, type AwsCredentials} from './sigv4'
+import {RefreshingCredentials, environmentProvider, profileProvider, type ChainContext, type CredentialProvider} from './credentials'
 
 export function isS3(location: string): boolean {
   return /^s3:\/\//i.test(location)
@@ -38,8 +41,11 @@ export function parseS3Url(location: string): {bucket: string; key: string} {
 }
 
 export interface AwsConfig {
+  /** Long-term keys, known without running anything. */
   credentials: AwsCredentials | undefined
-  /** Where the credentials came from, for messages: "environment", `profile "NAME"` or "none". */
+  /** Otherwise the source that gives (temporary) keys when loaded: a role, a process, SSO, metadata. */
+  provider?: CredentialProvider
+  /** Where the credentials came from, for messages: "environment", `profile "NAME"`, the provider's, or "none". */
   from: string
   region: string
   endpoint: string | undefined
@@ -87,38 +93,42 @@ export function resolveAwsConfig(env: Env = process.env, home: string = os.homed
   const confFile = expandHome(env.AWS_CONFIG_FILE || path.join(home, '.aws', 'config'), home)
   const named = env.AWS_PROFILE || env.AWS_DEFAULT_PROFILE
   const name = named || 'default'
-  const creds = readIni(credFile)?.get(name)
-  const conf = readIni(confFile)?.get(name === 'default' ? 'default' : `profile ${name}`)
-  if (named && !creds && !conf) throw new VdevError('usage', `AWS_PROFILE ${name}: no such profile in ${credFile} or ${confFile}`)
-  const setting = (k: string): string | undefined => creds?.get(k) || conf?.get(k) || undefined
-
-  let credentials: AwsCredentials | undefined
-  let from = 'none'
-  const fromProfile = (): void => {
-    const id = setting('aws_access_key_id')
-    const secret = setting('aws_secret_access_key')
-    if (id && secret) {
-      credentials = {accessKeyId: id, secretAccessKey: secret, sessionToken: setting('aws_session_token')}
-      from = `profile "${name}"`
-      return
-    }
-    const other = ['role_arn', 'credential_process', 'sso_session', 'sso_start_url', 'web_identity_token_file'].find((k) => setting(k))
-    if (other)
-      throw new VdevError('usage', `AWS profile "${name}" uses ${other}, which vdev does not run: give it keys, or export them (eval "$(aws configure export-credentials --profile ${name} --format env)")`)
-    if (named) throw new VdevError('usage', `AWS profile "${name}" has no aws_access_key_id and aws_secret_access_key`)
+  const credIni = readIni(credFile)
+  const confIni = readIni(confFile)
+  const profile = (n: string): Map<string, string> | undefined => {
+    const c = credIni?.get(n)
+    const f = confIni?.get(n === 'default' ? 'default' : `profile ${n}`)
+    return c && f ? new Map([...f, ...c]) : (c ?? f)
   }
-  if (named) fromProfile()
-  else if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
-    credentials = {accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, sessionToken: env.AWS_SESSION_TOKEN || undefined}
-    from = 'environment'
-  } else if (env.AWS_ACCESS_KEY_ID || env.AWS_SECRET_ACCESS_KEY)
-    throw new VdevError('usage', `${env.AWS_ACCESS_KEY_ID ? 'AWS_ACCESS_KEY_ID' : 'AWS_SECRET_ACCESS_KEY'} is set without ${env.AWS_ACCESS_KEY_ID ? 'AWS_SECRET_ACCESS_KEY' : 'AWS_ACCESS_KEY_ID'}`)
-  else fromProfile()
-
+  const merged = profile(name)
+  if (named && !merged) throw new VdevError('usage', `AWS_PROFILE ${name}: no such profile in ${credFile} or ${confFile}`)
+  const setting = (k: string): string | undefined => merged?.get(k) || undefined
   const region = env.AWS_REGION || env.AWS_DEFAULT_REGION || setting('region') || 'us-east-1'
   if (!/^[a-z0-9-]{1,64}$/i.test(region)) throw new VdevError('usage', `AWS region ${JSON.stringify(region.slice(0, 40))}: not a region name`)
   const endpoint = env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || setting('endpoint_url') || undefined
-  return {credentials, from, region, endpoint}
+  const ctx: ChainContext = {env, home, region, profile, ssoSession: (n) => confIni?.get(`sso-session ${n}`)}
+
+  const fromProfile = (): AwsConfig | undefined => {
+    const id = setting('aws_access_key_id')
+    const secret = setting('aws_secret_access_key')
+    const provider = profileProvider(name, ctx)
+    if (!provider) {
+      if (named) throw new VdevError('usage', `AWS profile "${name}" has no aws_access_key_id and aws_secret_access_key, role_arn, credential_process or SSO settings`)
+      return undefined
+    }
+    // Plain keys need no loading: kept as they are (and signed with as before).
+    if (id && secret && provider.from === `profile "${name}"`) return {credentials: {accessKeyId: id, secretAccessKey: secret, sessionToken: setting('aws_session_token')}, from: provider.from, region, endpoint}
+    return {credentials: undefined, provider, from: provider.from, region, endpoint}
+  }
+  if (named) return fromProfile()!
+  if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY)
+    return {credentials: {accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, sessionToken: env.AWS_SESSION_TOKEN || undefined}, from: 'environment', region, endpoint}
+  if (env.AWS_ACCESS_KEY_ID || env.AWS_SECRET_ACCESS_KEY)
+    throw new VdevError('usage', `${env.AWS_ACCESS_KEY_ID ? 'AWS_ACCESS_KEY_ID' : 'AWS_SECRET_ACCESS_KEY'} is set without ${env.AWS_ACCESS_KEY_ID ? 'AWS_SECRET_ACCESS_KEY' : 'AWS_ACCESS_KEY_ID'}`)
+  const fromDefault = fromProfile()
+  if (fromDefault) return fromDefault
+  const provider = environmentProvider(ctx)
+  return provider ? {credentials: undefined, provider, from: provider.from, region, endpoint} : {credentials: undefined, from: 'none', region, endpoint}
 }
 
 /** What http.ts needs to reach and sign for one S3 object. */
@@ -132,7 +142,18 @@ export interface S3Target {
   /** Add x-amz-date, x-amz-content-sha256, the session token and Authorization to a request's headers. */
   sign(method: string, headers: Record<string, string>): void
   /** What a 403 should say about the credentials. */
-  credentialsFrom: string
+  readonly credentialsFrom: string
+  /** Load the keys of a source that must be asked (a role, a process, SSO, metadata); then kept fresh. */
+  load(): Promise<void>
+  /** Stop refreshing them. */
+  close(): void
+}
+
+/** `s3Target` with its credentials loaded: what http.ts opens an object with. */
+export async function openS3Target(location: string, env: Env = process.env, home?: string): Promise<S3Target> {
+  const t = s3Target(location, env, home)
+  await t.load()
+  return t
 }
 
 export function s3Target(location: string, env: Env = process.env, home?: string): S3Target {
@@ -156,14 +177,27 @@ export function s3Target(location: string, env: Env = process.env, home?: string
     url = new URL(`https://s3.${cfg.region}.amazonaws.com/`)
     reqPath = `/${uriEncode(bucket)}/${keyPath}`
   }
-  const cred = cfg.credentials
+  let refreshing: RefreshingCredentials | undefined
   const host = url.host
   return {
     url,
     path: reqPath,
     name: `s3://${bucket}/${key}`,
-    credentialsFrom: cfg.from === 'none' ? 'no AWS credentials were found, so the request was unsigned' : `the AWS credentials from ${cfg.from}`,
+    get credentialsFrom() {
+      if (cfg.from === 'none') return 'no AWS credentials were found, so the request was unsigned'
+      const exp = refreshing?.current.expiration
+      const late = exp && exp.getTime() <= Date.now() ? ` (expired at ${exp.toISOString()}${refreshing?.lastError ? `; refreshing failed: ${refreshing.lastError}` : ''})` : ''
+      return `the AWS credentials from ${cfg.from}${late}`
+    },
+    async load() {
+      if (cfg.provider && !refreshing) refreshing = await RefreshingCredentials.start(cfg.provider)
+    },
+    close() {
+      refreshing?.close()
+    },
     sign(method, headers) {
+      refreshing?.kick()
+      const cred = refreshing?.current ?? cfg.credentials
       if (!cred) return
       headers.host = host
       headers['x-amz-date'] = amzDate(new Date())

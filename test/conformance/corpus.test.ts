@@ -85,7 +85,7 @@ describe('conformance corpus', function () {
     const kinds = new Set(index.map((c) => c.result))
     assert.deepEqual([...kinds].sort(), ['damaged', 'invalid', 'valid'])
     const bytes = fs.readdirSync(CASES_DIR).reduce((n, f) => n + fs.statSync(path.join(CASES_DIR, f)).size, 0)
-    assert.ok(bytes < 512 << 10, `${bytes} bytes`)
+    assert.ok(bytes < 640 << 10, `${bytes} bytes`)
   })
 
   describe('through the reader', () => {
@@ -122,11 +122,40 @@ describe('conformance corpus', function () {
           const v = await verifyImage(img, {threads: 1})
           const chunks = v.damaged.filter((d) => d.chunk >= 0)
           assert.deepEqual(merge(chunks.map((d) => ({offset: d.offset, length: d.length}))), e.damaged)
-          assert.equal(v.damaged.length - chunks.length, e.warnings)
+          assert.equal(v.damaged.length - chunks.length, e.warnings! + (e.repair?.recoveryDamaged ? 1 : 0))
           assert.equal(v.ok, e.result === 'valid')
           if (e.mediaSha256 && !e.damaged!.length) assert.equal(v.sha256.match, true)
         } finally {
           await img.close()
+        }
+      })
+  })
+
+  // Version 1.2 (§13): whether the damage can be repaired, and a repair that gives back the file as written.
+  const repairable = index.filter(({name}) => load(name).repair)
+  describe(`recovery data (verify --json, repair --out): ${repairable.length} cases`, () => {
+    for (const {name} of repairable)
+      it(name, async () => {
+        const e = load(name)
+        const file = path.join(CASES_DIR, `${name}.vdimg`)
+        const t = tmpDir('vdev-conformance-repair-')
+        try {
+          const v = await runCli(['verify', file, '--json'])
+          assert.equal(v.code, 5, v.stderr)
+          assert.equal(JSON.parse(v.stdout).repair.repairable, e.repair!.repairable, v.stdout)
+          const out = path.join(t.dir, 'fixed.vdimg')
+          const r = await runCli(['repair', file, '--out', out])
+          if (e.repair!.repairable) {
+            assert.equal(r.code, 0, r.stderr)
+            assert.equal(sha256(fs.readFileSync(out)), e.repair!.fileSha256, 'the repaired file is the file as written')
+          } else {
+            assert.equal(r.code, 5, r.stderr)
+            assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr)
+            assert.match(r.stderr, new RegExp(`${e.damaged!.reduce((n, d) => n + d.length / e.chunkSize!, 0)} chunks stay lost`))
+          }
+          assert.equal(sha256(fs.readFileSync(file)), e.file.sha256, 'the case file is unchanged')
+        } finally {
+          t.cleanup()
         }
       })
   })
@@ -168,7 +197,7 @@ describe('conformance corpus', function () {
           const v = JSON.parse(verify.stdout)
           const chunks = (v.damaged as Array<{chunk: number; offset: number; length: number}>).filter((d) => d.chunk >= 0)
           assert.deepEqual(merge(chunks.map((d) => ({offset: d.offset, length: d.length}))), e.damaged)
-          assert.equal(v.damaged.length - chunks.length, e.warnings)
+          assert.equal(v.damaged.length - chunks.length, e.warnings! + (e.repair?.recoveryDamaged ? 1 : 0))
           // extract reads every chunk, so it also warns about an index table it had to read from its copy
           // (info reads none; the rest it warns about at open, as info does).
           const warnings = extract.stderr.split('\n').filter((l) => l.startsWith('vdev: warning: '))

@@ -11,6 +11,7 @@ import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {BlockServer} from '../../src/core/blockserver'
+import {COUNTER} from '../../src/core/counters'
 import {VdevError} from '../../src/core/errors'
 import {loadBackend} from '../../src/core/backends'
 import {openImage, type VdimgImage} from '../../src/format/reader'
@@ -107,7 +108,8 @@ describe('macOS backend: attach, detach and cleanup flow (macOS tools played)', 
   })
 
   function ctx() {
-    return {id: 'vdev9', image: img.goodImage, runDir, log: (l: string) => logs.push(l), threads: 0, pollMicroseconds: 0}
+    // Two serving threads, as the daemon gives this backend by default (its thread model).
+    return {id: 'vdev9', image: img.goodImage, runDir, log: (l: string) => logs.push(l), threads: 2, pollMicroseconds: 0}
   }
   const fileIn = () => path.join(runDir, 'nfs', servedFileName(img.goodImage))
 
@@ -117,6 +119,9 @@ describe('macOS backend: attach, detach and cleanup flow (macOS tools played)', 
     assert.equal(b.name, 'macos-nfs')
     assert.equal(b.platform, 'darwin')
     assert.equal(b.preference, 0)
+    // Served by the shared serving threads, writable through views of the overlay.
+    assert.equal(b.threadModel.kind, 'serving-threads')
+    assert.equal(b.writableThreads, true)
     const p = await b.probe()
     assert.equal(p.available, false)
     if (!p.available) assert.match(p.reason, /needs macOS/)
@@ -191,6 +196,9 @@ describe('macOS backend: attach, detach and cleanup flow (macOS tools played)', 
       const expected = Buffer.from(img.data)
       expected.fill(0xa5, 1 << 20, (1 << 20) + 8192)
       assert.ok(cat.stdout.equals(expected), 'the served file has the write')
+      // Served on the serving threads, through their views of the overlay: none of it on the main thread.
+      assert.ok(rwServer.stats.writes >= 1 && rwServer.stats.reads > 0)
+      assert.equal(rwServer.counters[COUNTER.writes] + rwServer.counters[COUNTER.reads], 0)
       await dev.detach()
       assert.ok(fs.readFileSync(img.goodImage).equals(before), 'the image file changed')
       assert.ok(fs.statSync(overlayFile).size > 8192, 'the overlay holds the write')

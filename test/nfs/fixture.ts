@@ -95,6 +95,8 @@ export async function serve(
       exportName: '/',
       fileName: 'disk.img',
       identity: path.resolve(file),
+      // Served on serving threads unless a test says otherwise (threads: 0 serves on this thread).
+      threads: 2,
       ...opts,
       log: (l) => logs.push(l),
     })

@@ -27,8 +27,8 @@ interface Serve {
   exited: Promise<{code: number | null; signal: NodeJS.Signals | null}>
 }
 
-function startServe(args: string[]): Promise<Serve> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--json', ...args], {stdio: ['ignore', 'pipe', 'pipe']})
+function startServe(args: string[], env?: Record<string, string>): Promise<Serve> {
+  const child = spawn(process.execPath, [BIN, 'serve', '--json', ...args], {stdio: ['ignore', 'pipe', 'pipe'], env: {...process.env, ...env}})
   started.push(child)
   let out = ''
   let err = ''
@@ -279,8 +279,15 @@ describe('vdev serve --overlay', function () {
     assert.equal(sha256(fs.readFileSync(base)), baseSha)
   })
 
-  it('kill -9 at random points never loses a write acknowledged by a flush', async () => {
+  /**
+   * Rounds of: check every block written so far holds a value it may hold, then write batches of random
+   * 4 KiB blocks, each batch followed by a flush, until the server is killed with SIGKILL at a random moment.
+   * Returns the servers' stderr.
+   */
+  async function killRounds(rounds: number, opts: {env?: Record<string, string>; blocks?: number; killAfterMs?: number; onRestart?: () => void} = {}): Promise<string> {
+    const blocks = opts.blocks ?? SIZE / 4096
     const ov = path.join(t.dir, 'crash.vdovl')
+    let logs = ''
     const BLOCK = 4096
     const baseBytes = prng(21, SIZE)
     // What each touched block may hold: any of the values its writes before the last flush left it with (one,
@@ -289,8 +296,9 @@ describe('vdev serve --overlay', function () {
     const possible = new Map<number, Buffer[]>()
     let seed = 1234
     const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % n
-    for (let round = 0; round < 20; round++) {
-      const s = await startServe([base, '--format', 'raw', '--overlay', ov, '--listen', `unix:${sock}`])
+    for (let round = 0; round < rounds; round++) {
+      opts.onRestart?.()
+      const s = await startServe([base, '--format', 'raw', '--overlay', ov, '--listen', `unix:${sock}`], opts.env)
       const c = await RawClient.connect(sock).catch((err: Error) => {
         throw new Error(`round ${round}: ${err.message}; socket ${fs.existsSync(sock) ? 'exists' : 'missing'}; ready ${JSON.stringify(s.ready)}; stderr ${s.stderr()}`)
       })
@@ -306,11 +314,11 @@ describe('vdev serve --overlay', function () {
           assert.ok(i >= 0, `round ${round}: block at ${at} holds neither its flushed value nor a later write`)
           possible.set(at, [r.payload])
         }
-        setTimeout(() => s.child.kill('SIGKILL'), 30 + rand(300))
+        setTimeout(() => s.child.kill('SIGKILL'), 30 + rand(opts.killAfterMs ?? 300))
         for (;;) {
           const batch: Array<[number, Buffer]> = []
           for (let k = 1 + rand(8); k > 0; k--) {
-            const at = rand(SIZE / BLOCK) * BLOCK
+            const at = rand(blocks) * BLOCK
             const data = crypto.randomBytes(BLOCK)
             if (!possible.has(at)) possible.set(at, [Buffer.from(baseBytes.subarray(at, at + BLOCK))])
             possible.get(at)!.push(data)
@@ -333,10 +341,35 @@ describe('vdev serve --overlay', function () {
       }
       const {signal} = await s.exited
       assert.equal(signal, 'SIGKILL')
+      logs += s.stderr()
     }
     const info = inspectOverlay(ov)
     assert.ok(info.records > 0)
     assert.equal(sha256(fs.readFileSync(base)), baseSha)
+    return logs
+  }
+
+  it('kill -9 at random points never loses a write acknowledged by a flush', async () => {
+    await killRounds(20)
+  })
+
+  it('kill -9 at random points, compacting while serving all along, loses no acknowledged write and leaves no temporary file', async () => {
+    // Writes to 64 blocks only, compaction whenever the log's dead bytes pass 64 KiB and what it holds (every
+    // few dozen writes), rounds of up to 1.5 s: some are killed mid-compaction (its temporary file left behind).
+    let interrupted = 0
+    const onRestart = () => (interrupted += fs.readdirSync(t.dir).filter((n) => n.endsWith('.compact')).length)
+    const logs = await killRounds(8, {env: {VDEV_OVERLAY_COMPACT_MIB: '0.0625'}, blocks: 64, killAfterMs: 1500, onRestart})
+    const compactions = logs.match(/compacted while serving/g)?.length ?? 0
+    assert.ok(compactions >= 4, `${compactions} compactions in 8 rounds:\n${logs}`)
+    console.log(`      ${compactions} compactions, ${interrupted} killed in the middle`)
+    assert.doesNotMatch(logs, /compaction while serving failed/)
+    // Every round opened the overlay again: stale temporary logs of killed compactions are gone.
+    const last = await startServe([base, '--format', 'raw', '--overlay', path.join(t.dir, 'crash.vdovl'), '--listen', `unix:${sock}`])
+    assert.equal(await stop(last), 0)
+    assert.deepEqual(fs.readdirSync(t.dir).filter((n) => n.endsWith('.compact')), [])
+    // What it holds (at most every 4 KiB block of the 8 MiB image, with its record header) bounds it, plus the dead part.
+    const info = inspectOverlay(path.join(t.dir, 'crash.vdovl'))
+    assert.ok(info.fileBytes < 3 * (SIZE + (SIZE / 4096) * 64) + (1 << 20), `${info.fileBytes} bytes`)
   })
 
   it('an overlay on a full file system fails writes with ENOSPC, corrupts nothing, and keeps serving', async function () {

@@ -230,4 +230,58 @@ describe('remote: the HTTP layer against a real nginx', function () {
       await o.close()
     }
   })
+
+  it('a serving thread answers a stream from the slices of windows it is sent, reads and fills the cache itself, and uses neither once the object changed', async () => {
+    const file = path.join(nginx.www, 'threadcache')
+    fs.writeFileSync(file, data)
+    const cacheDir = path.join(t.dir, 'thread-cache')
+    const o = await HttpObject.open(`${nginx.url}/threadcache`, {cacheDir})
+    // In a thread: 128 KiB reads of [1 MiB, 6 MiB), sequentially; then what `then` says.
+    const run = async (then: string): Promise<{ok: boolean; calls: number; err: string}> => {
+      const link = o.offerLink()
+      const code = `
+        const {workerData, parentPort} = require('node:worker_threads')
+        const {LinkedRanges} = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'remote', 'link.js'))})
+        const r = new LinkedRanges(workerData.link)
+        const want = Buffer.from(workerData.want)
+        let ok = true, err = ''
+        try {
+          for (let at = ${MiB}; at < ${6 * MiB}; at += 131072) ok = ok && r.readSync(131072, at).equals(want.subarray(at - ${MiB}, at - ${MiB} + 131072))
+          ${then}
+        } catch (e) { err = e.code + ': ' + e.message }
+        parentPort.postMessage({ok, calls: r.calls, err})`
+      const w = new Worker(code, {eval: true, workerData: {link: link.value, want: data.subarray(MiB, 6 * MiB)}, transferList: link.transfer})
+      try {
+        return await new Promise((resolve, reject) => {
+          w.once('message', resolve)
+          w.once('error', reject)
+        })
+      } finally {
+        await w.terminate()
+      }
+    }
+    try {
+      const reads = (5 * MiB) / 131072
+      const cold = await run('')
+      assert.ok(cold.ok && !cold.err, cold.err)
+      assert.ok(cold.calls <= reads / 4, `${cold.calls} of ${reads} reads went to the fetching thread`)
+      assert.equal(o.stats.cacheMisses, reads, 'the thread looked in the cache for each read')
+      const requests = o.stats.requests
+      const warm = await run('')
+      assert.ok(warm.ok && !warm.err, warm.err)
+      assert.equal(warm.calls, 0, 'every read from the cache, in the thread')
+      assert.equal(o.stats.requests, requests, 'no GET')
+      assert.equal(o.stats.cacheHits, reads, 'the thread counts its hits into the process\'s stats')
+      // The object changes; the fetching instance sees it: the thread's cached reads fail too.
+      fs.writeFileSync(file + '.new', Buffer.alloc(SIZE, 0x5a))
+      const later = new Date(fs.statSync(file).mtimeMs + 10_000)
+      fs.utimesSync(file + '.new', later, later)
+      fs.renameSync(file + '.new', file)
+      await assert.rejects(o.read(4096, SIZE - MiB), /the object changed/)
+      const after = await run('')
+      assert.match(after.err, /^io: .*the object changed since it was opened/)
+    } finally {
+      await o.close()
+    }
+  })
 })

@@ -8,6 +8,10 @@
  * sigv4.test.ts). `stop()` kills every daemon it started (and a process exit does too) and removes the
  * directory: `leftovers()` checks with ps.
  *
+ * `restartGateway({sts: true})` turns STS on (`rgw sts key`, `rgw s3 auth use sts`): AssumeRole on the
+ * same endpoint, roles made with `radosgw-admin role create`. Off by default: with it on, a bad signature
+ * is answered AccessDenied (the STS engine's verdict) rather than SignatureDoesNotMatch.
+ *
  * Under auth none, radosgw needs `ms mon client mode = crc` or it loops on EACCES. No ceph-mgr: the
  * gateway does not need one (pools are the mon's; PG statistics and the mgr modules go unused), and it
  * cost ~300 MB of memory and CPU at start-up (measured: the cluster comes up in ~15 s either way).
@@ -55,7 +59,8 @@ export class Rgw {
 
   /** The environment an AWS tool needs for this server (keys, endpoint, region). */
   env(): Record<string, string> {
-    return {AWS_ACCESS_KEY_ID: this.accessKey, AWS_SECRET_ACCESS_KEY: this.secretKey, AWS_ENDPOINT_URL: this.endpoint, AWS_REGION: 'us-east-1'}
+    // No instance metadata, even on an EC2 machine: a test without keys means "no credentials".
+    return {AWS_ACCESS_KEY_ID: this.accessKey, AWS_SECRET_ACCESS_KEY: this.secretKey, AWS_ENDPOINT_URL: this.endpoint, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true'}
   }
 
   /** `deviceBytes`: the OSD's memstore size (RAM), 1 GiB unless a benchmark needs more. */
@@ -164,6 +169,11 @@ rgw enable usage log = false
     this.tool('radosgw-admin', ['-n', 'client.rgw', 'user', 'create', '--uid', 'vdev', '--display-name', 'vdev tests', '--access-key', this.accessKey, '--secret-key', this.secretKey])
   }
 
+  /** radosgw-admin (users, keys, roles): its stdout. */
+  admin(args: string[]): string {
+    return this.tool('radosgw-admin', ['-n', 'client.rgw', ...args])
+  }
+
   /** One S3 request, signed with the test user's keys (unsigned when `signed` is false). */
   request(method: string, p: string, body: Buffer = Buffer.alloc(0), signed = true): Promise<{status: number; body: string}> {
     const headers: Record<string, string> = {host: `127.0.0.1:${this.port}`}
@@ -210,19 +220,31 @@ rgw enable usage log = false
     await this.kill('rgw')
   }
 
-  async startGateway(): Promise<void> {
-    this.daemon('rgw', 'radosgw', ['-n', 'client.rgw'])
+  async startGateway(opts: {sts?: boolean} = {}): Promise<void> {
+    this.daemon('rgw', 'radosgw', ['-n', 'client.rgw', ...(opts.sts ? ['--rgw_sts_key', 'vdevstskey012345', '--rgw_s3_auth_use_sts', 'true'] : [])])
     await this.until('radosgw answering', 90_000, async () => (await this.request('GET', '/', undefined, false).catch(() => ({status: 0}))).status === 200)
   }
 
-  private async kill(name: string): Promise<void> {
+  /**
+   * The gateway again, with STS on or off. Stopped with SIGTERM: a killed gateway's watches on its
+   * control objects stay registered for the OSD's watch timeout (30 s), and until then every
+   * radosgw-admin change that notifies the gateways (a key, a user) waits for them.
+   */
+  async restartGateway(opts: {sts?: boolean} = {}): Promise<void> {
+    await this.kill('rgw', 'SIGTERM')
+    await this.startGateway(opts)
+  }
+
+  private async kill(name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const c = this.daemons.get(name)
     this.daemons.delete(name)
     if (!c || c.exitCode !== null || c.signalCode !== null) return
     // SIGKILL: the data is in memory and thrown away anyway (an OSD takes seconds over SIGTERM).
     const gone = new Promise((r) => c.once('exit', r))
-    c.kill('SIGKILL')
+    c.kill(signal)
+    const late = signal === 'SIGKILL' ? undefined : setTimeout(() => c.kill('SIGKILL'), 10_000)
     await gone
+    clearTimeout(late)
   }
 
   /** Kill every daemon (gateway first) and remove the directory. */

@@ -4,7 +4,10 @@
  * AWS_ENDPOINT_URL (path-style) and SigV4 on every request. info, verify and extract give exactly what they
  * give for the local file; wrong keys (403), a missing object or bucket (404) and a non-VDIMG object are
  * one line and exit 3, 3 and 4; AWS_PROFILE picks keys and endpoint from the shared files; `vdev serve
- * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). As root, with
+ * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). Credential sources
+ * that run here for real: a role profile through the gateway's STS AssumeRole, a credential_process
+ * script, and refresh (keys that live 2 s and 4 s, loaded again while the image is open and while attached);
+ * container credentials from a local server. As root, with
  * the FUSE backend (the kernel's FUSE client and loop driver): every MiB of the device against the medium,
  * EIO at exactly the unreadable sectors; two attaches of the object at once (two state directories: two
  * "machines", each its own daemon and cache) read the same bytes; the gateway stopped: EIO within the
@@ -13,12 +16,15 @@
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
+import * as http from 'node:http'
+import type {AddressInfo} from 'node:net'
 import * as path from 'node:path'
 import {spawn} from 'node:child_process'
 import {BIN, have, prng, runCli, sha256, textish, writeTruthMap} from '../helpers'
 import {IS_ROOT, Sandbox, readDirect, run} from '../sandbox'
 import {checkServeScratch} from './scratch'
 import {HAVE_RGW, Rgw} from './rgw'
+import {HttpObject} from '../../src/remote/http'
 
 const MiB = 1 << 20
 const SIZE = 24 * MiB
@@ -164,6 +170,148 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     assert.match(missing.stderr, /AWS_PROFILE nope: no such profile in /)
   })
 
+  /** A home with these shared files, and an environment that reads only them (no keys, no endpoint variables). */
+  const awsHome = (name: string, config: string, credentials = '') => {
+    const home = sb.p(name)
+    fs.mkdirSync(path.join(home, '.aws'), {recursive: true})
+    fs.writeFileSync(path.join(home, '.aws', 'config'), config)
+    fs.writeFileSync(path.join(home, '.aws', 'credentials'), credentials)
+    return {HOME: home, AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_ENDPOINT_URL: undefined, AWS_REGION: undefined}
+  }
+
+  /** Run `f` in this process with the AWS environment `e` (as a daemon holding the image would have it). */
+  const withEnv = async <T>(e: Record<string, string | undefined>, f: () => Promise<T>): Promise<T> => {
+    const saved = {...process.env}
+    for (const [k, v] of Object.entries({...env, ...e})) {
+      if (v === undefined) delete process.env[k]
+      else process.env[k] = v
+    }
+    try {
+      return await f()
+    } finally {
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k]
+      Object.assign(process.env, saved)
+    }
+  }
+
+  it('a role profile (role_arn + source_profile): STS AssumeRole at the gateway, and the image read with the role\'s temporary keys', async () => {
+    // "analyst" owns nothing and has no access to the bucket by itself; the role it may assume can read it.
+    rgw.admin(['user', 'create', '--uid', 'analyst', '--display-name', 'analyst', '--access-key', 'ANALYSTKEY', '--secret-key', 'analyst-secret'])
+    const trust = {Version: '2012-10-17', Statement: [{Effect: 'Allow', Principal: {AWS: ['arn:aws:iam:::user/analyst']}, Action: ['sts:AssumeRole']}]}
+    rgw.admin(['role', 'create', '--role-name', 'ImageReader', '--assume-role-policy-doc', JSON.stringify(trust)])
+    const read = {Version: '2012-10-17', Statement: [{Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::images/*']}]}
+    rgw.admin(['role-policy', 'put', '--role-name', 'ImageReader', '--policy-name', 'read-images', '--policy-doc', JSON.stringify(read)])
+    const e = awsHome(
+      'role-home',
+      `[profile reader]\nrole_arn = arn:aws:iam:::role/ImageReader\nsource_profile = analyst\nrole_session_name = vdev-test\nduration_seconds = 900\nendpoint_url = ${rgw.endpoint}\nregion = us-east-1\n[profile analyst]\nendpoint_url = ${rgw.endpoint}\n[profile nobody]\nrole_arn = arn:aws:iam:::role/NoSuchRole\nsource_profile = analyst\nendpoint_url = ${rgw.endpoint}\n`,
+      '[analyst]\naws_access_key_id = ANALYSTKEY\naws_secret_access_key = analyst-secret\n',
+    )
+    const t0 = Date.now()
+    await rgw.restartGateway({sts: true})
+    console.log(`      (radosgw restarted with STS on in ${((Date.now() - t0) / 1000).toFixed(1)} s)`)
+    try {
+      await assumeRole(e)
+    } finally {
+      await rgw.restartGateway()
+    }
+  })
+
+  const assumeRole = async (e: Record<string, string | undefined>) => {
+    // In this process (as the attach daemon or `vdev serve` opens it): the analyst's own keys are refused;
+    // the role's temporary keys read the whole object.
+    await withEnv({...e, AWS_PROFILE: 'analyst'}, async () => {
+      await assert.rejects(HttpObject.open(url, {readAhead: false}), /access denied \(HTTP 403 AccessDenied\): the AWS credentials from profile "analyst"$/)
+    })
+    await withEnv({...e, AWS_PROFILE: 'reader'}, async () => {
+      const obj = await HttpObject.open(url, {readAhead: false})
+      try {
+        assert.ok((await obj.read(image.length, 0)).equals(image), 'bytes read with the assumed role')
+      } finally {
+        await obj.close()
+      }
+    })
+    // Through the CLI: a role that does not exist is one line, exit 3.
+    const bad = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'nobody'})
+    assert.equal(bad.code, 3, bad.stderr)
+    assert.equal(lines(bad.stderr).length, 1, bad.stderr)
+    assert.match(bad.stderr, /^vdev: AWS profile "nobody": AssumeRole arn:aws:iam:::role\/NoSuchRole: HTTP 404 NoSuchEntity/)
+  }
+
+  it('credential_process: a real program\'s JSON (Version 1) signs; its failure is one line, exit 3', async () => {
+    const ok = sb.p('bin dir/creds ok.sh')
+    fs.mkdirSync(path.dirname(ok), {recursive: true})
+    fs.writeFileSync(ok, `#!/bin/sh\n[ "$1" = "--user" ] && [ "$2" = "lab user" ] || { echo "bad argv: $*" >&2; exit 2; }\nprintf '{"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s"}' '${rgw.accessKey}' '${rgw.secretKey}'\n`, {mode: 0o755})
+    const fail = sb.p('creds-fail.sh')
+    fs.writeFileSync(fail, '#!/bin/sh\necho "token for lab expired" >&2\nexit 7\n', {mode: 0o755})
+    const e = awsHome('process-home', `[default]\ncredential_process = "${ok}" --user "lab user"\nendpoint_url = ${rgw.endpoint}\n[profile broken]\ncredential_process = ${fail}\nendpoint_url = ${rgw.endpoint}\n`)
+    const r = await vdev(['info', url, '--json', '--cache', 'none'], e)
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(JSON.parse(r.stdout).metadata.case, 's3')
+    const b = await vdev(['info', url, '--cache', 'none'], {...e, AWS_PROFILE: 'broken'})
+    assert.equal(b.code, 3, b.stderr)
+    assert.deepEqual(lines(b.stderr), [`vdev: AWS credential_process of profile "broken" (${fail}): exit status 7: token for lab expired`])
+  })
+
+  it('container credentials (a local server answering as ECS documents it: docs/remote.md) sign a real read', async () => {
+    let asked = 0
+    const ctr = http.createServer((req, res) => {
+      asked++
+      const ok = req.url === '/creds' && req.headers.authorization === 'Bearer task-token'
+      res.writeHead(ok ? 200 : 403, {'content-type': 'application/json'})
+      res.end(ok ? JSON.stringify({AccessKeyId: rgw.accessKey, SecretAccessKey: rgw.secretKey, Token: '', Expiration: new Date(Date.now() + 3600_000).toISOString(), RoleArn: 'arn:aws:iam::1:role/task'}) : '')
+    })
+    await new Promise<void>((r) => ctr.listen(0, '127.0.0.1', r))
+    try {
+      const e = awsHome('container-home', '')
+      const r = await vdev(['info', url, '--json', '--cache', 'none'], {...e, AWS_ENDPOINT_URL: rgw.endpoint, AWS_CONTAINER_CREDENTIALS_FULL_URI: `http://127.0.0.1:${(ctr.address() as AddressInfo).port}/creds`, AWS_CONTAINER_AUTHORIZATION_TOKEN: 'Bearer task-token'})
+      assert.equal(r.code, 0, r.stderr)
+      const j = JSON.parse(r.stdout)
+      assert.equal(j.metadata.case, 's3')
+      assert.equal(j.size, SIZE)
+      assert.ok(asked >= 1, 'the container endpoint was not asked')
+    } finally {
+      await new Promise((r) => ctr.close(r))
+    }
+  })
+
+  it('temporary keys are loaded again before they expire while the image is open: a second credential_process run, and reads signed with its keys', async () => {
+    // Two keys of the same user; the program gives the first, then the second; the first is then deleted.
+    rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE', '--secret-key', 'rotate-one'])
+    rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATETWO', '--secret-key', 'rotate-two'])
+    const count = sb.p('process-runs')
+    const script = sb.p('rotating.sh')
+    fs.writeFileSync(
+      script,
+      `#!/bin/sh\nn=$(( $(cat '${count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '${count}'\nif [ $n = 1 ]; then k=ROTATEONE s=rotate-one; else k=ROTATETWO s=rotate-two; fi\nexp=$(date -u -d '+2 seconds' +%Y-%m-%dT%H:%M:%S.%3NZ)\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $exp\n`,
+      {mode: 0o755},
+    )
+    const e = awsHome('rotating-home', `[default]\ncredential_process = ${script}\nendpoint_url = ${rgw.endpoint}\n`)
+    await withEnv(e, async () => {
+      const obj = await HttpObject.open(url, {readAhead: false})
+      try {
+        assert.ok((await obj.read(4096, 4096)).equals(image.subarray(4096, 8192)))
+        assert.equal(fs.readFileSync(count, 'utf8').trim(), '1')
+        // Two seconds of life: loaded again after one, and again one later. A third run starts only once
+        // the second's keys are in use (the next load is scheduled from them).
+        const t0 = Date.now()
+        const runs = () => Number(fs.readFileSync(count, 'utf8'))
+        while (runs() < 2 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 50))
+        assert.ok(runs() >= 2 && Date.now() - t0 < 2000, `credential_process was not run again before the expiration (${runs()} runs in ${Date.now() - t0} ms)`)
+        while (runs() < 3 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 50))
+        assert.ok(runs() >= 3, `${runs()} runs`)
+        rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE'])
+        assert.ok((await obj.read(4096, 3 * MiB)).equals(image.subarray(3 * MiB, 3 * MiB + 4096)), 'a read after the refresh')
+      } finally {
+        await obj.close()
+      }
+    })
+    // Closed: no more runs (after one that may have been starting as it closed).
+    await new Promise((r) => setTimeout(r, 500))
+    const runs = fs.readFileSync(count, 'utf8').trim()
+    await new Promise((r) => setTimeout(r, 1500))
+    assert.equal(fs.readFileSync(count, 'utf8').trim(), runs, 'credential_process still run after close')
+  })
+
   it('vdev serve s3:// --scratch (a writable overlay over the S3 base, NBD on two serving threads): a write reads back, every other byte is the image\'s', async function () {
     if (!have('nbdcopy') || !have('qemu-io')) this.skip()
     await checkServeScratch(sb, url, logical(data), env)
@@ -202,6 +350,50 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     })
 
     const touchesBad = (o: number, l: number) => BAD.some((b) => b.offset < o + l && o < b.offset + b.length)
+
+    // First: the next tests kill the gateway, whose watches then delay radosgw-admin's key changes (rgw.ts).
+    it('attached with keys from a credential_process that expire in 4 s: the attach daemon runs it again before then, and the device reads with the new keys', async () => {
+      rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ATTACHONE', '--secret-key', 'attach-one'])
+      rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ATTACHTWO', '--secret-key', 'attach-two'])
+      const third = new Sandbox('vdev-s3-third-')
+      // One count per calling process (the CLI may open the image before its daemon does): the first
+      // run in a process gives the first key, later runs the second.
+      const runs = third.p('runs')
+      fs.mkdirSync(runs)
+      const script = third.p('rotating.sh')
+      fs.writeFileSync(
+        script,
+        `#!/bin/sh\nf='${runs}/'$PPID\nn=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 ))\necho $n > "$f"\nif [ $n = 1 ]; then k=ATTACHONE s=attach-one; else k=ATTACHTWO s=attach-two; fi\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $(date -u -d '+4 seconds' +%Y-%m-%dT%H:%M:%SZ)\n`,
+        {mode: 0o755},
+      )
+      const e = awsHome('attach-rotating-home', `[default]\ncredential_process = ${script}\nendpoint_url = ${rgw.endpoint}\n`)
+      let id: string | undefined
+      try {
+        const r = await runCli(['attach', url, '--backend', 'fuse', '--json', '--cache', 'none'], {env: {...env, ...e, ...third.env()}})
+        assert.equal(r.code, 0, r.stderr)
+        const j = JSON.parse(r.stdout)
+        third.trackPid(j.pid)
+        id = j.id
+        const most = () => Math.max(0, ...fs.readdirSync(runs).map((f) => Number(fs.readFileSync(path.join(runs, f), 'utf8'))))
+        const t0 = Date.now()
+        // A third run starts only once the second's keys are in use.
+        while (most() < 3 && Date.now() - t0 < 15_000) await new Promise((res) => setTimeout(res, 100))
+        assert.ok(most() >= 3, `the attach daemon did not run credential_process again before the expiration (${most()} runs)`)
+        rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ATTACHONE'])
+        // A place this device never read, no cache: the read reaches the gateway, signed with the second key.
+        const o = 9 * MiB + 8192
+        const rd = await readDirect(j.device, o, 65536)
+        assert.equal(rd.code, 0, rd.stderr)
+        assert.ok(rd.stdout.equals(data.subarray(o, o + 65536)))
+      } finally {
+        if (id) {
+          const d = await runCli(['detach', id], {env: third.env()})
+          assert.equal(d.code, 0, d.stderr)
+        }
+        const left = await third.teardown()
+        assert.deepEqual(left, [], `left behind: ${left.join(', ')}`)
+      }
+    })
 
     it('two attaches at once: one device read whole, every MiB, EIO at exactly the unreadable sectors; the other at random places', async () => {
       const whole = async (dev: string) => {

@@ -112,10 +112,12 @@ describe('remote: the AWS configuration (s3.ts) over real shared files', () => {
     assert.equal(resolveAwsConfig({}, path.join(t.dir, 'no-home')).credentials, undefined)
   })
 
-  it('refuses a missing profile, a role profile and half a key pair, in one line each', () => {
+  it('refuses a missing profile and half a key pair, in one line each; a role profile is a provider', () => {
     const home = t.dir
     assert.match(code(() => resolveAwsConfig({AWS_PROFILE: 'nope'}, home)), /^usage: AWS_PROFILE nope: no such profile in /)
-    assert.match(code(() => resolveAwsConfig({AWS_PROFILE: 'role'}, home)), /^usage: AWS profile "role" uses role_arn, which vdev does not run/)
+    const role = resolveAwsConfig({AWS_PROFILE: 'role'}, home)
+    assert.equal(role.credentials, undefined)
+    assert.equal(role.from, 'role arn:aws:iam::1:role/x of profile "role" (AssumeRole with the credentials from profile "default")')
     assert.match(code(() => resolveAwsConfig({AWS_ACCESS_KEY_ID: 'x'}, home)), /^usage: AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY/)
     assert.match(code(() => parseS3Url('s3://bucket')), /^usage: s3:\/\/bucket: expected s3:\/\/BUCKET\/KEY/)
     assert.match(code(() => parseS3Url('s3://b!d/key')), /is not an S3 bucket name/)

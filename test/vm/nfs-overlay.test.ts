@@ -62,7 +62,7 @@ describe('NFS v3 kernel client, read-write through vdev serve --protocol nfs --o
 
   async function startServer(): Promise<void> {
     serverLog = ''
-    server = spawn(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'serve', img.badImage, '--protocol', 'nfs', '--overlay', overlay, '--json'], {
+    server = spawn(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'serve', img.badImage, '--protocol', 'nfs', '--overlay', overlay, '--threads', '2', '--json'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     server.stderr!.on('data', (d: Buffer) => (serverLog += d.toString()))
@@ -178,6 +178,8 @@ describe('NFS v3 kernel client, read-write through vdev serve --protocol nfs --o
     assert.ok(Number(m![2]) >= run.length + PAGE + 3, `only ${m![2]} bytes written`)
     assert.ok(Number(m![3]) > 0, 'conv=fsync must reach the server as COMMIT (a flush)')
     assert.equal(m![4], '0', 'no write failed')
+    // The kernel's connection was served on a serving thread, through its view of the overlay.
+    assert.match(log, /connections: [1-9]\d* on serving threads, \d+ on the main thread \(which served 0 reads\)/)
     await startServer()
     mount()
     checkWritten()

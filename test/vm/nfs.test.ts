@@ -78,6 +78,7 @@ describe('NFS v3 kernel client against vdev serve --protocol nfs', function () {
   this.timeout(600000)
   let img: Images
   let server: ChildProcess | undefined
+  let serverLog = ''
   let port = 0
   const mnt = '/tmp/vdev-nfs-mnt'
   let mounted = false
@@ -86,8 +87,12 @@ describe('NFS v3 kernel client against vdev serve --protocol nfs', function () {
   before(async function () {
     if (process.env.VDEV_IN_VM !== '1') this.skip() // mounts NFS and attaches loop devices: VM only
     img = await makeImages('vdev-vm-nfs-')
-    server = spawn(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'serve', img.badImage, '--protocol', 'nfs', '--json'], {
-      stdio: ['ignore', 'pipe', 'inherit'],
+    server = spawn(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'serve', img.badImage, '--protocol', 'nfs', '--threads', '2', '--json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    server.stderr!.on('data', (d: Buffer) => {
+      serverLog += d.toString()
+      process.stderr.write(d)
     })
     const line = await new Promise<string>((resolve, reject) => {
       let out = ''
@@ -240,5 +245,7 @@ describe('NFS v3 kernel client against vdev serve --protocol nfs', function () {
     const exited = new Promise<number | null>((r) => server!.once('exit', (code) => r(code)))
     server!.kill('SIGTERM')
     assert.equal(await exited, 0)
+    // The kernel's reads were served on a serving thread: the main thread served none.
+    assert.match(serverLog, /connections: [1-9]\d* on serving threads, \d+ on the main thread \(which served 0 reads\)/)
   })
 })

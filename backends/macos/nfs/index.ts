@@ -156,10 +156,13 @@ export function createBackend(deps: Partial<MacNfsDeps> = {}): Backend {
     platform: 'darwin',
     description: 'loopback NFSv3 server + mount_nfs + DiskImages (hdiutil/diskutil): /dev/diskN without a kext',
     preference: 0,
-    threadModel: {kind: 'event-loop'},
-    // Over an overlay the NFS server serves the file read-write (WRITE/COMMIT on the main thread), the mount
-    // is read-write and DiskImages attaches the disk read-write.
+    // The NFS server hands each connection to a serving thread: the mount's NFS connection gets one, its
+    // short MOUNT connection the other (a connection that finds none free is served on the main thread).
+    threadModel: {kind: 'serving-threads', defaultThreads: 2, maxThreads: 8, pollMicroseconds: 0},
+    // Over an overlay the NFS server serves the file read-write (WRITE/COMMIT through each thread's view of
+    // the overlay), the mount is read-write and DiskImages attaches the disk read-write.
     writable: true,
+    writableThreads: true,
 
     /** For `vdev list`: the disk is gone when `hdiutil info -plist` no longer shows our file attached. */
     async deviceGone(state: Record<string, unknown>): Promise<boolean> {
@@ -183,6 +186,7 @@ export function createBackend(deps: Partial<MacNfsDeps> = {}): Backend {
         fileName,
         log: ctx.log,
         identity: path.resolve(ctx.image),
+        threads: ctx.threads,
       })
       const mountPoint = path.join(ctx.runDir, 'nfs')
       const state: MacNfsState = {nfsPort: nfs.port, mountPoint, file: path.join(mountPoint, fileName)}

@@ -304,7 +304,8 @@ export class IscsiConnection {
     const fd = (this.socket as unknown as {_handle?: {fd?: unknown}})._handle?.fd
     if (typeof fd !== 'number' || fd < 0) return false
     // The final login response must be on its way before the socket changes hands.
-    if (this.socket.writableLength > 0) await this.drained()
+    // ('drain' would not come for a few bytes below the high-water mark: a zero-length write's callback does.)
+    if (this.socket.writableLength > 0) await new Promise((resolve) => this.socket.write(Buffer.alloc(0), resolve))
     if (this.stopping || this.socket.destroyed) return false
     // From here to destroy() all is synchronous: no more data can reach the reader in between.
     const leftover = this.reader.takeBuffered()

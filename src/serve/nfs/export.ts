@@ -43,6 +43,51 @@ export interface ExportOptions {
   mtime: Date
   /** The file takes writes (an overlay): mode 0644 instead of 0444. */
   writable?: boolean
+  /**
+   * The file's times, shared with the other serving threads' trees (FileTimes.create); without it this tree
+   * keeps its own, starting at `mtime`.
+   */
+  times?: SharedArrayBuffer
+}
+
+/**
+ * The file's atime, mtime and ctime in shared memory, so that every serving thread's tree reports (and moves
+ * on) the same times: a WRITE served on one thread changes what GETATTR answers on another. A spin lock
+ * guards them (the critical sections are a few loads and stores; Atomics.wait would need a blocked main thread).
+ */
+export class FileTimes {
+  private readonly lock: Int32Array
+  private readonly v: Float64Array
+
+  private constructor(readonly buffer: SharedArrayBuffer) {
+    this.lock = new Int32Array(buffer, 0, 2)
+    this.v = new Float64Array(buffer, 8, 6)
+  }
+
+  static create(start: NfsTime): SharedArrayBuffer {
+    const t = new FileTimes(new SharedArrayBuffer(8 + 6 * 8))
+    t.v.set([start.seconds, start.nseconds, start.seconds, start.nseconds, start.seconds, start.nseconds])
+    return t.buffer
+  }
+
+  static over(buffer: SharedArrayBuffer): FileTimes {
+    return new FileTimes(buffer)
+  }
+
+  /** Run `f` on the times under the lock; what it returns replaces them. */
+  update(f: (t: {atime: NfsTime; mtime: NfsTime; ctime: NfsTime}) => {atime: NfsTime; mtime: NfsTime; ctime: NfsTime} | undefined): {atime: NfsTime; mtime: NfsTime; ctime: NfsTime} {
+    while (Atomics.compareExchange(this.lock, 0, 0, 1) !== 0);
+    try {
+      const v = this.v
+      const now = {atime: {seconds: v[0], nseconds: v[1]}, mtime: {seconds: v[2], nseconds: v[3]}, ctime: {seconds: v[4], nseconds: v[5]}}
+      const next = f(now)
+      if (!next) return now
+      v.set([next.atime.seconds, next.atime.nseconds, next.mtime.seconds, next.mtime.nseconds, next.ctime.seconds, next.ctime.nseconds])
+      return next
+    } finally {
+      Atomics.store(this.lock, 0, 0)
+    }
+  }
 }
 
 /** RFC 1813 §2.5 nfstime3. */
@@ -59,6 +104,14 @@ function timeLess(a: NfsTime, b: NfsTime): boolean {
   return a.seconds < b.seconds || (a.seconds === b.seconds && a.nseconds < b.nseconds)
 }
 
+/** Now, but later than the file's ctime and mtime. */
+function nextTime(times: {mtime: NfsTime; ctime: NfsTime}): NfsTime {
+  let t = toNfsTime(Date.now())
+  for (const last of [times.ctime, times.mtime])
+    if (!timeLess(last, t)) t = last.nseconds >= 999999999 ? {seconds: last.seconds + 1, nseconds: 0} : {seconds: last.seconds, nseconds: last.nseconds + 1}
+  return t
+}
+
 export class ExportTree {
   readonly exportName: string
   readonly fileName: string
@@ -73,8 +126,8 @@ export class ExportTree {
   private readonly digest: Buffer
   /** The directory's times: fixed. */
   private readonly dirTime: NfsTime
-  /** The file's times: kept in memory only, they start at `mtime` and move on with each change. */
-  private fileTimes: {atime: NfsTime; mtime: NfsTime; ctime: NfsTime}
+  /** The file's times: kept in memory only (shared by the serving threads), they start at `mtime` and move on with each change. */
+  private readonly times: FileTimes
 
   constructor(opts: ExportOptions) {
     this.exportName = opts.exportName
@@ -88,7 +141,17 @@ export class ExportTree {
     this.file = {kind: 'file', fileid: IMAGE_FILEID, handle: this.makeHandle(IMAGE_FILEID)}
     this.writable = opts.writable === true
     this.dirTime = toNfsTime(opts.mtime.getTime())
-    this.fileTimes = {atime: this.dirTime, mtime: this.dirTime, ctime: this.dirTime}
+    this.times = FileTimes.over(opts.times ?? FileTimes.create(this.dirTime))
+  }
+
+  /** The shared memory of the file's times (for the serving threads' trees: ExportOptions.times). */
+  get timesBuffer(): SharedArrayBuffer {
+    return this.times.buffer
+  }
+
+  /** The file's times, read together (one consistent set while other threads write). */
+  get fileTimes(): {atime: NfsTime; mtime: NfsTime; ctime: NfsTime} {
+    return this.times.update(() => undefined)
   }
 
   /** The file's mtime and ctime. */
@@ -104,22 +167,15 @@ export class ExportTree {
    * nanosecond), so a client comparing them (close-to-open, wcc_data) sees every change.
    */
   touchData(): void {
-    const t = this.nextTime()
-    this.fileTimes = {...this.fileTimes, mtime: t, ctime: t}
+    this.times.update((now) => {
+      const t = nextTime(now)
+      return {...now, mtime: t, ctime: t}
+    })
   }
 
   /** SETATTR of atime and/or mtime (kept in memory only); ctime moves on. */
   setTimes(atime: NfsTime | undefined, mtime: NfsTime | undefined): void {
-    const c = this.nextTime()
-    this.fileTimes = {atime: atime ?? this.fileTimes.atime, mtime: mtime ?? this.fileTimes.mtime, ctime: c}
-  }
-
-  /** Now, but later than the file's ctime and mtime. */
-  private nextTime(): NfsTime {
-    let t = toNfsTime(Date.now())
-    for (const last of [this.fileTimes.ctime, this.fileTimes.mtime])
-      if (!timeLess(last, t)) t = last.nseconds >= 999999999 ? {seconds: last.seconds + 1, nseconds: 0} : {seconds: last.seconds, nseconds: last.nseconds + 1}
-    return t
+    this.times.update((now) => ({atime: atime ?? now.atime, mtime: mtime ?? now.mtime, ctime: nextTime(now)}))
   }
 
   private makeHandle(fileid: number): Buffer {

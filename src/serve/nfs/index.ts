@@ -6,11 +6,13 @@
  *   mount_nfs -o ro,nolocks,vers=3,tcp,port=P,mountport=P 127.0.0.1:/ DIR               (macOS)
  * Only loopback peers are served; any other peer gets AUTH_ERROR (and MNT3ERR_ACCES from MOUNT).
  */
+import {randomBytes} from 'node:crypto'
 import * as net from 'node:net'
 import type {BlockServer} from '../../core/blockserver'
-import {ExportTree} from './export'
+import {ExportTree, FileTimes} from './export'
 import {MOUNT_PROG, MOUNT_V3, MountProc, MountProgram} from './mount'
-import {NFS_PROG, NFS_V3, Nfs3Program} from './nfs3'
+import {NFS3_WRITEVERFSIZE, NFS_PROG, NFS_V3, Nfs3Program} from './nfs3'
+import {NfsThreads, type HandedConnection, type NfsThreadStats} from './threads'
 import {IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PortmapProgram} from './portmap'
 import {
   AcceptStat,
@@ -48,11 +50,19 @@ export interface NfsServerOptions {
   rtmax?: number
   /** FSINFO wtmax, which also sizes the record cap (a WRITE of wtmax bytes must fit in one record). Default 1 MiB. */
   wtmax?: number
+  /** Serving threads, each serving one connection at a time (0 or absent: the main thread serves). */
+  threads?: number
 }
 
 export interface NfsServerHandle {
   host: string
   port: number
+  /** Serving threads started (0: every connection is served on the main thread). */
+  threads: number
+  /** Connections handed to serving threads, and those served here for want of a free one. */
+  readonly threadStats?: NfsThreadStats
+  /** Connections served on the main thread so far (strangers, none free, or no threads). */
+  readonly mainConnections: number
   close(): Promise<void>
 }
 
@@ -60,6 +70,8 @@ export const DEFAULT_RTMAX = 1 << 20
 export const DEFAULT_WTMAX = 1 << 20
 /** Room for the RPC header, credentials (2 x 400 bytes), a file handle and WRITE's fixed fields. */
 const RECORD_OVERHEAD = 8192
+/** Decoded-chunk cache of each serving thread's instance of the source. */
+export const THREAD_CACHE_BYTES = 8 << 20
 /** Calls one connection may have in progress before we stop reading from it. */
 const MAX_CALLS_PER_CONNECTION = 128
 
@@ -73,7 +85,7 @@ export function isLoopbackAddress(addr: string | undefined): boolean {
 }
 
 /** Everything a connection needs: the programs and the rules applied before any of them runs. */
-class Dispatcher {
+export class Dispatcher {
   private readonly programs = new Map<number, RpcProgram>()
 
   constructor(
@@ -146,7 +158,7 @@ class Dispatcher {
 }
 
 /** One TCP connection: record reassembly, calls in parallel, replies in completion order (matched by xid). */
-class Connection {
+export class Connection {
   private readonly decoder: RecordDecoder
   private readonly ctx: CallContext
   private calls = 0
@@ -156,10 +168,13 @@ class Connection {
   constructor(
     private readonly socket: net.Socket,
     private readonly dispatcher: Dispatcher,
+    /** The peer's address when the socket was handed over (a serving thread's side). */
+    peerAddress?: string,
   ) {
     this.decoder = new RecordDecoder(dispatcher.maxRecord)
-    const peer = socket.remoteAddress ?? 'unknown'
-    this.ctx = {trusted: isLoopbackAddress(socket.remoteAddress), peer, log: dispatcher.log}
+    const address = peerAddress ?? socket.remoteAddress
+    const peer = address ?? 'unknown'
+    this.ctx = {trusted: isLoopbackAddress(address), peer, log: dispatcher.log}
     socket.setNoDelay(true)
     socket.on('data', (chunk: Buffer) => this.onData(chunk))
     socket.on('drain', () => {
@@ -174,6 +189,11 @@ class Connection {
     if (this.closed) return
     this.closed = true
     this.socket.destroy()
+  }
+
+  /** Resolves once the socket is closed (by the peer, an error or close()). */
+  get finished(): Promise<void> {
+    return new Promise((resolve) => (this.socket.destroyed ? resolve() : this.socket.once('close', () => resolve())))
   }
 
   private onData(chunk: Buffer): void {
@@ -233,35 +253,69 @@ function defaultIdentity(server: BlockServer, opts: NfsServerOptions): string {
   return [opts.exportName, opts.fileName, server.size, server.sectorSize, typeof hash === 'string' ? hash : ''].join('\0')
 }
 
-/** Start serving `server`'s bytes as `opts.fileName` in export `opts.exportName`. */
-export async function startNfsServer(server: BlockServer, opts: NfsServerOptions): Promise<NfsServerHandle> {
-  const rtmax = opts.rtmax ?? DEFAULT_RTMAX
-  const wtmax = opts.wtmax ?? DEFAULT_WTMAX
+/**
+ * What makes one server's programs, the same on the main thread and on every serving thread (thread.ts):
+ * the export (its file's times in shared memory), the write verifier, the sizes and the port.
+ */
+export interface NfsExportConfig {
+  exportName: string
+  fileName: string
+  size: number
+  identity: string
+  mtimeMs: number
+  writable: boolean
+  times: SharedArrayBuffer
+  writeVerf: Uint8Array
+  rtmax: number
+  wtmax: number
+  port: number
+}
+
+/** The dispatcher of the portmapper, MOUNT and NFS programs over `server` (the main thread's or a serving thread's). */
+export function nfsDispatcher(server: BlockServer, cfg: NfsExportConfig, log: (line: string) => void): Dispatcher {
   const tree = new ExportTree({
+    exportName: cfg.exportName,
+    fileName: cfg.fileName,
+    size: cfg.size,
+    identity: cfg.identity,
+    mtime: new Date(cfg.mtimeMs),
+    writable: cfg.writable,
+    times: cfg.times,
+  })
+  const portmap = new PortmapProgram(() => [
+    {prog: PMAP_PROG, vers: PMAP_VERS, prot: IPPROTO_TCP, port: cfg.port},
+    {prog: MOUNT_PROG, vers: MOUNT_V3, prot: IPPROTO_TCP, port: cfg.port},
+    {prog: NFS_PROG, vers: NFS_V3, prot: IPPROTO_TCP, port: cfg.port},
+  ])
+  const nfs = new Nfs3Program(tree, server, {rtmax: cfg.rtmax, wtmax: cfg.wtmax, writeVerf: Buffer.from(cfg.writeVerf)})
+  return new Dispatcher([portmap, new MountProgram(tree), nfs], cfg.wtmax + RECORD_OVERHEAD, log)
+}
+
+/**
+ * Start serving `server`'s bytes as `opts.fileName` in export `opts.exportName`. With `opts.threads`, each
+ * loopback connection is handed to a free serving thread (threads.ts), which serves it with its own instance
+ * of the source; a connection that finds none free, or the threads could not start, is served here.
+ */
+export async function startNfsServer(server: BlockServer, opts: NfsServerOptions): Promise<NfsServerHandle> {
+  const mtime = opts.mtime ?? new Date()
+  const cfg: NfsExportConfig = {
     exportName: opts.exportName,
     fileName: opts.fileName,
     size: server.size,
     identity: opts.identity ?? defaultIdentity(server, opts),
-    mtime: opts.mtime ?? new Date(),
+    mtimeMs: mtime.getTime(),
     writable: server.writable,
-  })
-  let port = 0
-  const portmap = new PortmapProgram(() => [
-    {prog: PMAP_PROG, vers: PMAP_VERS, prot: IPPROTO_TCP, port},
-    {prog: MOUNT_PROG, vers: MOUNT_V3, prot: IPPROTO_TCP, port},
-    {prog: NFS_PROG, vers: NFS_V3, prot: IPPROTO_TCP, port},
-  ])
-  const dispatcher = new Dispatcher(
-    [portmap, new MountProgram(tree), new Nfs3Program(tree, server, {rtmax, wtmax})],
-    wtmax + RECORD_OVERHEAD,
-    opts.log,
-  )
-  const connections = new Set<Connection>()
-  const tcp = net.createServer((socket) => {
-    const c = new Connection(socket, dispatcher)
-    connections.add(c)
-    socket.on('close', () => connections.delete(c))
-  })
+    times: FileTimes.create({seconds: Math.max(0, Math.floor(mtime.getTime() / 1000)), nseconds: Math.max(0, Math.floor((mtime.getTime() % 1000) * 1e6))}),
+    writeVerf: new Uint8Array(randomBytes(NFS3_WRITEVERFSIZE)),
+    rtmax: opts.rtmax ?? DEFAULT_RTMAX,
+    wtmax: opts.wtmax ?? DEFAULT_WTMAX,
+    port: 0,
+  }
+  // The listener comes first: the programs answer the portmapper with its port. Connections are not read
+  // until they are given to a thread or to this thread's dispatcher (pauseOnConnect).
+  const pending: net.Socket[] = []
+  let accept = (socket: net.Socket): void => void pending.push(socket)
+  const tcp = net.createServer({pauseOnConnect: true}, (socket) => accept(socket))
   await new Promise<void>((resolve, reject) => {
     tcp.once('error', reject)
     tcp.listen({host: opts.host, port: opts.port}, () => {
@@ -271,18 +325,65 @@ export async function startNfsServer(server: BlockServer, opts: NfsServerOptions
   })
   tcp.on('error', (err) => opts.log(`nfs: listener error: ${err.message}`))
   const addr = tcp.address() as net.AddressInfo
-  port = addr.port
+  cfg.port = addr.port
+  let threads: NfsThreads | undefined
+  if (opts.threads && opts.threads > 0) {
+    try {
+      threads = await NfsThreads.start(server, {count: opts.threads, cacheBytes: THREAD_CACHE_BYTES, config: cfg, log: opts.log})
+    } catch (err) {
+      opts.log(`nfs: serving threads unavailable, serving on the main thread: ${(err as Error).message.split('\n')[0]}`)
+    }
+  }
+  const dispatcher = nfsDispatcher(server, cfg, opts.log)
+  const connections = new Set<Connection>()
+  const handed = new Set<HandedConnection>()
   let closing: Promise<void> | undefined
+  let mainConnections = 0
+  accept = (socket) => {
+    if (closing) {
+      socket.destroy()
+      return
+    }
+    // A stranger is answered here (AUTH_ERROR / MNT3ERR_ACCES), never given a thread.
+    const h = isLoopbackAddress(socket.remoteAddress) ? threads?.serve(socket) : undefined
+    if (h) {
+      handed.add(h)
+      void h.done.then((why) => {
+        handed.delete(h)
+        if (why !== 'closed') opts.log(`nfs: ${why}`)
+      })
+      return
+    }
+    const c = new Connection(socket, dispatcher)
+    mainConnections++
+    connections.add(c)
+    socket.on('close', () => connections.delete(c))
+    socket.resume()
+  }
+  for (const socket of pending.splice(0)) accept(socket)
   return {
     host: addr.address,
     port: addr.port,
+    threads: threads?.threads ?? 0,
+    get threadStats() {
+      return threads?.stats
+    },
+    get mainConnections() {
+      return mainConnections
+    },
     close(): Promise<void> {
       // Calls already dispatched finish (their replies go nowhere) before the caller closes the source
-      // under them: otherwise a READ in flight fails with "image is closed" and logs it.
-      closing ??= new Promise<void>((resolve) => {
-        tcp.close(() => resolve())
+      // under them: otherwise a READ in flight fails with "image is closed" and logs it. A thread's
+      // connection is stopped by message and its thread drains its own calls before it answers.
+      closing ??= (async () => {
+        threads?.hold()
+        const stopped = new Promise<void>((resolve) => tcp.close(() => resolve()))
         for (const c of connections) c.close()
-      }).then(() => dispatcher.drain())
+        await Promise.all([...handed].map((h) => h.stop()))
+        await stopped
+        await dispatcher.drain()
+        await threads?.close()
+      })()
       return closing
     },
   }

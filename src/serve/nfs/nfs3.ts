@@ -112,6 +112,8 @@ export interface Nfs3Options {
   rtmax: number
   /** FSINFO wtmax: advertised; the record cap is sized so a WRITE of this size can still be refused. */
   wtmax: number
+  /** The write verifier of this server (shared by its serving threads); default: random. */
+  writeVerf?: Buffer
 }
 
 function xdrStringBytes(s: string): number {
@@ -157,7 +159,7 @@ export class Nfs3Program implements RpcProgram {
    * RFC 1813 §3.3.7 writeverf3: the same for the whole life of this server, new at every start (random),
    * so a client holding UNSTABLE writes notices a restart at its COMMIT and writes them again.
    */
-  readonly writeVerf: Buffer = randomBytes(NFS3_WRITEVERFSIZE)
+  readonly writeVerf: Buffer
   private writeFaults = 0
 
   constructor(
@@ -165,6 +167,7 @@ export class Nfs3Program implements RpcProgram {
     private readonly server: BlockServer,
     private readonly opts: Nfs3Options,
   ) {
+    this.writeVerf = opts.writeVerf ?? randomBytes(NFS3_WRITEVERFSIZE)
     if (tree.writable && !server.writable) throw new Error('a writable export needs a writable BlockServer')
   }
 
@@ -403,7 +406,8 @@ export class Nfs3Program implements RpcProgram {
   }
 
   private fileTimes(): {mtime: NfsTime; ctime: NfsTime} {
-    return {mtime: this.tree.fileMtime, ctime: this.tree.fileCtime}
+    const t = this.tree.fileTimes
+    return {mtime: t.mtime, ctime: t.ctime}
   }
 
   /** A failed write or flush: NFS3ERR_NOSPC when the disk under the overlay is full, else NFS3ERR_IO; logged. */
