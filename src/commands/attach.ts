@@ -73,7 +73,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     scratch: Flags.boolean({description: 'attach read-write into a temporary overlay that is deleted at detach', exclusive: ['overlay']}),
     timeout: Flags.integer({description: 'seconds to wait for the device to be ready', default: 60, min: 1}),
     'read-ahead': Flags.integer({
-      description: "the device's read-ahead in KiB (Linux: /sys/block/DEV/queue/read_ahead_kb): how far the kernel reads ahead of buffered sequential reads; default: the backend's (fuse 8192; docs/performance.md), 0 turns it off",
+      description: "the device's read-ahead in KiB (Linux: /sys/block/DEV/queue/read_ahead_kb): how far the kernel reads ahead of buffered sequential reads; default: the backend's (fuse, ublk, nbd 8192; docs/performance.md), 0 turns it off",
       min: 0,
       max: MAX_READ_AHEAD_KIB,
     }),

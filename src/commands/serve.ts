@@ -5,7 +5,7 @@ import {BlockServer, type BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
 import {COUNTER} from '../core/counters'
-import {describeStats} from '../lifecycle/daemon'
+import {describeDecodeAhead, describeStats} from '../lifecycle/daemon'
 import {openSourceArg} from '../sources'
 import {formatListen, isLoopback, parseListen, type ListenAddress} from '../serve/listen'
 import {DEFAULT_POLL_MICROSECONDS, NBD_DEFAULT_PORT, defaultThreadsPerConnection, startNbdServer} from '../serve/nbd'
@@ -169,6 +169,8 @@ It listens on loopback only (127.0.0.1, port ${NBD_DEFAULT_PORT} for NBD, ${ISCS
     await server.drain()
     const w = server.writeStats
     log(`stopped; ${describeStats(server.stats)}${server.writable ? `; ${w.writes} writes (${w.writeBytes} bytes), ${w.zeroes} write-zeroes, ${w.trims} trims, ${w.flushes} flushes, ${w.writeErrors} failed` : ''}${served()}`)
+    const ra = describeDecodeAhead(image)
+    if (ra) log(ra)
     await image.close()
     removeScratch()
   }

@@ -122,6 +122,12 @@ function writeStats(file: string, server: BlockServer, fetched: FetchStats | und
   }
 }
 
+/** The decode-ahead line of a stop log (a source served on threads that keeps the counters), else undefined. */
+export function describeDecodeAhead(source: BlockSource): string | undefined {
+  const ra = readAheadOf(source)
+  return ra && `decode-ahead: ${ra.prefetched} chunks decoded ahead (${ra.helped} for a read under way), ${ra.used} read from there (${ra.waited} waited for one)`
+}
+
 export function describeStats(st: BlockStats, w?: WriteStats): string {
   const writes = w ? `; ${w.writes} writes (${w.writeBytes} bytes), ${w.zeroes} write-zeroes, ${w.trims} discards, ${w.flushes} flushes, ${w.writeErrors} failed` : ''
   return `served ${st.reads} reads, ${st.bytes} bytes, ${st.errors} errors (${st.badReads} touching bad areas)${writes}`
@@ -275,8 +281,8 @@ export async function serve(opts: ServeOptions): Promise<number> {
     clearInterval(timer)
     const f = source.fetchStats?.()
     log(`detached in ${Date.now() - t0} ms; ${describeStats(server.stats, server.writable ? server.writeStats : undefined)}${f ? `; fetched ${f.bytes} bytes in ${f.requests} GETs (${f.retries} retries)` : ''}`)
-    const ra = readAheadOf(source)
-    if (ra) log(`decode-ahead: ${ra.prefetched} chunks decoded ahead (${ra.helped} for a read under way), ${ra.used} read from there (${ra.waited} waited for one)`)
+    const ra = describeDecodeAhead(source)
+    if (ra) log(ra)
     // An overlay's close makes everything written durable (fdatasync) before the device is gone for good.
     await source.close()
     removeEntry(id)

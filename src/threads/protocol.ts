@@ -63,6 +63,14 @@ export interface ServingThreadContext {
   onMessage(handler: (message: unknown) => void): void
   /** True once the main thread asked every thread to stop taking new requests (drain). */
   closing(): boolean
+  /**
+   * For a thread with no request to serve: one unit of work ahead of the readers — decoding a chunk ahead
+   * of a sequential stream, or a later chunk of a large read another thread serves (the source's prefetch:
+   * src/format/read-ahead.ts). True when it did one: look for a request without blocking, then call again;
+   * false when there is nothing to do (or the device is closing): sleep until the next request. Every body
+   * calls it wherever it would otherwise wait (docs/performance.md, "Decode-ahead").
+   */
+  workAhead(): boolean
 }
 
 /** A thread body module exports `run`: serve until the work ends, resolving with why. */

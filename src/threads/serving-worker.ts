@@ -72,6 +72,7 @@ async function main(): Promise<void> {
       post: (body) => post({body}),
       onMessage: (h) => (handler = h),
       closing: () => Atomics.load(control, CONTROL.closing) === 1,
+      workAhead: () => Atomics.load(control, CONTROL.closing) !== 1 && server.prefetch(),
     }
     const why = await body(ctx)
     post({end: why})

@@ -8,7 +8,7 @@ import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as path from 'node:path'
 import {spawn, type ChildProcess} from 'node:child_process'
-import {makeFixture, run, type Fixture} from './fixture'
+import {makeFixture, run, PYTHON, type Fixture} from './fixture'
 
 const ROOT = path.resolve(__dirname, '..', '..', '..')
 const BIN = path.join(ROOT, 'bin', 'run.js')
@@ -101,6 +101,47 @@ describe('vdev serve (the command)', function () {
     const e = await s.exited
     assert.equal(e.code, 0, s.stderr())
     assert.equal(s.stdout().trim().split('\n').length, 1, 'nothing but the ready line on stdout')
+  })
+
+  it('decode-ahead: a reader at queue depth 1 reads exact bytes and fails exactly on bad areas; the stop log counts chunks decoded ahead and used', async () => {
+    const sock = path.join(fx.dir, 'ahead.sock')
+    const s = await startServe([fx.image, '--listen', `unix:${sock}`, '--json', '--threads', '2'])
+    // 128 KiB reads one at a time through libnbd, as a sequential reader: what failed, and the bytes of the rest.
+    const PIECE = 128 * 1024
+    const script = [
+      'import json, sys, nbd',
+      'h = nbd.NBD()',
+      'h.connect_uri(sys.argv[1])',
+      `out = open(${JSON.stringify(path.join(fx.dir, 'ahead.raw'))}, "wb")`,
+      'failed = []',
+      'size = h.get_size()',
+      'for p in range(2):',
+      `  for off in range(0, size, ${PIECE}):`,
+      `    n = min(${PIECE}, size - off)`,
+      '    try:',
+      '      b = h.pread(n, off)',
+      '    except nbd.Error:',
+      '      failed.append(off)',
+      '      b = bytes(n)',
+      '    if p == 1: out.write(b)',
+      'out.close()',
+      'print(json.dumps(failed))',
+    ].join('\n')
+    try {
+      const r = await run(PYTHON, ['-c', script, `nbd+unix:///disk.vdimg?socket=${sock}`])
+      const failed = JSON.parse(r.stdout) as number[]
+      const want: number[] = []
+      for (let off = 0; off < fx.size; off += PIECE) if (fx.bad.some((b) => b.offset < off + PIECE && off < b.offset + b.length)) want.push(off)
+      assert.deepEqual(failed, [...want, ...want], 'reads that fail are exactly those touching a bad area')
+      const got = fs.readFileSync(path.join(fx.dir, 'ahead.raw'))
+      const raw = fs.readFileSync(fx.raw)
+      for (let off = 0; off < fx.size; off += PIECE)
+        if (!want.includes(off)) assert.ok(got.subarray(off, off + PIECE).equals(raw.subarray(off, off + PIECE)), `bytes of the read at ${off}`)
+    } finally {
+      s.child.kill('SIGTERM')
+    }
+    assert.equal((await s.exited).code, 0, s.stderr())
+    assert.match(s.stderr(), /decode-ahead: [1-9]\d* chunks decoded ahead \(\d+ for a read under way\), [1-9]\d* read from there/)
   })
 
   it('serves on a Unix socket; SIGINT stops it, exit 0, the socket is removed', async () => {

@@ -1,7 +1,7 @@
 /**
  * The io_uring layer against this machine's kernel (io_uring is in every kernel ublk runs on, and it needs no
  * module): rings set up and mmapped through koffi, a NOP, IORING_OP_READ of a real file, an SQE128 ring, a
- * full SQ, and a completion that arrives later (posted as task_work) waking the event loop through the ring fd.
+ * full SQ, a message from one ring to another (IORING_OP_MSG_RING), and a completion that arrives later (posted as task_work) waking the event loop through the ring fd.
  */
 import {strict as assert} from 'node:assert'
 import * as crypto from 'node:crypto'
@@ -16,7 +16,7 @@ describe('io_uring through koffi (this machine\'s kernel)', () => {
   before(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-uring-'))))
   after(() => fs.rmSync(dir, {recursive: true, force: true}))
 
-  it('sets up and maps the rings; a NOP completes with its user_data', () => {
+  it('sets up and maps the rings; a NOP completes with its user_data (completionsReady until reaped)', () => {
     const ring = new uring.IoUring({entries: 8})
     try {
       assert.equal(ring.sqEntries, 8)
@@ -25,14 +25,48 @@ describe('io_uring through koffi (this machine\'s kernel)', () => {
       const sqe = ring.getSqe()!
       sqe[uring.io_uring_sqe.offsets.opcode] = uring.IORING_OP_NOP
       uring.setUserData(sqe, 0xdeadbeef, 7)
+      assert.equal(ring.completionsReady, false)
       assert.equal(ring.submit(1), 1)
+      assert.equal(ring.completionsReady, true)
       const got: uring.Cqe[] = []
       assert.equal(ring.reap((c) => got.push(c)), 1)
       assert.deepEqual(got, [{userData: 0xdeadbeef, userDataHigh: 7, res: 0, flags: 0}])
+      assert.equal(ring.completionsReady, false)
       assert.equal(ring.reap(() => assert.fail('no more completions')), 0)
     } finally {
       ring.close()
       ring.close() // idempotent
+    }
+  })
+
+  it('IORING_OP_MSG_RING posts a CQE to another ring (how a busy ublk queue wakes the others), none to the sender unless it fails', () => {
+    const a = new uring.IoUring({entries: 4})
+    const b = new uring.IoUring({entries: 4})
+    try {
+      uring.prepMsgRing(a.getSqe()!, b.fd, 0xffff_fff0)
+      assert.equal(a.submit(0), 1)
+      b.flush()
+      assert.equal(b.completionsReady, true)
+      const got: uring.Cqe[] = []
+      assert.equal(b.reap((c) => got.push(c)), 1)
+      assert.deepEqual(got, [{userData: 0xffff_fff0, userDataHigh: 0, res: 0, flags: 0}])
+      a.flush()
+      assert.equal(a.reap(() => assert.fail('no CQE on the sender when the message went')), 0)
+      // To a descriptor that is no ring: the sender gets the failure.
+      const fd = fs.openSync(__filename, 'r')
+      try {
+        uring.prepMsgRing(a.getSqe()!, fd, 0xffff_fff0)
+        a.submit(1)
+        const failed: uring.Cqe[] = []
+        a.reap((c) => failed.push(c))
+        assert.equal(failed.length, 1)
+        assert.ok(failed[0].res < 0, `res ${failed[0].res}`)
+      } finally {
+        fs.closeSync(fd)
+      }
+    } finally {
+      a.close()
+      b.close()
     }
   })
 

@@ -100,3 +100,25 @@ export function isBadSector(sector: number): boolean {
   const o = sector * SECTOR
   return BAD.some((b) => o < b.offset + b.length && o + SECTOR > b.offset)
 }
+
+/**
+ * Read the stretch between the second and third bad areas of `device` three times over with O_DIRECT reads
+ * of `bs` KiB one at a time (dd's way; on one CPU when `cpu` is given: every request then goes to one ublk
+ * queue), checking its bytes: a sequential reader for decode-ahead to follow (the serving process's detach
+ * log then counts the chunks decoded ahead and used).
+ */
+export async function readSequentially(device: string, data: Buffer, opts: {bs?: number; cpu?: number} = {}): Promise<void> {
+  const bs = (opts.bs ?? 128) * 1024
+  const from = 2 * MiB + 256 * 1024
+  const to = 5 * MiB
+  const want = crypto.createHash('sha256').update(data.subarray(from, to)).digest('hex')
+  const dd = ['dd', `if=${device}`, `bs=${bs}`, `skip=${from}`, `count=${(to - from) / bs}`, 'iflag=direct,skip_bytes', 'status=none']
+  for (let pass = 0; pass < 3; pass++) {
+    const r = opts.cpu === undefined ? await run(dd[0], dd.slice(1)) : await run('taskset', ['-c', String(opts.cpu), ...dd])
+    if (r.code !== 0) throw new Error(`dd of ${device}: ${r.stderr}`)
+    if (crypto.createHash('sha256').update(r.stdout).digest('hex') !== want) throw new Error(`dd of ${device}: the bytes differ from the image's`)
+  }
+}
+
+/** The detach log's decode-ahead line with chunks decoded ahead and read from there (src/lifecycle/daemon.ts). */
+export const DECODED_AHEAD = /decode-ahead: [1-9]\d* chunks decoded ahead \(\d+ for a read under way\), [1-9]\d* read from there/

@@ -17,7 +17,8 @@ import {openImage, type VdimgImage} from '../../src/format/reader'
 import {RawImage} from '../../src/sources/raw'
 import {pollMicroseconds, threadCount} from '../../src/threads/config'
 import type {AttachServerInfo} from './attach-server'
-import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, run, type DiskFixture} from './disk-fixture'
+import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, DECODED_AHEAD, makeFixture, readSequentially, run, type DiskFixture} from './disk-fixture'
+import {logOf} from '../../src/lifecycle/registry'
 
 const ROOT = path.resolve(__dirname, '..', '..', '..')
 const connectedNbd = (): string[] =>
@@ -208,12 +209,12 @@ describe('kernel NBD backend (real kernel)', function () {
     }
   })
 
-  it('vdev attach --backend nbd / vdev detach (once the lifecycle commands exist)', async function () {
+  it('vdev attach --backend nbd / vdev detach (once the lifecycle commands exist): read-ahead set, chunks decoded ahead', async function () {
     if (!fs.existsSync(path.join(ROOT, 'dist', 'src', 'commands', 'attach.js'))) this.skip()
     const bin = path.join(ROOT, 'bin', 'run.js')
     const a = await run(process.execPath, [bin, 'attach', fx.image, '--backend', 'nbd', '--json'], {timeoutMs: 120_000})
     assert.equal(a.code, 0, a.stderr)
-    const info = JSON.parse(a.stdout.toString()) as {device: string; backend: string; readOnly: boolean; partitions: string[]}
+    const info = JSON.parse(a.stdout.toString()) as {id: string; device: string; backend: string; readOnly: boolean; partitions: string[]}
     try {
       assert.equal(info.backend, 'nbd')
       assert.match(info.device, /^\/dev\/nbd\d+$/)
@@ -224,6 +225,9 @@ describe('kernel NBD backend (real kernel)', function () {
       assert.ok(r.data?.equals(fx.data.subarray(2040 * SECTOR, 2048 * SECTOR)), r.stderr)
       const bad = await ddSectors(info.device, BAD[0].offset / SECTOR, 1)
       assert.equal(bad.data, null)
+      // The backend's read-ahead, and decode-ahead on the connection's threads: the idle one decodes ahead.
+      assert.equal(Number(fs.readFileSync(`/sys/block/${path.basename(info.device)}/queue/read_ahead_kb`, 'utf8')), backend.readAheadKiB)
+      await readSequentially(info.device, fx.data)
     } finally {
       const d = await run(process.execPath, [bin, 'detach', info.device], {timeoutMs: 120_000})
       // Whatever happened, leave no device behind for the tests after this one.
@@ -232,6 +236,7 @@ describe('kernel NBD backend (real kernel)', function () {
     }
     const index = Number(/\d+$/.exec(info.device)![0])
     assert.equal(nbdState(index).pid, undefined)
+    assert.match(fs.readFileSync(logOf(info.id), 'utf8'), DECODED_AHEAD)
   })
 
   it('detach leaves no connected nbd device (pid gone, size 0)', async () => {

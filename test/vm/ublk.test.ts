@@ -19,7 +19,8 @@ import {createImage} from '../../src/format/writer'
 import {openImage, type VdimgImage} from '../../src/format/reader'
 import {RawImage} from '../../src/sources/raw'
 import type {AttachServerInfo} from './attach-server'
-import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, makeFixture, run, type DiskFixture} from './disk-fixture'
+import {BAD, DISK_SIZE, PARTITIONS, SECTOR, ddSectors, isBadSector, DECODED_AHEAD, makeFixture, readSequentially, run, type DiskFixture} from './disk-fixture'
+import {logOf} from '../../src/lifecycle/registry'
 
 const ublkNodes = (): string[] => fs.readdirSync('/dev').filter((n) => /^ublk[bc]\d+/.test(n))
 
@@ -384,12 +385,12 @@ describe('ublk backend (real kernel)', function () {
     }
   })
 
-  it('vdev attach --backend ublk / vdev detach (once the lifecycle commands exist)', async function () {
+  it('vdev attach --backend ublk / vdev detach (once the lifecycle commands exist): read-ahead set, chunks decoded ahead', async function () {
     const bin = path.join(__dirname, '..', '..', '..', 'bin', 'run.js')
     if (!fs.existsSync(path.join(__dirname, '..', '..', 'src', 'commands', 'attach.js'))) this.skip()
     const a = await run(process.execPath, [bin, 'attach', fx.image, '--backend', 'ublk', '--json'], {timeoutMs: 180_000})
     assert.equal(a.code, 0, a.stderr)
-    const info = JSON.parse(a.stdout.toString()) as {device: string; backend: string; readOnly: boolean; partitions: string[]}
+    const info = JSON.parse(a.stdout.toString()) as {id: string; device: string; backend: string; readOnly: boolean; partitions: string[]}
     try {
       assert.equal(info.backend, 'ublk')
       assert.match(info.device, /^\/dev\/ublkb\d+$/)
@@ -398,6 +399,10 @@ describe('ublk backend (real kernel)', function () {
       const r = await ddSectors(info.device, 2048, 8)
       assert.ok(r.data?.equals(fx.data.subarray(2048 * SECTOR, 2056 * SECTOR)), r.stderr)
       assert.equal((await ddSectors(info.device, BAD[0].offset / SECTOR, 1)).data, null)
+      // The backend's read-ahead, and decode-ahead on the queues' threads. A reader on CPU 0 sends every
+      // request to one queue; the other queue's thread, woken by it, decodes chunks of its reads under way.
+      assert.equal(Number(fs.readFileSync(`/sys/block/${path.basename(info.device)}/queue/read_ahead_kb`, 'utf8')), backend.readAheadKiB)
+      await readSequentially(info.device, fx.data, {bs: 256, cpu: 0})
     } finally {
       const d = await run(process.execPath, [bin, 'detach', info.device], {timeoutMs: 120_000})
       if (d.code !== 0) await run(process.execPath, [bin, 'detach', '--force', info.device], {timeoutMs: 120_000})
@@ -405,6 +410,9 @@ describe('ublk backend (real kernel)', function () {
     }
     assert.ok(!fs.existsSync(info.device), `${info.device} still exists after vdev detach`)
     assert.ok(!fs.existsSync(info.device.replace('ublkb', 'ublkc')), 'char device still exists after vdev detach')
+    const logged = fs.readFileSync(logOf(info.id), 'utf8')
+    assert.match(logged, DECODED_AHEAD)
+    assert.match(logged, /decode-ahead: .*\([1-9]\d* for a read under way\)/, 'the idle queue\'s thread helped the reads of the other')
   })
 
   it('vdev detach --force cleans up after a killed ublk server (once the lifecycle commands exist)', async function () {

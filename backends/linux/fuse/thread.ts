@@ -47,14 +47,12 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
   const c = ctx.counters
   const buf = Buffer.allocUnsafe(cfg.maxWrite ? requestBufferSize(cfg.maxWrite) : READ_BUFFER_SIZE)
   let draining = false
-  // Between requests, decode ahead of sequential readers (src/format/read-ahead.ts); not while draining.
-  const idle = (): boolean => !draining && !ctx.closing() && ctx.server.prefetch()
   ctx.ready()
   try {
     for (;;) {
       let n: number
       try {
-        n = requests.next(buf, idle)
+        n = requests.next(buf, ctx.workAhead) // between requests, work ahead of the readers
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code
         // EINTR: a signal; EAGAIN: another thread took the request; ENOENT: the request was interrupted.

@@ -48,6 +48,9 @@ export const backend: Backend = {
   // daemon's main thread) for writes and covered reads (src/layers/overlay-view.ts; src/serve/nbd/thread.ts
   // takes the write payloads).
   writableThreads: true,
+  // The kernel's 128 KiB reads ahead one request at a time; 8 MiB keeps several requests in flight under a
+  // buffered sequential reader, as for fuse (docs/performance.md, "The device's read-ahead").
+  readAheadKiB: 8192,
 
   async probe(): Promise<Probe> {
     return probeSync()

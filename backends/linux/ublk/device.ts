@@ -10,7 +10,7 @@ import {ServingThreads} from '../../../src/threads/pool'
 import * as abi from './abi'
 import {UblkControl} from './ctrl'
 import {deviceParams} from './params'
-import {UblkQueue} from './queue'
+import {QUEUE_LINK_SLOTS, UblkQueue} from './queue'
 import type {UblkThreadConfig} from './thread'
 
 export interface UblkDeviceOptions {
@@ -153,7 +153,10 @@ export class UblkDevice {
       dev.cdevFd = fs.openSync(charDevice, fs.constants.O_RDWR)
       if (threads > 0) {
         const cdevFd = dev.cdevFd
-        const configFor = (qid: number): UblkThreadConfig => ({devId, qid, depth: added.queueDepth, maxIoBytes: maxIo, cdevFd, userCopy, legacyOpcodes: legacyIo})
+        // The queues' ring fds and sleep flags, shared so that a busy queue can wake the others (queue.ts).
+        const links = new SharedArrayBuffer(added.nrHwQueues * QUEUE_LINK_SLOTS * 4)
+        new Int32Array(links).fill(-1)
+        const configFor = (qid: number): UblkThreadConfig => ({devId, qid, depth: added.queueDepth, maxIoBytes: maxIo, cdevFd, userCopy, legacyOpcodes: legacyIo, links})
         dev.pool = await ServingThreads.start({
           name: 'ublk',
           server,

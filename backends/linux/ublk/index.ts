@@ -63,6 +63,9 @@ export const backend: Backend = {
   // Over an overlay each queue's thread serves through a view of it (reads of unwritten ranges from its own
   // base; writes, flushes and written ranges through the overlay's owner on the main thread).
   writableThreads: true,
+  // The kernel's 128 KiB reads ahead one request at a time; 8 MiB keeps several requests in flight under a
+  // buffered sequential reader, as for fuse (docs/performance.md, "The device's read-ahead").
+  readAheadKiB: 8192,
 
   async probe(): Promise<Probe> {
     return probeUblk()

@@ -89,6 +89,8 @@ export const io_uring_cqe = new CStruct('io_uring_cqe', [
 export const IORING_OP_NOP = 0
 export const IORING_OP_READ = 22
 export const IORING_OP_WRITE = 23
+/** Post a CQE to another ring (Linux 5.18): `fd` the target ring, `off` the user_data, `len` the res it gets. */
+export const IORING_OP_MSG_RING = 40
 export const IORING_OP_URING_CMD = 46
 
 /** io_uring_setup flags */
@@ -105,6 +107,8 @@ export const IORING_ENTER_GETEVENTS = 1 << 0
 
 /** sqe.flags */
 export const IOSQE_IO_LINK = 1 << 2
+/** No CQE when the operation succeeds (Linux 5.17). */
+export const IOSQE_CQE_SKIP_SUCCESS = 1 << 6
 
 /** mmap offsets of the rings and the SQE array */
 export const IORING_OFF_SQ_RING = 0
@@ -284,6 +288,11 @@ export class IoUring {
     if (rc > 0) this.unsubmitted -= rc
   }
 
+  /** True when completions are posted and not yet reaped. */
+  get completionsReady(): boolean {
+    return Atomics.load(this.cqHead, 0) !== Atomics.load(this.cqTail, 0)
+  }
+
   /** Read and consume every posted completion. */
   reap(onCqe: (cqe: Cqe) => void): number {
     let head = Atomics.load(this.cqHead, 0)
@@ -316,6 +325,19 @@ export class IoUring {
     for (const m of this.maps.splice(0)) unmap(m)
     if (this.fd >= 0) closeFn(this.fd)
   }
+}
+
+/**
+ * Prepare an IORING_OP_MSG_RING SQE (IORING_MSG_DATA): a CQE with `userData` (low half) and res 0 is posted to
+ * the ring `targetFd`, waking a thread waiting on it; this ring gets no CQE unless it fails.
+ */
+export function prepMsgRing(sqe: Buffer, targetFd: number, userData: number): void {
+  const o = io_uring_sqe.offsets
+  sqe.writeUInt8(IORING_OP_MSG_RING, o.opcode)
+  sqe.writeUInt8(IOSQE_CQE_SKIP_SUCCESS, o.flags)
+  sqe.writeInt32LE(targetFd, o.fd)
+  sqe.writeBigUInt64LE(BigInt(userData >>> 0), o.off)
+  setUserData(sqe, userData)
 }
 
 /** Write user_data as two u32 halves (the low half carries the tag/kind, the high half stays 0). */

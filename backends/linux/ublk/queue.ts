@@ -29,7 +29,7 @@ import {errnoOf, type BlockServer} from '../../../src/core/blockserver'
 import {ERRNO} from '../../../src/sys/errno'
 import {koffi, SysError} from '../../../src/sys/libc'
 import * as abi from './abi'
-import {bufferAddress, IORING_OP_URING_CMD, IoUring, io_uring_sqe, mapShared, unmap, setUserData, SQE_CMD, SQE_CMD_OP, type Cqe, type Mapping} from './io_uring'
+import {bufferAddress, IORING_OP_URING_CMD, IoUring, io_uring_sqe, mapShared, prepMsgRing, unmap, setUserData, SQE_CMD, SQE_CMD_OP, type Cqe, type Mapping} from './io_uring'
 
 // Results are negative errnos; the block layer maps any it does not know to BLK_STS_IOERR.
 const {EIO, EINTR, EOPNOTSUPP} = ERRNO
@@ -49,7 +49,26 @@ export interface UblkQueueOptions {
    * and answers each request synchronously through BlockServer.readSync (a sync-mode source).
    */
   blocking?: boolean
+  /**
+   * Blocking mode: one unit of work ahead of the readers for a queue with no request (ServingThreadContext.
+   * workAhead): true when it did one. Called until no request waits, before the queue sleeps in io_uring_enter.
+   */
+  workAhead?: () => boolean
+  /**
+   * Blocking mode with workAhead, several queues: per queue [ring fd, asleep] (Int32, QUEUE_LINK_SLOTS each),
+   * shared by the device's queue threads. A queue that takes a large read wakes the others asleep with a
+   * message to their ring (IORING_OP_MSG_RING), so that they decode ahead: a reader on one CPU sends every
+   * request to one queue, and the other threads would otherwise sleep through it.
+   */
+  links?: SharedArrayBuffer
 }
+
+/** Int32 slots per queue in UblkQueueOptions.links: ring fd (-1: none), asleep in io_uring_enter (1). */
+export const QUEUE_LINK_SLOTS = 2
+/** user_data of the CQE a sibling queue posts to wake this one (above every tag: onCompletion ignores it). */
+const WAKE_USER_DATA = 0xffff_fff0
+/** A read this large wakes the sibling queues to decode some of it and what follows; a 4 KiB one does not. */
+const WAKE_BYTES = 128 * 1024
 
 type TagState = 'idle' | 'fetching' | 'serving' | 'aborted'
 
@@ -71,6 +90,7 @@ export class UblkQueue {
   private flushScheduled = false
   private abortedCount = 0
   private closed = false
+  private readonly links: Int32Array | undefined
   private resolveDone!: () => void
   /** Resolves once every tag's fetch came back aborted (device stopped, or the driver gave up on us). */
   readonly done: Promise<void>
@@ -98,6 +118,10 @@ export class UblkQueue {
         this.buffers.push(b)
         this.addresses.push(bufferAddress(b))
       }
+    if (o.blocking && o.workAhead && o.links) {
+      this.links = new Int32Array(o.links)
+      Atomics.store(this.links, o.qid * QUEUE_LINK_SLOTS, this.ring.fd)
+    }
     if (o.blocking) this.scratch = o.userCopy ? Buffer.allocUnsafeSlow(o.maxIoBytes) : undefined
     else this.poll = koffi.node.poll(this.ring.fd, {readable: true}, () => this.onReadable())
   }
@@ -161,6 +185,7 @@ export class UblkQueue {
     switch (op) {
       case abi.UBLK_IO_OP_READ:
         if (length > this.o.maxIoBytes) return this.commit(tag, -EIO)
+        if (this.links && length >= WAKE_BYTES) this.wakeSiblings()
         if (this.o.blocking) {
           let data: Buffer
           try {
@@ -278,6 +303,26 @@ export class UblkQueue {
     }
   }
 
+  /** Wake the sibling queues asleep in io_uring_enter (each once per sleep) with a CQE they ignore. */
+  private wakeSiblings(): void {
+    const l = this.links!
+    let sent = 0
+    for (let q = 0; (q + 1) * QUEUE_LINK_SLOTS <= l.length; q++) {
+      if (q === this.o.qid || Atomics.compareExchange(l, q * QUEUE_LINK_SLOTS + 1, 1, 0) !== 1) continue
+      const fd = Atomics.load(l, q * QUEUE_LINK_SLOTS)
+      const sqe = fd >= 0 ? this.ring.getSqe() : null
+      if (!sqe) continue
+      prepMsgRing(sqe, fd, WAKE_USER_DATA)
+      sent++
+    }
+    if (sent === 0) return
+    try {
+      this.ring.submit(0)
+    } catch {
+      // A wake-up is only worth something now; if it cannot go now, it goes with the turn's answers.
+    }
+  }
+
   /**
    * Blocking mode: fetch every tag, then serve until the driver aborts them all (STOP_DEV, or the device
    * going away) or close() is called. Each turn is one io_uring_enter that sends the previous turn's
@@ -289,7 +334,18 @@ export class UblkQueue {
     this.fetchAll()
     while (!this.closed && this.abortedCount < this.o.depth) {
       try {
-        this.ring.submit(1)
+        if (this.o.workAhead) {
+          // Send this turn's answers, then decode ahead while no request has come (each flush runs the
+          // ring's task_work, which is where the driver's completions are posted).
+          this.ring.flush()
+          while (!this.ring.completionsReady && this.o.workAhead()) this.ring.flush()
+        }
+        if (this.links) Atomics.store(this.links, this.o.qid * QUEUE_LINK_SLOTS + 1, 1)
+        try {
+          this.ring.submit(1)
+        } finally {
+          if (this.links) Atomics.store(this.links, this.o.qid * QUEUE_LINK_SLOTS + 1, 0)
+        }
       } catch (err) {
         if (err instanceof SysError && err.errno === EINTR) continue
         throw err
@@ -311,6 +367,7 @@ export class UblkQueue {
   close(): void {
     if (this.closed) return
     this.closed = true
+    if (this.links) Atomics.store(this.links, this.o.qid * QUEUE_LINK_SLOTS, -1)
     this.poll?.close()
     unmap(this.desc)
     this.ring.close()

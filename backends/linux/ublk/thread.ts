@@ -12,13 +12,13 @@ import {UblkQueue, type UblkQueueOptions} from './queue'
 
 /** Per thread (ServingThreads' configFor): its queue. cdevFd is /dev/ublkcN, opened once by the main thread —
  * descriptors are shared by every thread of the process. */
-export interface UblkThreadConfig extends Omit<UblkQueueOptions, 'server' | 'log' | 'blocking'> {
+export interface UblkThreadConfig extends Omit<UblkQueueOptions, 'server' | 'log' | 'blocking' | 'workAhead'> {
   legacyOpcodes: boolean
 }
 
 export async function run(ctx: ServingThreadContext): Promise<string> {
   const {legacyOpcodes, ...queue} = ctx.config as UblkThreadConfig
-  const q = new UblkQueue({...queue, server: ctx.server, log: ctx.log, blocking: true}, legacyOpcodes)
+  const q = new UblkQueue({...queue, server: ctx.server, log: ctx.log, blocking: true, workAhead: ctx.workAhead}, legacyOpcodes)
   try {
     // The FETCH_REQs go out at the start of runBlocking; START_DEV (on the main thread) waits for them.
     ctx.ready()

@@ -3,7 +3,8 @@
  * connections the main thread assigns it, one at a time, with its own instance of the source. For each
  * request it takes the connection's read lock, reads the request (and a write's payload: an overlay view takes it, a read-only export drops it) with
  * blocking read(2), releases the lock, answers, and writes the reply whole with writev(2) under the write
- * lock — so replies never interleave, and come back in the order they finish.
+ * lock — so replies never interleave, and come back in the order they finish. A thread that would sleep (no
+ * request has come, or another thread holds the read lock) decodes ahead meanwhile (ctx.workAhead).
  */
 import * as fs from 'node:fs'
 import {COUNTER} from '../../core/counters'
@@ -12,7 +13,13 @@ import {AdaptivePoll} from '../../threads/poll'
 import type {ServingThreadContext} from '../../threads/protocol'
 import * as P from './protocol'
 import {Responder, type Reply} from './respond'
-import {STATE, lock, unlock, type Assignment, type AssignmentDone} from './threads'
+import {STATE, lock, lockWorking, nudge, unlock, type Assignment, type AssignmentDone} from './threads'
+
+/**
+ * A read this large wakes a thread asleep at the connection's read lock to decode some of its chunks (and
+ * those after it) while this one serves it; smaller ones (a random 4 KiB read) do not pay for a wake-up.
+ */
+const NUDGE_BYTES = 128 * 1024
 
 /** The request stream ended or broke: nothing more can be read from this connection. */
 class StreamEnded extends Error {}
@@ -35,6 +42,8 @@ class Input {
     private readonly poll: AdaptivePoll,
     /** This thread's counter slot: requests taken while polling are counted in COUNTER.polled. */
     private readonly counters: Float64Array,
+    /** Work ahead of the readers while no request has come (ServingThreadContext.workAhead). */
+    private readonly workAhead: () => boolean,
   ) {
     this.buf = Buffer.from(shared)
   }
@@ -81,15 +90,22 @@ class Input {
 
   private fill(into: Buffer, at: number, max: number): number {
     const dst = into.subarray(at, at + max)
-    const polled = this.poll.poll(() => {
+    const tryRecv = (): number => {
       const n = libc.recv(this.fd, dst, libc.MSG_DONTWAIT)
       if (n > 0) return n
       // Nothing yet: poll on. 0 (the peer closed) or another error: let the blocking read report either.
       return n === -libc.ERRNO.EAGAIN || n === -libc.ERRNO.EINTR ? 0 : -1
-    })
+    }
+    const polled = this.poll.poll(tryRecv)
     if (polled > 0) {
       this.counters[COUNTER.polled]++
       return polled
+    }
+    // Decode ahead while nothing has come, looking for it between units.
+    while (this.workAhead()) {
+      const n = tryRecv()
+      if (n > 0) return n
+      if (n < 0) break
     }
     this.poll.sleeping()
     for (;;) {
@@ -139,7 +155,7 @@ function writeAll(fd: number, parts: Reply): void {
 /** Serve one connection until it ends; returns why it ended (for the main thread's log). */
 async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> {
   const state = new Int32Array(m.state)
-  const input = new Input(m.fd, state, m.input, new AdaptivePoll(ctx.pollMicroseconds), ctx.counters)
+  const input = new Input(m.fd, state, m.input, new AdaptivePoll(ctx.pollMicroseconds), ctx.counters, ctx.workAhead)
   const responder = new Responder(ctx.server, m.session, {sync: true, log: (l) => ctx.log(l), peer: m.peer})
   const closing = () => Atomics.store(state, STATE.closing, 1)
   const reply = (r: Reply) => {
@@ -155,7 +171,8 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
   let holding = false
   try {
     for (;;) {
-      if (!holding) lock(state, STATE.readLock)
+      // Waiting for the lock (another thread reads the next request): decode ahead meanwhile.
+      if (!holding) lockWorking(state, STATE.readLock, ctx.workAhead)
       holding = true
       if (Atomics.load(state, STATE.closing)) return 'closing'
       const req = P.decodeRequest(input.take(P.REQUEST_SIZE))
@@ -188,7 +205,7 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
       if (input.pending > 0) {
         holding = false
         unlock(state, STATE.readLock)
-      }
+      } else if (req.type === P.NBD_CMD_READ && req.length >= NUDGE_BYTES) nudge(state, STATE.readLock) // help wanted
       const r = responder.answer(req, payload)
       reply(r instanceof Promise ? await r : r)
     }

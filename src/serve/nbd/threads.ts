@@ -58,6 +58,29 @@ export function lock(a: Int32Array, i: number): void {
   }
 }
 
+/**
+ * lock(), doing `work` (one unit at a time, while it has some) instead of sleeping while the lock is held;
+ * when there is none it sleeps as lock() does, until the lock is released or its holder nudges it (nudge():
+ * a large read began, with work for it). Once it has slept it takes the lock as held-with-waiters (2), so
+ * that a waiter still asleep is never forgotten.
+ */
+export function lockWorking(a: Int32Array, i: number, work: () => boolean): void {
+  if (Atomics.compareExchange(a, i, 0, 1) === 0) return
+  for (;;) {
+    if (work()) {
+      if (Atomics.compareExchange(a, i, 0, 2) === 0) return
+      continue
+    }
+    if (Atomics.exchange(a, i, 2) === 0) return
+    Atomics.wait(a, i, 2)
+  }
+}
+
+/** Wake one thread asleep in lockWorking() while the lock stays held, to work ahead (the lock's holder calls it). */
+export function nudge(a: Int32Array, i: number): void {
+  if (Atomics.load(a, i) === 2) Atomics.notify(a, i, 1)
+}
+
 export function unlock(a: Int32Array, i: number): void {
   if (Atomics.exchange(a, i, 0) === 2) Atomics.notify(a, i, 1)
 }
