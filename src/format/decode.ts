@@ -11,7 +11,8 @@ import {WorkerPool} from '../core/workerpool'
 import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
 import {crc32c} from './crc'
 import {ChunkKind, type ChunkEntry} from './layout'
-import {FileRanges, type VdimgImage} from './reader'
+import {FileRanges} from './ranges'
+import type {VdimgImage} from './reader'
 import {sequentialAdvice} from '../sys/fadvise'
 
 export interface DecodedChunk {

@@ -1,6 +1,7 @@
 /**
- * posix_fadvise for files read once from start to end (create's input, extract's and verify's image).
- * Linux only, and only advice: where libc cannot be loaded, reads work the same.
+ * Hints for files read or written once from start to end: posix_fadvise ahead of the reads (create's
+ * input, extract's and verify's image), sync_file_range behind the writes (create's image, extract's
+ * file). Linux only, and only hints: where libc cannot be loaded, reads and writes work the same.
  */
 type Libc = typeof import('./libc')
 
@@ -51,5 +52,34 @@ export function sequentialAdvice(fd: number, size: number): (position: number, l
     } catch {
       failed = true
     }
+  }
+}
+
+/**
+ * How much written data is left to the kernel's own writeback before we start it (SYNC_FILE_RANGE_WRITE):
+ * `create` and `extract FILE` fsync before the rename, and a file written at our pace with its writeback
+ * started along the way has little left for that fsync to wait for (docs/performance.md, "fsync").
+ */
+const WRITEBACK_STEP = 16 << 20
+
+/**
+ * For a file written from start to end: `behind(end)` after each write starts the writeback of what was
+ * written up to `end` since the last time, every WRITEBACK_STEP bytes, and says whether it did. Does not
+ * wait for the disk. Stops trying after the first failure (not a file: ESPIPE).
+ */
+export function writebackBehind(fd: number): (end: number) => boolean {
+  const libc = loadLibc()
+  if (!libc) return () => false
+  let from = 0
+  let failed = false
+  return (end) => {
+    if (failed || end - from < WRITEBACK_STEP) return false
+    try {
+      failed = libc.syncFileRange(fd, from, end - from, libc.SYNC_FILE_RANGE_WRITE) !== 0
+    } catch {
+      failed = true
+    }
+    from = end
+    return !failed
   }
 }
