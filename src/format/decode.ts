@@ -11,7 +11,9 @@ import {WorkerPool} from '../core/workerpool'
 import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
 import {crc32c} from './crc'
 import {ChunkKind, type ChunkEntry} from './layout'
+import {FileRanges} from './ranges'
 import type {VdimgImage} from './reader'
+import {sequentialAdvice} from '../sys/fadvise'
 
 export interface DecodedChunk {
   index: number
@@ -56,6 +58,8 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
   const spareIn: ArrayBuffer[] = []
   const tableErrors = new Map<number, VdevError>()
   type Prepared = {first: number; chunks: DecodedChunk[]; result: Promise<DecodeResult>}
+  // A local image is read from start to end: ask the kernel for it well ahead of the reads (cold image).
+  const advise = img.ranges instanceof FileRanges ? sequentialAdvice(img.ranges.fd, img.ranges.size) : undefined
 
   /** Look up a batch's entries, read its stored bytes and hand it to a worker. */
   const prepare = async (batch: number): Promise<Prepared> => {
@@ -92,6 +96,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       const hi = Math.max(...stored.map((c) => c.entry.offset + c.entry.storedLength))
       const sum = stored.reduce((s, c) => s + c.entry.storedLength, 0)
       if (hi - lo <= sum + (1 << 20)) {
+        advise?.(lo, hi - lo)
         buf = await img.ranges.read(hi - lo, lo, Buffer.from(spareIn.pop() ?? new ArrayBuffer(inBytes)))
         for (const c of stored) starts.set(c.index, c.entry.offset - lo)
       } else {

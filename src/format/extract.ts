@@ -12,6 +12,7 @@ import {DamageList, type Damage} from './verify'
 import {decodeAll} from './decode'
 import {formatMapfile} from './mapfile'
 import type {VdimgImage} from './reader'
+import {writebackBehind} from '../sys/fadvise'
 
 export type BadFill = 'zero' | 'pattern'
 
@@ -212,6 +213,8 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
       }
     }
     const stdout = toStdout ? stdoutWriter() : undefined
+    // The fsync before the rename then waits for little more than the last few MiB.
+    const writeback = toStdout ? undefined : writebackBehind(fd)
     try {
       await decodeAll(img, {
         threads: opts.threads,
@@ -260,6 +263,7 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
             flush(at)
             await Promise.all(writes)
           }
+          writeback?.(b.offset + b.data.length)
           result.bytes += b.data.length
           opts.onProgress?.(result.bytes, img.size)
         },

@@ -6,6 +6,7 @@ import * as fs from 'node:fs'
 import type {Readable} from 'node:stream'
 import {VdevError, ioError} from '../core/errors'
 import {blockDeviceSectorSize, blockDeviceSize} from '../sys/blockdev'
+import {sequentialAdvice} from '../sys/fadvise'
 
 export interface InputSource {
   readonly name: string
@@ -33,21 +34,6 @@ function readFully(fd: number, buf: Buffer, position: number, name: string): Pro
   })
 }
 
-/**
- * Tell the kernel the input is read once from start to end (Linux: a read-ahead window twice the device's).
- * Only advice: where libc cannot be loaded, reads work the same.
- */
-function adviseSequential(fd: number): void {
-  if (process.platform !== 'linux') return
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const libc = require('../sys/libc') as typeof import('../sys/libc')
-    libc.fadvise(fd, 0, 0, libc.POSIX_FADV_SEQUENTIAL)
-  } catch {
-    /* no advice */
-  }
-}
-
 export function openInput(path: string): InputSource {
   if (path === '-') return streamInput(process.stdin, 'stdin')
   let fd: number
@@ -69,13 +55,16 @@ export function openInput(path: string): InputSource {
     // A FIFO or character device: read it as a stream.
     return streamInput(fs.createReadStream('', {fd, highWaterMark: 1 << 20}), path)
   }
-  adviseSequential(fd)
+  const ahead = sequentialAdvice(fd, size)
   return {
     name: path,
     size,
     seekable: true,
     sectorSize,
-    read: (buf, position) => readFully(fd, buf, position, path),
+    read: (buf, position) => {
+      ahead(position, buf.length)
+      return readFully(fd, buf, position, path)
+    },
     close: async () => fs.closeSync(fd),
   }
 }

@@ -10,6 +10,7 @@ import * as path from 'node:path'
 import * as crypto from 'node:crypto'
 import {VdevError, ioError, type BadRange, type BadStatus} from '../core/errors'
 import {WorkerPool} from '../core/workerpool'
+import {writebackBehind} from '../sys/fadvise'
 import {BadAreaMap} from './badmap'
 import {crc32c} from './crc'
 import {preadExact} from './pread'
@@ -168,6 +169,8 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
   } catch (err) {
     throw ioError(outPath, err, 'cannot create')
   }
+  // The fsync before the rename then waits for little more than the last few MiB.
+  const writeback = writebackBehind(fd)
 
   const pool = new WorkerPool(path.join(__dirname, 'codec-worker.js'), threads)
   const hasher = opts.hash === false ? undefined : crypto.createHash('sha256')
@@ -238,6 +241,7 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     // Advance first: a group completed by this batch writes its index table after the batch's data.
     const base = filePos
     filePos += out.length
+    writeback(filePos)
     let at = 0
     let k = 0
     for (let i = 0; i < b.lengths.length; i++) {

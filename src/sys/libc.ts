@@ -25,6 +25,7 @@ const recvFn = lib.func('long recv(int sockfd, void *buf, size_t len, int flags)
 const readFn = lib.func('long read(int fd, void *buf, size_t count)')
 const flockFn = lib.func('int flock(int fd, int operation)')
 const fadviseFn = lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)')
+const syncFileRangeFn = lib.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)')
 
 export class SysError extends Error {
   constructor(
@@ -136,6 +137,12 @@ export function fadvise(fd: number, offset: number, length: number, advice: numb
 export const POSIX_FADV_SEQUENTIAL = 2 // include/uapi/linux/fadvise.h
 export const POSIX_FADV_WILLNEED = 3
 export const POSIX_FADV_DONTNEED = 4
+
+/** sync_file_range(2); returns 0 or -1 (errno), never throws. */
+export function syncFileRange(fd: number, offset: number, length: number, flags: number): number {
+  return syncFileRangeFn(fd, offset, length, flags) as number
+}
+export const SYNC_FILE_RANGE_WRITE = 2 // include/uapi/linux/fs.h
 
 export function getpid(): number {
   return getpidFn() as number
