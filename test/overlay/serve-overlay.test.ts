@@ -350,7 +350,7 @@ describe('vdev serve --overlay', function () {
   }
 
   it('kill -9 at random points never loses a write acknowledged by a flush', async () => {
-    await killRounds(20)
+    await killRounds(12)
   })
 
   it('kill -9 at random points, compacting while serving all along, loses no acknowledged write and leaves no temporary file', async () => {
