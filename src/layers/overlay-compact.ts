@@ -16,7 +16,7 @@ import * as path from 'node:path'
 import {VdevError, ioError} from '../core/errors'
 import {crc32c} from '../format/crc'
 import {lockExclusive} from '../sys/file-lock'
-import {HEADER_SIZE, MAX_RECORD_DATA, RECORD_HEADER_SIZE, REC_TRIM, REC_WRITE, REC_ZERO, decodeHeader, encodeHeader, encodeRecordHeader, readAt, replay} from './overlay'
+import {HEADER_SIZE, MAX_RECORD_DATA, RECORD_HEADER_SIZE, REC_TRIM, REC_WRITE, REC_ZERO, decodeHeader, encodeHeader, encodeRecordHeader, readAt, replay, syncDirectory} from './overlay'
 
 export interface CompactResult {
   path: string
@@ -86,16 +86,7 @@ export function compactOverlay(file: string, onProgress?: (done: number, total: 
     }
     fs.renameSync(tmp, file)
     tmp = undefined
-    try {
-      const d = fs.openSync(dir, 'r')
-      try {
-        fs.fsyncSync(d)
-      } finally {
-        fs.closeSync(d)
-      }
-    } catch {
-      // Some file systems cannot fsync a directory; the new log itself is durable.
-    }
+    syncDirectory(dir)
     return {path: path.resolve(file), bytesBefore: st.size, bytesAfter: at, recordsBefore: r.records, recordsAfter: seq, discardedBytes: r.discarded}
   } catch (err) {
     if (tmp) fs.rmSync(tmp, {force: true})

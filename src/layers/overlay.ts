@@ -888,8 +888,8 @@ async function writeAllAsync(fd: number, parts: Buffer[], pos: number): Promise<
   }
 }
 
-/** fsync a directory so a rename in it is durable (some file systems cannot: the files themselves are synced). */
-function syncDirectory(dir: string): void {
+/** fsync a directory so a rename or link in it is durable (some file systems cannot: the files themselves are synced). */
+export function syncDirectory(dir: string): void {
   try {
     const d = fs.openSync(dir, 'r')
     try {
@@ -958,16 +958,7 @@ export function createOverlayFile(file: string, h: OverlayHeader): void {
     // link(2) fails if `file` appeared meanwhile: never replace an existing file.
     fs.linkSync(tmp, file)
     fs.rmSync(tmp, {force: true})
-    try {
-      const d = fs.openSync(dir, 'r')
-      try {
-        fs.fsyncSync(d)
-      } finally {
-        fs.closeSync(d)
-      }
-    } catch {
-      // Some file systems cannot fsync a directory; the header itself is durable.
-    }
+    syncDirectory(dir)
   } catch (err) {
     fs.rmSync(tmp, {force: true})
     throw ioError(file, err, 'cannot create the overlay')
