@@ -5,7 +5,7 @@ import {VdevCommand} from '../cli/base'
 import type {BadPolicy} from '../core/blockserver'
 import {VdevError} from '../core/errors'
 import {backendNames} from '../core/backends'
-import {attachInBackground, refuseIfAttached, resolveBackend, resolveImage, takeHeadersFromEnv, type OverlayRequest, type ReadyMessage} from '../lifecycle/attach'
+import {attachInBackground, refuseIfAttached, resolveBackend, resolveImage, takeHeadersFromEnv, takeImageFromEnv, type OverlayRequest, type ReadyMessage} from '../lifecycle/attach'
 import {logOf, reserveId, type DeviceEntry} from '../lifecycle/registry'
 import {serve, type ServeOptions} from '../lifecycle/daemon'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
@@ -86,7 +86,7 @@ The server logs to /run/vdev/logs/ID.log. "vdev list" shows attached devices, "v
     const source = sourceArgs(flags)
     const overlay: OverlayRequest | undefined = flags.scratch ? {scratch: true} : flags.overlay !== undefined ? {file: path.resolve(flags.overlay)} : undefined
     const readAheadKiB = flags['read-ahead']
-    if (flags['server-id']) return this.runServer(args.image, {...source, headers: takeHeadersFromEnv()}, flags.backend, badPolicy, flags['server-id'], overlay, readAheadKiB)
+    if (flags['server-id']) return this.runServer(takeImageFromEnv(args.image), {...source, headers: takeHeadersFromEnv()}, flags.backend, badPolicy, flags['server-id'], overlay, readAheadKiB)
     if (flags.foreground) return this.runForeground(args.image, source, flags.backend, badPolicy, overlay, readAheadKiB)
     const entry = await attachInBackground({image: args.image, source, backend: flags.backend, badPolicy, overlay, timeoutMs: flags.timeout * 1000, readAheadKiB})
     this.say(entry.device)

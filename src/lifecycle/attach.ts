@@ -13,7 +13,7 @@ import type {SourceDescriptor} from '../core/source'
 import {VdevError, ioError, type ErrorCode} from '../core/errors'
 import {loadBackend, probeBackends} from '../core/backends'
 import {describeSource, type SourceArgs} from '../sources'
-import {isRemote} from '../remote/http'
+import {displayUrl, isRemote} from '../remote/http'
 import {cleanupEntry} from './cleanup'
 import {entryState, logOf, readEntries, readEntry, reserveId, runDirOf, type DeviceEntry} from './registry'
 
@@ -112,13 +112,18 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
   const logFile = logOf(id)
   const logFd = fs.openSync(logFile, 'a', 0o600)
   const overlay = req.overlay ? ('scratch' in req.overlay ? ['--scratch'] : ['--overlay', req.overlay.file]) : []
-  const argv = [binRun(), 'attach', image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id, ...sourceFlags(desc), ...overlay]
+  // A remote image's URL with a query string (a presigned URL's signature) or a user name and password
+  // goes through the environment too; the command line shows it without them (takeImageFromEnv).
+  const secretUrl = isRemote(image) && hasUrlSecrets(image)
+  const argv = [binRun(), 'attach', secretUrl ? displayUrl(new URL(image)) : image, '--backend', backend, '--bad-policy', req.badPolicy, '--server-id', id, ...sourceFlags(desc), ...overlay]
   if (req.readAheadKiB !== undefined) argv.push('--read-ahead', String(req.readAheadKiB))
   // A remote image's request headers (a bearer token) go through the environment, not the command line
   // that every user can read in /proc/PID/cmdline.
   const env: NodeJS.ProcessEnv = {...process.env, VDEV_SERVER: '1'}
   delete env[HEADERS_ENV]
+  delete env[IMAGE_ENV]
   if (typeof desc.options?.headers === 'string') env[HEADERS_ENV] = desc.options.headers
+  if (secretUrl) env[IMAGE_ENV] = image
   const child = spawn(process.execPath, argv, {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],
@@ -216,6 +221,36 @@ export function takeHeadersFromEnv(): Record<string, string> | undefined {
   } catch {
     throw new VdevError('usage', `${HEADERS_ENV}: not the JSON object vdev attach writes`)
   }
+}
+
+/** How attach hands its background server a remote image's URL that carries secrets. */
+export const IMAGE_ENV = 'VDEV_REMOTE_IMAGE'
+
+/** Whether a URL carries what must not be on a command line: a query string or a user name/password. */
+function hasUrlSecrets(image: string): boolean {
+  try {
+    const u = new URL(image)
+    return u.search !== '' || u.username !== '' || u.password !== ''
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The background server's side: the image its parent passed through the environment (taken out of it)
+ * when `argv` is that URL as displayUrl shows it, else `argv` itself.
+ */
+export function takeImageFromEnv(argv: string): string {
+  const v = process.env[IMAGE_ENV]
+  delete process.env[IMAGE_ENV]
+  if (!v || !isRemote(v)) return argv
+  let shown: string
+  try {
+    shown = displayUrl(new URL(v))
+  } catch {
+    return argv
+  }
+  return shown === argv ? v : argv
 }
 
 function lastLine(file: string): string {
