@@ -147,6 +147,7 @@ export class LinkedRanges implements ByteRanges {
       if (c) return copyOut(c, into, false)
       const v = this.fromSlice(len, pos)
       if (v) {
+        this.remember(pos + len)
         this.cache?.put(pos, v)
         return copyOut(v, into, true)
       }
