@@ -240,7 +240,8 @@ describe('remote: the HTTP layer against a real nginx', function () {
       await nginx.stop()
       const r = await mid
       assert.match(r.err ?? '', /^io: .*no answer within 2 s/, JSON.stringify(r))
-      assert.ok(r.ms >= 1500 && r.ms < 6000, `${r.ms} ms`)
+      // Retried until the deadline (or until the next random back-off would pass it): within the timeout.
+      assert.ok(r.ms >= 500 && r.ms < 4000, `${r.ms} ms`)
       assert.equal(r.direct, 1)
       await nginx.start()
       for (let i = 0; i < 2; i++) {
