@@ -29,9 +29,13 @@ export const SLICE = 1 << 20
 /** Slices a thread keeps (nbdcopy reads four streams at once). */
 export const MAX_SLICES = 4
 /** Ends of the threads' recent reads remembered (shared): a read near one may be a stream's next. */
-export const RECENT_READS = 32
-/** A read starting this close to a recent read's end goes to the owner, whose read-ahead follows streams (readahead.ts's reach). */
-const NEAR = 256 << 10
+export const RECENT_READS = 16
+/**
+ * A read starting up to AHEAD past a recent read's end (readahead.ts's reach), or up to BEHIND before it
+ * (threads deliver a stream's reads slightly out of order), goes to the owner, whose read-ahead follows streams.
+ */
+const AHEAD = 256 << 10
+const BEHIND = 128 << 10
 
 /** What the owner shares with every thread besides the port. */
 export interface RangesInfo {
@@ -129,7 +133,7 @@ export class LinkedRanges implements ByteRanges {
   /** Whether [pos, …) starts near where a recent read ended (a stream, which the owner's read-ahead serves). */
   private nearRecent(pos: number): boolean {
     const r = this.recent!
-    for (let i = 0; i < r.length; i++) if (Math.abs(pos - r[i]) <= NEAR) return true
+    for (let i = 0; i < r.length; i++) if (pos - r[i] <= AHEAD && r[i] - pos <= BEHIND) return true
     return false
   }
 
@@ -137,7 +141,7 @@ export class LinkedRanges implements ByteRanges {
     const r = this.recent
     if (!r) return
     // Racy by design (a hint): threads overwrite slots without locking; a lost slot costs one hop at most.
-    r[(this.recentAt = (this.recentAt + 1 + ((Math.random() * 4) | 0)) % r.length)] = end
+    r[(this.recentAt = (this.recentAt + 1 + ((Math.random() * 2) | 0)) % r.length)] = end
   }
 
   readSync(len: number, pos: number, into?: Buffer): Buffer {

@@ -327,8 +327,8 @@ describe('remote: the HTTP layer against a real nginx', function () {
         const sameRange = g.filter((x) => x.bytes === 100000).length
         if (curl) assert.ok(sameRange >= 1 && sameRange <= 3, JSON.stringify(g))
         else assert.equal(sameRange, 1, `three threads, one range: ${JSON.stringify(g)}`)
-        // Every GET is counted by the owner, the threads' own included.
-        assert.equal(o.stats.requests, 1 + g.length)
+        // Every GET is counted by the owner, the threads' own included (nginx may log the opening GET late).
+        assert.equal(o.stats.requests - 1, g.filter((x) => x.bytes !== 64 << 10).length, JSON.stringify(g))
       } finally {
         await Promise.all(workers.map((w) => w.terminate()))
         await o.close()
