@@ -34,6 +34,7 @@ const MAX_ATTEMPT_IDLE_MS = 10_000
 
 // curl.h
 const CURLOPT_URL = 10002
+const CURLOPT_PROXY = 10004
 const CURLOPT_RANGE = 10007
 const CURLOPT_HTTPHEADER = 10023
 const CURLOPT_WRITEFUNCTION = 20011
@@ -176,6 +177,8 @@ export class CurlRanges {
     set(CURLOPT_WRITEFUNCTION, 'void *', this.cb)
     set(CURLOPT_URL, 'const char *', target.url)
     set(CURLOPT_PROTOCOLS_STR, 'const char *', 'http,https')
+    // As Node's client: no proxy from http_proxy/HTTPS_PROXY/ALL_PROXY (libcurl would use them).
+    set(CURLOPT_PROXY, 'const char *', '')
     if (target.url.startsWith('https:')) {
       const pem = trustedPem()
       set(CURLOPT_CAINFO, 'const char *', null)
