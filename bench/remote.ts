@@ -12,11 +12,14 @@
  * `vdev serve s3://` (SigV4 on every GET), and the CPU cost of signing one request (bench/sigv4.ts).
  * Targets (issue 13): sequential ≤ 0.5× nbdkit-curl's time (vdev moves compressed bytes); random QD1 at
  * least nbdkit-curl's rate; a warm-cache re-read as fast as a local image.
+ * BENCH_LINK_MBIT=N (root): the whole run in a network namespace of its own whose loopback is capped at N
+ * Mbit/s (a tbf qdisc: `unshare -n`, then `tc`), so moving fewer bytes shows as it would on a real link;
+ * the machine's own loopback is left alone.
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import {spawn, type ChildProcess} from 'node:child_process'
+import {spawn, spawnSync, type ChildProcess} from 'node:child_process'
 import {ensureCorpus, CACHE} from './corpus'
 import {fmt, markImage, MiB, staleImage, table, timed} from './lib'
 import {freshSocket, randomReadRate as randomRate, startVdev, stop, waitForSocket, type Server} from './nbd-servers'
@@ -62,7 +65,19 @@ interface Row {
   qd32Bytes: number
 }
 
+/** Run this benchmark again inside a new network namespace whose loopback is capped (BENCH_LINK_MBIT). */
+function capped(mbit: number): never {
+  const setup = `ip link set lo up && tc qdisc add dev lo root tbf rate ${mbit}mbit burst ${Math.max(64, Math.round(mbit / 8))}kb latency 50ms`
+  const r = spawnSync('unshare', ['-n', 'sh', '-c', `${setup} && exec "$0" "$@"`, process.execPath, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: {...process.env, BENCH_LINK_INSIDE: String(mbit)},
+  })
+  process.exit(r.status ?? 1)
+}
+
 async function main(): Promise<void> {
+  const mbit = Number(process.env.BENCH_LINK_MBIT ?? 0)
+  if (mbit > 0 && !process.env.BENCH_LINK_INSIDE) capped(mbit)
   const {raw} = await ensureCorpus()
   const size = fs.statSync(raw).size
   fs.mkdirSync(OUT, {recursive: true})
@@ -151,6 +166,7 @@ async function main(): Promise<void> {
     // The gateway logs no bytes sent: the s3:// row fetches the same ranges of the same object as the URL row.
     const sentMb = (b: number) => (isNaN(b) ? '(RGW: n/a)' : mb(b))
     console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 (VDIMG ${mb(fs.statSync(vdimg).size)} MiB, qcow2 ${mb(fs.statSync(qcow2).size)} MiB); ${os.availableParallelism()} cores; nginx on 127.0.0.1 (files from the page cache); NBD on Unix sockets; a fresh server per measurement (cold)`)
+    if (process.env.BENCH_LINK_INSIDE) console.log(`link: loopback of a private network namespace capped at ${process.env.BENCH_LINK_INSIDE} Mbit/s (tbf)`)
     console.log(`sequential: nbdcopy --no-extents to null:; random: 4 KiB reads via python3-libnbd, ${nQd1} at QD1, ${nQd32} at QD32; MiB: what nginx sent\n`)
     console.log(
       table(

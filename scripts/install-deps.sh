@@ -15,6 +15,7 @@ PACKAGES=(
   open-iscsi         # iscsistart: the kernel initiator's login in the VM
   ewf-tools xmount fio   # benchmark peers
   nginx-light        # remote images: the HTTP(S) server test/remote starts and stops itself
+  libcurl4           # remote images: serving threads GET random reads themselves through libcurl (src/remote/curl.ts)
   ceph-mon ceph-osd radosgw   # remote images: the S3 server (RADOS Gateway on a one-node cluster, no mgr needed) test/remote/rgw.ts starts and stops itself
   tgt                # bench:iscsi: Linux's userspace iSCSI target (tgtd, tgtadm)
   par2               # recovery data: par2cmdline, the peer repair and bench:recovery compare with

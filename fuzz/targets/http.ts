@@ -13,9 +13,16 @@
  * The contract: every read resolves with exactly the object's bytes for that range, or rejects with a
  * VdevError ('io', 'format' or 'unsupported') whose message is one line naming the URL; once a read saw a
  * changed object, no later read in turn succeeds; nothing takes longer than the timeout allows (no hang).
+ *
+ * For http:// cases with libcurl, the same reads are made again the way a serving thread GETs a random read
+ * itself (src/remote/curl.ts, pinned to what the open found), in a worker thread (a synchronous GET on this
+ * thread would block the server), under the same contract.
  */
 import * as net from 'node:net'
-import {VdevError} from '../../src/core/errors'
+import * as path from 'node:path'
+import {Worker} from 'node:worker_threads'
+import {curlAvailable} from '../../src/remote/curl'
+import {VdevError, type ErrorCode} from '../../src/core/errors'
 import {HttpObject} from '../../src/remote/http'
 import type {Rng} from '../rng'
 import {normalize, type CaseContext, type CaseResult, type Target} from '../harness'
@@ -174,6 +181,27 @@ class Hostile {
   }
 }
 
+/** A worker that reads ranges with CurlRanges, synchronously, as a serving thread does. */
+const CURL_WORKER = `
+const {parentPort} = require('node:worker_threads')
+const {CurlRanges} = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'remote', 'curl.js'))})
+parentPort.on('message', (m) => {
+  const changed = new Int32Array(new SharedArrayBuffer(4))
+  const c = CurlRanges.open(m.target, {name: m.name, size: m.size, timeoutMs: m.timeoutMs, changed, onBytes() {}})
+  const out = []
+  for (const r of m.reads) {
+    try {
+      out.push({bytes: c.read(r.len, r.pos)})
+    } catch (e) {
+      out.push({error: {name: e && e.name, code: e && e.code, message: String(e && e.message)}})
+    }
+  }
+  c.close()
+  parentPort.postMessage(out)
+})`
+
+type CurlOutcome = {bytes?: Uint8Array; error?: {name: string; code: string; message: string}}
+
 export const httpTarget: Target = {
   name: 'http',
   caseTimeoutMs: 15_000,
@@ -184,6 +212,21 @@ export const httpTarget: Target = {
     const saved = {...process.env}
     Object.assign(process.env, {AWS_ENDPOINT_URL: `http://127.0.0.1:${port}`, AWS_ACCESS_KEY_ID: 'FUZZKEY', AWS_SECRET_ACCESS_KEY: 'fuzz', AWS_REGION: 'us-east-1'})
     for (const k of ['AWS_PROFILE', 'AWS_ENDPOINT_URL_S3', 'AWS_SESSION_TOKEN']) delete process.env[k]
+    const curlWorker = curlAvailable() ? new Worker(CURL_WORKER, {eval: true}) : undefined
+    const curlReads = (m: unknown): Promise<CurlOutcome[]> =>
+      new Promise((resolve, reject) => {
+        const fail = (err: Error): void => {
+          curlWorker!.off('message', done)
+          reject(err)
+        }
+        const done = (got: CurlOutcome[]): void => {
+          curlWorker!.off('error', fail)
+          resolve(got)
+        }
+        curlWorker!.once('message', done)
+        curlWorker!.once('error', fail)
+        curlWorker!.postMessage(m)
+      })
     return {
       progress: () => srv.log.slice(-3).join(', '),
       async runCase(ctx: CaseContext): Promise<CaseResult> {
@@ -248,6 +291,29 @@ export const httpTarget: Target = {
           // Concurrent reads may finish after another saw the change (their GETs passed If-Match before it).
           if (rng.chance(0.5)) await Promise.all(reads.map((r) => go(r, false)))
           else for (const r of reads) await go(r, true)
+          // The same reads as a serving thread's own GETs (curl.ts), pinned to what the open found.
+          if (curlWorker && url.startsWith('http:') && !changed && rng.chance(0.4)) {
+            const pin = obj.reopen
+            const tag = typeof pin.etag === 'string' ? pin.etag : undefined
+            const target = {url, headers: {}, ...(tag && !tag.startsWith('W/') ? {etag: tag} : {weakEtag: tag}), lastModified: typeof pin.lastModified === 'string' ? pin.lastModified : undefined}
+            // The script again from its first answer: the thread's GETs meet the same lies.
+            srv.next = 0
+            srv.log.push('(curl reads)')
+            const got = await curlReads({target, name: url, size: obj.size, timeoutMs: TIMEOUT_MS, reads: reads.filter((r) => r.pos + r.len <= obj!.size)})
+            let curlChanged = false
+            got.forEach((g, i) => {
+              const r = reads.filter((x) => x.pos + x.len <= obj!.size)[i]
+              if (g.bytes) {
+                if (!Buffer.from(g.bytes).equals(object.subarray(r.pos, r.pos + r.len))) failures.push(`curl read ${r.len} at ${r.pos}: wrong bytes`)
+                if (curlChanged) failures.push(`curl read ${r.len} at ${r.pos} succeeded after the object was seen changed`)
+                outcomes.push('curl:read')
+              } else {
+                const e = g.error!
+                if (/the object changed/.test(e.message)) curlChanged = true
+                check(`curl read ${r.len} at ${r.pos}`, e.name === 'VdevError' ? new VdevError(e.code as ErrorCode, e.message) : Object.assign(new Error(e.message), {name: e.name}))
+              }
+            })
+          }
         }
         await obj?.close()
         const ms = Date.now() - t0
@@ -264,6 +330,7 @@ export const httpTarget: Target = {
         for (const k of ['AWS_ENDPOINT_URL', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_REGION', 'AWS_PROFILE', 'AWS_ENDPOINT_URL_S3', 'AWS_SESSION_TOKEN'])
           if (saved[k] === undefined) delete process.env[k]
           else process.env[k] = saved[k]
+        await curlWorker?.terminate()
         await srv.close()
       },
     }

@@ -24,7 +24,8 @@ import {VdevError, type ErrorCode} from '../core/errors'
 import type {FetchStats} from '../core/source'
 import type {ByteRanges} from '../format/ranges'
 import {parseContentRange, parseEntityTag} from './content-range'
-import {offerLink, type RangesLink} from './link'
+import {offerLink, RECENT_READS, type RangesLink} from './link'
+import type {DirectTarget} from './curl'
 import {ReadAhead} from './readahead'
 import {isS3, openS3Target, type S3Target} from './s3'
 import {DEFAULT_CACHE_BYTES, RangeCache} from './cache'
@@ -88,6 +89,10 @@ export class HttpObject implements ByteRanges {
   private changed: string | undefined
   /** [0] = 1 once it has: serving threads check it before answering from their slices or the cache (link.ts). */
   private readonly changedFlag = new Int32Array(new SharedArrayBuffer(4))
+  /** GETs, bytes and retries the serving threads made themselves (link.ts, curl.ts). */
+  private readonly threadCounters = new BigInt64Array(new SharedArrayBuffer(3 * 8))
+  /** Where the serving threads' recent reads ended (link.ts: a read near one goes through read-ahead). */
+  private readonly recentReads = new Float64Array(new SharedArrayBuffer(RECENT_READS * 8)).fill(-Infinity)
   private readonly inflight = new Map<string, Promise<Buffer>>()
   private probe: {pos: number; data: Buffer} | undefined
   private readonly ahead: ReadAhead | undefined
@@ -119,10 +124,12 @@ export class HttpObject implements ByteRanges {
     if (opts.readAhead ?? true) this.ahead = new ReadAhead((len, pos, shared) => this.fetch(len, pos, shared), () => this.size)
   }
 
-  /** GETs, bytes and retries so far; with a cache, its hits and misses. */
+  /** GETs, bytes and retries so far (serving threads' own GETs included); with a cache, its hits and misses. */
   get stats(): FetchStats {
     const c = this.cache?.stats
-    return {...this.fetched, ...(c ? {cacheHits: c.hits, cacheMisses: c.misses} : {})}
+    const d = this.threadCounters
+    const fetched = {requests: this.fetched.requests + Number(d[0]), bytes: this.fetched.bytes + Number(d[1]), retries: this.fetched.retries + Number(d[2])}
+    return {...fetched, ...(c ? {cacheHits: c.hits, cacheMisses: c.misses} : {})}
   }
 
   /** What a serving thread needs to read this same object (src/sources, link.ts). */
@@ -190,7 +197,24 @@ export class HttpObject implements ByteRanges {
 
   /** A serving thread's link: its reads are fetched here (link.ts); it reads and fills the cache itself. */
   offerLink(): {value: RangesLink; transfer: TransferListItem[]} {
-    return offerLink({name: this.name, size: this.size, timeoutMs: this.timeoutMs, changed: this.changedFlag.buffer as SharedArrayBuffer, cache: this.cache?.sharing}, (len, pos, max) => this.readForLink(len, pos, max))
+    // http(s): the threads GET random reads themselves (curl.ts) with the same URL, headers and pin; s3://
+    // keeps every GET here (threads never hold the AWS keys).
+    const direct: DirectTarget | undefined = this.s3
+      ? undefined
+      : {url: urlWithoutUser(this.url), headers: this.headers, etag: this.etag, weakEtag: this.weakEtag, lastModified: this.lastModified}
+    return offerLink(
+      {
+        name: this.name,
+        size: this.size,
+        timeoutMs: this.timeoutMs,
+        changed: this.changedFlag.buffer as SharedArrayBuffer,
+        cache: this.cache?.sharing,
+        direct,
+        counters: this.threadCounters.buffer as SharedArrayBuffer,
+        recent: this.recentReads.buffer as SharedArrayBuffer,
+      },
+      (len, pos, max) => this.readForLink(len, pos, max),
+    )
   }
 
   /**
@@ -395,6 +419,13 @@ export class HttpObject implements ByteRanges {
     this.s3?.close()
     this.agent.destroy()
   }
+}
+
+function urlWithoutUser(u: URL): string {
+  const c = new URL(u.href)
+  c.username = ''
+  c.password = ''
+  return c.href
 }
 
 function header(v: string | string[] | undefined): string | undefined {

@@ -22,11 +22,20 @@ import {EXIT_CODES, VdevError, type ErrorCode} from '../core/errors'
 import type {ByteRanges} from '../format/ranges'
 import {SyncCaller, offerSyncLink, type SyncLink} from '../threads/sync-call'
 import {RangeCache, type SharedCache} from './cache'
+import {CurlRanges, type DirectTarget} from './curl'
 
 /** Most bytes the owner sends a thread beyond its read, from a read-ahead window. */
 export const SLICE = 1 << 20
 /** Slices a thread keeps (nbdcopy reads four streams at once). */
 export const MAX_SLICES = 4
+/** Ends of the threads' recent reads remembered (shared): a read near one may be a stream's next. */
+export const RECENT_READS = 16
+/**
+ * A read starting up to AHEAD past a recent read's end (readahead.ts's reach), or up to BEHIND before it
+ * (threads deliver a stream's reads slightly out of order), goes to the owner, whose read-ahead follows streams.
+ */
+const AHEAD = 256 << 10
+const BEHIND = 128 << 10
 
 /** What the owner shares with every thread besides the port. */
 export interface RangesInfo {
@@ -38,6 +47,12 @@ export interface RangesInfo {
   changed: SharedArrayBuffer
   /** The owner's cache, if it has one. */
   cache?: SharedCache
+  /** http(s): how a thread GETs a read itself (curl.ts) instead of asking the owner. */
+  direct?: DirectTarget
+  /** BigInt64 [requests, bytes, retries] of the threads' own GETs, added to the owner's stats. */
+  counters?: SharedArrayBuffer
+  /** Float64 [RECENT_READS]: where the threads' recent reads ended. */
+  recent?: SharedArrayBuffer
 }
 
 /** What travels to a serving thread (structured-cloned; the port inside `link` is transferred). */
@@ -79,6 +94,12 @@ export class LinkedRanges implements ByteRanges {
   private slices: Array<{pos: number; data: Buffer}> = []
   /** Reads that went to the owner (for tests). */
   calls = 0
+  /** Reads this thread fetched itself (for tests). */
+  directCalls = 0
+  private readonly direct: CurlRanges | undefined
+  private readonly recent: Float64Array | undefined
+  private readonly counters: BigInt64Array | undefined
+  private recentAt = 0
   private closed = false
 
   constructor(
@@ -90,6 +111,37 @@ export class LinkedRanges implements ByteRanges {
     this.owner = new SyncCaller(link.link)
     this.changed = new Int32Array(link.changed)
     this.cache = link.cache ? RangeCache.attach(link.cache) : undefined
+    this.recent = link.recent ? new Float64Array(link.recent) : undefined
+    this.counters = link.counters ? new BigInt64Array(link.counters) : undefined
+    if (link.direct && this.recent) {
+      const counters = this.counters
+      this.direct = CurlRanges.open(link.direct, {
+        name: link.name,
+        size: link.size,
+        timeoutMs: link.timeoutMs,
+        changed: this.changed,
+        onBytes: (requests, bytes, retries) => {
+          if (!counters) return
+          Atomics.add(counters, 0, BigInt(requests))
+          Atomics.add(counters, 1, BigInt(bytes))
+          if (retries) Atomics.add(counters, 2, BigInt(retries))
+        },
+      })
+    }
+  }
+
+  /** Whether [pos, …) starts near where a recent read ended (a stream, which the owner's read-ahead serves). */
+  private nearRecent(pos: number): boolean {
+    const r = this.recent!
+    for (let i = 0; i < r.length; i++) if (pos - r[i] <= AHEAD && r[i] - pos <= BEHIND) return true
+    return false
+  }
+
+  private remember(end: number): void {
+    const r = this.recent
+    if (!r) return
+    // Racy by design (a hint): threads overwrite slots without locking; a lost slot costs one hop at most.
+    r[(this.recentAt = (this.recentAt + 1 + ((Math.random() * 2) | 0)) % r.length)] = end
   }
 
   readSync(len: number, pos: number, into?: Buffer): Buffer {
@@ -99,9 +151,19 @@ export class LinkedRanges implements ByteRanges {
       if (c) return copyOut(c, into, false)
       const v = this.fromSlice(len, pos)
       if (v) {
+        this.remember(pos + len)
         this.cache?.put(pos, v)
         return copyOut(v, into, true)
       }
+      if (this.direct && pos + len <= this.size && !this.nearRecent(pos)) {
+        // A seek: GET exactly these bytes here, no hop (a stream's next reads go to the owner's read-ahead).
+        this.remember(pos + len)
+        this.directCalls++
+        const d = this.direct.read(len, pos)
+        this.cache?.put(pos, d)
+        return copyOut(d, into, false)
+      }
+      this.remember(pos + len)
     } else if (this.slices.length) this.slices = []
     this.calls++
     const a = this.call(len, pos)
@@ -152,6 +214,7 @@ export class LinkedRanges implements ByteRanges {
     if (this.closed) return
     this.closed = true
     this.slices = []
+    this.direct?.close()
     this.owner.close()
   }
 }

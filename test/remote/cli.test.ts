@@ -232,12 +232,13 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
     assert.deepEqual(fs.readdirSync(out), [])
   })
 
-  it('vdev serve URL (NBD, two serving threads reading through the link): nbdcopy gets the exact bytes', async function () {
+  it('vdev serve https://… --header (NBD, two serving threads: their own GETs through libcurl, streams through the link): nbdcopy gets the exact bytes', async function () {
     if (!have('nbdcopy')) this.skip()
     const sock = sb.p('serve.sock')
-    const child = spawn(process.execPath, [BIN, 'serve', url, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', 'none', '--threads', '2'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
+    // https with the throwaway CA and a private path: the threads' libcurl trusts what Node trusts and sends --header.
+    const priv = `${nginx.tlsUrl}/private/disk.vdimg`
+    const args = [BIN, 'serve', priv, '--header', `Authorization: Bearer ${nginx.token}`, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', 'none', '--threads', '2']
+    const child = spawn(process.execPath, args, {stdio: ['ignore', 'pipe', 'pipe'], env: {...process.env, NODE_EXTRA_CA_CERTS: nginx.tls.ca}})
     sb.trackPid(child.pid)
     let err = ''
     child.stderr.on('data', (d) => (err += d))

@@ -1,0 +1,350 @@
+/**
+ * Synchronous range GETs on a serving thread, through libcurl (koffi FFI), as nbdkit's curl plugin does:
+ * the thread blocks in curl_easy_perform on its own keep-alive connection, so a random read costs one GET
+ * and no hop to the thread that opened the image (link.ts). Only for http(s) URLs: s3:// keeps the hop
+ * (threads never hold the AWS keys). When libcurl (libcurl.so.4: Debian's libcurl4; macOS's system
+ * libcurl.4.dylib; Windows has none) or one of its entry points is missing, `CurlRanges.open` returns
+ * undefined and every read goes through the link as before. VDEV_REMOTE_CURL=0 turns it off.
+ *
+ * It keeps what http.ts promises (docs/remote.md): If-Match with the pinned ETag (or If-Unmodified-Since),
+ * each answer's ETag and size compared with the pin (a change → EIO from then on, the shared flag set), a
+ * per-read deadline with jittered exponential back-off between retries, the same one-line errors, no
+ * redirects followed, HTTPS trusting exactly Node's CA store plus NODE_EXTRA_CA_CERTS (handed to curl as
+ * PEM, the system's directory unset).
+ */
+import * as fs from 'node:fs'
+import * as tls from 'node:tls'
+import type * as Koffi from 'koffi' with {'resolution-mode': 'import'}
+import {VdevError, type ErrorCode} from '../core/errors'
+import {parseContentRange, parseEntityTag} from './content-range'
+
+/** What a thread needs to GET the object itself: the owner's URL, headers and pin. */
+export interface DirectTarget {
+  /** The URL without user name and password (those are in `headers` as Basic authentication). */
+  url: string
+  headers: Record<string, string>
+  /** Strong ETag (sent as If-Match), or weak ETag / Last-Modified (compared, If-Unmodified-Since). */
+  etag?: string
+  weakEtag?: string
+  lastModified?: string
+}
+
+/** Idle time allowed to one GET before it is abandoned and retried (as http.ts). */
+const MAX_ATTEMPT_IDLE_MS = 10_000
+
+// curl.h
+const CURLOPT_URL = 10002
+const CURLOPT_PROXY = 10004
+const CURLOPT_RANGE = 10007
+const CURLOPT_HTTPHEADER = 10023
+const CURLOPT_WRITEFUNCTION = 20011
+const CURLOPT_NOSIGNAL = 99
+const CURLOPT_LOW_SPEED_LIMIT = 19
+const CURLOPT_LOW_SPEED_TIME = 20
+const CURLOPT_TIMEOUT_MS = 155
+const CURLOPT_CONNECTTIMEOUT_MS = 156
+const CURLOPT_HTTP_VERSION = 84
+const CURL_HTTP_VERSION_1_1 = 2
+const CURLOPT_BUFFERSIZE = 98
+const CURLOPT_CAINFO = 10065
+const CURLOPT_CAPATH = 10097
+const CURLOPT_CAINFO_BLOB = 40309
+const CURL_BLOB_COPY = 1
+const CURLOPT_PROTOCOLS_STR = 10318
+const CURLINFO_RESPONSE_CODE = 0x200000 + 2
+const CURLH_HEADER = 1
+const CURLE_WRITE_ERROR = 23
+/** curl errors that trying again cannot mend: TLS set-up and verification. */
+const CURLE_TLS = new Set([35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98])
+
+interface Curl {
+  koffi: typeof Koffi
+  init: () => unknown
+  setopt: (h: unknown, opt: number, ...typed: unknown[]) => number
+  perform: (h: unknown) => number
+  cleanup: (h: unknown) => void
+  getinfoLong: (h: unknown, info: number, out: number[]) => number
+  header: (h: unknown, name: string, index: number, origin: number, request: number, out: unknown[]) => number
+  slistAppend: (l: unknown, s: string) => unknown
+  slistFree: (l: unknown) => void
+  strerror: (code: number) => string
+  writeProto: Koffi.TypeObject
+}
+
+let loaded: Curl | null | undefined
+
+/** libcurl through koffi, once per thread; null when it cannot be loaded here. */
+function curl(): Curl | null {
+  if (loaded !== undefined) return loaded
+  loaded = null
+  if (process.env.VDEV_REMOTE_CURL === '0') return null
+  const names = process.platform === 'darwin' ? ['libcurl.4.dylib'] : process.platform === 'win32' ? [] : ['libcurl.so.4']
+  for (const name of names) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const koffi: typeof Koffi = require('koffi')
+      const lib = koffi.load(name)
+      koffi.struct('vdev_curl_header', {name: 'const char *', value: 'const char *', amount: 'size_t', index: 'size_t', origin: 'unsigned int', anchor: 'void *'})
+      koffi.struct('vdev_curl_blob', {data: 'void *', len: 'size_t', flags: 'unsigned int'})
+      const globalInit = lib.func('int curl_global_init(long flags)')
+      if (globalInit(3) !== 0) return null
+      const getinfo = lib.func('int curl_easy_getinfo(void *curl, int info, _Out_ long *out)')
+      loaded = {
+        koffi,
+        init: lib.func('void *curl_easy_init()'),
+        setopt: lib.func('int curl_easy_setopt(void *curl, int option, ...)'),
+        perform: lib.func('int curl_easy_perform(void *curl)'),
+        cleanup: lib.func('void curl_easy_cleanup(void *curl)'),
+        getinfoLong: (h, info, out) => getinfo(h, info, out),
+        header: lib.func('int curl_easy_header(void *curl, const char *name, size_t index, unsigned int origin, int request, _Out_ void **hout)'),
+        slistAppend: lib.func('void *curl_slist_append(void *list, const char *s)'),
+        slistFree: lib.func('void curl_slist_free_all(void *list)'),
+        strerror: lib.func('const char *curl_easy_strerror(int code)'),
+        writeProto: koffi.proto('size_t vdev_curl_write(void *ptr, size_t size, size_t nmemb, void *userdata)'),
+      }
+      return loaded
+    } catch {
+      loaded = null
+    }
+  }
+  return loaded
+}
+
+/** Whether this thread can use libcurl (VDEV_REMOTE_CURL=0 says no). */
+export function curlAvailable(): boolean {
+  return curl() !== null
+}
+
+/** PEM of the CAs Node trusts: its bundled store plus NODE_EXTRA_CA_CERTS. */
+function trustedPem(): Buffer {
+  let pem = tls.rootCertificates.join('\n') + '\n'
+  const extra = process.env.NODE_EXTRA_CA_CERTS
+  if (extra) {
+    try {
+      pem += fs.readFileSync(extra, 'utf8') + '\n'
+    } catch {
+      // Node warns about an unreadable file at start-up and goes on without it; so does this.
+    }
+  }
+  return Buffer.from(pem)
+}
+
+/** A failed GET: whether trying again may help. */
+class Attempt extends Error {
+  constructor(
+    message: string,
+    readonly retry: boolean,
+    readonly code: ErrorCode = 'io',
+    readonly changed = false,
+  ) {
+    super(message)
+  }
+}
+
+/** One serving thread's connection to the object. */
+export class CurlRanges {
+  private handle: unknown
+  private headerList: unknown
+  private readonly cb: bigint
+  private readonly sleeper = new Int32Array(new SharedArrayBuffer(4))
+  /** The transfer being received: where its bytes go. */
+  private data: Buffer = Buffer.alloc(0)
+  private at = 0
+  private status = 0
+  private refused = ''
+  private retries = 0
+
+  private constructor(
+    private readonly c: Curl,
+    private readonly target: DirectTarget,
+    private readonly name: string,
+    private readonly size: number,
+    private readonly timeoutMs: number,
+    private readonly changed: Int32Array,
+    private readonly onBytes: (requests: number, bytes: number, retries: number) => void,
+  ) {
+    this.cb = c.koffi.register((ptr: unknown, size: number, nmemb: number) => this.received(ptr, size * nmemb), c.koffi.pointer(c.writeProto))
+    this.handle = c.init()
+    if (!this.handle) throw new Error('curl_easy_init failed')
+    const h = this.handle
+    const set = (opt: number, type: string, v: unknown): void => {
+      const rc = c.setopt(h, opt, type, v)
+      if (rc !== 0) throw new Error(`curl_easy_setopt(${opt}): ${c.strerror(rc)}`)
+    }
+    set(CURLOPT_NOSIGNAL, 'long', 1)
+    set(CURLOPT_HTTP_VERSION, 'long', CURL_HTTP_VERSION_1_1)
+    set(CURLOPT_BUFFERSIZE, 'long', 256 << 10)
+    set(CURLOPT_WRITEFUNCTION, 'void *', this.cb)
+    set(CURLOPT_URL, 'const char *', target.url)
+    set(CURLOPT_PROTOCOLS_STR, 'const char *', 'http,https')
+    // As Node's client: no proxy from http_proxy/HTTPS_PROXY/ALL_PROXY (libcurl would use them).
+    set(CURLOPT_PROXY, 'const char *', '')
+    if (target.url.startsWith('https:')) {
+      const pem = trustedPem()
+      set(CURLOPT_CAINFO, 'const char *', null)
+      set(CURLOPT_CAPATH, 'const char *', null)
+      set(CURLOPT_CAINFO_BLOB, 'vdev_curl_blob *', {data: pem, len: pem.length, flags: CURL_BLOB_COPY})
+    }
+    let list: unknown = null
+    const hdrs: Record<string, string> = {...target.headers, 'accept-encoding': 'identity'}
+    if (target.etag) hdrs['if-match'] = target.etag
+    else if (target.lastModified) hdrs['if-unmodified-since'] = target.lastModified
+    for (const [k, v] of Object.entries(hdrs)) {
+      list = c.slistAppend(list, `${k}: ${v}`)
+      if (!list) throw new Error('curl_slist_append failed')
+    }
+    this.headerList = list
+    if (list) set(CURLOPT_HTTPHEADER, 'void *', list)
+  }
+
+  /**
+   * A thread's direct client, or undefined where libcurl cannot be used (then reads go through the link).
+   * `onBytes` adds to the owner's counters.
+   */
+  static open(
+    target: DirectTarget,
+    o: {name: string; size: number; timeoutMs: number; changed: Int32Array; onBytes: (requests: number, bytes: number, retries: number) => void},
+  ): CurlRanges | undefined {
+    const c = curl()
+    if (!c) return undefined
+    try {
+      return new CurlRanges(c, target, o.name, o.size, o.timeoutMs, o.changed, o.onBytes)
+    } catch {
+      return undefined
+    }
+  }
+
+  /** libcurl's write callback: the body of the answer, piece by piece. Returning less than `n` aborts. */
+  private received(ptr: unknown, n: number): number {
+    if (this.status === 0) {
+      const out = [0]
+      this.c.getinfoLong(this.handle, CURLINFO_RESPONSE_CODE, out)
+      this.status = out[0]
+    }
+    // Only a 206's body is wanted (the rest is a message vdev does not show): stop the transfer.
+    if (this.status !== 206) return 0
+    if (this.at + n > this.data.length) {
+      this.refused = `more bytes than the ${this.data.length} asked for`
+      return 0
+    }
+    if (n > 0) Buffer.from(this.c.koffi.view(ptr, n)).copy(this.data, this.at)
+    this.at += n
+    return n
+  }
+
+  private header(name: string): string | undefined {
+    const out: unknown[] = [null]
+    if (this.c.header(this.handle, name, 0, CURLH_HEADER, -1, out) !== 0 || !out[0]) return undefined
+    return (this.c.koffi.decode(out[0], 'vdev_curl_header') as {value: string}).value
+  }
+
+  /** [pos, pos+len) of the object, retried until the read's deadline. */
+  read(len: number, pos: number): Buffer {
+    const deadline = Date.now() + this.timeoutMs
+    const first = pos
+    const last = pos + len - 1
+    for (let n = 0; ; n++) {
+      if (Atomics.load(this.changed, 0) !== 0) throw new VdevError('io', `${this.name}: the object changed since it was opened; reads fail rather than mix two versions`)
+      const left = deadline - Date.now()
+      try {
+        return this.get(first, last, Math.max(1, left))
+      } catch (err) {
+        if (!(err instanceof Attempt)) throw err
+        if (err.changed) Atomics.store(this.changed, 0, 1)
+        if (!err.retry) throw new VdevError(err.code, err.message)
+        const wait = Math.random() * Math.min(2000, 100 * 2 ** n)
+        if (Date.now() + wait >= deadline) throw new VdevError('io', `${this.name}: bytes ${first}-${last}: no answer within ${this.timeoutMs / 1000} s (${err.message})`)
+        this.retries++
+        Atomics.wait(this.sleeper, 0, 0, wait)
+      }
+    }
+  }
+
+  private get(first: number, last: number, leftMs: number): Buffer {
+    const c = this.c
+    const h = this.handle
+    const len = last - first + 1
+    c.setopt(h, CURLOPT_RANGE, 'const char *', `${first}-${last}`)
+    c.setopt(h, CURLOPT_TIMEOUT_MS, 'long', Math.ceil(leftMs))
+    c.setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 'long', Math.ceil(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS)))
+    // An idle GET (no byte for this long) is abandoned: curl counts in whole seconds.
+    c.setopt(h, CURLOPT_LOW_SPEED_LIMIT, 'long', 1)
+    c.setopt(h, CURLOPT_LOW_SPEED_TIME, 'long', Math.max(1, Math.ceil(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS) / 1000)))
+    this.data = Buffer.allocUnsafeSlow(len)
+    this.at = 0
+    this.status = 0
+    this.refused = ''
+    const rc = c.perform(h)
+    const retries = this.retries
+    this.retries = 0
+    this.onBytes(1, this.status === 206 ? this.at : 0, retries)
+    if (rc !== 0 && !(rc === CURLE_WRITE_ERROR && !this.refused)) {
+      if (this.refused) throw new Attempt(`${this.name}: ${this.refused}`, true)
+      if (CURLE_TLS.has(rc)) throw new Attempt(`${this.name}: TLS: ${c.strerror(rc)}`, false)
+      if (rc === 28) throw new Attempt(`no data for ${(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS) / 1000).toFixed(1)} s`, true)
+      throw new Attempt(`${c.strerror(rc)} (curl ${rc})`, true)
+    }
+    if (this.status === 0) {
+      const out = [0]
+      c.getinfoLong(h, CURLINFO_RESPONSE_CODE, out)
+      this.status = out[0]
+    }
+    const status = this.status
+    const t = this.target
+    const pinned = t.etag ?? t.weakEtag
+    if (status === 412) throw this.changedAttempt('HTTP 412: its ETag no longer matches')
+    if (status === 404 || status === 410) throw new Attempt(`${this.name}: not found (HTTP ${status})`, false)
+    if (status === 401 || status === 403)
+      throw new Attempt(`${this.name}: access denied (HTTP ${status})${status === 401 ? ': the server wants credentials (--header)' : ''}`, false)
+    if (status === 408 || status === 429 || status >= 500) throw new Attempt(`HTTP ${status}`, true)
+    const tag = parseEntityTag(this.header('etag'))
+    const modified = this.header('last-modified')
+    if (pinned !== undefined && tag && tag.value !== pinned) throw this.changedAttempt(`ETag ${pinned} → ${tag.value}`)
+    if (pinned === undefined && t.lastModified && modified && modified !== t.lastModified) throw this.changedAttempt(`Last-Modified ${t.lastModified} → ${modified}`)
+    if (status === 416) {
+      if (pinned !== undefined || t.lastModified) throw this.changedAttempt('HTTP 416: it is shorter')
+      throw new Attempt(`${this.name}: HTTP 416 for bytes ${first}-${last}`, false)
+    }
+    if (status === 200)
+      throw new Attempt(`${this.name}: the server ignores Range requests (HTTP 200 for bytes ${first}-${last}); vdev reads images only from servers that serve ranges`, false, 'unsupported')
+    if (status >= 300 && status < 400) {
+      const loc = this.header('location')
+      throw new Attempt(`${this.name}: HTTP ${status} redirect${loc ? ' to ' + displayLocation(loc, t.url) : ''} (not followed: name the final URL)`, false)
+    }
+    if (status !== 206) throw new Attempt(`${this.name}: HTTP ${status}`, false)
+    const raw = this.header('content-range')
+    const cr = parseContentRange(raw)
+    if (!cr || cr.first === undefined || cr.last === undefined || cr.complete === undefined)
+      throw new Attempt(`${this.name}: HTTP 206 without a usable Content-Range (${JSON.stringify(raw ?? null).slice(0, 80)})`, true)
+    if (cr.complete !== this.size) throw this.changedAttempt(`its size went from ${this.size} to ${cr.complete} bytes`)
+    if (cr.first !== first || cr.last !== last) throw new Attempt(`${this.name}: asked for bytes ${first}-${last}, the server sent ${cr.first}-${cr.last}`, true)
+    const declared = this.header('content-length')
+    if (declared !== undefined && declared !== String(len)) throw new Attempt(`${this.name}: Content-Length ${declared} for ${len} bytes`, true)
+    if (this.at !== len) throw new Attempt(`${this.name}: the answer ended after ${this.at} of ${len} bytes`, true)
+    const data = this.data
+    this.data = Buffer.alloc(0)
+    return data
+  }
+
+  private changedAttempt(why: string): Attempt {
+    return new Attempt(`${this.name}: the object changed since it was opened (${why}); reads fail rather than mix two versions`, false, 'io', true)
+  }
+
+  close(): void {
+    if (!this.handle) return
+    this.c.cleanup(this.handle)
+    this.handle = undefined
+    if (this.headerList) this.c.slistFree(this.headerList)
+    this.headerList = undefined
+    this.c.koffi.unregister(this.cb)
+  }
+}
+
+function displayLocation(loc: string, base: string): string {
+  try {
+    const u = new URL(loc, base)
+    return `${u.protocol}//${u.host}${u.pathname}`
+  } catch {
+    return '(unreadable Location)'
+  }
+}
