@@ -212,6 +212,13 @@ export class IscsiConnection {
   private textBytes = 0
   private readonly stopped: Promise<void>
   private resolveStopped!: () => void
+  /**
+   * In the full-feature phase command completions are queued and written together at the end of the
+   * event-loop turn: the commands read from one socket read are answered with one writev.
+   */
+  private batching = false
+  private queued: Buffer[] = []
+  private flushing: NodeJS.Immediate | undefined
   /** Set once the full-feature phase was handed to a serving thread. */
   private handed: HandedConnection | undefined
 
@@ -249,6 +256,7 @@ export class IscsiConnection {
 
   private close(): void {
     if (this.socket.destroyed) return
+    this.flush()
     this.socket.end(() => this.socket.destroy())
     setTimeout(() => this.socket.destroy(), 2000).unref()
   }
@@ -376,8 +384,34 @@ export class IscsiConnection {
     return parts
   }
 
-  private write(parts: Buffer[]): void {
+  /**
+   * Write PDUs. A command's completion (`batch`) in the full-feature phase is queued and written at the end of
+   * the event-loop turn with the others; anything else goes at once, after what is queued.
+   */
+  private write(parts: Buffer[], batch = false): void {
     if (this.socket.destroyed || this.socket.writableEnded) return
+    if (batch && this.batching) {
+      for (const p of parts) this.queued.push(p)
+      this.flushing ??= setImmediate(() => this.flush())
+      return
+    }
+    if (this.queued.length > 0) {
+      this.queued.push(...parts)
+      this.flush()
+    } else this.send(parts)
+  }
+
+  /** What the full-feature phase wrote this event-loop turn, in one writev. */
+  private flush(): void {
+    if (this.flushing) clearImmediate(this.flushing)
+    this.flushing = undefined
+    if (this.queued.length === 0) return
+    const q = this.queued
+    this.queued = []
+    if (!this.socket.destroyed && !this.socket.writableEnded) this.send(q)
+  }
+
+  private send(parts: Buffer[]): void {
     this.socket.cork()
     for (const p of parts) this.socket.write(p)
     this.socket.uncork()
@@ -502,6 +536,7 @@ export class IscsiConnection {
 
   private async fullFeature(): Promise<void> {
     const session = this.session!
+    this.batching = true
     for (;;) {
       if (this.stopping || this.loggedOut) return
       if (this.socket.writableLength > OUTPUT_HIGH_WATER && !this.socket.destroyed) await this.drained()
@@ -815,7 +850,7 @@ export class IscsiConnection {
       b.writeUInt32BE(residual, 44)
       parts.push(...this.pdu(b, senseData))
     }
-    this.write(parts)
+    this.write(parts, true)
   }
 
   private text(bhs: P.Bhs, data: Buffer): void {
