@@ -113,11 +113,15 @@ export class RawImage implements BlockSource {
     return this.finish(out, offset, length, done)
   }
 
+  get immediate(): boolean {
+    return this.synchronous && !this.isDevice
+  }
+
   async read(offset: number, length: number): Promise<ReadResult> {
     // A serving thread's instance of a file answers at once, as the VDIMG reader does in sync mode: a pread(2)
     // of a file costs less than the round trip through libuv's pool. A device's reads stay asynchronous so
     // a slow sector never stalls the thread's event loop (the iSCSI target answers pings there).
-    if (this.synchronous && !this.isDevice) return this.readSync(offset, length)
+    if (this.immediate) return this.readSync(offset, length)
     this.checkRange(offset, length)
     const out = Buffer.allocUnsafe(length)
     const want = Math.max(0, Math.min(length, this.fileSize - offset))

@@ -37,6 +37,11 @@ const OUTPUT_HIGH_WATER = 64 * 1024 * 1024
  * always go (its own length is bounded by the LU: MAX_TRANSFER_BYTES, 64 KiB for UNMAP).
  */
 export const MAX_DATA_OUT_BYTES = 32 * 1024 * 1024
+/**
+ * READ data is read into one reused buffer of this size per connection (while it is answered at once, on a
+ * serving thread); reads larger than a quarter of it get their own.
+ */
+const READ_ARENA_BYTES = 1024 * 1024
 /** Tasks ended while waiting for Data-Out (aborted, failed) whose late Data-Out is dropped without a Reject. */
 const ENDED_TASKS_REMEMBERED = 64
 
@@ -190,6 +195,8 @@ interface Task {
   residual?: {flags: number; count: number}
   /** Only the EDTL's whole blocks of a longer WRITE are asked for and written. */
   truncated?: boolean
+  /** Its data may be in the connection's read arena (until it is answered). */
+  arena?: boolean
 }
 
 export class IscsiConnection {
@@ -219,6 +226,14 @@ export class IscsiConnection {
   private batching = false
   private queued: Buffer[] = []
   private flushing: NodeJS.Immediate | undefined
+  /**
+   * The read arena: READ data is carved from it, and it is reused from the start once every answer carved
+   * from it went to the kernel whole (nothing left in Node's write queue) and no task holding a piece is
+   * still to be answered; else a fresh one is taken and the old one left to the writes that hold it.
+   */
+  private arena: Buffer | undefined
+  private arenaUsed = 0
+  private arenaTasks = 0
   /** Set once the full-feature phase was handed to a serving thread. */
   private handed: HandedConnection | undefined
 
@@ -409,6 +424,24 @@ export class IscsiConnection {
     const q = this.queued
     this.queued = []
     if (!this.socket.destroyed && !this.socket.writableEnded) this.send(q)
+    if (this.socket.writableLength > 0) this.arena = undefined
+    else if (this.arenaTasks === 0) this.arenaUsed = 0
+  }
+
+  /** `length` bytes of the read arena for a task's READ data, or undefined (too large: a buffer of its own). */
+  private arenaBuffer(task: Task, length: number): Buffer | undefined {
+    if (length > READ_ARENA_BYTES / 4) return undefined
+    if (!this.arena || this.arenaUsed + length > this.arena.length) {
+      this.arena = Buffer.allocUnsafeSlow(READ_ARENA_BYTES)
+      this.arenaUsed = 0
+    }
+    const b = this.arena.subarray(this.arenaUsed, this.arenaUsed + length)
+    this.arenaUsed += length
+    if (!task.arena) {
+      task.arena = true
+      this.arenaTasks++
+    }
+    return b
   }
 
   private send(parts: Buffer[]): void {
@@ -769,6 +802,10 @@ export class IscsiConnection {
   /** Answer a task that does not run (or ran) and forget it. */
   private complete(task: Task, result: ScsiResult): void {
     if (!task.aborted && this.tasks.get(task.itt) === task) this.respond(task, result)
+    if (task.arena) {
+      task.arena = false
+      this.arenaTasks--
+    }
     if (this.tasks.get(task.itt) === task) this.tasks.delete(task.itt)
     this.releaseDataOut(task)
     this.finish()
@@ -789,7 +826,8 @@ export class IscsiConnection {
     task.executing = true
     let result: ScsiResult
     try {
-      result = await this.target.lu.execute({cdb: task.cdb, lun: flatLun(task.lun), expectedLength: task.edtl, dataOut: task.out?.data, truncated: task.truncated}, this.session!.nexus)
+      const buffer = (n: number) => this.arenaBuffer(task, n)
+      result = await this.target.lu.execute({cdb: task.cdb, lun: flatLun(task.lun), expectedLength: task.edtl, dataOut: task.out?.data, truncated: task.truncated, buffer}, this.session!.nexus)
     } catch (err) {
       this.target.log(`iscsi ${this.peer}: command 0x${task.cdb[0].toString(16)} failed: ${(err as Error).message}`)
       result = failure({key: SENSE_KEY.hardwareError, asc: ASC.internalTargetFailure})
