@@ -6,8 +6,9 @@
  * residuals; R2T and Data-Out for the commands that need data (writes, UNMAP's parameter list, VERIFY with
  * BYTCHK: one R2T outstanding per task, each for at most MaxBurstLength); NOP-Out/NOP-In; Text (SendTargets);
  * Task Management; Logout; Reject for what it does not take. Commands run concurrently on the main
- * thread's event loop (BlockServer.read) and are answered as they finish; each PDU sequence is written in
- * one synchronous step, so sequences never interleave.
+ * thread's event loop (BlockServer.read) and are answered as they finish (on a serving thread a READ of a
+ * file or local image is read at once); each PDU sequence is queued in one synchronous step, so sequences
+ * never interleave, and the answers of one event-loop turn go out in one writev.
  *
  * Bad bytes from a client end that connection only: a header that cannot be trusted (bad length, bad
  * digest, a login out of order) closes it; a well-framed PDU the target does not take gets a Reject.
