@@ -130,6 +130,11 @@ export class BlockServer {
     }
   }
 
+  /** True when readSync answers without waiting on a device, the network or another thread (BlockSource.immediate). */
+  get immediate(): boolean {
+    return this.top.immediate === true && this.top.readSync !== undefined
+  }
+
   /** True when the source takes writes (an overlay): then write, zero, trim and flush may be called. */
   get writable(): boolean {
     return this.source.writable === true

@@ -92,6 +92,11 @@ export interface BlockSource {
   /** True when readSync may be called. */
   readonly synchronous?: boolean
   /**
+   * True when readSync never waits on anything slower than a file's pread(2) and decoding (not a device, a
+   * remote fetch or another thread): an event-loop body may call it between answering its socket.
+   */
+  readonly immediate?: boolean
+  /**
    * For a serving thread with no request to serve: one unit of work ahead of the sequential readers (a VDIMG
    * image decodes one chunk into the device's shared decode-ahead buffer, src/format/read-ahead.ts). False
    * when there is nothing to do; never throws.

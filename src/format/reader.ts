@@ -111,6 +111,10 @@ export class VdimgImage implements BlockSource {
   get synchronous(): boolean {
     return this.sync
   }
+  /** Sync mode over a local file: readSync waits for nothing but pread(2) and decoding. */
+  get immediate(): boolean {
+    return this.sync && this.ranges instanceof FileRanges
+  }
   /** How a serving thread opens this image again (src/sources): a remote one pinned to the same object. */
   get descriptor(): SourceDescriptor {
     const reopen = this.ranges.reopen

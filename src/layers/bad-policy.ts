@@ -23,6 +23,10 @@ export class BadAreaPolicy implements BlockSource {
     return this.inner.synchronous === true
   }
 
+  get immediate(): boolean {
+    return this.inner.immediate === true
+  }
+
   get descriptor(): SourceDescriptor | undefined {
     return this.inner.descriptor
   }

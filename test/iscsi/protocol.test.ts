@@ -341,54 +341,57 @@ describe('iscsi target: PDUs (raw client)', function () {
       const c = await threadSession('400001370111', {MaxRecvDataSegmentLength: '8192'})
       const badLba = fx.bad[0].offset / SECTOR
       const goodLbas = Array.from({length: raw.length / SECTOR}, (_, i) => i).filter((l) => !fx.bad.some((b) => l * SECTOR < b.offset + b.length && (l + 16) * SECTOR > b.offset))
-      const rnd = crypto.createHash('sha256').update('pipelined').digest()
-      const cmds = Array.from({length: 32}, (_, i) => ({itt: 1000 + i, lba: i === 7 ? badLba - 3 : goodLbas[rnd.readUInt32BE(i % 28) % goodLbas.length], blocks: i === 7 ? 8 : 16}))
-      c.send(
-        Buffer.concat(
-          cmds.map((x) =>
-            pdu(0x01, 0x80 | 0x40 | 0x01, Buffer.alloc(0), (b) => {
-              b.writeUInt32BE(x.itt, 16)
-              b.writeUInt32BE(x.blocks * SECTOR, 20)
-              b.writeUInt32BE(c.cmdSN++, 24)
-              b.writeUInt32BE(c.expStatSN, 28)
-              read10(x.lba, x.blocks).copy(b, 32)
-            }),
+      // Three rounds: the thread reads into one reused buffer per connection, so later rounds read where earlier answers were.
+      for (const round of [0, 1, 2]) {
+        const rnd = crypto.createHash('sha256').update(`pipelined${round}`).digest()
+        const cmds = Array.from({length: 32}, (_, i) => ({itt: 1000 + 32 * round + i, lba: i === 7 ? badLba - 3 : goodLbas[rnd.readUInt32BE(i % 28) % goodLbas.length], blocks: i === 7 ? 8 : 16}))
+        c.send(
+          Buffer.concat(
+            cmds.map((x) =>
+              pdu(0x01, 0x80 | 0x40 | 0x01, Buffer.alloc(0), (b) => {
+                b.writeUInt32BE(x.itt, 16)
+                b.writeUInt32BE(x.blocks * SECTOR, 20)
+                b.writeUInt32BE(c.cmdSN++, 24)
+                b.writeUInt32BE(c.expStatSN, 28)
+                read10(x.lba, x.blocks).copy(b, 32)
+              }),
+            ),
           ),
-        ),
-      )
-      const got = new Map<number, {data: Buffer[]; status?: number; sense?: Buffer; statSN?: number}>()
-      let lastStatSN = c.expStatSN - 1
-      while ([...got.values()].filter((g) => g.status !== undefined).length < cmds.length) {
-        const p = await c.read()
-        const g = got.get(p.itt) ?? {data: []}
-        got.set(p.itt, g)
-        assert.equal(g.status, undefined, `a PDU for task ${p.itt} after its status`)
-        if (p.opcode === 0x25) {
-          assert.equal(p.bhs.readUInt32BE(40), g.data.reduce((n, d) => n + d.length, 0), 'Data-In offsets in order')
-          g.data.push(p.data)
-          if (!(p.flags & 0x01)) continue
-          g.status = p.bhs[3]
-        } else {
-          assert.equal(p.opcode, 0x21)
-          g.status = p.bhs[3]
-          g.sense = p.data.subarray(2, 2 + p.data.readUInt16BE(0))
+        )
+        const got = new Map<number, {data: Buffer[]; status?: number; sense?: Buffer; statSN?: number}>()
+        let lastStatSN = c.expStatSN - 1
+        while ([...got.values()].filter((g) => g.status !== undefined).length < cmds.length) {
+          const p = await c.read()
+          const g = got.get(p.itt) ?? {data: []}
+          got.set(p.itt, g)
+          assert.equal(g.status, undefined, `a PDU for task ${p.itt} after its status`)
+          if (p.opcode === 0x25) {
+            assert.equal(p.bhs.readUInt32BE(40), g.data.reduce((n, d) => n + d.length, 0), 'Data-In offsets in order')
+            g.data.push(p.data)
+            if (!(p.flags & 0x01)) continue
+            g.status = p.bhs[3]
+          } else {
+            assert.equal(p.opcode, 0x21)
+            g.status = p.bhs[3]
+            g.sense = p.data.subarray(2, 2 + p.data.readUInt16BE(0))
+          }
+          g.statSN = p.bhs.readUInt32BE(24)
+          assert.equal(g.statSN, lastStatSN + 1, 'StatSN advances by one per status, in the order sent')
+          lastStatSN = g.statSN
         }
-        g.statSN = p.bhs.readUInt32BE(24)
-        assert.equal(g.statSN, lastStatSN + 1, 'StatSN advances by one per status, in the order sent')
-        lastStatSN = g.statSN
-      }
-      for (const x of cmds) {
-        const g = got.get(x.itt)!
-        if (x.lba === badLba - 3) {
-          assert.equal(g.status, 2)
-          assert.equal(g.sense!.readUInt32BE(3), badLba)
-          assert.ok(Buffer.concat(g.data).equals(raw.subarray(x.lba * SECTOR, badLba * SECTOR)))
-        } else {
-          assert.equal(g.status, 0, `task ${x.itt}`)
-          assert.ok(Buffer.concat(g.data).equals(raw.subarray(x.lba * SECTOR, (x.lba + x.blocks) * SECTOR)), `task ${x.itt} at LBA ${x.lba}`)
+        for (const x of cmds) {
+          const g = got.get(x.itt)!
+          if (x.lba === badLba - 3) {
+            assert.equal(g.status, 2)
+            assert.equal(g.sense!.readUInt32BE(3), badLba)
+            assert.ok(Buffer.concat(g.data).equals(raw.subarray(x.lba * SECTOR, badLba * SECTOR)))
+          } else {
+            assert.equal(g.status, 0, `task ${x.itt}`)
+            assert.ok(Buffer.concat(g.data).equals(raw.subarray(x.lba * SECTOR, (x.lba + x.blocks) * SECTOR)), `task ${x.itt} at LBA ${x.lba}`)
+          }
         }
+        c.expStatSN = lastStatSN + 1
       }
-      c.expStatSN = lastStatSN + 1
       assert.ok((await c.nop(Buffer.from('after'))).data.equals(Buffer.from('after')))
     })
 

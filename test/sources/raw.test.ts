@@ -70,6 +70,7 @@ describe('raw image + ddrescue mapfile as a source', function () {
     it(`RawImage (${sync ? 'sync' : 'async'}): the medium's bytes where finished, zeros and the map's status everywhere else`, async () => {
       const img = RawImage.open(raw, {mapfile: map}, {sync})
       try {
+        assert.equal(img.immediate, sync)
         assert.equal(img.size, SIZE)
         assert.equal(img.sectorSize, 512)
         assert.deepEqual(img.descriptor, {kind: 'raw', path: raw, options: {sectorSize: 512, mapfile: map}})
@@ -96,6 +97,12 @@ describe('raw image + ddrescue mapfile as a source', function () {
     try {
       assert.deepEqual(a.descriptor, d.options?.sectorSize ? d : {...d, options: {...d.options, sectorSize: 512}})
       assert.ok(a.readSync!(0, 65536).data.equals(medium.subarray(0, 65536)))
+      // A file's instance on a serving thread answers at once, read() too (no trip through libuv's pool).
+      assert.equal(a.immediate, true)
+      let settled = false
+      void a.read(0, 4096).then(() => (settled = true))
+      await Promise.resolve()
+      assert.ok(settled, 'read() of a sync instance over a file answered in the same turn')
     } finally {
       await a.close()
     }
@@ -137,6 +144,9 @@ describe('raw image + ddrescue mapfile as a source', function () {
       try {
         assert.equal(img.descriptor?.kind, 'raw')
         assert.ok(img.readSync!(0, SIZE).data.equals(fs.readFileSync(padded)))
+        // A device may take seconds for a failing sector: an event-loop body keeps its reads asynchronous.
+        assert.equal(img.synchronous, true)
+        assert.equal(img.immediate, false)
       } finally {
         await img.close()
       }

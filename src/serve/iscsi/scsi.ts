@@ -54,6 +54,11 @@ export interface ScsiTask {
    * be requested or transferred"; the transport reports the overflow residual).
    */
   truncated?: boolean
+  /**
+   * Where a READ's data may be read (the transport's reused memory), for `length` bytes; undefined: a new
+   * buffer. Used only when the read answers at once (BlockServer.immediate).
+   */
+  buffer?: (length: number) => Buffer | undefined
 }
 
 export interface ScsiResult {
@@ -238,7 +243,7 @@ export class LogicalUnit {
   }
 
   /** Read blocks; an unreadable sector becomes MEDIUM ERROR with the good blocks before it as the data. */
-  async readBlocks(lba: bigint, count: number): Promise<Buffer> {
+  async readBlocks(lba: bigint, count: number, into?: ScsiTask['buffer']): Promise<Buffer> {
     const {offset, length} = this.range(lba, count)
     if (length === 0) return Buffer.alloc(0)
     if (length > MAX_TRANSFER_BYTES) throw invalidField(count > 0xffff ? 10 : 7, `transfer of ${length} bytes is larger than the ${MAX_TRANSFER_BYTES}-byte maximum`)
@@ -246,7 +251,9 @@ export class LogicalUnit {
     const inImage = Math.min(length, this.server.size - offset)
     let data: Buffer
     try {
-      data = await this.server.read(offset, inImage)
+      // A serving thread's file or VDIMG image: read here and now, into the transport's buffer when it has one.
+      if (this.server.immediate) data = this.server.readSync(offset, inImage, inImage === length ? into?.(length) : undefined)
+      else data = await this.server.read(offset, inImage)
     } catch (err) {
       throw await this.readFailure(err, offset)
     }
@@ -602,28 +609,28 @@ function noProtect(cdb: Buffer): void {
 function read6(t: ScsiTask, lu: LogicalUnit): Promise<Buffer> {
   const cdb = t.cdb
   const lba = BigInt(cdb.readUIntBE(1, 3) & 0x1fffff)
-  return lu.readBlocks(lba, cdb[4] === 0 ? 256 : cdb[4])
+  return lu.readBlocks(lba, cdb[4] === 0 ? 256 : cdb[4], t.buffer)
 }
 
 function read10(t: ScsiTask, lu: LogicalUnit): Promise<Buffer> {
   const cdb = t.cdb
   lu.range(BigInt(u32(cdb, 2)), u16(cdb, 7))
   noProtect(cdb)
-  return lu.readBlocks(BigInt(u32(cdb, 2)), u16(cdb, 7))
+  return lu.readBlocks(BigInt(u32(cdb, 2)), u16(cdb, 7), t.buffer)
 }
 
 function read12(t: ScsiTask, lu: LogicalUnit): Promise<Buffer> {
   const cdb = t.cdb
   lu.range(BigInt(u32(cdb, 2)), u32(cdb, 6))
   noProtect(cdb)
-  return lu.readBlocks(BigInt(u32(cdb, 2)), u32(cdb, 6))
+  return lu.readBlocks(BigInt(u32(cdb, 2)), u32(cdb, 6), t.buffer)
 }
 
 function read16(t: ScsiTask, lu: LogicalUnit): Promise<Buffer> {
   const cdb = t.cdb
   lu.range(u64(cdb, 2), u32(cdb, 10))
   noProtect(cdb)
-  return lu.readBlocks(u64(cdb, 2), u32(cdb, 10))
+  return lu.readBlocks(u64(cdb, 2), u32(cdb, 10), t.buffer)
 }
 
 /** VERIFY 10/12/16 (SBC-3 §5.25): BYTCHK 0 checks the range; 1 compares the Data-Out with the medium, 3 one block with each. */

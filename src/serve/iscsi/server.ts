@@ -6,8 +6,9 @@
  * residuals; R2T and Data-Out for the commands that need data (writes, UNMAP's parameter list, VERIFY with
  * BYTCHK: one R2T outstanding per task, each for at most MaxBurstLength); NOP-Out/NOP-In; Text (SendTargets);
  * Task Management; Logout; Reject for what it does not take. Commands run concurrently on the main
- * thread's event loop (BlockServer.read) and are answered as they finish; each PDU sequence is written in
- * one synchronous step, so sequences never interleave.
+ * thread's event loop (BlockServer.read) and are answered as they finish (on a serving thread a READ of a
+ * file or local image is read at once); each PDU sequence is queued in one synchronous step, so sequences
+ * never interleave, and the answers of one event-loop turn go out in one writev.
  *
  * Bad bytes from a client end that connection only: a header that cannot be trusted (bad length, bad
  * digest, a login out of order) closes it; a well-framed PDU the target does not take gets a Reject.
@@ -37,6 +38,11 @@ const OUTPUT_HIGH_WATER = 64 * 1024 * 1024
  * always go (its own length is bounded by the LU: MAX_TRANSFER_BYTES, 64 KiB for UNMAP).
  */
 export const MAX_DATA_OUT_BYTES = 32 * 1024 * 1024
+/**
+ * READ data is read into one reused buffer of this size per connection (while it is answered at once, on a
+ * serving thread); reads larger than a quarter of it get their own.
+ */
+const READ_ARENA_BYTES = 1024 * 1024
 /** Tasks ended while waiting for Data-Out (aborted, failed) whose late Data-Out is dropped without a Reject. */
 const ENDED_TASKS_REMEMBERED = 64
 
@@ -190,6 +196,8 @@ interface Task {
   residual?: {flags: number; count: number}
   /** Only the EDTL's whole blocks of a longer WRITE are asked for and written. */
   truncated?: boolean
+  /** Its data may be in the connection's read arena (until it is answered). */
+  arena?: boolean
 }
 
 export class IscsiConnection {
@@ -212,6 +220,21 @@ export class IscsiConnection {
   private textBytes = 0
   private readonly stopped: Promise<void>
   private resolveStopped!: () => void
+  /**
+   * In the full-feature phase command completions are queued and written together at the end of the
+   * event-loop turn: the commands read from one socket read are answered with one writev.
+   */
+  private batching = false
+  private queued: Buffer[] = []
+  private flushing: NodeJS.Immediate | undefined
+  /**
+   * The read arena: READ data is carved from it, and it is reused from the start once every answer carved
+   * from it went to the kernel whole (nothing left in Node's write queue) and no task holding a piece is
+   * still to be answered; else a fresh one is taken and the old one left to the writes that hold it.
+   */
+  private arena: Buffer | undefined
+  private arenaUsed = 0
+  private arenaTasks = 0
   /** Set once the full-feature phase was handed to a serving thread. */
   private handed: HandedConnection | undefined
 
@@ -249,6 +272,7 @@ export class IscsiConnection {
 
   private close(): void {
     if (this.socket.destroyed) return
+    this.flush()
     this.socket.end(() => this.socket.destroy())
     setTimeout(() => this.socket.destroy(), 2000).unref()
   }
@@ -376,8 +400,52 @@ export class IscsiConnection {
     return parts
   }
 
-  private write(parts: Buffer[]): void {
+  /**
+   * Write PDUs. A command's completion (`batch`) in the full-feature phase is queued and written at the end of
+   * the event-loop turn with the others; anything else goes at once, after what is queued.
+   */
+  private write(parts: Buffer[], batch = false): void {
     if (this.socket.destroyed || this.socket.writableEnded) return
+    if (batch && this.batching) {
+      for (const p of parts) this.queued.push(p)
+      this.flushing ??= setImmediate(() => this.flush())
+      return
+    }
+    if (this.queued.length > 0) {
+      this.queued.push(...parts)
+      this.flush()
+    } else this.send(parts)
+  }
+
+  /** What the full-feature phase wrote this event-loop turn, in one writev. */
+  private flush(): void {
+    if (this.flushing) clearImmediate(this.flushing)
+    this.flushing = undefined
+    if (this.queued.length === 0) return
+    const q = this.queued
+    this.queued = []
+    if (!this.socket.destroyed && !this.socket.writableEnded) this.send(q)
+    if (this.socket.writableLength > 0) this.arena = undefined
+    else if (this.arenaTasks === 0) this.arenaUsed = 0
+  }
+
+  /** `length` bytes of the read arena for a task's READ data, or undefined (too large: a buffer of its own). */
+  private arenaBuffer(task: Task, length: number): Buffer | undefined {
+    if (length > READ_ARENA_BYTES / 4) return undefined
+    if (!this.arena || this.arenaUsed + length > this.arena.length) {
+      this.arena = Buffer.allocUnsafeSlow(READ_ARENA_BYTES)
+      this.arenaUsed = 0
+    }
+    const b = this.arena.subarray(this.arenaUsed, this.arenaUsed + length)
+    this.arenaUsed += length
+    if (!task.arena) {
+      task.arena = true
+      this.arenaTasks++
+    }
+    return b
+  }
+
+  private send(parts: Buffer[]): void {
     this.socket.cork()
     for (const p of parts) this.socket.write(p)
     this.socket.uncork()
@@ -502,6 +570,7 @@ export class IscsiConnection {
 
   private async fullFeature(): Promise<void> {
     const session = this.session!
+    this.batching = true
     for (;;) {
       if (this.stopping || this.loggedOut) return
       if (this.socket.writableLength > OUTPUT_HIGH_WATER && !this.socket.destroyed) await this.drained()
@@ -734,6 +803,10 @@ export class IscsiConnection {
   /** Answer a task that does not run (or ran) and forget it. */
   private complete(task: Task, result: ScsiResult): void {
     if (!task.aborted && this.tasks.get(task.itt) === task) this.respond(task, result)
+    if (task.arena) {
+      task.arena = false
+      this.arenaTasks--
+    }
     if (this.tasks.get(task.itt) === task) this.tasks.delete(task.itt)
     this.releaseDataOut(task)
     this.finish()
@@ -754,7 +827,8 @@ export class IscsiConnection {
     task.executing = true
     let result: ScsiResult
     try {
-      result = await this.target.lu.execute({cdb: task.cdb, lun: flatLun(task.lun), expectedLength: task.edtl, dataOut: task.out?.data, truncated: task.truncated}, this.session!.nexus)
+      const buffer = (n: number) => this.arenaBuffer(task, n)
+      result = await this.target.lu.execute({cdb: task.cdb, lun: flatLun(task.lun), expectedLength: task.edtl, dataOut: task.out?.data, truncated: task.truncated, buffer}, this.session!.nexus)
     } catch (err) {
       this.target.log(`iscsi ${this.peer}: command 0x${task.cdb[0].toString(16)} failed: ${(err as Error).message}`)
       result = failure({key: SENSE_KEY.hardwareError, asc: ASC.internalTargetFailure})
@@ -815,7 +889,7 @@ export class IscsiConnection {
       b.writeUInt32BE(residual, 44)
       parts.push(...this.pdu(b, senseData))
     }
-    this.write(parts)
+    this.write(parts, true)
   }
 
   private text(bhs: P.Bhs, data: Buffer): void {
