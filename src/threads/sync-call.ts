@@ -86,6 +86,11 @@ export class SyncCaller<Q, A> {
     }
   }
 
+  /** Post a call whose answer nobody waits for (the next call skips it). */
+  post(call: Q): void {
+    this.link.port.postMessage({id: this.nextId++, call})
+  }
+
   close(): void {
     this.link.port.close()
   }
