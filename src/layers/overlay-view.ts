@@ -50,11 +50,12 @@ export class OverlayView implements BlockSource {
 
   /**
    * Append the record of a whole-sector mutation without FUA here, on this thread (false: the owner must do
-   * it — a partial sector to merge, FUA, a range past the end, an empty or oversized one).
+   * it — a partial sector to merge, FUA, a range past the end, an empty range or data over a record's most).
+   * Zero and discard records carry no data: one record for any length, as the owner writes them.
    */
   private append(type: number, offset: number, length: number, fua: boolean | undefined, data?: Buffer): boolean {
     const s = this.sectorSize
-    if (fua || length <= 0 || length > MAX_RECORD_DATA || offset < 0 || offset + length > this.size) return false
+    if (fua || length <= 0 || (data && length > MAX_RECORD_DATA) || offset < 0 || offset + length > this.size) return false
     if (offset % s !== 0 || (length % s !== 0 && offset + length !== this.size)) return false
     // Set before the record is written: from now on reads of these granules go to the owner.
     const g = 2 ** this.granuleShift
