@@ -10,12 +10,13 @@
  * record is invisible (its sectors read as they were); flush (and FUA) is fdatasync, so every record
  * acknowledged before it is on stable storage and, the log being a prefix, replayed.
  *
- * One owner: the process's instance (on the thread that opened it) does every write. Serving threads get
- * a view of it (overlay-view.ts, through `descriptor` + `threadLink`): reads of ranges the overlay has never
- * touched go straight to the thread's own instance of the base; writes, flushes and reads of covered ranges
- * are calls to the owner. A shared bitmap says which granules the overlay covers; a granule's bit is set
- * before the record that touches it is written, so a read that starts after a write was acknowledged
- * always goes to the owner.
+ * One owner: the process's instance (on the thread that opened it) keeps the map. Serving threads get a
+ * view of it (overlay-view.ts, through `descriptor` + `threadLink`): reads of ranges the overlay has never
+ * touched go straight to the thread's own instance of the base; whole-sector writes are appended by the
+ * thread itself at the log's shared append point (overlay-log.ts), which publishes each record to the
+ * owner's map; partial-sector and FUA writes, flushes and reads of covered ranges are calls to the owner.
+ * A shared bitmap says which granules the overlay covers; a granule's bit is set before the record that
+ * touches it is written, so a read that starts after a write was acknowledged always goes to the owner.
  */
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
