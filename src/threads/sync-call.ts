@@ -4,9 +4,9 @@
  * shared flag; the owner's handler runs on its event loop, posts the answer (buffers transferred, not
  * copied) and sets the flag; the thread wakes and takes the answer with receiveMessageOnPort. The pattern
  * of synckit and of Node's synchronous module hooks. Serving threads answer one request at a time, so one
- * call is outstanding per link. Used by the overlay (src/layers/overlay-view.ts: its owner takes partial-sector
- * and FUA writes, flushes and the reads of what was written) and by remote images (src/remote/link.ts: the owner does every
- * GET).
+ * call is outstanding per link. Used by the overlay (src/layers/overlay-view.ts: its owner takes
+ * partial-sector and FUA writes, flushes and the reads of what was written) and by remote images
+ * (src/remote/link.ts: the owner does every GET).
  */
 import {MessageChannel, receiveMessageOnPort, type MessagePort, type TransferListItem} from 'node:worker_threads'
 
