@@ -10,12 +10,13 @@
  * record is invisible (its sectors read as they were); flush (and FUA) is fdatasync, so every record
  * acknowledged before it is on stable storage and, the log being a prefix, replayed.
  *
- * One owner: the process's instance (on the thread that opened it) does every write. Serving threads get
- * a view of it (overlay-view.ts, through `descriptor` + `threadLink`): reads of ranges the overlay has never
- * touched go straight to the thread's own instance of the base; writes, flushes and reads of covered ranges
- * are calls to the owner. A shared bitmap says which granules the overlay covers; a granule's bit is set
- * before the record that touches it is written, so a read that starts after a write was acknowledged
- * always goes to the owner.
+ * One owner: the process's instance (on the thread that opened it) keeps the map. Serving threads get a
+ * view of it (overlay-view.ts, through `descriptor` + `threadLink`): reads of ranges the overlay has never
+ * touched go straight to the thread's own instance of the base; whole-sector writes are appended by the
+ * thread itself at the log's shared append point (overlay-log.ts), which publishes each record to the
+ * owner's map; partial-sector and FUA writes, flushes and reads of covered ranges are calls to the owner.
+ * A shared bitmap says which granules the overlay covers; a granule's bit is set before the record that
+ * touches it is written, so a read that starts after a write was acknowledged always goes to the owner.
  */
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
@@ -27,14 +28,14 @@ import type {BlockSource, Extent, ReadResult, WriteOptions} from '../core/source
 import {crc32c} from '../format/crc'
 import {lockExclusive} from '../sys/file-lock'
 import {offerSyncLink} from '../threads/sync-call'
+import {RECORD_HEADER_SIZE, RECORD_MAGIC, SharedLog, encodeRecordHeader, type Published} from './overlay-log'
 import type {SourceDescriptor, ThreadLink} from '../core/source'
 
 // ---- the format (docs/OVERLAY.md, "Layout"); all integers little-endian ----
 export const OVERLAY_MAGIC = Buffer.from('VDEVOVL\0', 'latin1')
 export const OVERLAY_VERSION = 1
 export const HEADER_SIZE = 4096
-export const RECORD_MAGIC = 0x524c5656 // "VVLR" little-endian bytes 56 56 4c 52
-export const RECORD_HEADER_SIZE = 64
+export {RECORD_MAGIC, RECORD_HEADER_SIZE, encodeRecordHeader} from './overlay-log'
 /** The largest record's data: larger writes become several records. */
 export const MAX_RECORD_DATA = 32 * 1024 * 1024
 export const BASE_MEDIA_HASH = 1
@@ -118,27 +119,6 @@ export function decodeHeader(b: Buffer, name: string): OverlayHeader {
     id: Buffer.from(b.subarray(64, 80)),
     created: Number(b.readBigUInt64LE(80)),
   }
-}
-
-interface Record_ {
-  type: number
-  seq: number
-  offset: number
-  length: number
-  dataCrc: number
-}
-
-export function encodeRecordHeader(r: Record_, id: Buffer): Buffer {
-  const b = Buffer.alloc(RECORD_HEADER_SIZE)
-  b.writeUInt32LE(RECORD_MAGIC, 0)
-  b.writeUInt16LE(r.type, 4)
-  b.writeBigUInt64LE(BigInt(r.seq), 8)
-  b.writeBigUInt64LE(BigInt(r.offset), 16)
-  b.writeBigUInt64LE(BigInt(r.length), 24)
-  id.copy(b, 32, 0, 16)
-  b.writeUInt32LE(r.dataCrc, 48)
-  b.writeUInt32LE(crc32c(b.subarray(0, 60)), 60)
-  return b
 }
 
 // ---- the map of written extents ----
@@ -277,6 +257,8 @@ export type OverlayCall =
   | {op: 'extents'; offset: number; length: number}
   /** The exclusive turn (BlockSource.exclusive): granted once every earlier turn was given back. */
   | {op: 'lock' | 'unlock'}
+  /** Records were appended by the thread (answered, but nothing waits for it): empty the ring, look at compaction. */
+  | {op: 'poke'}
 
 export interface OverlayAnswer {
   data?: ArrayBuffer
@@ -289,6 +271,10 @@ export interface OverlayLink {
   link: import('../threads/sync-call').SyncLink
   coverage: SharedArrayBuffer
   granuleShift: number
+  /** The log's append point (overlay-log.ts: SharedLog), where the thread appends whole-sector records itself. */
+  log: SharedArrayBuffer
+  /** The overlay id, for the records' headers. */
+  id: Uint8Array
   /** What the base offered the thread's instance of it (BlockSource.threadLink), if anything. */
   base?: unknown
 }
@@ -340,31 +326,6 @@ export interface OnlineCompaction {
 }
 
 const fdatasync = promisify(fs.fdatasync)
-const ftruncate = promisify(fs.ftruncate)
-
-/**
- * Write `parts` at `pos` whole (pwritev, synchronously: into the page cache, microseconds for a record of a
- * few pages — cheaper than a trip through libuv's thread pool; durability is the flush's fdatasync).
- */
-function pwritevAll(fd: number, parts: Buffer[], pos: number): void {
-  let bufs = parts
-  for (;;) {
-    const n = fs.writevSync(fd, bufs, pos)
-    if (n <= 0) throw Object.assign(new Error('short write'), {code: 'EIO'})
-    pos += n
-    let skip = n
-    const rest: Buffer[] = []
-    for (const b of bufs) {
-      if (skip >= b.length) skip -= b.length
-      else {
-        rest.push(skip > 0 ? b.subarray(skip) : b)
-        skip = 0
-      }
-    }
-    if (rest.length === 0) return
-    bufs = rest
-  }
-}
 
 export class Overlay implements BlockSource {
   readonly size: number
@@ -380,12 +341,12 @@ export class Overlay implements BlockSource {
   readonly granuleShift: number
   private readonly bits: Uint8Array
   private file: LogFile
-  private tail: number
-  private seq: number
+  /** The append point, shared with serving threads' views, which append whole-sector records themselves. */
+  private readonly shared: SharedLog
   private readonly compactMin: number
   private readonly log: (line: string) => void
-  /** The tail at which to look again whether the log is worth compacting. */
-  private nextCheck: number
+  /** The tail at which to look again whether the log is worth compacting (threads poke the owner there). */
+  private checkAt = 0
   private compacting: Promise<OnlineCompaction | undefined> | undefined
   /** Compactions done while serving (tests and `overlay info` of a live file read the file itself). */
   compactions = 0
@@ -405,11 +366,11 @@ export class Overlay implements BlockSource {
     this.file = {fd, users: 0, retired: false}
     this.compactMin = opts.compactMinBytes ?? compactMinFromEnv()
     this.log = opts.log ?? (() => {})
+    this.shared = new SharedLog()
+    this.shared.set(fd, r.tail, r.lastSeq)
     this.nextCheck = r.tail
     this.size = base.size
     this.sectorSize = base.sectorSize
-    this.tail = r.tail
-    this.seq = r.lastSeq
     // At most 2^25 granules (a 4 MiB bitmap), each at least 4 KiB.
     this.granuleShift = Math.max(12, Math.ceil(Math.log2(Math.max(1, this.size / 2 ** 25))))
     this.coverage = new SharedArrayBuffer(Math.ceil(Math.ceil(this.size / 2 ** this.granuleShift) / 8))
@@ -423,6 +384,38 @@ export class Overlay implements BlockSource {
     for (let g = Math.floor(start / 2 ** this.granuleShift), last = Math.floor((end - 1) / 2 ** this.granuleShift); g <= last; g++) {
       Atomics.or(this.bits, g >> 3, 1 << (g & 7))
     }
+  }
+
+  /** End of the log: where the next record goes. */
+  private get tail(): number {
+    return this.shared.tail
+  }
+
+  private set nextCheck(at: number) {
+    this.checkAt = at
+    this.shared.nextCheck = at
+  }
+
+  private get nextCheck(): number {
+    return this.checkAt
+  }
+
+  /** Apply the records serving threads appended since last time to the map (in sequence order). */
+  private drain(): void {
+    this.shared.drain((r: Published) => this.apply(r))
+  }
+
+  private apply(r: Published): void {
+    if (r.type === REC_WRITE) this.map.set({start: r.offset, end: r.offset + r.length, kind: 'data', file: r.file, type: r.type})
+    else this.map.set({start: r.offset, end: r.offset + r.length, kind: 'zero', file: 0, type: r.type})
+  }
+
+  /**
+   * Take the log's lock (held by a thread for one pwritev), or fail with EIO after a long wait rather than
+   * hang: only a thread ended while appending keeps it.
+   */
+  private lockLog(): void {
+    if (!this.shared.lock(120_000)) throw new BlockError('EIO', `${this.path}: the overlay's log stayed locked by a serving thread`)
   }
 
   private turns: Promise<unknown> = Promise.resolve()
@@ -443,7 +436,13 @@ export class Overlay implements BlockSource {
     let release: (() => void) | undefined
     const link = offerSyncLink<OverlayCall, OverlayAnswer>(async (c) => {
       try {
+        // What threads appended is in the map before anything here reads it.
+        this.drain()
         switch (c.op) {
+          case 'poke':
+            // A thread's append reached the point to look at compaction again, or filled the ring.
+            if (!this.closed && this.tail >= this.nextCheck) this.maybeCompact()
+            return {value: {}}
           case 'lock':
             if (release) throw new BlockError('EINVAL', 'the exclusive turn is already held by this thread')
             await new Promise<void>((granted) => {
@@ -482,7 +481,7 @@ export class Overlay implements BlockSource {
     // The base may need a link of its own (a remote image reads through its owner's fetching link).
     const base = this.base.threadLink?.()
     return {
-      value: {link, coverage: this.coverage, granuleShift: this.granuleShift, base: base?.value} satisfies OverlayLink,
+      value: {link, coverage: this.coverage, granuleShift: this.granuleShift, log: this.shared.shared, id: new Uint8Array(this.header.id), base: base?.value} satisfies OverlayLink,
       transfer: [link.port, ...(base?.transfer ?? [])],
     }
   }
@@ -535,11 +534,13 @@ export class Overlay implements BlockSource {
 
   /** Bytes of the image the overlay holds (written, zeroed or discarded). */
   get bytesWritten(): number {
+    this.drain()
     return this.map.bytes
   }
 
   async read(offset: number, length: number): Promise<ReadResult> {
     const end = offset + length
+    this.drain()
     const mine = this.map.overlapping(offset, end)
     if (mine.length === 0) return this.base.read(offset, length)
     // The map's file offsets are this log's: compaction may swap in a new one meanwhile.
@@ -589,6 +590,7 @@ export class Overlay implements BlockSource {
       }
     }
     let at = offset
+    this.drain()
     for (const m of this.map.overlapping(offset, end)) {
       await fromBase(at, m.start)
       push({offset: m.start, length: m.end - m.start, kind: m.kind})
@@ -640,6 +642,12 @@ export class Overlay implements BlockSource {
     this.closed = true
     // A compaction under way gives up (its temporary file removed) once it sees the overlay closed.
     await this.compacting
+    // No thread appends from now on; one that ended while appending (the process is stopping) never gives
+    // the lock back: the descriptor is then left open, never reused under it.
+    const locked = this.shared.lock(5_000)
+    this.shared.close()
+    if (locked) this.shared.unlock()
+    else this.file.users++
     try {
       fs.fdatasyncSync(this.file.fd)
     } catch {
@@ -685,26 +693,29 @@ export class Overlay implements BlockSource {
     return run
   }
 
-  /** Append one record at the tail; the map changes only once it is written whole. */
+  /**
+   * Append one record at the tail (under the log's lock, which threads' appends take too); the map changes
+   * only once it is written whole, after the records threads appended before it.
+   */
   private async append(type: number, offset: number, length: number, data?: Buffer): Promise<void> {
-    const seq = this.seq + 1
-    const hdr = encodeRecordHeader({type, seq, offset, length, dataCrc: data ? crc32c(data) : 0}, this.header.id)
-    const rec = data ? [hdr, data] : [hdr]
-    const recLength = RECORD_HEADER_SIZE + (data ? data.length : 0)
     // Serving threads send reads of these granules here from now on (a covered granule stays covered).
     this.cover(offset, offset + length)
+    this.lockLog()
+    let r: ReturnType<SharedLog['appendLocked']>
     try {
-      pwritevAll(this.file.fd, rec, this.tail)
-    } catch (err) {
-      // The tail is not advanced: the next record overwrites whatever part of this one reached the file.
-      await ftruncate(this.file.fd, this.tail).catch(() => {})
-      throw writeError(this.path, err)
+      // The ring is empty once drained (no thread appends meanwhile): the append cannot be refused as full.
+      this.drain()
+      try {
+        r = this.shared.appendLocked(this.header.id, type, offset, length, data)
+      } catch (err) {
+        throw writeError(this.path, err)
+      }
+      if (r === 'closed' || r === 'full') throw new BlockError('ESHUTDOWN', 'the overlay is closed')
+      this.drain()
+    } finally {
+      this.shared.unlock()
     }
-    if (data) this.map.set({start: offset, end: offset + length, kind: 'data', file: this.tail + RECORD_HEADER_SIZE, type})
-    else this.map.set({start: offset, end: offset + length, kind: 'zero', file: 0, type})
-    this.seq = seq
-    this.tail += recLength
-    if (this.tail >= this.nextCheck) this.maybeCompact()
+    if (r || this.tail >= this.nextCheck) this.maybeCompact()
   }
 
   /**
@@ -712,12 +723,16 @@ export class Overlay implements BlockSource {
    * otherwise look again once the tail has grown by that much.
    */
   private maybeCompact(): void {
+    if (this.compactMin <= 0) this.nextCheck = Infinity
     if (this.compactMin <= 0 || this.compacting || this.closed) return
+    // The tail first: records appended after it are then counted as live, never as dead.
+    const tail = this.tail
+    this.drain()
     let live = 0
     for (const e of this.map.entries) live += RECORD_HEADER_SIZE + (e.kind === 'data' ? e.end - e.start : 0)
-    const dead = this.tail - HEADER_SIZE - live
+    const dead = tail - HEADER_SIZE - live
     if (dead <= Math.max(live, this.compactMin)) {
-      this.nextCheck = this.tail + Math.max(live, this.compactMin) - dead
+      this.nextCheck = tail + Math.max(live, this.compactMin) - dead
       return
     }
     void this.compact()
@@ -744,6 +759,7 @@ export class Overlay implements BlockSource {
       this.compacting = undefined
       // Not again before the log has grown by as much as it held (a failure, e.g. a full disk, is not retried at once).
       let held = 0
+      this.drain()
       for (const e of this.map.entries) held += RECORD_HEADER_SIZE + (e.kind === 'data' ? e.end - e.start : 0)
       this.nextCheck = this.tail + Math.max(held, this.compactMin)
     })
@@ -787,9 +803,18 @@ export class Overlay implements BlockSource {
         at += RECORD_HEADER_SIZE + (data ? length : 0)
       }
       await writeAllAsync(outFd, [encodeHeader(this.header)], 0)
-      // What the overlay holds now, and the point of the old log it reflects: taken together, synchronously.
-      const snapshot = this.map.entries.slice()
-      let copied = this.tail
+      // What the overlay holds now, and the point of the old log it reflects: taken together, under the
+      // log's lock (no thread appends in between).
+      this.lockLog()
+      let snapshot: MapEntry[]
+      let copied: number
+      try {
+        this.drain()
+        snapshot = this.map.entries.slice()
+        copied = this.tail
+      } finally {
+        this.shared.unlock()
+      }
       for (const e of snapshot) {
         abandon()
         if (e.kind === 'zero') {
@@ -830,20 +855,28 @@ export class Overlay implements BlockSource {
         await copyRecords(copied, to)
         copied = to
       }
+      // Most of the new log made durable now, so the step that holds writes back syncs only what it copies.
+      await fdatasync(outFd)
       await this.mutate(async () => {
-        await copyRecords(copied, this.tail)
-        await fdatasync(outFd)
-        // The new inode is locked before it takes the name: no other process can open it unlocked.
-        if (lockExclusive(outFd) === 'busy') throw new Error('the new log is locked by another process')
-        fs.renameSync(tmp, this.path)
-        out = undefined
-        syncDirectory(dir)
-        this.file = {fd: outFd, users: 0, retired: false}
-        old.retired = true
-        this.tail = at
-        this.seq = seq
-        this.map.entries.length = 0
-        for (const e of map.entries) this.map.entries.push(e)
+        // Threads' appends wait too (at the log's lock) until the overlay appends to the new log.
+        this.lockLog()
+        try {
+          this.drain()
+          await copyRecords(copied, this.tail)
+          await fdatasync(outFd)
+          // The new inode is locked before it takes the name: no other process can open it unlocked.
+          if (lockExclusive(outFd) === 'busy') throw new Error('the new log is locked by another process')
+          fs.renameSync(tmp, this.path)
+          out = undefined
+          syncDirectory(dir)
+          this.file = {fd: outFd, users: 0, retired: false}
+          old.retired = true
+          this.shared.set(outFd, at, seq)
+          this.map.entries.length = 0
+          for (const e of map.entries) this.map.entries.push(e)
+        } finally {
+          this.shared.unlock()
+        }
       })
       return {bytesBefore, bytesAfter: at, recordsAfter: seq, ms: Date.now() - t0}
     } finally {
@@ -864,7 +897,8 @@ export class Overlay implements BlockSource {
   }
 }
 
-function writeError(file: string, err: unknown): BlockError {
+/** A failed append as the write contract's error: ENOSPC for a full file system (or quota), else EIO. */
+export function writeError(file: string, err: unknown): BlockError {
   const code = (err as NodeJS.ErrnoException)?.code
   return new BlockError(code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG' ? 'ENOSPC' : 'EIO', `${file}: ${ioError(file, err, 'cannot write the overlay').message.slice(file.length + 2)}`)
 }

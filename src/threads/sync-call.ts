@@ -4,9 +4,9 @@
  * shared flag; the owner's handler runs on its event loop, posts the answer (buffers transferred, not
  * copied) and sets the flag; the thread wakes and takes the answer with receiveMessageOnPort. The pattern
  * of synckit and of Node's synchronous module hooks. Serving threads answer one request at a time, so one
- * call is outstanding per link. Used by the overlay (src/layers/overlay-view.ts: its owner takes every
- * write and the reads of what was written) and by remote images (src/remote/link.ts: the owner does every
- * GET).
+ * call is outstanding per link. Used by the overlay (src/layers/overlay-view.ts: its owner takes
+ * partial-sector and FUA writes, flushes and the reads of what was written) and by remote images
+ * (src/remote/link.ts: the owner does every GET).
  */
 import {MessageChannel, receiveMessageOnPort, type MessagePort, type TransferListItem} from 'node:worker_threads'
 
@@ -84,6 +84,11 @@ export class SyncCaller<Q, A> {
       Atomics.wait(this.word, 0, 0, Math.min(1000, left))
       Atomics.store(this.word, 0, 0)
     }
+  }
+
+  /** Post a call whose answer nobody waits for (the next call skips it). */
+  post(call: Q): void {
+    this.link.port.postMessage({id: this.nextId++, call})
   }
 
   close(): void {
