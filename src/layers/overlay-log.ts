@@ -11,6 +11,7 @@
  */
 import * as fs from 'node:fs'
 import {crc32c} from '../format/crc'
+import {afterWritten} from '../sys/writev'
 
 export const RECORD_MAGIC = 0x524c5656 // "VVLR" little-endian bytes 56 56 4c 52
 export const RECORD_HEADER_SIZE = 64
@@ -56,17 +57,8 @@ export function pwritevAll(fd: number, parts: Buffer[], pos: number): void {
     const n = fs.writevSync(fd, bufs, pos)
     if (n <= 0) throw Object.assign(new Error('short write'), {code: 'EIO'})
     pos += n
-    let skip = n
-    const rest: Buffer[] = []
-    for (const b of bufs) {
-      if (skip >= b.length) skip -= b.length
-      else {
-        rest.push(skip > 0 ? b.subarray(skip) : b)
-        skip = 0
-      }
-    }
-    if (rest.length === 0) return
-    bufs = rest
+    bufs = afterWritten(bufs, n)
+    if (bufs.length === 0) return
   }
 }
 

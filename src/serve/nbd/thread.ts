@@ -9,6 +9,7 @@
 import * as fs from 'node:fs'
 import {COUNTER} from '../../core/counters'
 import * as libc from '../../sys/libc'
+import {afterWritten} from '../../sys/writev'
 import {AdaptivePoll} from '../../threads/poll'
 import type {ServingThreadContext} from '../../threads/protocol'
 import * as P from './protocol'
@@ -140,15 +141,7 @@ function writeAll(fd: number, parts: Reply): void {
     left -= n
     if (left === 0) return
     // A partial write (a signal): go on after the bytes written.
-    const rest: Buffer[] = []
-    for (const b of bufs) {
-      if (n >= b.length) n -= b.length
-      else {
-        rest.push(n > 0 ? b.subarray(n) : b)
-        n = 0
-      }
-    }
-    bufs = rest
+    bufs = afterWritten(bufs, n)
   }
 }
 
