@@ -583,9 +583,12 @@ export class VdimgImage implements BlockSource {
     const fileSize = ranges.size
     const read = (len: number, pos: number): Promise<Buffer> => ranges.read(len, pos)
     try {
-      const fail = (m: string, at: number, code: 'format' | 'unsupported' = 'format') =>
-        new VdevError(code, `${file}: ${m} (at byte ${at})`)
+      /** A failure of the image at byte `at`; `reason` is its text without the file name and offset. */
+      type Damage = VdevError & {reason: string; at: number}
+      const fail = (m: string, at: number, code: 'format' | 'unsupported' = 'format'): Damage =>
+        Object.assign(new VdevError(code, `${file}: ${m} (at byte ${at})`), {reason: m, at})
       const isFormat = (err: unknown): err is VdevError => err instanceof VdevError && err.code === 'format'
+      const isDamage = (err: unknown): err is Damage => isFormat(err) && 'reason' in err
       // Damage the image is read around (a damaged copy, or an original read from its copy): one line each.
       const warnings: string[] = []
       const head = await read(Math.min(HEADER_SIZE, fileSize), 0)
@@ -654,26 +657,26 @@ export class VdimgImage implements BlockSource {
        */
       const loadWithCopy = async (s: Section, copyType: SectionType, cap: number, what: string): Promise<Buffer> => {
         const c = byType.get(copyType)
-        let damage: VdevError | undefined
+        let damage: Damage | undefined
         let b: Buffer | undefined
         try {
           b = await load(s, cap, what)
         } catch (err) {
-          if (!isFormat(err)) throw err
+          if (!isDamage(err)) throw err
           damage = err
         }
         if (!c) {
           if (damage) throw damage
           return b!
         }
-        let copyDamage: VdevError | undefined
+        let copyDamage: Damage | undefined
         let copy: Buffer | undefined
         if (c.length !== s.length || c.crc !== s.crc) copyDamage = fail(`${what} copy does not match the original's length and checksum`, c.offset)
         else
           try {
             copy = await load(c, cap, `${what} copy`)
           } catch (err) {
-            if (!isFormat(err)) throw err
+            if (!isDamage(err)) throw err
             copyDamage = err
           }
         if (b) {
@@ -682,9 +685,7 @@ export class VdimgImage implements BlockSource {
         }
         if (!copy) {
           // The original's offset, as for a 1.0 image (FORMAT.md §9); the copy's failure is named in the text.
-          const reason = (e: VdevError) => e.message.replace(`${file}: `, '').replace(/ \(at byte \d+\)$/, '')
-          const at = Number(/\(at byte (\d+)\)$/.exec(damage!.message)?.[1] ?? s.offset)
-          throw fail(`${reason(damage!)}, and its copy too: ${reason(copyDamage!)} at byte ${c.offset}`, at)
+          throw fail(`${damage!.reason}, and its copy too: ${copyDamage!.reason} at byte ${c.offset}`, damage!.at)
         }
         warnings.push(`${damage!.message.replace(/\)$/, '')}; read from its copy at byte ${c.offset})`)
         return copy
