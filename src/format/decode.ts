@@ -116,7 +116,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       if (hi - lo <= sum + (1 << 20)) {
         advise?.(lo, hi - lo)
         const got = await img.ranges.read(hi - lo, lo, input)
-        if (got.buffer !== slot.in) got.copy(input) // a source that does not read into the given buffer (remote)
+        if (got.buffer !== slot.in || got.byteOffset !== 0) got.copy(input) // a source that does not read into the given buffer (remote)
         for (const c of chunks) if (c.entry.storedLength > 0) starts.set(c.index, c.entry.offset - lo)
       } else {
         let at = 0
