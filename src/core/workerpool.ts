@@ -75,6 +75,15 @@ export class WorkerPool {
     return p
   }
 
+  /**
+   * Post `message` to every worker, expecting no reply (e.g. SharedArrayBuffers that later tasks name by
+   * number). A worker gets its messages in order, so every task run after this sees it.
+   */
+  broadcast(message: object): void {
+    if (this.failed || this.closing) return
+    for (const w of this.workers) w.postMessage(message)
+  }
+
   async close(): Promise<void> {
     this.closing = true
     await Promise.all(this.workers.map((w) => (w.ref(), w.terminate())))

@@ -41,12 +41,30 @@ export interface DecodeItem {
 }
 export interface DecodeTask {
   op: 'decode'
-  buf: ArrayBuffer
+  /** The stored bytes the items' `start`s point into (absent with `slot`). */
+  buf?: ArrayBuffer
   items: DecodeItem[]
+  /**
+   * Decode from and into the shared buffers registered as this slot (SlotMessage) instead of `buf` and
+   * `scratch`: nothing is transferred, and the result carries neither (`buf` and `out` are empty).
+   */
+  slot?: number
   /** Output buffer to fill (at least the items' total length); allocated when absent. */
   scratch?: ArrayBuffer
   /** Leave the decompressed-data checksums to the caller (it checks them on its own thread). */
   skipDataCrc?: boolean
+}
+/**
+ * Shared input and output buffers a decode task can name by number (DecodeTask.slot), sent once to every
+ * worker (WorkerPool.broadcast) and used for the whole run: buffers transferred back and forth with every
+ * batch count as new external memory in the isolate that receives them, and V8 answers with a full
+ * mark-compact every few tens of MiB (docs/performance.md, "extract slower since 04:03 UTC").
+ */
+export interface SlotMessage {
+  op: 'slot'
+  slot: number
+  in: SharedArrayBuffer
+  out: SharedArrayBuffer
 }
 export interface DecodeResult {
   /** The task's input buffer, handed back for reuse. */
@@ -60,6 +78,8 @@ export interface DecodeResult {
 }
 
 const encoders = new Map<number, ChunkEncoder>()
+const slots = new Map<number, {in: Uint8Array; out: Uint8Array}>()
+const EMPTY = new ArrayBuffer(0)
 const decoder = new ChunkDecoder()
 
 function encode(t: EncodeTask): EncodeResult {
@@ -83,9 +103,12 @@ function encode(t: EncodeTask): EncodeResult {
 }
 
 function decode(t: DecodeTask): DecodeResult {
-  const src = new Uint8Array(t.buf)
+  const slot = t.slot === undefined ? undefined : slots.get(t.slot)
+  if (t.slot !== undefined && !slot) throw new Error(`decode: no shared buffers registered as slot ${t.slot}`)
+  const src = slot ? slot.in : new Uint8Array(t.buf ?? EMPTY)
   const total = t.items.reduce((s, i) => s + i.length, 0)
-  const out = t.scratch && t.scratch.byteLength >= total ? new Uint8Array(t.scratch) : new Uint8Array(total)
+  if (slot && slot.out.length < total) throw new Error(`decode: slot ${t.slot} holds ${slot.out.length} bytes, the task ${total}`)
+  const out = slot ? slot.out : t.scratch && t.scratch.byteLength >= total ? new Uint8Array(t.scratch) : new Uint8Array(total)
   const errors: Array<string | undefined> = []
   const produced: number[] = []
   let at = 0
@@ -108,17 +131,23 @@ function decode(t: DecodeTask): DecodeResult {
     produced.push(it.length)
     at += it.length
   }
-  return {buf: t.buf, out: out.buffer as ArrayBuffer, errors, produced}
+  if (slot) return {buf: EMPTY, out: EMPTY, errors, produced}
+  return {buf: t.buf ?? EMPTY, out: out.buffer as ArrayBuffer, errors, produced}
 }
 
-parentPort?.on('message', (m: (EncodeTask | DecodeTask) & {id: number}) => {
+parentPort?.on('message', (m: ((EncodeTask | DecodeTask) & {id: number}) | SlotMessage) => {
+  if (m.op === 'slot') {
+    slots.set(m.slot, {in: new Uint8Array(m.in), out: new Uint8Array(m.out)})
+    return
+  }
   try {
     if (m.op === 'encode') {
       const result = encode(m)
       parentPort!.postMessage({id: m.id, result}, [result.buf, result.out])
     } else {
       const result = decode(m)
-      parentPort!.postMessage({id: m.id, result}, result.buf === result.out ? [result.out] : [result.buf, result.out])
+      const transfer = m.slot !== undefined ? [] : result.buf === result.out ? [result.out] : [result.buf, result.out]
+      parentPort!.postMessage({id: m.id, result}, transfer)
     }
   } catch (err) {
     parentPort!.postMessage({id: m.id, error: (err as Error).message ?? String(err)})

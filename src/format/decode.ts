@@ -8,7 +8,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {VdevError} from '../core/errors'
 import {WorkerPool} from '../core/workerpool'
-import type {DecodeItem, DecodeResult, DecodeTask} from './codec-worker'
+import type {DecodeItem, DecodeResult, DecodeTask, SlotMessage} from './codec-worker'
 import {crc32c} from './crc'
 import {ChunkKind, type ChunkEntry} from './layout'
 import {FileRanges} from './ranges'
@@ -52,12 +52,24 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
   const batchBytes = batchChunks * img.chunkSize
   const ZEROS = new ArrayBuffer(batchBytes)
   const batches = Math.ceil(img.chunkCount / batchChunks)
-  const spareOut: ArrayBuffer[] = []
-  // Input buffers come back from the workers too; a batch's stored bytes fit unless index tables sit in it.
+  // A slot's input holds a batch's stored bytes read as one span (up to 1 MiB of index tables between
+  // them) or gathered (FORMAT.md §4 bounds a chunk's stored length at its length + 1/128 + 1 KiB).
   const inBytes = batchBytes + (2 << 20)
-  const spareIn: ArrayBuffer[] = []
+  // Each batch in flight owns a slot: shared input and output buffers the workers decode from and into,
+  // registered with every worker once (SlotMessage). Nothing travels with the tasks but their items:
+  // buffers transferred per batch made V8 run a full mark-compact every few batches (docs/performance.md).
+  type Slot = {id: number; in: SharedArrayBuffer; out: SharedArrayBuffer}
+  const free: Slot[] = []
+  let slotCount = 0
+  const takeSlot = (): Slot => {
+    const had = free.pop()
+    if (had) return had
+    const s: Slot = {id: slotCount++, in: new SharedArrayBuffer(inBytes), out: new SharedArrayBuffer(batchBytes)}
+    pool.broadcast({op: 'slot', slot: s.id, in: s.in, out: s.out} satisfies SlotMessage)
+    return s
+  }
   const tableErrors = new Map<number, VdevError>()
-  type Prepared = {first: number; chunks: DecodedChunk[]; result: Promise<DecodeResult>}
+  type Prepared = {first: number; chunks: DecodedChunk[]; slot?: Slot; result: Promise<Pick<DecodeResult, 'errors'>>}
   // A local image is read from start to end: ask the kernel for it well ahead of the reads (cold image).
   const advise = img.ranges instanceof FileRanges ? sequentialAdvice(img.ranges.fd, img.ranges.size) : undefined
 
@@ -85,28 +97,36 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
         chunks.push(failed(i, tableError ?? err))
       }
     }
-    const stored = chunks.filter((c) => c.entry.storedLength > 0)
+    let lo = Infinity
+    let hi = 0
+    let sum = 0
+    for (const c of chunks)
+      if (c.entry.storedLength > 0) {
+        lo = Math.min(lo, c.entry.offset)
+        hi = Math.max(hi, c.entry.offset + c.entry.storedLength)
+        sum += c.entry.storedLength
+      }
     // Nothing stored (free space, unread areas): no worker needed, the bytes are a shared zero buffer.
-    if (stored.length === 0 && chunks.every((c) => !c.error)) return {first, chunks, result: Promise.resolve({buf: ZEROS, out: ZEROS, errors: [], produced: []})}
-    let buf: Buffer = Buffer.alloc(0)
+    if (sum === 0 && chunks.every((c) => !c.error)) return {first, chunks, result: Promise.resolve({errors: []})}
+    const slot = takeSlot()
+    const input = Buffer.from(slot.in)
     const starts = new Map<number, number>()
-    if (stored.length) {
+    if (sum > 0) {
       // Chunks are stored in order, so a batch is one read (index tables may sit between).
-      const lo = Math.min(...stored.map((c) => c.entry.offset))
-      const hi = Math.max(...stored.map((c) => c.entry.offset + c.entry.storedLength))
-      const sum = stored.reduce((s, c) => s + c.entry.storedLength, 0)
       if (hi - lo <= sum + (1 << 20)) {
         advise?.(lo, hi - lo)
-        buf = await img.ranges.read(hi - lo, lo, Buffer.from(spareIn.pop() ?? new ArrayBuffer(inBytes)))
-        for (const c of stored) starts.set(c.index, c.entry.offset - lo)
+        const got = await img.ranges.read(hi - lo, lo, input)
+        if (got.buffer !== slot.in || got.byteOffset !== 0) got.copy(input) // a source that does not read into the given buffer (remote)
+        for (const c of chunks) if (c.entry.storedLength > 0) starts.set(c.index, c.entry.offset - lo)
       } else {
-        buf = Buffer.allocUnsafeSlow(sum)
         let at = 0
-        for (const c of stored) {
-          ;(await img.ranges.read(c.entry.storedLength, c.entry.offset)).copy(buf, at)
-          starts.set(c.index, at)
-          at += c.entry.storedLength
-        }
+        for (const c of chunks)
+          if (c.entry.storedLength > 0) {
+            const got = await img.ranges.read(c.entry.storedLength, c.entry.offset, input.subarray(at))
+            if (got.buffer !== slot.in || got.byteOffset !== at) got.copy(input, at)
+            starts.set(c.index, at)
+            at += c.entry.storedLength
+          }
       }
     }
     const items: DecodeItem[] = chunks.map((c) => ({
@@ -117,45 +137,46 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
       crc: c.entry.crc,
       storedCrc: c.entry.storedCrc,
     }))
-    const input = buf.byteOffset === 0 ? (buf.buffer as ArrayBuffer) : new Uint8Array(buf).buffer
     // The workers decode; this thread, otherwise waiting, checks the data checksums (see finish).
-    const task: DecodeTask = {op: 'decode', buf: input, items, scratch: spareOut.pop() ?? new ArrayBuffer(batchBytes), skipDataCrc: true}
-    const result = pool.run<DecodeResult>(task, [task.buf, task.scratch!])
+    const task: DecodeTask = {op: 'decode', slot: slot.id, items, skipDataCrc: true}
+    const result = pool.run<DecodeResult>(task)
     result.catch(() => undefined)
-    return {first, chunks, result}
+    return {first, chunks, slot, result}
   }
 
   const finish = async (p: Prepared) => {
     const r = await p.result
+    const out = p.slot?.out ?? ZEROS
     let at = 0
     p.chunks.forEach((c, k) => {
       const len = img.chunkLength(c.index)
       const why = r.errors[k]
       if (why && !c.error) c.error = img.chunkError(c.index, c.entry, why)
-      else if (!c.error && c.entry.storedLength > 0 && crc32c(new Uint8Array(r.out, at, len)) !== c.entry.crc) {
+      else if (!c.error && c.entry.storedLength > 0 && crc32c(new Uint8Array(out, at, len)) !== c.entry.crc) {
         c.error = img.chunkError(c.index, c.entry, 'data checksum mismatch')
-        new Uint8Array(r.out, at, len).fill(0) // a damaged chunk's bytes are zeros, never the wrong bytes
+        new Uint8Array(out, at, len).fill(0) // a damaged chunk's bytes are zeros, never the wrong bytes
       }
       at += len
     })
     if (stop) for (const c of p.chunks) if (c.error) throw c.error
     const len = p.chunks.reduce((s, c) => s + img.chunkLength(c.index), 0)
-    const allZero = r.out === ZEROS
+    const allZero = !p.slot
     // FORMAT.md §6: bytes inside bad areas are zero whatever a chunk stores there (data_crc, checked above,
     // covers the bytes as stored).
-    if (!allZero) for (const bad of img.badAreas.intersect(p.first * img.chunkSize, len)) new Uint8Array(r.out, bad.offset - p.first * img.chunkSize, bad.length).fill(0)
-    await opts.onBatch({offset: p.first * img.chunkSize, data: Buffer.from(r.out, 0, len), chunks: p.chunks, allZero})
-    if (allZero) return
-    spareOut.push(r.out)
-    if (r.buf.byteLength === inBytes) spareIn.push(r.buf)
+    if (!allZero) for (const bad of img.badAreas.intersect(p.first * img.chunkSize, len)) new Uint8Array(out, bad.offset - p.first * img.chunkSize, bad.length).fill(0)
+    await opts.onBatch({offset: p.first * img.chunkSize, data: Buffer.from(out, 0, len), chunks: p.chunks, allZero})
+    if (p.slot) free.push(p.slot)
   }
 
   // Batches are prepared ahead, concurrently, while earlier ones are consumed in order: reads, decoding
   // and the consumer's writes overlap.
   const ahead: Array<Promise<Prepared>> = []
   let next = 0
+  // One batch a worker decoding and one waiting, besides the one being consumed: each holds a slot of
+  // ~6.5 MiB once touched, and a fourth batch ahead took extract of the 1.5 GiB corpus from 141 to 150 MB
+  // of peak RSS (the limit is 150) without making it faster (docs/performance.md).
   const feed = () => {
-    while (ahead.length < threads * 2 && next < batches) {
+    while (ahead.length < threads + 1 && next < batches) {
       const p = prepare(next++)
       p.catch(() => undefined)
       ahead.push(p)

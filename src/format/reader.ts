@@ -307,7 +307,7 @@ export class VdimgImage implements BlockSource {
       this.poolBusy++
       let r: DecodeResult
       try {
-        r = await this.pool.run<DecodeResult>(task, [task.buf])
+        r = await this.pool.run<DecodeResult>(task, [task.buf!])
       } finally {
         this.poolBusy--
       }
