@@ -16,7 +16,7 @@ start() { # build image name
   for _ in $(seq 100); do [ -s "$DIR/$3.out" ] && break; sleep 0.1; done
 }
 start "$A" "$IA" A; start "$B" "$IB" B
-cleanup() { for x in A B; do kill "$(cat "$DIR/$x.pid")" 2>/dev/null || true; done; }
+cleanup() { for x in A B; do kill "$(cat "$DIR/$x.pid")" 2>/dev/null || true; done; rm -rf "$DIR"; }
 trap cleanup EXIT
 cat "$IA" "$IB" > /dev/null
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
