@@ -1,0 +1,53 @@
+/**
+ * In-process A/B of the serving threads' read path: two builds' readers (each a dist/ tree, e.g. main's and
+ * this one's) open the same image in sync mode and take turns at the same seeded random 4 KiB reads, in
+ * batches, so the machine's load falls on both alike; prints CPU µs per read of each (process.cpuUsage of
+ * this single-threaded process) and their ratio. docs/performance.md, "Random reads".
+ *
+ *   node dist/bench/ab-readsync.js DIST_A DIST_B IMAGE [READS_PER_BATCH] [BATCHES]
+ *
+ * IMAGE_B=FILE gives B another image of the same data (e.g. one written with other zstd block sizes).
+ */
+import * as path from 'node:path'
+
+interface Reader {
+  readSync(offset: number, length: number, dst?: Buffer): unknown
+  size: number
+  close(): Promise<void>
+}
+
+async function main(): Promise<void> {
+  const [distA, distB, image] = process.argv.slice(2, 5)
+  const per = Number(process.argv[5] ?? 1000)
+  const batches = Number(process.argv[6] ?? 20)
+  if (!image) throw new Error('usage: ab-readsync DIST_A DIST_B IMAGE [READS_PER_BATCH] [BATCHES]')
+  const open = async (dist: string, file = image): Promise<Reader> => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const m = require(path.resolve(dist, 'src/format/reader.js')) as {openImage(p: string, o: object): Promise<Reader>}
+    return m.openImage(file, {sync: true, cacheBytes: 2 << 20})
+  }
+  const imgs = [await open(distA), await open(distB, process.env.IMAGE_B ?? image)]
+  let seed = 20260101
+  const rnd = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32
+  const blocks = Math.floor(imgs[0].size / 4096)
+  const dst = Buffer.alloc(4096)
+  const cpu = [0, 0]
+  for (let b = -2; b < batches; b++) {
+    const offsets = Array.from({length: per}, () => Math.floor(rnd() * blocks) * 4096)
+    // Alternate which goes first, so neither always follows the other's cache misses.
+    for (const k of b & 1 ? [1, 0] : [0, 1]) {
+      const c = process.cpuUsage()
+      for (const o of offsets) imgs[k].readSync(o, 4096, dst)
+      const u = process.cpuUsage(c)
+      if (b >= 0) cpu[k] += u.user + u.system // the first two batches warm up the JIT
+    }
+  }
+  const n = per * batches
+  console.log(`A ${(cpu[0] / n).toFixed(2)} µs/read  B ${(cpu[1] / n).toFixed(2)} µs/read  B/A ${(cpu[1] / cpu[0]).toFixed(3)}  (${n} reads each, load ${(await import('node:os')).loadavg()[0].toFixed(1)})`)
+  for (const i of imgs) await i.close()
+}
+
+main().catch((err) => {
+  console.error(`ab-readsync: ${(err as Error).message}`)
+  process.exit(2)
+})
