@@ -153,6 +153,9 @@ export class CurlRanges {
   private status = 0
   private refused = ''
   private retries = 0
+  /** The per-GET options as last set (a koffi call each: set only when they change, i.e. on retries). */
+  private setTimeout = -1
+  private setIdle = -1
 
   private constructor(
     private readonly c: Curl,
@@ -179,6 +182,8 @@ export class CurlRanges {
     set(CURLOPT_PROTOCOLS_STR, 'const char *', 'http,https')
     // As Node's client: no proxy from http_proxy/HTTPS_PROXY/ALL_PROXY (libcurl would use them).
     set(CURLOPT_PROXY, 'const char *', '')
+    // An idle GET (no byte for LOW_SPEED_TIME s) is abandoned: curl counts in whole seconds.
+    set(CURLOPT_LOW_SPEED_LIMIT, 'long', 1)
     if (target.url.startsWith('https:')) {
       const pem = trustedPem()
       set(CURLOPT_CAINFO, 'const char *', null)
@@ -238,16 +243,17 @@ export class CurlRanges {
     return (this.c.koffi.decode(out[0], 'vdev_curl_header') as {value: string}).value
   }
 
-  /** [pos, pos+len) of the object, retried until the read's deadline. */
-  read(len: number, pos: number): Buffer {
+  /** [pos, pos+len) of the object (in `into` when it holds len bytes), retried until the read's deadline. */
+  read(len: number, pos: number, into?: Buffer): Buffer {
     const deadline = Date.now() + this.timeoutMs
     const first = pos
     const last = pos + len - 1
     for (let n = 0; ; n++) {
       if (Atomics.load(this.changed, 0) !== 0) throw new VdevError('io', `${this.name}: the object changed since it was opened; reads fail rather than mix two versions`)
-      const left = deadline - Date.now()
+      // The first attempt has the whole timeout (the same value every time: no setopt for it).
+      const left = n === 0 ? this.timeoutMs : deadline - Date.now()
       try {
-        return this.get(first, last, Math.max(1, left))
+        return this.get(first, last, Math.max(1, left), into)
       } catch (err) {
         if (!(err instanceof Attempt)) throw err
         if (err.changed) Atomics.store(this.changed, 0, 1)
@@ -260,17 +266,25 @@ export class CurlRanges {
     }
   }
 
-  private get(first: number, last: number, leftMs: number): Buffer {
+  private get(first: number, last: number, leftMs: number, into: Buffer | undefined): Buffer {
     const c = this.c
     const h = this.handle
     const len = last - first + 1
     c.setopt(h, CURLOPT_RANGE, 'const char *', `${first}-${last}`)
-    c.setopt(h, CURLOPT_TIMEOUT_MS, 'long', Math.ceil(leftMs))
-    c.setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 'long', Math.ceil(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS)))
-    // An idle GET (no byte for this long) is abandoned: curl counts in whole seconds.
-    c.setopt(h, CURLOPT_LOW_SPEED_LIMIT, 'long', 1)
-    c.setopt(h, CURLOPT_LOW_SPEED_TIME, 'long', Math.max(1, Math.ceil(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS) / 1000)))
-    this.data = Buffer.allocUnsafeSlow(len)
+    const timeout = Math.ceil(leftMs)
+    if (timeout !== this.setTimeout) {
+      c.setopt(h, CURLOPT_TIMEOUT_MS, 'long', timeout)
+      this.setTimeout = timeout
+    }
+    const idle = Math.ceil(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS))
+    if (idle !== this.setIdle) {
+      c.setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 'long', idle)
+      c.setopt(h, CURLOPT_LOW_SPEED_TIME, 'long', Math.max(1, Math.ceil(idle / 1000)))
+      this.setIdle = idle
+    }
+    // Straight into the caller's buffer (the reader's stored-bytes scratch) when it has room: no
+    // allocation per GET (a fresh ~50 KiB buffer each time cost malloc, mmap and page faults).
+    this.data = into && into.length >= len ? into.subarray(0, len) : Buffer.allocUnsafeSlow(len)
     this.at = 0
     this.status = 0
     this.refused = ''
@@ -297,10 +311,13 @@ export class CurlRanges {
     if (status === 401 || status === 403)
       throw new Attempt(`${this.name}: access denied (HTTP ${status})${status === 401 ? ': the server wants credentials (--header)' : ''}`, false)
     if (status === 408 || status === 429 || status >= 500) throw new Attempt(`HTTP ${status}`, true)
+    // Each header is a koffi call and a decode: only those that are checked are looked up.
     const tag = parseEntityTag(this.header('etag'))
-    const modified = this.header('last-modified')
     if (pinned !== undefined && tag && tag.value !== pinned) throw this.changedAttempt(`ETag ${pinned} → ${tag.value}`)
-    if (pinned === undefined && t.lastModified && modified && modified !== t.lastModified) throw this.changedAttempt(`Last-Modified ${t.lastModified} → ${modified}`)
+    if (pinned === undefined && t.lastModified) {
+      const modified = this.header('last-modified')
+      if (modified && modified !== t.lastModified) throw this.changedAttempt(`Last-Modified ${t.lastModified} → ${modified}`)
+    }
     if (status === 416) {
       if (pinned !== undefined || t.lastModified) throw this.changedAttempt('HTTP 416: it is shorter')
       throw new Attempt(`${this.name}: HTTP 416 for bytes ${first}-${last}`, false)

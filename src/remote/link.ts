@@ -147,8 +147,9 @@ export class LinkedRanges implements ByteRanges {
   readSync(len: number, pos: number, into?: Buffer): Buffer {
     if (this.closed) throw new VdevError('io', `${this.name}: closed`)
     if (len > 0 && Atomics.load(this.changed, 0) === 0) {
-      const c = this.cache?.get(pos, len)
-      if (c) return copyOut(c, into, false)
+      // Straight into the caller's buffer when it has one (the reader's stored-bytes scratch).
+      const c = this.cache?.get(pos, len, into)
+      if (c) return c
       const v = this.fromSlice(len, pos)
       if (v) {
         this.remember(pos + len)
@@ -159,9 +160,9 @@ export class LinkedRanges implements ByteRanges {
         // A seek: GET exactly these bytes here, no hop (a stream's next reads go to the owner's read-ahead).
         this.remember(pos + len)
         this.directCalls++
-        const d = this.direct.read(len, pos)
+        const d = this.direct.read(len, pos, into)
         this.cache?.put(pos, d)
-        return copyOut(d, into, false)
+        return d.buffer === into?.buffer ? d : copyOut(d, into, false)
       }
       this.remember(pos + len)
     } else if (this.slices.length) this.slices = []
