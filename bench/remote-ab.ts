@@ -6,7 +6,8 @@
  *     `vdev serve` of the local file,
  * each with the server's CPU seconds (all threads, /proc) beside the time.
  *
- *   node dist/bench/remote-ab.js IMAGE.vdimg NAME=path/to/bin/run.js [NAME=…]
+ *   node dist/bench/remote-ab.js IMAGE.vdimg NAME=path/to/bin/run.js[,VAR=VALUE…] [NAME=…]
+ * (each build with its own environment variables, e.g. `ahead=bin/run.js noahead=bin/run.js,VDEV_DECODE_AHEAD=0`)
  * Knobs: AB_ROUNDS (3), AB_QD1 (2000 reads), AB_MODES (qd1,warm,local), AB_ARGS (extra serve flags),
  * AB_NODE_ARGS (node flags for the servers, e.g. `--cpu-prof --cpu-prof-dir=DIR`).
  */
@@ -19,8 +20,11 @@ import {cpuSeconds, freshSocket, randomReadRate, stop, type Server} from './nbd-
 import {timed} from './lib'
 import {Nginx} from '../test/remote/nginx'
 
-async function serve(bin: string, image: string, sock: string, extra: string[]): Promise<Server> {
-  const child = spawn(process.execPath, [...(process.env.AB_NODE_ARGS ?? '').split(' ').filter(Boolean), bin, 'serve', image, '--listen', `unix:${sock}`, '--json', ...extra], {stdio: ['ignore', 'pipe', 'inherit']})
+async function serve(bin: string, image: string, sock: string, extra: string[], env: Record<string, string>): Promise<Server> {
+  const child = spawn(process.execPath, [...(process.env.AB_NODE_ARGS ?? '').split(' ').filter(Boolean), bin, 'serve', image, '--listen', `unix:${sock}`, '--json', ...extra], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: {...process.env, ...env},
+  })
   const line = await new Promise<string>((resolve, reject) => {
     createInterface({input: child.stdout!}).once('line', resolve)
     child.once('exit', (c) => reject(new Error(`vdev serve exited (${c})`)))
@@ -42,8 +46,8 @@ async function main(): Promise<void> {
   await nginx.start()
   const url = `${nginx.url}/image.vdimg`
   const sock = path.join(dir, 'nbd.sock')
-  const run = async (bin: string, img: string, extra: string[], client: (uri: string) => Promise<number>, warmup?: (uri: string) => Promise<number>): Promise<{v: number; cpu: number}> => {
-    const s = await serve(bin, img, freshSocket(sock), [...extra, ...extraArgs])
+  const run = async (b: {bin: string; env: Record<string, string>}, img: string, extra: string[], client: (uri: string) => Promise<number>, warmup?: (uri: string) => Promise<number>): Promise<{v: number; cpu: number}> => {
+    const s = await serve(b.bin, img, freshSocket(sock), [...extra, ...extraArgs], b.env)
     try {
       if (warmup) await warmup(s.uri)
       const cpu0 = cpuSeconds(s.child.pid!)
@@ -57,11 +61,13 @@ async function main(): Promise<void> {
   const out: Record<string, Record<string, Array<{v: number; cpu: number}>>> = {}
   try {
     const parsed = builds.map((b) => {
-      const [name, bin] = b.split('=')
-      return {name, bin: path.resolve(bin), cache: path.join(dir, `cache-${name}`)}
+      const [spec, ...vars] = b.split(',')
+      const [name, bin] = spec.split('=')
+      const env = Object.fromEntries(vars.map((v) => [v.slice(0, v.indexOf('=')), v.slice(v.indexOf('=') + 1)]))
+      return {name, bin: path.resolve(bin), env, cache: path.join(dir, `cache-${name}`)}
     })
     if (modes.includes('warm'))
-      for (const b of parsed) await run(b.bin, url, ['--cache', b.cache, '--cache-size', '4G'], copy) // fill
+      for (const b of parsed) await run(b, url, ['--cache', b.cache, '--cache-size', '4G'], copy) // fill
     for (let r = 0; r < rounds; r++) {
       for (const b of parsed) {
         const row = (out[b.name] ??= {})
@@ -71,9 +77,9 @@ async function main(): Promise<void> {
         }
         // 100 reads first (other offsets' chunks: the same seed's first 100): the serving threads start and
         // load their code outside the CPU counted.
-        if (modes.includes('qd1')) add('qd1', await run(b.bin, url, ['--cache', 'none'], (u) => randomReadRate(u, nQd1, 1), (u) => randomReadRate(u, 100, 1)))
-        if (modes.includes('warm')) add('warm', await run(b.bin, url, ['--cache', b.cache, '--cache-size', '4G'], copy))
-        if (modes.includes('local')) add('local', await run(b.bin, path.resolve(image), [], copy))
+        if (modes.includes('qd1')) add('qd1', await run(b, url, ['--cache', 'none'], (u) => randomReadRate(u, nQd1, 1), (u) => randomReadRate(u, 100, 1)))
+        if (modes.includes('warm')) add('warm', await run(b, url, ['--cache', b.cache, '--cache-size', '4G'], copy))
+        if (modes.includes('local')) add('local', await run(b, path.resolve(image), [], copy))
       }
     }
     for (const [name, row] of Object.entries(out)) {

@@ -69,6 +69,8 @@ export class RangeCache {
   /** A hit's file header and the byte past its end (reused: get() runs on every hit). */
   private readonly head = Buffer.alloc(HEAD)
   private readonly tail = Buffer.alloc(1)
+  /** The buffer the last hit returned, whose CRC-32C get() computed (checkedCrc). */
+  private lastHit: Buffer | undefined
 
   private constructor(
     readonly root: string,
@@ -115,15 +117,17 @@ export class RangeCache {
 
   /**
    * The cached bytes of exactly [pos, pos+len), checked; undefined on a miss. They are read straight into
-   * `into` when it holds len bytes (one open, one readv, one close: no allocation, no copy).
+   * `into` when it holds len bytes (one open, one readv, one close: no allocation, no copy). `countMiss`
+   * false: a probe (decoding ahead) whose miss is not one of the reads' misses.
    */
-  get(pos: number, len: number, into?: Buffer): Buffer | undefined {
+  get(pos: number, len: number, into?: Buffer, countMiss = true): Buffer | undefined {
+    this.lastHit = undefined
     const f = this.file(pos, len)
     let fd: number
     try {
       fd = fs.openSync(f, 'r')
     } catch {
-      Atomics.add(this.counters, MISSES, 1n)
+      if (countMiss) Atomics.add(this.counters, MISSES, 1n)
       return undefined
     }
     const out = into && into.length >= len ? into.subarray(0, len) : Buffer.allocUnsafe(len)
@@ -133,6 +137,7 @@ export class RangeCache {
       const n = fs.readvSync(fd, [this.head, out, this.tail], 0)
       const h = this.head
       ok = n === HEAD + len && h.compare(MAGIC, 0, MAGIC.length, 0, MAGIC.length) === 0 && h.readUInt32LE(MAGIC.length + 4) === len && crc32c(out) === h.readUInt32LE(MAGIC.length)
+      this.lastHit = ok ? out : undefined
       if (ok) this.touch(f, fd)
     } catch {
       ok = false
@@ -151,6 +156,18 @@ export class RangeCache {
     }
     Atomics.add(this.counters, HITS, 1n)
     return out
+  }
+
+  /**
+   * The CRC-32C of `b` if it is what the last get() returned (checked equal to its file's): the reader,
+   * which checks a chunk's stored bytes against its index entry, compares that instead of computing it
+   * again. Once: any later call says undefined.
+   */
+  checkedCrc(b: Buffer): number | undefined {
+    const hit = this.lastHit
+    this.lastHit = undefined
+    if (hit !== b) return undefined
+    return this.head.readUInt32LE(MAGIC.length)
   }
 
   /** Mark a hit file as recently used (its mtime orders eviction), at most once per TOUCH_MS per file. */
