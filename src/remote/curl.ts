@@ -69,6 +69,8 @@ interface Curl {
   slistFree: (l: unknown) => void
   strerror: (code: number) => string
   writeProto: Koffi.TypeObject
+  /** memcpy(dst, src, n): a write callback's bytes into a Buffer without wrapping them in a JS view. */
+  memcpy: ((dst: Uint8Array, src: unknown, n: number) => unknown) | undefined
 }
 
 let loaded: Curl | null | undefined
@@ -101,6 +103,7 @@ function curl(): Curl | null {
         slistFree: lib.func('void curl_slist_free_all(void *list)'),
         strerror: lib.func('const char *curl_easy_strerror(int code)'),
         writeProto: koffi.proto('size_t vdev_curl_write(void *ptr, size_t size, size_t nmemb, void *userdata)'),
+        memcpy: libcMemcpy(koffi),
       }
       return loaded
     } catch {
@@ -108,6 +111,19 @@ function curl(): Curl | null {
     }
   }
   return loaded
+}
+
+/** The C library's memcpy, or undefined where it is not found under that name (then a view is copied). */
+function libcMemcpy(koffi: typeof Koffi): Curl['memcpy'] {
+  const names = process.platform === 'darwin' ? ['libSystem.B.dylib'] : ['libc.so.6']
+  for (const name of names) {
+    try {
+      return koffi.load(name).func('void *memcpy(void *dst, void *src, size_t n)') as Curl['memcpy']
+    } catch {
+      // not here
+    }
+  }
+  return undefined
 }
 
 /** Whether this thread can use libcurl (VDEV_REMOTE_CURL=0 says no). */
@@ -232,7 +248,11 @@ export class CurlRanges {
       this.refused = `more bytes than the ${this.data.length} asked for`
       return 0
     }
-    if (n > 0) Buffer.from(this.c.koffi.view(ptr, n)).copy(this.data, this.at)
+    if (n > 0) {
+      // One native copy; wrapping curl's memory in an external ArrayBuffer per callback cost GC work.
+      if (this.c.memcpy) this.c.memcpy(this.data.subarray(this.at, this.at + n), ptr, n)
+      else Buffer.from(this.c.koffi.view(ptr, n)).copy(this.data, this.at)
+    }
     this.at += n
     return n
   }
