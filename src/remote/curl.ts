@@ -71,6 +71,8 @@ interface Curl {
   writeProto: Koffi.TypeObject
   /** memcpy(dst, src, n): a write callback's bytes into a Buffer without wrapping them in a JS view. */
   memcpy: ((dst: Uint8Array, src: unknown, n: number) => unknown) | undefined
+  /** Where `value` is in struct curl_header. */
+  headerValueOffset: number
 }
 
 let loaded: Curl | null | undefined
@@ -86,7 +88,7 @@ function curl(): Curl | null {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const koffi: typeof Koffi = require('koffi')
       const lib = koffi.load(name)
-      koffi.struct('vdev_curl_header', {name: 'const char *', value: 'const char *', amount: 'size_t', index: 'size_t', origin: 'unsigned int', anchor: 'void *'})
+      const headerType = koffi.struct('vdev_curl_header', {name: 'const char *', value: 'const char *', amount: 'size_t', index: 'size_t', origin: 'unsigned int', anchor: 'void *'})
       koffi.struct('vdev_curl_blob', {data: 'void *', len: 'size_t', flags: 'unsigned int'})
       const globalInit = lib.func('int curl_global_init(long flags)')
       if (globalInit(3) !== 0) return null
@@ -104,6 +106,7 @@ function curl(): Curl | null {
         strerror: lib.func('const char *curl_easy_strerror(int code)'),
         writeProto: koffi.proto('size_t vdev_curl_write(void *ptr, size_t size, size_t nmemb, void *userdata)'),
         memcpy: libcMemcpy(koffi),
+        headerValueOffset: koffi.offsetof(headerType, 'value'),
       }
       return loaded
     } catch {
@@ -260,7 +263,8 @@ export class CurlRanges {
   private header(name: string): string | undefined {
     const out: unknown[] = [null]
     if (this.c.header(this.handle, name, 0, CURLH_HEADER, -1, out) !== 0 || !out[0]) return undefined
-    return (this.c.koffi.decode(out[0], 'vdev_curl_header') as {value: string}).value
+    // Only the value (struct curl_header's second field): no JS string for the name, no object.
+    return this.c.koffi.decode(out[0], this.c.headerValueOffset, 'const char *') as string
   }
 
   /** [pos, pos+len) of the object (in `into` when it holds len bytes), retried until the read's deadline. */
