@@ -9,6 +9,7 @@
  *   node dist/bench/remote-ab.js IMAGE.vdimg NAME=path/to/bin/run.js[,VAR=VALUE…] [NAME=…]
  * (each build with its own environment variables, e.g. `ahead=bin/run.js noahead=bin/run.js,VDEV_DECODE_AHEAD=0`)
  * Knobs: AB_ROUNDS (3), AB_QD1 (2000 reads), AB_MODES (qd1,warm,local), AB_ARGS (extra serve flags),
+ * AB_RAW (the raw image the VDIMG was made from: nbdkit's curl plugin on it, QD1, as a reference row),
  * AB_NODE_ARGS (node flags for the servers, e.g. `--cpu-prof --cpu-prof-dir=DIR`).
  */
 import * as fs from 'node:fs'
@@ -16,7 +17,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {spawn} from 'node:child_process'
 import {createInterface} from 'node:readline'
-import {cpuSeconds, freshSocket, randomReadRate, stop, type Server} from './nbd-servers'
+import {cpuSeconds, freshSocket, randomReadRate, stop, waitForSocket, type Server} from './nbd-servers'
 import {timed} from './lib'
 import {Nginx} from '../test/remote/nginx'
 
@@ -43,6 +44,8 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdev-remote-ab-'))
   const nginx = await Nginx.create(path.join(dir, 'nginx'))
   fs.symlinkSync(path.resolve(image), path.join(nginx.www, 'image.vdimg'))
+  const raw = process.env.AB_RAW
+  if (raw) fs.symlinkSync(path.resolve(raw), path.join(nginx.www, 'image.raw'))
   await nginx.start()
   const url = `${nginx.url}/image.vdimg`
   const sock = path.join(dir, 'nbd.sock')
@@ -69,6 +72,22 @@ async function main(): Promise<void> {
     if (modes.includes('warm'))
       for (const b of parsed) await run(b, url, ['--cache', b.cache, '--cache-size', '4G'], copy) // fill
     for (let r = 0; r < rounds; r++) {
+      if (raw && modes.includes('qd1')) {
+        // The reference: nbdkit's curl plugin on the raw image from the same nginx, the same reads.
+        const child = spawn('nbdkit', ['-f', '-r', '-U', freshSocket(sock), 'curl', `url=${nginx.url}/image.raw`], {stdio: 'ignore'})
+        await waitForSocket(sock, child, 'nbdkit curl')
+        const s: Server = {name: 'nbdkit curl', uri: `nbd+unix:///?socket=${sock}`, child, file: raw}
+        try {
+          await randomReadRate(s.uri, 100, 1)
+          const cpu0 = cpuSeconds(child.pid!)
+          const v = await randomReadRate(s.uri, nQd1, 1)
+          const x = {v, cpu: cpuSeconds(child.pid!) - cpu0}
+          ;((out['nbdkit-curl (raw)'] ??= {}).qd1 ??= []).push(x)
+          process.stderr.write(`round ${r} nbdkit-curl qd1: ${v.toFixed(0)} (server CPU ${x.cpu.toFixed(2)} s) load ${os.loadavg()[0].toFixed(1)}\n`)
+        } finally {
+          await stop(s)
+        }
+      }
       for (const b of parsed) {
         const row = (out[b.name] ??= {})
         const add = (k: string, x: {v: number; cpu: number}) => {
