@@ -4,7 +4,8 @@
  * its read-ahead window from 1 MiB up to 8 MiB and a seek starts it again; random reads fetch just what
  * they need; the object is pinned (a replaced object fails every later read, even one of the same size);
  * a server that accepts and never answers, or answers 503, fails a read within the timeout; serving
- * threads read through the link exactly what the owner reads. And the two header parsers.
+ * threads read through the link exactly what the owner reads; decoding ahead reads only the cache. And the
+ * two header parsers.
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
