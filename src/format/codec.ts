@@ -147,15 +147,17 @@ export class ChunkDecoder {
 
   /**
    * Decode one stored chunk into `dst` (exactly its logical length); checks both checksums, or only the
-   * stored one when `checkData` is false (the caller then checks the data checksum itself).
+   * stored one when `checkData` is false (the caller then checks the data checksum itself). `storedChecked`:
+   * the caller has just computed the CRC-32C of these very bytes and found it equal to storedCrc (a remote
+   * image's cache file, checked on use: src/remote/cache.ts), so it is not computed twice.
    */
-  decodeInto(kind: ChunkKind, stored: Uint8Array, crc: number, storedCrc: number, dst: Uint8Array, checkData = true): void {
+  decodeInto(kind: ChunkKind, stored: Uint8Array, crc: number, storedCrc: number, dst: Uint8Array, checkData = true, storedChecked = false): void {
     const length = dst.length
     if (kind === ChunkKind.Zero || kind === ChunkKind.Unread) {
       dst.fill(0)
       return
     }
-    if (crc32c(stored) !== storedCrc) throw new ChunkDecodeError('stored bytes checksum mismatch')
+    if (!storedChecked && crc32c(stored) !== storedCrc) throw new ChunkDecodeError('stored bytes checksum mismatch')
     if (kind === ChunkKind.Raw) {
       if (stored.length !== length) throw new ChunkDecodeError(`raw chunk holds ${stored.length} bytes, expected ${length}`)
       dst.set(stored)
@@ -180,12 +182,12 @@ export class ChunkDecoder {
    * rest of the chunk. Checks the stored bytes' CRC; the data CRC cannot be checked on a prefix, so this
    * is for serving reads, which rely on the stored CRC (FORMAT.md §5).
    */
-  decodePrefixInto(kind: ChunkKind, stored: Uint8Array, storedCrc: number, dst: Uint8Array, need: number): number {
+  decodePrefixInto(kind: ChunkKind, stored: Uint8Array, storedCrc: number, dst: Uint8Array, need: number, storedChecked = false): number {
     if (kind !== ChunkKind.Zstd || need >= dst.length || !zstd.streaming || !zstdMultiBlock(stored)) {
-      this.decodeInto(kind, stored, 0, storedCrc, dst, false)
+      this.decodeInto(kind, stored, 0, storedCrc, dst, false, storedChecked)
       return dst.length
     }
-    if (crc32c(stored) !== storedCrc) throw new ChunkDecodeError('stored bytes checksum mismatch')
+    if (!storedChecked && crc32c(stored) !== storedCrc) throw new ChunkDecodeError('stored bytes checksum mismatch')
     const bad = zstdFrameProblem(stored, dst.length)
     if (bad) throw new ChunkDecodeError(bad)
     // Streaming with the output cut at `need`: zstd stops once it is filled (it decodes the block that

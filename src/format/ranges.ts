@@ -35,6 +35,21 @@ export interface ByteRanges {
    * serving thread needs to read them through this instance (src/remote/link.ts), and what to transfer.
    */
   offerLink?(): {value: unknown; transfer: TransferListItem[]}
+  /**
+   * Run `f` with this instance's reads limited to bytes it holds locally (a remote object's cache): any
+   * other read fails ('io') instead of going to the network. For decoding ahead (VdimgImage.prefetch), which
+   * must never fetch: a read the device was not asked for would succeed or wait during an outage.
+   * Absent: every read is local (a file).
+   */
+  localOnly?<T>(f: () => T): T
+  /**
+   * The CRC-32C this instance computed over exactly the bytes of `b` when it returned them just now (a
+   * cache file's check), or undefined: the caller need not compute it again. Asked once, right after the
+   * read; forgotten by any other read.
+   */
+  checkedCrc?(b: Buffer): number | undefined
+  /** Whether localOnly can find anything at all (a remote object with a cache). */
+  readonly hasLocal?: boolean
   /** What was fetched so far (remote bytes). */
   readonly stats?: FetchStats
   close(): Promise<void>

@@ -123,12 +123,14 @@ export class VdimgImage implements BlockSource {
   /** What each serving thread's instance needs from this one (a remote image's fetching link). */
   threadLink(): ThreadLink | undefined {
     const remote = this.ranges.offerLink?.()
-    if (remote) return remote
-    // A local file: the threads share one decode-ahead buffer (a remote image's bytes come through one
-    // link already, with its own read-ahead: src/remote/readahead.ts).
-    // VDEV_DECODE_AHEAD=0 turns it off (for measuring it: docs/performance.md).
-    if (process.env.VDEV_DECODE_AHEAD === '0') return undefined
-    this.readAheadBuffer ??= SharedReadAhead.create(this.chunkSize)
+    // The threads share one decode-ahead buffer: a local file's, and a remote image's with a cache, whose
+    // threads decode ahead only what the cache holds (prefetch; the network is for the read-ahead of the
+    // fetching instance, src/remote/readahead.ts). VDEV_DECODE_AHEAD=0 turns it off (for measuring it:
+    // docs/performance.md, docs/remote.md).
+    const ahead = process.env.VDEV_DECODE_AHEAD !== '0' && (!remote || this.ranges.hasLocal)
+    if (ahead) this.readAheadBuffer ??= SharedReadAhead.create(this.chunkSize)
+    if (remote) return ahead ? {value: {...(remote.value as object), readAhead: this.readAheadBuffer}, transfer: remote.transfer} : remote
+    if (!ahead) return undefined
     return {value: {readAhead: this.readAheadBuffer}, transfer: []}
   }
   private readAheadBuffer: SharedArrayBuffer | undefined
@@ -342,7 +344,8 @@ export class VdimgImage implements BlockSource {
     if (e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread) return null
     this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
     const stored = this.ranges.readSync(e.storedLength, e.offset, this.storedScratch)
-    const data = this.decodeChunk(i, e, stored, hadPrefix ? len : need, () => this.cache.buffer(len))
+    const checked = this.ranges.checkedCrc?.(stored) === e.storedCrc
+    const data = this.decodeChunk(i, e, stored, hadPrefix ? len : need, () => this.cache.buffer(len), checked)
     this.cache.remember(i, data)
     return data
   }
@@ -360,12 +363,12 @@ export class VdimgImage implements BlockSource {
    * covers `need` when prefixWanted. Returns the decoded bytes, a prefix of the chunk or all of it.
    */
 
-  private decodeChunk(i: number, e: ChunkEntry, stored: Buffer, need: number, alloc: () => Buffer): Buffer {
+  private decodeChunk(i: number, e: ChunkEntry, stored: Buffer, need: number, alloc: () => Buffer, storedChecked = false): Buffer {
     const len = this.chunkLength(i)
     try {
       if (this.prefixWanted(i, e, need)) {
         const data = alloc()
-        const n = this.decoder.decodePrefixInto(e.kind, stored, e.storedCrc, data, need)
+        const n = this.decoder.decodePrefixInto(e.kind, stored, e.storedCrc, data, need, storedChecked)
         if (n === len) return data
         this.cache.prefixes++
         return data.subarray(0, n)
@@ -373,7 +376,7 @@ export class VdimgImage implements BlockSource {
       // Sync mode decodes into its reused buffers; otherwise a raw chunk's stored bytes serve as they are.
       if (!this.sync) return this.decoder.decode(e.kind, stored, len, e.crc, e.storedCrc, this.checkData)
       const data = alloc()
-      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data, this.checkData)
+      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, data, this.checkData, storedChecked)
       return data
     } catch (err) {
       if (err instanceof ChunkDecodeError) throw this.chunkError(i, e, err.message)
@@ -438,6 +441,11 @@ export class VdimgImage implements BlockSource {
   prefetch(): boolean {
     const ahead = this.readAhead
     if (!ahead || this.closed) return false
+    // A remote image decodes ahead only from its cache: never a GET nobody asked for.
+    return this.ranges.localOnly ? this.ranges.localOnly(() => this.prefetchWith(ahead)) : this.prefetchWith(ahead)
+  }
+
+  private prefetchWith(ahead: SharedReadAhead): boolean {
     const claimed = ahead.claim((i) => {
       if (i >= this.chunkCount) return true
       try {
@@ -455,7 +463,8 @@ export class VdimgImage implements BlockSource {
       const e = this.entrySync(i)
       this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
       const stored = this.ranges.readSync(e.storedLength, e.offset, this.storedScratch)
-      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, ahead.slotBuffer(slot, len), this.checkData)
+      const checked = this.ranges.checkedCrc?.(stored) === e.storedCrc
+      this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, ahead.slotBuffer(slot, len), this.checkData, checked)
       done = len
     } catch {
       // damaged or unreadable: the read of this chunk decodes it again and fails as it should

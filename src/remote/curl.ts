@@ -69,6 +69,10 @@ interface Curl {
   slistFree: (l: unknown) => void
   strerror: (code: number) => string
   writeProto: Koffi.TypeObject
+  /** memcpy(dst, src, n): a write callback's bytes into a Buffer without wrapping them in a JS view. */
+  memcpy: ((dst: Uint8Array, src: unknown, n: number) => unknown) | undefined
+  /** Where `value` is in struct curl_header. */
+  headerValueOffset: number
 }
 
 let loaded: Curl | null | undefined
@@ -84,7 +88,7 @@ function curl(): Curl | null {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const koffi: typeof Koffi = require('koffi')
       const lib = koffi.load(name)
-      koffi.struct('vdev_curl_header', {name: 'const char *', value: 'const char *', amount: 'size_t', index: 'size_t', origin: 'unsigned int', anchor: 'void *'})
+      const headerType = koffi.struct('vdev_curl_header', {name: 'const char *', value: 'const char *', amount: 'size_t', index: 'size_t', origin: 'unsigned int', anchor: 'void *'})
       koffi.struct('vdev_curl_blob', {data: 'void *', len: 'size_t', flags: 'unsigned int'})
       const globalInit = lib.func('int curl_global_init(long flags)')
       if (globalInit(3) !== 0) return null
@@ -101,6 +105,8 @@ function curl(): Curl | null {
         slistFree: lib.func('void curl_slist_free_all(void *list)'),
         strerror: lib.func('const char *curl_easy_strerror(int code)'),
         writeProto: koffi.proto('size_t vdev_curl_write(void *ptr, size_t size, size_t nmemb, void *userdata)'),
+        memcpy: libcMemcpy(koffi),
+        headerValueOffset: koffi.offsetof(headerType, 'value'),
       }
       return loaded
     } catch {
@@ -108,6 +114,19 @@ function curl(): Curl | null {
     }
   }
   return loaded
+}
+
+/** The C library's memcpy, or undefined where it is not found under that name (then a view is copied). */
+function libcMemcpy(koffi: typeof Koffi): Curl['memcpy'] {
+  const names = process.platform === 'darwin' ? ['libSystem.B.dylib'] : ['libc.so.6']
+  for (const name of names) {
+    try {
+      return koffi.load(name).func('void *memcpy(void *dst, void *src, size_t n)') as Curl['memcpy']
+    } catch {
+      // not here
+    }
+  }
+  return undefined
 }
 
 /** Whether this thread can use libcurl (VDEV_REMOTE_CURL=0 says no). */
@@ -153,6 +172,9 @@ export class CurlRanges {
   private status = 0
   private refused = ''
   private retries = 0
+  /** The per-GET options as last set (a koffi call each: set only when they change, i.e. on retries). */
+  private setTimeout = -1
+  private setIdle = -1
 
   private constructor(
     private readonly c: Curl,
@@ -179,6 +201,8 @@ export class CurlRanges {
     set(CURLOPT_PROTOCOLS_STR, 'const char *', 'http,https')
     // As Node's client: no proxy from http_proxy/HTTPS_PROXY/ALL_PROXY (libcurl would use them).
     set(CURLOPT_PROXY, 'const char *', '')
+    // An idle GET (no byte for LOW_SPEED_TIME s) is abandoned: curl counts in whole seconds.
+    set(CURLOPT_LOW_SPEED_LIMIT, 'long', 1)
     if (target.url.startsWith('https:')) {
       const pem = trustedPem()
       set(CURLOPT_CAINFO, 'const char *', null)
@@ -227,7 +251,11 @@ export class CurlRanges {
       this.refused = `more bytes than the ${this.data.length} asked for`
       return 0
     }
-    if (n > 0) Buffer.from(this.c.koffi.view(ptr, n)).copy(this.data, this.at)
+    if (n > 0) {
+      // One native copy; wrapping curl's memory in an external ArrayBuffer per callback cost GC work.
+      if (this.c.memcpy) this.c.memcpy(this.data.subarray(this.at, this.at + n), ptr, n)
+      else Buffer.from(this.c.koffi.view(ptr, n)).copy(this.data, this.at)
+    }
     this.at += n
     return n
   }
@@ -235,19 +263,21 @@ export class CurlRanges {
   private header(name: string): string | undefined {
     const out: unknown[] = [null]
     if (this.c.header(this.handle, name, 0, CURLH_HEADER, -1, out) !== 0 || !out[0]) return undefined
-    return (this.c.koffi.decode(out[0], 'vdev_curl_header') as {value: string}).value
+    // Only the value (struct curl_header's second field): no JS string for the name, no object.
+    return this.c.koffi.decode(out[0], this.c.headerValueOffset, 'const char *') as string
   }
 
-  /** [pos, pos+len) of the object, retried until the read's deadline. */
-  read(len: number, pos: number): Buffer {
+  /** [pos, pos+len) of the object (in `into` when it holds len bytes), retried until the read's deadline. */
+  read(len: number, pos: number, into?: Buffer): Buffer {
     const deadline = Date.now() + this.timeoutMs
     const first = pos
     const last = pos + len - 1
     for (let n = 0; ; n++) {
       if (Atomics.load(this.changed, 0) !== 0) throw new VdevError('io', `${this.name}: the object changed since it was opened; reads fail rather than mix two versions`)
-      const left = deadline - Date.now()
+      // The first attempt has the whole timeout (the same value every time: no setopt for it).
+      const left = n === 0 ? this.timeoutMs : deadline - Date.now()
       try {
-        return this.get(first, last, Math.max(1, left))
+        return this.get(first, last, Math.max(1, left), into)
       } catch (err) {
         if (!(err instanceof Attempt)) throw err
         if (err.changed) Atomics.store(this.changed, 0, 1)
@@ -260,17 +290,25 @@ export class CurlRanges {
     }
   }
 
-  private get(first: number, last: number, leftMs: number): Buffer {
+  private get(first: number, last: number, leftMs: number, into: Buffer | undefined): Buffer {
     const c = this.c
     const h = this.handle
     const len = last - first + 1
     c.setopt(h, CURLOPT_RANGE, 'const char *', `${first}-${last}`)
-    c.setopt(h, CURLOPT_TIMEOUT_MS, 'long', Math.ceil(leftMs))
-    c.setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 'long', Math.ceil(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS)))
-    // An idle GET (no byte for this long) is abandoned: curl counts in whole seconds.
-    c.setopt(h, CURLOPT_LOW_SPEED_LIMIT, 'long', 1)
-    c.setopt(h, CURLOPT_LOW_SPEED_TIME, 'long', Math.max(1, Math.ceil(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS) / 1000)))
-    this.data = Buffer.allocUnsafeSlow(len)
+    const timeout = Math.ceil(leftMs)
+    if (timeout !== this.setTimeout) {
+      c.setopt(h, CURLOPT_TIMEOUT_MS, 'long', timeout)
+      this.setTimeout = timeout
+    }
+    const idle = Math.ceil(Math.min(leftMs, MAX_ATTEMPT_IDLE_MS))
+    if (idle !== this.setIdle) {
+      c.setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 'long', idle)
+      c.setopt(h, CURLOPT_LOW_SPEED_TIME, 'long', Math.max(1, Math.ceil(idle / 1000)))
+      this.setIdle = idle
+    }
+    // Straight into the caller's buffer (the reader's stored-bytes scratch) when it has room: no
+    // allocation per GET (a fresh ~50 KiB buffer each time cost malloc, mmap and page faults).
+    this.data = into && into.length >= len ? into.subarray(0, len) : Buffer.allocUnsafeSlow(len)
     this.at = 0
     this.status = 0
     this.refused = ''
@@ -297,10 +335,13 @@ export class CurlRanges {
     if (status === 401 || status === 403)
       throw new Attempt(`${this.name}: access denied (HTTP ${status})${status === 401 ? ': the server wants credentials (--header)' : ''}`, false)
     if (status === 408 || status === 429 || status >= 500) throw new Attempt(`HTTP ${status}`, true)
+    // Each header is a koffi call and a decode: only those that are checked are looked up.
     const tag = parseEntityTag(this.header('etag'))
-    const modified = this.header('last-modified')
     if (pinned !== undefined && tag && tag.value !== pinned) throw this.changedAttempt(`ETag ${pinned} → ${tag.value}`)
-    if (pinned === undefined && t.lastModified && modified && modified !== t.lastModified) throw this.changedAttempt(`Last-Modified ${t.lastModified} → ${modified}`)
+    if (pinned === undefined && t.lastModified) {
+      const modified = this.header('last-modified')
+      if (modified && modified !== t.lastModified) throw this.changedAttempt(`Last-Modified ${t.lastModified} → ${modified}`)
+    }
     if (status === 416) {
       if (pinned !== undefined || t.lastModified) throw this.changedAttempt('HTTP 416: it is shorter')
       throw new Attempt(`${this.name}: HTTP 416 for bytes ${first}-${last}`, false)

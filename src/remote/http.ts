@@ -195,6 +195,11 @@ export class HttpObject implements ByteRanges {
     })
   }
 
+  /** Whether serving threads have a cache to decode ahead from (reader.ts threadLink). */
+  get hasLocal(): boolean {
+    return this.cache !== undefined
+  }
+
   /** A serving thread's link: its reads are fetched here (link.ts); it reads and fills the cache itself. */
   offerLink(): {value: RangesLink; transfer: TransferListItem[]} {
     // http(s): the threads GET random reads themselves (curl.ts) with the same URL, headers and pin; s3://

@@ -82,6 +82,13 @@ export function offerLink(info: RangesInfo, read: Reader): {value: RangesLink; t
 
 const ERROR_CODES = new Set<string>(Object.keys(EXIT_CODES))
 
+/** A read inside localOnly() of bytes the cache does not hold. */
+class NotLocal extends Error {
+  constructor() {
+    super('not in the cache')
+  }
+}
+
 /** On a serving thread: the object's bytes, read synchronously through the link. */
 export class LinkedRanges implements ByteRanges {
   readonly synchronous = true
@@ -101,6 +108,8 @@ export class LinkedRanges implements ByteRanges {
   private readonly counters: BigInt64Array | undefined
   private recentAt = 0
   private closed = false
+  /** Inside localOnly(): reads only from the cache. */
+  private local = false
 
   constructor(
     private readonly link: RangesLink,
@@ -144,11 +153,37 @@ export class LinkedRanges implements ByteRanges {
     r[(this.recentAt = (this.recentAt + 1 + ((Math.random() * 2) | 0)) % r.length)] = end
   }
 
+  /** Whether localOnly can find anything: a cache. */
+  get hasLocal(): boolean {
+    return this.cache !== undefined
+  }
+
+  localOnly<T>(f: () => T): T {
+    this.local = true
+    try {
+      return f()
+    } finally {
+      this.local = false
+    }
+  }
+
+  checkedCrc(b: Buffer): number | undefined {
+    return this.cache?.checkedCrc(b)
+  }
+
   readSync(len: number, pos: number, into?: Buffer): Buffer {
     if (this.closed) throw new VdevError('io', `${this.name}: closed`)
+    if (this.local) {
+      // Decoding ahead (reader.ts prefetch): the cache or nothing. Not a VdevError: nobody asked for these
+      // bytes, so no error about them is reported (nor taken for damage: an index table's copy is not tried).
+      const c = len > 0 && Atomics.load(this.changed, 0) === 0 ? this.cache?.get(pos, len, into, false) : undefined
+      if (!c) throw new NotLocal()
+      return c
+    }
     if (len > 0 && Atomics.load(this.changed, 0) === 0) {
-      const c = this.cache?.get(pos, len)
-      if (c) return copyOut(c, into, false)
+      // Straight into the caller's buffer when it has one (the reader's stored-bytes scratch).
+      const c = this.cache?.get(pos, len, into)
+      if (c) return c
       const v = this.fromSlice(len, pos)
       if (v) {
         this.remember(pos + len)
@@ -159,9 +194,9 @@ export class LinkedRanges implements ByteRanges {
         // A seek: GET exactly these bytes here, no hop (a stream's next reads go to the owner's read-ahead).
         this.remember(pos + len)
         this.directCalls++
-        const d = this.direct.read(len, pos)
+        const d = this.direct.read(len, pos, into)
         this.cache?.put(pos, d)
-        return copyOut(d, into, false)
+        return d.buffer === into?.buffer ? d : copyOut(d, into, false)
       }
       this.remember(pos + len)
     } else if (this.slices.length) this.slices = []

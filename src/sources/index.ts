@@ -33,7 +33,9 @@ const OPENERS: Record<string, Opener> = {
     // A serving thread reads a remote image through the link its process's instance offered (src/remote/link.ts).
     if (how.sync) {
       if (!how.link) throw new VdevError('internal', `${d.path}: a remote image is read synchronously only through a link`)
-      return openImage(new LinkedRanges(how.link as RangesLink, d.options), opts)
+      // With a cache, the device's decode-ahead buffer too (decoding ahead only what the cache holds).
+      const readAhead = (how.link as {readAhead?: SharedArrayBuffer}).readAhead
+      return openImage(new LinkedRanges(how.link as RangesLink, d.options), {...opts, readAhead: readAhead instanceof SharedArrayBuffer ? readAhead : undefined})
     }
     return openImage(await HttpObject.open(d.path, remoteOptions(d.options)), opts)
   },

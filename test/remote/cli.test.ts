@@ -258,6 +258,49 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
     assert.match(err, /served \d+ reads/)
   })
 
+  it('vdev serve URL --cache: a second server reads the whole device from the cache with the web server stopped, its idle threads decoding ahead from the cache only', async function () {
+    if (!have('nbdcopy')) this.skip()
+    const cache = sb.p('serve-cache')
+    /** A whole-device nbdcopy through `vdev serve URL --cache`; `ready` runs once the server is up. */
+    const serveOnce = async (ready: () => Promise<void> = async () => undefined): Promise<{bytes: Buffer; code: number | null; stderr: string; err: string}> => {
+      const sock = sb.p('serve-cache.sock')
+      fs.rmSync(sock, {force: true})
+      const child = spawn(process.execPath, [BIN, 'serve', url, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', cache, '--threads', '2', '--remote-timeout', '2'], {stdio: ['ignore', 'pipe', 'pipe']})
+      sb.trackPid(child.pid)
+      let err = ''
+      child.stderr.on('data', (d) => (err += d))
+      let r: Awaited<ReturnType<typeof run>>
+      try {
+        await new Promise<void>((resolve, reject) => {
+          child.stdout.once('data', () => resolve())
+          child.once('close', () => reject(new Error(`serve exited: ${err}`)))
+        })
+        await ready()
+        r = await run('nbdcopy', [`nbd+unix:///?socket=${sock}`, '-'], {timeoutMs: 120_000})
+      } finally {
+        const closed = new Promise((resolve) => child.once('close', resolve))
+        child.kill('SIGTERM')
+        await closed
+      }
+      // With the server's stop line (its decode-ahead counters).
+      return {bytes: r.stdout, code: r.code, stderr: r.stderr, err}
+    }
+    const first = await serveOnce()
+    assert.equal(first.code, 0, first.stderr)
+    assert.ok(first.bytes.equals(logical(data)), 'first read: nbdcopy bytes differ')
+    // Opening needs the web server (one GET: the ETag keys the cache); every later byte comes from the cache,
+    // so the whole device reads with nginx stopped — and decoding ahead, which reads only the cache, finds it.
+    let second: Awaited<ReturnType<typeof serveOnce>>
+    try {
+      second = await serveOnce(() => nginx.stop())
+    } finally {
+      await nginx.start()
+    }
+    assert.equal(second.code, 0, second.stderr)
+    assert.ok(second.bytes.equals(logical(data)), 'second read: nbdcopy bytes differ')
+    assert.match(second.err, /decode-ahead: [1-9]\d* chunks decoded ahead/)
+  })
+
   it('vdev serve URL --scratch (writable, over the remote image, on serving threads): a write reads back, every other byte is the image\'s', async function () {
     if (!have('nbdcopy') || !have('qemu-io')) this.skip()
     await checkServeScratch(sb, url, logical(data))

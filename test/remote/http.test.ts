@@ -4,7 +4,8 @@
  * its read-ahead window from 1 MiB up to 8 MiB and a seek starts it again; random reads fetch just what
  * they need; the object is pinned (a replaced object fails every later read, even one of the same size);
  * a server that accepts and never answers, or answers 503, fails a read within the timeout; serving
- * threads read through the link exactly what the owner reads. And the two header parsers.
+ * threads read through the link exactly what the owner reads; decoding ahead reads only the cache. And the
+ * two header parsers.
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
@@ -385,6 +386,69 @@ describe('remote: the HTTP layer against a real nginx', function () {
       const after = await run('')
       assert.match(after.err, /^io: .*the object changed since it was opened/)
     } finally {
+      await o.close()
+    }
+  })
+
+  it('decoding ahead on a serving thread reads only the cache (localOnly): a hit lands in the given buffer with its checked CRC-32C handed over once; anything else fails without a GET', async () => {
+    const file = path.join(nginx.www, 'threadlocal')
+    fs.writeFileSync(file, data)
+    const cacheDir = path.join(t.dir, 'thread-local-cache')
+    const o = await HttpObject.open(`${nginx.url}/threadlocal`, {cacheDir})
+    // In a thread: one read fetched (and cached), then reads inside localOnly; `step` lets the test damage the file between.
+    const link = o.offerLink()
+    const code = `
+      const {workerData, parentPort} = require('node:worker_threads')
+      const {LinkedRanges} = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'remote', 'link.js'))})
+      const {crc32c} = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'format', 'crc.js'))})
+      const r = new LinkedRanges(workerData.link)
+      const want = Buffer.from(workerData.want)
+      const out = {}
+      const attempt = (f) => { try { f(); return '' } catch (e) { return (e.code ?? 'no code') + ': ' + e.message } }
+      parentPort.once('message', () => {
+        const into = Buffer.alloc(${128 << 10})
+        out.fetched = r.readSync(65536, ${2 * MiB}).equals(want)
+        out.hasLocal = r.hasLocal
+        out.notCachedFetched = r.checkedCrc(r.readSync(65536, ${3 * MiB})) === undefined
+        const b = r.localOnly(() => r.readSync(65536, ${2 * MiB}, into))
+        out.hit = b.equals(want)
+        out.intoCaller = b.buffer === into.buffer
+        out.crc = r.checkedCrc(b) === crc32c(want)
+        out.crcOnce = r.checkedCrc(b) === undefined
+        out.missing = attempt(() => r.localOnly(() => r.readSync(65536, ${8 * MiB})))
+        parentPort.postMessage(out)
+        parentPort.once('message', () => {
+          out.damaged = attempt(() => r.localOnly(() => r.readSync(65536, ${2 * MiB}, into)))
+          parentPort.postMessage(out)
+        })
+      })`
+    const w = new Worker(code, {eval: true, workerData: {link: link.value, want: data.subarray(2 * MiB, 2 * MiB + 65536)}, transferList: link.transfer})
+    const next = () => new Promise<Record<string, unknown>>((resolve, reject) => {
+      w.once('message', resolve)
+      w.once('error', reject)
+    })
+    try {
+      const requests = o.stats.requests
+      let got = next()
+      w.postMessage('go')
+      let r = await got
+      assert.deepEqual({...r}, {fetched: true, hasLocal: true, notCachedFetched: true, hit: true, intoCaller: true, crc: true, crcOnce: true, missing: 'no code: not in the cache'})
+      assert.equal(o.stats.requests, requests + 2, 'the two reads outside localOnly fetched, nothing inside it did')
+      // Damage the cached file's bytes (its own CRC no longer holds): localOnly finds nothing, the file is gone.
+      const dir = path.join(cacheDir, fs.readdirSync(cacheDir)[0])
+      const name = `${(2 * MiB).toString(16)}-${(65536).toString(16)}`
+      const f = path.join(dir, name)
+      const bytes = fs.readFileSync(f)
+      bytes[bytes.length - 100] ^= 1
+      fs.writeFileSync(f, bytes)
+      got = next()
+      w.postMessage('go')
+      r = await got
+      assert.equal(r.damaged, 'no code: not in the cache')
+      assert.ok(!fs.existsSync(f), 'the damaged file is deleted')
+      assert.equal(o.stats.requests, requests + 2, 'still no GET')
+    } finally {
+      await w.terminate()
       await o.close()
     }
   })
