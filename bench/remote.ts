@@ -165,6 +165,8 @@ async function main(): Promise<void> {
     const mb = (b: number) => fmt(b / MiB, 1)
     // The gateway logs no bytes sent: the s3:// row fetches the same ranges of the same object as the URL row.
     const sentMb = (b: number) => (isNaN(b) ? '(RGW: n/a)' : mb(b))
+    // A row cut off (or a reference cut off) has no ratio.
+    const ratio = (a: number, b: number) => (isNaN(a / b) ? '–' : `${fmt(a / b)}x`)
     console.log(`\ncorpus: ${fmt(size / MiB, 0)} MiB ext4 (VDIMG ${mb(fs.statSync(vdimg).size)} MiB, qcow2 ${mb(fs.statSync(qcow2).size)} MiB); ${os.availableParallelism()} cores; nginx on 127.0.0.1 (files from the page cache); NBD on Unix sockets; a fresh server per measurement (cold)`)
     if (process.env.BENCH_LINK_INSIDE) console.log(`link: loopback of a private network namespace capped at ${process.env.BENCH_LINK_INSIDE} Mbit/s (tbf)`)
     console.log(`sequential: nbdcopy --no-extents to null:; random: 4 KiB reads via python3-libnbd, ${nQd1} at QD1, ${nQd32} at QD32; MiB: what nginx sent\n`)
@@ -173,9 +175,9 @@ async function main(): Promise<void> {
         ['server', 'seq s', 'vs nbdkit-curl', 'seq MiB sent', 'QD1 IOPS', 'vs nbdkit-curl', 'QD1 MiB sent', 'QD32 IOPS', 'vs nbdkit-curl', 'QD32 MiB sent'],
         rows.map((r) => [
           r.name,
-          isNaN(r.seq) ? `> ${LIMIT_S} (cut off)` : fmt(r.seq, 1), `${fmt(r.seq / curl.seq)}x`, sentMb(r.seqBytes),
-          isNaN(r.qd1) ? 'cut off' : fmt(r.qd1, 0), `${fmt(r.qd1 / curl.qd1)}x`, sentMb(r.qd1Bytes),
-          isNaN(r.qd32) ? 'cut off' : fmt(r.qd32, 0), `${fmt(r.qd32 / curl.qd32)}x`, sentMb(r.qd32Bytes),
+          isNaN(r.seq) ? `> ${LIMIT_S} (cut off)` : fmt(r.seq, 1), ratio(r.seq, curl.seq), sentMb(r.seqBytes),
+          isNaN(r.qd1) ? 'cut off' : fmt(r.qd1, 0), ratio(r.qd1, curl.qd1), sentMb(r.qd1Bytes),
+          isNaN(r.qd32) ? 'cut off' : fmt(r.qd32, 0), ratio(r.qd32, curl.qd32), sentMb(r.qd32Bytes),
         ]),
       ),
     )
