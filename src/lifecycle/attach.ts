@@ -4,7 +4,7 @@
  * and wait for its one ready message on an inherited pipe (fd 3) — as qemu-nbd --fork does. If the
  * server fails, its one-line error becomes ours.
  */
-import {spawn} from 'node:child_process'
+import {spawn, type ChildProcess} from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type {Readable} from 'node:stream'
@@ -102,6 +102,32 @@ function binRun(): string {
   return path.resolve(__dirname, '..', '..', '..', 'bin', 'run.js')
 }
 
+/** Errors of a process start that a moment later may not recur (Wine's CreateProcess has failed once as UNKNOWN). */
+const TRANSIENT_SPAWN = new Set(['UNKNOWN', 'EAGAIN', 'ENOMEM', 'EMFILE', 'ENFILE'])
+
+/**
+ * Start the background server: resolves once the process runs ('spawn'). A transient failure (thrown, as
+ * UNKNOWN is, or emitted, as EAGAIN is) is tried again up to twice, after 0.25 s and 0.5 s, and said in
+ * the log (`logFd`, the server's log file).
+ */
+export async function spawnServer(argv: string[], logFd: number, env: NodeJS.ProcessEnv, tries = 3, exe = process.execPath): Promise<ChildProcess> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const child = spawn(exe, argv, {detached: true, stdio: ['ignore', logFd, logFd, 'pipe'], env})
+      await new Promise<void>((resolve, reject) => {
+        child.once('spawn', resolve)
+        child.once('error', reject)
+      })
+      return child
+    } catch (err) {
+      if (attempt >= tries || !TRANSIENT_SPAWN.has((err as NodeJS.ErrnoException).code ?? '')) throw err
+      // Said in the server's log, where its own lines will follow.
+      fs.writeSync(logFd, `${new Date().toISOString()} vdev attach: starting the server failed (${(err as Error).message}); trying again\n`)
+      await new Promise((r) => setTimeout(r, 250 * attempt))
+    }
+  }
+}
+
 /** Start a background server for `req` and wait until its device is ready. */
 export async function attachInBackground(req: AttachRequest): Promise<DeviceEntry> {
   const {path: image, stat} = resolveImage(req.image)
@@ -124,12 +150,16 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
   delete env[IMAGE_ENV]
   if (typeof desc.options?.headers === 'string') env[HEADERS_ENV] = desc.options.headers
   if (secretUrl) env[IMAGE_ENV] = image
-  const child = spawn(process.execPath, argv, {
-    detached: true,
-    stdio: ['ignore', logFd, logFd, 'pipe'],
-    env,
-  })
-  fs.closeSync(logFd)
+  let child: ChildProcess
+  try {
+    child = await spawnServer(argv, logFd, env)
+  } catch (err) {
+    fs.rmSync(runDirOf(id), {recursive: true, force: true})
+    fs.rmSync(logFile, {force: true})
+    throw new VdevError('unavailable', `cannot start the background server (${process.execPath}): ${(err as Error).message}`)
+  } finally {
+    fs.closeSync(logFd)
+  }
   const pipe = child.stdio[3] as Readable
   const timeoutMs = req.timeoutMs ?? 60000
 
@@ -163,7 +193,7 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
       }
     })
     pipe.on('error', () => {})
-    child.on('error', (err) => done({exit: `cannot start the server: ${err.message}`}))
+    child.on('error', (err) => done({exit: `could not be started: ${err.message}`}))
     child.on('exit', (code, sig) => done({exit: sig ? `killed by ${sig}` : `exited with code ${code}`}))
   })
   pipe.destroy()
