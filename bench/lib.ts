@@ -2,7 +2,7 @@
  * Benchmark plumbing: run a real command (argv, no shell) under /usr/bin/time, optionally piping its
  * stdout into a second command, and print tables of ratios. Nothing here asserts: benchmarks print.
  */
-import {execFileSync, spawn} from 'node:child_process'
+import {execFileSync, spawn, spawnSync} from 'node:child_process'
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -173,4 +173,17 @@ export function warm(file: string): void {
   } finally {
     fs.closeSync(fd)
   }
+}
+
+/**
+ * Run this benchmark again inside a new network namespace whose loopback is capped at `mbit` Mbit/s (a tbf
+ * qdisc; root); the run inside sees BENCH_LINK_INSIDE=mbit.
+ */
+export function runCapped(mbit: number): never {
+  const setup = `ip link set lo up && tc qdisc add dev lo root tbf rate ${mbit}mbit burst ${Math.max(64, Math.round(mbit / 8))}kb latency 50ms`
+  const r = spawnSync('unshare', ['-n', 'sh', '-c', `${setup} && exec "$0" "$@"`, process.execPath, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: {...process.env, BENCH_LINK_INSIDE: String(mbit)},
+  })
+  process.exit(r.status ?? 1)
 }

@@ -4,13 +4,16 @@
  *   - random 4 KiB QD1 (bench:remote's python3-libnbd client, the same offsets) on `--cache none`,
  *   - a warm re-read: nbdcopy of the whole device through `--cache DIR` filled by a first read, and
  *     `vdev serve` of the local file,
+ *   - (mode seq) a cold sequential read: nbdcopy of the whole device on `--cache none`, with the bytes nginx
+ *     sent (MiB) beside it,
  * each with the server's CPU seconds (all threads, /proc) beside the time.
  *
  *   node dist/bench/remote-ab.js IMAGE.vdimg NAME=path/to/bin/run.js[,VAR=VALUE…] [NAME=…]
  * (each build with its own environment variables, e.g. `ahead=bin/run.js noahead=bin/run.js,VDEV_DECODE_AHEAD=0`)
  * Knobs: AB_ROUNDS (3), AB_QD1 (2000 reads), AB_MODES (qd1,warm,local), AB_ARGS (extra serve flags),
  * AB_RAW (the raw image the VDIMG was made from: nbdkit's curl plugin on it, QD1, as a reference row),
- * AB_NODE_ARGS (node flags for the servers, e.g. `--cpu-prof --cpu-prof-dir=DIR`).
+ * AB_NODE_ARGS (node flags for the servers, e.g. `--cpu-prof --cpu-prof-dir=DIR`), AB_LINK_MBIT (root: the
+ * whole run in a network namespace whose loopback is capped, as bench:remote's BENCH_LINK_MBIT).
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -18,7 +21,7 @@ import * as path from 'node:path'
 import {spawn} from 'node:child_process'
 import {createInterface} from 'node:readline'
 import {cpuSeconds, freshSocket, randomReadRate, stop, waitForSocket, type Server} from './nbd-servers'
-import {timed} from './lib'
+import {runCapped, timed} from './lib'
 import {Nginx} from '../test/remote/nginx'
 
 async function serve(bin: string, image: string, sock: string, extra: string[], env: Record<string, string>): Promise<Server> {
@@ -35,6 +38,8 @@ async function serve(bin: string, image: string, sock: string, extra: string[], 
 }
 
 async function main(): Promise<void> {
+  const mbit = Number(process.env.AB_LINK_MBIT ?? 0)
+  if (mbit > 0 && !process.env.BENCH_LINK_INSIDE) runCapped(mbit)
   const [image, ...builds] = process.argv.slice(2)
   if (!image || !builds.length) throw new Error('usage: remote-ab IMAGE NAME=BIN [NAME=BIN…]')
   const rounds = Number(process.env.AB_ROUNDS ?? 3)
@@ -97,6 +102,17 @@ async function main(): Promise<void> {
         // 100 reads first (other offsets' chunks: the same seed's first 100): the serving threads start and
         // load their code outside the CPU counted.
         if (modes.includes('qd1')) add('qd1', await run(b, url, ['--cache', 'none'], (u) => randomReadRate(u, nQd1, 1), (u) => randomReadRate(u, 100, 1)))
+        if (modes.includes('seq')) {
+          const mark = nginx.accessLog().length
+          const x = await run(b, url, ['--cache', 'none'], copy)
+          const mib = nginx
+            .accessLog()
+            .slice(mark)
+            .filter((l) => l.includes('"GET /image.vdimg '))
+            .reduce((n, l) => n + Number(l.split('" ')[1].split(' ')[1] || 0), 0) / 2 ** 20
+          process.stderr.write(`round ${r} ${b.name} seq: ${mib.toFixed(1)} MiB sent\n`)
+          add('seq', x)
+        }
         if (modes.includes('warm')) add('warm', await run(b, url, ['--cache', b.cache, '--cache-size', '4G'], copy))
         if (modes.includes('local')) add('local', await run(b, path.resolve(image), [], copy))
       }

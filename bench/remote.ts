@@ -19,9 +19,9 @@
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import {spawn, spawnSync, type ChildProcess} from 'node:child_process'
+import {spawn, type ChildProcess} from 'node:child_process'
 import {ensureCorpus, CACHE} from './corpus'
-import {fmt, markImage, MiB, staleImage, table, timed} from './lib'
+import {fmt, markImage, MiB, runCapped, staleImage, table, timed} from './lib'
 import {freshSocket, randomReadRate as randomRate, startVdev, stop, waitForSocket, type Server} from './nbd-servers'
 import {Nginx} from '../test/remote/nginx'
 import {HAVE_RGW, Rgw} from '../test/remote/rgw'
@@ -65,19 +65,9 @@ interface Row {
   qd32Bytes: number
 }
 
-/** Run this benchmark again inside a new network namespace whose loopback is capped (BENCH_LINK_MBIT). */
-function capped(mbit: number): never {
-  const setup = `ip link set lo up && tc qdisc add dev lo root tbf rate ${mbit}mbit burst ${Math.max(64, Math.round(mbit / 8))}kb latency 50ms`
-  const r = spawnSync('unshare', ['-n', 'sh', '-c', `${setup} && exec "$0" "$@"`, process.execPath, ...process.argv.slice(1)], {
-    stdio: 'inherit',
-    env: {...process.env, BENCH_LINK_INSIDE: String(mbit)},
-  })
-  process.exit(r.status ?? 1)
-}
-
 async function main(): Promise<void> {
   const mbit = Number(process.env.BENCH_LINK_MBIT ?? 0)
-  if (mbit > 0 && !process.env.BENCH_LINK_INSIDE) capped(mbit)
+  if (mbit > 0 && !process.env.BENCH_LINK_INSIDE) runCapped(mbit)
   const {raw} = await ensureCorpus()
   const size = fs.statSync(raw).size
   fs.mkdirSync(OUT, {recursive: true})

@@ -121,7 +121,7 @@ export class HttpObject implements ByteRanges {
       else this.weakEtag = opts.etag
     }
     this.lastModified = opts.lastModified
-    if (opts.readAhead ?? true) this.ahead = new ReadAhead((len, pos, shared) => this.fetch(len, pos, shared), () => this.size)
+    if (opts.readAhead ?? true) this.ahead = new ReadAhead((len, pos, window) => (window ? this.fetchWindow(len, pos, window) : this.fetch(len, pos)), () => this.size)
   }
 
   /** GETs, bytes and retries so far (serving threads' own GETs included); with a cache, its hits and misses. */
@@ -242,12 +242,12 @@ export class HttpObject implements ByteRanges {
   }
 
   /** One GET of exactly [pos, pos+len), shared by concurrent reads of the same range. */
-  fetch(len: number, pos: number, shared = false): Promise<Buffer> {
-    const key = `${pos}:${len}:${shared}`
+  fetch(len: number, pos: number): Promise<Buffer> {
+    const key = `${pos}:${len}`
     const pending = this.inflight.get(key)
     // Joiners get their own copy: a caller may hand its buffer to a worker (transfer detaches it).
     if (pending) return pending.then((b) => Buffer.from(b))
-    const p = this.retrying(pos, pos + len - 1, false, shared).then((r) => r.data)
+    const p = this.retrying(pos, pos + len - 1, false).then((r) => r.data)
     this.inflight.set(key, p)
     void p.then(
       () => this.inflight.delete(key),
@@ -256,14 +256,34 @@ export class HttpObject implements ByteRanges {
     return p
   }
 
-  /** GET [first, last] until it works, a failure that retrying cannot mend, or the deadline. */
-  private async retrying(first: number, last: number, probing: boolean, shared = false): Promise<{data: Buffer; size: number}> {
+  /**
+   * A read-ahead window: [pos, pos+len) into `window.into`, `window.arrived` told how much has landed as it
+   * streams in; a retry asks for the rest only (what landed stays as it is).
+   */
+  private async fetchWindow(len: number, pos: number, window: {into: Buffer; arrived: (n: number) => void}): Promise<Buffer> {
+    let landed = 0
+    await this.retrying(pos, pos + len - 1, false, () => ({
+      into: window.into.subarray(landed),
+      arrived: (n: number) => window.arrived(landed + n),
+      // The attempt's bytes so far stay: the next one starts where it stopped.
+      ended: (n: number) => (landed += n),
+      first: pos + landed,
+    }))
+    return window.into
+  }
+
+  /**
+   * GET [first, last] until it works, a failure that retrying cannot mend, or the deadline. With `target`,
+   * each attempt GETs from `target().first` into `target().into` (a read-ahead window: fetchWindow).
+   */
+  private async retrying(first: number, last: number, probing: boolean, target?: () => Target): Promise<{data: Buffer; size: number}> {
     const deadline = Date.now() + this.timeoutMs
     for (let n = 0; ; n++) {
       if (this.closed) throw new VdevError('io', `${this.name}: closed`)
       const left = deadline - Date.now()
       try {
-        return await this.get(first, last, probing, Math.max(1, Math.min(MAX_ATTEMPT_IDLE_MS, left)), shared)
+        const t = target?.()
+        return await this.get(t ? t.first : first, last, probing, Math.max(1, Math.min(MAX_ATTEMPT_IDLE_MS, left)), t)
       } catch (err) {
         if (!(err instanceof Attempt)) throw err
         if (!err.retry) throw new VdevError(err.code, err.message)
@@ -289,7 +309,7 @@ export class HttpObject implements ByteRanges {
   }
 
   /** One GET. Resolves with exactly the bytes asked for (clipped to the object when probing). */
-  private get(first: number, last: number, probing: boolean, idleMs: number, shared = false): Promise<{data: Buffer; size: number}> {
+  private get(first: number, last: number, probing: boolean, idleMs: number, target?: Target): Promise<{data: Buffer; size: number}> {
     const headers: Record<string, string> = {...this.headers, range: `bytes=${first}-${last}`, 'accept-encoding': 'identity'}
     if (this.etag) headers['if-match'] = this.etag
     else if (this.lastModified) headers['if-unmodified-since'] = this.lastModified
@@ -297,10 +317,18 @@ export class HttpObject implements ByteRanges {
     this.fetched.requests++
     return new Promise((resolve, reject) => {
       let settled = false
+      // Bytes of the answer landed so far, of `expect`.
+      let at = 0
+      let expect = -1
       const fail = (e: Attempt): void => {
         if (settled) return
         settled = true
         req.destroy()
+        if (target && at > 0) {
+          target.ended(at)
+          // Every byte landed before the failure (the connection closed before its end was seen).
+          if (at === expect) return resolve({data: target.into, size: this.size})
+        }
         reject(e)
       }
       const opts: http.RequestOptions = {method: 'GET', headers, agent: this.agent}
@@ -367,14 +395,15 @@ export class HttpObject implements ByteRanges {
         const declared = header(res.headers['content-length'])
         if (declared !== undefined && declared !== String(len)) return drop(new Attempt(`${this.name}: Content-Length ${declared} for ${len} bytes`, true))
         if (probing) this.pin(tag, modified)
-        const data = shared ? Buffer.from(new SharedArrayBuffer(len)) : Buffer.allocUnsafeSlow(len)
-        let at = 0
+        const data = target ? target.into : Buffer.allocUnsafeSlow(len)
+        expect = len
         res.on('data', (d: Buffer) => {
           if (settled) return
           if (at + d.length > len) return fail(new Attempt(`${this.name}: more bytes than the ${len} of bytes ${first}-${want}`, true))
           d.copy(data, at)
           at += d.length
           this.fetched.bytes += d.length
+          target?.arrived(at)
         })
         res.on('end', () => {
           if (settled) return
@@ -448,6 +477,14 @@ function displayLocation(loc: string, base: URL): string {
   } catch {
     return '(unreadable Location)'
   }
+}
+
+/** Where an attempt of a read-ahead window's GET starts and lands (HttpObject.fetchWindow). */
+interface Target {
+  first: number
+  into: Buffer
+  arrived: (n: number) => void
+  ended: (n: number) => void
 }
 
 function copyOut(b: Buffer, into: Buffer | undefined): Buffer {

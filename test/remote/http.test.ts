@@ -151,6 +151,80 @@ describe('remote: the HTTP layer against a real nginx', function () {
     }
   })
 
+  it('read-ahead of streams over consecutive segments (nbdcopy\'s 128 MiB segments): a window stops where the next stream began, no byte fetched twice', async () => {
+    const o = await HttpObject.open(`${nginx.url}/blob`)
+    const mark = nginx.accessLog().length
+    try {
+      const piece = 64 << 10
+      const seg = 4 * MiB
+      const starts = [2 * MiB, 6 * MiB, 10 * MiB, 14 * MiB]
+      for (let k = 0; k < seg / piece; k++)
+        await Promise.all(
+          starts.map(async (st, i) => {
+            const at = st + (k ^ (i & 1)) * piece
+            const b = await o.read(piece, at)
+            assert.ok(b.equals(data.subarray(at, at + piece)), `bytes at ${at}`)
+          }),
+        )
+      // Every GET's range, from the access log's last field ("bytes=A-B"); nginx logs a GET when it has sent
+      // it all, and a window may still be landing after the reads it answered.
+      const ranges = () =>
+        nginx
+          .accessLog()
+          .slice(mark)
+          .filter((l) => l.includes('"GET /blob '))
+          .map((l) => /"bytes=(\d+)-(\d+)"$/.exec(l)!)
+          .map((m) => [Number(m[1]), Number(m[2]) + 1])
+          .sort((a, b) => a[0] - b[0])
+      // Within the segments, exactly what was read; past the last one, only its stream's windows ahead.
+      const inside = () => ranges().reduce((n, [a, b]) => n + Math.max(0, Math.min(b, 18 * MiB) - Math.max(a, 2 * MiB)), 0)
+      for (let t0 = Date.now(); inside() < 16 * MiB && Date.now() - t0 < 5000; ) await new Promise((r) => setTimeout(r, 50))
+      const r = ranges()
+      for (let i = 1; i < r.length; i++) assert.ok(r[i][0] >= r[i - 1][1], `fetched twice: ${JSON.stringify(r.slice(i - 1, i + 1))}`)
+      assert.equal(inside(), 16 * MiB)
+    } finally {
+      await o.close()
+    }
+  })
+
+  it('a read-ahead window streams in: a read waits for its own bytes, not the whole window; cut off mid-way, the window GETs only the rest', async () => {
+    // Through /slow/ (512 KiB/s) a 1 MiB window takes 2 s to land.
+    const o = await HttpObject.open(`${nginx.url}/slow/blob`, {timeoutMs: 20_000})
+    const piece = 64 << 10
+    // Opening fetched the first 64 KiB; the reads at 64 and 128 KiB are a stream's first two (exactly their
+    // bytes); the third starts a 1 MiB window where it reads.
+    const w0 = 3 * piece
+    try {
+      const mark = nginx.accessLog().length
+      for (const at of [piece, 2 * piece]) assert.ok((await o.read(piece, at)).equals(data.subarray(at, at + piece)))
+      const t0 = Date.now()
+      const third = await o.read(piece, w0)
+      const ms = Date.now() - t0
+      assert.ok(third.equals(data.subarray(w0, w0 + piece)))
+      assert.ok(ms < 1500, `the read waited ${ms} ms (the whole window: ~2000)`)
+      assert.equal(gets('slow/blob', mark).length, 2, 'the window was still landing when the read was answered')
+      // Cut the window's GET off half way; the reads after it land from a GET of the rest.
+      await new Promise((r) => setTimeout(r, 1000 - ms))
+      await nginx.stop()
+      await nginx.start()
+      for (let at = w0 + piece; at < w0 + MiB; at += piece) assert.ok((await o.read(piece, at)).equals(data.subarray(at, at + piece)), `bytes at ${at}`)
+      const ranges = nginx
+        .accessLog()
+        .slice(mark)
+        .filter((l) => l.includes('"GET /slow/blob '))
+        .map((l) => /"bytes=(\d+)-(\d+)"$/.exec(l)!)
+        .map((m) => [Number(m[1]), Number(m[2]) + 1])
+      // (nginx's fast shutdown does not log the GET it cut off.)
+      const window = ranges.filter(([, b]) => b === w0 + MiB)
+      assert.equal(window.length, 1, JSON.stringify(ranges))
+      assert.ok(window[0][0] > w0 + 256 * 1024 && window[0][0] < w0 + MiB, `the window's second GET from ${window[0][0]}`)
+      assert.ok(o.stats.retries >= 1, JSON.stringify(o.stats))
+    } finally {
+      await o.close()
+      await nginx.start()
+    }
+  })
+
   it('the object is pinned: replaced by one of the same size, every later read fails (EIO), none returns its bytes', async () => {
     const file = path.join(nginx.www, 'pinned')
     fs.writeFileSync(file, data.subarray(0, 4 * MiB))

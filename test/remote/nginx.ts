@@ -95,7 +95,9 @@ pid ${d}/nginx.pid;
 error_log ${d}/error.log warn;
 events { worker_connections 256; }
 http {
-  access_log ${d}/access.log;
+  # nginx's "combined" format and the request's Range header last.
+  log_format ranges '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_range"';
+  access_log ${d}/access.log ranges;
 ${temp}  default_type application/octet-stream;
   keepalive_requests 100000;
   server {
@@ -148,7 +150,7 @@ ${site}  }
     }
   }
 
-  /** Lines of the access log (method, path, status …) since the start. */
+  /** Lines of the access log (nginx's combined format, then the Range header in quotes) since the start. */
   accessLog(): string[] {
     try {
       return fs.readFileSync(path.join(this.dir, 'access.log'), 'utf8').split('\n').filter(Boolean)
