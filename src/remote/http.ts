@@ -217,8 +217,10 @@ export class HttpObject implements ByteRanges {
         direct,
         counters: this.threadCounters.buffer as SharedArrayBuffer,
         recent: this.recentReads.buffer as SharedArrayBuffer,
+        holders: this.ahead?.pool.holders.buffer as SharedArrayBuffer | undefined,
       },
       (len, pos, max) => this.readForLink(len, pos, max),
+      this.ahead?.pool,
     )
   }
 

@@ -23,6 +23,7 @@ import type {ByteRanges} from '../format/ranges'
 import {SyncCaller, offerSyncLink, type SyncLink} from '../threads/sync-call'
 import {RangeCache, type SharedCache} from './cache'
 import {CurlRanges, type DirectTarget} from './curl'
+import {letGo, type WindowPool} from './window-pool'
 
 /** Most bytes the owner sends a thread beyond its read, from a read-ahead window. */
 export const SLICE = 1 << 20
@@ -53,6 +54,8 @@ export interface RangesInfo {
   counters?: SharedArrayBuffer
   /** Float64 [RECENT_READS]: where the threads' recent reads ended. */
   recent?: SharedArrayBuffer
+  /** Int32 per slot: threads holding a view of a read-ahead window's memory (window-pool.ts). */
+  holders?: SharedArrayBuffer
 }
 
 /** What travels to a serving thread (structured-cloned; the port inside `link` is transferred). */
@@ -61,17 +64,24 @@ export interface RangesLink extends RangesInfo {
 }
 
 type Request = {len: number; pos: number; max: number}
-/** Bytes the owner gave away (transferred), or a view of a read-ahead window's shared memory (not copied). */
-type Answer = ArrayBuffer | {shared: SharedArrayBuffer; offset: number; length: number}
+/**
+ * Bytes the owner gave away (transferred), or a view of a read-ahead window's shared memory (not copied):
+ * the thread counts itself out of `slot` (letGo) when it no longer keeps it.
+ */
+type Answer = ArrayBuffer | {shared: SharedArrayBuffer; offset: number; length: number; slot: number}
 /** Owner side: [pos, pos+len), or up to `max` bytes from pos. */
 type Reader = (len: number, pos: number, max: number) => Promise<Buffer>
 
-/** On the owner's thread: a new link answering through `read`. The caller transfers `transfer`. */
-export function offerLink(info: RangesInfo, read: Reader): {value: RangesLink; transfer: TransferListItem[]} {
+/**
+ * On the owner's thread: a new link answering through `read`. The caller transfers `transfer`. `pool`: the
+ * read-ahead's window memory, whose views posted to the thread are counted (WindowPool.hold).
+ */
+export function offerLink(info: RangesInfo, read: Reader, pool?: WindowPool): {value: RangesLink; transfer: TransferListItem[]} {
   const link = offerSyncLink<Request, Answer>(async (m) => {
     const b = await read(m.len, m.pos, m.max)
-    // A window's bytes are never written again: the thread reads them where they are.
-    if (b.buffer instanceof SharedArrayBuffer) return {value: {shared: b.buffer, offset: b.byteOffset, length: b.length}}
+    // A window's landed bytes are never written again: the thread reads them where they are, counted in
+    // as a holder of the window's memory, which goes back to the pool only once the thread lets go.
+    if (b.buffer instanceof SharedArrayBuffer) return {value: {shared: b.buffer, offset: b.byteOffset, length: b.length, slot: pool ? pool.hold(b) : -1}}
     // Transfer the bytes when they own their memory whole; copy otherwise.
     const own = b.byteOffset === 0 && b.byteLength === b.buffer.byteLength
     const data = own ? (b.buffer as ArrayBuffer) : (new Uint8Array(b).buffer as ArrayBuffer)
@@ -98,7 +108,7 @@ export class LinkedRanges implements ByteRanges {
   private readonly changed: Int32Array
   private readonly cache: RangeCache | undefined
   /** Bytes the owner sent beyond a read, most recently used last. */
-  private slices: Array<{pos: number; data: Buffer}> = []
+  private slices: Array<{pos: number; data: Buffer; slot: number}> = []
   /** Reads that went to the owner (for tests). */
   calls = 0
   /** Reads this thread fetched itself (for tests). */
@@ -106,6 +116,7 @@ export class LinkedRanges implements ByteRanges {
   private readonly direct: CurlRanges | undefined
   private readonly recent: Float64Array | undefined
   private readonly counters: BigInt64Array | undefined
+  private readonly holders: Int32Array | undefined
   private recentAt = 0
   private closed = false
   /** Inside localOnly(): reads only from the cache. */
@@ -122,6 +133,7 @@ export class LinkedRanges implements ByteRanges {
     this.cache = link.cache ? RangeCache.attach(link.cache) : undefined
     this.recent = link.recent ? new Float64Array(link.recent) : undefined
     this.counters = link.counters ? new BigInt64Array(link.counters) : undefined
+    this.holders = link.holders ? new Int32Array(link.holders) : undefined
     if (link.direct && this.recent) {
       const counters = this.counters
       this.direct = CurlRanges.open(link.direct, {
@@ -199,19 +211,33 @@ export class LinkedRanges implements ByteRanges {
         return d.buffer === into?.buffer ? d : copyOut(d, into, false)
       }
       this.remember(pos + len)
-    } else if (this.slices.length) this.slices = []
+    } else if (this.slices.length) this.dropSlices()
     this.calls++
     const a = this.call(len, pos)
     const b = a instanceof ArrayBuffer ? Buffer.from(a) : Buffer.from(a.shared, a.offset, a.length)
-    if (b.length < len || b.length > Math.max(len, SLICE)) throw new VdevError('io', `${this.name}: ${b.length} bytes for a read of ${len}`)
-    if (b.length > len) {
-      // Kept whole: the next reads of the stream are in it.
-      if (this.slices.length >= MAX_SLICES) this.slices.shift()
-      this.slices.push({pos, data: b})
+    const slot = a instanceof ArrayBuffer ? -1 : a.slot
+    let kept = false
+    try {
+      if (b.length < len || b.length > Math.max(len, SLICE)) throw new VdevError('io', `${this.name}: ${b.length} bytes for a read of ${len}`)
+      if (b.length > len) {
+        // Kept whole: the next reads of the stream are in it.
+        if (this.slices.length >= MAX_SLICES) letGo(this.holders, this.slices.shift()!.slot)
+        this.slices.push({pos, data: b, slot})
+        kept = true
+      }
+      const own = b.subarray(0, len)
+      this.cache?.put(pos, own)
+      return copyOut(own, into, own !== b || !(a instanceof ArrayBuffer))
+    } finally {
+      // A view not kept is let go once copied out (copyOut copies a view: the caller never gets one).
+      if (!kept) letGo(this.holders, slot)
     }
-    const own = b.subarray(0, len)
-    this.cache?.put(pos, own)
-    return copyOut(own, into, own !== b || !(a instanceof ArrayBuffer))
+  }
+
+  /** Let go of every slice (the window memory they view goes back to the owner's pool). */
+  private dropSlices(): void {
+    for (const s of this.slices) letGo(this.holders, s.slot)
+    this.slices = []
   }
 
   /** A view of [pos, pos+len) in a slice the owner sent, or undefined. */
@@ -248,7 +274,7 @@ export class LinkedRanges implements ByteRanges {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    this.slices = []
+    this.dropSlices()
     this.direct?.close()
     this.owner.close()
   }

@@ -23,6 +23,8 @@
  * access pattern: a window that would exceed it is not started (the read goes straight to the server).
  */
 
+import {WindowPool, type PooledWindow} from './window-pool'
+
 export const INITIAL_WINDOW = 1 << 20
 export const MAX_WINDOW = 8 << 20
 /** How far from a stream's last read a read still continues it (serving threads reorder a few chunks). */
@@ -48,8 +50,9 @@ const SLICE_MIN = 256 << 10
 interface Span {
   pos: number
   len: number
-  /** The window's bytes; those before `received` have landed. */
+  /** The window's bytes (memory from the pool); those before `received` have landed. */
   buf: Buffer
+  mem: PooledWindow
   received: number
   /** Reads waiting for bytes [pos, pos+need) of the window to land. */
   waiters: Array<{need: number; resolve: () => void; reject: (e: unknown) => void}>
@@ -80,7 +83,20 @@ export class ReadAhead {
   constructor(
     private readonly fetch: Fetch,
     private readonly size: () => number,
+    /** Where windows' memory comes from and goes back to (window-pool.ts). */
+    readonly pool = new WindowPool(),
   ) {}
+
+  /** The read-ahead no longer holds `w` (its memory goes back to the pool once nothing reads it). */
+  private drop(w: Span | undefined): void {
+    if (w) this.pool.drop(w.mem)
+  }
+
+  private dropStream(s: Stream): void {
+    this.drop(s.current)
+    this.drop(s.next)
+    this.drop(s.prev)
+  }
 
   /** Bytes of windows held now. */
   get held(): number {
@@ -101,7 +117,11 @@ export class ReadAhead {
     s ??= this.streams.find((x) => pos >= x.lastEnd - SLACK && pos <= x.lastEnd + SLACK)
     if (!s) {
       // A seek: a new stream, straight to the server.
-      if (this.streams.length >= MAX_STREAMS) this.streams.splice(this.streams.indexOf(this.streams.reduce((a, b) => (a.used <= b.used ? a : b))), 1)
+      if (this.streams.length >= MAX_STREAMS) {
+        const lru = this.streams.reduce((a, b) => (a.used <= b.used ? a : b))
+        this.streams.splice(this.streams.indexOf(lru), 1)
+        this.dropStream(lru)
+      }
       this.streams.push({begin: pos, lastEnd: end, runs: 0, window: INITIAL_WINDOW, used: ++this.tick})
       return this.fetch(len, pos)
     }
@@ -112,11 +132,15 @@ export class ReadAhead {
     s.begin = Math.min(s.begin, pos)
     if (s.next && inside(s.next, pos, end)) {
       // The stream reached the window fetched ahead: it becomes the current one.
+      this.drop(s.prev)
       s.prev = s.current
       s.current = s.next
       s.next = undefined
     }
-    if (s.prev && pos >= s.prev.pos + s.prev.len + SLACK) s.prev = undefined
+    if (s.prev && pos >= s.prev.pos + s.prev.len + SLACK) {
+      this.drop(s.prev)
+      s.prev = undefined
+    }
     const p = s.prev
     if (p && inside(p, pos, end)) {
       // A straggler of the stream (serving threads reorder its reads) behind the window it moved on to.
@@ -137,6 +161,7 @@ export class ReadAhead {
     if (len >= INITIAL_WINDOW || pos < frontier || s.runs < 2) return this.fetch(len, pos)
     const span = this.start(s, pos, len)
     if (!span) return this.fetch(len, pos)
+    this.dropStream(s)
     s.current = span
     s.next = undefined
     s.prev = undefined
@@ -154,7 +179,8 @@ export class ReadAhead {
     if (this.held - freed + len > BUDGET) return undefined
     s.window = Math.min(MAX_WINDOW, s.window * 2)
     this.windows++
-    const span: Span = {pos, len, buf: Buffer.from(new SharedArrayBuffer(len)), received: 0, waiters: []}
+    const mem = this.pool.take(len)
+    const span: Span = {pos, len, buf: mem.buf, mem, received: 0, waiters: []}
     const arrived = (n: number): void => {
       if (n <= span.received) return
       span.received = n
@@ -165,7 +191,12 @@ export class ReadAhead {
       }
     }
     this.fetch(len, pos, {into: span.buf, arrived}).then(
-      () => arrived(len),
+      () => {
+        arrived(len)
+        // After the reads just answered have taken their views (microtasks: a thread's view is counted
+        // as it is posted, WindowPool.hold) — not before, or the memory could go back to the pool under them.
+        setImmediate(() => this.pool.settled(mem))
+      },
       (err) => {
         // A failed window is dropped: the reads that wanted it get the error, later reads fetch again.
         span.failed = err
@@ -173,6 +204,8 @@ export class ReadAhead {
         if (s.current === span) s.current = undefined
         if (s.next === span) s.next = undefined
         if (s.prev === span) s.prev = undefined
+        this.pool.drop(mem)
+        setImmediate(() => this.pool.settled(mem))
       },
     )
     return span
@@ -207,6 +240,7 @@ export class ReadAhead {
   }
 
   clear(): void {
+    for (const s of this.streams) this.dropStream(s)
     this.streams = []
   }
 }
