@@ -154,12 +154,12 @@ export async function attachInBackground(req: AttachRequest): Promise<DeviceEntr
   try {
     child = await spawnServer(argv, logFd, env)
   } catch (err) {
+    fs.closeSync(logFd)
     fs.rmSync(runDirOf(id), {recursive: true, force: true})
     fs.rmSync(logFile, {force: true})
     throw new VdevError('unavailable', `cannot start the background server (${process.execPath}): ${(err as Error).message}`)
-  } finally {
-    fs.closeSync(logFd)
   }
+  fs.closeSync(logFd)
   const pipe = child.stdio[3] as Readable
   const timeoutMs = req.timeoutMs ?? 60000
 

@@ -401,7 +401,11 @@ export class HttpObject implements ByteRanges {
         expect = len
         res.on('data', (d: Buffer) => {
           if (settled) return
-          if (at + d.length > len) return fail(new Attempt(`${this.name}: more bytes than the ${len} of bytes ${first}-${want}`, true))
+          if (at + d.length > len) {
+            // Not an answer cut short but a wrong one: the next attempt starts over.
+            at = 0
+            return fail(new Attempt(`${this.name}: more bytes than the ${len} of bytes ${first}-${want}`, true))
+          }
           d.copy(data, at)
           at += d.length
           this.fetched.bytes += d.length

@@ -128,7 +128,11 @@ export class LinkedRanges implements ByteRanges {
   ) {
     this.name = link.name
     this.size = link.size
-    this.owner = new SyncCaller(link.link)
+    // An answer that comes too late (after the thread gave up waiting) or is left at close may view a
+    // window: count the thread out of it, as for one it took.
+    this.owner = new SyncCaller<Request, Answer>(link.link, (a) => {
+      if (!(a instanceof ArrayBuffer)) letGo(this.holders, a.slot)
+    })
     this.changed = new Int32Array(link.changed)
     this.cache = link.cache ? RangeCache.attach(link.cache) : undefined
     this.recent = link.recent ? new Float64Array(link.recent) : undefined

@@ -40,7 +40,8 @@ export const BUDGET = 32 << 20
 /**
  * GET [pos, pos+len). With `window`: into `window.into` (a SharedArrayBuffer's bytes: serving threads read
  * a window in place, link.ts), telling `window.arrived` how many bytes from the start have landed (a retry
- * starts again from 0 and writes the same bytes: the object is pinned).
+ * GETs the rest only; after a malformed answer — more bytes than asked — it starts over, writing the same
+ * bytes of the pinned object again).
  */
 export type Fetch = (len: number, pos: number, window?: {into: Buffer; arrived: (n: number) => void}) => Promise<Buffer>
 
@@ -98,10 +99,13 @@ export class ReadAhead {
     this.drop(s.prev)
   }
 
-  /** Bytes of windows held now. */
+  /**
+   * Memory of windows held now: each window's buffer (its length rounded up to 1, 2, 4 or 8 MiB,
+   * window-pool.ts), and the buffers of windows dropped while their GET still lands.
+   */
   get held(): number {
-    let n = 0
-    for (const s of this.streams) n += (s.current?.len ?? 0) + (s.next?.len ?? 0) + (s.prev?.len ?? 0)
+    let n = this.pool.landingBytes
+    for (const s of this.streams) for (const w of [s.current, s.next, s.prev]) if (w) n += w.mem.buf.buffer.byteLength
     return n
   }
 
@@ -175,8 +179,9 @@ export class ReadAhead {
     const len = Math.min(this.size() - pos, Math.max(min, s.window), this.claimed(s, pos) - pos)
     if (len < min || len <= 0) return undefined
     // What this window replaces (the stream's current one, when it starts afresh) is freed with it.
-    const freed = min > 0 ? (s.current?.len ?? 0) + (s.next?.len ?? 0) + (s.prev?.len ?? 0) : 0
-    if (this.held - freed + len > BUDGET) return undefined
+    // (Dropped, they count until their GETs settle: only those already landed are freed at once.)
+    const freed = min > 0 ? [s.current, s.next, s.prev].reduce((n, w) => n + (w && w.received === w.len ? w.mem.buf.buffer.byteLength : 0), 0) : 0
+    if (this.held - freed + WindowPool.capacity(len) > BUDGET) return undefined
     s.window = Math.min(MAX_WINDOW, s.window * 2)
     this.windows++
     const mem = this.pool.take(len)

@@ -61,12 +61,13 @@ export class WindowPool {
     const c = CLASSES.findIndex((size) => size >= len)
     if (c < 0) return {buf: Buffer.from(new SharedArrayBuffer(len)), slot: -1}
     this.reclaim()
+    // No slot to count holders in (slots held by threads that never let go): memory of its own, not pooled.
+    if (!this.freeSlots.length) return {buf: Buffer.from(new SharedArrayBuffer(len)), slot: -1}
     let whole = this.free[c].pop()
     if (whole) {
       this.freeBytes -= whole.length
       this.reused++
     } else {
-      if (!this.freeSlots.length) return {buf: Buffer.from(new SharedArrayBuffer(len)), slot: -1}
       whole = Buffer.from(new SharedArrayBuffer(CLASSES[c]))
       this.allocated++
     }
@@ -82,6 +83,7 @@ export class WindowPool {
     const e = this.slots[w.slot]
     if (w.slot < 0 || !e || e.whole.buffer !== w.buf.buffer || e.dropped) return
     e.dropped = true
+    if (!e.settled) this.landingBytes += e.whole.length
     this.done(e)
   }
 
@@ -90,7 +92,19 @@ export class WindowPool {
     const e = this.slots[w.slot]
     if (w.slot < 0 || !e || e.whole.buffer !== w.buf.buffer || e.settled) return
     e.settled = true
+    if (e.dropped) this.landingBytes -= e.whole.length
     this.done(e)
+  }
+
+  /**
+   * Memory of windows the read-ahead dropped whose GET is still landing: the read-ahead's budget counts it
+   * (readahead.ts held) until the GET settles.
+   */
+  landingBytes = 0
+
+  /** The memory behind a window of `len` bytes (what the budget counts). */
+  static capacity(len: number): number {
+    return CLASSES.find((size) => size >= len) ?? len
   }
 
   /**

@@ -57,7 +57,11 @@ export class SyncCaller<Q, A> {
   private readonly word: Int32Array
   private nextId = 1
 
-  constructor(private readonly link: SyncLink) {
+  /** `skipped`: told of each answer nobody waits for any more (a late one, or one left at close). */
+  constructor(
+    private readonly link: SyncLink,
+    private readonly skipped?: (value: A) => void,
+  ) {
     this.word = new Int32Array(link.flag)
   }
 
@@ -74,7 +78,10 @@ export class SyncCaller<Q, A> {
       const got = receiveMessageOnPort(this.link.port)
       if (got) {
         const a = got.message as SyncAnswer<A>
-        if (a.id !== id) continue
+        if (a.id !== id) {
+          if (!a.error) this.skipped?.(a.value as A)
+          continue
+        }
         if (a.error) throw Object.assign(new Error(a.error.message), {code: a.error.code})
         return a.value as A
       }
@@ -92,6 +99,11 @@ export class SyncCaller<Q, A> {
   }
 
   close(): void {
+    // Answers already here that nobody will take.
+    if (this.skipped) for (let got = receiveMessageOnPort(this.link.port); got; got = receiveMessageOnPort(this.link.port)) {
+      const a = got.message as SyncAnswer<A>
+      if (!a.error) this.skipped(a.value as A)
+    }
     this.link.port.close()
   }
 }

@@ -68,6 +68,31 @@ describe('remote: read-ahead window memory (WindowPool)', () => {
     }
   })
 
+  it("the read-ahead budget counts a window's memory (its length rounded up), and dropped windows until their GET settles", () => {
+    const pool = new WindowPool()
+    assert.equal(WindowPool.capacity(MiB + 4096), 2 * MiB)
+    assert.equal(WindowPool.capacity(4096), MiB)
+    const w = pool.take(MiB + 4096)
+    pool.drop(w)
+    assert.equal(pool.landingBytes, 2 * MiB, 'dropped while landing: still counted')
+    pool.settled(w)
+    assert.equal(pool.landingBytes, 0)
+  })
+
+  it('no slot left (every one held by threads that never let go): a buffer of its own, not pooled, even with free buffers', () => {
+    const pool = new WindowPool()
+    const spare = pool.take(MiB)
+    pool.drop(spare)
+    pool.settled(spare)
+    assert.equal(pool.freeNow, MiB)
+    const held = Array.from({length: SLOTS}, () => pool.take(MiB))
+    for (const w of held) pool.hold(w.buf)
+    const extra = pool.take(MiB)
+    assert.equal(extra.slot, -1)
+    assert.notEqual(extra.buf.buffer, spare.buf.buffer)
+    assert.equal(pool.hold(extra.buf), -1)
+  })
+
   it('a holder that never lets go (a dead thread) is forgotten past 64 such buffers: memory stays bounded, slots are not reused while held', () => {
     const pool = new WindowPool()
     const held: number[] = []
