@@ -105,12 +105,23 @@ async function main(): Promise<void> {
         if (modes.includes('seq')) {
           const mark = nginx.accessLog().length
           const x = await run(b, url, ['--cache', 'none'], copy)
-          const mib = nginx
+          const lines = nginx
             .accessLog()
             .slice(mark)
             .filter((l) => l.includes('"GET /image.vdimg '))
-            .reduce((n, l) => n + Number(l.split('" ')[1].split(' ')[1] || 0), 0) / 2 ** 20
-          process.stderr.write(`round ${r} ${b.name} seq: ${mib.toFixed(1)} MiB sent\n`)
+          const mib = lines.reduce((n, l) => n + Number(l.split('" ')[1].split(' ')[1] || 0), 0) / 2 ** 20
+          // Bytes GET more than once (the log's last field is the Range asked for).
+          const ranges = lines
+            .map((l) => /"bytes=(\d+)-(\d+)"$/.exec(l))
+            .filter((m): m is RegExpExecArray => m !== null)
+            .map((m) => [Number(m[1]), Number(m[2]) + 1])
+            .sort((x, y) => x[0] - y[0])
+          let twice = 0
+          for (let i = 0, reach = 0; i < ranges.length; i++) {
+            twice += Math.max(0, Math.min(reach, ranges[i][1]) - ranges[i][0])
+            reach = Math.max(reach, ranges[i][1])
+          }
+          process.stderr.write(`round ${r} ${b.name} seq: ${mib.toFixed(1)} MiB sent, ${(twice / 2 ** 20).toFixed(1)} MiB of it GET more than once, ${lines.length} GETs\n`)
           add('seq', x)
         }
         if (modes.includes('warm')) add('warm', await run(b, url, ['--cache', b.cache, '--cache-size', '4G'], copy))
