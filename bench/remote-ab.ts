@@ -111,11 +111,7 @@ async function main(): Promise<void> {
             .filter((l) => l.includes('"GET /image.vdimg '))
           const mib = lines.reduce((n, l) => n + Number(l.split('" ')[1].split(' ')[1] || 0), 0) / 2 ** 20
           // Bytes GET more than once (the log's last field is the Range asked for).
-          const ranges = lines
-            .map((l) => /"bytes=(\d+)-(\d+)"$/.exec(l))
-            .filter((m): m is RegExpExecArray => m !== null)
-            .map((m) => [Number(m[1]), Number(m[2]) + 1])
-            .sort((x, y) => x[0] - y[0])
+          const ranges = nginx.ranges('image.vdimg', mark).sort((x, y) => x[0] - y[0])
           let twice = 0
           for (let i = 0, reach = 0; i < ranges.length; i++) {
             twice += Math.max(0, Math.min(reach, ranges[i][1]) - ranges[i][0])

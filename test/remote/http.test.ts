@@ -168,14 +168,7 @@ describe('remote: the HTTP layer against a real nginx', function () {
         )
       // Every GET's range, from the access log's last field ("bytes=A-B"); nginx logs a GET when it has sent
       // it all, and a window may still be landing after the reads it answered.
-      const ranges = () =>
-        nginx
-          .accessLog()
-          .slice(mark)
-          .filter((l) => l.includes('"GET /blob '))
-          .map((l) => /"bytes=(\d+)-(\d+)"$/.exec(l)!)
-          .map((m) => [Number(m[1]), Number(m[2]) + 1])
-          .sort((a, b) => a[0] - b[0])
+      const ranges = () => nginx.ranges('blob', mark).sort((a, b) => a[0] - b[0])
       // Within the segments, exactly what was read; past the last one, only its stream's windows ahead.
       const inside = () => ranges().reduce((n, [a, b]) => n + Math.max(0, Math.min(b, 18 * MiB) - Math.max(a, 2 * MiB)), 0)
       for (let t0 = Date.now(); inside() < 16 * MiB && Date.now() - t0 < 5000; ) await new Promise((r) => setTimeout(r, 50))
@@ -208,12 +201,7 @@ describe('remote: the HTTP layer against a real nginx', function () {
       await nginx.stop()
       await nginx.start()
       for (let at = w0 + piece; at < w0 + MiB; at += piece) assert.ok((await o.read(piece, at)).equals(data.subarray(at, at + piece)), `bytes at ${at}`)
-      const ranges = nginx
-        .accessLog()
-        .slice(mark)
-        .filter((l) => l.includes('"GET /slow/blob '))
-        .map((l) => /"bytes=(\d+)-(\d+)"$/.exec(l)!)
-        .map((m) => [Number(m[1]), Number(m[2]) + 1])
+      const ranges = nginx.ranges('slow/blob', mark)
       // (nginx's fast shutdown does not log the GET it cut off.)
       const window = ranges.filter(([, b]) => b === w0 + MiB)
       assert.equal(window.length, 1, JSON.stringify(ranges))

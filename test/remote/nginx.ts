@@ -150,6 +150,19 @@ ${site}  }
     }
   }
 
+  /**
+   * The ranges GET of `/name` (logged lines from index `from` on), each [first, end) from the Range header
+   * the log's last field holds, in the order logged. nginx logs a GET once it has sent it all.
+   */
+  ranges(name: string, from = 0): Array<[number, number]> {
+    return this.accessLog()
+      .slice(from)
+      .filter((l) => l.includes(`"GET /${name} `))
+      .map((l) => /"bytes=(\d+)-(\d+)"$/.exec(l))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => [Number(m[1]), Number(m[2]) + 1])
+  }
+
   /** Lines of the access log (nginx's combined format, then the Range header in quotes) since the start. */
   accessLog(): string[] {
     try {
