@@ -19,8 +19,9 @@
  * parts of the object fetch each byte once. The window a stream moved on from is kept until the stream is
  * SLACK past it, for its stragglers.
  *
- * Memory: windows held (each stream's current, next and previous) stay within BUDGET bytes in all, whatever the
- * access pattern: a window that would exceed it is not started (the read goes straight to the server).
+ * Memory: the windows' buffers held (each stream's current, next and previous, and dropped ones still landing;
+ * window-pool.ts rounds a window up to 1, 2, 4 or 8 MiB) stay within BUDGET bytes in all, whatever the access
+ * pattern: a window that would exceed it is not started (the read goes straight to the server).
  */
 
 import {WindowPool, type PooledWindow} from './window-pool'
@@ -94,9 +95,7 @@ export class ReadAhead {
   }
 
   private dropStream(s: Stream): void {
-    this.drop(s.current)
-    this.drop(s.next)
-    this.drop(s.prev)
+    for (const w of windowsOf(s)) this.drop(w)
   }
 
   /**
@@ -105,7 +104,7 @@ export class ReadAhead {
    */
   get held(): number {
     let n = this.pool.landingBytes
-    for (const s of this.streams) for (const w of [s.current, s.next, s.prev]) if (w) n += w.mem.buf.buffer.byteLength
+    for (const s of this.streams) for (const w of windowsOf(s)) n += w.mem.buf.buffer.byteLength
     return n
   }
 
@@ -117,7 +116,7 @@ export class ReadAhead {
    */
   read(len: number, pos: number, max = len): Promise<Buffer> {
     const end = pos + len
-    let s = this.streams.find((x) => [x.current, x.next, x.prev].some((w) => w && inside(w, pos, end)))
+    let s = this.streams.find((x) => windowsOf(x).some((w) => inside(w, pos, end)))
     s ??= this.streams.find((x) => pos >= x.lastEnd - SLACK && pos <= x.lastEnd + SLACK)
     if (!s) {
       // A seek: a new stream, straight to the server.
@@ -180,7 +179,7 @@ export class ReadAhead {
     if (len < min || len <= 0) return undefined
     // What this window replaces (the stream's current one, when it starts afresh) is freed with it.
     // (Dropped, they count until their GETs settle: only those already landed are freed at once.)
-    const freed = min > 0 ? [s.current, s.next, s.prev].reduce((n, w) => n + (w && w.received === w.len ? w.mem.buf.buffer.byteLength : 0), 0) : 0
+    const freed = min > 0 ? windowsOf(s).reduce((n, w) => n + (w.received === w.len ? w.mem.buf.buffer.byteLength : 0), 0) : 0
     if (this.held - freed + WindowPool.capacity(len) > BUDGET) return undefined
     s.window = Math.min(MAX_WINDOW, s.window * 2)
     this.windows++
@@ -231,8 +230,7 @@ export class ReadAhead {
     let at = Infinity
     for (const o of this.streams) {
       if (o === s) continue
-      for (const w of [o.current, o.next, o.prev]) {
-        if (!w) continue
+      for (const w of windowsOf(o)) {
         if (w.pos <= pos && pos < w.pos + w.len) return pos
         if (w.pos > pos) at = Math.min(at, w.pos)
       }
@@ -261,6 +259,15 @@ function answer(w: Span, pos: number, end: number, upto: number): Promise<Buffer
   if (w.received >= need) return Promise.resolve(slice())
   if (w.failed !== undefined) return Promise.reject(w.failed)
   return new Promise<void>((resolve, reject) => w.waiters.push({need, resolve, reject})).then(slice)
+}
+
+/** The windows stream `s` holds (current, next, previous). */
+function windowsOf(s: Stream): Span[] {
+  const out: Span[] = []
+  if (s.current) out.push(s.current)
+  if (s.next) out.push(s.next)
+  if (s.prev) out.push(s.prev)
+  return out
 }
 
 function inside(s: Span, pos: number, end: number): boolean {

@@ -58,7 +58,7 @@ export class WindowPool {
 
   /** A buffer of `len` bytes (≤ 8 MiB) for a window. */
   take(len: number): PooledWindow {
-    const c = CLASSES.findIndex((size) => size >= len)
+    const c = CLASSES.indexOf(WindowPool.capacity(len))
     if (c < 0) return {buf: Buffer.from(new SharedArrayBuffer(len)), slot: -1}
     this.reclaim()
     // No slot to count holders in (slots held by threads that never let go): memory of its own, not pooled.
