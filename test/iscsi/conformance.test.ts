@@ -86,6 +86,20 @@ export function parseSuite(out: string): SuiteResult {
   return {total: Number(m[1]), ran: Number(m[2]), passed: Number(m[3]), failed: Number(m[4]), failures, skipped}
 }
 
+/**
+ * The suite's result, or a failure that carries the end of the suite's output and of the target's own log:
+ * a transport error or a crash of iscsi-test-cu (seen once in CI: four WRITE10 with libiscsi's status
+ * 0x0F000001, then "free(): invalid pointer") is explained only by what the target said at the time.
+ */
+function suiteOf(out: string, served: Served): {res: SuiteResult; log: () => string} {
+  const log = () => `\n--- iscsi-test-cu (end) ---\n${out.slice(-3000)}\n--- the target's log (end) ---\n${served.stderr().slice(-4000)}`
+  try {
+    return {res: parseSuite(out), log}
+  } catch (e) {
+    throw new Error(`${(e as Error).message.split('\n')[0]}${log()}`)
+  }
+}
+
 /** Every test iscsi-test-cu knows, as ALL.Suite.Test. */
 async function allTests(): Promise<string[]> {
   const out = (await run('iscsi-test-cu', ['-l'])).stdout
@@ -123,11 +137,11 @@ describe('iscsi conformance: libiscsi iscsi-test-cu', function () {
     const t0 = Date.now()
     const r = await run('iscsi-test-cu', ['--dataloss', '-n', '-t', 'ALL', served!.ready.uri], {timeout: 240_000, allowFail: true})
     const out = r.stdout + r.stderr
-    const res = parseSuite(out)
+    const {res, log} = suiteOf(out, served!)
     const unexpected = res.failures.filter((t) => !WRITABLE_ONLY.includes(t))
     const summary = `${res.ran}/${res.total} ran, ${res.passed} passed, ${res.failed} failed (${res.failed - unexpected.length} of them write-only tests) in ${Date.now() - t0} ms; skips: ${[...res.skipped].map(([k, n]) => `${k} ×${n}`).join('; ')}`
     console.log(`      iscsi-test-cu: ${summary}`)
-    assert.deepEqual(unexpected, [], summary)
+    assert.deepEqual(unexpected, [], summary + log())
     assert.equal(res.ran, res.total)
     assert.ok(res.total >= 200, `only ${res.total} tests ran`)
     assert.ok(res.passed >= res.total - WRITABLE_ONLY.length)
@@ -178,10 +192,10 @@ describe('iscsi conformance: libiscsi iscsi-test-cu against a writable LUN (--ov
     assert.equal((served!.ready as {overlay?: string}).overlay, path.join(dir, 'disk.vdovl'))
     const t0 = Date.now()
     const r = await run('iscsi-test-cu', ['--dataloss', '-n', '-t', 'ALL', served!.ready.uri], {timeout: 540_000, allowFail: true})
-    const res = parseSuite(r.stdout + r.stderr)
+    const {res, log} = suiteOf(r.stdout + r.stderr, served!)
     const summary = `${res.ran}/${res.total} ran, ${res.passed} passed, ${res.failed} failed in ${Date.now() - t0} ms; skips: ${[...res.skipped].map(([k, n]) => `${k} ×${n}`).join('; ')}`
     console.log(`      iscsi-test-cu (writable): ${summary}`)
-    assert.deepEqual(res.failures, [], summary)
+    assert.deepEqual(res.failures, [], summary + log())
     assert.equal(res.ran, res.total)
     assert.ok(res.total >= 200, `only ${res.total} tests ran`)
     assert.equal(res.passed, res.total)
