@@ -44,7 +44,7 @@ describe('vdev create | info | verify | extract', function () {
     const j = JSON.parse(r.stdout)
     assert.equal(j.size, data.length)
     assert.equal(j.sectorSize, 512)
-    assert.equal(j.chunkSize, 131072)
+    assert.equal(j.chunkSize, 65536) // the default
     assert.equal(j.fileSize, fs.statSync(img).size)
     assert.match(j.sha256, /^[0-9a-f]{64}$/)
     assert.equal(j.metadata.model, 'WDC WD5000')
@@ -142,7 +142,7 @@ describe('vdev create | info | verify | extract', function () {
       },
       args: () => ['verify', p('flip.vdimg')],
       code: 5,
-      re: /flip\.vdimg: chunk 0 \(image bytes 0-131071\): .*checksum mismatch/,
+      re: /flip\.vdimg: chunk 0 \(image bytes 0-65535\): .*checksum mismatch/,
     },
     {
       name: 'an existing output',
