@@ -64,15 +64,16 @@ async function main(): Promise<void> {
   try {
     const tool = (name: string, input: () => string, outputs: string[], argv: () => string[], extra: Partial<Tool> = {}): Tool => ({name, input, outputs, argv, best: {}, ...extra})
     const create: Tool[] = [
-      tool('vdev create (zstd 3, 128 KiB chunks)', () => raw, [f('c.vdimg')], () => [process.execPath, VDEV, 'create', '--force', raw, f('c.vdimg')]),
+      tool('vdev create (zstd 3, 64 KiB chunks)', () => raw, [f('c.vdimg')], () => [process.execPath, VDEV, 'create', '--force', raw, f('c.vdimg')]),
       tool('vdev create --level 1', () => raw, [f('c1.vdimg')], () => [process.execPath, VDEV, 'create', '--force', '--level', '1', raw, f('c1.vdimg')]),
+      tool('vdev create --chunk-size 128K (the default before)', () => raw, [f('c128.vdimg')], () => [process.execPath, VDEV, 'create', '--force', '--chunk-size', '128K', raw, f('c128.vdimg')]),
       tool('qemu-img convert -c -O qcow2 -o compression_type=zstd', () => raw, [f('c.qcow2')], () => ['qemu-img', 'convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', raw, f('c.qcow2')]),
       tool('zstd -3 -T0 (one stream, no random access)', () => raw, [f('c.zst')], () => ['zstd', '-q', '-f', '-3', '-T0', raw, '-o', f('c.zst')]),
       tool('ewfacquire -c deflate:fast (E01)', () => raw, [f('c.E01')], () => ['ewfacquire', '-u', '-q', '-c', 'deflate:fast', '-S', '7GiB', '-t', f('c'), raw], {modes: ['warm']}),
     ]
     await measure(create, reps)
     const fileSize = (files: string[]) => files.reduce((s, x) => s + fs.statSync(x).size, 0)
-    const [vdev, , qemu] = create
+    const [vdev, , , qemu] = create
     const qemuSize = fileSize(qemu.outputs)
     const cell = (t: Tool, m: Mode, peer: Tool) => (t.best[m] ? [fmt(t.best[m]!.seconds), ratio(t.best[m]!.seconds, peer.best[m]!.seconds)] : ['—', '—'])
     const rss = (t: Tool) => String(Math.round(Math.max(...MODES.map((m) => t.best[m]?.maxRssKiB ?? 0)) / 1024))

@@ -133,7 +133,7 @@ async function main(): Promise<void> {
   const load0 = os.loadavg()
   try {
     const port = async () => `127.0.0.1:${await freePort()}`
-    servers.push(await startVdev('vdev serve --protocol iscsi (VDIMG, 128 KiB chunks)', vdimg, ['--protocol', 'iscsi', '--listen', await port()]))
+    servers.push(await startVdev('vdev serve --protocol iscsi (VDIMG, 64 KiB chunks)', vdimg, ['--protocol', 'iscsi', '--listen', await port()]))
     servers.push(await startVdev('vdev serve --protocol iscsi (raw file)', raw, ['--format', 'raw', '--protocol', 'iscsi', '--listen', await port()]))
     servers.push(await startTgt(raw))
     servers.push(await startVdev('vdev serve (NBD, VDIMG, 128 KiB chunks)', vdimg, ['--listen', await port()]))

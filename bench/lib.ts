@@ -7,9 +7,9 @@ import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 
-/** The compiled writer: a cached .vdimg made by a different writer is rebuilt (tsc rewrites every file
+/** The compiled writer (and its defaults, layout.js): a cached .vdimg made by a different writer is rebuilt (tsc rewrites every file
  * on each build, so this compares contents, kept in a `.writer` file beside the image, not times). */
-const WRITER = ['writer.js', 'codec.js', 'codec-worker.js'].map((f) => path.join(__dirname, '..', 'src', 'format', f))
+const WRITER = ['writer.js', 'codec.js', 'codec-worker.js', 'layout.js'].map((f) => path.join(__dirname, '..', 'src', 'format', f))
 
 function writerHash(): string {
   const h = crypto.createHash('sha256')
