@@ -135,7 +135,7 @@ export class ConnectionThreads {
   }
 
   /**
-   * Start `perConnection` threads over `server`'s source (opened again on each from its descriptor); what
+   * Start `2 × perConnection` threads (the first connection's and the spares; at most maxThreads) over `server`'s source (opened again on each from its descriptor); what
    * they serve is counted in `server.stats`. Rejects when they cannot serve (no koffi/libc, a source that
    * cannot be opened again, or one that fails to open on a thread).
    */
@@ -148,7 +148,11 @@ export class ConnectionThreads {
         name: 'nbd',
         server,
         body: path.join(__dirname, 'thread.js'),
-        count: Math.max(1, opts.perConnection),
+        // The first connection's threads and the spares that keep the next one waiting for none, all
+        // started before the server says it is ready: a thread's start (a V8 isolate, its modules, its
+        // instance of the source: ~0.1 s of CPU, more for a remote image) must not compete on two cores
+        // with the first client's reads (bench:remote's QD1 rate: 2.4k → 3.3k IOPS; docs/remote.md).
+        count: Math.min(Math.max(1, opts.perConnection, opts.maxThreads), 2 * Math.max(1, opts.perConnection)),
         capacity: Math.max(1, opts.perConnection, opts.maxThreads),
         cacheBytes: opts.cacheBytes,
         pollMicroseconds: opts.pollMicroseconds,
