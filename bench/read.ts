@@ -7,7 +7,7 @@
  *   - qemu-nbd serving the same data as qcow2 with zstd clusters (sequential: nbdcopy; random: fio's nbd engine),
  *   - zstd -d of the single stream (sequential only: no random access),
  *   - the raw file on a loop device (the limit).
- * BENCH_QUICK=1 measures the 128 KiB-chunk image with random reads only.
+ * BENCH_QUICK=1 measures the 128 KiB-chunk image (the default before) with random reads only.
  * vdev runs twice: the default image (64 KiB chunks, qcow2's cluster size) and one with 128 KiB chunks (the
  * default until 2026-12-02: what the smaller chunks cost and gain).
  * Each measurement runs cold (every cache dropped) and warm (the reader's input files read into the page
