@@ -136,7 +136,7 @@ async function main(): Promise<void> {
     servers.push(await startVdev('vdev serve --protocol iscsi (VDIMG, 64 KiB chunks)', vdimg, ['--protocol', 'iscsi', '--listen', await port()]))
     servers.push(await startVdev('vdev serve --protocol iscsi (raw file)', raw, ['--format', 'raw', '--protocol', 'iscsi', '--listen', await port()]))
     servers.push(await startTgt(raw))
-    servers.push(await startVdev('vdev serve (NBD, VDIMG, 128 KiB chunks)', vdimg, ['--listen', await port()]))
+    servers.push(await startVdev('vdev serve (NBD, VDIMG, 64 KiB chunks)', vdimg, ['--listen', await port()]))
     const results = new Map<string, {seq?: number; rand?: number; qemu: number}>()
     for (const s of servers) {
       let seq: number | undefined
