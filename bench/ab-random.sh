@@ -9,18 +9,8 @@
 # touches devices attached by anyone else; detaches its own at exit.
 set -euo pipefail
 A=$1; IA=$2; B=$3; IB=$4; ROUNDS=${5:-3}; QD=${6:-32}; SECS=${7:-10}
-OWN_STATE=
-if [ -z "${VDEV_STATE_DIR:-}" ]; then OWN_STATE=$(mktemp -d /tmp/ab-random.XXXXXX); fi
-export VDEV_STATE_DIR=${VDEV_STATE_DIR:-$OWN_STATE}
-TICK=$(getconf CLK_TCK)
-attach() { env $3 node "$1/bin/run.js" attach "$2" --backend fuse --json; }
-DA=$(attach "$A" "$IA" "${ENV_A:-}"); DB=$(attach "$B" "$IB" "${ENV_B:-}")
-cleanup() { node "$A/bin/run.js" detach --all --force >/dev/null 2>&1 || true; [ -n "$OWN_STATE" ] && rm -rf "$OWN_STATE" || true; }
-trap cleanup EXIT
-devA=$(echo "$DA" | node -pe 'JSON.parse(require("fs").readFileSync(0)).device'); pidA=$(echo "$DA" | node -pe 'JSON.parse(require("fs").readFileSync(0)).pid')
-devB=$(echo "$DB" | node -pe 'JSON.parse(require("fs").readFileSync(0)).device'); pidB=$(echo "$DB" | node -pe 'JSON.parse(require("fs").readFileSync(0)).pid')
+. "$(dirname "$0")/ab-attach.sh" ab-random
 cat "$IA" "$IB" > /dev/null
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 one() { # name dev pid
   local c0; c0=$(cpu "$3")
   local out; out=$(fio --name=rand --filename="$2" --ioengine=libaio --direct=1 --rw=randread --bs=4k --iodepth="$QD" \

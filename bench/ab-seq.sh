@@ -8,18 +8,7 @@
 # ENV_A / ENV_B: extra environment for each attach. Uses its own VDEV_STATE_DIR; detaches its own at exit.
 set -euo pipefail
 A=$1; IA=$2; B=$3; IB=$4; ROUNDS=${5:-3}; STATE=${6:-cold}
-OWN_STATE=
-if [ -z "${VDEV_STATE_DIR:-}" ]; then OWN_STATE=$(mktemp -d /tmp/ab-seq.XXXXXX); fi
-export VDEV_STATE_DIR=${VDEV_STATE_DIR:-$OWN_STATE}
-TICK=$(getconf CLK_TCK)
-attach() { env $3 node "$1/bin/run.js" attach "$2" --backend fuse --json; }
-DA=$(attach "$A" "$IA" "${ENV_A:-}"); DB=$(attach "$B" "$IB" "${ENV_B:-}")
-cleanup() { node "$A/bin/run.js" detach --all --force >/dev/null 2>&1 || true; [ -n "$OWN_STATE" ] && rm -rf "$OWN_STATE" || true; }
-trap cleanup EXIT
-field() { node -pe "JSON.parse(require('fs').readFileSync(0)).$1"; }
-devA=$(echo "$DA" | field device); pidA=$(echo "$DA" | field pid)
-devB=$(echo "$DB" | field device); pidB=$(echo "$DB" | field pid)
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+. "$(dirname "$0")/ab-attach.sh" ab-seq
 prepare() { # image device
   sync; echo 3 > /proc/sys/vm/drop_caches
   # DONTNEED too: drop_caches leaves pages the loop device or a mapping still holds.
