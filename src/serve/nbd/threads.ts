@@ -135,8 +135,8 @@ export class ConnectionThreads {
   }
 
   /**
-   * Start `2 × perConnection` threads (the first connection's and the spares; at most maxThreads) over `server`'s source (opened again on each from its descriptor); what
-   * they serve is counted in `server.stats`. Rejects when they cannot serve (no koffi/libc, a source that
+   * Start `2 × perConnection` threads (the first connection's and the spares; at most maxThreads) over
+   * `server`'s source (opened again on each from its descriptor); what they serve is counted in `server.stats`. Rejects when they cannot serve (no koffi/libc, a source that
    * cannot be opened again, or one that fails to open on a thread).
    */
   static async start(server: BlockServer, opts: ConnectionThreadsOptions): Promise<ConnectionThreads> {
@@ -151,7 +151,7 @@ export class ConnectionThreads {
         // The first connection's threads and the spares that keep the next one waiting for none, all
         // started before the server says it is ready: a thread's start (a V8 isolate, its modules, its
         // instance of the source: ~0.1 s of CPU, more for a remote image) must not compete on two cores
-        // with the first client's reads (bench:remote's QD1 rate: 2.4k → 3.3k IOPS; docs/remote.md).
+        // with the first client's reads (a fresh server's QD1 rate over HTTP: 2.5k → 2.8–3.2k IOPS; docs/nbd.md, "Pool").
         count: Math.min(Math.max(1, opts.perConnection, opts.maxThreads), 2 * Math.max(1, opts.perConnection)),
         capacity: Math.max(1, opts.perConnection, opts.maxThreads),
         cacheBytes: opts.cacheBytes,
