@@ -136,8 +136,9 @@ export class ConnectionThreads {
 
   /**
    * Start `2 × perConnection` threads (the first connection's and the spares; at most maxThreads) over
-   * `server`'s source (opened again on each from its descriptor); what they serve is counted in `server.stats`. Rejects when they cannot serve (no koffi/libc, a source that
-   * cannot be opened again, or one that fails to open on a thread).
+   * `server`'s source (opened again on each from its descriptor); what they serve is counted in
+   * `server.stats`. Rejects when they cannot serve (no koffi/libc, a source that cannot be opened again, or
+   * one that fails to open on a thread).
    */
   static async start(server: BlockServer, opts: ConnectionThreadsOptions): Promise<ConnectionThreads> {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
