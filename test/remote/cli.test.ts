@@ -7,7 +7,8 @@
  * an attach with the FUSE backend (the real kernel's FUSE client and loop driver) reads the local image's
  * bytes, EIO at unreadable sectors; with the server stopped, reads fail with EIO within the timeout and
  * work again once it is back; with the object replaced, reads fail with EIO (and a log line), never
- * serving the new object's bytes.
+ * serving the new object's bytes; `attach URL --overlay FILE` is writable, its writes read back after a
+ * re-attach from the URL or from a local copy of the object, and the object never changes.
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
@@ -304,6 +305,93 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
   it('vdev serve URL --scratch (writable, over the remote image, on serving threads): a write reads back, every other byte is the image\'s', async function () {
     if (!have('nbdcopy') || !have('qemu-io')) this.skip()
     await checkServeScratch(sb, url, logical(data))
+  })
+
+  it('vdev attach URL --overlay FILE (FUSE + loop, read-write): writes read back, persist across re-attach, work over the local copy of the same image; the object never changes', async function () {
+    if (!IS_ROOT) this.skip()
+    const ovl = sb.p('remote.vdovl')
+    const objectHash = sha256(fs.readFileSync(local))
+    const attachRw = async (image: string): Promise<{device: string; id: string; overlay?: string; readOnly: boolean}> => {
+      const r = await sb.vdev(['attach', image, '--backend', 'fuse', '--json', '--overlay', ovl, '--cache', 'none'])
+      assert.equal(r.code, 0, r.stderr)
+      const j = JSON.parse(r.stdout)
+      sb.trackPid(j.pid)
+      return j
+    }
+    const detach = async (id: string) => {
+      const r = await sb.vdev(['detach', id])
+      assert.equal(r.code, 0, r.stderr)
+    }
+    // What the device holds after the writes: 1 MiB of new bytes at 5 MiB, and 4 KiB over the first bad
+    // sector (a write makes an unreadable area readable: the overlay holds it).
+    const written = prng(41, MiB)
+    const overBad = prng(42, 4096)
+    const badAt = BAD[0].offset - 512
+    const want = logical(data)
+    written.copy(want, 5 * MiB)
+    overBad.copy(want, badAt)
+    const whole = async (dev: string): Promise<Buffer> => {
+      const parts: Buffer[] = []
+      for (let o = 0; o < SIZE; o += 4 * MiB) {
+        // The second bad area (64 KiB at 20 MiB) is still unreadable: read around it.
+        const bad = BAD[1]
+        if (o <= bad.offset && bad.offset < o + 4 * MiB) {
+          const a = bad.offset > o ? await readDirect(dev, o, bad.offset - o) : {code: 0, stdout: Buffer.alloc(0), stderr: ''}
+          assert.equal(a.code, 0, a.stderr)
+          const e = await readDirect(dev, bad.offset, 4096)
+          assert.notEqual(e.code, 0, 'the area no write touched still reads as unreadable')
+          assert.match(e.stderr, /Input\/output error/)
+          const b = await readDirect(dev, bad.offset + bad.length, o + 4 * MiB - bad.offset - bad.length)
+          assert.equal(b.code, 0, b.stderr)
+          parts.push(a.stdout, Buffer.alloc(bad.length), b.stdout)
+          continue
+        }
+        const r = await readDirect(dev, o, 4 * MiB)
+        assert.equal(r.code, 0, `read at ${o}: ${r.stderr}`)
+        parts.push(r.stdout)
+      }
+      return Buffer.concat(parts)
+    }
+    /** Where two equal-length buffers first differ, for the failure message. */
+    const firstDiff = (a: Buffer, b: Buffer): string => {
+      if (a.length !== b.length) return `length ${a.length}, want ${b.length}`
+      for (let i = 0; i < a.length; i += 512) if (!a.subarray(i, i + 512).equals(b.subarray(i, i + 512))) return `first differs in the sector at ${i}`
+      return 'equal'
+    }
+    const same = (got: Buffer, what: string) => assert.ok(got.equals(want), `${what}: ${firstDiff(got, want)}`)
+
+    /** Attach `image` with the overlay, run `check` on the device, detach even when it fails. */
+    const attached = async (image: string, check: (dev: {device: string; overlay?: string; readOnly: boolean}) => Promise<void>) => {
+      const dev = await attachRw(image)
+      try {
+        await check(dev)
+      } finally {
+        await detach(dev.id)
+      }
+    }
+
+    await attached(url, async (first) => {
+      assert.equal(first.readOnly, false)
+      assert.equal(first.overlay, ovl)
+      for (const [buf, at] of [[written, 5 * MiB], [overBad, badAt]] as const) {
+        const w = await run('dd', [`of=${first.device}`, `bs=${buf.length}`, `seek=${at}`, 'count=1', 'iflag=fullblock', 'oflag=direct,seek_bytes', 'conv=notrunc,fsync', 'status=none'], {input: buf})
+        assert.equal(w.code, 0, w.stderr)
+      }
+      same(await whole(first.device), 'the device after the writes')
+    })
+    // Again from the URL with the same overlay, then from the local copy of the object: the overlay names
+    // its base by the image's identity, not by where it was read from.
+    await attached(url, async (again) => same(await whole(again.device), 'the device re-attached from the URL'))
+    await attached(sb.p('disk.vdimg.orig'), async (copy) => same(await whole(copy.device), 'the device attached from the local copy'))
+    assert.equal(sha256(fs.readFileSync(local)), objectHash, 'the object on the server changed')
+
+    // Another image's URL with this overlay: one line, exit 2, nothing registered.
+    fs.copyFileSync(sb.p('other.vdimg'), path.join(nginx.www, 'other.vdimg'))
+    const wrong = await sb.vdev(['attach', `${nginx.url}/other.vdimg`, '--backend', 'fuse', '--overlay', ovl, '--cache', 'none'])
+    assert.equal(wrong.code, 2, wrong.stderr)
+    assert.match(wrong.stderr.trim(), /belongs to another base/)
+    assert.equal(lines(wrong.stderr).length, 1, wrong.stderr)
+    assert.equal(sb.entries().length, 0, 'nothing stays registered')
   })
 
   describe('attached with the FUSE backend (the kernel\'s FUSE client and loop driver)', function () {
