@@ -266,16 +266,20 @@ export class SharedReadAhead {
   }
 
   /**
-   * Copy bytes [from, to) of chunk i into `out` at `at` when a slot holds it (waiting a moment for one that
-   * another thread is decoding right now); false when it is not there (the caller decodes it itself).
+   * Copy bytes [from, to) of chunk i into `out` at `at` when a slot holds it (when another thread is
+   * decoding it right now: first `whileWaiting()` — one unit of decode-ahead, as long as it finds one and the
+   * chunk is not ready — then a wait of a moment); false when it is not there (the caller decodes it itself).
    */
-  copyOut(i: number, out: Buffer, at: number, from: number, to: number): boolean {
+  copyOut(i: number, out: Buffer, at: number, from: number, to: number, whileWaiting?: () => boolean): boolean {
     const slot = i % this.slots
     const b = slot * I_SLOT
     let st = Atomics.load(this.i32, b)
     if ((st !== READY && st !== DECODING) || this.f64[slot] !== i) return false
     if (st === DECODING) {
       this.count(C_WAITED)
+      // Rather than sleep while another thread finishes this chunk, decode ones nobody has started (a
+      // reader that only waited would keep pace with the helper instead of working beside it).
+      while (whileWaiting?.()) if ((st = Atomics.load(this.i32, b)) !== DECODING) break
       const until = Date.now() + WAIT_MS
       while (st === DECODING && Date.now() < until) {
         Atomics.wait(this.i32, b, DECODING, WAIT_MS)

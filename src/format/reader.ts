@@ -407,7 +407,7 @@ export class VdimgImage implements BlockSource {
         if (ahead) {
           ahead.reading(handle, i)
           // Decoded ahead, or for this read, by another thread.
-          if (ahead.copyOut(i, out, at - offset, at - cStart, e - cStart)) {
+          if (ahead.copyOut(i, out, at - offset, at - cStart, e - cStart, () => this.prefetch())) {
             at = e
             continue
           }
