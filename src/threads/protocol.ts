@@ -4,6 +4,7 @@
  */
 import type {BadPolicy, BlockServer} from '../core/blockserver'
 import type {SourceDescriptor} from '../core/source'
+import {MAX_THREADS} from './config'
 
 /** workerData of every serving thread. */
 export interface ServingThreadConfig {
@@ -28,7 +29,11 @@ export interface ServingThreadConfig {
   config: unknown
 }
 
-export const CONTROL = {closing: 0, slots: 1} as const
+/**
+ * The pool's shared words: the closing flag (drain), then one word per thread (MAX_THREADS) saying whether an
+ * event-loop body's thread sleeps with nothing to work ahead on (src/threads/idle-ahead.ts).
+ */
+export const CONTROL = {closing: 0, idle: 1, slots: 1 + MAX_THREADS} as const
 
 /** thread → main */
 export type FromThread =
@@ -71,6 +76,13 @@ export interface ServingThreadContext {
    * calls it wherever it would otherwise wait (docs/performance.md, "Decode-ahead").
    */
   workAhead(): boolean
+  /**
+   * For bodies that serve from the thread's event loop (iSCSI, NFS), which have no point where they know
+   * they would sleep: call once, and from then on the thread works ahead in idle turns of its event loop
+   * after each read, and wakes the pool's other such threads to do the same for a large one
+   * (src/threads/idle-ahead.ts).
+   */
+  workAheadWhenIdle(): void
 }
 
 /** A thread body module exports `run`: serve until the work ends, resolving with why. */

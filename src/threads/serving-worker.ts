@@ -7,9 +7,11 @@
  */
 import {parentPort, workerData} from 'node:worker_threads'
 import {BlockServer} from '../core/blockserver'
-import {slotOf} from '../core/counters'
+import {SLOT_SIZE, slotOf} from '../core/counters'
 import type {BlockSource} from '../core/source'
 import {openSource} from '../sources'
+import {MAX_THREADS} from './config'
+import {IdleAhead} from './idle-ahead'
 import {CONTROL, type FromThread, type ServingThreadConfig, type ServingThreadContext, type ThreadBody, type ToThread} from './protocol'
 
 const cfg = workerData as ServingThreadConfig
@@ -44,7 +46,9 @@ async function main(): Promise<void> {
       },
     })
     const counters = slotOf(cfg.counters, cfg.index)
+    let idle: IdleAhead | undefined
     const server = new BlockServer(source, {
+      onRead: (length) => idle?.reading(length),
       badPolicy: cfg.badPolicy,
       counters,
       onFault: (offset, length, err) => {
@@ -73,6 +77,9 @@ async function main(): Promise<void> {
       onMessage: (h) => (handler = h),
       closing: () => Atomics.load(control, CONTROL.closing) === 1,
       workAhead: () => Atomics.load(control, CONTROL.closing) !== 1 && server.prefetch(),
+      workAheadWhenIdle: () => {
+        idle ??= new IdleAhead(ctx.workAhead, control, CONTROL.idle, Math.min(MAX_THREADS, cfg.counters.byteLength / (SLOT_SIZE * 8)), cfg.index)
+      },
     }
     const why = await body(ctx)
     post({end: why})

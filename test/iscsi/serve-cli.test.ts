@@ -71,6 +71,21 @@ describe('vdev serve --protocol iscsi (the command)', function () {
     assert.match(s.stderr(), /stopped; served \d+ reads/)
   })
 
+  it('serving threads decode ahead of one session\'s sequential reads (qemu-img convert): exact bytes; the stop line counts chunks decoded ahead and read from there', async function () {
+    if (!hasTool('qemu-img')) this.skip()
+    const s = await serve([fx.goodImage, '--listen', '127.0.0.1:0', '--threads', '2'])
+    const out = path.join(fx.dir, 'ahead-iscsi.raw')
+    try {
+      // One session, served by one thread; its large READs wake the other to decode the stream's next chunks.
+      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', s.ready.uri, out])
+      assert.ok(fs.readFileSync(out).equals(fs.readFileSync(fx.goodRaw)), 'qemu-img convert: bytes differ from the source')
+    } finally {
+      s.child.kill('SIGTERM')
+    }
+    assert.equal(await s.exited, 0, s.stderr())
+    assert.match(s.stderr(), /decode-ahead: [1-9]\d* chunks decoded ahead \(\d+ for a read under way\), [1-9]\d* read from there/)
+  })
+
   it('a raw image + ddrescue mapfile: the target name is stable across restarts, reads fail at the bad sector', async function () {
     const a = await serve([fx.raw, '--mapfile', fx.mapfile, '--listen', '127.0.0.1:0'])
     a.child.kill('SIGTERM')

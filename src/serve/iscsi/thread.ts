@@ -13,6 +13,8 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
   const cfg = ctx.config as IscsiThreadConfig
   const target = new IscsiTarget(ctx.server, {iqn: cfg.iqn, identity: cfg.identity, log: (l) => ctx.log(l)})
   const live = new Map<number, IscsiConnection>()
+  // Decode ahead in the event loop's idle turns, and when another thread takes a large read (idle-ahead.ts).
+  ctx.workAheadWhenIdle()
   ctx.onMessage((raw) => {
     const m = raw as ToIscsiThread
     if ('assign' in m) {

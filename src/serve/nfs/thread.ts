@@ -12,6 +12,8 @@ import type {FromNfsThread, ToNfsThread} from './threads'
 export async function run(ctx: ServingThreadContext): Promise<string> {
   const dispatcher = nfsDispatcher(ctx.server, ctx.config as NfsExportConfig, (l) => ctx.log(l))
   const live = new Map<number, Connection>()
+  // Decode ahead in the event loop's idle turns, and when another thread takes a large read (idle-ahead.ts).
+  ctx.workAheadWhenIdle()
   ctx.onMessage((raw) => {
     const m = raw as ToNfsThread
     if ('assign' in m) {
