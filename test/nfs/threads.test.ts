@@ -105,6 +105,41 @@ describe('nfs server on serving threads', function () {
     assert.equal(s.logs.filter((l) => /failed|error/i.test(l)).length, 0, s.logs.join('\n'))
   })
 
+  it('a serving thread decodes ahead of nfs-cat\'s sequential READs in its idle turns: chunks decoded ahead and read from there', async () => {
+    const s = await start({threads: 2})
+    const r = await run('nfs-cat', [nfsUrl(s.nfs.port)])
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(r.stdout.equals(img.data), 'bytes differ from the source')
+    const ra = s.image.readAheadStats()
+    assert.ok(ra && ra.prefetched > 0 && ra.used > 0, `decode-ahead: ${JSON.stringify(ra)}`)
+  })
+
+  it('READs pipelined in batches while the client reads none of the replies: every reply holds its own bytes (READ data shares a reused buffer)', async () => {
+    const s = await start({threads: 2})
+    const c = await connect(s)
+    const fh = await fileHandle(c)
+    // 2400 READs of 8 KiB (19 MiB of replies, more than both sockets' buffers hold) in batches, the client
+    // reading none: the thread reads each batch's data into its connection's READ buffer while replies of
+    // the batch before wait in its socket's queue (the server stops reading while its writes are blocked,
+    // and takes a new buffer while any reply is queued: src/serve/nfs/index.ts).
+    c.socket.pause()
+    const SIZE = 8192
+    const offsets: number[] = []
+    const replies: Array<Promise<Buffer>> = []
+    for (let batch = 0; batch < 12; batch++) {
+      for (let k = 0; k < 200; k++) {
+        const o = (((batch * 200 + k) * 7919) % Math.floor((IMAGE_SIZE - SIZE) / 512)) * 512
+        offsets.push(o)
+        replies.push(read(c, fh, o, SIZE))
+      }
+      await new Promise((r) => setTimeout(r, 25))
+    }
+    c.socket.resume()
+    const got = await Promise.all(replies)
+    got.forEach((b, k) => assert.ok(b.equals(img.data.subarray(offsets[k], offsets[k] + SIZE)), `READ ${k} at ${offsets[k]}: bytes of another read`))
+    assert.ok(slotSum(s, COUNTER.reads) >= offsets.length, 'served on a thread')
+  })
+
   it('threads: 0 serves every connection on the main thread', async () => {
     const s = await start({threads: 0})
     assert.equal(s.nfs.threads, 0)

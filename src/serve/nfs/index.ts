@@ -74,6 +74,12 @@ const RECORD_OVERHEAD = 8192
 export const THREAD_CACHE_BYTES = 8 << 20
 /** Calls one connection may have in progress before we stop reading from it. */
 const MAX_CALLS_PER_CONNECTION = 128
+/**
+ * READ data is read into one reused arena of this size per connection (on a serving thread, where a read is
+ * answered at once, as the iSCSI target does): a few of the clients' usual 1 MiB READs in flight. Reads
+ * larger than a quarter of it get their own buffer.
+ */
+const READ_ARENA_BYTES = 4 << 20
 
 /** 127.0.0.0/8, ::1 and their IPv4-mapped IPv6 forms. */
 export function isLoopbackAddress(addr: string | undefined): boolean {
@@ -164,6 +170,9 @@ export class Connection {
   private calls = 0
   private writeBlocked = false
   private closed = false
+  /** READ data's arena and how much of it calls in progress or replies not yet sent use. */
+  private arena: Buffer | undefined
+  private arenaUsed = 0
 
   constructor(
     private readonly socket: net.Socket,
@@ -174,7 +183,7 @@ export class Connection {
     this.decoder = new RecordDecoder(dispatcher.maxRecord)
     const address = peerAddress ?? socket.remoteAddress
     const peer = address ?? 'unknown'
-    this.ctx = {trusted: isLoopbackAddress(address), peer, log: dispatcher.log}
+    this.ctx = {trusted: isLoopbackAddress(address), peer, log: dispatcher.log, readBuffer: (length) => this.arenaBuffer(length)}
     socket.setNoDelay(true)
     socket.on('data', (chunk: Buffer) => this.onData(chunk))
     socket.on('drain', () => {
@@ -221,6 +230,8 @@ export class Connection {
         )
         .finally(() => {
           this.calls--
+          // Every reply handed to the kernel (none queued in the socket) and no call in progress: reuse it all.
+          if (this.calls === 0 && this.arena && this.socket.writableLength === 0) this.arenaUsed = 0
           this.updateFlow()
         })
     }
@@ -233,10 +244,24 @@ export class Connection {
     let ok = true
     for (const p of framed) ok = this.socket.write(p)
     this.socket.uncork()
+    // A reply waiting in the socket's queue may hold part of the arena: leave it to them, take a new one.
+    if (this.socket.writableLength > 0) this.arena = undefined
     if (!ok) {
       this.writeBlocked = true
       this.updateFlow()
     }
+  }
+
+  /** `length` bytes of the READ arena, or undefined (too large: the read gets a buffer of its own). */
+  private arenaBuffer(length: number): Buffer | undefined {
+    if (length > READ_ARENA_BYTES / 4) return undefined
+    if (!this.arena || this.arenaUsed + length > this.arena.length) {
+      this.arena = Buffer.allocUnsafeSlow(READ_ARENA_BYTES)
+      this.arenaUsed = 0
+    }
+    const b = this.arena.subarray(this.arenaUsed, this.arenaUsed + length)
+    this.arenaUsed += length
+    return b
   }
 
   /** Stop reading while too many calls are in progress or the peer is not reading its replies. */

@@ -292,7 +292,10 @@ export class Nfs3Program implements RpcProgram {
     if (length === 0) return this.readOk(node, Buffer.alloc(0), offset >= size)
     let data: Buffer
     try {
-      data = await this.server.read(offset, length)
+      // A serving thread's image answers at once: read into the connection's reused buffer (no fresh 1 MiB,
+      // and its page faults, per READ).
+      const into = this.server.immediate ? ctx.readBuffer?.(length) : undefined
+      data = into ? this.server.readSync(offset, length, into) : await this.server.read(offset, length)
     } catch (err) {
       const firstBad = err instanceof BlockError && err.errno === 'EIO' && err.bad.length > 0 ? err.bad[0].offset : -1
       if (firstBad > offset) {

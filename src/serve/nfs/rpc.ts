@@ -268,6 +268,11 @@ export interface CallContext {
   /** The peer address, for MOUNT's DUMP list and logs. */
   peer: string
   log: (line: string) => void
+  /**
+   * `length` bytes the connection lends a READ to read its data into (reused once the reply has reached the
+   * kernel), or undefined: a buffer of its own.
+   */
+  readBuffer?: (length: number) => Buffer | undefined
 }
 
 /** A procedure's outcome: its encoded results (SUCCESS), or an accept_stat error. */
