@@ -30,8 +30,8 @@ export interface BlockServerOptions {
   onWriteFault?: (what: string, offset: number, length: number, err: BlockError) => void
   /** Count into this slot (SLOT_SIZE values; a serving thread's slot of shared memory) instead of its own. */
   counters?: Float64Array
-  /** Called as each read starts, with its length (a serving thread's idle work: src/threads/idle-ahead.ts). */
-  onRead?: (length: number) => void
+  /** Called as each read starts (a serving thread's idle work: src/threads/idle-ahead.ts). */
+  onRead?: (offset: number, length: number) => void
 }
 
 export class BlockServer {
@@ -96,7 +96,7 @@ export class BlockServer {
   /** Serve one read. Rejects with BlockError only. */
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRequest(offset, length)
-    this.opts.onRead?.(length)
+    this.opts.onRead?.(offset, length)
     await this.acquire()
     this.c[COUNTER.reads]++
     try {
@@ -121,7 +121,7 @@ export class BlockServer {
   readSync(offset: number, length: number, dst?: Buffer): Buffer {
     if (!this.top.synchronous || !this.top.readSync) throw new BlockError('EINVAL', 'source cannot be read synchronously')
     this.checkRequest(offset, length)
-    this.opts.onRead?.(length)
+    this.opts.onRead?.(offset, length)
     this.c[COUNTER.reads]++
     this.c[COUNTER.inFlight]++
     try {

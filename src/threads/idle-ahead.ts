@@ -11,7 +11,8 @@
  * - **the other threads'**: one iSCSI session or NFS connection is served by one thread, so the pool's other
  *   threads sit idle in their event loops. A thread whose chain finds nothing to do marks its word in the
  *   pool's shared memory asleep and waits on it with `Atomics.waitAsync` (its event loop still serves); a
- *   read of WAKE_BYTES or more flips every sleeping thread's word and notifies it, and that thread starts a
+ *   read of WAKE_BYTES or more, or a smaller one that continues a sequential run (a client reading ahead in
+ *   32 or 64 KiB READs), flips every sleeping thread's word and notifies it, and that thread starts a
  *   chain: it helps decode the large read under way on the other thread and the stream's next chunks
  *   (src/format/read-ahead.ts), as the NBD threads' nudge and ublk's MSG_RING do. Threads already awake
  *   are not notified: one wake-up per sleep.
@@ -19,6 +20,8 @@
 
 /** Reads of this size or more wake the pool's other threads (as NBD's nudge: smaller ones gain less than a wake-up costs). */
 export const WAKE_BYTES = 128 * 1024
+/** Smaller reads wake them too once this many in a row each started where the one before ended (a client's read-ahead in small READs). */
+const WAKE_AFTER_SEQUENTIAL = 2
 
 const AWAKE = 0
 const ASLEEP = 1
@@ -31,6 +34,9 @@ export class IdleAhead {
   /** A waitAsync on this thread's word is pending (at most one at a time). */
   private waiting = false
   private readonly waitAsync = (Atomics as unknown as {waitAsync: WaitAsync}).waitAsync
+  /** Where this thread's last read ended, and how many reads in a row started there. */
+  private lastEnd = -1
+  private inRow = 0
 
   /**
    * @param workAhead one unit of work ahead of the readers (ServingThreadContext.workAhead); false when none
@@ -47,10 +53,15 @@ export class IdleAhead {
     this.sleep()
   }
 
-  /** A read of `length` bytes starts on this thread: work ahead once the loop is idle, and wake the sleeping others for a large one. */
-  reading(length: number): void {
+  /**
+   * A read of `length` bytes at `offset` starts on this thread: work ahead once the loop is idle, and wake
+   * the sleeping others for a large one or a sequential run of small ones.
+   */
+  reading(offset: number, length: number): void {
     this.start()
-    if (length < WAKE_BYTES) return
+    this.inRow = offset === this.lastEnd ? this.inRow + 1 : 0
+    this.lastEnd = offset + length
+    if (length < WAKE_BYTES && this.inRow < WAKE_AFTER_SEQUENTIAL) return
     for (let j = 0; j < this.count; j++) {
       const w = this.first + j
       // Only a thread that sleeps is woken, and only once: the one that flips its word notifies it.

@@ -48,7 +48,7 @@ async function main(): Promise<void> {
     const counters = slotOf(cfg.counters, cfg.index)
     let idle: IdleAhead | undefined
     const server = new BlockServer(source, {
-      onRead: (length) => idle?.reading(length),
+      onRead: (offset, length) => idle?.reading(offset, length),
       badPolicy: cfg.badPolicy,
       counters,
       onFault: (offset, length, err) => {
