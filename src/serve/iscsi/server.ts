@@ -23,6 +23,7 @@ import {ASC, SENSE_KEY, STATUS, buildSense, type SenseSpec} from './sense'
 import type {HandedConnection, HandoffState, IscsiThreads} from './threads'
 import {drained} from '../drained'
 import {printable} from '../printable'
+import {ReadArena} from '../read-arena'
 
 /** Commands one session may have outstanding (the CmdSN window, MaxCmdSN − ExpCmdSN + 1). */
 export const QUEUE_DEPTH = 32
@@ -232,8 +233,7 @@ export class IscsiConnection {
    * from it went to the kernel whole (nothing left in Node's write queue) and no task holding a piece is
    * still to be answered; else a fresh one is taken and the old one left to the writes that hold it.
    */
-  private arena: Buffer | undefined
-  private arenaUsed = 0
+  private readonly arena = new ReadArena(READ_ARENA_BYTES)
   private arenaTasks = 0
   /** Set once the full-feature phase was handed to a serving thread. */
   private handed: HandedConnection | undefined
@@ -425,19 +425,14 @@ export class IscsiConnection {
     const q = this.queued
     this.queued = []
     if (!this.socket.destroyed && !this.socket.writableEnded) this.send(q)
-    if (this.socket.writableLength > 0) this.arena = undefined
-    else if (this.arenaTasks === 0) this.arenaUsed = 0
+    if (this.socket.writableLength > 0) this.arena.abandon()
+    else if (this.arenaTasks === 0) this.arena.reset()
   }
 
   /** `length` bytes of the read arena for a task's READ data, or undefined (too large: a buffer of its own). */
   private arenaBuffer(task: Task, length: number): Buffer | undefined {
-    if (length > READ_ARENA_BYTES / 4) return undefined
-    if (!this.arena || this.arenaUsed + length > this.arena.length) {
-      this.arena = Buffer.allocUnsafeSlow(READ_ARENA_BYTES)
-      this.arenaUsed = 0
-    }
-    const b = this.arena.subarray(this.arenaUsed, this.arenaUsed + length)
-    this.arenaUsed += length
+    const b = this.arena.take(length)
+    if (!b) return undefined
     if (!task.arena) {
       task.arena = true
       this.arenaTasks++

@@ -31,6 +31,7 @@ import {
   type RpcProgram,
 } from './rpc'
 import {XdrError} from './xdr'
+import {ReadArena} from '../read-arena'
 
 export interface NfsServerOptions {
   /** Address to listen on; "127.0.0.1" in normal use. Non-loopback peers are refused whatever this is. */
@@ -170,9 +171,8 @@ export class Connection {
   private calls = 0
   private writeBlocked = false
   private closed = false
-  /** READ data's arena and how much of it calls in progress or replies not yet sent use. */
-  private arena: Buffer | undefined
-  private arenaUsed = 0
+  /** READ data's reused buffer (on a serving thread). */
+  private readonly arena = new ReadArena(READ_ARENA_BYTES)
 
   constructor(
     private readonly socket: net.Socket,
@@ -183,7 +183,7 @@ export class Connection {
     this.decoder = new RecordDecoder(dispatcher.maxRecord)
     const address = peerAddress ?? socket.remoteAddress
     const peer = address ?? 'unknown'
-    this.ctx = {trusted: isLoopbackAddress(address), peer, log: dispatcher.log, readBuffer: (length) => this.arenaBuffer(length)}
+    this.ctx = {trusted: isLoopbackAddress(address), peer, log: dispatcher.log, readBuffer: (length) => this.arena.take(length)}
     socket.setNoDelay(true)
     socket.on('data', (chunk: Buffer) => this.onData(chunk))
     socket.on('drain', () => {
@@ -231,7 +231,7 @@ export class Connection {
         .finally(() => {
           this.calls--
           // Every reply handed to the kernel (none queued in the socket) and no call in progress: reuse it all.
-          if (this.calls === 0 && this.arena && this.socket.writableLength === 0) this.arenaUsed = 0
+          if (this.calls === 0 && this.socket.writableLength === 0) this.arena.reset()
           this.updateFlow()
         })
     }
@@ -245,23 +245,11 @@ export class Connection {
     for (const p of framed) ok = this.socket.write(p)
     this.socket.uncork()
     // A reply waiting in the socket's queue may hold part of the arena: leave it to them, take a new one.
-    if (this.socket.writableLength > 0) this.arena = undefined
+    if (this.socket.writableLength > 0) this.arena.abandon()
     if (!ok) {
       this.writeBlocked = true
       this.updateFlow()
     }
-  }
-
-  /** `length` bytes of the READ arena, or undefined (too large: the read gets a buffer of its own). */
-  private arenaBuffer(length: number): Buffer | undefined {
-    if (length > READ_ARENA_BYTES / 4) return undefined
-    if (!this.arena || this.arenaUsed + length > this.arena.length) {
-      this.arena = Buffer.allocUnsafeSlow(READ_ARENA_BYTES)
-      this.arenaUsed = 0
-    }
-    const b = this.arena.subarray(this.arenaUsed, this.arenaUsed + length)
-    this.arenaUsed += length
-    return b
   }
 
   /** Stop reading while too many calls are in progress or the peer is not reading its replies. */
