@@ -21,6 +21,11 @@ import {STATE, lock, lockWorking, nudge, unlock, type Assignment, type Assignmen
  * those after it) while this one serves it; smaller ones (a random 4 KiB read) do not pay for a wake-up.
  */
 const NUDGE_BYTES = 128 * 1024
+/**
+ * Smaller reads wake it too once this many in a row, read by this thread holding the lock (one request at a
+ * time), each started where the one before ended: a client streaming in small requests (as idle-ahead.ts).
+ */
+const NUDGE_AFTER_SEQUENTIAL = 2
 
 /** The request stream ended or broke: nothing more can be read from this connection. */
 class StreamEnded extends Error {}
@@ -162,6 +167,9 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
   // Held across the serving of a request when no other request had arrived: a client with one request in
   // flight is then served by one thread with no hand-over (no wake-ups of the others, no lock traffic).
   let holding = false
+  // The end of this thread's last read, and how many in a row started there.
+  let lastEnd = -1
+  let inRow = 0
   try {
     for (;;) {
       // Waiting for the lock (another thread reads the next request): decode ahead meanwhile.
@@ -198,7 +206,12 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
       if (input.pending > 0) {
         holding = false
         unlock(state, STATE.readLock)
-      } else if (req.type === P.NBD_CMD_READ && req.length >= NUDGE_BYTES) nudge(state, STATE.readLock) // help wanted
+      } else if (req.type === P.NBD_CMD_READ) {
+        const offset = Number(req.offset)
+        inRow = offset === lastEnd ? inRow + 1 : 0
+        lastEnd = offset + req.length
+        if (req.length >= NUDGE_BYTES || inRow >= NUDGE_AFTER_SEQUENTIAL) nudge(state, STATE.readLock) // help wanted
+      }
       const r = responder.answer(req, payload)
       reply(r instanceof Promise ? await r : r)
     }
