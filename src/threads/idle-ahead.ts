@@ -15,7 +15,8 @@
  *   32 or 64 KiB READs), flips every sleeping thread's word and notifies it, and that thread starts a
  *   chain: it helps decode the large read under way on the other thread and the stream's next chunks
  *   (src/format/read-ahead.ts), as the NBD threads' nudge and ublk's MSG_RING do. Threads already awake
- *   are not notified: one wake-up per sleep.
+ *   are not notified: one wake-up per sleep. (A pending `waitAsync` alone does not keep a thread's event
+ *   loop alive; a serving thread's is kept by its message port, which serving-worker.ts listens on.)
  */
 
 /** Reads of this size or more wake the pool's other threads (as NBD's nudge: smaller ones gain less than a wake-up costs). */
