@@ -114,8 +114,13 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
     if (sum > 0) {
       // Chunks are stored in order, so a batch is one read (index tables may sit between).
       if (hi - lo <= sum + (1 << 20)) {
-        advise?.(lo, hi - lo)
-        const got = await img.ranges.read(hi - lo, lo, input)
+        advise?.ahead(lo, hi - lo)
+        let got: Buffer
+        try {
+          got = await img.ranges.read(hi - lo, lo, input)
+        } finally {
+          advise?.done(lo, hi - lo)
+        }
         if (got.buffer !== slot.in || got.byteOffset !== 0) got.copy(input) // a source that does not read into the given buffer (remote)
         for (const c of chunks) if (c.entry.storedLength > 0) starts.set(c.index, c.entry.offset - lo)
       } else {
@@ -200,6 +205,7 @@ export async function decodeAll(img: VdimgImage, opts: DecodeAllOptions): Promis
     }
   } finally {
     await Promise.allSettled(ahead)
+    advise?.close()
     await pool.close()
   }
 }

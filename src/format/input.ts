@@ -61,11 +61,18 @@ export function openInput(path: string): InputSource {
     size,
     seekable: true,
     sectorSize,
-    read: (buf, position) => {
-      ahead(position, buf.length)
-      return readFully(fd, buf, position, path)
+    read: async (buf, position) => {
+      ahead.ahead(position, buf.length)
+      try {
+        return await readFully(fd, buf, position, path)
+      } finally {
+        ahead.done(position, buf.length)
+      }
     },
-    close: async () => fs.closeSync(fd),
+    close: async () => {
+      ahead.close()
+      fs.closeSync(fd)
+    },
   }
 }
 

@@ -25,33 +25,110 @@ function loadLibc(): Libc | undefined {
 const WILLNEED_AHEAD = 64 << 20
 const WILLNEED_STEP = 8 << 20
 
+/** The reads of a file read once from start to end, as `sequentialAdvice` advises the kernel of them. */
+export interface SequentialReads {
+  /** Before a read of `[position, position + length)`: ask for the bytes up to WILLNEED_AHEAD past it. */
+  ahead(position: number, length: number): void
+  /** Once that read's bytes are in the caller's buffer (or it failed). */
+  done(position: number, length: number): void
+  /** No more reads: drop what is left to drop. */
+  close(): void
+}
+
+const NONE: SequentialReads = {ahead: () => undefined, done: () => undefined, close: () => undefined}
+
 /**
- * Advice for a file read once from start to end: SEQUENTIAL now, and `ahead(position, length)` before
- * each read asks for the bytes up to WILLNEED_AHEAD past it. A read elsewhere (a seek) starts over there.
+ * Advice for a file read once from start to end: SEQUENTIAL now, WILLNEED ahead of the reads, and the
+ * page cache left as it was found: before a step is asked for, which of its pages are resident is noted
+ * (mincore), and once every read up to the step's end is done, the pages that were not are dropped
+ * (DONTNEED). A file that was cached stays cached (a warm input reads from memory, and so does the next
+ * run); one that was not leaves nothing behind — a 500 GB image read once does not push everything else
+ * out of memory — and its reads reuse the pages just freed instead of taking fresh ones, which on this
+ * machine cost the kernel as much CPU as the rest of `create`'s reads (docs/performance.md, "Cold input:
+ * the page cache as found"). `VDEV_DROP_BEHIND=0` keeps every page (the behaviour before). A read
+ * elsewhere (a seek) starts the advice over there.
  */
-export function sequentialAdvice(fd: number, size: number): (position: number, length: number) => void {
+export function sequentialAdvice(fd: number, size: number): SequentialReads {
   const libc = loadLibc()
-  if (!libc) return () => undefined
+  if (!libc) return NONE
   try {
     libc.fadvise(fd, 0, 0, libc.POSIX_FADV_SEQUENTIAL)
   } catch {
-    return () => undefined
+    return NONE
+  }
+  const dropBehind = process.env.VDEV_DROP_BEHIND !== '0'
+  let page = 4096
+  try {
+    page = libc.pageSize()
+  } catch {
+    /* the common size */
   }
   let from = 0 // the advised range is [from, to)
   let to = 0
   let failed = false
-  return (position, length) => {
-    if (failed) return
-    if (position < from || position > to) from = to = position
-    const want = Math.min(size, position + length + WILLNEED_AHEAD)
-    try {
-      while (to < want) {
-        libc.fadvise(fd, to, WILLNEED_STEP, libc.POSIX_FADV_WILLNEED)
-        to += WILLNEED_STEP
+  /** Steps asked for, in order, with their pages resident before (undefined: not known, so none is dropped). */
+  const steps: Array<{start: number; end: number; resident: Uint8Array | undefined}> = []
+  /** Reads started and not done, by position (a count each). */
+  const reading = new Map<number, number>()
+  let doneTo = 0 // the highest end of a read done
+
+  const drop = (step: {start: number; end: number; resident: Uint8Array | undefined}): void => {
+    const r = step.resident
+    if (!r) return
+    for (let i = 0; i < r.length; ) {
+      if (r[i] & 1) {
+        i++
+        continue
       }
-    } catch {
-      failed = true
+      let j = i
+      while (j < r.length && !(r[j] & 1)) j++
+      const at = step.start + i * page
+      libc.fadvise(fd, at, Math.min(step.end, step.start + j * page) - at, libc.POSIX_FADV_DONTNEED)
+      i = j
     }
+  }
+  const dropPassed = (): void => {
+    let mark = doneTo
+    for (const p of reading.keys()) mark = Math.min(mark, p)
+    while (steps.length && steps[0].end <= mark) drop(steps.shift()!)
+  }
+
+  return {
+    ahead(position, length) {
+      if (failed) return
+      reading.set(position, (reading.get(position) ?? 0) + 1)
+      if (position < from || position > to) from = to = position - (position % page)
+      const want = Math.min(size, position + length + WILLNEED_AHEAD)
+      try {
+        while (to < want) {
+          const end = Math.min(size, to + WILLNEED_STEP)
+          let resident: Uint8Array | undefined
+          if (dropBehind) {
+            try {
+              resident = libc.residentPages(fd, to, end - to)
+            } catch {
+              resident = undefined
+            }
+          }
+          libc.fadvise(fd, to, WILLNEED_STEP, libc.POSIX_FADV_WILLNEED)
+          if (resident) steps.push({start: to, end, resident})
+          to += WILLNEED_STEP
+        }
+      } catch {
+        failed = true
+      }
+    },
+    done(position, length) {
+      const n = reading.get(position) ?? 0
+      if (n > 1) reading.set(position, n - 1)
+      else reading.delete(position)
+      doneTo = Math.max(doneTo, position + length)
+      if (!failed && dropBehind) dropPassed()
+    },
+    close() {
+      if (failed || !dropBehind) return
+      for (const s of steps.splice(0)) drop(s)
+    },
   }
 }
 

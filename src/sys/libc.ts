@@ -26,6 +26,10 @@ const readFn = lib.func('long read(int fd, void *buf, size_t count)')
 const flockFn = lib.func('int flock(int fd, int operation)')
 const fadviseFn = lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)')
 const syncFileRangeFn = lib.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)')
+const mmapFn = lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)')
+const munmapFn = lib.func('int munmap(void *addr, size_t length)')
+const mincoreFn = lib.func('int mincore(void *addr, size_t length, _Out_ uint8_t *vec)')
+const sysconfFn = lib.func('long sysconf(int name)')
 
 export class SysError extends Error {
   constructor(
@@ -143,6 +147,37 @@ export function syncFileRange(fd: number, offset: number, length: number, flags:
   return syncFileRangeFn(fd, offset, length, flags) as number
 }
 export const SYNC_FILE_RANGE_WRITE = 2 // include/uapi/linux/fs.h
+
+const PROT_READ = 1 // include/uapi/asm-generic/mman-common.h
+const MAP_SHARED = 1 // include/uapi/linux/mman.h
+const SC_PAGESIZE = 30 // glibc's bits/confname.h: _SC_PAGESIZE
+const MAP_FAILED = 0xffffffffffffffffn // (void *) -1
+
+let pageSizeValue: number | undefined
+/** The size of a page of memory (and of the page cache), from sysconf(_SC_PAGESIZE). */
+export function pageSize(): number {
+  return (pageSizeValue ??= Number(sysconfFn(SC_PAGESIZE)) > 0 ? Number(sysconfFn(SC_PAGESIZE)) : 4096)
+}
+
+/**
+ * Which pages of `[offset, offset + length)` of an open file are in the page cache now: one byte per page,
+ * bit 0 set where resident (mincore(2) of a read-only shared mapping, which reads nothing). `offset` must be
+ * a multiple of the page size and the range inside the file. Undefined when it cannot be told (mmap or
+ * mincore failed: a file that cannot be mapped).
+ */
+export function residentPages(fd: number, offset: number, length: number): Uint8Array | undefined {
+  const page = pageSize()
+  const pages = Math.ceil(length / page)
+  if (length <= 0 || offset % page !== 0) return undefined
+  const addr = mmapFn(null, length, PROT_READ, MAP_SHARED, fd, offset)
+  if (addr === null || BigInt(koffi.address(addr)) === MAP_FAILED) return undefined
+  try {
+    const vec = Buffer.alloc(pages)
+    return (mincoreFn(addr, length, vec) as number) === 0 ? vec : undefined
+  } finally {
+    munmapFn(addr, length)
+  }
+}
 
 export function getpid(): number {
   return getpidFn() as number

@@ -1,7 +1,9 @@
 /**
  * src/sys/fadvise.ts: a file read from start to end is asked for ahead of the reads, so its pages are in
- * the page cache before they are read (checked with fincore(1), util-linux, on a real file evicted first);
- * a file written from start to end has its writeback started every 16 MiB.
+ * the page cache before they are read (checked with fincore(1), util-linux, on a real file evicted first),
+ * and the page cache is left as it was found: pages that were not resident are dropped once read, pages
+ * that were stay — through the advice itself, `create`'s input and `extract`'s image; a file written from
+ * start to end has its writeback started every 16 MiB.
  */
 import * as assert from 'node:assert/strict'
 import * as crypto from 'node:crypto'
@@ -10,7 +12,7 @@ import * as path from 'node:path'
 import {spawnSync} from 'node:child_process'
 import {sequentialAdvice, writebackBehind} from '../../src/sys/fadvise'
 import * as libc from '../../src/sys/libc'
-import {tmpDir} from '../helpers'
+import {runCli, textish, tmpDir} from '../helpers'
 
 const MiB = 1 << 20
 
@@ -56,13 +58,13 @@ describe('sys/fadvise: sequential advice reads a file ahead', function () {
 
   it('asks for 64 MiB past each read, not more', async () => {
     const ahead = sequentialAdvice(fd, 112 * MiB)
-    ahead(0, 4 * MiB)
+    ahead.ahead(0, 4 * MiB)
     const first = await settled(file)
     assert.ok(first >= 64 * MiB, `${first} bytes resident after advising [0, 68 MiB)`)
     assert.ok(first <= 80 * MiB, `${first} bytes resident: more than asked for`)
     // Further reads inside the advised range ask only for what lies past it, up to the end of the file.
-    ahead(4 * MiB, 4 * MiB)
-    ahead(40 * MiB, 4 * MiB)
+    ahead.ahead(4 * MiB, 4 * MiB)
+    ahead.ahead(40 * MiB, 4 * MiB)
     const all = await settled(file)
     assert.ok(all >= 100 * MiB, `${all} bytes resident after advising the whole file`)
   })
@@ -71,9 +73,141 @@ describe('sys/fadvise: sequential advice reads a file ahead', function () {
     libc.fadvise(fd, 0, 0, libc.POSIX_FADV_DONTNEED)
     assert.ok(resident(file) < 4 * MiB)
     const ahead = sequentialAdvice(fd, 112 * MiB)
-    ahead(80 * MiB, 4 * MiB)
+    ahead.ahead(80 * MiB, 4 * MiB)
     const got = await settled(file)
     assert.ok(got >= 30 * MiB && got <= 36 * MiB, `${got} bytes resident after advising [80, 112 MiB)`)
+  })
+})
+
+/** Read all of `fd` (`size` bytes) in `step`-byte reads through the advice, `inFlight` at a time, done in order. */
+function readThrough(fd: number, size: number, step = 4 * MiB): void {
+  const advice = sequentialAdvice(fd, size)
+  const buf = Buffer.allocUnsafe(step)
+  for (let at = 0; at < size; at += step) {
+    advice.ahead(at, step)
+    fs.readSync(fd, buf, 0, step, at)
+    advice.done(at, step)
+  }
+  advice.close()
+}
+
+describe('sys/fadvise: the page cache is left as it was found', function () {
+  this.timeout(60_000)
+  let t: ReturnType<typeof tmpDir>
+  let file: string
+  let fd = -1
+  const SIZE = 96 * MiB
+  before(function () {
+    if (process.platform !== 'linux') this.skip()
+    t = tmpDir()
+    file = path.join(t.dir, 'input.bin')
+    fs.writeFileSync(file, crypto.randomBytes(SIZE))
+    fd = fs.openSync(file, 'r')
+    fs.fsyncSync(fd)
+    libc.fadvise(fd, 0, 0, libc.POSIX_FADV_DONTNEED)
+    if (resident(file) > 4 * MiB) this.skip() // tmpfs and the like keep their pages
+  })
+  after(() => {
+    if (fd >= 0) fs.closeSync(fd)
+    t?.cleanup()
+  })
+  const evict = () => {
+    libc.fadvise(fd, 0, 0, libc.POSIX_FADV_DONTNEED)
+    assert.ok(resident(file) < MiB, 'evicted')
+  }
+
+  it('a file not in the page cache leaves nothing there once read through', async () => {
+    evict()
+    readThrough(fd, SIZE)
+    const left = await settled(file)
+    assert.ok(left < MiB, `${left} bytes left resident`)
+  })
+
+  it('a file in the page cache stays there', async () => {
+    evict()
+    fs.readFileSync(file)
+    assert.equal(resident(file), SIZE)
+    readThrough(fd, SIZE)
+    assert.equal(await settled(file), SIZE)
+  })
+
+  it('only the pages that were not resident are dropped (a cached middle stays)', async () => {
+    evict()
+    // 20–36 MiB cached (not on a step boundary), the rest not.
+    const buf = Buffer.allocUnsafe(16 * MiB)
+    fs.readSync(fd, buf, 0, buf.length, 20 * MiB)
+    const before = libc.residentPages(fd, 0, SIZE)!
+    readThrough(fd, SIZE)
+    await settled(file)
+    const after = libc.residentPages(fd, 0, SIZE)!
+    const page = libc.pageSize()
+    for (let i = 0; i < after.length; i++) {
+      const at = i * page
+      const wasCached = at >= 20 * MiB && at < 36 * MiB
+      if (wasCached) assert.equal(after[i] & 1, 1, `page at ${at} was resident before and is not now`)
+      else assert.equal(after[i] & 1, 0, `page at ${at} was not resident before (${before[i] & 1}) and is now`)
+    }
+  })
+
+  it('a step is not dropped while a read before its end is still under way', async () => {
+    evict()
+    const advice = sequentialAdvice(fd, SIZE)
+    const buf = Buffer.allocUnsafe(8 * MiB)
+    advice.ahead(0, 8 * MiB)
+    advice.ahead(8 * MiB, 8 * MiB)
+    fs.readSync(fd, buf, 0, buf.length, 8 * MiB)
+    advice.done(8 * MiB, 8 * MiB) // the later read first
+    fs.readSync(fd, buf, 0, buf.length, 0)
+    const page = libc.pageSize()
+    const first = libc.residentPages(fd, 0, 16 * MiB)!
+    assert.equal(first.reduce((n, r) => n + (r & 1), 0), (16 * MiB) / page, 'both steps kept while the first read is under way')
+    advice.done(0, 8 * MiB)
+    const now = libc.residentPages(fd, 0, 16 * MiB)!
+    assert.equal(now.reduce((n, r) => n + (r & 1), 0), 0, 'both dropped once it is done')
+    await settled(file) // the reads WILLNEED started (a page still being read in is not dropped)
+    advice.close()
+    assert.ok((await settled(file)) < MiB, 'and the steps asked for ahead, at close')
+  })
+
+  it('VDEV_DROP_BEHIND=0 keeps every page', async () => {
+    evict()
+    process.env.VDEV_DROP_BEHIND = '0'
+    try {
+      readThrough(fd, SIZE)
+    } finally {
+      delete process.env.VDEV_DROP_BEHIND
+    }
+    assert.equal(await settled(file), SIZE)
+  })
+
+  it('vdev create leaves its cold input out of the page cache and its warm input in it; extract likewise its image', async () => {
+    const raw = path.join(t.dir, 'disk.raw')
+    fs.writeFileSync(raw, textish(7, 48 * MiB))
+    const img = path.join(t.dir, 'disk.vdimg')
+    const drop = (f: string) => {
+      const d = fs.openSync(f, 'r')
+      try {
+        fs.fsyncSync(d)
+        libc.fadvise(d, 0, 0, libc.POSIX_FADV_DONTNEED)
+      } finally {
+        fs.closeSync(d)
+      }
+      assert.ok(resident(f) < MiB, `${f} evicted`)
+    }
+    drop(raw)
+    let r = await runCli(['create', raw, img])
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok((await settled(raw)) < MiB, `cold input: ${resident(raw)} bytes left resident`)
+    fs.readFileSync(raw)
+    r = await runCli(['create', '--force', raw, img])
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(await settled(raw), 48 * MiB, 'warm input stays resident')
+    drop(img)
+    const out = path.join(t.dir, 'out.raw')
+    r = await runCli(['extract', img, out])
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(fs.readFileSync(out).equals(fs.readFileSync(raw)), 'extracted bytes')
+    assert.ok((await settled(img)) < 64 * 1024, `cold image: ${resident(img)} bytes left resident`)
   })
 })
 
