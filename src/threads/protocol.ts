@@ -5,6 +5,7 @@
 import type {BadPolicy, BlockServer} from '../core/blockserver'
 import type {SourceDescriptor} from '../core/source'
 import {MAX_THREADS} from './config'
+import type {AdaptivePoll} from './poll'
 
 /** workerData of every serving thread. */
 export interface ServingThreadConfig {
@@ -31,9 +32,10 @@ export interface ServingThreadConfig {
 
 /**
  * The pool's shared words: the closing flag (drain), then one word per thread (MAX_THREADS) saying whether an
- * event-loop body's thread sleeps with nothing to work ahead on (src/threads/idle-ahead.ts).
+ * event-loop body's thread sleeps with nothing to work ahead on (src/threads/idle-ahead.ts), then when a
+ * thread last went to sleep in a blocking read (src/threads/poll.ts, SharedSleep).
  */
-export const CONTROL = {closing: 0, idle: 1, slots: 1 + MAX_THREADS} as const
+export const CONTROL = {closing: 0, idle: 1, lastSleep: 1 + MAX_THREADS, slots: 2 + MAX_THREADS} as const
 
 /** thread → main */
 export type FromThread =
@@ -57,6 +59,11 @@ export interface ServingThreadContext {
   readonly server: BlockServer
   readonly config: unknown
   readonly pollMicroseconds: number
+  /**
+   * A poller for the body's next request (pollMicroseconds long), sharing with the pool's other threads
+   * when one of them last went to sleep (src/threads/poll.ts).
+   */
+  poller(): AdaptivePoll
   /** This thread's counter slot (COUNTER.polled, COUNTER.inFlight are the body's to keep). */
   readonly counters: Float64Array
   log(line: string): void

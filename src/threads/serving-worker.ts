@@ -12,6 +12,7 @@ import type {BlockSource} from '../core/source'
 import {openSource} from '../sources'
 import {MAX_THREADS} from './config'
 import {IdleAhead} from './idle-ahead'
+import {AdaptivePoll} from './poll'
 import {CONTROL, type FromThread, type ServingThreadConfig, type ServingThreadContext, type ThreadBody, type ToThread} from './protocol'
 
 const cfg = workerData as ServingThreadConfig
@@ -70,6 +71,7 @@ async function main(): Promise<void> {
       server,
       config: cfg.config,
       pollMicroseconds: cfg.pollMicroseconds,
+      poller: () => new AdaptivePoll(cfg.pollMicroseconds, {words: control, index: CONTROL.lastSleep}),
       counters,
       log,
       ready: () => post({ready: true}),

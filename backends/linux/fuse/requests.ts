@@ -22,13 +22,13 @@ export class FuseRequestReader {
 
   constructor(
     private readonly sessionFd: number,
-    /** How long one poll looks for a request before the thread sleeps (0: never poll). */
-    pollUs: number,
+    /** How long one poll looks for a request before the thread sleeps (periodUs 0: never poll). */
+    poller: AdaptivePoll,
     log: (line: string) => void,
   ) {
     this.replyFd = sessionFd
-    this.poller = new AdaptivePoll(pollUs)
-    if (pollUs <= 0) return
+    this.poller = poller
+    if (poller.periodUs <= 0) return
     try {
       this.clone = cloneDevice(sessionFd)
     } catch (err) {

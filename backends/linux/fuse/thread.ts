@@ -43,7 +43,7 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
     onInit: (r) => post(r instanceof Error ? {initError: r.message} : {init: r}),
     readInto: imageFs.readInto,
   })
-  const requests = new FuseRequestReader(cfg.fd, ctx.pollMicroseconds, ctx.log)
+  const requests = new FuseRequestReader(cfg.fd, ctx.poller(), ctx.log)
   const c = ctx.counters
   const buf = Buffer.allocUnsafe(cfg.maxWrite ? requestBufferSize(cfg.maxWrite) : READ_BUFFER_SIZE)
   let draining = false

@@ -153,7 +153,7 @@ function writeAll(fd: number, parts: Reply): void {
 /** Serve one connection until it ends; returns why it ended (for the main thread's log). */
 async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> {
   const state = new Int32Array(m.state)
-  const input = new Input(m.fd, state, m.input, new AdaptivePoll(ctx.pollMicroseconds), ctx.counters, ctx.workAhead)
+  const input = new Input(m.fd, state, m.input, ctx.poller(), ctx.counters, ctx.workAhead)
   const responder = new Responder(ctx.server, m.session, {sync: true, log: (l) => ctx.log(l), peer: m.peer})
   const closing = () => Atomics.store(state, STATE.closing, 1)
   const reply = (r: Reply) => {
