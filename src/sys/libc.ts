@@ -156,7 +156,11 @@ const MAP_FAILED = 0xffffffffffffffffn // (void *) -1
 let pageSizeValue: number | undefined
 /** The size of a page of memory (and of the page cache), from sysconf(_SC_PAGESIZE). */
 export function pageSize(): number {
-  return (pageSizeValue ??= Number(sysconfFn(SC_PAGESIZE)) > 0 ? Number(sysconfFn(SC_PAGESIZE)) : 4096)
+  if (pageSizeValue === undefined) {
+    const v = Number(sysconfFn(SC_PAGESIZE))
+    pageSizeValue = v > 0 ? v : 4096
+  }
+  return pageSizeValue
 }
 
 /**
