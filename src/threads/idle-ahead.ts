@@ -18,11 +18,10 @@
  *   are not notified: one wake-up per sleep. (A pending `waitAsync` alone does not keep a thread's event
  *   loop alive; a serving thread's is kept by its message port, which serving-worker.ts listens on.)
  */
+import {HELP_BYTES, HelpWanted} from './help-wanted'
 
-/** Reads of this size or more wake the pool's other threads (as NBD's nudge: smaller ones gain less than a wake-up costs). */
-export const WAKE_BYTES = 128 * 1024
-/** Smaller reads wake them too once this many in a row each started where the one before ended (a client's read-ahead in small READs). */
-const WAKE_AFTER_SEQUENTIAL = 2
+/** Reads of this size or more wake the pool's other threads (help-wanted.ts, the rule NBD's nudge follows too). */
+export const WAKE_BYTES = HELP_BYTES
 
 const AWAKE = 0
 const ASLEEP = 1
@@ -35,9 +34,8 @@ export class IdleAhead {
   /** A waitAsync on this thread's word is pending (at most one at a time). */
   private waiting = false
   private readonly waitAsync = (Atomics as unknown as {waitAsync: WaitAsync}).waitAsync
-  /** Where this thread's last read ended, and how many reads in a row started there. */
-  private lastEnd = -1
-  private inRow = 0
+  /** Whether this thread's reads want help (a large one, a sequential run of small ones). */
+  private readonly help = new HelpWanted()
 
   /**
    * @param workAhead one unit of work ahead of the readers (ServingThreadContext.workAhead); false when none
@@ -60,9 +58,7 @@ export class IdleAhead {
    */
   reading(offset: number, length: number): void {
     this.start()
-    this.inRow = offset === this.lastEnd ? this.inRow + 1 : 0
-    this.lastEnd = offset + length
-    if (length < WAKE_BYTES && this.inRow < WAKE_AFTER_SEQUENTIAL) return
+    if (!this.help.read(offset, length)) return
     for (let j = 0; j < this.count; j++) {
       const w = this.first + j
       // Only a thread that sleeps is woken, and only once: the one that flips its word notifies it.

@@ -10,22 +10,13 @@ import * as fs from 'node:fs'
 import {COUNTER} from '../../core/counters'
 import * as libc from '../../sys/libc'
 import {afterWritten} from '../../sys/writev'
+import {HelpWanted} from '../../threads/help-wanted'
 import {AdaptivePoll} from '../../threads/poll'
 import type {ServingThreadContext} from '../../threads/protocol'
 import * as P from './protocol'
 import {Responder, type Reply} from './respond'
 import {STATE, lock, lockWorking, nudge, unlock, type Assignment, type AssignmentDone} from './threads'
 
-/**
- * A read this large wakes a thread asleep at the connection's read lock to decode some of its chunks (and
- * those after it) while this one serves it; smaller ones (a random 4 KiB read) do not pay for a wake-up.
- */
-const NUDGE_BYTES = 128 * 1024
-/**
- * Smaller reads wake it too once this many in a row, read by this thread holding the lock (one request at a
- * time), each started where the one before ended: a client streaming in small requests (as idle-ahead.ts).
- */
-const NUDGE_AFTER_SEQUENTIAL = 2
 
 /** The request stream ended or broke: nothing more can be read from this connection. */
 class StreamEnded extends Error {}
@@ -167,9 +158,11 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
   // Held across the serving of a request when no other request had arrived: a client with one request in
   // flight is then served by one thread with no hand-over (no wake-ups of the others, no lock traffic).
   let holding = false
-  // The end of this thread's last read, and how many in a row started there.
-  let lastEnd = -1
-  let inRow = 0
+  // A read that wants help (a large one; the third small one in a row read while holding the lock, one request
+  // at a time, each starting where the last ended: a client streaming in small requests) wakes a thread asleep
+  // at the connection's read lock to decode some of its chunks and those after it while this one serves it;
+  // a random 4 KiB read does not pay for a wake-up (src/threads/help-wanted.ts).
+  const help = new HelpWanted()
   try {
     for (;;) {
       // Waiting for the lock (another thread reads the next request): decode ahead meanwhile.
@@ -207,10 +200,7 @@ async function serve(ctx: ServingThreadContext, m: Assignment): Promise<string> 
         holding = false
         unlock(state, STATE.readLock)
       } else if (req.type === P.NBD_CMD_READ) {
-        const offset = Number(req.offset)
-        inRow = offset === lastEnd ? inRow + 1 : 0
-        lastEnd = offset + req.length
-        if (req.length >= NUDGE_BYTES || inRow >= NUDGE_AFTER_SEQUENTIAL) nudge(state, STATE.readLock) // help wanted
+        if (help.read(Number(req.offset), req.length)) nudge(state, STATE.readLock)
       }
       const r = responder.answer(req, payload)
       reply(r instanceof Promise ? await r : r)
