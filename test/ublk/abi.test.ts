@@ -10,7 +10,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import * as abi from '../../backends/linux/ublk/abi'
-import * as uring from '../../backends/linux/ublk/io_uring'
+import * as uring from '../../src/sys/io_uring'
 import {deviceParams, MAX_DISCARD_SECTORS} from '../../backends/linux/ublk/params'
 import type {CStruct} from '../../src/sys/cstruct'
 

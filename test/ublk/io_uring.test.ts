@@ -8,7 +8,7 @@ import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import * as uring from '../../backends/linux/ublk/io_uring'
+import * as uring from '../../src/sys/io_uring'
 import {AF_UNIX, close, koffi, SOCK_STREAM, socketpair} from '../../src/sys/libc'
 
 describe('io_uring through koffi (this machine\'s kernel)', () => {

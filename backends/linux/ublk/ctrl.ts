@@ -12,7 +12,7 @@ import * as fs from 'node:fs'
 import type {Values} from '../../../src/sys/cstruct'
 import {koffi, SysError} from '../../../src/sys/libc'
 import * as abi from './abi'
-import {bufferAddress, IORING_OP_URING_CMD, IORING_SETUP_SQE128, IoUring, io_uring_sqe, setUserData, SQE_CMD, SQE_CMD_OP} from './io_uring'
+import {bufferAddress, IORING_OP_URING_CMD, IORING_SETUP_SQE128, IoUring, io_uring_sqe, setUserData, SQE_CMD, SQE_CMD_OP} from '../../../src/sys/io_uring'
 
 export const UBLK_CONTROL = '/dev/ublk-control'
 const NO_QUEUE = 0xffff

@@ -29,7 +29,7 @@ import {errnoOf, type BlockServer} from '../../../src/core/blockserver'
 import {ERRNO} from '../../../src/sys/errno'
 import {koffi, SysError} from '../../../src/sys/libc'
 import * as abi from './abi'
-import {bufferAddress, IORING_OP_URING_CMD, IoUring, io_uring_sqe, mapShared, prepMsgRing, unmap, setUserData, SQE_CMD, SQE_CMD_OP, type Cqe, type Mapping} from './io_uring'
+import {bufferAddress, IORING_OP_URING_CMD, IoUring, io_uring_sqe, mapShared, prepMsgRing, unmap, setUserData, SQE_CMD, SQE_CMD_OP, type Cqe, type Mapping} from '../../../src/sys/io_uring'
 
 // Results are negative errnos; the block layer maps any it does not know to BLK_STS_IOERR.
 const {EIO, EINTR, EOPNOTSUPP} = ERRNO

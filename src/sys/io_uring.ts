@@ -7,8 +7,8 @@
  * CQ ring, and `wait()` lets the event loop watch the ring fd (poll(2) reports it readable when CQEs are
  * posted; a completion queued as task_work interrupts the loop's epoll_wait, which runs it).
  */
-import {CStruct} from '../../../src/sys/cstruct'
-import {koffi, libc, SysError} from '../../../src/sys/libc'
+import {CStruct} from './cstruct'
+import {koffi, libc, SysError} from './libc'
 
 // ---- include/uapi/linux/io_uring.h ----
 
