@@ -25,7 +25,10 @@ export const ERRNO = {
   EPROTO: 71,
   EOPNOTSUPP: 95,
   ENOTSUP: 95,
+  ECONNABORTED: 103,
   ESHUTDOWN: 108,
+  ENOTCONN: 107,
+  ECANCELED: 125,
 } as const
 
 export type ErrnoName = keyof typeof ERRNO

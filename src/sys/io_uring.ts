@@ -95,8 +95,19 @@ export const IORING_OP_URING_CMD = 46
 
 /** io_uring_setup flags */
 export const IORING_SETUP_CLAMP = 1 << 4
+/** No interrupt (IPI) to run completion task_work: it runs when the task next enters the kernel (5.19). */
+export const IORING_SETUP_COOP_TASKRUN = 1 << 8
+/** With COOP_TASKRUN/DEFER_TASKRUN: IORING_SQ_TASKRUN set in the SQ ring's flags while task_work waits. */
+export const IORING_SETUP_TASKRUN_FLAG = 1 << 9
 export const IORING_SETUP_SQE128 = 1 << 10
 export const IORING_SETUP_CQE32 = 1 << 11
+/** Only one task submits (6.0); needed by DEFER_TASKRUN. */
+export const IORING_SETUP_SINGLE_ISSUER = 1 << 12
+/** Completion task_work runs only inside io_uring_enter(GETEVENTS) (6.1). */
+export const IORING_SETUP_DEFER_TASKRUN = 1 << 13
+
+/** io_sqring flags (the SQ ring's `flags` word) */
+export const IORING_SQ_TASKRUN = 1 << 2
 
 /** io_uring_params.features */
 export const IORING_FEAT_SINGLE_MMAP = 1 << 0
@@ -190,6 +201,7 @@ export class IoUring {
   private readonly sqTail: Uint32Array
   private readonly sqMask: number
   private readonly sqArray: Uint32Array
+  private readonly sqFlags: Uint32Array
   private readonly sqes: Buffer
   private readonly cqHead: Uint32Array
   private readonly cqTail: Uint32Array
@@ -237,6 +249,7 @@ export class IoUring {
       this.sqTail = u32(sqRing, sqOff.tail)
       this.sqMask = u32(sqRing, sqOff.ring_mask)[0]
       this.sqArray = u32(sqRing, sqOff.array, this.sqEntries)
+      this.sqFlags = u32(sqRing, sqOff.flags)
       this.cqHead = u32(cqRing, cqOff.head)
       this.cqTail = u32(cqRing, cqOff.tail)
       this.cqMask = u32(cqRing, cqOff.ring_mask)[0]
@@ -286,6 +299,11 @@ export class IoUring {
     Atomics.store(this.sqTail, 0, this.localTail)
     const rc = ioUringEnter(this.fd, this.unsubmitted, 0, IORING_ENTER_GETEVENTS)
     if (rc > 0) this.unsubmitted -= rc
+  }
+
+  /** True when task_work waits to run (IORING_SQ_TASKRUN; rings set up with TASKRUN_FLAG): call flush(). */
+  get taskWorkPending(): boolean {
+    return (Atomics.load(this.sqFlags, 0) & IORING_SQ_TASKRUN) !== 0
   }
 
   /** True when completions are posted and not yet reaped. */

@@ -9,6 +9,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {execFileSync} from 'node:child_process'
 import * as fuse from '../../backends/linux/fuse/abi'
+import {ENABLE_URING_PARAMETER, payloadSizeFor, possibleCpus, queuesFor, uringOffered} from '../../backends/linux/fuse/uring'
 import * as loop from '../../backends/linux/loop/abi'
 import {CStruct} from '../../src/sys/cstruct'
 
@@ -122,6 +123,43 @@ describe('FUSE and loop ABI (fuse.h 7.45, loop.h)', () => {
     assert.equal(b.length, 64)
     assert.deepEqual(fuse.fuse_init_out.decode(b), v)
     assert.equal(b.readUInt16LE(28), 256)
+  })
+
+  it('FUSE over io_uring (fuse.h 7.42): the ring entry header, the SQE command, the INIT flag', () => {
+    // Newer than Debian 12's <linux/fuse.h> (7.38), so checked against the kernel's header by value only.
+    assert.equal(fuse.fuse_uring_ent_in_out.size, 32)
+    assert.deepEqual({...fuse.fuse_uring_ent_in_out.offsets}, {flags: 0, commit_id: 8, payload_sz: 16, padding: 20, reserved: 24})
+    assert.equal(fuse.fuse_uring_req_header.size, 288)
+    assert.deepEqual({...fuse.fuse_uring_req_header.offsets}, {in_out: 0, op_in: 128, ring_ent_in_out: 256})
+    assert.equal(fuse.fuse_uring_req_header.offsetOf('ring_ent_in_out.payload_sz'), 272)
+    assert.equal(fuse.fuse_uring_cmd_req.size, 24) // fits the SQE128 command area (80 bytes)
+    assert.deepEqual({...fuse.fuse_uring_cmd_req.offsets}, {flags: 0, commit_id: 8, qid: 16, padding: 18})
+    assert.equal([fuse.FUSE_IO_URING_CMD_REGISTER, fuse.FUSE_IO_URING_CMD_COMMIT_AND_FETCH].join(), '1,2')
+    assert.equal(2 ** 32 * fuse.FuseInitFlag2.OVER_IO_URING, 2 ** 41) // FUSE_OVER_IO_URING (1ULL << 41)
+  })
+
+  it('FUSE over io_uring: one queue per possible CPU, the payload the kernel asks for, the switches', () => {
+    // /sys/devices/system/cpu/possible as the kernel writes it (cpulist format).
+    assert.equal(possibleCpus('0\n'), 1)
+    assert.equal(possibleCpus('0-1\n'), 2)
+    assert.equal(possibleCpus('0-3,8-11\n'), 8)
+    assert.equal(possibleCpus('0-63'), 64)
+    assert.equal(possibleCpus(''), 1)
+    assert.equal(possibleCpus(), Number(fs.readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim().split('-').pop()) + 1)
+    // fuse_uring_create: max(FUSE_MIN_READ_BUFFER, max_write, max_pages * PAGE_SIZE).
+    assert.equal(payloadSizeFor(256), 1 << 20)
+    assert.equal(payloadSizeFor(1), fuse.FUSE_MIN_READ_BUFFER)
+    assert.equal(payloadSizeFor(32, 1 << 20), 1 << 20)
+    // Every thread on every queue of a small machine; round robin beyond 8 queues (entries = queues × depth).
+    assert.deepEqual(queuesFor(1, 2, 2), [0, 1])
+    assert.deepEqual(queuesFor(0, 1, 8), [0, 1, 2, 3, 4, 5, 6, 7])
+    assert.deepEqual(queuesFor(1, 3, 12), [1, 4, 7, 10])
+    const spread = [0, 1, 2].flatMap((t) => queuesFor(t, 3, 64))
+    assert.deepEqual(spread.sort((a, b) => a - b), Array.from({length: 64}, (_, q) => q))
+    assert.deepEqual(uringOffered({VDEV_FUSE_URING: '0'}), {offered: false, reason: 'VDEV_FUSE_URING=0'})
+    const here = uringOffered({})
+    if (!fs.existsSync(ENABLE_URING_PARAMETER)) assert.match(here.reason, /no FUSE over io_uring/)
+    else assert.equal(here.offered, fs.readFileSync(ENABLE_URING_PARAMETER, 'utf8').trim() === 'Y', here.reason)
   })
 
   it('FUSE_DEV_IOC_CLONE is _IOR(229, 0, uint32_t)', () => {

@@ -5,6 +5,10 @@
  * every byte of zstd, raw, zero and unread chunks exact in 1 MiB requests at chunk-unaligned offsets,
  * EIO for exactly the requests and sectors that touch a bad area, the zero policy, short reads at the
  * end, memory that stays flat while serving, and a detach that leaves nothing behind.
+ *
+ * Twice: with requests read from /dev/fuse, and with FUSE over io_uring (Linux 6.14+; the fuse module's
+ * enable_uring switched on for the run and restored after), where READs are decoded into the ring
+ * entries' payloads and a writable device's WRITEs come in them.
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
@@ -18,7 +22,8 @@ import {openImage, type VdimgImage} from '../../src/format/reader'
 import {createImage} from '../../src/format/writer'
 import {readMountinfo} from '../../src/sys/mountinfo'
 import {prng, textish} from '../helpers'
-import {IS_ROOT, Sandbox, overlaps, readDirect, run} from './fixtures'
+import {ENABLE_URING_PARAMETER} from '../../backends/linux/fuse/uring'
+import {attach, IS_ROOT, Sandbox, overlaps, readDirect, run} from './fixtures'
 
 const MiB = 1 << 20
 const CHUNK = 64 * 1024
@@ -57,18 +62,39 @@ function writeMapfile(file: string): void {
 
 const touchesBad = (offset: number, length: number) => BAD_ALL.some((b) => overlaps(b, {offset, length}))
 
+/** Every log file under a state directory (the attach daemons'), concatenated. */
+function daemonLogs(dir: string): string {
+  if (!fs.existsSync(dir)) return ''
+  return (fs.readdirSync(dir, {recursive: true}) as string[])
+    .filter((f) => f.endsWith('.log'))
+    .map((f) => fs.readFileSync(path.join(dir, f), 'utf8'))
+    .join('\n')
+}
+
 function rssMiB(): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]) / 1024
 }
 
-describe('FUSE + loop backend: serving threads over a VDIMG image (reads straight into the reply)', function () {
+/** How the serving threads take requests: the fuse module's enable_uring for the run. */
+const PATHS = [
+  {name: 'requests read from /dev/fuse', enableUring: 'N'},
+  {name: 'FUSE over io_uring', enableUring: 'Y'},
+]
+
+for (const requestPath of PATHS) {
+describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straight into the reply) — ${requestPath.name}`, function () {
   this.timeout(120_000)
   let sb: Sandbox
+  let enableUringBefore: string | undefined
   let data: Buffer
   const devs: Record<BadPolicy, {dev?: AttachedDevice; image?: VdimgImage; logs: string[]}> = {error: {logs: []}, zero: {logs: []}}
 
   before(async function () {
     if (!IS_ROOT) this.skip() // mount(2) and loop ioctls need root
+    if (fs.existsSync(ENABLE_URING_PARAMETER)) {
+      enableUringBefore = fs.readFileSync(ENABLE_URING_PARAMETER, 'utf8').trim()
+      fs.writeFileSync(ENABLE_URING_PARAMETER, requestPath.enableUring)
+    } else if (requestPath.enableUring === 'Y') this.skip() // a kernel before 6.14: no FUSE over io_uring
     sb = new Sandbox('vdev-fuse-threads-')
     data = imageBytes()
     fs.writeFileSync(sb.p('disk.raw'), data)
@@ -100,6 +126,7 @@ describe('FUSE + loop backend: serving threads over a VDIMG image (reads straigh
   })
 
   after(async function () {
+    if (enableUringBefore !== undefined) fs.writeFileSync(ENABLE_URING_PARAMETER, enableUringBefore)
     if (!sb) return
     for (const d of Object.values(devs)) {
       if (d.dev) await d.dev.detach().catch(() => {})
@@ -114,7 +141,11 @@ describe('FUSE + loop backend: serving threads over a VDIMG image (reads straigh
     const im = devs.error.image!
     for (let i = 0; i < im.chunkCount; i++) kinds.add((await im.entry(i)).kind)
     assert.deepEqual([...kinds].sort(), [0, 1, 2, 3], 'zero, raw, zstd, unread')
-    for (const d of Object.values(devs)) assert.ok(d.logs.some((l) => /\d+ serving threads/.test(l)), d.logs.join('\n'))
+    for (const d of Object.values(devs)) {
+      assert.ok(d.logs.some((l) => /\d+ serving threads/.test(l)), d.logs.join('\n'))
+      // The path asked for is the one taken.
+      assert.equal(d.logs.some((l) => /serving threads over io_uring/.test(l)), requestPath.enableUring === 'Y', d.logs.join('\n'))
+    }
   })
 
   it('1 MiB direct reads at chunk-aligned and unaligned offsets: exact bytes, or EIO when they touch a bad area', async () => {
@@ -233,6 +264,43 @@ describe('FUSE + loop backend: serving threads over a VDIMG image (reads straigh
     assert.ok((used.user + used.system) / 1000 < 100, `idle serving threads used ${((used.user + used.system) / 1000).toFixed(0)} ms of CPU in 1 s`)
   })
 
+  it('a writable device (--overlay): 4 KiB and 1 MiB direct writes read back exact, the rest of the device unchanged, the image untouched', async () => {
+    const image = sb.p('disk.vdimg')
+    const before = fs.readFileSync(image)
+    const ovl = sb.p('w.ovl')
+    const dev = await attach(sb, image, ['--overlay', ovl])
+    try {
+      const list = await sb.vdev(['list', '--json'])
+      assert.equal(list.code, 0, list.stderr)
+      const writes: Array<[number, Buffer]> = [
+        [3 * MiB, prng(7, 4096)],
+        [9 * MiB + 4096, prng(8, MiB)], // across a raw and a zstd chunk
+        [13 * MiB, prng(9, 2 * CHUNK)], // over the whole-chunk bad area: now readable
+      ]
+      for (const [at, bytes] of writes) {
+        const w = await run('dd', [`of=${dev.device}`, 'bs=4k', `seek=${at / 4096}`, 'oflag=direct', 'conv=fsync', 'status=none'], {input: bytes})
+        assert.equal(w.code, 0, w.stderr)
+      }
+      const want = Buffer.from(data)
+      for (const b of BAD_ALL) want.fill(0, b.offset, b.offset + b.length) // only where no write covers it, checked below
+      for (const [at, bytes] of writes) bytes.copy(want, at)
+      for (const [at, bytes] of writes) {
+        const r = await readDirect(dev.device, at, bytes.length)
+        assert.equal(r.code, 0, r.stderr)
+        assert.ok(r.stdout.equals(bytes), `written bytes at ${at}`)
+      }
+      const r = await readDirect(dev.device, 2 * MiB, 4 * MiB) // no bad area, one write inside
+      assert.equal(r.code, 0, r.stderr)
+      assert.ok(r.stdout.equals(want.subarray(2 * MiB, 6 * MiB)), 'bytes around a write')
+    } finally {
+      const d = await sb.vdev(['detach', dev.device])
+      assert.equal(d.code, 0, d.stderr)
+    }
+    assert.ok(fs.readFileSync(image).equals(before), 'the image changed')
+    const log = daemonLogs(sb.stateDir)
+    assert.equal(/serving threads over io_uring/.test(log), requestPath.enableUring === 'Y', log)
+  })
+
   it('detach: the serving threads report what they served, then the loop device, the mount (also one reached through a symlink) and the threads are gone', async () => {
     for (const [policy, d] of Object.entries(devs)) {
       const n = d.dev!.device.slice(5)
@@ -253,3 +321,4 @@ describe('FUSE + loop backend: serving threads over a VDIMG image (reads straigh
     assert.deepEqual(sb.leftovers(), [])
   })
 })
+}

@@ -106,6 +106,53 @@ export const FuseInitFlag = {
   INIT_RESERVED: 2 ** 31,
 } as const
 
+/**
+ * fuse.h: INIT flags of bits 32+, as bits of fuse_init_in.flags2 / fuse_init_out.flags2 (valid when both
+ * sides set FUSE_INIT_EXT). FUSE_OVER_IO_URING (1ULL << 41, 7.42): the kernel offers it when the fuse
+ * module's `enable_uring` parameter is set; the server says it will register ring entries.
+ */
+export const FuseInitFlag2 = {
+  OVER_IO_URING: 1 << (41 - 32),
+} as const
+
+// ---- FUSE over io_uring (fuse.h since 7.42, Linux 6.14; fs/fuse/dev_uring.c) ----
+
+/** fuse.h: FUSE_URING_IN_OUT_HEADER_SZ / FUSE_URING_OP_IN_OUT_SZ */
+export const FUSE_URING_IN_OUT_HEADER_SZ = 128
+export const FUSE_URING_OP_IN_OUT_SZ = 128
+
+/** fuse.h: struct fuse_uring_ent_in_out — the kernel writes commit_id and payload_sz; the server payload_sz. */
+export const fuse_uring_ent_in_out = new CStruct('fuse_uring_ent_in_out', [
+  {name: 'flags', type: 'u64'},
+  {name: 'commit_id', type: 'u64'},
+  {name: 'payload_sz', type: 'u32'},
+  {name: 'padding', type: 'u32'},
+  {name: 'reserved', type: 'u64'},
+])
+
+/**
+ * fuse.h: struct fuse_uring_req_header (288 bytes) — iov[0] of a ring entry: `in_out` holds fuse_in_header
+ * from the kernel and the server's fuse_out_header back; `op_in` the operation's first argument
+ * (fuse_read_in …); the request's other arguments, and the reply's, go in the entry's payload (iov[1]).
+ */
+export const fuse_uring_req_header = new CStruct('fuse_uring_req_header', [
+  {name: 'in_out', type: 'u8', count: FUSE_URING_IN_OUT_HEADER_SZ},
+  {name: 'op_in', type: 'u8', count: FUSE_URING_OP_IN_OUT_SZ},
+  {name: 'ring_ent_in_out', type: fuse_uring_ent_in_out},
+])
+
+/** fuse.h: enum fuse_uring_cmd — the cmd_op of an IORING_OP_URING_CMD on a /dev/fuse descriptor. */
+export const FUSE_IO_URING_CMD_REGISTER = 1
+export const FUSE_IO_URING_CMD_COMMIT_AND_FETCH = 2
+
+/** fuse.h: struct fuse_uring_cmd_req — in the SQE's 80-byte command area (an SQE128 ring); the rest stays 0. */
+export const fuse_uring_cmd_req = new CStruct('fuse_uring_cmd_req', [
+  {name: 'flags', type: 'u64'},
+  {name: 'commit_id', type: 'u64'},
+  {name: 'qid', type: 'u16'},
+  {name: 'padding', type: 'u8', count: 6},
+])
+
 /** fuse.h: FOPEN_* flags returned by OPEN/OPENDIR (fuse_open_out.open_flags). */
 export const FOPEN_DIRECT_IO = 1 << 0
 export const FOPEN_KEEP_CACHE = 1 << 1

@@ -104,7 +104,7 @@ export const backend: Backend = {
         ? {threads: {server, count: threads, pollMicroseconds: ctx.pollMicroseconds, fileName, mtime}}
         : {forward: {handler: new ImageFs(server, {fileName, mtime, maxRead: maxPages * 4096}).handle}}),
     })
-    ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection}), ${session.mode === 'threads' ? `${threads} serving threads` : 'served on the main thread'}`)
+    ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection}), ${session.mode === 'threads' ? `${threads} serving threads${session.overUring ? ' over io_uring' : ''}` : 'served on the main thread'}`)
     const file = path.join(mountpoint, fileName)
     const state: FuseLoopState = {mountpoint, file, connection: session.connection}
 

@@ -10,6 +10,7 @@ import {
   FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION,
   FuseInitFlag,
+  FuseInitFlag2,
   FuseOpcode,
   fuse_in_header,
   fuse_init_in,
@@ -43,12 +44,20 @@ export type FuseHandler = (req: FuseRequest) => FuseReply | Promise<FuseReply>
  */
 export type FuseReadInto = (nodeid: number, body: Buffer, dst: Buffer) => number
 
+/**
+ * Where a reply goes: the /dev/fuse descriptor its request was read from (one write(2)), or — for a request
+ * taken from an io_uring ring entry (uring.ts) — a function given the reply's bytes (fuse_out_header first).
+ */
+export type ReplyTo = number | ((parts: Buffer[]) => void)
+
 export interface InitResult {
   /** Negotiated protocol, e.g. "7.45". */
   protocol: string
   /** Largest READ the kernel will send, in bytes. */
   maxRead: number
   flags: number
+  /** FUSE over io_uring was agreed (the server registers ring entries next: uring.ts). */
+  uring: boolean
 }
 
 export const PAGE = 4096
@@ -82,6 +91,8 @@ export interface ProtocolOptions {
    * through `handler`: no allocation and no copy per READ. Only for a thread that serves one request at a time.
    */
   readInto?: FuseReadInto
+  /** Offer FUSE over io_uring (FUSE_OVER_IO_URING) when the kernel does: the caller then registers ring entries. */
+  uring?: boolean
 }
 
 const IN_LEN = fuse_in_header.offsets.len
@@ -113,7 +124,7 @@ export class FuseProtocol {
    * Handle one request; resolves once its reply (if any) is written. `fd` is the descriptor the request
    * was read from (a serving thread's own clone, or the session's): the kernel takes its reply only there.
    */
-  handle(msg: Buffer, fd: number = this.o.fd): Promise<void> | void {
+  handle(msg: Buffer, fd: ReplyTo = this.o.fd): Promise<void> | void {
     if (msg.length < fuse_in_header.size) {
       this.o.log(`fuse: short request of ${msg.length} bytes ignored`)
       return
@@ -164,7 +175,7 @@ export class FuseProtocol {
     return ERRNO.EIO
   }
 
-  private finish(unique: bigint, r: FuseReply, fd: number): void {
+  private finish(unique: bigint, r: FuseReply, fd: ReplyTo): void {
     this.inFlight--
     this.reply(unique, r, fd)
     if (this.inFlight === 0) for (const f of this.idle.splice(0)) f()
@@ -175,7 +186,7 @@ export class FuseProtocol {
     while (this.inFlight > 0) await new Promise<void>((resolve) => this.idle.push(resolve))
   }
 
-  private init(unique: bigint, body: Buffer, fd: number): void {
+  private init(unique: bigint, body: Buffer, fd: ReplyTo): void {
     if (body.length < 16) {
       this.reply(unique, ERRNO.EIO, fd)
       this.o.onInit(new Error(`FUSE INIT of ${body.length} bytes is too short`))
@@ -198,8 +209,12 @@ export class FuseProtocol {
       FuseInitFlag.MAX_PAGES | // READs up to max_pages, not the 32-page default
       FuseInitFlag.PARALLEL_DIROPS |
       FuseInitFlag.ABORT_ERROR | // readers of an aborted connection get ECONNABORTED, not ENODEV
-      (this.o.maxWrite ? FuseInitFlag.BIG_WRITES : 0) // WRITEs larger than a page (older kernels ask for it)
+      (this.o.maxWrite ? FuseInitFlag.BIG_WRITES : 0) | // WRITEs larger than a page (older kernels ask for it)
+      (this.o.uring ? FuseInitFlag.INIT_EXT : 0) // flags2 below
     const flags = (want & inp.flags) >>> 0
+    // FUSE over io_uring (7.42): offered by the kernel only while the fuse module's enable_uring is set.
+    const uring = Boolean(flags & FuseInitFlag.INIT_EXT) && Boolean(inp.flags2 & FuseInitFlag2.OVER_IO_URING)
+    const flags2 = uring ? FuseInitFlag2.OVER_IO_URING : 0
     const maxPages = flags & FuseInitFlag.MAX_PAGES ? this.o.maxPages : 32
     const maxRead = maxPages * PAGE
     const out = fuse_init_out.encode({
@@ -212,20 +227,21 @@ export class FuseProtocol {
       max_write: this.o.maxWrite ?? MAX_WRITE,
       time_gran: 1,
       max_pages: maxPages,
+      flags2,
     })
     // Reply sizes by negotiated minor (fuse.h FUSE_COMPAT_INIT_OUT_SIZE, FUSE_COMPAT_22_INIT_OUT_SIZE).
     const size = minor < 5 ? 8 : minor < 23 ? 24 : fuse_init_out.size
     this.reply(unique, [out.subarray(0, size)], fd)
     const protocol = `${FUSE_KERNEL_VERSION}.${minor}`
-    this.o.log(`fuse: protocol ${protocol} (kernel ${inp.major}.${inp.minor}), reads up to ${maxRead} bytes, flags 0x${flags.toString(16)}`)
-    this.o.onInit({protocol, maxRead, flags})
+    this.o.log(`fuse: protocol ${protocol} (kernel ${inp.major}.${inp.minor}), reads up to ${maxRead} bytes, flags 0x${flags.toString(16)}${uring ? ', over io_uring' : ''}`)
+    this.o.onInit({protocol, maxRead, flags, uring})
   }
 
   /**
    * READ on the fast path: the handler reads the bytes into the reply buffer after the header, and one
    * write(2) sends both. Nothing is allocated: the header fields are read and written in place.
    */
-  private readInPlace(msg: Buffer, out: Buffer, fd: number): void {
+  private readInPlace(msg: Buffer, out: Buffer, fd: ReplyTo): void {
     this.counters.requests++
     const extLen = msg.readUInt16LE(IN_EXTLEN) * 8
     const body = msg.subarray(fuse_in_header.size, Math.max(fuse_in_header.size, msg.length - extLen))
@@ -245,7 +261,8 @@ export class FuseProtocol {
     if (n < 0) this.counters.errors++
     this.inFlight--
     try {
-      fs.writeSync(fd, out, 0, len)
+      if (typeof fd === 'number') fs.writeSync(fd, out, 0, len)
+      else fd([out.subarray(0, len)])
     } catch (err) {
       this.replyFailed(err, msg)
     }
@@ -261,7 +278,7 @@ export class FuseProtocol {
   }
 
   /** Write one reply. A reply to a request the kernel already dropped (interrupted, aborted) is ignored. */
-  reply(unique: bigint, r: FuseReply, fd: number = this.o.fd): void {
+  reply(unique: bigint, r: FuseReply, fd: ReplyTo = this.o.fd): void {
     const error = typeof r === 'number' ? -r : 0
     const payload = typeof r === 'number' ? [] : r
     let len = fuse_out_header.size
@@ -272,7 +289,8 @@ export class FuseProtocol {
     hdr.writeBigUInt64LE(unique, 8)
     if (error) this.counters.errors++
     try {
-      fs.writevSync(fd, [hdr, ...payload])
+      if (typeof fd === 'number') fs.writevSync(fd, [hdr, ...payload])
+      else fd([hdr, ...payload])
     } catch (err) {
       this.replyFailed(err, unique)
     }

@@ -23,6 +23,7 @@ import {ServingThreads} from '../../../src/threads/pool'
 import {abortConnection, connectionOfMount} from './fusectl'
 import {FuseProtocol, PAGE, READ_BUFFER_SIZE, requestBufferSize, type FuseHandler, type InitResult} from './protocol'
 import type {FuseThreadConfig, FuseThreadMessage} from './thread'
+import {DEFAULT_URING_DEPTH, possibleCpus, uringOffered} from './uring'
 
 export type {FuseHandler, FuseReply, FuseRequest} from './protocol'
 
@@ -52,6 +53,8 @@ export class FuseSession {
   readonly mountpoint: string
   /** Negotiated protocol, e.g. "7.45". */
   protocol = ''
+  /** Requests come over io_uring (uring.ts), not read(2) of /dev/fuse. */
+  overUring = false
   /** Largest READ the kernel will send, in bytes. */
   maxRead = 0
   /** The connection id under /sys/fs/fuse/connections (the mount's device number). */
@@ -137,6 +140,7 @@ export class FuseSession {
       ])
       s.protocol = r.protocol
       s.maxRead = r.maxRead
+      s.overUring = r.uring
     } catch (err) {
       await s.unmount({lazy: true, abort: true}).catch(() => {})
       await started.catch(() => {})
@@ -174,6 +178,12 @@ export class FuseSession {
 
   private async startThreads(t: NonNullable<FuseMountOptions['threads']>, onInit: (r: InitResult | Error) => void): Promise<void> {
     const config: FuseThreadConfig = {fd: this.fd, fileName: t.fileName, mtime: t.mtime, maxPages: this.wantPages, maxBackground: this.maxBackground, maxWrite: this.maxWrite}
+    // FUSE over io_uring where the kernel offers it (uring.ts); else read(2) of /dev/fuse.
+    const uring = uringOffered()
+    if (uring.offered) {
+      const depth = Number(process.env.VDEV_FUSE_URING_DEPTH)
+      config.uring = {state: new SharedArrayBuffer(4), queues: possibleCpus(), threads: t.count, depth: Number.isInteger(depth) && depth >= 1 && depth <= 64 ? depth : DEFAULT_URING_DEPTH}
+    } else this.log(`fuse: requests through read(2) of /dev/fuse, not io_uring: ${uring.reason}`)
     let pool: ServingThreads
     try {
       pool = await ServingThreads.start({
