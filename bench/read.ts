@@ -1,8 +1,10 @@
 /**
  * npm run bench:read — reading an attached image, in one run against its peers, on the same ~1.5 GiB ext4
  * corpus (bench/corpus.ts):
- *   - vdev attach (FUSE + loop) of the VDIMG image, and of a copy of it with decode-ahead off
- *     (VDEV_DECODE_AHEAD=0: what reading ahead on the serving threads is worth),
+ *   - vdev attach (FUSE + loop) of the VDIMG image, its requests read from /dev/fuse; of a copy of it with
+ *     decode-ahead off (VDEV_DECODE_AHEAD=0: what reading ahead on the serving threads is worth); and, where the
+ *     kernel has it (6.14+), of another copy over FUSE over io_uring (the fuse module's enable_uring set for
+ *     that attach only, then restored; BENCH_URING=0 skips it),
  *   - ewfmount + loop and xmount + loop of the same data as E01 (ewfacquire, deflate fast; BENCH_EWF=0 skips them),
  *   - qemu-nbd serving the same data as qcow2 with zstd clusters (sequential: nbdcopy; random: fio's nbd engine),
  *   - zstd -d of the single stream (sequential only: no random access),
@@ -75,6 +77,8 @@ interface Target {
 const VDEV_NAME = 'vdev attach (FUSE + loop)'
 const NO_AHEAD = 'vdev attach, decode-ahead off'
 const LARGER = 'vdev attach, 128 KiB chunks'
+const URING = 'vdev attach, FUSE over io_uring'
+const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring'
 const QEMU = 'qemu-nbd (qcow2 zstd)'
 const ZSTD = 'zstd -d (one stream)'
 
@@ -167,7 +171,7 @@ async function main(): Promise<void> {
   let vdevPid = 0
   try {
     // vdev: the real CLI, a background server.
-    const a = JSON.parse(sh([process.execPath, VDEV, 'attach', f('corpus.vdimg'), '--backend', 'fuse', '--json'], 'vdev attach')) as {device: string; pid: number}
+    const a = JSON.parse(sh([process.execPath, VDEV, 'attach', f('corpus.vdimg'), '--backend', 'fuse', '--json'], 'vdev attach', {VDEV_FUSE_URING: '0'})) as {device: string; pid: number}
     cleanups.push(() => quiet([process.execPath, VDEV, 'detach', '--all', '--force']))
     vdevPid = a.pid
     const dio = fs.readFileSync(`/sys/block/${path.basename(a.device)}/loop/dio`, 'utf8').trim() === '1'
@@ -218,6 +222,21 @@ async function main(): Promise<void> {
     const off = JSON.parse(sh([process.execPath, VDEV, 'attach', copy, '--backend', 'fuse', '--json'], 'vdev attach', {VDEV_DECODE_AHEAD: '0'})) as {device: string; pid: number}
     targets.splice(2, 0, {name: NO_AHEAD, device: off.device, note: 'loop dio', files: [copy], seqOnly: true})
 
+    // Another copy over FUSE over io_uring: the module parameter is read at INIT, so set only for this attach.
+    if (fs.existsSync(ENABLE_URING) && process.env.BENCH_URING !== '0') {
+      const uringCopy = f('corpus-uring.vdimg')
+      if (stale(uringCopy, f('corpus.vdimg'))) fs.copyFileSync(f('corpus.vdimg'), uringCopy)
+      const was = fs.readFileSync(ENABLE_URING, 'utf8').trim()
+      fs.writeFileSync(ENABLE_URING, 'Y')
+      let u: {device: string; pid: number}
+      try {
+        u = JSON.parse(sh([process.execPath, VDEV, 'attach', uringCopy, '--backend', 'fuse', '--json'], 'vdev attach')) as {device: string; pid: number}
+      } finally {
+        fs.writeFileSync(ENABLE_URING, was)
+      }
+      targets.splice(1, 0, {name: URING, device: u.device, note: 'loop dio, io_uring', files: [uringCopy]})
+    }
+
     const states = ['cold', 'warm'] as const
     type State = (typeof states)[number]
     /** Before each measurement: every cache dropped; warm: then the reader's input files read into the page cache. */
@@ -253,7 +272,7 @@ async function main(): Promise<void> {
       for (const t of targets) {
         if (t.seqOnly) continue
         // Warm random reads only for vdev and qemu-nbd (the targets); the others cold, to keep the run short.
-        for (const state of t.name === VDEV_NAME || t.name === QEMU ? states : (['cold'] as const))
+        for (const state of t.name === VDEV_NAME || t.name === URING || t.name === QEMU ? states : (['cold'] as const))
           for (const qd of [1, 32]) {
             prepare(t.files, state)
             const k = key(t.name, `qd${qd}`, state)
@@ -297,7 +316,16 @@ async function main(): Promise<void> {
       )
     }
     for (const st of states)
-      for (const qd of [1, 32]) check(`random 4 KiB QD${qd}, ${st}: vdev IOPS / qemu-nbd IOPS`, rand.get(key(VDEV_NAME, `qd${qd}`, st))! / rand.get(key(QEMU, `qd${qd}`, st))!, 1.5, false)
+      for (const qd of [1, 32]) {
+        const q = rand.get(key(QEMU, `qd${qd}`, st))!
+        check(`random 4 KiB QD${qd}, ${st}: vdev IOPS / qemu-nbd IOPS`, rand.get(key(VDEV_NAME, `qd${qd}`, st))! / q, 1.5, false)
+        if (rand.has(key(URING, `qd${qd}`, st))) console.log(`  (FUSE over io_uring, same run: ${fmt(rand.get(key(URING, `qd${qd}`, st))! / q)})`)
+      }
+    for (const st of states)
+      if (secs.has(key(URING, 'direct', st))) {
+        const z = secs.get(key(ZSTD, 'direct', st))!
+        console.log(`FUSE over io_uring, sequential ${st}: O_DIRECT ${fmt(secs.get(key(URING, 'direct', st))! / z)}, cat ${fmt(secs.get(key(URING, 'cat', st))! / z)} of zstd -d's time`)
+      }
     console.log(
       `  (with 128 KiB chunks, the default before, cold: QD1 ${fmt(rand.get(key(LARGER, 'qd1', 'cold'))! / rand.get(key(QEMU, 'qd1', 'cold'))!)}, ` +
         `QD32 ${fmt(rand.get(key(LARGER, 'qd32', 'cold'))! / rand.get(key(QEMU, 'qd32', 'cold'))!)})`,
