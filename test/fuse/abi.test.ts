@@ -144,7 +144,7 @@ describe('FUSE and loop ABI (fuse.h 7.45, loop.h)', () => {
     assert.equal(possibleCpus('0-1\n'), 2)
     assert.equal(possibleCpus('0-3,8-11\n'), 8)
     assert.equal(possibleCpus('0-63'), 64)
-    assert.equal(possibleCpus(''), 1)
+    assert.equal(possibleCpus(''), 0) // unreadable or empty: io_uring is not used
     assert.equal(possibleCpus(), Number(fs.readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim().split('-').pop()) + 1)
     // fuse_uring_create: max(FUSE_MIN_READ_BUFFER, max_write, max_pages * PAGE_SIZE).
     assert.equal(payloadSizeFor(256), 1 << 20)
@@ -154,6 +154,7 @@ describe('FUSE and loop ABI (fuse.h 7.45, loop.h)', () => {
     assert.deepEqual(queuesFor(1, 2, 2), [0, 1])
     assert.deepEqual(queuesFor(0, 1, 8), [0, 1, 2, 3, 4, 5, 6, 7])
     assert.deepEqual(queuesFor(1, 3, 12), [1, 4, 7, 10])
+    assert.deepEqual(queuesFor(12, 16, 9), [3]) // more threads than queues: none left without one
     const spread = [0, 1, 2].flatMap((t) => queuesFor(t, 3, 64))
     assert.deepEqual(spread.sort((a, b) => a - b), Array.from({length: 64}, (_, q) => q))
     assert.deepEqual(uringOffered({VDEV_FUSE_URING: '0'}), {offered: false, reason: 'VDEV_FUSE_URING=0'})

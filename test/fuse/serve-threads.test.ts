@@ -299,6 +299,9 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
     assert.ok(fs.readFileSync(image).equals(before), 'the image changed')
     const log = daemonLogs(sb.stateDir)
     assert.equal(/serving threads over io_uring/.test(log), requestPath.enableUring === 'Y', log)
+    // The WRITEs came through the ring entries too.
+    const fromRings = [...log.matchAll(/served (\d+) requests from its \d+ ring entries/g)].reduce((sum, m) => sum + Number(m[1]), 0)
+    assert.ok(requestPath.enableUring === 'Y' ? fromRings > 10 : fromRings === 0, log)
   })
 
   it('detach: the serving threads report what they served, then the loop device, the mount (also one reached through a symlink) and the threads are gone', async () => {
@@ -315,6 +318,13 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
       else assert.equal(errors, 0, line)
       // Both devices had runs of requests one at a time (4 KiB dd): some came while a thread polled.
       assert.ok(polled > 0 && polled < reads, line)
+      // Over io_uring each thread says how many requests its ring entries served: together, every READ
+      // (a fallback to /dev/fuse would leave them at 0); through /dev/fuse there is no ring.
+      const fromRings = d.logs.map((l) => /thread \d+ served (\d+) requests from its \d+ ring entries/.exec(l)).filter((m) => m !== null)
+      if (requestPath.enableUring === 'Y') {
+        assert.equal(fromRings.length, 2, d.logs.join('\n'))
+        assert.ok(fromRings.reduce((sum, m) => sum + Number(m![1]), 0) >= reads, d.logs.join('\n'))
+      } else assert.equal(fromRings.length, 0, d.logs.join('\n'))
       assert.equal(fs.existsSync(`/sys/block/${n}/loop/backing_file`), false, 'loop device still bound')
     }
     assert.equal(readMountinfo().some((m) => m.mountpoint.startsWith(sb.dir)), false, 'FUSE still mounted')

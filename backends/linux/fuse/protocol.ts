@@ -91,8 +91,11 @@ export interface ProtocolOptions {
    * through `handler`: no allocation and no copy per READ. Only for a thread that serves one request at a time.
    */
   readInto?: FuseReadInto
-  /** Offer FUSE over io_uring (FUSE_OVER_IO_URING) when the kernel does: the caller then registers ring entries. */
-  uring?: boolean
+  /**
+   * Asked at INIT: offer FUSE over io_uring (FUSE_OVER_IO_URING) when the kernel does — true only if ring
+   * entries will be registered (the kernel then holds every request until they are).
+   */
+  uring?: () => boolean
 }
 
 const IN_LEN = fuse_in_header.offsets.len
@@ -213,7 +216,7 @@ export class FuseProtocol {
       (this.o.uring ? FuseInitFlag.INIT_EXT : 0) // flags2 below
     const flags = (want & inp.flags) >>> 0
     // FUSE over io_uring (7.42): offered by the kernel only while the fuse module's enable_uring is set.
-    const uring = Boolean(flags & FuseInitFlag.INIT_EXT) && Boolean(inp.flags2 & FuseInitFlag2.OVER_IO_URING)
+    const uring = Boolean(flags & FuseInitFlag.INIT_EXT) && Boolean(inp.flags2 & FuseInitFlag2.OVER_IO_URING) && this.o.uring!()
     const flags2 = uring ? FuseInitFlag2.OVER_IO_URING : 0
     const maxPages = flags & FuseInitFlag.MAX_PAGES ? this.o.maxPages : 32
     const maxRead = maxPages * PAGE

@@ -180,9 +180,11 @@ export class FuseSession {
     const config: FuseThreadConfig = {fd: this.fd, fileName: t.fileName, mtime: t.mtime, maxPages: this.wantPages, maxBackground: this.maxBackground, maxWrite: this.maxWrite}
     // FUSE over io_uring where the kernel offers it (uring.ts); else read(2) of /dev/fuse.
     const uring = uringOffered()
-    if (uring.offered) {
+    const queues = possibleCpus()
+    if (uring.offered && queues === 0) this.log('fuse: requests through read(2) of /dev/fuse, not io_uring: /sys/devices/system/cpu/possible unreadable')
+    else if (uring.offered) {
       const depth = Number(process.env.VDEV_FUSE_URING_DEPTH)
-      config.uring = {state: new SharedArrayBuffer(4), queues: possibleCpus(), threads: t.count, depth: Number.isInteger(depth) && depth >= 1 && depth <= 64 ? depth : DEFAULT_URING_DEPTH}
+      config.uring = {state: new SharedArrayBuffer(12), queues, threads: t.count, depth: Number.isInteger(depth) && depth >= 1 && depth <= 64 ? depth : DEFAULT_URING_DEPTH}
     } else this.log(`fuse: requests through read(2) of /dev/fuse, not io_uring: ${uring.reason}`)
     let pool: ServingThreads
     try {

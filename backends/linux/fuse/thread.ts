@@ -18,6 +18,7 @@ import {ImageFs} from './imagefs'
 import {FuseProtocol, READ_BUFFER_SIZE, requestBufferSize, type InitResult} from './protocol'
 import {FuseRequestReader} from './requests'
 import {FuseRing, payloadSizeFor, queuesFor, RingEnded} from './uring'
+import {pageSize} from '../../../src/sys/libc'
 
 /** The body's settings, the same for every thread. */
 export interface FuseThreadConfig {
@@ -36,9 +37,15 @@ export interface FuseThreadConfig {
   uring?: {state: SharedArrayBuffer; queues: number; depth: number; threads: number}
 }
 
+/** `state[0]`: INIT not answered yet / agreed over io_uring / through /dev/fuse. */
 const INIT_PENDING = 0
 const INIT_URING = 1
 const INIT_DEV = 2
+/** `state[1]`: threads that have tried to set their ring up; `state[2]`: those that could not. */
+const RINGS_TRIED = 1
+const RINGS_FAILED = 2
+/** How long the first thread waits, INIT in hand, for the others' rings before answering without io_uring. */
+const RINGS_WAIT_MS = 5000
 
 /** thread → main: the thread that read INIT answered it (or could not). */
 export type FuseThreadMessage = {init: InitResult} | {initError: string}
@@ -47,10 +54,24 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
   const cfg = ctx.config as FuseThreadConfig
   const imageFs = new ImageFs(ctx.server, {fileName: cfg.fileName, mtime: cfg.mtime, maxRead: cfg.maxPages * 4096})
   const post = (m: FuseThreadMessage): void => ctx.post(m)
-  // The first thread sets its ring up before INIT and offers io_uring only if that worked: once INIT has
-  // agreed to it, the kernel holds every request until ring entries are registered.
-  let ring = cfg.uring && ctx.index === 0 ? makeRing(ctx, cfg) : undefined
-  const state = cfg.uring ? new Int32Array(cfg.uring.state) : undefined
+  const u = cfg.uring
+  const state = u ? new Int32Array(u.state) : undefined
+  // Every thread sets its ring up before INIT is answered, and io_uring is offered only if all of them
+  // could: once INIT has agreed to it the kernel holds every request until each queue has an entry, and a
+  // thread's queues (with more than 8) are its own.
+  let ring = u ? makeRing(ctx, cfg) : undefined
+  if (state) {
+    if (!ring) Atomics.add(state, RINGS_FAILED, 1)
+    Atomics.add(state, RINGS_TRIED, 1)
+    Atomics.notify(state, RINGS_TRIED)
+  }
+  const everyRing = (): boolean => {
+    if (!state || !u || !ring) return false
+    const deadline = Date.now() + RINGS_WAIT_MS
+    for (let tried = Atomics.load(state, RINGS_TRIED); tried < u.threads && Date.now() < deadline; tried = Atomics.load(state, RINGS_TRIED))
+      Atomics.wait(state, RINGS_TRIED, tried, 50)
+    return Atomics.load(state, RINGS_TRIED) === u.threads && Atomics.load(state, RINGS_FAILED) === 0
+  }
   let agreed: boolean | undefined
   const settle = (how: number): void => {
     if (!state || Atomics.load(state, 0) !== INIT_PENDING) return
@@ -69,23 +90,23 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
       post(r instanceof Error ? {initError: r.message} : {init: r})
     },
     readInto: imageFs.readInto,
-    uring: ring !== undefined,
+    uring: everyRing,
   })
   const requests = new FuseRequestReader(cfg.fd, ctx.poller(), ctx.log)
   const c = ctx.counters
   const buf = Buffer.allocUnsafe(cfg.maxWrite ? requestBufferSize(cfg.maxWrite) : READ_BUFFER_SIZE)
   let draining = false
   ctx.ready()
-  if (state && ctx.index > 0) {
-    // The first thread reads INIT; wait for its answer before reading /dev/fuse (see the top).
-    while (Atomics.load(state, 0) === INIT_PENDING) Atomics.wait(state, 0, INIT_PENDING, 1000)
-    if (Atomics.load(state, 0) === INIT_URING) {
-      ring = makeRing(ctx, cfg)
-      const why = ring && (await serveRing(ctx, ring, protocol, imageFs))
-      if (why !== undefined) return why
-    }
-  }
   try {
+    if (state && ctx.index > 0) {
+      // The first thread reads INIT; wait for its answer before reading /dev/fuse (see the top).
+      while (Atomics.load(state, 0) === INIT_PENDING) Atomics.wait(state, 0, INIT_PENDING, 1000)
+      if (ring && Atomics.load(state, 0) === INIT_URING) {
+        const why = await serveRing(ctx, ring, protocol, imageFs)
+        if (why !== undefined) return why
+      }
+      ring?.close()
+    }
     for (;;) {
       let n: number
       try {
@@ -128,11 +149,7 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
   }
 }
 
-/**
- * Serve from this thread's ring entries until the connection ends (resolves with why), or undefined when
- * the ring could not be set up: the thread then serves through /dev/fuse (the kernel falls back too when
- * a registration fails).
- */
+/** This thread's ring (not yet registered: the kernel sizes payloads from INIT), or undefined if it cannot have one. */
 function makeRing(ctx: ServingThreadContext, cfg: FuseThreadConfig): FuseRing | undefined {
   const u = cfg.uring!
   try {
@@ -140,9 +157,10 @@ function makeRing(ctx: ServingThreadContext, cfg: FuseThreadConfig): FuseRing | 
       fd: cfg.fd,
       qids: queuesFor(ctx.index, u.threads, u.queues),
       depth: u.depth,
-      payloadSize: payloadSizeFor(cfg.maxPages, cfg.maxWrite),
+      payloadSize: payloadSizeFor(cfg.maxPages, cfg.maxWrite, pageSize()),
       // The first thread also takes what still comes through /dev/fuse (FORGET, INTERRUPT).
       legacyBufferSize: ctx.index === 0 ? (cfg.maxWrite ? requestBufferSize(cfg.maxWrite) : READ_BUFFER_SIZE) : 0,
+      log: ctx.log,
     })
   } catch (err) {
     ctx.log(`fuse: io_uring: ${(err as Error).message}; serving through /dev/fuse`)
@@ -150,19 +168,17 @@ function makeRing(ctx: ServingThreadContext, cfg: FuseThreadConfig): FuseRing | 
   }
 }
 
+/**
+ * Serve from this thread's ring entries until the connection ends (resolves with why), or undefined when
+ * none of its entries is left (the kernel refused them): the thread then reads /dev/fuse, where the kernel
+ * sends requests once it has given up on the ring.
+ */
 async function serveRing(ctx: ServingThreadContext, ring: FuseRing, protocol: FuseProtocol, imageFs: ImageFs): Promise<string | undefined> {
-  try {
-    ring.register()
-  } catch (err) {
-    ring.close()
-    ctx.log(`fuse: io_uring: ${(err as Error).message}; serving through /dev/fuse`)
-    return undefined
-  }
   const c = ctx.counters
   const poller = ctx.poller()
-  let served = 0
   let draining = false
   try {
+    ring.register()
     for (;;) {
       let polled = true
       if (!ring.pending && !(poller.active && poller.poll(() => (ring.pending ? 1 : 0)) > 0)) {
@@ -184,7 +200,6 @@ async function serveRing(ctx: ServingThreadContext, ring: FuseRing, protocol: Fu
       c[COUNTER.inFlight]++
       try {
         await ring.serve(protocol, imageFs.readInto, () => {
-          served++
           if (polled) c[COUNTER.polled]++
         })
       } finally {
@@ -193,13 +208,14 @@ async function serveRing(ctx: ServingThreadContext, ring: FuseRing, protocol: Fu
     }
   } catch (err) {
     if (!(err instanceof RingEnded)) throw err
-    // Before any request: the kernel refused the entries (ENOMEM, EINVAL …); else the connection ended.
-    if (served === 0 && !['ENOTCONN', 'ECANCELED', 'ECONNABORTED', 'ENODEV'].includes(err.code)) {
-      ctx.log(`fuse: io_uring: registering ring entries failed (${err.code}); serving through /dev/fuse`)
+    if (!err.ended) {
+      ctx.log(`fuse: io_uring: no ring entry left on thread ${ctx.index} (${err.code}); serving through /dev/fuse`)
       return undefined
     }
     return err.code
   } finally {
+    // The detach log's witness of which path served (docs/fuse-loop.md).
+    ctx.log(`fuse: io_uring: thread ${ctx.index} served ${ring.served} requests from its ${ring.entries} ring entries`)
     ring.close()
   }
 }

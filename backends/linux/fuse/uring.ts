@@ -72,14 +72,17 @@ export function uringOffered(env: NodeJS.ProcessEnv = process.env): {offered: bo
   return {offered: true, reason: 'enabled'}
 }
 
-/** The kernel's queue count: one per possible CPU (num_possible_cpus(), from /sys/devices/system/cpu/possible). */
+/**
+ * The kernel's queue count: one per possible CPU (num_possible_cpus(), from /sys/devices/system/cpu/possible);
+ * 0 when it cannot be read (then io_uring is not used: too few queues would never make the ring ready).
+ */
 export function possibleCpus(text?: string): number {
   let s = text
   if (s === undefined) {
     try {
       s = fs.readFileSync('/sys/devices/system/cpu/possible', 'utf8')
     } catch {
-      return 1
+      return 0
     }
   }
   let n = 0
@@ -88,7 +91,7 @@ export function possibleCpus(text?: string): number {
     if (!m) continue
     n += m[2] === undefined ? 1 : Number(m[2]) - Number(m[1]) + 1
   }
-  return Math.max(1, n)
+  return n
 }
 
 /** Up to this many queues every thread registers on each; beyond, each queue is one thread's (queuesFor). */
@@ -102,7 +105,10 @@ export const SHARED_QUEUES_MAX = 8
  */
 export function queuesFor(index: number, threads: number, queues: number): number[] {
   const all = Array.from({length: queues}, (_, q) => q)
-  return queues <= SHARED_QUEUES_MAX ? all : all.filter((q) => q % threads === index % threads)
+  if (queues <= SHARED_QUEUES_MAX) return all
+  const mine = all.filter((q) => q % threads === index % threads)
+  // More threads than queues: a thread with none would wait on an empty ring for ever; it shares one.
+  return mine.length > 0 ? mine : [index % queues]
 }
 
 export interface FuseRingOptions {
@@ -116,6 +122,7 @@ export interface FuseRingOptions {
   payloadSize: number
   /** Also keep a read(2) of `fd` queued (FORGET, INTERRUPT): a buffer this large. 0: none. */
   legacyBufferSize: number
+  log: (line: string) => void
 }
 
 const HDR = fuse_uring_req_header.size
@@ -129,9 +136,19 @@ const OUT = fuse_out_header.size
 /** user_data of the queued read(2) of /dev/fuse; entries are numbered from 0. */
 const LEGACY = 0xffff_fff0
 
-/** Why the thread stops taking requests from its ring. */
+/** Errors that mean the connection is gone (unmounted, aborted): every entry gets one. */
+const CONNECTION_ENDED = new Set(['ENOTCONN', 'ECANCELED', 'ECONNABORTED', 'ENODEV'])
+
+/**
+ * Why the thread stops taking requests from its ring: the connection ended (`ended`), or none of its entries
+ * is left (the kernel refused them: the thread then reads /dev/fuse, where the kernel sends requests if it
+ * gave up on the ring).
+ */
 export class RingEnded extends Error {
-  constructor(readonly code: string) {
+  constructor(
+    readonly code: string,
+    readonly ended: boolean,
+  ) {
     super(code)
   }
 }
@@ -148,11 +165,16 @@ export class FuseRing {
   private readonly legacy: Buffer | undefined
   /** Completions taken from the ring and not yet served. */
   private readonly ready: Cqe[] = []
+  /** Entries the kernel holds (registered, or answered and fetching): the ring must stay open while any is. */
+  private live: number
+  /** Requests served from the ring. */
+  served = 0
   private closed = false
 
   constructor(private readonly o: FuseRingOptions) {
     if (o.payloadSize < FUSE_MIN_READ_BUFFER) throw new Error(`fuse ring: payload of ${o.payloadSize} bytes is under ${FUSE_MIN_READ_BUFFER}`)
     this.entries = o.qids.length * o.depth
+    this.live = this.entries
     let size = 8
     while (size < this.entries + 2) size *= 2
     // The kernel hands a request to its entry as task_work of this thread. By default that interrupts the
@@ -189,12 +211,19 @@ export class FuseRing {
     this.ring.submit(0)
   }
 
-  private cmdSqe(op: number, entry: number, commitId: bigint): Buffer {
+  /** The next free SQE, handing the queued ones to the kernel first when the ring is full. */
+  private nextSqe(): Buffer {
     let sqe = this.ring.getSqe()
     if (!sqe) {
       this.ring.submit(0)
-      sqe = this.ring.getSqe()!
+      sqe = this.ring.getSqe()
+      if (!sqe) throw new Error('fuse ring: the submission queue stays full')
     }
+    return sqe
+  }
+
+  private cmdSqe(op: number, entry: number, commitId: bigint): Buffer {
+    const sqe = this.nextSqe()
     sqe.writeUInt8(IORING_OP_URING_CMD, io_uring_sqe.offsets.opcode)
     sqe.writeInt32LE(this.o.fd, io_uring_sqe.offsets.fd)
     sqe.writeUInt32LE(op, SQE_CMD_OP)
@@ -205,11 +234,7 @@ export class FuseRing {
   }
 
   private queueLegacyRead(): void {
-    let sqe = this.ring.getSqe()
-    if (!sqe) {
-      this.ring.submit(0)
-      sqe = this.ring.getSqe()!
-    }
+    const sqe = this.nextSqe()
     prepRw(sqe, IORING_OP_READ, this.o.fd, bufferAddress(this.legacy!), this.legacy!.length, 0)
     setUserData(sqe, LEGACY)
   }
@@ -249,11 +274,20 @@ export class FuseRing {
         continue
       }
       const e = c.userData
-      if (c.res < 0 || e >= this.entries) {
-        // ENOTCONN/ECANCELED: the connection ended (the kernel tears every entry down).
-        throw new RingEnded(c.res < 0 ? (ERRNO_NAME[-c.res] ?? `errno ${-c.res}`) : `bad user_data ${e}`)
+      if (e >= this.entries) throw new Error(`fuse ring: completion for entry ${e} of ${this.entries}`)
+      if (c.res < 0) {
+        const code = ERRNO_NAME[-c.res] ?? `errno ${-c.res}`
+        // The connection ended: the kernel tears every entry down.
+        if (CONNECTION_ENDED.has(code)) throw new RingEnded(code, true)
+        // This entry was refused (its registration, or a commit whose request the kernel no longer had):
+        // the kernel holds no command of it any more; the others serve on.
+        this.live--
+        this.o.log(`fuse: io_uring: entry ${e} (queue ${this.qids[e]}): ${code}; ${this.live} of ${this.entries} left on this thread`)
+        if (this.live === 0) throw new RingEnded(code, false)
+        continue
       }
       count(e)
+      this.served++
       const pending = this.serveEntry(e, protocol, readInto)
       if (pending) await pending
       this.ring.submit(0)
@@ -319,7 +353,7 @@ export class FuseRing {
       this.ring.submit(0)
       return
     }
-    if (res <= 0) throw new RingEnded(res === 0 ? 'EOF' : (ERRNO_NAME[-res] ?? `errno ${-res}`))
+    if (res <= 0) throw new RingEnded(res === 0 ? 'EOF' : (ERRNO_NAME[-res] ?? `errno ${-res}`), true)
     const msg = Buffer.from(this.legacy!.subarray(0, res))
     const pending = protocol.handle(msg, this.o.fd)
     if (pending) await pending
@@ -336,9 +370,9 @@ export class FuseRing {
   }
 }
 
-/** The payload room a session needs: the kernel's max(FUSE_MIN_READ_BUFFER, max_write, max_pages pages). */
-export function payloadSizeFor(maxPages: number, maxWrite = 0): number {
-  return Math.max(FUSE_MIN_READ_BUFFER, maxWrite, maxPages * PAGE)
+/** The payload room a session needs: the kernel's max(FUSE_MIN_READ_BUFFER, max_write, max_pages × PAGE_SIZE). */
+export function payloadSizeFor(maxPages: number, maxWrite = 0, pageSize = PAGE): number {
+  return Math.max(FUSE_MIN_READ_BUFFER, maxWrite, maxPages * pageSize)
 }
 
 const ERRNO_NAME: Record<number, string> = Object.fromEntries(Object.entries(ERRNO).map(([k, v]) => [v, k]))
