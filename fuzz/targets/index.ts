@@ -1,5 +1,6 @@
 /** Every fuzz target, by name (the order `npm run fuzz` runs them in). */
 import type {Target} from '../harness'
+import {fuseTarget} from './fuse'
 import {httpTarget} from './http'
 import {imageTarget} from './image'
 import {iscsiTarget} from './iscsi'
@@ -15,6 +16,7 @@ export const TARGETS: Record<string, Target> = {
   nbd: nbdTarget,
   nfs: nfsTarget,
   iscsi: iscsiTarget,
+  fuse: fuseTarget,
   overlay: overlayTarget,
   http: httpTarget,
   recovery: recoveryTarget,

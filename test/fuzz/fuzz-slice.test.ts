@@ -6,6 +6,7 @@
  */
 import {strict as assert} from 'node:assert'
 import {runTarget} from '../../fuzz/harness'
+import {fuseTarget} from '../../fuzz/targets/fuse'
 import {httpTarget} from '../../fuzz/targets/http'
 import {imageTarget} from '../../fuzz/targets/image'
 import {mapfileTarget} from '../../fuzz/targets/mapfile'
@@ -27,6 +28,7 @@ const SLICE = [
   // their own reproducers in test/cli/hostile-input.test.ts.
   {target: imageTarget, iterations: 40, cliEvery: 20, seed: 31},
   {target: nbdTarget, iterations: 500},
+  {target: fuseTarget, iterations: 1500},
   // Two in five nfs cases start a read-write server over a fresh overlay (slower): 250 take what 400 read-only ones did.
   {target: nfsTarget, iterations: 250},
   {target: httpTarget, iterations: 150},

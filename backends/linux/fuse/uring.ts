@@ -298,15 +298,12 @@ export class FuseRing {
     const h = this.headers.subarray(e * HDR, (e + 1) * HDR)
     const payload = this.payloads[e]
     const commitId = h.readBigUInt64LE(ENT_COMMIT_ID)
-    const len = h.readUInt32LE(IN_LEN)
-    const payloadIn = h.readUInt32LE(ENT_PAYLOAD_SZ)
-    const opSize = len - fuse_in_header.size - payloadIn
-    if (h.readUInt32LE(IN_OPCODE) === FuseOpcode.READ && opSize >= fuse_read_in.size && payloadIn === 0) {
+    const r = entryRequest(h, payload)
+    if (r && r.opcode === FuseOpcode.READ && r.opIn.length >= fuse_read_in.size && r.rest.length === 0) {
       // The fast path: decode into the payload, which the kernel copies to the reader.
-      const nodeid = h.readUInt32LE(IN_NODEID) + h.readUInt32LE(IN_NODEID + 4) * 2 ** 32
       let n: number
       try {
-        n = readInto(nodeid, h.subarray(OP_IN, OP_IN + opSize), payload)
+        n = readInto(r.nodeid, r.opIn, payload)
       } catch {
         n = -ERRNO.EIO
       }
@@ -327,13 +324,8 @@ export class FuseRing {
       }
       this.answer(e, h, size, reply[0].readInt32LE(4), commitId)
     }
-    if (opSize < 0 || opSize > FUSE_URING_OP_IN_OUT_SZ || payloadIn > payload.length) {
-      reply = undefined
-      return done()
-    }
-    // The request as read(2) would have given it: header, first argument, the rest.
-    const msg = Buffer.concat([h.subarray(0, fuse_in_header.size), h.subarray(OP_IN, OP_IN + opSize), payload.subarray(0, payloadIn)])
-    const pending = protocol.handle(msg, to)
+    if (!r) return done()
+    const pending = protocol.handle(entryMessage(h, r), to)
     if (pending) return pending.then(done)
     done()
   }
@@ -368,6 +360,39 @@ export class FuseRing {
     // with ENOTCONN once the connection ends) and the queued read.
     this.ring.close()
   }
+}
+
+/** A ring entry's request: its opcode and node, its first argument (from `op_in`) and the rest (from the payload). */
+export interface EntryRequest {
+  opcode: number
+  nodeid: number
+  opIn: Buffer
+  rest: Buffer
+}
+
+/**
+ * Read a ring entry (its 288-byte header and its payload): fuse_in_header.len is the whole request, of
+ * which `ring_ent_in_out.payload_sz` bytes are in the payload and the rest of the arguments in `op_in`.
+ * Undefined when those do not add up (the first argument larger than `op_in`, more payload than the
+ * buffer): never from a kernel that keeps to fuse.h, answered EIO.
+ */
+export function entryRequest(h: Buffer, payload: Buffer): EntryRequest | undefined {
+  if (h.length < HDR) return undefined
+  const len = h.readUInt32LE(IN_LEN)
+  const payloadIn = h.readUInt32LE(ENT_PAYLOAD_SZ)
+  const opSize = len - fuse_in_header.size - payloadIn
+  if (opSize < 0 || opSize > FUSE_URING_OP_IN_OUT_SZ || payloadIn > payload.length) return undefined
+  return {
+    opcode: h.readUInt32LE(IN_OPCODE),
+    nodeid: h.readUInt32LE(IN_NODEID) + h.readUInt32LE(IN_NODEID + 4) * 2 ** 32,
+    opIn: h.subarray(OP_IN, OP_IN + opSize),
+    rest: payload.subarray(0, payloadIn),
+  }
+}
+
+/** The entry's request as read(2) of /dev/fuse gives one (header, first argument, the rest): what FuseProtocol takes. */
+export function entryMessage(h: Buffer, r: EntryRequest): Buffer {
+  return Buffer.concat([h.subarray(0, fuse_in_header.size), r.opIn, r.rest])
 }
 
 /** The payload room a session needs: the kernel's max(FUSE_MIN_READ_BUFFER, max_write, max_pages × PAGE_SIZE). */
