@@ -177,7 +177,7 @@ export class FuseSession {
   }
 
   private async startThreads(t: NonNullable<FuseMountOptions['threads']>, onInit: (r: InitResult | Error) => void): Promise<void> {
-    const config: FuseThreadConfig = {fd: this.fd, fileName: t.fileName, mtime: t.mtime, maxPages: this.wantPages, maxBackground: this.maxBackground, maxWrite: this.maxWrite}
+    const config: FuseThreadConfig = {fd: this.fd, fileName: t.fileName, mtime: t.mtime, maxPages: this.wantPages, maxBackground: this.maxBackground, maxWrite: this.maxWrite, connection: this.connection}
     // FUSE over io_uring where the kernel offers it (uring.ts); else read(2) of /dev/fuse.
     const uring = uringOffered()
     const queues = possibleCpus()

@@ -17,6 +17,7 @@ import type {ServingThreadContext} from '../../../src/threads/protocol'
 import {ImageFs} from './imagefs'
 import {FuseProtocol, READ_BUFFER_SIZE, requestBufferSize, type InitResult} from './protocol'
 import {FuseRequestReader} from './requests'
+import {abortConnection} from './fusectl'
 import {FuseRing, payloadSizeFor, queuesFor, RingEnded} from './uring'
 import {pageSize} from '../../../src/sys/libc'
 
@@ -35,6 +36,8 @@ export interface FuseThreadConfig {
    * then 1 (over io_uring) or 2 (through /dev/fuse).
    */
   uring?: {state: SharedArrayBuffer; queues: number; depth: number; threads: number}
+  /** The FUSE connection's id (/sys/fs/fuse/connections/ID), to abort it if a ring thread fails. */
+  connection?: number
 }
 
 /** `state[0]`: INIT not answered yet / agreed over io_uring / through /dev/fuse. */
@@ -102,7 +105,7 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
       // The first thread reads INIT; wait for its answer before reading /dev/fuse (see the top).
       while (Atomics.load(state, 0) === INIT_PENDING) Atomics.wait(state, 0, INIT_PENDING, 1000)
       if (ring && Atomics.load(state, 0) === INIT_URING) {
-        const why = await serveRing(ctx, ring, protocol, imageFs)
+        const why = await serveRing(ctx, cfg, ring, protocol, imageFs)
         if (why !== undefined) return why
       }
       ring?.close()
@@ -136,7 +139,7 @@ export async function run(ctx: ServingThreadContext): Promise<string> {
       if (agreed !== undefined && state && Atomics.load(state, 0) === INIT_PENDING) {
         settle(agreed ? INIT_URING : INIT_DEV)
         if (ring && agreed) {
-          const why = await serveRing(ctx, ring, protocol, imageFs)
+          const why = await serveRing(ctx, cfg, ring, protocol, imageFs)
           if (why !== undefined) return why
         }
         ring?.close()
@@ -173,7 +176,7 @@ function makeRing(ctx: ServingThreadContext, cfg: FuseThreadConfig): FuseRing | 
  * none of its entries is left (the kernel refused them): the thread then reads /dev/fuse, where the kernel
  * sends requests once it has given up on the ring.
  */
-async function serveRing(ctx: ServingThreadContext, ring: FuseRing, protocol: FuseProtocol, imageFs: ImageFs): Promise<string | undefined> {
+async function serveRing(ctx: ServingThreadContext, cfg: FuseThreadConfig, ring: FuseRing, protocol: FuseProtocol, imageFs: ImageFs): Promise<string | undefined> {
   const c = ctx.counters
   const poller = ctx.poller()
   let draining = false
@@ -207,7 +210,13 @@ async function serveRing(ctx: ServingThreadContext, ring: FuseRing, protocol: Fu
       }
     }
   } catch (err) {
-    if (!(err instanceof RingEnded)) throw err
+    if (!(err instanceof RingEnded)) {
+      // A failure of this thread (a bug): the requests the kernel has given its entries would wait for ever
+      // (through /dev/fuse another thread would take them). Fail them all instead: abort the connection.
+      ctx.log(`fuse: io_uring: thread ${ctx.index} failed: ${(err as Error)?.message ?? err}; aborting the FUSE connection`)
+      if (cfg.connection) abortConnection(cfg.connection, ctx.log)
+      throw err
+    }
     if (!err.ended) {
       ctx.log(`fuse: io_uring: no ring entry left on thread ${ctx.index} (${err.code}); serving through /dev/fuse`)
       return undefined
