@@ -33,6 +33,8 @@ export interface ListedDevice {
   mapfile?: string
   /** What the device served since it was attached (every serving thread), when its server runs. */
   stats?: DeviceStats
+  /** The FUSE backend: how its server takes the kernel's requests, "io_uring" or "/dev/fuse". */
+  requests?: string
 }
 
 export function listDevices(): ListedDevice[] {
@@ -50,6 +52,7 @@ export function listDevices(): ListedDevice[] {
     log: e.log,
     format: e.source?.kind ?? 'vdimg',
     ...(typeof e.source?.options?.mapfile === 'string' ? {mapfile: e.source.options.mapfile} : {}),
+    ...(typeof e.backendState.requests === 'string' ? {requests: e.backendState.requests} : {}),
     ...statsOf(e),
   }))
 }

@@ -272,6 +272,8 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
     try {
       const list = await sb.vdev(['list', '--json'])
       assert.equal(list.code, 0, list.stderr)
+      const listed = (JSON.parse(list.stdout) as Array<{device: string; requests?: string}>).find((e) => e.device === dev.device)
+      assert.equal(listed?.requests, requestPath.enableUring === 'Y' ? 'io_uring' : '/dev/fuse', list.stdout)
       const writes: Array<[number, Buffer]> = [
         [3 * MiB, prng(7, 4096)],
         [9 * MiB + 4096, prng(8, MiB)], // across a raw and a zstd chunk

@@ -35,6 +35,8 @@ export interface FuseLoopState extends Record<string, unknown> {
   file: string
   /** FUSE connection id (/sys/fs/fuse/connections/<id>). */
   connection?: number
+  /** How the serving threads take requests: FUSE over io_uring, or read(2) of /dev/fuse (`vdev list --json`'s `requests`). */
+  requests?: 'io_uring' | '/dev/fuse'
 }
 
 function probeSync(): Probe {
@@ -106,7 +108,7 @@ export const backend: Backend = {
     })
     ctx.log(`fuse: mounted at ${mountpoint} (connection ${session.connection}), ${session.mode === 'threads' ? `${threads} serving threads${session.overUring ? ' over io_uring' : ''}` : 'served on the main thread'}`)
     const file = path.join(mountpoint, fileName)
-    const state: FuseLoopState = {mountpoint, file, connection: session.connection}
+    const state: FuseLoopState = {mountpoint, file, connection: session.connection, requests: session.overUring ? 'io_uring' : '/dev/fuse'}
 
     let dev: LoopDevice
     try {
