@@ -6,9 +6,11 @@
  * EIO for exactly the requests and sectors that touch a bad area, the zero policy, short reads at the
  * end, memory that stays flat while serving, and a detach that leaves nothing behind.
  *
- * Twice: with requests read from /dev/fuse, and with FUSE over io_uring (Linux 6.14+; the fuse module's
+ * Three times: with requests read from /dev/fuse; with FUSE over io_uring (Linux 6.14+; the fuse module's
  * enable_uring switched on for the run and restored after), where READs are decoded into the ring
- * entries' payloads and a writable device's WRITEs come in them.
+ * entries' payloads and a writable device's WRITEs come in them; and with FUSE over io_uring offered but
+ * io_uring itself refused (kernel.io_uring_disabled = 2 for the run, Linux 6.6+): no thread can make its
+ * ring, so INIT is answered without it and every request comes through /dev/fuse (the fallback).
  */
 import * as assert from 'node:assert/strict'
 import * as fs from 'node:fs'
@@ -75,17 +77,23 @@ function rssMiB(): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]) / 1024
 }
 
-/** How the serving threads take requests: the fuse module's enable_uring for the run. */
-const PATHS = [
-  {name: 'requests read from /dev/fuse', enableUring: 'N'},
-  {name: 'FUSE over io_uring', enableUring: 'Y'},
+/**
+ * How the serving threads take requests: the fuse module's enable_uring for the run, the kernel's
+ * io_uring_disabled (2: io_uring_setup fails with EPERM for everyone), and whether rings must serve.
+ */
+const PATHS: Array<{name: string; enableUring: string; ioUringDisabled?: string; uring: boolean}> = [
+  {name: 'requests read from /dev/fuse', enableUring: 'N', uring: false},
+  {name: 'FUSE over io_uring', enableUring: 'Y', uring: true},
+  {name: 'FUSE over io_uring offered, io_uring refused by the kernel (io_uring_disabled = 2): the fallback to /dev/fuse', enableUring: 'Y', ioUringDisabled: '2', uring: false},
 ]
+const IO_URING_DISABLED = '/proc/sys/kernel/io_uring_disabled'
 
 for (const requestPath of PATHS) {
 describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straight into the reply) — ${requestPath.name}`, function () {
   this.timeout(120_000)
   let sb: Sandbox
   let enableUringBefore: string | undefined
+  let ioUringDisabledBefore: string | undefined
   let data: Buffer
   const devs: Record<BadPolicy, {dev?: AttachedDevice; image?: VdimgImage; logs: string[]}> = {error: {logs: []}, zero: {logs: []}}
 
@@ -95,6 +103,11 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
       enableUringBefore = fs.readFileSync(ENABLE_URING_PARAMETER, 'utf8').trim()
       fs.writeFileSync(ENABLE_URING_PARAMETER, requestPath.enableUring)
     } else if (requestPath.enableUring === 'Y') this.skip() // a kernel before 6.14: no FUSE over io_uring
+    if (requestPath.ioUringDisabled !== undefined) {
+      if (!fs.existsSync(IO_URING_DISABLED)) this.skip() // before 6.6
+      ioUringDisabledBefore = fs.readFileSync(IO_URING_DISABLED, 'utf8').trim()
+      fs.writeFileSync(IO_URING_DISABLED, requestPath.ioUringDisabled)
+    }
     sb = new Sandbox('vdev-fuse-threads-')
     data = imageBytes()
     fs.writeFileSync(sb.p('disk.raw'), data)
@@ -127,6 +140,7 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
 
   after(async function () {
     if (enableUringBefore !== undefined) fs.writeFileSync(ENABLE_URING_PARAMETER, enableUringBefore)
+    if (ioUringDisabledBefore !== undefined) fs.writeFileSync(IO_URING_DISABLED, ioUringDisabledBefore)
     if (!sb) return
     for (const d of Object.values(devs)) {
       if (d.dev) await d.dev.detach().catch(() => {})
@@ -144,7 +158,9 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
     for (const d of Object.values(devs)) {
       assert.ok(d.logs.some((l) => /\d+ serving threads/.test(l)), d.logs.join('\n'))
       // The path asked for is the one taken.
-      assert.equal(d.logs.some((l) => /serving threads over io_uring/.test(l)), requestPath.enableUring === 'Y', d.logs.join('\n'))
+      assert.equal(d.logs.some((l) => /serving threads over io_uring/.test(l)), requestPath.uring, d.logs.join('\n'))
+      // The fallback says why, once per thread: its ring could not be made.
+      if (requestPath.ioUringDisabled) assert.equal(d.logs.filter((l) => /^fuse: io_uring: io_uring_setup: Operation not permitted .*; serving through \/dev\/fuse$/.test(l)).length, 2, d.logs.join('\n'))
     }
   })
 
@@ -273,7 +289,7 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
       const list = await sb.vdev(['list', '--json'])
       assert.equal(list.code, 0, list.stderr)
       const listed = (JSON.parse(list.stdout) as Array<{device: string; requests?: string}>).find((e) => e.device === dev.device)
-      assert.equal(listed?.requests, requestPath.enableUring === 'Y' ? 'io_uring' : '/dev/fuse', list.stdout)
+      assert.equal(listed?.requests, requestPath.uring ? 'io_uring' : '/dev/fuse', list.stdout)
       const writes: Array<[number, Buffer]> = [
         [3 * MiB, prng(7, 4096)],
         [9 * MiB + 4096, prng(8, MiB)], // across a raw and a zstd chunk
@@ -300,10 +316,10 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
     }
     assert.ok(fs.readFileSync(image).equals(before), 'the image changed')
     const log = daemonLogs(sb.stateDir)
-    assert.equal(/serving threads over io_uring/.test(log), requestPath.enableUring === 'Y', log)
+    assert.equal(/serving threads over io_uring/.test(log), requestPath.uring, log)
     // The WRITEs came through the ring entries too.
     const fromRings = [...log.matchAll(/served (\d+) requests from its \d+ ring entries/g)].reduce((sum, m) => sum + Number(m[1]), 0)
-    assert.ok(requestPath.enableUring === 'Y' ? fromRings > 10 : fromRings === 0, log)
+    assert.ok(requestPath.uring ? fromRings > 10 : fromRings === 0, log)
   })
 
   it('detach: the serving threads report what they served, then the loop device, the mount (also one reached through a symlink) and the threads are gone', async () => {
@@ -323,7 +339,7 @@ describe(`FUSE + loop backend: serving threads over a VDIMG image (reads straigh
       // Over io_uring each thread says how many requests its ring entries served: together, every READ
       // (a fallback to /dev/fuse would leave them at 0); through /dev/fuse there is no ring.
       const fromRings = d.logs.map((l) => /thread \d+ served (\d+) requests from its \d+ ring entries/.exec(l)).filter((m) => m !== null)
-      if (requestPath.enableUring === 'Y') {
+      if (requestPath.uring) {
         assert.equal(fromRings.length, 2, d.logs.join('\n'))
         assert.ok(fromRings.reduce((sum, m) => sum + Number(m![1]), 0) >= reads, d.logs.join('\n'))
       } else assert.equal(fromRings.length, 0, d.logs.join('\n'))
