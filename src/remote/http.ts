@@ -27,6 +27,7 @@ import {parseContentRange, parseEntityTag} from './content-range'
 import {offerLink, RECENT_READS, type RangesLink} from './link'
 import type {DirectTarget} from './curl'
 import {ReadAhead} from './readahead'
+import {uriEncode} from './sigv4'
 import {isS3, openS3Target, type S3Target} from './s3'
 import {DEFAULT_CACHE_BYTES, RangeCache} from './cache'
 
@@ -39,6 +40,8 @@ export interface RemoteOptions {
   etag?: string
   lastModified?: string
   size?: number
+  /** s3:// in a versioned bucket: the version to read (the first answer's `x-amz-version-id`). */
+  versionId?: string
   /** Read-ahead for sequential reads (default on). */
   readAhead?: boolean
   /** Keep fetched ranges in this directory (cache.ts); absent: no cache. */
@@ -85,6 +88,11 @@ export class HttpObject implements ByteRanges {
   private etag: string | undefined
   private weakEtag: string | undefined
   private lastModified: string | undefined
+  /**
+   * s3:// in a versioned bucket: the version the first answer gave (`x-amz-version-id`). Every later GET names
+   * it (`?versionId=`): a new version put over the key is not what this image reads, so it is not a change.
+   */
+  private versionId: string | undefined
   /** Set once the object is seen to have changed: every read fails from then on. */
   private changed: string | undefined
   /** [0] = 1 once it has: serving threads check it before answering from their slices or the cache (link.ts). */
@@ -121,6 +129,7 @@ export class HttpObject implements ByteRanges {
       else this.weakEtag = opts.etag
     }
     this.lastModified = opts.lastModified
+    if (s3) this.versionId = opts.versionId
     if (opts.readAhead ?? true) this.ahead = new ReadAhead((len, pos, window) => (window ? this.fetchWindow(len, pos, window) : this.fetch(len, pos)), () => this.size)
   }
 
@@ -138,6 +147,7 @@ export class HttpObject implements ByteRanges {
     const tag = this.etag ?? this.weakEtag
     if (tag) o.etag = tag
     if (this.lastModified) o.lastModified = this.lastModified
+    if (this.versionId) o.versionId = this.versionId
     if (this.opts.headers && Object.keys(this.opts.headers).length) o.headers = JSON.stringify(this.opts.headers)
     return o
   }
@@ -315,7 +325,9 @@ export class HttpObject implements ByteRanges {
     const headers: Record<string, string> = {...this.headers, range: `bytes=${first}-${last}`, 'accept-encoding': 'identity'}
     if (this.etag) headers['if-match'] = this.etag
     else if (this.lastModified) headers['if-unmodified-since'] = this.lastModified
-    this.s3?.sign('GET', headers)
+    // S3 takes the version in the query (signed with the request); uriEncode, as SigV4's canonical form has it.
+    const query = this.s3 && this.versionId ? `versionId=${uriEncode(this.versionId)}` : ''
+    this.s3?.sign('GET', headers, query)
     this.fetched.requests++
     return new Promise((resolve, reject) => {
       let settled = false
@@ -334,7 +346,7 @@ export class HttpObject implements ByteRanges {
         reject(e)
       }
       const opts: http.RequestOptions = {method: 'GET', headers, agent: this.agent}
-      if (this.s3) opts.path = this.s3.path
+      if (this.s3) opts.path = query ? `${this.s3.path}?${query}` : this.s3.path
       const req = this.client.request(this.url, opts, (res) => {
         const status = res.statusCode ?? 0
         const drop = (e: Attempt): void => {
@@ -367,7 +379,7 @@ export class HttpObject implements ByteRanges {
         if (status === 416) {
           // Past the end: on the first GET, an empty object ("bytes */0"); later, an object that shrank.
           if (probing && cr && cr.first === undefined && cr.complete !== undefined) {
-            this.pin(tag, modified)
+            this.pin(tag, modified, header(res.headers['x-amz-version-id']))
             res.resume()
             settled = true
             return resolve({data: Buffer.alloc(0), size: cr.complete})
@@ -376,7 +388,7 @@ export class HttpObject implements ByteRanges {
         }
         if (status === 200 && probing && header(res.headers['content-length']) === '0') {
           // An empty object: some servers (nginx) answer a range of it with an empty 200.
-          this.pin(tag, modified)
+          this.pin(tag, modified, header(res.headers['x-amz-version-id']))
           res.resume()
           settled = true
           return resolve({data: Buffer.alloc(0), size: 0})
@@ -396,7 +408,7 @@ export class HttpObject implements ByteRanges {
         const len = want - first + 1
         const declared = header(res.headers['content-length'])
         if (declared !== undefined && declared !== String(len)) return drop(new Attempt(`${this.name}: Content-Length ${declared} for ${len} bytes`, true))
-        if (probing) this.pin(tag, modified)
+        if (probing) this.pin(tag, modified, header(res.headers['x-amz-version-id']))
         const data = target ? target.into : Buffer.allocUnsafeSlow(len)
         expect = len
         res.on('data', (d: Buffer) => {
@@ -435,6 +447,9 @@ export class HttpObject implements ByteRanges {
   private s3Error(status: number, body: string, bucketRegion: string | undefined): Attempt {
     const code = /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1]
     const what = `HTTP ${status}${code ? ' ' + code : ''}`
+    // The version this image reads was deleted (not merely superseded): every read fails from now on.
+    if (this.versionId && (code === 'NoSuchVersion' || (status === 404 && code === 'NoSuchKey')))
+      return this.markChanged(`its version ${this.versionId} is gone: ${what}`)
     if (status === 404)
       return new Attempt(`${this.name}: ${code === 'NoSuchBucket' ? 'no such bucket' : 'not found'} (${what})`, false)
     if (status === 401 || status === 403) return new Attempt(`${this.name}: access denied (${what}): ${this.s3!.credentialsFrom}`, false)
@@ -443,13 +458,16 @@ export class HttpObject implements ByteRanges {
     return new Attempt(`${this.name}: ${what}`, false)
   }
 
-  /** Remember the identity the first answer gave (unless pinned already). */
-  private pin(tag: {value: string; weak: boolean} | undefined, modified: string | undefined): void {
+  /** Remember the identity the first answer gave (unless pinned already): its ETag, date, S3 version. */
+  private pin(tag: {value: string; weak: boolean} | undefined, modified: string | undefined, version: string | undefined): void {
     if (this.etag === undefined && this.weakEtag === undefined && tag) {
       if (tag.weak) this.weakEtag = tag.value
       else this.etag = tag.value
     }
     if (this.lastModified === undefined && modified) this.lastModified = modified
+    // "null" is the version of an object put while versioning was off or suspended: the next put replaces
+    // it, so it pins nothing the ETag does not.
+    if (this.s3 && this.versionId === undefined && version && version !== 'null' && version.length <= 1024) this.versionId = version
   }
 
   async close(): Promise<void> {

@@ -16,7 +16,8 @@
  *                with dots, which the wildcard certificate does not cover).
  *
  * Every request is signed with SigV4 (sigv4.ts); the HTTP behaviour (ranges, If-Match pinning, retries,
- * read-ahead, cache) is http.ts's, unchanged. Temporary credentials are loaded again before they
+ * read-ahead, cache) is http.ts's, unchanged, but for one thing: in a versioned bucket every GET after the
+ * first names the version the first answer gave (`?versionId=`), so a replaced object does not end the reads. Temporary credentials are loaded again before they
  * expire, for as long as the image is open (RefreshingCredentials).
  */
 import * as fs from 'node:fs'
@@ -139,8 +140,11 @@ export interface S3Target {
   path: string
   /** `s3://BUCKET/KEY`, for messages. */
   name: string
-  /** Add x-amz-date, x-amz-content-sha256, the session token and Authorization to a request's headers. */
-  sign(method: string, headers: Record<string, string>): void
+  /**
+   * Add x-amz-date, x-amz-content-sha256, the session token and Authorization to a request's headers;
+   * `query` is the query string as sent (`versionId=…`), signed with the rest.
+   */
+  sign(method: string, headers: Record<string, string>, query?: string): void
   /** What a 403 should say about the credentials. */
   readonly credentialsFrom: string
   /** Load the keys of a source that must be asked (a role, a process, SSO, metadata); then kept fresh. */
@@ -195,7 +199,7 @@ export function s3Target(location: string, env: Env = process.env, home?: string
     close() {
       refreshing?.close()
     },
-    sign(method, headers) {
+    sign(method, headers, query) {
       refreshing?.kick()
       const cred = refreshing?.current ?? cfg.credentials
       if (!cred) return
@@ -206,7 +210,7 @@ export function s3Target(location: string, env: Env = process.env, home?: string
       // Sign what S3 and proxies leave alone: not accept-encoding, user-agent or connection.
       const signed: Record<string, string> = {}
       for (const [n, v] of Object.entries(headers)) if (n === 'host' || n === 'range' || n.startsWith('if-') || n.startsWith('x-amz-')) signed[n] = v
-      headers.authorization = sign({method, path: reqPath, headers: signed, payloadHash: EMPTY_SHA256, region: cfg.region, service: 's3', amzDate: headers['x-amz-date']}, cred).authorization
+      headers.authorization = sign({method, path: reqPath, query, headers: signed, payloadHash: EMPTY_SHA256, region: cfg.region, service: 's3', amzDate: headers['x-amz-date']}, cred).authorization
     },
   }
 }

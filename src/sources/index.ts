@@ -67,6 +67,7 @@ export function remoteOptions(o: SourceDescriptor['options'] = {}): RemoteOption
   if (typeof o.timeoutMs === 'number') r.timeoutMs = o.timeoutMs
   if (typeof o.etag === 'string') r.etag = o.etag
   if (typeof o.lastModified === 'string') r.lastModified = o.lastModified
+  if (typeof o.versionId === 'string') r.versionId = o.versionId
   if (typeof o.size === 'number') r.size = o.size
   if (typeof o.cacheDir === 'string') r.cacheDir = o.cacheDir
   if (typeof o.cacheBytes === 'number') r.cacheBytes = o.cacheBytes

@@ -174,14 +174,16 @@ rgw enable usage log = false
     return this.tool('radosgw-admin', ['-n', 'client.rgw', ...args])
   }
 
-  /** One S3 request, signed with the test user's keys (unsigned when `signed` is false). */
-  request(method: string, p: string, body: Buffer = Buffer.alloc(0), signed = true): Promise<{status: number; body: string}> {
+  /** One S3 request (`p` may carry a query), signed with the test user's keys (unsigned when `signed` is false). */
+  request(method: string, p: string, body: Buffer = Buffer.alloc(0), signed = true): Promise<{status: number; body: string; headers: http.IncomingHttpHeaders}> {
     const headers: Record<string, string> = {host: `127.0.0.1:${this.port}`}
     if (signed) {
       const at = amzDate(new Date())
       const hash = body.length ? createHash('sha256').update(body).digest('hex') : EMPTY_SHA256
       Object.assign(headers, {'x-amz-date': at, 'x-amz-content-sha256': hash})
-      headers.authorization = sign({method, path: p, headers: {...headers}, payloadHash: hash, region: 'us-east-1', service: 's3', amzDate: at}, {accessKeyId: this.accessKey, secretAccessKey: this.secretKey}).authorization
+      const q = p.indexOf('?')
+      const [pathPart, query] = q < 0 ? [p, undefined] : [p.slice(0, q), p.slice(q + 1)]
+      headers.authorization = sign({method, path: pathPart, query, headers: {...headers}, payloadHash: hash, region: 'us-east-1', service: 's3', amzDate: at}, {accessKeyId: this.accessKey, secretAccessKey: this.secretKey}).authorization
     }
     headers['content-length'] = String(body.length)
     return new Promise((resolve, reject) => {
@@ -189,7 +191,7 @@ rgw enable usage log = false
         let text = ''
         res.setEncoding('utf8')
         res.on('data', (c: string) => (text += c))
-        res.on('end', () => resolve({status: res.statusCode ?? 0, body: text}))
+        res.on('end', () => resolve({status: res.statusCode ?? 0, body: text, headers: res.headers}))
         res.on('error', reject)
       })
       req.setTimeout(30_000, () => req.destroy(new Error(`${method} ${p}: no answer in 30 s`)))
@@ -198,21 +200,31 @@ rgw enable usage log = false
     })
   }
 
-  private async ok(method: string, p: string, body?: Buffer): Promise<void> {
+  private async ok(method: string, p: string, body?: Buffer): Promise<http.IncomingHttpHeaders> {
     const r = await this.request(method, p, body)
     if (r.status !== 200 && r.status !== 204) throw new Error(`${method} ${p}: HTTP ${r.status} ${r.body.slice(0, 300)}`)
+    return r.headers
   }
 
-  createBucket(bucket: string): Promise<void> {
-    return this.ok('PUT', `/${bucket}`)
+  async createBucket(bucket: string): Promise<void> {
+    await this.ok('PUT', `/${bucket}`)
   }
 
-  put(bucket: string, key: string, data: Buffer): Promise<void> {
-    return this.ok('PUT', `/${bucket}/${uriEncode(key, false)}`, data)
+  /** Turn versioning on for a bucket (PutBucketVersioning): every put then makes a new version. */
+  async enableVersioning(bucket: string): Promise<void> {
+    await this.ok('PUT', `/${bucket}?versioning`, Buffer.from('<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>'))
   }
 
-  remove(bucket: string, key: string): Promise<void> {
-    return this.ok('DELETE', `/${bucket}/${uriEncode(key, false)}`)
+  /** Put an object; its version id in a versioned bucket (else undefined). */
+  async put(bucket: string, key: string, data: Buffer): Promise<string | undefined> {
+    const h = await this.ok('PUT', `/${bucket}/${uriEncode(key, false)}`, data)
+    const v = h['x-amz-version-id']
+    return typeof v === 'string' && v !== 'null' ? v : undefined
+  }
+
+  /** Delete an object, or with `versionId` that version of it for good. */
+  async remove(bucket: string, key: string, versionId?: string): Promise<void> {
+    await this.ok('DELETE', `/${bucket}/${uriEncode(key, false)}${versionId ? `?versionId=${uriEncode(versionId)}` : ''}`)
   }
 
   /** Stop the gateway (the cluster stays); `startGateway` brings it back on the same port. */

@@ -312,6 +312,49 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     assert.equal(fs.readFileSync(count, 'utf8').trim(), runs, 'credential_process still run after close')
   })
 
+  it('a versioned bucket: a new version put over the key while the image is open is not read — every later GET names the version opened; that version deleted: reads fail', async () => {
+    const bucket = 'versioned'
+    await rgw.createBucket(bucket)
+    await rgw.enableVersioning(bucket)
+    const v1 = await rgw.put(bucket, KEY, image)
+    assert.ok(v1, 'the gateway gave no version id: versioning is not on')
+    const vurl = `s3://${bucket}/${KEY}`
+    const other = fs.readFileSync(sb.p('other.vdimg'))
+    await withEnv({}, async () => {
+      const obj = await HttpObject.open(vurl, {readAhead: false})
+      try {
+        assert.equal(obj.reopen.versionId, v1)
+        const v2 = await rgw.put(bucket, KEY, other)
+        assert.ok(v2 && v2 !== v1)
+        // Never read before (past the first GET's 64 KiB): a GET of version v1, exactly the old bytes.
+        const at = 5 * MiB + 12345
+        const got = await obj.read(65536, at)
+        assert.ok(got.equals(image.subarray(at, at + 65536)), 'the opened version\'s bytes after a new version was put')
+        assert.ok(!got.equals(other.subarray(at, at + 65536)))
+        // Opened now, the key is the new version.
+        const fresh = await HttpObject.open(vurl, {readAhead: false})
+        try {
+          assert.equal(fresh.reopen.versionId, v2)
+          assert.ok((await fresh.read(65536, at)).equals(other.subarray(at, at + 65536)), 'a fresh open reads the newest version')
+        } finally {
+          await fresh.close()
+        }
+        // The opened version deleted for good: the next GET fails, and so does every read after it.
+        await rgw.remove(bucket, KEY, v1)
+        await assert.rejects(obj.read(4096, 7 * MiB), new RegExp(`the object changed since it was opened \\(its version ${v1.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is gone: HTTP 404 NoSuch(Version|Key)\\)`))
+        await assert.rejects(obj.read(4096, 0), /the object changed since it was opened/)
+      } finally {
+        await obj.close()
+      }
+    })
+    // Through the CLI, the newest version is what a command reads (the other image: no "case" metadata).
+    const r = await vdev(['info', vurl, '--json', '--cache', 'none'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(JSON.parse(r.stdout).metadata.case, undefined)
+    const first = await vdev(['info', url, '--json', '--cache', 'none'])
+    assert.equal(JSON.parse(first.stdout).metadata.case, 's3')
+  })
+
   it('vdev serve s3:// --scratch (a writable overlay over the S3 base, NBD on two serving threads): a write reads back, every other byte is the image\'s', async function () {
     if (!have('nbdcopy') || !have('qemu-io')) this.skip()
     await checkServeScratch(sb, url, logical(data), env)
