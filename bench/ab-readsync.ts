@@ -7,6 +7,8 @@
  *   node dist/bench/ab-readsync.js DIST_A DIST_B IMAGE [READS_PER_BATCH] [BATCHES]
  *
  * IMAGE_B=FILE gives B another image of the same data (e.g. one written with other zstd block sizes).
+ * SEQ=1: sequential reads of READ_LEN bytes (default 512 KiB, what the loop device sends FUSE) instead, each
+ * batch the next stretch of the image (wrapping), in turn as well.
  */
 import * as path from 'node:path'
 
@@ -29,21 +31,24 @@ async function main(): Promise<void> {
   const imgs = [await open(distA), await open(distB, process.env.IMAGE_B ?? image)]
   let seed = 20260101
   const rnd = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32
-  const blocks = Math.floor(imgs[0].size / 4096)
-  const dst = Buffer.alloc(4096)
+  const seq = process.env.SEQ === '1'
+  const len = seq ? Number(process.env.READ_LEN ?? 512 << 10) : 4096
+  const blocks = Math.floor(imgs[0].size / len)
+  const dst = Buffer.alloc(len)
   const cpu = [0, 0]
+  let next = 0
   for (let b = -2; b < batches; b++) {
-    const offsets = Array.from({length: per}, () => Math.floor(rnd() * blocks) * 4096)
+    const offsets = Array.from({length: per}, () => (seq ? (next++ % blocks) * len : Math.floor(rnd() * blocks) * len))
     // Alternate which goes first, so neither always follows the other's cache misses.
     for (const k of b & 1 ? [1, 0] : [0, 1]) {
       const c = process.cpuUsage()
-      for (const o of offsets) imgs[k].readSync(o, 4096, dst)
+      for (const o of offsets) imgs[k].readSync(o, len, dst)
       const u = process.cpuUsage(c)
       if (b >= 0) cpu[k] += u.user + u.system // the first two batches warm up the JIT
     }
   }
   const n = per * batches
-  console.log(`A ${(cpu[0] / n).toFixed(2)} µs/read  B ${(cpu[1] / n).toFixed(2)} µs/read  B/A ${(cpu[1] / cpu[0]).toFixed(3)}  (${n} reads each, load ${(await import('node:os')).loadavg()[0].toFixed(1)})`)
+  console.log(`${seq ? `${len}-byte sequential` : '4 KiB random'} reads: A ${(cpu[0] / n).toFixed(2)} µs/read  B ${(cpu[1] / n).toFixed(2)} µs/read  B/A ${(cpu[1] / cpu[0]).toFixed(3)}  (${n} reads each, load ${(await import('node:os')).loadavg()[0].toFixed(1)})`)
   for (const i of imgs) await i.close()
 }
 
