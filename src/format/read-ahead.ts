@@ -173,6 +173,13 @@ export class SharedReadAhead {
     if (r >= 0) Atomics.store(this.i32, this.slots * I_SLOT + COUNTERS + r, 0)
   }
 
+  /** Whether a slot holds chunk i or is being written (then tryClaim would refuse it): a cheap first look. */
+  private held(i: number): boolean {
+    const slot = i % this.slots
+    const st = Atomics.load(this.i32, slot * I_SLOT)
+    return st === DECODING || (st !== EMPTY && this.f64[slot] === i)
+  }
+
   /**
    * Claim chunk i's slot for decoding, unless a slot holds it or is being written, or holds another chunk
    * that is still `wanted` (ahead of a live stream or of a read under way): two streams whose windows meet in
@@ -224,7 +231,8 @@ export class SharedReadAhead {
       const now = f[at + 2]
       for (let i = Math.min(f[at + 1], now + (this.slots >> 1)); i > now; i--) {
         if (Atomics.load(this.i32, base + r) !== 1) break
-        if (skip(i)) continue
+        // skip() looks the chunk up in the index: only for chunks no slot has.
+        if (this.held(i) || skip(i)) continue
         const slot = this.tryClaim(i, wanted)
         if (slot >= 0) {
           this.count(C_HELPED)
@@ -238,7 +246,7 @@ export class SharedReadAhead {
       if (f[at + 1] < SEQUENTIAL_AFTER || ms - f[at + 2] >= STREAM_IDLE_MS) continue
       const first = Math.floor(f[at] / this.chunkSize)
       for (let i = first; i < first + ahead; i++) {
-        if (skip(i)) continue
+        if (this.held(i) || skip(i)) continue
         const slot = this.tryClaim(i, wanted)
         if (slot >= 0) return {chunk: i, slot}
       }

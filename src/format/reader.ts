@@ -76,8 +76,46 @@ export interface OpenOptions {
 }
 
 const MAX_METADATA = 16 << 20
-/** The most stored bytes of chunks one read covers whole that are read with one pread(2) (storedRun). */
+/** The most stored bytes of chunks one read covers whole that are read with one pread(2) (storedOf). */
 const RUN_BYTES = 1 << 20
+/** The same for decoding ahead: the stored bytes of up to this many chunks from the one claimed, ≤ 256 KiB. */
+const AHEAD_RUN_BYTES = 256 << 10
+const AHEAD_RUN_CHUNKS = 16
+/** Chunks remembered as having nothing to decode ahead (a power of two). */
+const NO_DECODE_MEMO = 256
+
+/** Stored bytes of consecutive chunks, read with one pread(2) (VdimgImage.storedOf); one per use, reused. */
+class StoredRun {
+  private start = 0
+  private end = 0
+  private buf: Buffer | undefined
+  private space: Buffer | undefined
+  /** A run could not be read whole: its chunks are read one by one until cleared. */
+  failed = false
+  constructor(readonly max: number) {}
+
+  /** Chunk e's stored bytes if this run holds them. */
+  view(e: ChunkEntry): Buffer | undefined {
+    if (!this.buf || e.offset < this.start || e.offset + e.storedLength > this.end) return undefined
+    return this.buf.subarray(e.offset - this.start, e.offset - this.start + e.storedLength)
+  }
+
+  /** The buffer to read a run into (`max` bytes, allocated once). */
+  scratch(): Buffer {
+    return (this.space ??= Buffer.allocUnsafeSlow(this.max))
+  }
+
+  fill(start: number, buf: Buffer): void {
+    this.start = start
+    this.end = start + buf.length
+    this.buf = buf
+  }
+
+  clear(): void {
+    this.buf = undefined
+    this.failed = false
+  }
+}
 
 export class VdimgImage implements BlockSource {
   readonly size: number
@@ -142,12 +180,10 @@ export class VdimgImage implements BlockSource {
   private storedScratch: Buffer | undefined
   /**
    * Sync mode over a local file: the stored bytes of the chunks one read covers whole, read with one
-   * pread(2) (storedRun), for this readSync call only; and the buffer they are read into.
+   * pread(2) (storedOf), kept for that readSync call only; and those of the chunks after one decoded ahead.
    */
-  private run: {start: number; end: number; buf: Buffer} | undefined
-  private runScratch: Buffer | undefined
-  /** A run could not be read whole in this readSync call: its chunks are read one by one. */
-  private runFailed = false
+  private readonly run = new StoredRun(RUN_BYTES)
+  private readonly aheadRun = new StoredRun(AHEAD_RUN_BYTES)
   private closed = false
 
   private constructor(
@@ -370,7 +406,7 @@ export class VdimgImage implements BlockSource {
     this.cache.drop(i)
     const e = this.entrySync(i)
     if (e.kind === ChunkKind.Zero || e.kind === ChunkKind.Unread) return false
-    const stored = this.storedRun(i, e, lastWhole)
+    const stored = this.storedOf(i, e, lastWhole, this.run)
     const checked = this.ranges.checkedCrc?.(stored) === e.storedCrc
     try {
       this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, into, this.checkData, checked)
@@ -382,17 +418,17 @@ export class VdimgImage implements BlockSource {
   }
 
   /**
-   * Chunk i's stored bytes, for a read that covers chunks i..last whole: from the run read for an earlier
-   * chunk of the same read, or — over a local file — read with the stored bytes of the chunks after it that
-   * follow it in the file (zero and unread chunks between them store nothing), up to RUN_BYTES, in one
-   * pread(2): a pread of ~25 KiB costs this machine ~7 µs, one of 240 KiB ~12 (docs/performance.md). A run
-   * that cannot be read whole (a damaged index pointing past the end) is not tried again; each chunk is then
+   * Chunk i's stored bytes, for a reader that wants chunks i..last next: from `run` if an earlier call
+   * read them, or — over a local file — read with the stored bytes of the chunks after it that follow it in
+   * the file (zero and unread chunks between them store nothing), up to the run's size, in one pread(2): a
+   * pread of ~25 KiB costs this machine ~7 µs of CPU, one of 240 KiB ~12 (docs/performance.md). A run that
+   * cannot be read whole (a damaged index pointing past the end) is given up for the call and each chunk
    * read by itself, so the others still decode.
    */
-  private storedRun(i: number, e: ChunkEntry, last: number): Buffer {
-    const r = this.run
-    if (r && e.offset >= r.start && e.offset + e.storedLength <= r.end) return r.buf.subarray(e.offset - r.start, e.offset - r.start + e.storedLength)
-    if (this.immediate && last > i && !this.runFailed && e.storedLength <= RUN_BYTES >> 1) {
+  private storedOf(i: number, e: ChunkEntry, last: number, run: StoredRun): Buffer {
+    const held = run.view(e)
+    if (held) return held
+    if (this.immediate && last > i && !run.failed && e.storedLength <= run.max >> 1) {
       let end = e.offset + e.storedLength
       for (let j = i + 1; j <= last; j++) {
         let f: ChunkEntry
@@ -402,18 +438,16 @@ export class VdimgImage implements BlockSource {
           break // a damaged index table: the read of that chunk reports it
         }
         if (f.kind === ChunkKind.Zero || f.kind === ChunkKind.Unread) continue
-        if (f.offset !== end || f.storedLength > RUN_BYTES - (end - e.offset)) break
+        if (f.offset !== end || f.storedLength > run.max - (end - e.offset)) break
         end += f.storedLength
       }
       if (end > e.offset + e.storedLength) {
-        this.runScratch ??= Buffer.allocUnsafeSlow(RUN_BYTES)
         try {
-          const buf = this.ranges.readSync(end - e.offset, e.offset, this.runScratch)
-          this.run = {start: e.offset, end, buf}
-          return buf.subarray(0, e.storedLength)
+          run.fill(e.offset, this.ranges.readSync(end - e.offset, e.offset, run.scratch()))
+          return run.view(e)!
         } catch {
-          this.run = undefined
-          this.runFailed = true
+          run.clear()
+          run.failed = true
         }
       }
     }
@@ -471,8 +505,7 @@ export class VdimgImage implements BlockSource {
     const handle = ahead && length > 0 ? ahead.begin(Math.floor(offset / this.chunkSize), Math.floor((end - 1) / this.chunkSize)) : -1
     // The last chunk this read covers whole (the image's short last chunk included).
     const lastWhole = end === this.size ? this.chunkCount - 1 : Math.floor(end / this.chunkSize) - 1
-    this.run = undefined
-    this.runFailed = false
+    this.run.clear()
     try {
       ahead?.note(offset, length)
       while (at < end) {
@@ -503,7 +536,7 @@ export class VdimgImage implements BlockSource {
       }
     } finally {
       ahead?.end(handle)
-      this.run = undefined
+      this.run.clear()
     }
     return {data: out, bad: this.zeroBad(out, offset, length)}
   }
@@ -531,23 +564,17 @@ export class VdimgImage implements BlockSource {
   }
 
   private prefetchWith(ahead: SharedReadAhead): boolean {
-    const claimed = ahead.claim((i) => {
-      if (i >= this.chunkCount) return true
-      try {
-        const k = this.entrySync(i).kind
-        return k === ChunkKind.Zero || k === ChunkKind.Unread
-      } catch {
-        return true // a damaged index table: the read that needs it reports it
-      }
-    })
+    const claimed = ahead.claim(this.nothingToDecode)
+
     if (!claimed) return false
     const {chunk: i, slot} = claimed
     const len = this.chunkLength(i)
     let done: number | undefined
     try {
       const e = this.entrySync(i)
-      this.storedScratch ??= Buffer.allocUnsafeSlow(maxStored(this.chunkSize))
-      const stored = this.ranges.readSync(e.storedLength, e.offset, this.storedScratch)
+      // The chunks after it are likely this or the other threads' next ones: their stored bytes come along.
+      this.aheadRun.failed = false
+      const stored = this.storedOf(i, e, Math.min(this.chunkCount - 1, i + AHEAD_RUN_CHUNKS), this.aheadRun)
       const checked = this.ranges.checkedCrc?.(stored) === e.storedCrc
       this.decoder.decodeInto(e.kind, stored, e.crc, e.storedCrc, ahead.slotBuffer(slot, len), this.checkData, checked)
       done = len
@@ -558,6 +585,27 @@ export class VdimgImage implements BlockSource {
     }
     return true
   }
+
+  /**
+   * For decode-ahead: chunk i has nothing to decode (zero, unread, past the end, or a damaged index table
+   * the read that needs it reports). Zero and unread runs are remembered (a few hundred chunks): a stream's
+   * window over them is looked at again on every claim, and an index lookup costs ~1 µs.
+   */
+  private readonly nothingToDecode = (i: number): boolean => {
+    const memo = this.noDecodeMemo
+    if (memo[i & (NO_DECODE_MEMO - 1)] === i) return true
+    if (i >= this.chunkCount) return true
+    let k: ChunkKind
+    try {
+      k = this.entrySync(i).kind
+    } catch {
+      return true // a damaged index table: the read that needs it reports it
+    }
+    if (k !== ChunkKind.Zero && k !== ChunkKind.Unread) return false
+    memo[i & (NO_DECODE_MEMO - 1)] = i
+    return true
+  }
+  private readonly noDecodeMemo = new Float64Array(NO_DECODE_MEMO).fill(-1)
 
   /** Decode-ahead counters shared by the device's threads (sync mode with OpenOptions.readAhead). */
   readAheadStats(): ReadAheadStats | undefined {

@@ -2,8 +2,9 @@
  * Sync reads that cover chunks whole (what the loop device sends a serving thread for a stream: 512 KiB
  * and 1 MiB READs): each such chunk is decoded straight into the caller's buffer, and the stored bytes of
  * the chunks one read covers whole that follow each other in the file are read with one pread(2)
- * (reader.ts storedRun). Exact bytes for every size and offset (zstd, raw and zero chunks, the image's
- * short last chunk), the preads counted, and a damaged chunk inside a run failing alone.
+ * (reader.ts storedOf); a chunk decoded ahead brings the stored bytes of the chunks after it. Exact bytes
+ * for every size and offset (zstd, raw and zero chunks, the image's short last chunk), the preads counted,
+ * and a damaged chunk inside a run failing alone.
  */
 import {strict as assert} from 'node:assert'
 import * as fs from 'node:fs'
@@ -12,6 +13,7 @@ import {createImage} from '../../src/format/writer'
 import {openInput} from '../../src/format/input'
 import {openImage} from '../../src/format/reader'
 import {ChunkKind} from '../../src/format/layout'
+import {SharedReadAhead} from '../../src/format/read-ahead'
 import {prng, textish, tmpDir} from '../helpers'
 
 const CHUNK = 64 * 1024
@@ -135,6 +137,29 @@ describe('sync reads of whole chunks: decoded into the caller\'s buffer, a run\'
       assert.ok(small.value.data.equals(data.subarray(30 * CHUNK + 8192, 30 * CHUNK + 12288)))
     } finally {
       await im.close()
+    }
+  })
+
+  it('decoding ahead: the chunks after the one claimed come in the same pread, and the reader gets exact bytes from them', async () => {
+    const sab = SharedReadAhead.create(CHUNK)
+    const reader = await openImage(img, {sync: true, readAhead: sab})
+    const ahead = await openImage(img, {sync: true, readAhead: sab})
+    try {
+      // Two reads in a row make a stream; the other instance then decodes its next chunks.
+      for (const o of [0, 128 << 10]) assert.ok(reader.readSync(o, 128 << 10).data.equals(data.subarray(o, o + (128 << 10))))
+      ahead.readSync(0, 4096) // its first index table
+      let units = 0
+      const {calls} = preads(() => {
+        while (ahead.prefetch()) units++
+      })
+      assert.ok(units >= 8, `${units} chunks decoded ahead`)
+      assert.ok(calls * 3 <= units, `${calls} preads for ${units} chunks decoded ahead`)
+      const o = 256 << 10
+      const before = new SharedReadAhead(sab, CHUNK).stats().used
+      assert.ok(reader.readSync(o, 1 << 20).data.equals(data.subarray(o, o + (1 << 20))))
+      assert.ok(new SharedReadAhead(sab, CHUNK).stats().used > before, 'the read took chunks decoded ahead')
+    } finally {
+      await Promise.all([reader.close(), ahead.close()])
     }
   })
 
