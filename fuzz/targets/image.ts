@@ -127,7 +127,7 @@ async function libraryPaths(file: string, dir: string, ctx: CaseContext, f: Fail
       }
       for (let i = 0; i < 4; i++) {
         const offset = rng.chance(0.3) ? Math.floor(rng.int(img.size) / img.chunkSize) * img.chunkSize : rng.int(img.size)
-        const length = Math.min(img.size - offset, rng.pick([1, 512, 4096, img.chunkSize, 2 * img.chunkSize + 7]))
+        const length = Math.min(img.size - offset, rng.pick([1, 512, 4096, img.chunkSize, 2 * img.chunkSize + 7, 16 * img.chunkSize]))
         const sync = i % 2 === 1 && syncImg !== undefined
         try {
           const r = sync ? syncImg!.readSync(offset, length) : await img.read(offset, length)
