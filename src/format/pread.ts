@@ -25,6 +25,7 @@ export function preadExact(fd: number, len: number, pos: number, name: string, i
 
 /** Read exactly `len` bytes at `pos` with pread(2), into `into` when given (it must be large enough). */
 export function preadExactSync(fd: number, len: number, pos: number, name: string, into?: Buffer): Buffer {
+  if (into && into.length < len) throw new VdevError('internal', `${name}: a read of ${len} bytes into a buffer of ${into.length}`)
   const buf = into ? into.subarray(0, len) : Buffer.allocUnsafeSlow(len)
   let done = 0
   while (done < len) {

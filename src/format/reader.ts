@@ -520,9 +520,10 @@ export class VdimgImage implements BlockSource {
             continue
           }
         }
-        if (at === cStart && e - cStart === this.chunkLength(i)) {
-          // The whole chunk: decoded straight into `out` unless cached, and not cached (a read that covers a
-          // chunk is a stream's; the copy and the cache's bookkeeping cost more than a re-read would save).
+        if (this.immediate && at === cStart && e - cStart === this.chunkLength(i)) {
+          // The whole chunk of a local file: decoded straight into `out` unless cached, and not cached (a read
+          // that covers a chunk is a stream's; the copy and the cache's bookkeeping cost more than decoding it
+          // again would). A remote image's chunks stay cached: reading one again may cost a GET.
           const hit = this.cache.hit(i, e - cStart)
           if (hit) hit.copy(out, at - offset, 0, e - cStart)
           else if (!this.decodeWholeInto(i, out.subarray(at - offset, e - offset), lastWhole)) out.fill(0, at - offset, e - offset)

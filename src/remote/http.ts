@@ -362,7 +362,7 @@ export class HttpObject implements ByteRanges {
             if (body.length < 4096) body += d
           })
           res.on('error', () => fail(new Attempt(`${this.name}: HTTP ${status}`, true)))
-          res.on('end', () => fail(this.s3Error(status, body, header(res.headers['x-amz-bucket-region']))))
+          res.on('end', () => fail(this.s3Error(status, body, header(res.headers['x-amz-bucket-region']), query !== '')))
           return
         }
         if (status === 404 || status === 410) return drop(new Attempt(`${this.name}: not found (HTTP ${status})`, false))
@@ -444,9 +444,16 @@ export class HttpObject implements ByteRanges {
   }
 
   /** An S3 error answer as one line (no retry): the S3 code, and what to check. */
-  private s3Error(status: number, body: string, bucketRegion: string | undefined): Attempt {
+  private s3Error(status: number, body: string, bucketRegion: string | undefined, versioned: boolean): Attempt {
     const code = /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1]
     const what = `HTTP ${status}${code ? ' ' + code : ''}`
+    // A GET of a version needs s3:GetObjectVersion, which a policy granting s3:GetObject (a public-read
+    // bucket's too) does not give: the ETag is then the pin, as in a bucket without versioning, and the read
+    // is tried again without the version (refused again, it says so below).
+    if (versioned && (status === 401 || status === 403)) {
+      this.versionId = undefined
+      return new Attempt(`${this.name}: a GET naming the version: ${what}`, true)
+    }
     // The version this image reads was deleted (not merely superseded): every read fails from now on.
     if (this.versionId && (code === 'NoSuchVersion' || (status === 404 && code === 'NoSuchKey')))
       return this.markChanged(`its version ${this.versionId} is gone: ${what}`)

@@ -355,6 +355,39 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     assert.equal(JSON.parse(first.stdout).metadata.case, 's3')
   })
 
+  it('a versioned bucket readable by a policy that grants s3:GetObject only (public-read, unsigned): a GET naming the version is refused, and the reads go on pinned by the ETag', async () => {
+    const bucket = 'versioned-public'
+    await rgw.createBucket(bucket)
+    await rgw.enableVersioning(bucket)
+    const v1 = await rgw.put(bucket, KEY, image)
+    assert.ok(v1)
+    const policy = {Version: '2012-10-17', Statement: [{Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: `arn:aws:s3:::${bucket}/*`}]}
+    const p = await rgw.request('PUT', `/${bucket}?policy`, Buffer.from(JSON.stringify(policy)))
+    assert.ok(p.status === 200 || p.status === 204, `PutBucketPolicy: HTTP ${p.status} ${p.body.slice(0, 200)}`)
+    // What the gateway says to an anonymous GET, of the object and of its version.
+    const keyPath = `/${bucket}/${encodeURIComponent(KEY).replace(/%2F/g, '/')}`
+    assert.equal((await rgw.request('GET', keyPath, undefined, false)).status, 200)
+    const refused = (await rgw.request('GET', `${keyPath}?versionId=${encodeURIComponent(v1)}`, undefined, false)).status
+    assert.equal(refused, 403, 'the gateway let an anonymous GET name a version with s3:GetObject only')
+    const vurl = `s3://${bucket}/${KEY}`
+    // No credentials at all: unsigned requests.
+    await withEnv({AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, HOME: sb.p('no-aws-home')}, async () => {
+      const obj = await HttpObject.open(vurl, {readAhead: false})
+      try {
+        assert.equal(obj.reopen.versionId, v1, 'the first answer\'s version pinned')
+        const at = 3 * MiB + 777
+        assert.ok((await obj.read(65536, at)).equals(image.subarray(at, at + 65536)), 'read after the versioned GET was refused')
+        assert.equal(obj.reopen.versionId, undefined, 'the version pin dropped')
+        assert.equal(obj.reopen.etag !== undefined, true, 'the ETag still pins')
+        // Without the version, a new upload is a change again: EIO rather than the new bytes.
+        await rgw.put(bucket, KEY, fs.readFileSync(sb.p('other.vdimg')))
+        await assert.rejects(obj.read(4096, 6 * MiB), /the object changed since it was opened/)
+      } finally {
+        await obj.close()
+      }
+    })
+  })
+
   it('vdev serve s3:// --scratch (a writable overlay over the S3 base, NBD on two serving threads): a write reads back, every other byte is the image\'s', async function () {
     if (!have('nbdcopy') || !have('qemu-io')) this.skip()
     await checkServeScratch(sb, url, logical(data), env)
