@@ -566,7 +566,6 @@ export class VdimgImage implements BlockSource {
 
   private prefetchWith(ahead: SharedReadAhead): boolean {
     const claimed = ahead.claim(this.nothingToDecode)
-
     if (!claimed) return false
     const {chunk: i, slot} = claimed
     const len = this.chunkLength(i)
@@ -592,6 +591,7 @@ export class VdimgImage implements BlockSource {
    * the read that needs it reports). Zero and unread runs are remembered (a few hundred chunks): a stream's
    * window over them is looked at again on every claim, and an index lookup costs ~1 µs.
    */
+  private readonly noDecodeMemo = new Float64Array(NO_DECODE_MEMO).fill(-1)
   private readonly nothingToDecode = (i: number): boolean => {
     const memo = this.noDecodeMemo
     if (memo[i & (NO_DECODE_MEMO - 1)] === i) return true
@@ -606,7 +606,6 @@ export class VdimgImage implements BlockSource {
     memo[i & (NO_DECODE_MEMO - 1)] = i
     return true
   }
-  private readonly noDecodeMemo = new Float64Array(NO_DECODE_MEMO).fill(-1)
 
   /** Decode-ahead counters shared by the device's threads (sync mode with OpenOptions.readAhead). */
   readAheadStats(): ReadAheadStats | undefined {
