@@ -14,14 +14,16 @@
  * VdevError ('io', 'format' or 'unsupported') whose message is one line naming the URL; once a read saw a
  * changed object, no later read in turn succeeds; nothing takes longer than the timeout allows (no hang).
  *
- * For http:// cases with libcurl, the same reads are made again the way a serving thread GETs a random read
- * itself (src/remote/curl.ts, pinned to what the open found), in a worker thread (a synchronous GET on this
- * thread would block the server), under the same contract.
+ * With libcurl, the same reads are made again the way a serving thread GETs a random read itself
+ * (src/remote/curl.ts, pinned to what the open found; s3:// cases signed with keys from a credential slot,
+ * checked by the server as above), in a worker thread (a synchronous GET on this thread would block the
+ * server), under the same contract — but that an s3:// error answer may be left to the owner (Delegate).
  */
 import * as net from 'node:net'
 import * as path from 'node:path'
 import {Worker} from 'node:worker_threads'
 import {curlAvailable} from '../../src/remote/curl'
+import {CredentialSlot} from '../../src/remote/credential-slot'
 import {VdevError, type ErrorCode} from '../../src/core/errors'
 import {HttpObject} from '../../src/remote/http'
 import type {Rng} from '../rng'
@@ -184,7 +186,7 @@ class Hostile {
 /** A worker that reads ranges with CurlRanges, synchronously, as a serving thread does. */
 const CURL_WORKER = `
 const {parentPort} = require('node:worker_threads')
-const {CurlRanges} = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'remote', 'curl.js'))})
+const {CurlRanges, Delegate} = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'remote', 'curl.js'))})
 parentPort.on('message', (m) => {
   const changed = new Int32Array(new SharedArrayBuffer(4))
   const c = CurlRanges.open(m.target, {name: m.name, size: m.size, timeoutMs: m.timeoutMs, changed, onBytes() {}})
@@ -193,14 +195,15 @@ parentPort.on('message', (m) => {
     try {
       out.push({bytes: c.read(r.len, r.pos)})
     } catch (e) {
-      out.push({error: {name: e && e.name, code: e && e.code, message: String(e && e.message)}})
+      if (e instanceof Delegate) out.push({delegated: true})
+      else out.push({error: {name: e && e.name, code: e && e.code, message: String(e && e.message)}})
     }
   }
   c.close()
   parentPort.postMessage(out)
 })`
 
-type CurlOutcome = {bytes?: Uint8Array; error?: {name: string; code: string; message: string}}
+type CurlOutcome = {bytes?: Uint8Array; delegated?: boolean; error?: {name: string; code: string; message: string}}
 
 export const httpTarget: Target = {
   name: 'http',
@@ -213,6 +216,9 @@ export const httpTarget: Target = {
     Object.assign(process.env, {AWS_ENDPOINT_URL: `http://127.0.0.1:${port}`, AWS_ACCESS_KEY_ID: 'FUZZKEY', AWS_SECRET_ACCESS_KEY: 'fuzz', AWS_REGION: 'us-east-1'})
     for (const k of ['AWS_PROFILE', 'AWS_ENDPOINT_URL_S3', 'AWS_SESSION_TOKEN']) delete process.env[k]
     const curlWorker = curlAvailable() ? new Worker(CURL_WORKER, {eval: true}) : undefined
+    // What a serving thread signs its own s3:// GETs with (http.ts publishes the owner's keys the same way).
+    const slot = CredentialSlot.create()
+    slot.publish({accessKeyId: 'FUZZKEY', secretAccessKey: 'fuzz'})
     const curlReads = (m: unknown): Promise<CurlOutcome[]> =>
       new Promise((resolve, reject) => {
         const fail = (err: Error): void => {
@@ -299,10 +305,20 @@ export const httpTarget: Target = {
           if (rng.chance(0.5)) await Promise.all(reads.map((r) => go(r, false)))
           else for (const r of reads) await go(r, true)
           // The same reads as a serving thread's own GETs (curl.ts), pinned to what the open found.
-          if (curlWorker && url.startsWith('http:') && !changed && rng.chance(0.4)) {
+          if (curlWorker && !changed && rng.chance(0.4)) {
             const pin = obj.reopen
             const tag = typeof pin.etag === 'string' ? pin.etag : undefined
-            const target = {url, headers: {}, ...(tag && !tag.startsWith('W/') ? {etag: tag} : {weakEtag: tag}), lastModified: typeof pin.lastModified === 'string' ? pin.lastModified : undefined}
+            const s3Path = `/fuzz-bucket/obj${ctx.iteration}`
+            const s3 = url.startsWith('s3:')
+              ? {region: 'us-east-1', host: `127.0.0.1:${port}`, path: s3Path, versionId: typeof pin.versionId === 'string' ? pin.versionId : undefined, credentials: slot.buffer}
+              : undefined
+            const target = {
+              url: s3 ? `http://127.0.0.1:${port}${s3Path}` : url,
+              headers: {},
+              ...(tag && !tag.startsWith('W/') ? {etag: tag} : {weakEtag: tag}),
+              lastModified: typeof pin.lastModified === 'string' ? pin.lastModified : undefined,
+              s3,
+            }
             // The script again from its first answer: the thread's GETs meet the same lies.
             srv.next = 0
             srv.log.push('(curl reads)')
@@ -313,7 +329,10 @@ export const httpTarget: Target = {
               if (g.bytes) {
                 if (!Buffer.from(g.bytes).equals(object.subarray(r.pos, r.pos + r.len))) failures.push(`curl read ${r.len} at ${r.pos}: wrong bytes`)
                 if (curlChanged) failures.push(`curl read ${r.len} at ${r.pos} succeeded after the object was seen changed`)
-                outcomes.push('curl:read')
+                outcomes.push(s3 ? 'curl:s3:read' : 'curl:read')
+              } else if (g.delegated) {
+                if (!s3) failures.push(`curl read ${r.len} at ${r.pos} of an http:// URL left to the owner`)
+                outcomes.push('curl:delegated')
               } else {
                 const e = g.error!
                 if (/the object changed/.test(e.message)) curlChanged = true

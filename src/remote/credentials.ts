@@ -567,6 +567,8 @@ export class RefreshingCredentials {
   /** Loads so far (the first included), for tests. */
   loads = 1
   lastError: string | undefined
+  /** Called with each set of keys loaded after the first (s3.ts: published to the serving threads). */
+  onLoad: ((c: Credentials) => void) | undefined
 
   private constructor(
     readonly provider: CredentialProvider,
@@ -610,6 +612,7 @@ export class RefreshingCredentials {
       this.loads++
       this.current = c
       this.lastError = undefined
+      this.onLoad?.(c)
       this.schedule(Date.now())
     } catch (err) {
       if (this.closed) return

@@ -1,10 +1,12 @@
 /**
  * Synchronous range GETs on a serving thread, through libcurl (koffi FFI), as nbdkit's curl plugin does:
  * the thread blocks in curl_easy_perform on its own keep-alive connection, so a random read costs one GET
- * and no hop to the thread that opened the image (link.ts). Only for http(s) URLs: s3:// keeps the hop
- * (threads never hold the AWS keys). When libcurl (libcurl.so.4: Debian's libcurl4; macOS's system
- * libcurl.4.dylib; Windows has none) or one of its entry points is missing, `CurlRanges.open` returns
- * undefined and every read goes through the link as before. VDEV_REMOTE_CURL=0 turns it off.
+ * and no hop to the thread that opened the image (link.ts). s3:// too: each GET signed here (SigV4, s3.ts's
+ * signS3) with the keys the owner publishes in shared memory (credential-slot.ts); an S3 error answer,
+ * or no fresh keys, leaves the read to the owner (`Delegate`), whose GET says what went wrong. When
+ * libcurl (libcurl.so.4: Debian's libcurl4; macOS's system libcurl.4.dylib; Windows has none) or one of
+ * its entry points is missing, `CurlRanges.open` returns undefined and every read goes through the link
+ * as before. VDEV_REMOTE_CURL=0 turns it off.
  *
  * It keeps what http.ts promises (docs/remote.md): If-Match with the pinned ETag (or If-Unmodified-Since),
  * each answer's ETag and size compared with the pin (a change → EIO from then on, the shared flag set), a
@@ -17,6 +19,10 @@ import * as tls from 'node:tls'
 import type * as Koffi from 'koffi' with {'resolution-mode': 'import'}
 import {VdevError, type ErrorCode} from '../core/errors'
 import {parseContentRange, parseEntityTag} from './content-range'
+import {CredentialSlot} from './credential-slot'
+import {signS3} from './s3'
+import {uriEncode} from './sigv4'
+import {quickAckAvailable, quickAckFd} from '../sys/quickack'
 
 /** What a thread needs to GET the object itself: the owner's URL, headers and pin. */
 export interface DirectTarget {
@@ -27,7 +33,25 @@ export interface DirectTarget {
   etag?: string
   weakEtag?: string
   lastModified?: string
+  /** s3://: `url` is the endpoint and `path`; every GET is signed (the URL's query names `versionId`). */
+  s3?: {region: string; host: string; path: string; versionId?: string; credentials: SharedArrayBuffer}
 }
+
+/**
+ * Thrown by CurlRanges.read when the read is better left to the owner (link.ts): an S3 answer whose error
+ * the owner's GET explains (and acts on: a deleted version, a refused one), or no fresh keys to sign with.
+ */
+export class Delegate extends Error {}
+
+/** Keys this close to their expiration are not signed with (the owner loads new ones well before then). */
+const EXPIRY_MARGIN_MS = 1000
+
+/**
+ * A GET of fewer than HELD_BELOW bytes that takes HELD_MS or more may have been held by the server's Nagle
+ * and this kernel's delayed acknowledgement (src/sys/quickack.ts: Linux delays it 40 ms at least).
+ */
+const HELD_MS = 30
+const HELD_BELOW = 64 << 10
 
 /** Idle time allowed to one GET before it is abandoned and retried (as http.ts). */
 const MAX_ATTEMPT_IDLE_MS = 10_000
@@ -38,6 +62,8 @@ const CURLOPT_PROXY = 10004
 const CURLOPT_RANGE = 10007
 const CURLOPT_HTTPHEADER = 10023
 const CURLOPT_WRITEFUNCTION = 20011
+const CURLOPT_HEADERFUNCTION = 20079
+const CURLOPT_SOCKOPTFUNCTION = 20148
 const CURLOPT_NOSIGNAL = 99
 const CURLOPT_LOW_SPEED_LIMIT = 19
 const CURLOPT_LOW_SPEED_TIME = 20
@@ -64,6 +90,7 @@ interface Curl {
   perform: (h: unknown) => number
   cleanup: (h: unknown) => void
   getinfoLong: (h: unknown, info: number, out: number[]) => number
+  sockoptProto: Koffi.TypeObject
   header: (h: unknown, name: string, index: number, origin: number, request: number, out: unknown[]) => number
   slistAppend: (l: unknown, s: string) => unknown
   slistFree: (l: unknown) => void
@@ -100,6 +127,7 @@ function curl(): Curl | null {
         perform: lib.func('int curl_easy_perform(void *curl)'),
         cleanup: lib.func('void curl_easy_cleanup(void *curl)'),
         getinfoLong: (h, info, out) => getinfo(h, info, out),
+        sockoptProto: koffi.proto('int vdev_curl_sockopt(void *clientp, int fd, int purpose)'),
         header: lib.func('int curl_easy_header(void *curl, const char *name, size_t index, unsigned int origin, int request, _Out_ void **hout)'),
         slistAppend: lib.func('void *curl_slist_append(void *list, const char *s)'),
         slistFree: lib.func('void curl_slist_free_all(void *list)'),
@@ -155,6 +183,8 @@ class Attempt extends Error {
     readonly retry: boolean,
     readonly code: ErrorCode = 'io',
     readonly changed = false,
+    /** Try again at once (no back-off): the request itself changed. */
+    readonly now = false,
   ) {
     super(message)
   }
@@ -165,6 +195,14 @@ export class CurlRanges {
   private handle: unknown
   private headerList: unknown
   private readonly cb: bigint
+  private readonly headerCb: bigint | undefined
+  private readonly sockoptCb: bigint | undefined
+  /** The socket curl made last: the one a transfer uses (one connection per handle). */
+  private fd = -1
+  /** Whether answers are acknowledged at once (headerLine): once a short one seemed held (HELD_MS). */
+  private quick = false
+  /** Whether this GET's answer has been acknowledged at once. */
+  private acked = false
   private readonly sleeper = new Int32Array(new SharedArrayBuffer(4))
   /** The transfer being received: where its bytes go. */
   private data: Buffer = Buffer.alloc(0)
@@ -175,6 +213,10 @@ export class CurlRanges {
   /** The per-GET options as last set (a koffi call each: set only when they change, i.e. on retries). */
   private setTimeout = -1
   private setIdle = -1
+  /** s3://: the owner's keys, the version this thread names (dropped when refused), the URL as last set. */
+  private readonly slot: CredentialSlot | undefined
+  private versionId: string | undefined
+  private setUrl = ''
 
   private constructor(
     private readonly c: Curl,
@@ -186,6 +228,11 @@ export class CurlRanges {
     private readonly onBytes: (requests: number, bytes: number, retries: number) => void,
   ) {
     this.cb = c.koffi.register((ptr: unknown, size: number, nmemb: number) => this.received(ptr, size * nmemb), c.koffi.pointer(c.writeProto))
+    if (quickAckAvailable()) {
+      this.headerCb = c.koffi.register((_ptr: unknown, size: number, nmemb: number) => this.headerLine(size * nmemb), c.koffi.pointer(c.writeProto))
+      // The socket of the connection being made (curl's getinfo names one only once a transfer is over).
+      this.sockoptCb = c.koffi.register((_p: unknown, fd: number) => ((this.fd = fd), 0), c.koffi.pointer(c.sockoptProto))
+    }
     this.handle = c.init()
     if (!this.handle) throw new Error('curl_easy_init failed')
     const h = this.handle
@@ -197,7 +244,13 @@ export class CurlRanges {
     set(CURLOPT_HTTP_VERSION, 'long', CURL_HTTP_VERSION_1_1)
     set(CURLOPT_BUFFERSIZE, 'long', 256 << 10)
     set(CURLOPT_WRITEFUNCTION, 'void *', this.cb)
+    if (this.sockoptCb !== undefined) set(CURLOPT_SOCKOPTFUNCTION, 'void *', this.sockoptCb)
     set(CURLOPT_URL, 'const char *', target.url)
+    this.setUrl = target.url
+    if (target.s3) {
+      this.slot = CredentialSlot.attach(target.s3.credentials)
+      this.versionId = target.s3.versionId
+    }
     set(CURLOPT_PROTOCOLS_STR, 'const char *', 'http,https')
     // As Node's client: no proxy from http_proxy/HTTPS_PROXY/ALL_PROXY (libcurl would use them).
     set(CURLOPT_PROXY, 'const char *', '')
@@ -209,16 +262,57 @@ export class CurlRanges {
       set(CURLOPT_CAPATH, 'const char *', null)
       set(CURLOPT_CAINFO_BLOB, 'vdev_curl_blob *', {data: pem, len: pem.length, flags: CURL_BLOB_COPY})
     }
-    let list: unknown = null
-    const hdrs: Record<string, string> = {...target.headers, 'accept-encoding': 'identity'}
-    if (target.etag) hdrs['if-match'] = target.etag
-    else if (target.lastModified) hdrs['if-unmodified-since'] = target.lastModified
-    for (const [k, v] of Object.entries(hdrs)) {
-      list = c.slistAppend(list, `${k}: ${v}`)
-      if (!list) throw new Error('curl_slist_append failed')
+    // http(s): the same headers every GET. s3://: a new signed list each GET (s3Request).
+    if (!target.s3) {
+      this.headerList = this.slist(this.baseHeaders())
+      if (this.headerList) set(CURLOPT_HTTPHEADER, 'void *', this.headerList)
     }
+  }
+
+  private baseHeaders(): Record<string, string> {
+    const t = this.target
+    const hdrs: Record<string, string> = {...t.headers, 'accept-encoding': 'identity'}
+    if (t.etag) hdrs['if-match'] = t.etag
+    else if (t.lastModified) hdrs['if-unmodified-since'] = t.lastModified
+    return hdrs
+  }
+
+  private slist(hdrs: Record<string, string>): unknown {
+    let list: unknown = null
+    for (const [k, v] of Object.entries(hdrs)) {
+      const next = this.c.slistAppend(list, `${k}: ${v}`)
+      if (!next) {
+        if (list) this.c.slistFree(list)
+        throw new Error('curl_slist_append failed')
+      }
+      list = next
+    }
+    return list
+  }
+
+  /**
+   * s3://: this GET's URL and signed headers (the range among them: it is signed), set on the handle; the
+   * previous list freed. Delegate when there are no keys to sign with that will last the GET.
+   */
+  private s3Request(first: number, last: number): void {
+    const s3 = this.target.s3!
+    const cred = this.slot!.read()
+    if (!cred) throw new Delegate('no AWS keys published for the serving threads')
+    if (cred.keys && cred.expiresAt !== undefined && cred.expiresAt - EXPIRY_MARGIN_MS <= Date.now()) throw new Delegate('the AWS keys are about to expire')
+    const query = this.versionId ? `versionId=${uriEncode(this.versionId)}` : ''
+    const url = query ? `${this.target.url}?${query}` : this.target.url
+    if (url !== this.setUrl) {
+      const rc = this.c.setopt(this.handle, CURLOPT_URL, 'const char *', url)
+      if (rc !== 0) throw new Delegate(`curl_easy_setopt(URL): ${this.c.strerror(rc)}`)
+      this.setUrl = url
+    }
+    const hdrs = this.baseHeaders()
+    hdrs.range = `bytes=${first}-${last}`
+    if (cred.keys) signS3(hdrs, {method: 'GET', path: s3.path, query, region: s3.region, host: s3.host}, cred.keys)
+    const list = this.slist(hdrs)
+    this.c.setopt(this.handle, CURLOPT_HTTPHEADER, 'void *', list)
+    if (this.headerList) this.c.slistFree(this.headerList)
     this.headerList = list
-    if (list) set(CURLOPT_HTTPHEADER, 'void *', list)
   }
 
   /**
@@ -236,6 +330,21 @@ export class CurlRanges {
     } catch {
       return undefined
     }
+  }
+
+  /**
+   * libcurl's header callback, once per line of the answer's head: at the first, acknowledge what has
+   * arrived at once (TCP_QUICKACK). A server that writes the head and the body separately without
+   * TCP_NODELAY — Ceph RGW's default (beast `tcp_nodelay` off) — holds a body shorter than a segment until
+   * the head is acknowledged, and Linux delays that acknowledgement up to 40 ms: ~42 ms for every random
+   * read (docs/remote.md, "Delayed acknowledgements").
+   */
+  private headerLine(n: number): number {
+    if (!this.acked) {
+      this.acked = true
+      quickAckFd(this.fd)
+    }
+    return n
   }
 
   /** libcurl's write callback: the body of the answer, piece by piece. Returning less than `n` aborts. */
@@ -282,6 +391,7 @@ export class CurlRanges {
         if (!(err instanceof Attempt)) throw err
         if (err.changed) Atomics.store(this.changed, 0, 1)
         if (!err.retry) throw new VdevError(err.code, err.message)
+        if (err.now) continue
         const wait = Math.random() * Math.min(2000, 100 * 2 ** n)
         if (Date.now() + wait >= deadline) throw new VdevError('io', `${this.name}: bytes ${first}-${last}: no answer within ${this.timeoutMs / 1000} s (${err.message})`)
         this.retries++
@@ -294,7 +404,8 @@ export class CurlRanges {
     const c = this.c
     const h = this.handle
     const len = last - first + 1
-    c.setopt(h, CURLOPT_RANGE, 'const char *', `${first}-${last}`)
+    if (this.target.s3) this.s3Request(first, last)
+    else c.setopt(h, CURLOPT_RANGE, 'const char *', `${first}-${last}`)
     const timeout = Math.ceil(leftMs)
     if (timeout !== this.setTimeout) {
       c.setopt(h, CURLOPT_TIMEOUT_MS, 'long', timeout)
@@ -312,7 +423,16 @@ export class CurlRanges {
     this.at = 0
     this.status = 0
     this.refused = ''
+    this.acked = false
+    const t0 = this.quick || this.headerCb === undefined ? 0 : performance.now()
     const rc = c.perform(h)
+    // A short answer this slow may have been held for an acknowledgement (headerLine): from now on, every
+    // answer's head is acknowledged at once. Not from the start: against a server that sets TCP_NODELAY
+    // (nginx) it would only cost a callback per header line and an extra packet per GET.
+    if (t0 && len < HELD_BELOW && performance.now() - t0 >= HELD_MS) {
+      this.quick = true
+      c.setopt(h, CURLOPT_HEADERFUNCTION, 'void *', this.headerCb)
+    }
     const retries = this.retries
     this.retries = 0
     this.onBytes(1, this.status === 206 ? this.at : 0, retries)
@@ -331,6 +451,16 @@ export class CurlRanges {
     const t = this.target
     const pinned = t.etag ?? t.weakEtag
     if (status === 412) throw this.changedAttempt('HTTP 412: its ETag no longer matches')
+    if (this.target.s3 && status >= 300 && status < 500 && status !== 408 && status !== 416 && status !== 429) {
+      // A GET naming the version needs s3:GetObjectVersion, which an s3:GetObject-only policy lacks: as the
+      // owner does (http.ts s3Error), the ETag pins from then on; at once, without the version.
+      if ((status === 401 || status === 403) && this.versionId) {
+        this.versionId = undefined
+        throw new Attempt(`${this.name}: a GET naming the version: HTTP ${status}`, true, 'io', false, true)
+      }
+      // S3 says why in its body, which this GET did not read: the owner's GET of the same bytes does.
+      throw new Delegate(`HTTP ${status}`)
+    }
     if (status === 404 || status === 410) throw new Attempt(`${this.name}: not found (HTTP ${status})`, false)
     if (status === 401 || status === 403)
       throw new Attempt(`${this.name}: access denied (HTTP ${status})${status === 401 ? ': the server wants credentials (--header)' : ''}`, false)
@@ -378,6 +508,8 @@ export class CurlRanges {
     if (this.headerList) this.c.slistFree(this.headerList)
     this.headerList = undefined
     this.c.koffi.unregister(this.cb)
+    if (this.headerCb !== undefined) this.c.koffi.unregister(this.headerCb)
+    if (this.sockoptCb !== undefined) this.c.koffi.unregister(this.sockoptCb)
   }
 }
 

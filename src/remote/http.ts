@@ -29,6 +29,8 @@ import type {DirectTarget} from './curl'
 import {ReadAhead} from './readahead'
 import {uriEncode} from './sigv4'
 import {isS3, openS3Target, type S3Target} from './s3'
+import {CredentialSlot} from './credential-slot'
+import {quickAck} from '../sys/quickack'
 import {DEFAULT_CACHE_BYTES, RangeCache} from './cache'
 
 export interface RemoteOptions {
@@ -104,6 +106,8 @@ export class HttpObject implements ByteRanges {
   private readonly inflight = new Map<string, Promise<Buffer>>()
   private probe: {pos: number; data: Buffer} | undefined
   private readonly ahead: ReadAhead | undefined
+  /** s3://: the keys the serving threads sign with (made on the first offerLink). */
+  private slot: CredentialSlot | undefined
   private closed = false
   size = 0
 
@@ -212,11 +216,18 @@ export class HttpObject implements ByteRanges {
 
   /** A serving thread's link: its reads are fetched here (link.ts); it reads and fills the cache itself. */
   offerLink(): {value: RangesLink; transfer: TransferListItem[]} {
-    // http(s): the threads GET random reads themselves (curl.ts) with the same URL, headers and pin; s3://
-    // keeps every GET here (threads never hold the AWS keys).
-    const direct: DirectTarget | undefined = this.s3
-      ? undefined
-      : {url: urlWithoutUser(this.url), headers: this.headers, etag: this.etag, weakEtag: this.weakEtag, lastModified: this.lastModified}
+    // The threads GET random reads themselves (curl.ts) with the same URL, headers and pin; s3:// signed
+    // there too, with the keys this thread loads and publishes (credential-slot.ts).
+    const pin = {etag: this.etag, weakEtag: this.weakEtag, lastModified: this.lastModified}
+    const s3 = this.s3
+    const direct: DirectTarget = s3
+      ? {
+          url: `${this.url.protocol}//${this.url.host}${s3.path}`,
+          headers: this.headers,
+          ...pin,
+          s3: {region: s3.region, host: this.url.host, path: s3.path, versionId: this.versionId, credentials: this.credentialSlot(s3).buffer},
+        }
+      : {url: urlWithoutUser(this.url), headers: this.headers, ...pin}
     return offerLink(
       {
         name: this.name,
@@ -232,6 +243,20 @@ export class HttpObject implements ByteRanges {
       (len, pos, max) => this.readForLink(len, pos, max),
       this.ahead?.pool,
     )
+  }
+
+  /** The keys serving threads sign their own S3 GETs with: published now and each time they are loaded again. */
+  private credentialSlot(s3: S3Target): CredentialSlot {
+    if (!this.slot) {
+      const slot = CredentialSlot.create()
+      const publish = (): void => {
+        if (!slot.publish(s3.credentials())) console.error(`vdev: ${this.name}: AWS credentials too long to share with the serving threads; their reads go through the main thread`)
+      }
+      s3.credentials(publish)
+      publish()
+      this.slot = slot
+    }
+    return this.slot
   }
 
   /**
@@ -348,6 +373,8 @@ export class HttpObject implements ByteRanges {
       const opts: http.RequestOptions = {method: 'GET', headers, agent: this.agent}
       if (this.s3) opts.path = query ? `${this.s3.path}?${query}` : this.s3.path
       const req = this.client.request(this.url, opts, (res) => {
+        // The head is in: acknowledge it now, or a server without TCP_NODELAY holds a short body ~40 ms.
+        quickAck(res.socket)
         const status = res.statusCode ?? 0
         const drop = (e: Attempt): void => {
           res.resume()

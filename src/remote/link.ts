@@ -22,7 +22,7 @@ import {EXIT_CODES, VdevError, type ErrorCode} from '../core/errors'
 import type {ByteRanges} from '../format/ranges'
 import {SyncCaller, offerSyncLink, type SyncLink} from '../threads/sync-call'
 import {RangeCache, type SharedCache} from './cache'
-import {CurlRanges, type DirectTarget} from './curl'
+import {CurlRanges, Delegate, type DirectTarget} from './curl'
 import {letGo, type WindowPool} from './window-pool'
 
 /** Most bytes the owner sends a thread beyond its read, from a read-ahead window. */
@@ -111,8 +111,9 @@ export class LinkedRanges implements ByteRanges {
   private slices: Array<{pos: number; data: Buffer; slot: number}> = []
   /** Reads that went to the owner (for tests). */
   calls = 0
-  /** Reads this thread fetched itself (for tests). */
+  /** Reads this thread fetched itself (for tests); those of them it then left to the owner (Delegate). */
   directCalls = 0
+  delegated = 0
   private readonly direct: CurlRanges | undefined
   private readonly recent: Float64Array | undefined
   private readonly counters: BigInt64Array | undefined
@@ -210,11 +211,19 @@ export class LinkedRanges implements ByteRanges {
         // A seek: GET exactly these bytes here, no hop (a stream's next reads go to the owner's read-ahead).
         this.remember(pos + len)
         this.directCalls++
-        const d = this.direct.read(len, pos, into)
-        this.cache?.put(pos, d)
-        return d.buffer === into?.buffer ? d : copyOut(d, into, false)
-      }
-      this.remember(pos + len)
+        let d: Buffer | undefined
+        try {
+          d = this.direct.read(len, pos, into)
+        } catch (err) {
+          // The owner's GET will say what the answer meant (an S3 error), or sign it (no fresh keys here).
+          if (!(err instanceof Delegate)) throw err
+          this.delegated++
+        }
+        if (d) {
+          this.cache?.put(pos, d)
+          return d.buffer === into?.buffer ? d : copyOut(d, into, false)
+        }
+      } else this.remember(pos + len)
     } else if (this.slices.length) this.dropSlices()
     this.calls++
     const a = this.call(len, pos)

@@ -25,7 +25,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {VdevError} from '../core/errors'
 import {EMPTY_SHA256, amzDate, sign, uriEncode, type AwsCredentials} from './sigv4'
-import {RefreshingCredentials, environmentProvider, profileProvider, type ChainContext, type CredentialProvider} from './credentials'
+import {RefreshingCredentials, environmentProvider, profileProvider, type ChainContext, type CredentialProvider, type Credentials} from './credentials'
 
 export function isS3(location: string): boolean {
   return /^s3:\/\//i.test(location)
@@ -145,6 +145,13 @@ export interface S3Target {
    * `query` is the query string as sent (`versionId=…`), signed with the rest.
    */
   sign(method: string, headers: Record<string, string>, query?: string): void
+  /** The region requests are signed for. */
+  readonly region: string
+  /**
+   * The keys requests are signed with now (undefined: unsigned), for a serving thread's own GETs
+   * (credential-slot.ts); `changed` is called with each set loaded later. Expired keys are asked for again.
+   */
+  credentials(changed?: () => void): Credentials | undefined
   /** What a 403 should say about the credentials. */
   readonly credentialsFrom: string
   /** Load the keys of a source that must be asked (a role, a process, SSO, metadata); then kept fresh. */
@@ -182,11 +189,18 @@ export function s3Target(location: string, env: Env = process.env, home?: string
     reqPath = `/${uriEncode(bucket)}/${keyPath}`
   }
   let refreshing: RefreshingCredentials | undefined
+  const listeners: Array<() => void> = []
   const host = url.host
   return {
     url,
     path: reqPath,
     name: `s3://${bucket}/${key}`,
+    region: cfg.region,
+    credentials(changed) {
+      if (changed) listeners.push(changed)
+      refreshing?.kick()
+      return refreshing?.current ?? cfg.credentials
+    },
     get credentialsFrom() {
       if (cfg.from === 'none') return 'no AWS credentials were found, so the request was unsigned'
       const exp = refreshing?.current.expiration
@@ -194,7 +208,12 @@ export function s3Target(location: string, env: Env = process.env, home?: string
       return `the AWS credentials from ${cfg.from}${late}`
     },
     async load() {
-      if (cfg.provider && !refreshing) refreshing = await RefreshingCredentials.start(cfg.provider)
+      if (cfg.provider && !refreshing) {
+        refreshing = await RefreshingCredentials.start(cfg.provider)
+        refreshing.onLoad = () => {
+          for (const f of listeners) f()
+        }
+      }
     },
     close() {
       refreshing?.close()
@@ -202,15 +221,23 @@ export function s3Target(location: string, env: Env = process.env, home?: string
     sign(method, headers, query) {
       refreshing?.kick()
       const cred = refreshing?.current ?? cfg.credentials
-      if (!cred) return
-      headers.host = host
-      headers['x-amz-date'] = amzDate(new Date())
-      headers['x-amz-content-sha256'] = EMPTY_SHA256
-      if (cred.sessionToken) headers['x-amz-security-token'] = cred.sessionToken
-      // Sign what S3 and proxies leave alone: not accept-encoding, user-agent or connection.
-      const signed: Record<string, string> = {}
-      for (const [n, v] of Object.entries(headers)) if (n === 'host' || n === 'range' || n.startsWith('if-') || n.startsWith('x-amz-')) signed[n] = v
-      headers.authorization = sign({method, path: reqPath, query, headers: signed, payloadHash: EMPTY_SHA256, region: cfg.region, service: 's3', amzDate: headers['x-amz-date']}, cred).authorization
+      if (cred) signS3(headers, {method, path: reqPath, query, region: cfg.region, host}, cred)
     },
   }
+}
+
+/**
+ * Sign one S3 request (no body) in place: host, x-amz-date, x-amz-content-sha256, the session token and
+ * Authorization added to `headers` (lower-case names). The main thread's GETs (above) and the serving
+ * threads' own (curl.ts) both sign here.
+ */
+export function signS3(headers: Record<string, string>, r: {method: string; path: string; query?: string; region: string; host: string}, cred: AwsCredentials): void {
+  headers.host = r.host
+  headers['x-amz-date'] = amzDate(new Date())
+  headers['x-amz-content-sha256'] = EMPTY_SHA256
+  if (cred.sessionToken) headers['x-amz-security-token'] = cred.sessionToken
+  // Sign what S3 and proxies leave alone: not accept-encoding, user-agent or connection.
+  const signed: Record<string, string> = {}
+  for (const [n, v] of Object.entries(headers)) if (n === 'host' || n === 'range' || n.startsWith('if-') || n.startsWith('x-amz-')) signed[n] = v
+  headers.authorization = sign({method: r.method, path: r.path, query: r.query, headers: signed, payloadHash: EMPTY_SHA256, region: r.region, service: 's3', amzDate: headers['x-amz-date']}, cred).authorization
 }

@@ -7,7 +7,10 @@
  * s3:// --scratch` serves a writable overlay over the S3 base (NBD, serving threads). Credential sources
  * that run here for real: a role profile through the gateway's STS AssumeRole, a credential_process
  * script, and refresh (keys that live 2 s and 4 s, loaded again while the image is open and while attached);
- * container credentials from a local server. As root, with
+ * container credentials from a local server. Serving threads' own GETs (libcurl, signed with the keys the
+ * owner publishes in shared memory): no hop, a refused key or a deleted version left to the owner's GET,
+ * a versioned public-read bucket, keys loaded again while a thread reads. The gateway keeps Ceph's default
+ * frontend (no TCP_NODELAY): small GETs are not held by delayed ACKs (TCP_QUICKACK). As root, with
  * the FUSE backend (the kernel's FUSE client and loop driver): every MiB of the device against the medium,
  * EIO at exactly the unreadable sectors; two attaches of the object at once (two state directories: two
  * "machines", each its own daemon and cache) read the same bytes; the gateway stopped: EIO within the
@@ -24,7 +27,9 @@ import {BIN, have, prng, runCli, sha256, textish, writeTruthMap} from '../helper
 import {IS_ROOT, Sandbox, readDirect, run} from '../sandbox'
 import {checkServeScratch} from './scratch'
 import {HAVE_RGW, Rgw} from './rgw'
+import {Worker} from 'node:worker_threads'
 import {HttpObject} from '../../src/remote/http'
+import {curlAvailable} from '../../src/remote/curl'
 
 const MiB = 1 << 20
 const SIZE = 24 * MiB
@@ -274,18 +279,27 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     }
   })
 
-  it('temporary keys are loaded again before they expire while the image is open: a second credential_process run, and reads signed with its keys', async () => {
-    // Two keys of the same user; the program gives the first, then the second; the first is then deleted.
-    rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE', '--secret-key', 'rotate-one'])
-    rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATETWO', '--secret-key', 'rotate-two'])
-    const count = sb.p('process-runs')
-    const script = sb.p('rotating.sh')
+  /**
+   * Two keys of user vdev (`${NAME}ONE`, `${NAME}TWO`) and a credential_process in an AWS home of its own
+   * that gives the first on its first run and the second on every later one, each expiring `seconds` later;
+   * `count` is the file that counts its runs.
+   */
+  const rotatingKeys = (name: string, seconds: number) => {
+    const id = name.toUpperCase()
+    for (const n of ['ONE', 'TWO']) rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', id + n, '--secret-key', `${name}-${n.toLowerCase()}`])
+    const count = sb.p(`${name}-process-runs`)
+    const script = sb.p(`${name}-rotating.sh`)
     fs.writeFileSync(
       script,
-      `#!/bin/sh\nn=$(( $(cat '${count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '${count}'\nif [ $n = 1 ]; then k=ROTATEONE s=rotate-one; else k=ROTATETWO s=rotate-two; fi\nexp=$(date -u -d '+2 seconds' +%Y-%m-%dT%H:%M:%S.%3NZ)\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $exp\n`,
+      `#!/bin/sh\nn=$(( $(cat '${count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '${count}'\nif [ $n = 1 ]; then k=${id}ONE s=${name}-one; else k=${id}TWO s=${name}-two; fi\nexp=$(date -u -d '+${seconds} seconds' +%Y-%m-%dT%H:%M:%S.%3NZ)\nprintf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","Expiration":"%s"}' $k $s $exp\n`,
       {mode: 0o755},
     )
-    const e = awsHome('rotating-home', `[default]\ncredential_process = ${script}\nendpoint_url = ${rgw.endpoint}\n`)
+    return {count, first: `${id}ONE`, env: awsHome(`${name}-home`, `[default]\ncredential_process = ${script}\nendpoint_url = ${rgw.endpoint}\n`)}
+  }
+
+  it('temporary keys are loaded again before they expire while the image is open: a second credential_process run, and reads signed with its keys', async () => {
+    // Two keys of the same user; the program gives the first, then the second; the first is then deleted.
+    const {count, first, env: e} = rotatingKeys('rotate', 2)
     await withEnv(e, async () => {
       const obj = await HttpObject.open(url, {readAhead: false})
       try {
@@ -299,7 +313,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
         assert.ok(runs() >= 2 && Date.now() - t0 < 2000, `credential_process was not run again before the expiration (${runs()} runs in ${Date.now() - t0} ms)`)
         while (runs() < 3 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 50))
         assert.ok(runs() >= 3, `${runs()} runs`)
-        rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'ROTATEONE'])
+        rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', first])
         assert.ok((await obj.read(4096, 3 * MiB)).equals(image.subarray(3 * MiB, 3 * MiB + 4096)), 'a read after the refresh')
       } finally {
         await obj.close()
@@ -382,6 +396,180 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
         // Without the version, a new upload is a change again: EIO rather than the new bytes.
         await rgw.put(bucket, KEY, fs.readFileSync(sb.p('other.vdimg')))
         await assert.rejects(obj.read(4096, 6 * MiB), /the object changed since it was opened/)
+      } finally {
+        await obj.close()
+      }
+    })
+  })
+
+  /**
+   * A serving thread over `obj` (link.ts, as `vdev serve`'s and the daemon's threads are): it makes `reads`
+   * one after another and gives, for each, whether the bytes equal `want`'s, the time, the error, and its
+   * counters: own GETs (`direct`), those left to the owner after all (`delegated`), hops (`calls`).
+   */
+  type ThreadRead = {ok?: boolean; err?: string; ms: number}
+  const threadReads = async (obj: HttpObject, want: Buffer, reads: Array<[number, number]>, threadEnv: Record<string, string> = {}) => {
+    const link = obj.offerLink()
+    const code = `
+      const {workerData, parentPort} = require('node:worker_threads')
+      const {LinkedRanges} = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'remote', 'link.js'))})
+      const r = new LinkedRanges(workerData.link)
+      const out = []
+      for (const [len, pos] of workerData.reads) {
+        const t0 = performance.now()
+        try {
+          const b = r.readSync(len, pos)
+          out.push({ok: Buffer.from(b).equals(Buffer.from(workerData.want.subarray(pos, pos + len))), ms: performance.now() - t0})
+        } catch (e) { out.push({err: e.code + ': ' + e.message, ms: performance.now() - t0}) }
+      }
+      r.close().then(() => parentPort.postMessage({out, calls: r.calls, direct: r.directCalls, delegated: r.delegated}))`
+    const w = new Worker(code, {eval: true, env: {...process.env, ...threadEnv}, workerData: {link: link.value, want, reads}, transferList: link.transfer})
+    try {
+      return await new Promise<{out: ThreadRead[]; calls: number; direct: number; delegated: number}>((resolve, reject) => {
+        w.once('message', resolve)
+        w.once('error', reject)
+      })
+    } finally {
+      await w.terminate()
+    }
+  }
+  /**
+   * `n` seeded reads of `len` bytes, each in its own 384 KiB slot with an empty slot either side: none
+   * starts near where another ended (link.ts: a read near a recent one goes to the owner's read-ahead).
+   */
+  const scattered = (n: number, len: number, seed: number, size: number): Array<[number, number]> => {
+    const SLOT = 384 << 10
+    const slots = Math.floor(size / SLOT) - 1
+    assert.ok(n <= slots / 3, `${n} reads do not fit in ${size} bytes`)
+    const picked = new Set<number>()
+    let x = seed
+    const next = () => (x = (Math.imul(x, 1103515245) + 12345) >>> 0)
+    while (picked.size < n) {
+      const k = next() % slots
+      if (!picked.has(k) && !picked.has(k - 1) && !picked.has(k + 1)) picked.add(k)
+    }
+    return [...picked].map((k) => [len, k * SLOT + (next() % (SLOT - len))])
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+  it('serving threads GET s3:// reads themselves (libcurl, each GET signed with the keys the owner published): exact bytes, no hop; the key deleted at the gateway: the thread\'s read is left to the owner, whose error names the keys', async () => {
+    assert.ok(curlAvailable(), 'libcurl.so.4 cannot be loaded (scripts/install-deps.sh: libcurl4)')
+    rgw.admin(['key', 'create', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'THREADKEY', '--secret-key', 'thread-key'])
+    const reads = scattered(7, 21000, 5, image.length)
+    const last = reads.pop()!
+    await withEnv({AWS_ACCESS_KEY_ID: 'THREADKEY', AWS_SECRET_ACCESS_KEY: 'thread-key'}, async () => {
+      const obj = await HttpObject.open(url, {readAhead: false})
+      try {
+        const before = obj.stats.requests
+        const r = await threadReads(obj, image, reads)
+        assert.deepEqual(r.out.map((x) => x.ok), reads.map(() => true), JSON.stringify(r.out))
+        assert.deepEqual([r.direct, r.delegated, r.calls], [reads.length, 0, 0], 'a read went through the owner')
+        // The threads' GETs count in the instance's stats (shared counters): one each.
+        assert.equal(obj.stats.requests - before, reads.length)
+        // The key deleted: the thread's GET is refused (403), the read left to the owner, whose GET is
+        // refused too and says why (the S3 error code, where the keys came from).
+        rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', 'THREADKEY'])
+        const refused = await threadReads(obj, image, [last])
+        assert.match(refused.out[0].err ?? '', /access denied \(HTTP 403 InvalidAccessKeyId\): the AWS credentials from environment/, JSON.stringify(refused))
+        assert.deepEqual([refused.direct, refused.delegated, refused.calls], [1, 1, 1])
+      } finally {
+        await obj.close()
+      }
+    })
+  })
+
+  it('a serving thread in a versioned bucket reads the version opened (its GETs name it); that version deleted: the thread\'s read is left to the owner, which fails it (EIO); a public-read bucket: the refused versioned GET is retried unpinned', async () => {
+    const bucket = 'versioned-threads'
+    await rgw.createBucket(bucket)
+    await rgw.enableVersioning(bucket)
+    const v1 = await rgw.put(bucket, KEY, image)
+    assert.ok(v1)
+    const other = fs.readFileSync(sb.p('other.vdimg'))
+    const reads = scattered(4, 65536, 9, image.length)
+    const last = reads.pop()!
+    await withEnv({}, async () => {
+      const obj = await HttpObject.open(`s3://${bucket}/${KEY}`, {readAhead: false})
+      try {
+        assert.equal(obj.reopen.versionId, v1)
+        await rgw.put(bucket, KEY, other)
+        const r = await threadReads(obj, image, reads)
+        assert.deepEqual(r.out.map((x) => x.ok), [true, true, true], `the opened version's bytes: ${JSON.stringify(r.out)}`)
+        assert.deepEqual([r.direct, r.delegated, r.calls], [3, 0, 0])
+        await rgw.remove(bucket, KEY, v1)
+        const gone = await threadReads(obj, image, [last])
+        assert.match(gone.out[0].err ?? '', /^io: .*the object changed since it was opened \(its version .* is gone: HTTP 404 NoSuch(Version|Key)\)/, JSON.stringify(gone))
+        assert.deepEqual([gone.direct, gone.delegated, gone.calls], [1, 1, 1])
+      } finally {
+        await obj.close()
+      }
+    })
+    // Anonymous s3:GetObject only: the thread's GET naming the version is refused (403), the thread drops
+    // the version and GETs again at once, unsigned — its own GET still, the bytes exact.
+    const pub = 'versioned-public-threads'
+    await rgw.createBucket(pub)
+    await rgw.enableVersioning(pub)
+    assert.ok(await rgw.put(pub, KEY, image))
+    const policy = {Version: '2012-10-17', Statement: [{Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: `arn:aws:s3:::${pub}/*`}]}
+    const p = await rgw.request('PUT', `/${pub}?policy`, Buffer.from(JSON.stringify(policy)))
+    assert.ok(p.status === 200 || p.status === 204, `PutBucketPolicy: HTTP ${p.status}`)
+    await withEnv({AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, HOME: sb.p('no-aws-home')}, async () => {
+      const obj = await HttpObject.open(`s3://${pub}/${KEY}`, {readAhead: false})
+      try {
+        assert.ok(obj.reopen.versionId, 'the first answer\'s version pinned')
+        const r = await threadReads(obj, image, reads)
+        assert.deepEqual(r.out.map((x) => x.ok), [true, true, true], JSON.stringify(r.out))
+        assert.deepEqual([r.direct, r.delegated, r.calls], [3, 0, 0])
+      } finally {
+        await obj.close()
+      }
+    })
+  })
+
+  it('keys that expire in 6 s, loaded again by the owner while a serving thread reads: the thread signs with the new ones (the old key deleted at the gateway), no hop', async () => {
+    const {count, first: firstKey, env: e} = rotatingKeys('thread', 6)
+    const reads = scattered(4, 4096, 13, image.length)
+    await withEnv(e, async () => {
+      const obj = await HttpObject.open(url, {readAhead: false})
+      try {
+        const first = await threadReads(obj, image, reads.slice(0, 2))
+        assert.deepEqual(first.out.map((x) => x.ok), [true, true], JSON.stringify(first))
+        assert.deepEqual([first.direct, first.delegated, first.calls], [2, 0, 0])
+        // Loaded again ~3 s before the expiration; then the first key is no more.
+        const t0 = Date.now()
+        const runs = () => Number(fs.readFileSync(count, 'utf8'))
+        while (runs() < 2 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 50))
+        assert.ok(runs() >= 2, 'credential_process was not run again')
+        rgw.admin(['key', 'rm', '--uid', 'vdev', '--key-type', 's3', '--access-key', firstKey])
+        const later = await threadReads(obj, image, reads.slice(2))
+        assert.deepEqual(later.out.map((x) => x.ok), [true, true], JSON.stringify(later))
+        assert.deepEqual([later.direct, later.delegated, later.calls], [2, 0, 0], 'signed with the new keys by the thread itself')
+      } finally {
+        await obj.close()
+      }
+    })
+  })
+
+  it("a gateway with Ceph's default frontend (tcp_nodelay off) holds a short answer's body until its head is acknowledged: vdev acknowledges at once (TCP_QUICKACK), or every small GET would wait out Linux's 40 ms delayed ACK", async () => {
+    const reads = scattered(7, 21000, 17, image.length)
+    await withEnv({}, async () => {
+      const obj = await HttpObject.open(url, {readAhead: false})
+      try {
+        // Without: each of a thread's GETs (after the connection's first) waits ≥ 40 ms — what the gateway does.
+        const without = await threadReads(obj, image, reads, {VDEV_REMOTE_QUICKACK: '0'})
+        assert.ok(without.out.every((x) => x.ok), JSON.stringify(without.out))
+        assert.ok(median(without.out.map((x) => x.ms)) >= 38, `the gateway did not hold the bodies: ${without.out.map((x) => x.ms.toFixed(1)).join(' ')} ms`)
+        // With: the first slow GET turns it on for the thread; the rest take a few ms.
+        const withQa = await threadReads(obj, image, reads)
+        assert.ok(withQa.out.every((x) => x.ok), JSON.stringify(withQa.out))
+        assert.ok(median(withQa.out.map((x) => x.ms)) < 20, `a thread's GETs: ${withQa.out.map((x) => x.ms.toFixed(1)).join(' ')} ms`)
+        // The owner's GETs (Node's HTTP client): every answer's head acknowledged at once.
+        const ms: number[] = []
+        for (const [len, pos] of reads) {
+          const t0 = performance.now()
+          assert.ok((await obj.read(len, pos + 65536)).equals(image.subarray(pos + 65536, pos + 65536 + len)))
+          ms.push(performance.now() - t0)
+        }
+        assert.ok(median(ms) < 20, `the owner's GETs: ${ms.map((x) => x.toFixed(1)).join(' ')} ms`)
       } finally {
         await obj.close()
       }
