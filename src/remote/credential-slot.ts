@@ -7,7 +7,8 @@
  * Layout (Int32 words, then bytes): [0] generation — odd while the owner writes, even when the slot is
  * whole; [1] length of the JSON that follows; bytes from 8: the JSON. A reader copies the JSON out and
  * takes it only if the generation was even and the same before and after (a sequence lock: the owner
- * never waits for readers). Keys too long for the slot are not published: threads then leave every S3 GET
+ * never waits for readers). Every word of it is written and read with Atomics, so that the copy cannot be
+ * reordered around the generation's loads on any CPU (JavaScript orders only atomic accesses). Keys too long for the slot are not published: threads then leave every S3 GET
  * to the owner, as when they cannot sign at all.
  */
 import type {AwsCredentials} from './sigv4'
@@ -21,14 +22,18 @@ export type SlotCredentials = {keys: AwsCredentials; expiresAt?: number} | {keys
 
 export class CredentialSlot {
   private readonly words: Int32Array
-  private readonly bytes: Uint8Array
+  /** The JSON's words (Atomics), and a private copy to decode from. */
+  private readonly data: Int32Array
+  private readonly scratch = new Int32Array(SLOT_BYTES / 4)
+  /** JSON that did not parse although the generation said the copy was whole (for tests: never). */
+  parseFailures = 0
   /** Reader side: the generation last decoded, and what it gave. */
   private seen = -1
   private last: SlotCredentials | undefined
 
   private constructor(readonly buffer: SharedArrayBuffer) {
     this.words = new Int32Array(buffer, 0, 2)
-    this.bytes = new Uint8Array(buffer, HEADER)
+    this.data = new Int32Array(buffer, HEADER)
   }
 
   /** A new, empty slot (nothing published: readers get undefined). */
@@ -49,9 +54,12 @@ export class CredentialSlot {
   publish(c: (AwsCredentials & {expiration?: Date}) | undefined): boolean {
     const json = c ? JSON.stringify({a: c.accessKeyId, s: c.secretAccessKey, t: c.sessionToken, e: c.expiration?.getTime()}) : '{}'
     const enc = Buffer.from(json, 'utf8')
-    const fits = enc.length <= this.bytes.length
+    const fits = enc.length <= SLOT_BYTES
+    const n = Math.ceil(enc.length / 4)
+    const padded = new Int32Array(n)
+    if (fits) new Uint8Array(padded.buffer).set(enc)
     Atomics.add(this.words, 0, 1)
-    if (fits) this.bytes.set(enc)
+    if (fits) for (let i = 0; i < n; i++) Atomics.store(this.data, i, padded[i])
     Atomics.store(this.words, 1, fits ? enc.length : 0)
     Atomics.add(this.words, 0, 1)
     return fits
@@ -64,19 +72,22 @@ export class CredentialSlot {
       if (g === this.seen) return this.last
       if (g & 1) continue
       const len = Atomics.load(this.words, 1)
-      if (len <= 0 || len > this.bytes.length) {
+      if (len <= 0 || len > SLOT_BYTES) {
         if (Atomics.load(this.words, 0) !== g) continue
         this.seen = g
         this.last = undefined
         return undefined
       }
-      const text = Buffer.from(this.bytes.subarray(0, len)).toString('utf8')
+      const n = Math.ceil(len / 4)
+      for (let i = 0; i < n; i++) this.scratch[i] = Atomics.load(this.data, i)
       if (Atomics.load(this.words, 0) !== g) continue
+      const text = Buffer.from(this.scratch.buffer, 0, len).toString('utf8')
       let v: SlotCredentials | undefined
       try {
         const o = JSON.parse(text) as {a?: string; s?: string; t?: string; e?: number}
         v = o.a && o.s ? {keys: {accessKeyId: o.a, secretAccessKey: o.s, sessionToken: o.t}, expiresAt: o.e} : {keys: undefined}
       } catch {
+        this.parseFailures++
         v = undefined
       }
       this.seen = g

@@ -64,6 +64,8 @@ const CURLOPT_HTTPHEADER = 10023
 const CURLOPT_WRITEFUNCTION = 20011
 const CURLOPT_HEADERFUNCTION = 20079
 const CURLOPT_SOCKOPTFUNCTION = 20148
+const CURLOPT_PATH_AS_IS = 234
+const CURLINFO_ACTIVESOCKET = 0x500000 + 44
 const CURLOPT_NOSIGNAL = 99
 const CURLOPT_LOW_SPEED_LIMIT = 19
 const CURLOPT_LOW_SPEED_TIME = 20
@@ -91,6 +93,8 @@ interface Curl {
   cleanup: (h: unknown) => void
   getinfoLong: (h: unknown, info: number, out: number[]) => number
   sockoptProto: Koffi.TypeObject
+  /** CURLINFO_ACTIVESOCKET (curl_socket_t: an int here) — valid once a transfer is over. */
+  getinfoSocket: (h: unknown, info: number, out: number[]) => number
   header: (h: unknown, name: string, index: number, origin: number, request: number, out: unknown[]) => number
   slistAppend: (l: unknown, s: string) => unknown
   slistFree: (l: unknown) => void
@@ -120,6 +124,7 @@ function curl(): Curl | null {
       const globalInit = lib.func('int curl_global_init(long flags)')
       if (globalInit(3) !== 0) return null
       const getinfo = lib.func('int curl_easy_getinfo(void *curl, int info, _Out_ long *out)')
+      const getinfoInt = lib.func('int curl_easy_getinfo(void *curl, int info, _Out_ int *out)')
       loaded = {
         koffi,
         init: lib.func('void *curl_easy_init()'),
@@ -128,6 +133,7 @@ function curl(): Curl | null {
         cleanup: lib.func('void curl_easy_cleanup(void *curl)'),
         getinfoLong: (h, info, out) => getinfo(h, info, out),
         sockoptProto: koffi.proto('int vdev_curl_sockopt(void *clientp, int fd, int purpose)'),
+        getinfoSocket: (h, info, out) => getinfoInt(h, info, out),
         header: lib.func('int curl_easy_header(void *curl, const char *name, size_t index, unsigned int origin, int request, _Out_ void **hout)'),
         slistAppend: lib.func('void *curl_slist_append(void *list, const char *s)'),
         slistFree: lib.func('void curl_slist_free_all(void *list)'),
@@ -214,9 +220,10 @@ export class CurlRanges {
   private setTimeout = -1
   private setIdle = -1
   /** s3://: the owner's keys, the version this thread names (dropped when refused), the URL as last set. */
-  private readonly slot: CredentialSlot | undefined
+  private slot: CredentialSlot | undefined
   private versionId: string | undefined
   private setUrl = ''
+  private closed = false
 
   private constructor(
     private readonly c: Curl,
@@ -230,9 +237,23 @@ export class CurlRanges {
     this.cb = c.koffi.register((ptr: unknown, size: number, nmemb: number) => this.received(ptr, size * nmemb), c.koffi.pointer(c.writeProto))
     if (quickAckAvailable()) {
       this.headerCb = c.koffi.register((_ptr: unknown, size: number, nmemb: number) => this.headerLine(size * nmemb), c.koffi.pointer(c.writeProto))
-      // The socket of the connection being made (curl's getinfo names one only once a transfer is over).
+      // The socket of a connection being made (curl's getinfo names the one in use only once a transfer is
+      // over: after each GET in quick mode, that one is taken instead — with IPv4 and IPv6 tried at once,
+      // the last socket made may be the one that lost).
       this.sockoptCb = c.koffi.register((_p: unknown, fd: number) => ((this.fd = fd), 0), c.koffi.pointer(c.sockoptProto))
     }
+    try {
+      this.setUp()
+    } catch (err) {
+      // Nothing registered or allocated is left behind (open() then reads through the link).
+      this.close()
+      throw err
+    }
+  }
+
+  private setUp(): void {
+    const c = this.c
+    const target = this.target
     this.handle = c.init()
     if (!this.handle) throw new Error('curl_easy_init failed')
     const h = this.handle
@@ -250,6 +271,8 @@ export class CurlRanges {
     if (target.s3) {
       this.slot = CredentialSlot.attach(target.s3.credentials)
       this.versionId = target.s3.versionId
+      // An S3 key may hold `.` and `..` segments: sent as signed, not collapsed (a WHATWG URL is already).
+      set(CURLOPT_PATH_AS_IS, 'long', 1)
     }
     set(CURLOPT_PROTOCOLS_STR, 'const char *', 'http,https')
     // As Node's client: no proxy from http_proxy/HTTPS_PROXY/ALL_PROXY (libcurl would use them).
@@ -427,11 +450,17 @@ export class CurlRanges {
     const t0 = this.quick || this.headerCb === undefined ? 0 : performance.now()
     const rc = c.perform(h)
     // A short answer this slow may have been held for an acknowledgement (headerLine): from now on, every
-    // answer's head is acknowledged at once. Not from the start: against a server that sets TCP_NODELAY
-    // (nginx) it would only cost a callback per header line and an extra packet per GET.
+    // answer's head is acknowledged at once. Not from the start: against a fast server that sets
+    // TCP_NODELAY (nginx here) it would only cost a callback per header line and an extra packet per GET. A
+    // server merely slower than HELD_MS (AWS S3's first byte often is) turns it on too: those costs are
+    // then a few µs against tens of ms.
     if (t0 && len < HELD_BELOW && performance.now() - t0 >= HELD_MS) {
       this.quick = true
       c.setopt(h, CURLOPT_HEADERFUNCTION, 'void *', this.headerCb)
+    }
+    if (this.quick) {
+      const fd = [-1]
+      if (c.getinfoSocket(h, CURLINFO_ACTIVESOCKET, fd) === 0 && fd[0] >= 0) this.fd = fd[0]
     }
     const retries = this.retries
     this.retries = 0
@@ -502,8 +531,9 @@ export class CurlRanges {
   }
 
   close(): void {
-    if (!this.handle) return
-    this.c.cleanup(this.handle)
+    if (this.closed) return
+    this.closed = true
+    if (this.handle) this.c.cleanup(this.handle)
     this.handle = undefined
     if (this.headerList) this.c.slistFree(this.headerList)
     this.headerList = undefined

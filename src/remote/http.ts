@@ -145,6 +145,11 @@ export class HttpObject implements ByteRanges {
     return {...fetched, ...(c ? {cacheHits: c.hits, cacheMisses: c.misses} : {})}
   }
 
+  /** s3:// with temporary keys: how many sets have been loaded (for tests). */
+  get credentialLoads(): number {
+    return this.s3?.loads ?? 0
+  }
+
   /** What a serving thread needs to read this same object (src/sources, link.ts). */
   get reopen(): Record<string, string | number | boolean> {
     const o: Record<string, string | number | boolean> = {size: this.size, timeoutMs: this.timeoutMs}

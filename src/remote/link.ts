@@ -37,6 +37,9 @@ export const RECENT_READS = 16
  */
 const AHEAD = 256 << 10
 const BEHIND = 128 << 10
+/** After this many own GETs in a row left to the owner (curl.ts Delegate), the next SKIP_DIRECT reads go to it directly. */
+const DELEGATED_RUN = 4
+const SKIP_DIRECT = 64
 
 /** What the owner shares with every thread besides the port. */
 export interface RangesInfo {
@@ -114,6 +117,9 @@ export class LinkedRanges implements ByteRanges {
   /** Reads this thread fetched itself (for tests); those of them it then left to the owner (Delegate). */
   directCalls = 0
   delegated = 0
+  /** Own GETs left to the owner in a row; reads that go to the owner without trying first. */
+  private delegatedRun = 0
+  private skipDirect = 0
   private readonly direct: CurlRanges | undefined
   private readonly recent: Float64Array | undefined
   private readonly counters: BigInt64Array | undefined
@@ -170,6 +176,13 @@ export class LinkedRanges implements ByteRanges {
     r[(this.recentAt = (this.recentAt + 1 + ((Math.random() * 2) | 0)) % r.length)] = end
   }
 
+  /** Whether this seek goes to the owner without an own GET first (after a run of them left to it). */
+  private skippingDirect(): boolean {
+    if (this.skipDirect <= 0) return false
+    this.skipDirect--
+    return true
+  }
+
   /** Whether localOnly can find anything: a cache. */
   get hasLocal(): boolean {
     return this.cache !== undefined
@@ -207,17 +220,24 @@ export class LinkedRanges implements ByteRanges {
         this.cache?.put(pos, v)
         return copyOut(v, into, true)
       }
-      if (this.direct && pos + len <= this.size && !this.nearRecent(pos)) {
+      if (this.direct && pos + len <= this.size && !this.nearRecent(pos) && !this.skippingDirect()) {
         // A seek: GET exactly these bytes here, no hop (a stream's next reads go to the owner's read-ahead).
         this.remember(pos + len)
         this.directCalls++
         let d: Buffer | undefined
         try {
           d = this.direct.read(len, pos, into)
+          this.delegatedRun = 0
         } catch (err) {
           // The owner's GET will say what the answer meant (an S3 error), or sign it (no fresh keys here).
           if (!(err instanceof Delegate)) throw err
           this.delegated++
+          // Refused again and again (keys the server no longer takes, a clock far off): a wasted GET before
+          // every hop. Go straight to the owner for a while, then try again.
+          if (++this.delegatedRun >= DELEGATED_RUN) {
+            this.skipDirect = SKIP_DIRECT
+            this.delegatedRun = 0
+          }
         }
         if (d) {
           this.cache?.put(pos, d)

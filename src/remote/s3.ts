@@ -154,6 +154,8 @@ export interface S3Target {
   credentials(changed?: () => void): Credentials | undefined
   /** What a 403 should say about the credentials. */
   readonly credentialsFrom: string
+  /** Sets of temporary keys loaded so far (0 for keys that need no loading). */
+  readonly loads: number
   /** Load the keys of a source that must be asked (a role, a process, SSO, metadata); then kept fresh. */
   load(): Promise<void>
   /** Stop refreshing them. */
@@ -200,6 +202,9 @@ export function s3Target(location: string, env: Env = process.env, home?: string
       if (changed) listeners.push(changed)
       refreshing?.kick()
       return refreshing?.current ?? cfg.credentials
+    },
+    get loads() {
+      return refreshing?.loads ?? 0
     },
     get credentialsFrom() {
       if (cfg.from === 'none') return 'no AWS credentials were found, so the request was unsigned'
