@@ -24,6 +24,9 @@ export const remoteFlags = {
     description: 'a remote image: keep fetched bytes in this directory, shared by every vdev process (default: $XDG_CACHE_HOME/vdev or ~/.cache/vdev); "none": no cache',
   }),
   'cache-size': Flags.string({description: 'a remote image: most bytes the cache directory holds (e.g. 512M, 10G; default 10G)'}),
+  'version-id': Flags.string({
+    description: 'an s3:// image in a versioned bucket: read this version of the object (a version id, as `aws s3api get-object --version-id` takes it); default: the newest',
+  }),
 }
 
 /** "10G", "512M", "4096": bytes; a malformed size is a usage error. */
@@ -63,7 +66,7 @@ export function parseHeaders(values: string[] | undefined): Record<string, strin
   return out
 }
 
-type RemoteFlagValues = {header?: string[]; 'remote-timeout'?: number; cache?: string; 'cache-size'?: string}
+type RemoteFlagValues = {header?: string[]; 'remote-timeout'?: number; cache?: string; 'cache-size'?: string; 'version-id'?: string}
 
 export function remoteArgs(flags: RemoteFlagValues): RemoteArgs {
   const cache = flags.cache ?? defaultCacheDir()
@@ -72,7 +75,15 @@ export function remoteArgs(flags: RemoteFlagValues): RemoteArgs {
     timeoutMs: flags['remote-timeout'] !== undefined ? flags['remote-timeout'] * 1000 : undefined,
     cacheDir: cache === 'none' ? undefined : cache,
     cacheBytes: flags['cache-size'] !== undefined ? parseSize(flags['cache-size'], '--cache-size') : undefined,
+    versionId: parseVersionId(flags['version-id']),
   }
+}
+
+/** `--version-id`: S3's ids are up to 1024 printable characters; anything else is a usage error. */
+export function parseVersionId(v: string | undefined): string | undefined {
+  if (v === undefined) return undefined
+  if (!/^[\x21-\x7e]{1,1024}$/.test(v)) throw new VdevError('usage', `--version-id ${JSON.stringify(v.slice(0, 60))}: expected an S3 version id (printable characters, no spaces)`)
+  return v
 }
 
 export function sourceArgs(flags: {mapfile?: string; format?: string; 'sector-size'?: number} & RemoteFlagValues): SourceArgs {

@@ -483,7 +483,7 @@ export class CurlRanges {
     if (this.target.s3 && status >= 300 && status < 500 && status !== 408 && status !== 416 && status !== 429) {
       // A GET naming the version needs s3:GetObjectVersion, which an s3:GetObject-only policy lacks: as the
       // owner does (http.ts s3Error), the ETag pins from then on; at once, without the version.
-      if ((status === 401 || status === 403) && this.versionId) {
+      if ((status === 401 || status === 403) && this.versionId && (t.etag ?? t.weakEtag) !== undefined) {
         this.versionId = undefined
         throw new Attempt(`${this.name}: a GET naming the version: HTTP ${status}`, true, 'io', false, true)
       }

@@ -479,16 +479,21 @@ export class HttpObject implements ByteRanges {
   private s3Error(status: number, body: string, bucketRegion: string | undefined, versioned: boolean): Attempt {
     const code = /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1]
     const what = `HTTP ${status}${code ? ' ' + code : ''}`
-    // A GET of a version needs s3:GetObjectVersion, which a policy granting s3:GetObject (a public-read
-    // bucket's too) does not give: the ETag is then the pin, as in a bucket without versioning, and the read
-    // is tried again without the version (refused again, it says so below).
-    if (versioned && (status === 401 || status === 403)) {
+    // Once the first answer pinned the object's ETag: a GET of a version needs s3:GetObjectVersion, which a
+    // policy granting s3:GetObject (a public-read bucket's too) does not give. The ETag is then the pin, as
+    // in a bucket without versioning, and the read is tried again without the version (refused again, it
+    // says so below). Not when opening a version the user named (--version-id): without it the newest would
+    // be read, and nothing would pin the one asked for.
+    const pinned = this.etag !== undefined || this.weakEtag !== undefined
+    if (versioned && pinned && (status === 401 || status === 403)) {
       this.versionId = undefined
       return new Attempt(`${this.name}: a GET naming the version: ${what}`, true)
     }
     // The version this image reads was deleted (not merely superseded): every read fails from now on.
-    if (this.versionId && (code === 'NoSuchVersion' || (status === 404 && code === 'NoSuchKey')))
+    if (this.versionId && (code === 'NoSuchVersion' || (status === 404 && code === 'NoSuchKey'))) {
+      if (!pinned) return new Attempt(`${this.name}: no version ${JSON.stringify(this.versionId.slice(0, 80))} of it (${what})`, false)
       return this.markChanged(`its version ${this.versionId} is gone: ${what}`)
+    }
     if (status === 404)
       return new Attempt(`${this.name}: ${code === 'NoSuchBucket' ? 'no such bucket' : 'not found'} (${what})`, false)
     if (status === 401 || status === 403) return new Attempt(`${this.name}: access denied (${what}): ${this.s3!.credentialsFrom}`, false)

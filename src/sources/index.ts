@@ -15,6 +15,7 @@ import type {BlockSource, OpenSourceOptions, SourceDescriptor} from '../core/sou
 import {HEADER_SIZE, MAGIC} from '../format/layout'
 import {openImage, type ByteRanges, type OpenOptions, type VdimgImage} from '../format/reader'
 import {HttpObject, isRemote, type RemoteOptions} from '../remote/http'
+import {isS3} from '../remote/s3'
 import {LinkedRanges, type RangesLink} from '../remote/link'
 import {RawImage} from './raw'
 import {OverlayView} from '../layers/overlay-view'
@@ -80,7 +81,8 @@ export function remoteOptions(o: SourceDescriptor['options'] = {}): RemoteOption
  */
 export async function openVdimg(location: string, a: RemoteArgs = {}, opts: OpenOptions = {}): Promise<VdimgImage> {
   let from: string | ByteRanges = location
-  if (isRemote(location)) from = await HttpObject.open(location, {headers: a.headers, timeoutMs: a.timeoutMs, cacheDir: a.cacheDir, cacheBytes: a.cacheBytes})
+  checkVersionId(location, a.versionId)
+  if (isRemote(location)) from = await HttpObject.open(location, {headers: a.headers, timeoutMs: a.timeoutMs, cacheDir: a.cacheDir, cacheBytes: a.cacheBytes, versionId: a.versionId})
   return openImage(from, opts)
 }
 
@@ -99,9 +101,11 @@ export interface SourceArgs {
   /** A remote image: where to cache fetched bytes (--cache; undefined: none) and its bound (--cache-size). */
   cacheDir?: string
   cacheBytes?: number
+  /** An s3:// image: the version to read (--version-id; undefined: the newest). */
+  versionId?: string
 }
 
-export type RemoteArgs = Pick<SourceArgs, 'headers' | 'timeoutMs' | 'cacheDir' | 'cacheBytes'>
+export type RemoteArgs = Pick<SourceArgs, 'headers' | 'timeoutMs' | 'cacheDir' | 'cacheBytes' | 'versionId'>
 
 /**
  * What the user named on the command line, as a descriptor. A VDIMG image is recognised by its magic;
@@ -117,9 +121,12 @@ export function describeSource(image: string, a: SourceArgs = {}): SourceDescrip
     if (a.timeoutMs !== undefined) options.timeoutMs = a.timeoutMs
     if (a.cacheDir !== undefined) options.cacheDir = path.resolve(a.cacheDir)
     if (a.cacheBytes !== undefined) options.cacheBytes = a.cacheBytes
+    checkVersionId(image, a.versionId)
+    if (a.versionId !== undefined) options.versionId = a.versionId
     return {kind: 'vdimg', path: image, options}
   }
   if (a.headers && Object.keys(a.headers).length) throw new VdevError('usage', '--header goes with an http://, https:// or s3:// image')
+  checkVersionId(image, a.versionId)
   const abs = path.resolve(image)
   const format = a.format ?? 'auto'
   if (a.mapfile !== undefined && format === 'vdimg') throw new VdevError('usage', '--mapfile goes with a raw image, not a VDIMG image (its bad areas are inside it)')
@@ -163,6 +170,11 @@ function hasMagic(abs: string, name: string, st: fs.Stats): boolean {
   } finally {
     fs.closeSync(fd)
   }
+}
+
+/** `--version-id` names a version of an S3 object: anything else has none. */
+function checkVersionId(image: string, versionId: string | undefined): void {
+  if (versionId !== undefined && !isS3(image)) throw new VdevError('usage', `--version-id goes with an s3:// image (${image.slice(0, 80)} is not one)`)
 }
 
 /** Open what the user named (describeSource, then openSource). */

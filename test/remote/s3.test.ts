@@ -594,6 +594,44 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     })
   })
 
+  it('--version-id: info, verify, extract and serve read the version named, not the newest; a version that does not exist: exit 3, one line; --version-id with an http:// URL or a file: exit 2', async () => {
+    const bucket = 'versioned-named'
+    await rgw.createBucket(bucket)
+    await rgw.enableVersioning(bucket)
+    const v1 = await rgw.put(bucket, KEY, image)
+    const v2 = await rgw.put(bucket, KEY, fs.readFileSync(sb.p('other.vdimg')))
+    assert.ok(v1 && v2 && v1 !== v2)
+    const vurl = `s3://${bucket}/${KEY}`
+    const local = await vdev(['info', sb.p('disk.vdimg'), '--json'])
+    const info = async (extra: string[]) => {
+      const r = await vdev(['info', vurl, '--json', '--cache', 'none', ...extra])
+      assert.equal(r.code, 0, r.stderr)
+      return JSON.parse(r.stdout) as {metadata: Record<string, unknown>; sha256: string}
+    }
+    // The newest is the other image; the one named is the first, with the local file's media hash.
+    assert.equal((await info([])).metadata.case, undefined)
+    const named = await info(['--version-id', v1])
+    assert.equal(named.metadata.case, 's3')
+    assert.equal(named.sha256, JSON.parse(local.stdout).sha256)
+    const v = await vdev(['verify', vurl, '--version-id', v1, '--cache', 'none'])
+    assert.equal(v.code, 0, v.stderr)
+    const x = await vdev(['extract', vurl, sb.p('named.raw'), '--version-id', v1, '--cache', 'none'])
+    assert.equal(x.code, 0, x.stderr)
+    assert.equal(sha256(fs.readFileSync(sb.p('named.raw'))), sha256(logical(data)))
+    // A version the bucket does not have: one line, exit 3 — not the newest version read instead.
+    const missing = await vdev(['info', vurl, '--version-id', 'NoSuchVersionHere1', '--cache', 'none'])
+    assert.equal(missing.code, 3, missing.stderr)
+    assert.equal(lines(missing.stderr).length, 1, missing.stderr)
+    assert.match(missing.stderr, /^vdev: s3:\/\/versioned-named\/.*: (no version "NoSuchVersionHere1" of it \(HTTP 404 NoSuch(Version|Key)\)|HTTP 400 InvalidArgument)/)
+    for (const image of ['http://127.0.0.1:9/disk.vdimg', sb.p('disk.vdimg')]) {
+      const r = await vdev(['info', image, '--version-id', v1])
+      assert.equal(r.code, 2, r.stderr)
+      assert.match(r.stderr, /--version-id goes with an s3:\/\/ image/)
+    }
+    // Served (NBD, two serving threads, their own GETs naming the version): every byte the named version's.
+    if (have('nbdcopy') && have('qemu-io')) await checkServeScratch(sb, vurl, logical(data), env, ['--version-id', v1])
+  })
+
   it('vdev serve s3:// --scratch (a writable overlay over the S3 base, NBD on two serving threads): a write reads back, every other byte is the image\'s', async function () {
     if (!have('nbdcopy') || !have('qemu-io')) this.skip()
     await checkServeScratch(sb, url, logical(data), env)

@@ -10,10 +10,10 @@ import {run, type Sandbox} from '../sandbox'
 
 const MiB = 1 << 20
 
-/** `want`: what the image reads as (bad areas as zeros: the server runs with --bad-policy zero). */
-export async function checkServeScratch(sb: Sandbox, url: string, want: Buffer, env: Record<string, string> = {}): Promise<void> {
+/** `want`: what the image reads as (bad areas as zeros: the server runs with --bad-policy zero); `extra`: more flags. */
+export async function checkServeScratch(sb: Sandbox, url: string, want: Buffer, env: Record<string, string> = {}, extra: string[] = []): Promise<void> {
   const sock = sb.p('scratch.sock')
-  const child = spawn(process.execPath, [BIN, 'serve', url, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', 'none', '--threads', '2', '--scratch'], {
+  const child = spawn(process.execPath, [BIN, 'serve', url, '--listen', `unix:${sock}`, '--json', '--bad-policy', 'zero', '--cache', 'none', '--threads', '2', '--scratch', ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {...process.env, ...env},
   })
