@@ -4,6 +4,7 @@ import {humanBytes} from '../cli/progress'
 import {describeImage, type ImageInfo} from '../format/describe'
 import {sourceArgs, sourceFlags} from '../cli/source-flags'
 import {describeSource, openVdimg, remoteOptions} from '../sources'
+import {HttpObject, type RemoteIdentity} from '../remote/http'
 import {RawImage, describeRaw, type RawInfo} from '../sources/raw'
 
 export default class Info extends VdevCommand {
@@ -40,8 +41,12 @@ export default class Info extends VdevCommand {
     const img = await openVdimg(desc.path, remoteOptions(desc.options), {onWarning: (l) => this.warnAll([l])})
     this.warnAll(img.warnings)
     try {
-      const info = await describeImage(img, {maxRanges})
+      const info: ImageInfo & {remote?: RemoteIdentity} = await describeImage(img, {maxRanges})
+      // A remote image: what pins it (the same version is read again with --version-id; docs/remote.md).
+      if (img.ranges instanceof HttpObject) info.remote = img.ranges.identity
       this.say(`image:        ${info.path} (VDIMG ${info.version})`)
+      const r = info.remote
+      if (r) this.say(`remote:       ${[r.etag && `ETag ${r.etag}`, r.lastModified && `Last-Modified ${r.lastModified}`, r.versionId && `version ${r.versionId}`].filter(Boolean).join(', ') || '(no ETag: not pinned)'}`)
       this.say(`size:         ${humanBytes(info.size)} (${info.size} bytes), sector size ${info.sectorSize}`)
       this.say(`chunk size:   ${humanBytes(info.chunkSize)}, ${info.chunkCount} chunks`)
       this.say(`stored:       ${humanBytes(info.fileSize)} (${pct(info.ratio)} of the image)`)

@@ -58,6 +58,13 @@ const PROBE_BYTES = 64 << 10
 /** Idle time allowed to one GET (no byte received) before it is abandoned and retried. */
 const MAX_ATTEMPT_IDLE_MS = 10_000
 
+/** What pins a remote object (HttpObject.identity). */
+export interface RemoteIdentity {
+  etag?: string
+  lastModified?: string
+  versionId?: string
+}
+
 /** An http://, https:// or s3:// location (s3.ts). */
 export function isRemote(location: string): boolean {
   return /^(https?|s3):\/\//i.test(location)
@@ -143,6 +150,16 @@ export class HttpObject implements ByteRanges {
     const d = this.threadCounters
     const fetched = {requests: this.fetched.requests + Number(d[0]), bytes: this.fetched.bytes + Number(d[1]), retries: this.fetched.retries + Number(d[2])}
     return {...fetched, ...(c ? {cacheHits: c.hits, cacheMisses: c.misses} : {})}
+  }
+
+  /** What pins the object read (`vdev info`): its ETag, Last-Modified, and in a versioned bucket its version. */
+  get identity(): RemoteIdentity {
+    const o: RemoteIdentity = {}
+    const tag = this.etag ?? this.weakEtag
+    if (tag !== undefined) o.etag = tag
+    if (this.lastModified) o.lastModified = this.lastModified
+    if (this.versionId) o.versionId = this.versionId
+    return o
   }
 
   /** s3:// with temporary keys: how many sets have been loaded (for tests). */

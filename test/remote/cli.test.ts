@@ -83,15 +83,21 @@ describe('remote images: the CLI against a real nginx (http, https)', function (
     assert.deepEqual(left, [], 'left behind')
   })
 
-  it('info --json over http:// is the local file\'s, but for the path', async () => {
+  it('info --json over http:// is the local file\'s, but for the path and what pins the object (nginx: its ETag and Last-Modified)', async () => {
     const [r, l] = await Promise.all([runCli(['info', url, '--json']), runCli(['info', local, '--json'])])
     assert.equal(r.code, 0, r.stderr)
     assert.equal(r.stderr, '')
     const remote = JSON.parse(r.stdout)
     const mine = JSON.parse(l.stdout)
     assert.equal(remote.path, url)
+    // nginx's ETag is the file's mtime and size in hex; Last-Modified is the mtime.
+    const st = fs.statSync(local)
+    assert.equal(remote.remote.etag, `"${Math.floor(st.mtimeMs / 1000).toString(16)}-${st.size.toString(16)}"`)
+    assert.equal(remote.remote.lastModified, new Date(Math.floor(st.mtimeMs / 1000) * 1000).toUTCString())
+    assert.equal(remote.remote.versionId, undefined)
     delete remote.path
     delete mine.path
+    delete remote.remote
     assert.deepEqual(remote, mine)
     assert.equal(remote.metadata.case, 'remote')
     assert.ok(remote.chunks.zstd > 0 && remote.chunks.raw > 0 && remote.chunks.zero > 0, JSON.stringify(remote.chunks))

@@ -109,9 +109,13 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
       const j = JSON.parse(s)
       delete j.path
       delete j.file
+      delete j.remote
       return j
     }
     assert.deepEqual(strip(ri.stdout), strip(li.stdout))
+    // What pins it: S3's ETag (an MD5 for a single-part upload), no version (versioning is off).
+    assert.match(JSON.parse(ri.stdout).remote.etag, /^"[0-9a-f]{32}"$/)
+    assert.equal(JSON.parse(ri.stdout).remote.versionId, undefined)
     const v = await vdev(['verify', url, '--cache', 'none'])
     assert.equal(v.code, 0, v.stderr)
     // Through the default cache: a second extract is answered from it, with the same bytes.
@@ -594,7 +598,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     })
   })
 
-  it('--version-id: info, verify, extract and serve read the version named, not the newest; a version that does not exist: exit 3, one line; --version-id with an http:// URL or a file: exit 2', async () => {
+  it('--version-id: info (which names the version it read), verify, extract and serve read the version named, not the newest; a version that does not exist: exit 3, one line; --version-id with an http:// URL or a file: exit 2', async () => {
     const bucket = 'versioned-named'
     await rgw.createBucket(bucket)
     await rgw.enableVersioning(bucket)
@@ -606,13 +610,20 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     const info = async (extra: string[]) => {
       const r = await vdev(['info', vurl, '--json', '--cache', 'none', ...extra])
       assert.equal(r.code, 0, r.stderr)
-      return JSON.parse(r.stdout) as {metadata: Record<string, unknown>; sha256: string}
+      return JSON.parse(r.stdout) as {metadata: Record<string, unknown>; sha256: string; remote: {etag?: string; versionId?: string}}
     }
-    // The newest is the other image; the one named is the first, with the local file's media hash.
-    assert.equal((await info([])).metadata.case, undefined)
+    // The newest is the other image; the one named is the first, with the local file's media hash. info
+    // says which version it read (what --version-id takes to read it again).
+    const newest = await info([])
+    assert.equal(newest.metadata.case, undefined)
+    assert.equal(newest.remote.versionId, v2)
     const named = await info(['--version-id', v1])
     assert.equal(named.metadata.case, 's3')
     assert.equal(named.sha256, JSON.parse(local.stdout).sha256)
+    assert.equal(named.remote.versionId, v1)
+    assert.match(named.remote.etag ?? '', /^"[0-9a-f]{32}"$/)
+    const text = await vdev(['info', vurl, '--cache', 'none', '--version-id', v1])
+    assert.match(text.stdout, new RegExp(`^remote: +ETag "[0-9a-f]{32}", Last-Modified [^,]+, [^,]+ GMT, version ${v1.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'))
     const v = await vdev(['verify', vurl, '--version-id', v1, '--cache', 'none'])
     assert.equal(v.code, 0, v.stderr)
     const x = await vdev(['extract', vurl, sb.p('named.raw'), '--version-id', v1, '--cache', 'none'])
