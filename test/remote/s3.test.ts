@@ -283,6 +283,12 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     }
   })
 
+  /** A new bucket with versioning on. */
+  const versionedBucket = async (bucket: string) => {
+    await rgw.createBucket(bucket)
+    await rgw.enableVersioning(bucket)
+  }
+
   /**
    * Two keys of user vdev (`${NAME}ONE`, `${NAME}TWO`) and a credential_process in an AWS home of its own
    * that gives the first on its first run and the second on every later one, each expiring `seconds` later;
@@ -332,8 +338,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
 
   it('a versioned bucket: a new version put over the key while the image is open is not read — every later GET names the version opened; that version deleted: reads fail', async () => {
     const bucket = 'versioned'
-    await rgw.createBucket(bucket)
-    await rgw.enableVersioning(bucket)
+    await versionedBucket(bucket)
     const v1 = await rgw.put(bucket, KEY, image)
     assert.ok(v1, 'the gateway gave no version id: versioning is not on')
     const vurl = `s3://${bucket}/${KEY}`
@@ -375,8 +380,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
 
   it('a versioned bucket readable by a policy that grants s3:GetObject only (public-read, unsigned): a GET naming the version is refused, and the reads go on pinned by the ETag', async () => {
     const bucket = 'versioned-public'
-    await rgw.createBucket(bucket)
-    await rgw.enableVersioning(bucket)
+    await versionedBucket(bucket)
     const v1 = await rgw.put(bucket, KEY, image)
     assert.ok(v1)
     const policy = {Version: '2012-10-17', Statement: [{Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: `arn:aws:s3:::${bucket}/*`}]}
@@ -502,8 +506,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
 
   it('a serving thread in a versioned bucket reads the version opened (its GETs name it); that version deleted: the thread\'s read is left to the owner, which fails it (EIO); a public-read bucket: the refused versioned GET is retried unpinned', async () => {
     const bucket = 'versioned-threads'
-    await rgw.createBucket(bucket)
-    await rgw.enableVersioning(bucket)
+    await versionedBucket(bucket)
     const v1 = await rgw.put(bucket, KEY, image)
     assert.ok(v1)
     const other = fs.readFileSync(sb.p('other.vdimg'))
@@ -528,8 +531,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
     // Anonymous s3:GetObject only: the thread's GET naming the version is refused (403), the thread drops
     // the version and GETs again at once, unsigned — its own GET still, the bytes exact.
     const pub = 'versioned-public-threads'
-    await rgw.createBucket(pub)
-    await rgw.enableVersioning(pub)
+    await versionedBucket(pub)
     assert.ok(await rgw.put(pub, KEY, image))
     const policy = {Version: '2012-10-17', Statement: [{Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: `arn:aws:s3:::${pub}/*`}]}
     const p = await rgw.request('PUT', `/${pub}?policy`, Buffer.from(JSON.stringify(policy)))
@@ -600,8 +602,7 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
 
   it('--version-id: info (which names the version it read), verify, extract and serve read the version named, not the newest; a version that does not exist: exit 3, one line; --version-id with an http:// URL or a file: exit 2', async () => {
     const bucket = 'versioned-named'
-    await rgw.createBucket(bucket)
-    await rgw.enableVersioning(bucket)
+    await versionedBucket(bucket)
     const v1 = await rgw.put(bucket, KEY, image)
     const v2 = await rgw.put(bucket, KEY, fs.readFileSync(sb.p('other.vdimg')))
     assert.ok(v1 && v2 && v1 !== v2)
