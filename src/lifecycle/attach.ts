@@ -235,6 +235,7 @@ export function sourceFlags(d: SourceDescriptor): string[] {
   if (typeof o.timeoutMs === 'number') out.push('--remote-timeout', String(Math.round(o.timeoutMs / 1000)))
   if (isRemote(d.path)) out.push('--cache', typeof o.cacheDir === 'string' ? o.cacheDir : 'none')
   if (typeof o.cacheBytes === 'number') out.push('--cache-size', String(o.cacheBytes))
+  if (typeof o.versionId === 'string') out.push('--version-id', o.versionId)
   return out
 }
 

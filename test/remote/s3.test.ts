@@ -727,6 +727,34 @@ describe('remote images: S3 against a real Ceph RADOS Gateway', function () {
       }
     })
 
+    it('attached with --version-id: the device reads the version named, a newer one put before the attach notwithstanding', async () => {
+      await versionedBucket('versioned-attach')
+      const v1 = await rgw.put('versioned-attach', KEY, image)
+      assert.ok(v1)
+      await rgw.put('versioned-attach', KEY, fs.readFileSync(sb.p('other.vdimg')))
+      const s = new Sandbox('vdev-s3-version-')
+      let id: string | undefined
+      try {
+        const r = await runCli(['attach', `s3://versioned-attach/${KEY}`, '--version-id', v1, '--backend', 'fuse', '--json', '--cache', 'none'], {env: {...env, ...s.env()}})
+        assert.equal(r.code, 0, r.stderr)
+        const j = JSON.parse(r.stdout)
+        s.trackPid(j.pid)
+        id = j.id
+        for (const o of [2 * MiB + 8192, 5 * MiB + 4096, 20 * MiB + 8192]) {
+          const rd = await readDirect(j.device, o, 65536)
+          assert.equal(rd.code, 0, rd.stderr)
+          assert.ok(rd.stdout.equals(data.subarray(o, o + 65536)), `bytes at ${o} are not the named version's`)
+        }
+      } finally {
+        if (id) {
+          const d = await runCli(['detach', id], {env: s.env()})
+          assert.equal(d.code, 0, d.stderr)
+        }
+        const left = await s.teardown()
+        assert.deepEqual(left, [], `left behind: ${left.join(', ')}`)
+      }
+    })
+
     it('two attaches at once: one device read whole, every MiB, EIO at exactly the unreadable sectors; the other at random places', async () => {
       const whole = async (dev: string) => {
         for (let o = 0; o < SIZE; o += MiB) {
