@@ -25,6 +25,7 @@ const recvFn = lib.func('long recv(int sockfd, void *buf, size_t len, int flags)
 const readFn = lib.func('long read(int fd, void *buf, size_t count)')
 const flockFn = lib.func('int flock(int fd, int operation)')
 const fadviseFn = lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)')
+const setsockoptIntFn = lib.func('int setsockopt(int fd, int level, int name, _In_ int *val, uint32_t len)')
 const syncFileRangeFn = lib.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)')
 const mmapFn = lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)')
 const munmapFn = lib.func('int munmap(void *addr, size_t length)')
@@ -133,6 +134,11 @@ export function flock(fd: number, operation: number): number {
 }
 export const LOCK_EX = 2 // include/uapi/asm-generic/fcntl.h
 export const LOCK_NB = 4
+
+/** setsockopt of an int option: 0, or -1 (errno not read: callers use it for hints). */
+export function setsockoptInt(fd: number, level: number, name: number, value: number): number {
+  return setsockoptIntFn(fd, level, name, [value], 4) as number
+}
 
 /** posix_fadvise(2); returns the error number (0 on success): it is only advice, callers go on without it. */
 export function fadvise(fd: number, offset: number, length: number, advice: number): number {

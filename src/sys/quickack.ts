@@ -11,7 +11,8 @@
  * elsewhere, or where libc cannot be loaded, nothing happens. VDEV_REMOTE_QUICKACK=0 turns it off.
  */
 import type * as net from 'node:net'
-import type * as Koffi from 'koffi' with {'resolution-mode': 'import'}
+
+type Libc = typeof import('./libc')
 
 const IPPROTO_TCP = 6
 const TCP_QUICKACK = 12
@@ -23,11 +24,10 @@ function load(): ((fd: number) => void) | null {
   setQuickAck = null
   if (process.platform !== 'linux' || process.env.VDEV_REMOTE_QUICKACK === '0') return null
   try {
+    // As fadvise.ts: libc lazily (the module throws where libc.so.6 cannot be loaded).
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const koffi = require('koffi') as typeof Koffi
-    const setsockopt = koffi.load('libc.so.6').func('int setsockopt(int fd, int level, int name, _In_ int *val, uint32_t len)')
-    const one = [1]
-    setQuickAck = (fd) => void setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, one, 4)
+    const libc = require('./libc') as Libc
+    setQuickAck = (fd) => void libc.setsockoptInt(fd, IPPROTO_TCP, TCP_QUICKACK, 1)
   } catch {
     setQuickAck = null
   }
