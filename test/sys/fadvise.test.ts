@@ -23,6 +23,34 @@ function resident(file: string): number {
   return Number(r.stdout.trim())
 }
 
+/** File pages the kernel's reclaim has taken so far (`pgsteal_file`, or kswapd + direct on older kernels). */
+function reclaimedPages(): number {
+  const stat = fs.readFileSync('/proc/vmstat', 'utf8')
+  const get = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(stat)?.[1] ?? 0)
+  return get('pgsteal_file') || get('pgsteal_kswapd') + get('pgsteal_direct')
+}
+
+/**
+ * Run `attempt` (which asserts that pages were kept) up to three times: a shortfall is retried only when
+ * the kernel's own reclaim took file pages meanwhile (memory pressure from the rest of a CI run once
+ * took 9 pages of 24 576 here) — with no reclaim, the first failure stands.
+ */
+async function unlessReclaimed(attempt: () => Promise<void>): Promise<void> {
+  for (let i = 1; ; i++) {
+    const before = reclaimedPages()
+    try {
+      await attempt()
+      return
+    } catch (e) {
+      const reclaimed = reclaimedPages() - before
+      if (i === 3 || reclaimed === 0) {
+        if (e instanceof Error) e.message += ` (attempt ${i}; the kernel reclaimed ${reclaimed} file pages meanwhile)`
+        throw e
+      }
+    }
+  }
+}
+
 /** Resident bytes once they stop growing (WILLNEED only starts the reads). */
 async function settled(file: string): Promise<number> {
   let last = -1
@@ -123,31 +151,33 @@ describe('sys/fadvise: the page cache is left as it was found', function () {
     assert.ok(left < MiB, `${left} bytes left resident`)
   })
 
-  it('a file in the page cache stays there', async () => {
-    evict()
-    fs.readFileSync(file)
-    assert.equal(resident(file), SIZE)
-    readThrough(fd, SIZE)
-    assert.equal(await settled(file), SIZE)
-  })
+  it('a file in the page cache stays there', () =>
+    unlessReclaimed(async () => {
+      evict()
+      fs.readFileSync(file)
+      assert.equal(resident(file), SIZE)
+      readThrough(fd, SIZE)
+      assert.equal(await settled(file), SIZE)
+    }))
 
-  it('only the pages that were not resident are dropped (a cached middle stays)', async () => {
-    evict()
-    // 20–36 MiB cached (not on a step boundary), the rest not.
-    const buf = Buffer.allocUnsafe(16 * MiB)
-    fs.readSync(fd, buf, 0, buf.length, 20 * MiB)
-    const before = libc.residentPages(fd, 0, SIZE)!
-    readThrough(fd, SIZE)
-    await settled(file)
-    const after = libc.residentPages(fd, 0, SIZE)!
-    const page = libc.pageSize()
-    for (let i = 0; i < after.length; i++) {
-      const at = i * page
-      const wasCached = at >= 20 * MiB && at < 36 * MiB
-      if (wasCached) assert.equal(after[i] & 1, 1, `page at ${at} was resident before and is not now`)
-      else assert.equal(after[i] & 1, 0, `page at ${at} was not resident before (${before[i] & 1}) and is now`)
-    }
-  })
+  it('only the pages that were not resident are dropped (a cached middle stays)', () =>
+    unlessReclaimed(async () => {
+      evict()
+      // 20–36 MiB cached (not on a step boundary), the rest not.
+      const buf = Buffer.allocUnsafe(16 * MiB)
+      fs.readSync(fd, buf, 0, buf.length, 20 * MiB)
+      const before = libc.residentPages(fd, 0, SIZE)!
+      readThrough(fd, SIZE)
+      await settled(file)
+      const after = libc.residentPages(fd, 0, SIZE)!
+      const page = libc.pageSize()
+      for (let i = 0; i < after.length; i++) {
+        const at = i * page
+        const wasCached = at >= 20 * MiB && at < 36 * MiB
+        if (wasCached) assert.equal(after[i] & 1, 1, `page at ${at} was resident before and is not now`)
+        else assert.equal(after[i] & 1, 0, `page at ${at} was not resident before (${before[i] & 1}) and is now`)
+      }
+    }))
 
   it('a step is not dropped while a read before its end is still under way', async () => {
     evict()
@@ -169,16 +199,17 @@ describe('sys/fadvise: the page cache is left as it was found', function () {
     assert.ok((await settled(file)) < MiB, 'and the steps asked for ahead, at close')
   })
 
-  it('VDEV_DROP_BEHIND=0 keeps every page', async () => {
-    evict()
-    process.env.VDEV_DROP_BEHIND = '0'
-    try {
-      readThrough(fd, SIZE)
-    } finally {
-      delete process.env.VDEV_DROP_BEHIND
-    }
-    assert.equal(await settled(file), SIZE)
-  })
+  it('VDEV_DROP_BEHIND=0 keeps every page', () =>
+    unlessReclaimed(async () => {
+      evict()
+      process.env.VDEV_DROP_BEHIND = '0'
+      try {
+        readThrough(fd, SIZE)
+      } finally {
+        delete process.env.VDEV_DROP_BEHIND
+      }
+      assert.equal(await settled(file), SIZE)
+    }))
 
   it('vdev create leaves its cold input out of the page cache and its warm input in it; extract likewise its image', async () => {
     const raw = path.join(t.dir, 'disk.raw')
