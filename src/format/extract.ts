@@ -213,7 +213,8 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
       }
     }
     const stdout = toStdout ? stdoutWriter() : undefined
-    // The fsync before the rename then waits for little more than the last few MiB.
+    // The fsync before the rename then waits for little more than the last few MiB, and its flush of the
+    // disk's cache for little more than the last 64 MiB.
     const writeback = toStdout ? undefined : writebackBehind(fd)
     try {
       await decodeAll(img, {
@@ -263,16 +264,20 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
             flush(at)
             await Promise.all(writes)
           }
-          writeback?.(b.offset + b.data.length)
+          writeback?.behind(b.offset + b.data.length)
           result.bytes += b.data.length
           opts.onProgress?.(result.bytes, img.size)
         },
       })
+    } catch (err) {
+      await writeback?.settle().catch(() => undefined) // a background fdatasync still holds the descriptor
+      throw err
     } finally {
       stdout?.close()
     }
     if (!toStdout) {
       try {
+        await writeback?.settle()
         fs.fsyncSync(fd)
         fs.closeSync(fd)
         fd = -1

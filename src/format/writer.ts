@@ -169,7 +169,8 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
   } catch (err) {
     throw ioError(outPath, err, 'cannot create')
   }
-  // The fsync before the rename then waits for little more than the last few MiB.
+  // The fsync before the rename then waits for little more than the last few MiB, and its flush of the
+  // disk's cache for little more than the last 64 MiB.
   const writeback = writebackBehind(fd)
 
   const pool = new WorkerPool(path.join(__dirname, 'codec-worker.js'), threads)
@@ -241,7 +242,7 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     // Advance first: a group completed by this batch writes its index table after the batch's data.
     const base = filePos
     filePos += out.length
-    writeback(filePos)
+    writeback.behind(filePos)
     let at = 0
     let k = 0
     for (let i = 0; i < b.lengths.length; i++) {
@@ -474,7 +475,12 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
     await writeAt(fd, header, trailerOffset, tmp)
     filePos += header.length
     await writeAt(fd, header, 0, tmp)
-    fs.fsyncSync(fd)
+    try {
+      await writeback.settle()
+      fs.fsyncSync(fd)
+    } catch (err) {
+      throw ioError(outPath, err, 'write error')
+    }
     fs.closeSync(fd)
     cleanedUp = true
     try {
@@ -513,6 +519,7 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
   } catch (err) {
     // Reads still under way write into buffers nobody will look at; let them end before the input closes.
     await Promise.allSettled(readAhead.map((r) => r.read))
+    await writeback.settle().catch(() => undefined) // a background fdatasync still holds the descriptor
     cleanup()
     throw err
   } finally {

@@ -283,16 +283,16 @@ describe('sys/fadvise: writeback behind a file written from start to end', funct
   })
   after(() => t?.cleanup())
 
-  it('starts writeback every 16 MiB written, and gives up on what is not a file', () => {
+  it('starts writeback every 16 MiB written, and gives up on what is not a file', async () => {
     const file = path.join(t.dir, 'out.bin')
     const fd = fs.openSync(file, 'w')
     try {
       const chunk = crypto.randomBytes(4 * MiB)
-      const behind = writebackBehind(fd)
+      const wb = writebackBehind(fd)
       const started: boolean[] = []
       for (let at = 0; at < 40 * MiB; at += chunk.length) {
         fs.writeSync(fd, chunk, 0, chunk.length, at)
-        started.push(behind(at + chunk.length))
+        started.push(wb.behind(at + chunk.length))
       }
       // 4 MiB writes: at 16 and 32 MiB (sync_file_range returned 0 on the real file).
       assert.deepEqual(started.map((s, i) => (s ? (i + 1) * 4 : 0)).filter(Boolean), [16, 32])
@@ -303,11 +303,56 @@ describe('sys/fadvise: writeback behind a file written from start to end', funct
     const [r, w] = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM)
     try {
       const onSocket = writebackBehind(w)
-      assert.equal(onSocket(32 * MiB), false) // ESPIPE
-      assert.equal(onSocket(64 * MiB), false) // and no more tries
+      assert.equal(onSocket.behind(32 * MiB), false) // ESPIPE
+      assert.equal(onSocket.behind(64 * MiB), false) // and no more tries
+      await onSocket.settle() // no flush was started: nothing to wait for
     } finally {
       libc.close(r)
       libc.close(w)
     }
   })
+
+  it('flushes the disk\'s cache in the background every 64 MiB written (the block device\'s flush count)', async function () {
+    const file = path.join(t.dir, 'flushed.bin')
+    const flushes = deviceFlushes(t.dir)
+    if (flushes === undefined) this.skip() // no block device under the directory, or a kernel without flush counts
+    const fd = fs.openSync(file, 'w')
+    try {
+      const chunk = crypto.randomBytes(4 * MiB)
+      const wb = writebackBehind(fd)
+      // The first 60 MiB: writeback started, no flush yet.
+      for (let at = 0; at < 60 * MiB; at += chunk.length) {
+        fs.writeSync(fd, chunk, 0, chunk.length, at)
+        wb.behind(at + chunk.length)
+      }
+      await wb.settle()
+      const before = deviceFlushes(t.dir)!
+      for (let at = 60 * MiB; at < 72 * MiB; at += chunk.length) {
+        fs.writeSync(fd, chunk, 0, chunk.length, at)
+        wb.behind(at + chunk.length)
+      }
+      await wb.settle() // the fdatasync started at 64 MiB has ended
+      const after = deviceFlushes(t.dir)!
+      assert.ok(after > before, `flushes of the device: ${before} before the 64 MiB mark, ${after} after settle()`)
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
 })
+
+/**
+ * How many cache flushes the block device holding `dir` has completed (/sys/dev/block/MAJ:MIN/stat, its
+ * 16th field; kernels since 5.5), or undefined where there is no such device (tmpfs, overlay).
+ */
+function deviceFlushes(dir: string): number | undefined {
+  const dev = fs.statSync(dir).dev
+  // Linux's new_encode_dev layout, as Node gives st_dev.
+  const major = Number((BigInt(dev) >> 8n) & 0xfffn)
+  const minor = Number((BigInt(dev) & 0xffn) | ((BigInt(dev) >> 12n) & 0xfff00n))
+  try {
+    const fields = fs.readFileSync(`/sys/dev/block/${major}:${minor}/stat`, 'utf8').trim().split(/\s+/).map(Number)
+    return fields.length >= 16 ? fields[15] : undefined
+  } catch {
+    return undefined
+  }
+}
