@@ -3,9 +3,10 @@
  * through each Linux backend in turn, and reads the file vdev's NFS server exports through the kernel NFS v3
  * client (the file itself, and a loop device over it — the Linux analogue of DiskImages on macOS), plus a
  * plain loop device over the raw bytes as the kernel-only reference; reads each with fio — sequential 1 MiB
- * and random 4 KiB, O_DIRECT — and writes the numbers as JSON to $VDEV_VM_OUT. Numbers from TCG are only
- * comparable with each other, within one run.
- *   node dist/bench/vm/read-guest.js IMAGE.vdimg RAW
+ * and random 4 KiB, O_DIRECT — and with buffered 1 MiB reads (dd, the kernel's read-ahead, as `cat DEV`),
+ * times `zstd -d` of the same bytes as one stream (issue 14's yardstick), and writes the numbers as JSON to
+ * $VDEV_VM_OUT. Numbers from TCG are only comparable with each other, within one run.
+ *   node dist/bench/vm/read-guest.js IMAGE.vdimg RAW RAW.zst [nfs-only]
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -29,14 +30,24 @@ export interface VmReadRow {
   seqMiBs?: number
   randIops?: number
   randP99us?: number
+  /** Seconds to read the whole device with buffered 1 MiB reads (dd without O_DIRECT: the kernel's read-ahead). */
+  bufferedSeconds?: number
 }
 
 const RAND_SECONDS = Number(process.env.VDEV_BENCH_RAND_SECONDS ?? 8)
 /** Serving threads of the NFS rows (as the macos-nfs backend's default). */
 const NFS_THREADS = 2
 
+/** Seconds `cmd args` takes, which must exit 0. */
+async function timed(cmd: string, args: string[]): Promise<number> {
+  const t0 = process.hrtime.bigint()
+  const r = await run(cmd, args)
+  if (r.code !== 0) throw new Error(`${cmd}: ${r.stderr.trim()}`)
+  return Number(process.hrtime.bigint() - t0) / 1e9
+}
+
 /** fio on a device (spawned: the device may be served by this process, which must keep running). */
-async function fio(device: string): Promise<Pick<VmReadRow, 'seqMiBs' | 'randIops' | 'randP99us'>> {
+async function fio(device: string): Promise<Pick<VmReadRow, 'seqMiBs' | 'randIops' | 'randP99us' | 'bufferedSeconds'>> {
   const common = ['--output-format=json', `--filename=${device}`, '--readonly', '--direct=1', '--group_reporting']
   const seq = await run('fio', [...common, '--name=seq', '--rw=read', '--bs=1M', '--ioengine=psync'])
   if (seq.code !== 0) throw new Error(`fio seq: ${seq.stderr}`)
@@ -53,11 +64,13 @@ async function fio(device: string): Promise<Pick<VmReadRow, 'seqMiBs' | 'randIop
   if (rand.code !== 0) throw new Error(`fio rand: ${rand.stderr}`)
   const s = JSON.parse(seq.stdout).jobs[0].read
   const r = JSON.parse(rand.stdout).jobs[0].read
-  return {seqMiBs: s.bw_bytes / (1 << 20), randIops: r.iops, randP99us: (r.clat_ns?.percentile?.['99.000000'] ?? 0) / 1000}
+  // O_DIRECT left the page cache empty: the whole device through the kernel's read-ahead, as `cat DEV`.
+  const bufferedSeconds = await timed('dd', [`if=${device}`, 'of=/dev/null', 'bs=1M', 'status=none'])
+  return {seqMiBs: s.bw_bytes / (1 << 20), randIops: r.iops, randP99us: (r.clat_ns?.percentile?.['99.000000'] ?? 0) / 1000, bufferedSeconds}
 }
 
 async function main(): Promise<void> {
-  const [imageArg, rawArg, mode] = process.argv.slice(2)
+  const [imageArg, rawArg, zstArg, mode] = process.argv.slice(2)
   const nfsOnly = mode === 'nfs-only'
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-read-'))
   // Copy into the guest's tmpfs: every backend then reads the same memory, not the host over 9p.
@@ -65,6 +78,15 @@ async function main(): Promise<void> {
   const raw = path.join(work, 'bench.raw')
   fs.copyFileSync(imageArg, image)
   fs.copyFileSync(rawArg, raw)
+  const size = fs.statSync(raw).size
+  const zst = path.join(work, 'bench.raw.zst')
+  fs.copyFileSync(zstArg, zst)
+  // The yardstick: zstd -d of the same bytes as one stream, from the same tmpfs, best of two.
+  const zstdSeconds = Math.min(
+    await timed('zstd', ['-d', '-q', '-f', zst, '-o', '/dev/null']),
+    await timed('zstd', ['-d', '-q', '-f', zst, '-o', '/dev/null']),
+  )
+  fs.rmSync(zst)
   const rows: VmReadRow[] = []
 
   const losetup = nfsOnly ? undefined : await run('losetup', ['--find', '--show', '--read-only', raw])
@@ -139,7 +161,7 @@ async function main(): Promise<void> {
     }
   }
   fs.rmSync(work, {recursive: true, force: true})
-  const out = JSON.stringify({kernel: os.release(), rows}, null, 1)
+  const out = JSON.stringify({kernel: os.release(), size, zstdSeconds, rows}, null, 1)
   if (process.env.VDEV_VM_OUT) fs.writeFileSync(process.env.VDEV_VM_OUT, out)
   process.stdout.write(out + '\n')
 }
