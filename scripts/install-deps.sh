@@ -8,6 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 PACKAGES=(
   e2fsprogs util-linux fdisk dosfstools fuse3 cpio time zstd
+  strace             # test/sys/dirsync: each new file fsynced before its rename, its directory after
   gddrescue          # real GNU ddrescue mapfiles
   nbdkit libnbd-bin python3-libnbd nbd-client qemu-utils   # NBD peers: nbdkit, nbdinfo, nbdcopy, nbdfuse, qemu-img, qemu-nbd
   libnfs-utils       # nfs-ls, nfs-cat

@@ -12,6 +12,7 @@ import {DamageList, type Damage} from './verify'
 import {decodeAll} from './decode'
 import {formatMapfile} from './mapfile'
 import type {VdimgImage} from './reader'
+import {syncDirectory} from '../sys/dirsync'
 import {writebackBehind} from '../sys/fadvise'
 
 export type BadFill = 'zero' | 'pattern'
@@ -284,6 +285,7 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
         if (tmp) {
           fs.renameSync(tmp, out)
           tmp = undefined
+          syncDirectory(path.dirname(path.resolve(out)))
         }
       } catch (err) {
         throw ioError(out, err, 'write error')
@@ -301,9 +303,16 @@ export async function extractImage(img: VdimgImage, out: string, opts: ExtractOp
         currentPass: typeof d.currentPass === 'number' ? d.currentPass : undefined,
         comment: `Extracted from ${path.basename(img.path)}`,
       })
-      fs.writeFileSync(mapTmp, text, {flag: 'wx'})
+      const mfd = fs.openSync(mapTmp, 'wx')
+      try {
+        fs.writeFileSync(mfd, text)
+        fs.fsyncSync(mfd)
+      } finally {
+        fs.closeSync(mfd)
+      }
       fs.renameSync(mapTmp, opts.mapfileOut)
       mapTmp = undefined
+      syncDirectory(path.dirname(path.resolve(opts.mapfileOut)))
     }
     return result
   } catch (err) {

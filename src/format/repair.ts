@@ -36,6 +36,7 @@ import {
   type RecoveryLayout,
 } from './recovery'
 import {verifyImage, type Damage} from './verify'
+import {syncDirectory} from '../sys/dirsync'
 
 /** Byte-level access to the file being repaired (or only assessed). */
 class FileBytes {
@@ -455,6 +456,7 @@ export async function repairImage(image: string, opts: {out?: string; force?: bo
       await check.close()
     }
     fs.renameSync(tmp, out)
+    syncDirectory(dir)
     return {...report, out}
   } catch (err) {
     if (fd !== undefined) fs.closeSync(fd)
@@ -483,7 +485,15 @@ function copyAtomically(from: string, to: string): void {
   const tmp = path.join(path.dirname(path.resolve(to)), `.${path.basename(to)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`)
   try {
     fs.copyFileSync(from, tmp, fs.constants.COPYFILE_FICLONE)
+    // The copy reaches the disk before it takes the name: never a named file with only part of it there.
+    const fd = fs.openSync(tmp, 'r')
+    try {
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
     fs.renameSync(tmp, to)
+    syncDirectory(path.dirname(path.resolve(to)))
   } catch (err) {
     fs.rmSync(tmp, {force: true})
     throw ioError(to, err, 'cannot create')

@@ -10,6 +10,7 @@ import * as path from 'node:path'
 import * as crypto from 'node:crypto'
 import {VdevError, ioError, type BadRange, type BadStatus} from '../core/errors'
 import {WorkerPool} from '../core/workerpool'
+import {syncDirectory} from '../sys/dirsync'
 import {writebackBehind} from '../sys/fadvise'
 import {BadAreaMap} from './badmap'
 import {crc32c} from './crc'
@@ -490,6 +491,7 @@ export async function createImage(source: InputSource, outPath: string, opts: Cr
         fs.linkSync(tmp, outPath)
         fs.rmSync(tmp)
       }
+      syncDirectory(dir)
     } catch (err) {
       fs.rmSync(tmp, {force: true})
       const e = err as NodeJS.ErrnoException

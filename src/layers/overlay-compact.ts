@@ -16,7 +16,8 @@ import * as path from 'node:path'
 import {VdevError, ioError} from '../core/errors'
 import {crc32c} from '../format/crc'
 import {lockExclusive} from '../sys/file-lock'
-import {HEADER_SIZE, MAX_RECORD_DATA, RECORD_HEADER_SIZE, REC_TRIM, REC_WRITE, REC_ZERO, decodeHeader, encodeHeader, encodeRecordHeader, readAt, replay, syncDirectory} from './overlay'
+import {HEADER_SIZE, MAX_RECORD_DATA, RECORD_HEADER_SIZE, REC_TRIM, REC_WRITE, REC_ZERO, decodeHeader, encodeHeader, encodeRecordHeader, readAt, replay} from './overlay'
+import {syncDirectory} from '../sys/dirsync'
 
 export interface CompactResult {
   path: string

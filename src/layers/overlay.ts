@@ -26,6 +26,7 @@ import {BlockError} from '../core/block-error'
 import {VdevError, ioError, type BadRange} from '../core/errors'
 import type {BlockSource, Extent, ReadResult, WriteOptions} from '../core/source'
 import {crc32c} from '../format/crc'
+import {syncDirectory} from '../sys/dirsync'
 import {lockExclusive} from '../sys/file-lock'
 import {offerSyncLink} from '../threads/sync-call'
 import {RECORD_HEADER_SIZE, RECORD_MAGIC, SharedLog, encodeRecordHeader, type Published} from './overlay-log'
@@ -919,20 +920,6 @@ async function writeAllAsync(fd: number, parts: Buffer[], pos: number): Promise<
       done += n
     }
     pos += b.length
-  }
-}
-
-/** fsync a directory so a rename or link in it is durable (some file systems cannot: the files themselves are synced). */
-export function syncDirectory(dir: string): void {
-  try {
-    const d = fs.openSync(dir, 'r')
-    try {
-      fs.fsyncSync(d)
-    } finally {
-      fs.closeSync(d)
-    }
-  } catch {
-    // See above.
   }
 }
 
