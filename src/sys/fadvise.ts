@@ -1,9 +1,10 @@
 /**
  * Hints for files read or written once from start to end: posix_fadvise ahead of the reads (create's
- * input, extract's and verify's image), sync_file_range behind the writes (create's image, extract's
- * file). Linux only, and only hints: where libc cannot be loaded, reads and writes work the same.
+ * input, extract's and verify's image), sync_file_range and a background fdatasync behind the writes
+ * (create's image, extract's file). Linux only: where libc cannot be loaded, reads and writes work the
+ * same, and the one fsync at the end does all the flushing.
  */
-import * as fs from 'fs'
+import * as fs from 'node:fs'
 
 type Libc = typeof import('./libc')
 
