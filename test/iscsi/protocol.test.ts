@@ -256,25 +256,40 @@ describe('iscsi target: PDUs (raw client)', function () {
       assert.equal(buildSense({key: 3, asc: 0x1100, information: 7})[0], 0xf0)
     })
 
-    it('NOP-Out is answered with its ping data; task management and logout are answered', async () => {
+    it('NOP-Out is answered with its ping data; task management (ABORT TASK of a tag no task has, by its RefCmdSN) and logout are answered', async () => {
       const c = await session()
       const ping = crypto.randomBytes(100)
       const nopIn = await c.nop(ping)
       assert.equal(nopIn.opcode, 0x20)
       assert.ok(nopIn.data.equals(ping))
       assert.equal(nopIn.bhs.readUInt32BE(20), 0xffffffff)
-      // ABORT TASK of a task that finished long ago (RefCmdSN before the TMF's CmdSN): function complete.
-      const tmf = (fn: number, ref: number) =>
-        pdu(0x42, 0x80 | fn, Buffer.alloc(0), (b) => {
-          b.writeUInt32BE(c.itt++, 16)
-          b.writeUInt32BE(ref, 20)
-          b.writeUInt32BE(c.cmdSN, 24)
-          b.writeUInt32BE(c.expStatSN, 28)
-          b.writeUInt32BE(c.cmdSN - 1, 32)
-        })
+      // ABORT TASK of a tag no task has (§11.5.1): one answered already (RefCmdSN below ExpCmdSN) does not
+      // exist; one whose CmdSN is in the window and before the request's own has not arrived: FUNCTION COMPLETE,
+      // and that CmdSN counts as received — the command, when it comes, is ignored; the next one is served.
+      const tmf = (fn: number, ref: number, f: {refCmdSN?: number; cmdSN?: number} = {}) => c.tmfPdu(fn, {ref, ...f}).pdu
       c.send(tmf(1, 0x1234))
       const r1 = await c.read()
-      assert.deepEqual([r1.opcode, r1.bhs[2]], [0x22, 0])
+      assert.deepEqual([r1.opcode, r1.bhs[2]], [0x22, 1], 'ABORT TASK of a command answered long ago: TASK DOES NOT EXIST')
+      const ahead = c.cmdSN
+      c.send(tmf(1, 0x4321, {refCmdSN: ahead, cmdSN: ahead + 1}))
+      const r0 = await c.read()
+      assert.deepEqual([r0.opcode, r0.bhs[2]], [0x22, 0], 'ABORT TASK of a command not yet arrived: FUNCTION COMPLETE')
+      assert.equal(r0.bhs.readUInt32BE(28), ahead + 1, 'its CmdSN is taken as received (ExpCmdSN past it)')
+      // The aborted command arrives after all (CmdSN `ahead`): ignored — no answer, the next is answered.
+      c.send(
+        pdu(0x01, 0x80 | 0x40 | 0x01, Buffer.alloc(0), (b) => {
+          b.writeUInt32BE(0x4321, 16)
+          b.writeUInt32BE(512, 20)
+          b.writeUInt32BE(ahead, 24)
+          b.writeUInt32BE(c.expStatSN, 28)
+          read10(0, 1).copy(b, 32)
+        }),
+      )
+      c.cmdSN = ahead + 1
+      const next = await c.scsi(read10(2, 1), 512)
+      assert.equal(next.response.itt, c.itt - 1, 'the aborted command was not answered')
+      assert.ok(next.data.equals(raw.subarray(1024, 1536)))
+      assert.equal(next.response.bhs.readUInt32BE(28), ahead + 2)
       c.send(tmf(5, 0xffffffff))
       const r2 = await c.read()
       assert.deepEqual([r2.opcode, r2.bhs[2]], [0x22, 0])

@@ -215,6 +215,23 @@ export class IscsiRawClient {
     }
   }
 
+  /**
+   * A Task Management Function Request, immediate (its CmdSN field the next CmdSN, not advanced), built and
+   * not sent, so a test can put it in one segment with other PDUs. Returns the PDU and its ITT.
+   */
+  tmfPdu(fn: number, f: {ref?: number; refCmdSN?: number; cmdSN?: number; lun?: number} = {}): {pdu: Buffer; itt: number} {
+    const itt = this.itt++
+    const b = pdu(0x40 | 0x02, 0x80 | fn, Buffer.alloc(0), (h) => {
+      h[9] = f.lun ?? 0
+      h.writeUInt32BE(itt, 16)
+      h.writeUInt32BE(f.ref ?? 0xffffffff, 20)
+      h.writeUInt32BE(f.cmdSN ?? this.cmdSN, 24)
+      h.writeUInt32BE(this.expStatSN, 28)
+      h.writeUInt32BE((f.refCmdSN ?? this.cmdSN - 1) >>> 0, 32)
+    })
+    return {pdu: b, itt}
+  }
+
   /** NOP-Out with ping data; resolves with the NOP-In. */
   async nop(data: Buffer): Promise<Pdu> {
     const itt = this.itt++

@@ -17,7 +17,7 @@ import {RawImage} from '../../src/sources/raw'
 import {startIscsiServer, type RunningIscsiTarget} from '../../src/serve/iscsi'
 import {MAX_DATA_OUT_BYTES} from '../../src/serve/iscsi/server'
 import {prng, sha256, tmpDir} from '../helpers'
-import {IscsiRawClient} from './rawclient'
+import {IscsiRawClient, pdu} from './rawclient'
 
 const SECTOR = 512
 const SIZE = 16 << 20
@@ -227,6 +227,67 @@ describe('iscsi target: a writable LUN over an overlay (raw client)', function (
       assert.ok((await readBack(c, 500, 2)).equals(before))
     })
   }
+
+  it('ABORT TASK of a running WRITE: answered only once the write is over (nothing changes after FUNCTION COMPLETE); of one answered: TASK DOES NOT EXIST', async () => {
+    // An 8 MiB WRITE whose last Data-Out and an ABORT TASK for it reach the target in one segment: the write
+    // runs (it has its data) when the abort is read. Either the abort finds it running — FUNCTION COMPLETE,
+    // the write never answered — or it was answered first — GOOD, then TASK DOES NOT EXIST (the two outcomes
+    // libiscsi's iSCSITMF.AbortTaskSimpleAsync allows). In the first, the overlay must not change after the
+    // TMF response.
+    const c = await session({MaxBurstLength: '16776192'})
+    const lba = 8192
+    const data = prng(14, 8 << 20)
+    const writeCmdSN = c.cmdSN
+    const itt = c.sendWrite(cdb10(0x2a, lba, data.length / SECTOR), data.length)
+    const r2t = await c.read()
+    assert.equal(r2t.opcode, 0x31)
+    assert.equal(r2t.bhs.readUInt32BE(44), data.length, 'one burst')
+    const ttt = r2t.bhs.readUInt32BE(20)
+    const segments: Buffer[] = []
+    for (let at = 0, sn = 0; at < data.length; at += 65536, sn++) {
+      segments.push(
+        pdu(0x05, at + 65536 >= data.length ? 0x80 : 0, data.subarray(at, at + 65536), (b) => {
+          b.writeUInt32BE(itt, 16)
+          b.writeUInt32BE(ttt, 20)
+          b.writeUInt32BE(c.expStatSN, 28)
+          b.writeUInt32BE(sn, 36)
+          b.writeUInt32BE(at, 40)
+        }),
+      )
+    }
+    const abort = c.tmfPdu(1, {ref: itt, refCmdSN: writeCmdSN})
+    c.send(Buffer.concat([...segments, abort.pdu]))
+    let answered: number | undefined
+    let p = await c.read()
+    if (p.opcode === 0x21) {
+      assert.equal(p.itt, itt)
+      answered = p.bhs[3]
+      p = await c.read()
+    }
+    const sizeAtResponse = fs.statSync(ovl).size
+    assert.equal(p.opcode, 0x22)
+    assert.equal(p.itt, abort.itt)
+    c.expStatSN = p.bhs.readUInt32BE(24) + 1
+    if (answered === undefined) {
+      assert.equal(p.bhs[2], 0, 'aborted while running: FUNCTION COMPLETE')
+    } else {
+      assert.equal(answered, 0)
+      assert.equal(p.bhs[2], 1, 'answered before the abort: TASK DOES NOT EXIST')
+    }
+    const first = await readBack(c, lba, data.length / SECTOR)
+    await new Promise((r) => setTimeout(r, 300))
+    assert.equal(fs.statSync(ovl).size, sizeAtResponse, 'the overlay grew after the TMF response: the aborted write was still running')
+    assert.ok((await readBack(c, lba, data.length / SECTOR)).equals(first), 'the blocks changed after the TMF response')
+    if (answered === 0) assert.ok(first.equals(data), 'the answered write is not what reads back')
+    // An aborted write may have changed its blocks or not (SAM-5): what reads back now is the model.
+    model.set(first, lba * SECTOR)
+    // A second abort of the same task: it is over; the session goes on.
+    c.send(c.tmfPdu(1, {ref: itt, refCmdSN: writeCmdSN}).pdu)
+    const again = await c.read()
+    assert.deepEqual([again.opcode, again.bhs[2]], [0x22, 1], 'TASK DOES NOT EXIST')
+    c.expStatSN = again.bhs.readUInt32BE(24) + 1
+    assert.ok((await readBack(c, lba, 16)).equals(model.subarray(lba * SECTOR, (lba + 16) * SECTOR)))
+  })
 
   it('FUA writes, SYNCHRONIZE CACHE(10/16) flushes the overlay', async () => {
     const c = await session()

@@ -59,6 +59,12 @@ export interface IscsiTargetOptions extends TargetConfig {
 /** A session's identity and state; with MaxConnections=1 it has exactly one connection. */
 class Session {
   expCmdSN = 0
+  /**
+   * CmdSNs in the window not yet received that an ABORT TASK ended beforehand (§11.5.1 b: "considered
+   * received"): ExpCmdSN steps over them, so the command, should it still come, is ignored (at most
+   * QUEUE_DEPTH of them: only CmdSNs inside the window are taken).
+   */
+  readonly abortedAhead = new Set<number>()
   readonly nexus: Nexus = newNexus()
   connection: IscsiConnection | undefined
   constructor(
@@ -69,6 +75,15 @@ class Session {
   ) {}
   get maxCmdSN(): number {
     return (this.expCmdSN + QUEUE_DEPTH - 1) >>> 0
+  }
+  /** ExpCmdSN ≤ sn ≤ MaxCmdSN (serial arithmetic): a CmdSN the target may still receive. */
+  inWindow(sn: number): boolean {
+    return !P.snLess(sn, this.expCmdSN) && !P.snLess(this.maxCmdSN, sn)
+  }
+  /** One more CmdSN received (and any aborted ahead that follow it). */
+  advance(): void {
+    this.expCmdSN = (this.expCmdSN + 1) >>> 0
+    while (this.abortedAhead.delete(this.expCmdSN)) this.expCmdSN = (this.expCmdSN + 1) >>> 0
   }
   get key(): string {
     return `${this.initiatorName}\0${this.isid}`
@@ -182,6 +197,8 @@ interface Task {
   aborted: boolean
   /** Handed to the logical unit (until then it waits for Data-Out). */
   executing?: boolean
+  /** Settles when the logical unit is done with it (it is answered unless aborted): what a task management function waits for. */
+  ended?: Promise<void>
   /** Bytes of Data-Out the command needs (the CDB's, checked against the EDTL before anything is allocated). */
   need?: number
   /** Immediate data sent with the command (ImmediateData=No, so only from a non-conforming initiator). */
@@ -620,7 +637,7 @@ export class IscsiConnection {
       this.target.log(`iscsi ${this.peer}: ignoring opcode 0x${bhs.opcode.toString(16)} with CmdSN ${cmdSN} (expected ${s.expCmdSN})`)
       return false
     }
-    s.expCmdSN = (s.expCmdSN + 1) >>> 0
+    s.advance()
     return true
   }
 
@@ -818,8 +835,13 @@ export class IscsiConnection {
     }
   }
 
-  private async execute(task: Task): Promise<void> {
+  private execute(task: Task): Promise<void> {
     task.executing = true
+    task.ended = this.runTask(task)
+    return task.ended
+  }
+
+  private async runTask(task: Task): Promise<void> {
     let result: ScsiResult
     try {
       const buffer = (n: number) => this.arenaBuffer(task, n)
@@ -942,6 +964,14 @@ export class IscsiConnection {
     return out
   }
 
+  /**
+   * Task management (§11.5). The tasks a function ends are ended before it is answered: one waiting for
+   * Data-Out at once (never run, never answered), one running when its read or write returns (SAM-5 §7.11:
+   * after FUNCTION COMPLETE an aborted command has no more effect on the medium); none of them is answered.
+   * ABORT TASK of a tag no task has (§11.5.1): if its RefCmdSN is in the window and before the request's own
+   * CmdSN the command has not arrived yet — FUNCTION COMPLETE, and that CmdSN is taken as received (the
+   * command is ignored should it still come); otherwise it was answered already — TASK DOES NOT EXIST.
+   */
   private async taskManagement(bhs: P.Bhs): Promise<void> {
     const b = bhs.raw
     const fn = b[1] & 0x7f
@@ -950,23 +980,29 @@ export class IscsiConnection {
     const lun = flatLun(b.subarray(8, 16))
     const cmdSN = b.readUInt32BE(24)
     if (!this.acceptCmdSN(bhs)) return
+    const session = this.session!
     let response: number = P.TMF_RESPONSE.complete
+    const running: Array<Promise<void>> = []
     const abort = (t: Task) => {
       t.aborted = true
       this.tasks.delete(t.itt)
-      // One still waiting for Data-Out never runs: it ends here, its buffer given back, and Data-Out still
-      // on its way for it is dropped (one running ends when its read or write does).
-      if (!t.executing) {
-        this.forget(t.itt)
-        this.releaseDataOut(t)
-        this.finish()
+      if (t.executing) {
+        if (t.ended) running.push(t.ended)
+        return
       }
+      // Waiting for Data-Out: it ends here, its buffer given back, and Data-Out still on its way is dropped.
+      this.forget(t.itt)
+      this.releaseDataOut(t)
+      this.finish()
     }
     switch (fn) {
       case P.TMF.abortTask: {
         const t = this.tasks.get(ref)
         if (t) abort(t)
-        else if (!P.snLess(refCmdSN, cmdSN) && !bhs.immediate) response = P.TMF_RESPONSE.noTask
+        else if (session.inWindow(refCmdSN) && P.snLess(refCmdSN, cmdSN)) {
+          if (refCmdSN === session.expCmdSN) session.advance()
+          else session.abortedAhead.add(refCmdSN)
+        } else response = P.TMF_RESPONSE.noTask
         break
       }
       case P.TMF.abortTaskSet:
@@ -989,6 +1025,7 @@ export class IscsiConnection {
       default:
         response = P.TMF_RESPONSE.rejected
     }
+    await Promise.all(running)
     const r = P.newBhs(P.OP_TMF_RSP, P.F_FINAL, 0, bhs.itt)
     r[2] = response
     r.writeUInt32BE(this.nextStatSN(), 24)
