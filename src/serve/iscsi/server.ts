@@ -966,7 +966,7 @@ export class IscsiConnection {
 
   /**
    * Task management (§11.5). The tasks a function ends are ended before it is answered: one waiting for
-   * Data-Out at once (never run, never answered), one running when its read or write returns (SAM-5 §7.11:
+   * Data-Out at once (never run, never answered), one running when its read or write returns (SAM-5:
    * after FUNCTION COMPLETE an aborted command has no more effect on the medium); none of them is answered.
    * ABORT TASK of a tag no task has (§11.5.1): if its RefCmdSN is in the window and before the request's own
    * CmdSN the command has not arrived yet — FUNCTION COMPLETE, and that CmdSN is taken as received (the
