@@ -289,6 +289,35 @@ describe('iscsi target: a writable LUN over an overlay (raw client)', function (
     assert.ok((await readBack(c, lba, 16)).equals(model.subarray(lba * SECTOR, (lba + 16) * SECTOR)))
   })
 
+  for (const [name, fn] of [
+    ['ABORT TASK', 1],
+    ['LOGICAL UNIT RESET', 5],
+  ] as const) {
+    it(`${name} of a WRITE whose R2T is outstanding: answered only after the Data-Out it asked for (RFC 3720 §10.6.2); the write never runs`, async () => {
+      // libiscsi 1.19's iscsi-test-cu crashed (free(): invalid pointer) when the TMF response came before the
+      // Data-Out it still had queued for the R2T.
+      const c = await session()
+      const lba = 700 + fn * 16
+      const before = await readBack(c, lba, 8)
+      const data = prng(15 + fn, 8 * SECTOR)
+      const writeCmdSN = c.cmdSN
+      const itt = c.sendWrite(cdb10(0x2a, lba, 8), data.length)
+      const r2t = await c.read()
+      assert.equal(r2t.opcode, 0x31)
+      const tmf = c.tmfPdu(fn, fn === 1 ? {ref: itt, refCmdSN: writeCmdSN} : {})
+      c.send(tmf.pdu)
+      const next = c.read()
+      const early = await Promise.race([next.then((p) => p), new Promise<'none'>((r) => setTimeout(() => r('none'), 300))])
+      assert.equal(early, 'none', 'the TMF was answered while the R2T was outstanding')
+      c.dataOut({itt, ttt: r2t.bhs.readUInt32BE(20), dataSN: 0, offset: 0, data, final: true})
+      const rsp = await next
+      assert.deepEqual([rsp.opcode, rsp.itt, rsp.bhs[2]], [0x22, tmf.itt, 0], 'FUNCTION COMPLETE')
+      c.expStatSN = rsp.bhs.readUInt32BE(24) + 1
+      // No answer for the write ever comes (the next PDU is the read's), and nothing was written.
+      assert.ok((await readBack(c, lba, 8)).equals(before))
+    })
+  }
+
   it('FUA writes, SYNCHRONIZE CACHE(10/16) flushes the overlay', async () => {
     const c = await session()
     const flushes = served.server.writeStats.flushes

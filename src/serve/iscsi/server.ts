@@ -234,6 +234,11 @@ export class IscsiConnection {
   private outBytes = 0
   private outWaiting: Task[] = []
   private readonly ended = new Set<number>()
+  /**
+   * Tasks a task management function ended while an R2T of theirs was outstanding, by ITT: settled when the
+   * initiator has answered it (the Data-Out with the F bit), or when the connection ends or logs out.
+   */
+  private readonly abortedBursts = new Map<number, () => void>()
   private textBuffer: Buffer[] = []
   private textBytes = 0
   private readonly stopped: Promise<void>
@@ -606,7 +611,7 @@ export class IscsiConnection {
           this.text(bhs, data)
           break
         case P.OP_TMF_REQ:
-          await this.taskManagement(bhs)
+          this.taskManagement(bhs)
           break
         case P.OP_LOGOUT_REQ:
           await this.logout(bhs)
@@ -785,7 +790,10 @@ export class IscsiConnection {
     const task = this.tasks.get(bhs.itt)
     const out = task?.out
     const ttt = bhs.raw.readUInt32BE(20)
-    if (!task && this.ended.has(bhs.itt)) return
+    if (!task && (this.ended.has(bhs.itt) || this.abortedBursts.has(bhs.itt))) {
+      if (bhs.flags & P.F_FINAL) this.abortedBursts.get(bhs.itt)?.()
+      return
+    }
     if (!task || !out || task.executing || out.received >= out.data.length || ttt !== out.ttt) {
       this.target.log(`iscsi ${this.peer}: Data-Out for ${task ? `task ${bhs.itt}, which is not waiting for it under TTT ${ttt}` : `no task (ITT ${bhs.itt})`}: rejected`)
       this.reject(bhs, P.REJECT.invalidField)
@@ -826,6 +834,7 @@ export class IscsiConnection {
 
   /** Commands still waiting for Data-Out will not get it: they end unanswered. */
   private dropWaiting(): void {
+    for (const settle of [...this.abortedBursts.values()]) settle()
     this.outWaiting = []
     for (const t of [...this.tasks.values()]) {
       if (t.executing) continue
@@ -965,14 +974,17 @@ export class IscsiConnection {
   }
 
   /**
-   * Task management (§11.5). The tasks a function ends are ended before it is answered: one waiting for
-   * Data-Out at once (never run, never answered), one running when its read or write returns (SAM-5:
-   * after FUNCTION COMPLETE an aborted command has no more effect on the medium); none of them is answered.
+   * Task management (§11.5). The tasks a function ends are over before it is answered, and none of them is
+   * answered: one waiting for Data-Out ends at once, but an R2T of its that is outstanding must be answered
+   * by the initiator first (RFC 3720 §10.6.2: the target "waits for all target transfer tags to be responded
+   * to"; an initiator may still be sending that Data-Out — libiscsi 1.19 crashes if the answer comes before it
+   * has); one running when its read or write returns (nothing it does reaches the medium after FUNCTION
+   * COMPLETE, SAM-5). Reading goes on meanwhile (the Data-Out has to be read).
    * ABORT TASK of a tag no task has (§11.5.1): if its RefCmdSN is in the window and before the request's own
    * CmdSN the command has not arrived yet — FUNCTION COMPLETE, and that CmdSN is taken as received (the
    * command is ignored should it still come); otherwise it was answered already — TASK DOES NOT EXIST.
    */
-  private async taskManagement(bhs: P.Bhs): Promise<void> {
+  private taskManagement(bhs: P.Bhs): void {
     const b = bhs.raw
     const fn = b[1] & 0x7f
     const ref = b.readUInt32BE(20)
@@ -982,15 +994,26 @@ export class IscsiConnection {
     if (!this.acceptCmdSN(bhs)) return
     const session = this.session!
     let response: number = P.TMF_RESPONSE.complete
-    const running: Array<Promise<void>> = []
+    const waits: Array<Promise<void>> = []
     const abort = (t: Task) => {
       t.aborted = true
       this.tasks.delete(t.itt)
       if (t.executing) {
-        if (t.ended) running.push(t.ended)
+        if (t.ended) waits.push(t.ended)
         return
       }
-      // Waiting for Data-Out: it ends here, its buffer given back, and Data-Out still on its way is dropped.
+      const out = t.out
+      if (out && !t.released && out.received < out.burstEnd) {
+        waits.push(
+          new Promise<void>((resolve) =>
+            this.abortedBursts.set(t.itt, () => {
+              this.abortedBursts.delete(t.itt)
+              resolve()
+            }),
+          ),
+        )
+      }
+      // Its buffer given back; Data-Out still on its way for it is dropped.
       this.forget(t.itt)
       this.releaseDataOut(t)
       this.finish()
@@ -1025,12 +1048,22 @@ export class IscsiConnection {
       default:
         response = P.TMF_RESPONSE.rejected
     }
-    await Promise.all(running)
-    const r = P.newBhs(P.OP_TMF_RSP, P.F_FINAL, 0, bhs.itt)
-    r[2] = response
-    r.writeUInt32BE(this.nextStatSN(), 24)
-    this.numbers(r)
-    this.write(this.pdu(r))
+    const answer = () => {
+      const r = P.newBhs(P.OP_TMF_RSP, P.F_FINAL, 0, bhs.itt)
+      r[2] = response
+      r.writeUInt32BE(this.nextStatSN(), 24)
+      this.numbers(r)
+      this.write(this.pdu(r))
+    }
+    if (waits.length === 0) return answer()
+    // Counted in flight, so a logout or a shutdown answers it before its own answer.
+    this.inFlight++
+    void Promise.all(waits)
+      .then(answer, (err) => {
+        this.target.log(`iscsi ${this.peer}: task management: ${(err as Error).message}`)
+        this.socket.destroy()
+      })
+      .finally(() => this.finish())
   }
 
   private async logout(bhs: P.Bhs): Promise<void> {
