@@ -26,6 +26,15 @@ export interface ScsiReply {
   response: Pdu
 }
 
+export interface DataOutFields {
+  itt: number
+  ttt: number
+  dataSN: number
+  offset: number
+  data: Buffer
+  final: boolean
+}
+
 export const INITIATOR = 'iqn.2026-01.dev.vdev.test:initiator'
 
 export function text(pairs: Record<string, string>): Buffer {
@@ -173,16 +182,19 @@ export class IscsiRawClient {
   }
 
   /** One Data-Out PDU (fields as given, so tests can send wrong ones). */
-  dataOut(f: {itt: number; ttt: number; dataSN: number; offset: number; data: Buffer; final: boolean}): void {
-    this.send(
-      pdu(0x05, f.final ? 0x80 : 0, f.data, (b) => {
-        b.writeUInt32BE(f.itt, 16)
-        b.writeUInt32BE(f.ttt, 20)
-        b.writeUInt32BE(this.expStatSN, 28)
-        b.writeUInt32BE(f.dataSN, 36)
-        b.writeUInt32BE(f.offset, 40)
-      }),
-    )
+  dataOut(f: DataOutFields): void {
+    this.send(this.dataOutPdu(f))
+  }
+
+  /** The same Data-Out PDU, built and not sent (to put it in one segment with other PDUs). */
+  dataOutPdu(f: DataOutFields): Buffer {
+    return pdu(0x05, f.final ? 0x80 : 0, f.data, (b) => {
+      b.writeUInt32BE(f.itt, 16)
+      b.writeUInt32BE(f.ttt, 20)
+      b.writeUInt32BE(this.expStatSN, 28)
+      b.writeUInt32BE(f.dataSN, 36)
+      b.writeUInt32BE(f.offset, 40)
+    })
   }
 
   /**

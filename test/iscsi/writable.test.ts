@@ -17,7 +17,7 @@ import {RawImage} from '../../src/sources/raw'
 import {startIscsiServer, type RunningIscsiTarget} from '../../src/serve/iscsi'
 import {MAX_DATA_OUT_BYTES} from '../../src/serve/iscsi/server'
 import {prng, sha256, tmpDir} from '../helpers'
-import {IscsiRawClient, pdu} from './rawclient'
+import {IscsiRawClient} from './rawclient'
 
 const SECTOR = 512
 const SIZE = 16 << 20
@@ -245,15 +245,7 @@ describe('iscsi target: a writable LUN over an overlay (raw client)', function (
     const ttt = r2t.bhs.readUInt32BE(20)
     const segments: Buffer[] = []
     for (let at = 0, sn = 0; at < data.length; at += 65536, sn++) {
-      segments.push(
-        pdu(0x05, at + 65536 >= data.length ? 0x80 : 0, data.subarray(at, at + 65536), (b) => {
-          b.writeUInt32BE(itt, 16)
-          b.writeUInt32BE(ttt, 20)
-          b.writeUInt32BE(c.expStatSN, 28)
-          b.writeUInt32BE(sn, 36)
-          b.writeUInt32BE(at, 40)
-        }),
-      )
+      segments.push(c.dataOutPdu({itt, ttt, dataSN: sn, offset: at, data: data.subarray(at, at + 65536), final: at + 65536 >= data.length}))
     }
     const abort = c.tmfPdu(1, {ref: itt, refCmdSN: writeCmdSN})
     c.send(Buffer.concat([...segments, abort.pdu]))
